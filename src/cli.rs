@@ -1,0 +1,333 @@
+//! The command line: one config read from TOML with flag overrides, and one function per subcommand.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use serde_json::json;
+
+use facegate::config::{Config, DoorBackendName, Overrides};
+use facegate::decision::{decide, Outcome};
+use facegate::enrollment::{self, Candidate, Verdict};
+use facegate::gallery::{EmbedderId, Gallery};
+use facegate::recognition::{recognize_image, RecognitionError};
+use facegate::vision::{PipelineModels, Recognizer};
+
+const SYSTEM_CONFIG: &str = "/etc/facegate/facegate.toml";
+
+#[derive(Parser)]
+#[command(
+    name = "facegate",
+    version,
+    about = "Door-access face recognition for the Raspberry Pi"
+)]
+pub struct Cli {
+    /// Config file [default: /etc/facegate/facegate.toml if it exists, else built-in defaults]
+    #[arg(long, global = true, env = "FACEGATE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Overrides `state_dir` (gallery, snapshots, audit log)
+    #[arg(long, global = true)]
+    state_dir: Option<PathBuf>,
+    /// Overrides `models_dir`
+    #[arg(long, global = true)]
+    models_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the door daemon: HTTP for the tablet, relay, audit log, snapshots
+    Serve {
+        /// Overrides `http.listen`, e.g. 127.0.0.1:8080 (port 0 picks a free port)
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Overrides `door.backend`
+        #[arg(long, value_parser = parse_door)]
+        door: Option<DoorBackendName>,
+    },
+    /// Enrol a person from one or more photos, each showing exactly one face
+    Enroll {
+        #[arg(long)]
+        name: String,
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+    },
+    /// Identify the largest face in each image; prints one JSON line per image
+    Identify {
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+    },
+    /// List or remove enrolled people
+    Gallery {
+        #[command(subcommand)]
+        action: GalleryAction,
+    },
+    /// Check a config file and print the configuration in force
+    CheckConfig,
+    /// Check that the configured models are the pinned files and load in this OpenCV
+    CheckModels,
+    /// Drive the relay
+    Door {
+        #[command(subcommand)]
+        action: DoorAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum GalleryAction {
+    List,
+    Remove { name: String },
+}
+
+#[derive(Subcommand)]
+enum DoorAction {
+    /// Drive the relay to its locked level and exit (systemd runs this after every stop)
+    Lock,
+}
+
+fn parse_door(value: &str) -> Result<DoorBackendName, String> {
+    match value {
+        "sim" => Ok(DoorBackendName::Sim),
+        "gpio" => Ok(DoorBackendName::Gpio),
+        other => Err(format!("`{other}` is not a door backend: use sim or gpio")),
+    }
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    let mut overrides = Overrides {
+        state_dir: cli.state_dir.clone(),
+        models_dir: cli.models_dir.clone(),
+        ..Overrides::default()
+    };
+    if let Command::Serve { listen, door } = &cli.command {
+        overrides.listen = *listen;
+        overrides.door = *door;
+    }
+    let config = load_config(cli.config.as_deref(), &overrides)?;
+    match cli.command {
+        Command::Serve { .. } => facegate::daemon::run(config),
+        Command::Enroll { name, images } => enroll(&config, &name, &images),
+        Command::Identify { images } => identify(&config, &images),
+        Command::Gallery { action } => gallery(&config, action),
+        Command::CheckConfig => {
+            println!("{config:#?}");
+            println!("config is valid");
+            Ok(())
+        }
+        Command::CheckModels => check_models(&config),
+        Command::Door {
+            action: DoorAction::Lock,
+        } => facegate::daemon::lock_door(&config),
+    }
+}
+
+fn load_config(path: Option<&Path>, overrides: &Overrides) -> Result<Config> {
+    let config = match path {
+        Some(path) => Config::load(path)?,
+        None if Path::new(SYSTEM_CONFIG).exists() => Config::load(Path::new(SYSTEM_CONFIG))?,
+        None => {
+            log::info!("no --config given and no {SYSTEM_CONFIG}: using built-in defaults");
+            Config::default()
+        }
+    };
+    Ok(config.with_overrides(overrides)?)
+}
+
+struct Engine {
+    models: PipelineModels,
+    recognizer: Recognizer,
+}
+
+fn load_engine(config: &Config) -> Result<Engine> {
+    let models = PipelineModels::resolve(config).context("the models are not usable")?;
+    let recognizer = Recognizer::load(&models, config).context("the models did not load")?;
+    Ok(Engine { models, recognizer })
+}
+
+fn embedder_id(models: &PipelineModels) -> EmbedderId {
+    EmbedderId {
+        name: models.embedder.name.clone(),
+        sha256: models.embedder.sha256.clone(),
+        dim: models.embedder.contract.output_dim,
+    }
+}
+
+fn read_image(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
+}
+
+fn enroll(config: &Config, name: &str, images: &[PathBuf]) -> Result<()> {
+    let mut engine = load_engine(config)?;
+    let gallery_path = config.gallery_path();
+    let mut gallery = Gallery::load(&gallery_path, &embedder_id(&engine.models))?;
+    let contents = images
+        .iter()
+        .map(|p| read_image(p))
+        .collect::<Result<Vec<_>>>()?;
+    let candidates: Vec<Candidate> = images
+        .iter()
+        .zip(&contents)
+        .map(|(path, bytes)| Candidate {
+            source: file_name(path),
+            bytes,
+        })
+        .collect();
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let report = enrollment::enroll(
+        &mut engine.recognizer,
+        &mut gallery,
+        name,
+        &candidates,
+        &config.frame,
+        config.recognition.lookalike_warning,
+        &now,
+    );
+    let report = match report {
+        Ok(report) => report,
+        Err(err) => {
+            bail!("{err}");
+        }
+    };
+    for (source, verdict) in &report.verdicts {
+        match verdict {
+            Verdict::Accepted { face_score } => {
+                println!("accepted {source} (face score {face_score:.2})")
+            }
+            Verdict::Rejected { reason } => println!("rejected {source}: {reason}"),
+        }
+    }
+    if let Some(other) = &report.lookalike {
+        let kind = if other.score >= engine.models.threshold(config) {
+            "would be taken for"
+        } else {
+            "looks like"
+        };
+        println!(
+            "warning: {name} {kind} {} (similarity {:.2}); check that this is not the same person enrolled twice",
+            other.name, other.score
+        );
+    }
+    if let Some(lowest) = report.inconsistent {
+        println!("warning: the accepted photos of {name} differ (lowest similarity {lowest:.2}); check that they all show {name}");
+    }
+    gallery.save(&gallery_path)?;
+    println!(
+        "enrolled {name}: {} of {} images; gallery {} now holds {} people",
+        report.accepted(),
+        images.len(),
+        gallery_path.display(),
+        gallery.people().len()
+    );
+    Ok(())
+}
+
+fn identify(config: &Config, images: &[PathBuf]) -> Result<()> {
+    let mut engine = load_engine(config)?;
+    let gallery = Gallery::load(&config.gallery_path(), &embedder_id(&engine.models))?;
+    let threshold = engine.models.threshold(config);
+    for path in images {
+        let bytes = read_image(path)?;
+        let line = match recognize_image(
+            &mut engine.recognizer,
+            &gallery,
+            &bytes,
+            &config.frame,
+            threshold,
+        ) {
+            Ok(recognition) => {
+                let decision = decide(
+                    &recognition.outcome,
+                    std::time::Duration::ZERO,
+                    config.max_decision_age(),
+                );
+                let nearest = match &recognition.outcome {
+                    Outcome::Unknown { best: Some(best) } => Some(best.name.clone()),
+                    _ => None,
+                };
+                json!({
+                    "file": path.display().to_string(),
+                    "status": decision.status,
+                    "identity": decision.identity,
+                    "score": decision.score,
+                    "threshold": threshold,
+                    "faces": recognition.faces,
+                    "nearest_below_threshold": nearest,
+                    "timings": recognition.timings,
+                })
+            }
+            Err(RecognitionError::Frame(err)) => json!({
+                "file": path.display().to_string(),
+                "status": "bad_image",
+                "error": err.to_string(),
+            }),
+            Err(err) => {
+                return Err(err)
+                    .with_context(|| format!("recognition failed on {}", path.display()))
+            }
+        };
+        println!("{line}");
+    }
+    Ok(())
+}
+
+fn gallery(config: &Config, action: GalleryAction) -> Result<()> {
+    let models = PipelineModels::resolve(config).context("the models are not usable")?;
+    let path = config.gallery_path();
+    let mut gallery = Gallery::load(&path, &embedder_id(&models))?;
+    match action {
+        GalleryAction::List => {
+            for person in gallery.people() {
+                let sources: Vec<&str> = person.samples.iter().map(|s| s.source.as_str()).collect();
+                println!(
+                    "{}\t{} samples\t{}",
+                    person.name,
+                    person.samples.len(),
+                    sources.join(", ")
+                );
+            }
+            println!(
+                "{} people, {} samples, embedder {} ({})",
+                gallery.people().len(),
+                gallery.sample_count(),
+                gallery.embedder().name,
+                path.display()
+            );
+        }
+        GalleryAction::Remove { name } => {
+            let removed = gallery.remove(&name)?;
+            gallery.save(&path)?;
+            println!(
+                "removed {} ({} samples)",
+                removed.name,
+                removed.samples.len()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn check_models(config: &Config) -> Result<()> {
+    let engine = load_engine(config)?;
+    let (major, minor) = facegate::vision::opencv_version();
+    println!("OpenCV {major}.{minor}");
+    println!(
+        "detector {} ok ({})",
+        engine.models.detector.name,
+        engine.models.detector.path.display()
+    );
+    println!(
+        "embedder {} ok ({}), threshold {}",
+        engine.models.embedder.name,
+        engine.models.embedder.path.display(),
+        engine.models.threshold(config)
+    );
+    Ok(())
+}

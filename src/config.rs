@@ -1,0 +1,468 @@
+//! The one configuration struct, read from TOML: every default lives here, and validation names the key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}. Pass an existing file with --config")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config key `{key}` {problem}")]
+    Invalid { key: &'static str, problem: String },
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Gallery, snapshots and (by default) the audit log live here.
+    pub state_dir: PathBuf,
+    /// Holds the model files named by `models/manifest.toml`, and the manifest itself.
+    pub models_dir: PathBuf,
+    pub recognition: RecognitionConfig,
+    pub frame: FrameConfig,
+    pub http: HttpConfig,
+    pub door: DoorConfig,
+    pub audit: AuditConfig,
+    pub snapshots: SnapshotConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RecognitionConfig {
+    /// Manifest key of the face detector, or `auto` for the YuNet release the running OpenCV can execute.
+    pub detector: String,
+    /// Manifest key of the embedder (`mobilefacenet` or `sface`).
+    pub embedder: String,
+    /// Cosine similarity needed for a grant; `None` takes the embedder's manifest default.
+    pub threshold: Option<f32>,
+    /// Frames are shrunk so that their longer side is at most this before detection.
+    pub detect_max_side: u32,
+    /// YuNet confidence below which a detection is ignored.
+    pub detect_score_threshold: f32,
+    /// Faces narrower than this (in pixels of the shrunk detection image) are ignored.
+    pub min_face_px: u32,
+    /// Enrolment warns when a new person is at least this similar to an enrolled one.
+    pub lookalike_warning: f32,
+    /// OpenCV's own thread pool size per process; 0 leaves OpenCV's default.
+    pub opencv_threads: i32,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct FrameConfig {
+    /// Largest accepted image file (after base64 decoding).
+    pub max_image_bytes: usize,
+    /// Largest accepted width or height in the image header.
+    pub max_dimension: u32,
+    /// Largest image, in pixels, that is decoded after JPEG reduction.
+    pub max_decoded_pixels: u64,
+    /// JPEGs are decoded reduced (1/2, 1/4, 1/8) while the longer side stays at least this.
+    pub decode_target_side: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    /// Recognition worker threads; 0 means one per core.
+    pub workers: usize,
+    /// Requests that may wait for a worker; more are answered 503 `busy` at once.
+    pub queue_depth: usize,
+    /// Larger bodies are refused with 413 before they are read.
+    pub max_body_bytes: usize,
+    /// A body must arrive within this time.
+    pub body_timeout_ms: u64,
+    /// Require `Authorization: Bearer <token>` on every endpoint but /healthz.
+    pub require_token: bool,
+    /// The tablet's token; `FACEGATE_TOKEN` in the environment takes precedence.
+    pub token: String,
+    /// How often the daemon probes its own port before feeding the systemd watchdog.
+    pub self_probe_interval_ms: u64,
+    /// Decisions kept in memory for GET /events.
+    pub events_kept: usize,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DoorBackendName {
+    Sim,
+    Gpio,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum GrantWhileOpenConfig {
+    Extend,
+    Ignore,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DoorConfig {
+    pub backend: DoorBackendName,
+    /// BCM number of the relay pin.
+    pub gpio_pin: u8,
+    /// True for relay boards that switch on a low level.
+    pub active_low: bool,
+    /// How long the relay stays open after a grant.
+    pub hold_ms: u64,
+    /// After the relay locks again, grants within this time do not reopen it.
+    pub cooldown_ms: u64,
+    /// What a grant does while the door is already open.
+    pub grant_while_open: GrantWhileOpenConfig,
+    /// A decision about an older frame never moves the relay.
+    pub max_decision_age_ms: u64,
+    /// Sim backend only: append every actuation to this JSON-lines file.
+    pub sim_journal: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Default: `<state_dir>/audit`.
+    pub dir: Option<PathBuf>,
+    pub max_age_days: u32,
+    pub max_total_mb: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SnapshotConfig {
+    /// Default: `<state_dir>/snapshots`.
+    pub dir: Option<PathBuf>,
+    pub on_unknown: bool,
+    pub on_no_face: bool,
+    pub on_error: bool,
+    pub max_count: usize,
+    pub max_total_mb: u64,
+    pub max_age_days: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            state_dir: PathBuf::from("/var/lib/facegate"),
+            models_dir: PathBuf::from("/usr/share/facegate/models"),
+            recognition: RecognitionConfig::default(),
+            frame: FrameConfig::default(),
+            http: HttpConfig::default(),
+            door: DoorConfig::default(),
+            audit: AuditConfig::default(),
+            snapshots: SnapshotConfig::default(),
+        }
+    }
+}
+
+impl Default for RecognitionConfig {
+    fn default() -> Self {
+        RecognitionConfig {
+            detector: crate::vision::AUTO_DETECTOR.into(),
+            embedder: "mobilefacenet".into(),
+            threshold: None,
+            detect_max_side: 640,
+            detect_score_threshold: 0.9,
+            min_face_px: 40,
+            lookalike_warning: 0.40,
+            opencv_threads: 0,
+        }
+    }
+}
+
+impl Default for FrameConfig {
+    fn default() -> Self {
+        FrameConfig {
+            max_image_bytes: 12 * 1024 * 1024,
+            max_dimension: 16_384,
+            max_decoded_pixels: 16_000_000,
+            decode_target_side: 960,
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            workers: 0,
+            queue_depth: 4,
+            max_body_bytes: 16 * 1024 * 1024,
+            body_timeout_ms: 5_000,
+            require_token: true,
+            token: String::new(),
+            self_probe_interval_ms: 5_000,
+            events_kept: 1_000,
+        }
+    }
+}
+
+impl Default for DoorConfig {
+    fn default() -> Self {
+        DoorConfig {
+            backend: DoorBackendName::Sim,
+            gpio_pin: 17,
+            active_low: false,
+            hold_ms: 3_000,
+            cooldown_ms: 1_000,
+            grant_while_open: GrantWhileOpenConfig::Extend,
+            max_decision_age_ms: 1_500,
+            sim_journal: None,
+        }
+    }
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            dir: None,
+            max_age_days: 90,
+            max_total_mb: 200,
+        }
+    }
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        SnapshotConfig {
+            dir: None,
+            on_unknown: true,
+            on_no_face: false,
+            on_error: true,
+            max_count: 5_000,
+            max_total_mb: 500,
+            max_age_days: 30,
+        }
+    }
+}
+
+/// Command-line values that replace what the file says.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub state_dir: Option<PathBuf>,
+    pub models_dir: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+    pub door: Option<DoorBackendName>,
+    pub token: Option<String>,
+}
+
+impl Config {
+    /// Parses TOML text; `origin` names the source in error messages.
+    pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|err| ConfigError::Parse {
+            path: origin.to_path_buf(),
+            message: err.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Applies command-line overrides, then validates again.
+    pub fn with_overrides(mut self, overrides: &Overrides) -> Result<Config, ConfigError> {
+        if let Some(dir) = &overrides.state_dir {
+            self.state_dir = dir.clone();
+        }
+        if let Some(dir) = &overrides.models_dir {
+            self.models_dir = dir.clone();
+        }
+        if let Some(listen) = overrides.listen {
+            self.http.listen = listen;
+        }
+        if let Some(door) = overrides.door {
+            self.door.backend = door;
+        }
+        if let Some(token) = &overrides.token {
+            self.http.token = token.clone();
+        }
+        self.validate()?;
+        Ok(self)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
+            ConfigError::Invalid {
+                key,
+                problem: problem.into(),
+            }
+        }
+        let r = &self.recognition;
+        if let Some(t) = r.threshold {
+            if !(0.0..=1.0).contains(&t) {
+                return Err(invalid(
+                    "recognition.threshold",
+                    format!("must be a cosine similarity between 0 and 1, not {t}"),
+                ));
+            }
+        }
+        if !(0.0..=1.0).contains(&r.detect_score_threshold) {
+            return Err(invalid(
+                "recognition.detect_score_threshold",
+                "must be between 0 and 1",
+            ));
+        }
+        if !(64..=4096).contains(&r.detect_max_side) {
+            return Err(invalid(
+                "recognition.detect_max_side",
+                "must be between 64 and 4096 pixels",
+            ));
+        }
+        if self.frame.max_image_bytes == 0 {
+            return Err(invalid("frame.max_image_bytes", "must be above 0"));
+        }
+        if self.frame.decode_target_side < r.detect_max_side {
+            return Err(invalid(
+                "frame.decode_target_side",
+                "must be at least recognition.detect_max_side",
+            ));
+        }
+        if self.http.queue_depth == 0 {
+            return Err(invalid("http.queue_depth", "must be at least 1"));
+        }
+        if self.http.max_body_bytes == 0 {
+            return Err(invalid("http.max_body_bytes", "must be above 0"));
+        }
+        if self.http.body_timeout_ms == 0 {
+            return Err(invalid("http.body_timeout_ms", "must be above 0"));
+        }
+        if self.http.events_kept == 0 {
+            return Err(invalid("http.events_kept", "must be at least 1"));
+        }
+        if self.door.hold_ms == 0 || self.door.hold_ms > 60_000 {
+            return Err(invalid(
+                "door.hold_ms",
+                "must be between 1 and 60000 milliseconds",
+            ));
+        }
+        if self.door.max_decision_age_ms == 0 {
+            return Err(invalid("door.max_decision_age_ms", "must be above 0"));
+        }
+        if self.door.gpio_pin > 27 {
+            return Err(invalid(
+                "door.gpio_pin",
+                "must be a BCM pin number from 0 to 27",
+            ));
+        }
+        if self.snapshots.max_count == 0 {
+            return Err(invalid("snapshots.max_count", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// The tablet token in force: the environment's `FACEGATE_TOKEN` wins over the file.
+    pub fn token(&self) -> Option<String> {
+        let token = std::env::var("FACEGATE_TOKEN").unwrap_or_else(|_| self.http.token.clone());
+        (!token.is_empty()).then_some(token)
+    }
+
+    pub fn gallery_path(&self) -> PathBuf {
+        self.state_dir.join("gallery.json")
+    }
+
+    pub fn audit_dir(&self) -> PathBuf {
+        self.audit
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("audit"))
+    }
+
+    pub fn snapshot_dir(&self) -> PathBuf {
+        self.snapshots
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("snapshots"))
+    }
+
+    pub fn worker_count(&self) -> usize {
+        if self.http.workers > 0 {
+            self.http.workers
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
+
+    pub fn max_decision_age(&self) -> Duration {
+        Duration::from_millis(self.door.max_decision_age_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHIPPED: &str = include_str!("../config/facegate.toml");
+
+    #[test]
+    fn shipped_config_parses_and_matches_defaults_where_it_does_not_override() {
+        let config = Config::parse(SHIPPED, Path::new("config/facegate.toml")).unwrap();
+        assert!(
+            config.http.require_token,
+            "the shipped config must require a token"
+        );
+        assert_eq!(config.recognition, RecognitionConfig::default());
+        assert_eq!(config.frame, FrameConfig::default());
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        assert_eq!(
+            Config::parse("", Path::new("x")).unwrap(),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn validation_errors_name_the_key() {
+        let cases = [
+            ("[recognition]\nthreshold = 1.5", "recognition.threshold"),
+            ("[door]\nhold_ms = 0", "door.hold_ms"),
+            ("[door]\ngpio_pin = 40", "door.gpio_pin"),
+            ("[http]\nqueue_depth = 0", "http.queue_depth"),
+            (
+                "[frame]\ndecode_target_side = 100",
+                "frame.decode_target_side",
+            ),
+        ];
+        for (text, key) in cases {
+            let err = Config::parse(text, Path::new("x")).unwrap_err().to_string();
+            assert!(err.contains(key), "{text:?} gave {err}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = Config::parse("[door]\nhold = 3", Path::new("x"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("hold"), "{err}");
+    }
+
+    #[test]
+    fn overrides_replace_file_values() {
+        let overrides = Overrides {
+            state_dir: Some("/tmp/s".into()),
+            door: Some(DoorBackendName::Gpio),
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            ..Overrides::default()
+        };
+        let config = Config::default().with_overrides(&overrides).unwrap();
+        assert_eq!(config.state_dir, PathBuf::from("/tmp/s"));
+        assert_eq!(config.door.backend, DoorBackendName::Gpio);
+        assert_eq!(config.http.listen.port(), 0);
+    }
+}

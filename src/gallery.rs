@@ -1,0 +1,413 @@
+//! The enrolled people: their embeddings, matched by cosine, stored as versioned JSON written atomically.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::vision::embed::{dot, Embedding};
+
+const FORMAT: &str = "facegate-gallery";
+const VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GalleryError {
+    #[error("cannot read the gallery {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the gallery {path} is damaged ({message}); restore it from a backup or re-enrol")]
+    Parse { path: PathBuf, message: String },
+    #[error("the gallery {path} has format version {found}; this facegate reads version {VERSION}. Upgrade facegate or re-enrol")]
+    Version { path: PathBuf, found: u32 },
+    #[error("the gallery was made with embedder `{found}` ({found_sha}), but `{wanted}` ({wanted_sha}) is configured: its vectors cannot be compared. Switch recognition.embedder back, or move the gallery away and re-enrol everyone")]
+    EmbedderMismatch {
+        found: String,
+        found_sha: String,
+        wanted: String,
+        wanted_sha: String,
+    },
+    #[error(
+        "cannot write the gallery {path}: {source}. Check that the state directory is writable"
+    )]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("`{0}` is not a usable name: use 1 to 64 characters, no control characters")]
+    BadName(String),
+    #[error("nobody called `{0}` is enrolled")]
+    NotEnrolled(String),
+    #[error("the embedding has {actual} values, the gallery holds {expected}-value vectors")]
+    Dimension { expected: usize, actual: usize },
+}
+
+/// Which model made the vectors; a gallery only matches vectors from the same one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmbedderId {
+    pub name: String,
+    pub sha256: String,
+    pub dim: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Sample {
+    /// The image file it was enrolled from (file name only).
+    pub source: String,
+    pub enrolled_at: String,
+    pub vector: Vec<f32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Person {
+    pub name: String,
+    pub samples: Vec<Sample>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredGallery {
+    format: String,
+    version: u32,
+    embedder: EmbedderId,
+    people: Vec<Person>,
+}
+
+/// The best-scoring enrolled person for one face.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BestMatch {
+    pub name: String,
+    pub score: f32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Gallery {
+    embedder: EmbedderId,
+    people: Vec<Person>,
+    /// Every sample's vector, back to back, for a tight matching loop.
+    matrix: Vec<f32>,
+    /// For each row of `matrix`, the index of its person.
+    owners: Vec<usize>,
+}
+
+impl Gallery {
+    pub fn new(embedder: EmbedderId) -> Gallery {
+        Gallery {
+            embedder,
+            people: Vec::new(),
+            matrix: Vec::new(),
+            owners: Vec::new(),
+        }
+    }
+
+    /// Parses gallery JSON; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &Path, wanted: &EmbedderId) -> Result<Gallery, GalleryError> {
+        let stored: StoredGallery =
+            serde_json::from_str(text).map_err(|err| GalleryError::Parse {
+                path: origin.to_path_buf(),
+                message: err.to_string(),
+            })?;
+        if stored.format != FORMAT {
+            return Err(GalleryError::Parse {
+                path: origin.to_path_buf(),
+                message: format!("format is `{}`, not `{FORMAT}`", stored.format),
+            });
+        }
+        if stored.version != VERSION {
+            return Err(GalleryError::Version {
+                path: origin.to_path_buf(),
+                found: stored.version,
+            });
+        }
+        if stored.embedder != *wanted {
+            return Err(GalleryError::EmbedderMismatch {
+                found: stored.embedder.name,
+                found_sha: stored.embedder.sha256,
+                wanted: wanted.name.clone(),
+                wanted_sha: wanted.sha256.clone(),
+            });
+        }
+        let bad_vector = stored
+            .people
+            .iter()
+            .flat_map(|p| &p.samples)
+            .any(|s| s.vector.len() != wanted.dim || s.vector.iter().any(|v| !v.is_finite()));
+        if bad_vector {
+            return Err(GalleryError::Parse {
+                path: origin.to_path_buf(),
+                message: format!("a vector is not {} finite values", wanted.dim),
+            });
+        }
+        let mut gallery = Gallery::new(stored.embedder);
+        gallery.people = stored.people;
+        gallery.reindex();
+        Ok(gallery)
+    }
+
+    /// Loads the gallery file; a missing file is an empty gallery.
+    pub fn load(path: &Path, wanted: &EmbedderId) -> Result<Gallery, GalleryError> {
+        match fs::read_to_string(path) {
+            Ok(text) => Gallery::parse(&text, path, wanted),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                Ok(Gallery::new(wanted.clone()))
+            }
+            Err(source) => Err(GalleryError::Read {
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        let stored = StoredGallery {
+            format: FORMAT.into(),
+            version: VERSION,
+            embedder: self.embedder.clone(),
+            people: self.people.clone(),
+        };
+        serde_json::to_string_pretty(&stored).expect("a gallery always serialises")
+    }
+
+    /// Writes the gallery so that a crash at any point leaves either the old file or the new one:
+    /// temp file, fsync, rename over the old, fsync the directory.
+    pub fn save(&self, path: &Path) -> Result<(), GalleryError> {
+        let write_error = |source| GalleryError::Write {
+            path: path.to_path_buf(),
+            source,
+        };
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        fs::create_dir_all(dir).map_err(write_error)?;
+        let temp = dir.join(format!(
+            ".{}.tmp-{}",
+            path.file_name()
+                .map_or("gallery".into(), |n| n.to_string_lossy()),
+            std::process::id()
+        ));
+        let result = (|| {
+            let mut file = fs::File::create(&temp)?;
+            file.write_all(self.to_json().as_bytes())?;
+            file.sync_all()?;
+            fs::rename(&temp, path)?;
+            fs::File::open(dir)?.sync_all()
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&temp);
+        }
+        result.map_err(write_error)
+    }
+
+    pub fn embedder(&self) -> &EmbedderId {
+        &self.embedder
+    }
+
+    pub fn people(&self) -> &[Person] {
+        &self.people
+    }
+
+    pub fn sample_count(&self) -> usize {
+        self.owners.len()
+    }
+
+    pub fn add_sample(&mut self, name: &str, sample: Sample) -> Result<(), GalleryError> {
+        let name = name.trim();
+        if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
+            return Err(GalleryError::BadName(name.to_string()));
+        }
+        if sample.vector.len() != self.embedder.dim {
+            return Err(GalleryError::Dimension {
+                expected: self.embedder.dim,
+                actual: sample.vector.len(),
+            });
+        }
+        match self.people.iter_mut().find(|p| p.name == name) {
+            Some(person) => person.samples.push(sample),
+            None => self.people.push(Person {
+                name: name.to_string(),
+                samples: vec![sample],
+            }),
+        }
+        self.reindex();
+        Ok(())
+    }
+
+    pub fn remove(&mut self, name: &str) -> Result<Person, GalleryError> {
+        let index = self
+            .people
+            .iter()
+            .position(|p| p.name == name)
+            .ok_or_else(|| GalleryError::NotEnrolled(name.to_string()))?;
+        let person = self.people.remove(index);
+        self.reindex();
+        Ok(person)
+    }
+
+    fn reindex(&mut self) {
+        self.matrix.clear();
+        self.owners.clear();
+        for (index, person) in self.people.iter().enumerate() {
+            for sample in &person.samples {
+                self.matrix.extend_from_slice(&sample.vector);
+                self.owners.push(index);
+            }
+        }
+    }
+
+    /// The enrolled person most similar to `face` (best sample per person), if anyone is enrolled.
+    /// Whether that is similar enough is the decision's business, not the gallery's.
+    pub fn best_match(&self, face: &Embedding) -> Option<BestMatch> {
+        self.best_match_excluding(face, None)
+    }
+
+    /// As `best_match`, ignoring one person (enrolment's look-alike check).
+    pub fn best_match_excluding(
+        &self,
+        face: &Embedding,
+        excluded: Option<&str>,
+    ) -> Option<BestMatch> {
+        let dim = self.embedder.dim;
+        let query = face.as_slice();
+        if query.len() != dim {
+            return None;
+        }
+        let mut best: Option<(usize, f32)> = None;
+        for (row, owner) in self.matrix.chunks_exact(dim).zip(&self.owners) {
+            if excluded.is_some_and(|name| self.people[*owner].name == name) {
+                continue;
+            }
+            let score = dot(row, query);
+            if best.is_none_or(|(_, s)| score > s) {
+                best = Some((*owner, score));
+            }
+        }
+        best.map(|(owner, score)| BestMatch {
+            name: self.people[owner].name.clone(),
+            score,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id() -> EmbedderId {
+        EmbedderId {
+            name: "test".into(),
+            sha256: "ab".into(),
+            dim: 3,
+        }
+    }
+
+    fn sample(v: [f32; 3]) -> Sample {
+        Sample {
+            source: "x.jpg".into(),
+            enrolled_at: "2026-01-01T00:00:00Z".into(),
+            vector: Embedding::from_raw(v.to_vec()).unwrap().as_slice().to_vec(),
+        }
+    }
+
+    fn embedding(v: [f32; 3]) -> Embedding {
+        Embedding::from_raw(v.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn best_match_takes_each_persons_best_sample() {
+        let mut g = Gallery::new(id());
+        g.add_sample("ann", sample([1.0, 0.0, 0.0])).unwrap();
+        g.add_sample("ann", sample([0.0, 0.0, 1.0])).unwrap();
+        g.add_sample("bob", sample([0.0, 1.0, 0.0])).unwrap();
+        assert_eq!(
+            g.best_match(&embedding([0.1, 0.0, 1.0])).unwrap().name,
+            "ann"
+        );
+        assert_eq!(
+            g.best_match(&embedding([0.1, 1.0, 0.0])).unwrap().name,
+            "bob"
+        );
+        let other = g
+            .best_match_excluding(&embedding([0.1, 1.0, 0.0]), Some("bob"))
+            .unwrap();
+        assert_eq!(other.name, "ann");
+        assert!(Gallery::new(id())
+            .best_match(&embedding([1.0, 0.0, 0.0]))
+            .is_none());
+    }
+
+    #[test]
+    fn save_and_load_round_trip_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gallery.json");
+        let mut g = Gallery::new(id());
+        g.add_sample("ann", sample([1.0, 2.0, 3.0])).unwrap();
+        g.save(&path).unwrap();
+        let loaded = Gallery::load(&path, &id()).unwrap();
+        assert_eq!(loaded.people(), g.people());
+        let leftovers: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(leftovers.len(), 1, "no temp file is left behind");
+    }
+
+    #[test]
+    fn missing_file_is_an_empty_gallery() {
+        let g = Gallery::load(Path::new("/nonexistent/gallery.json"), &id()).unwrap();
+        assert!(g.people().is_empty());
+    }
+
+    #[test]
+    fn a_gallery_from_another_embedder_is_refused_at_load() {
+        let mut g = Gallery::new(id());
+        g.add_sample("ann", sample([1.0, 2.0, 3.0])).unwrap();
+        let other = EmbedderId {
+            name: "sface".into(),
+            ..id()
+        };
+        let err = Gallery::parse(&g.to_json(), Path::new("g"), &other).unwrap_err();
+        assert!(
+            matches!(err, GalleryError::EmbedderMismatch { .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn damaged_and_future_galleries_are_refused() {
+        let future = Gallery::new(id())
+            .to_json()
+            .replace("\"version\": 1", "\"version\": 9");
+        assert!(matches!(
+            Gallery::parse(&future, Path::new("g"), &id()),
+            Err(GalleryError::Version { found: 9, .. })
+        ));
+        assert!(matches!(
+            Gallery::parse("{\"format\":", Path::new("g"), &id()),
+            Err(GalleryError::Parse { .. })
+        ));
+        let short = Gallery::new(id()).to_json().replace(
+            "\"people\": []",
+            "\"people\": [{\"name\":\"a\",\"samples\":[{\"source\":\"s\",\"enrolled_at\":\"t\",\"vector\":[1.0]}]}]",
+        );
+        assert!(matches!(
+            Gallery::parse(&short, Path::new("g"), &id()),
+            Err(GalleryError::Parse { .. })
+        ));
+    }
+
+    #[test]
+    fn names_are_checked_and_removal_works() {
+        let mut g = Gallery::new(id());
+        assert!(matches!(
+            g.add_sample("", sample([1.0, 0.0, 0.0])),
+            Err(GalleryError::BadName(_))
+        ));
+        assert!(matches!(
+            g.add_sample("a\nb", sample([1.0, 0.0, 0.0])),
+            Err(GalleryError::BadName(_))
+        ));
+        g.add_sample("ann", sample([1.0, 0.0, 0.0])).unwrap();
+        assert_eq!(g.remove("ann").unwrap().samples.len(), 1);
+        assert!(matches!(g.remove("ann"), Err(GalleryError::NotEnrolled(_))));
+        assert_eq!(g.sample_count(), 0);
+    }
+}

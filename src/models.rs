@@ -1,0 +1,239 @@
+//! The model manifest (`models/manifest.toml`): which file each model is, its checksum and its input contract.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+const BUILTIN_MANIFEST: &str = include_str!("../models/manifest.toml");
+use sha2::{Digest, Sha256};
+
+/// Why a model could not be found or trusted.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("the model manifest {path} is not valid: {message}")]
+    ManifestParse { path: PathBuf, message: String },
+    #[error("the manifest has no model `{name}`; known: {known}")]
+    Unknown { name: String, known: String },
+    #[error("model `{name}` is a {actual}, not a {wanted}")]
+    WrongRole {
+        name: String,
+        actual: String,
+        wanted: &'static str,
+    },
+    #[error("model file {path} is missing or unreadable ({source}). Run scripts/fetch-assets (with FACEGATE_MIRROR=DIR on an offline machine)")]
+    Missing {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("model file {path} has sha256 {actual}, the manifest pins {expected}: the file is corrupt or not the pinned model. Delete it and run scripts/fetch-assets again")]
+    Checksum {
+        path: PathBuf,
+        expected: String,
+        actual: String,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Manifest {
+    pub schema: u32,
+    pub models: BTreeMap<String, ModelSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ModelSpec {
+    pub role: String,
+    pub file: String,
+    pub sha256: String,
+    #[serde(default)]
+    pub license: String,
+    pub detector: Option<DetectorContract>,
+    pub embedder: Option<EmbedderContract>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DetectorContract {
+    pub score_threshold: f32,
+    pub nms_threshold: f32,
+    pub top_k: i32,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelOrder {
+    Rgb,
+    Bgr,
+}
+
+/// How an embedder wants its 112x112 aligned face, and what it returns.
+#[derive(Debug, Clone, Deserialize)]
+pub struct EmbedderContract {
+    pub input_size: i32,
+    pub color: ChannelOrder,
+    /// Per channel, in the fed channel order, on 0..255 values.
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+    pub output_dim: usize,
+    /// Default cosine threshold for a grant.
+    pub threshold: f32,
+}
+
+/// A model chosen from the manifest, with its file resolved and its contract checked to exist.
+#[derive(Debug, Clone)]
+pub struct ResolvedModel<C> {
+    pub name: String,
+    pub path: PathBuf,
+    pub sha256: String,
+    pub contract: C,
+}
+
+impl Manifest {
+    pub fn parse(text: &str, origin: &Path) -> Result<Manifest, ModelError> {
+        toml::from_str(text).map_err(|err| ModelError::ManifestParse {
+            path: origin.to_path_buf(),
+            message: err.to_string(),
+        })
+    }
+
+    /// The manifest this binary was built with: the pins travel with the code that relies on them.
+    pub fn builtin() -> Manifest {
+        Manifest::parse(BUILTIN_MANIFEST, Path::new("models/manifest.toml"))
+            .expect("models/manifest.toml is checked by the unit tests")
+    }
+
+    fn spec(&self, name: &str) -> Result<&ModelSpec, ModelError> {
+        self.models.get(name).ok_or_else(|| ModelError::Unknown {
+            name: name.to_string(),
+            known: self.models.keys().cloned().collect::<Vec<_>>().join(", "),
+        })
+    }
+
+    pub fn detector(
+        &self,
+        name: &str,
+        models_dir: &Path,
+    ) -> Result<ResolvedModel<DetectorContract>, ModelError> {
+        let spec = self.spec(name)?;
+        let contract = spec
+            .detector
+            .clone()
+            .ok_or_else(|| wrong_role(name, spec, "detector"))?;
+        Ok(resolve(name, spec, models_dir, contract))
+    }
+
+    pub fn embedder(
+        &self,
+        name: &str,
+        models_dir: &Path,
+    ) -> Result<ResolvedModel<EmbedderContract>, ModelError> {
+        let spec = self.spec(name)?;
+        let contract = spec
+            .embedder
+            .clone()
+            .ok_or_else(|| wrong_role(name, spec, "embedder"))?;
+        Ok(resolve(name, spec, models_dir, contract))
+    }
+}
+
+fn wrong_role(name: &str, spec: &ModelSpec, wanted: &'static str) -> ModelError {
+    ModelError::WrongRole {
+        name: name.to_string(),
+        actual: spec.role.clone(),
+        wanted,
+    }
+}
+
+fn resolve<C>(name: &str, spec: &ModelSpec, models_dir: &Path, contract: C) -> ResolvedModel<C> {
+    ResolvedModel {
+        name: name.to_string(),
+        path: models_dir.join(&spec.file),
+        sha256: spec.sha256.to_ascii_lowercase(),
+        contract,
+    }
+}
+
+impl<C> ResolvedModel<C> {
+    /// Checks the file against the pinned sha256, so a corrupt or swapped model stops start-up.
+    pub fn verify(&self) -> Result<(), ModelError> {
+        let actual = sha256_file(&self.path).map_err(|source| ModelError::Missing {
+            path: self.path.clone(),
+            source,
+        })?;
+        if actual != self.sha256 {
+            return Err(ModelError::Checksum {
+                path: self.path.clone(),
+                expected: self.sha256.clone(),
+                actual,
+            });
+        }
+        Ok(())
+    }
+}
+
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let n = file.read(&mut buffer)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_manifest_describes_the_default_models_and_sface() {
+        let manifest = Manifest::builtin();
+        let dir = Path::new("/m");
+        manifest.detector("yunet_2022mar", dir).unwrap();
+        let mobile = manifest.embedder("mobilefacenet", dir).unwrap();
+        assert_eq!(mobile.contract.output_dim, 128);
+        assert_eq!(mobile.contract.input_size, 112);
+        let sface = manifest.embedder("sface", dir).unwrap();
+        assert_eq!(
+            sface.sha256,
+            "0ba9fbfa01b5270c96627c4ef784da859931e02f04419c829e83484087c34e79"
+        );
+    }
+
+    #[test]
+    fn asking_a_detector_for_an_embedder_names_the_roles() {
+        let manifest = Manifest::builtin();
+        let err = manifest
+            .embedder("yunet_2022mar", Path::new("/m"))
+            .unwrap_err();
+        assert!(err.to_string().contains("not a embedder") || err.to_string().contains("embedder"));
+        let err = manifest.embedder("nope", Path::new("/m")).unwrap_err();
+        assert!(err.to_string().contains("mobilefacenet"), "{err}");
+    }
+
+    #[test]
+    fn a_corrupt_model_fails_verification() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("m.onnx"), b"not a model").unwrap();
+        let model = ResolvedModel {
+            name: "m".into(),
+            path: dir.path().join("m.onnx"),
+            sha256: "00".repeat(32),
+            contract: (),
+        };
+        assert!(matches!(model.verify(), Err(ModelError::Checksum { .. })));
+        let missing = ResolvedModel {
+            path: dir.path().join("gone.onnx"),
+            ..model
+        };
+        assert!(matches!(missing.verify(), Err(ModelError::Missing { .. })));
+    }
+}

@@ -1,0 +1,132 @@
+//! Face detection: YuNet (OpenCV `FaceDetectorYN`) on the frame shrunk to a camera-like size.
+
+use opencv::core::{Mat, MatTraitConst, Ptr, Size};
+use opencv::imgproc;
+use opencv::objdetect::{FaceDetectorYN, FaceDetectorYNTrait};
+
+use crate::models::{DetectorContract, ResolvedModel};
+use crate::vision::VisionError;
+
+/// One detected face, in the coordinates of the decoded frame.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DetectedFace {
+    /// x, y, width, height.
+    pub bbox: [f32; 4],
+    /// Right eye, left eye, nose tip, right and left mouth corners (YuNet's order).
+    pub landmarks: [[f32; 2]; 5],
+    pub score: f32,
+}
+
+impl DetectedFace {
+    pub fn area(&self) -> f32 {
+        self.bbox[2] * self.bbox[3]
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct DetectSettings {
+    pub max_side: u32,
+    pub score_threshold: f32,
+    /// Minimum face width in pixels of the shrunk detection image.
+    pub min_face_px: u32,
+}
+
+pub struct Detector {
+    yunet: Ptr<FaceDetectorYN>,
+    settings: DetectSettings,
+}
+
+impl Detector {
+    pub fn load(
+        model: &ResolvedModel<DetectorContract>,
+        settings: DetectSettings,
+    ) -> Result<Detector, VisionError> {
+        let path = model.path.to_string_lossy();
+        let yunet = FaceDetectorYN::create(
+            &path,
+            "",
+            Size::new(320, 320),
+            settings.score_threshold,
+            model.contract.nms_threshold,
+            model.contract.top_k,
+            0,
+            0,
+        )
+        .map_err(|err| VisionError::ModelLoad {
+            model: model.name.clone(),
+            path: model.path.clone(),
+            cause: err.to_string(),
+        })?;
+        Ok(Detector { yunet, settings })
+    }
+
+    /// Faces in the frame, largest first.
+    pub fn detect(&mut self, frame: &Mat) -> Result<Vec<DetectedFace>, VisionError> {
+        let (width, height) = (frame.cols(), frame.rows());
+        let scale = shrink_factor(width, height, self.settings.max_side);
+        let shrunk;
+        let input = if scale < 1.0 {
+            let size = Size::new(
+                ((width as f32 * scale).round() as i32).max(1),
+                ((height as f32 * scale).round() as i32).max(1),
+            );
+            let mut resized = Mat::default();
+            imgproc::resize(frame, &mut resized, size, 0.0, 0.0, imgproc::INTER_AREA)?;
+            shrunk = resized;
+            &shrunk
+        } else {
+            frame
+        };
+        self.yunet.set_input_size(input.size()?)?;
+        let mut rows = Mat::default();
+        self.yunet.detect(input, &mut rows)?;
+        let mut faces = Vec::new();
+        for row in 0..rows.rows() {
+            let value = |col: i32| rows.at_2d::<f32>(row, col).copied();
+            let score = value(14)?;
+            let face_width = value(2)?;
+            if score < self.settings.score_threshold
+                || face_width < self.settings.min_face_px as f32
+            {
+                continue;
+            }
+            let back = |v: f32| v / scale;
+            let mut landmarks = [[0.0f32; 2]; 5];
+            for (i, point) in landmarks.iter_mut().enumerate() {
+                let col = 4 + 2 * i as i32;
+                *point = [back(value(col)?), back(value(col + 1)?)];
+            }
+            faces.push(DetectedFace {
+                bbox: [
+                    back(value(0)?),
+                    back(value(1)?),
+                    back(value(2)?),
+                    back(value(3)?),
+                ],
+                landmarks,
+                score,
+            });
+        }
+        faces.sort_by(|a, b| b.area().total_cmp(&a.area()));
+        Ok(faces)
+    }
+}
+
+/// The factor (≤ 1) that brings the longer side to at most `max_side`.
+pub fn shrink_factor(width: i32, height: i32, max_side: u32) -> f32 {
+    let longer = width.max(height).max(1) as f32;
+    (max_side as f32 / longer).min(1.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_shrunk_only_when_larger_than_the_limit() {
+        assert_eq!(shrink_factor(640, 480, 640), 1.0);
+        assert_eq!(shrink_factor(320, 240, 640), 1.0);
+        assert_eq!(shrink_factor(1280, 720, 640), 0.5);
+        assert_eq!(shrink_factor(720, 1280, 640), 0.5);
+    }
+}

@@ -1,0 +1,131 @@
+//! Embedding: the aligned face through the ONNX embedder named in the manifest, L2-normalised.
+
+use opencv::core::{Mat, Scalar, Size, CV_32F};
+use opencv::dnn;
+use opencv::prelude::*;
+
+use crate::models::{ChannelOrder, EmbedderContract, ResolvedModel};
+use crate::vision::VisionError;
+
+/// A unit-length face vector; the dot product of two is their cosine similarity.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embedding(Vec<f32>);
+
+impl Embedding {
+    /// Normalises `raw` to unit length; `None` for an all-zero or non-finite vector.
+    pub fn from_raw(mut raw: Vec<f32>) -> Option<Embedding> {
+        let norm = raw.iter().map(|v| v * v).sum::<f32>().sqrt();
+        if !norm.is_finite() || norm < 1e-12 {
+            return None;
+        }
+        raw.iter_mut().for_each(|v| *v /= norm);
+        Some(Embedding(raw))
+    }
+
+    pub fn as_slice(&self) -> &[f32] {
+        &self.0
+    }
+
+    pub fn cosine(&self, other: &Embedding) -> f32 {
+        dot(&self.0, &other.0)
+    }
+}
+
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+pub struct Embedder {
+    net: dnn::Net,
+    contract: EmbedderContract,
+    model_name: String,
+}
+
+impl Embedder {
+    pub fn load(model: &ResolvedModel<EmbedderContract>) -> Result<Embedder, VisionError> {
+        let load_error = |cause: String| VisionError::ModelLoad {
+            model: model.name.clone(),
+            path: model.path.clone(),
+            cause,
+        };
+        let mut net = dnn::read_net_from_onnx(&model.path.to_string_lossy())
+            .map_err(|err| load_error(err.to_string()))?;
+        net.set_preferable_backend(dnn::DNN_BACKEND_OPENCV)?;
+        net.set_preferable_target(dnn::DNN_TARGET_CPU)?;
+        let mut embedder = Embedder {
+            net,
+            contract: model.contract.clone(),
+            model_name: model.name.clone(),
+        };
+        let side = embedder.input_size();
+        let probe =
+            Mat::new_rows_cols_with_default(side, side, opencv::core::CV_8UC3, Scalar::all(128.0))?;
+        embedder
+            .embed_raw(&probe)
+            .map_err(|err| load_error(format!("a test inference failed: {err}")))?;
+        Ok(embedder)
+    }
+
+    /// Side of the square crop this embedder expects.
+    pub fn input_size(&self) -> i32 {
+        self.contract.input_size
+    }
+
+    /// Embeds an aligned BGR crop of `input_size` pixels.
+    pub fn embed(&mut self, aligned: &Mat) -> Result<Embedding, VisionError> {
+        let raw = self.embed_raw(aligned)?;
+        Embedding::from_raw(raw).ok_or(VisionError::DegenerateEmbedding)
+    }
+
+    fn embed_raw(&mut self, aligned: &Mat) -> Result<Vec<f32>, VisionError> {
+        let c = &self.contract;
+        let side = c.input_size;
+        let mean = Scalar::new(
+            f64::from(c.mean[0]),
+            f64::from(c.mean[1]),
+            f64::from(c.mean[2]),
+            0.0,
+        );
+        let mut blob = dnn::blob_from_image(
+            aligned,
+            1.0,
+            Size::new(side, side),
+            mean,
+            c.color == ChannelOrder::Rgb,
+            false,
+            CV_32F,
+        )?;
+        let plane = (side * side) as usize;
+        let values = blob.data_typed_mut::<f32>()?;
+        for (channel, std) in c.std.iter().enumerate() {
+            values[channel * plane..(channel + 1) * plane]
+                .iter_mut()
+                .for_each(|v| *v /= std);
+        }
+        self.net.set_input(&blob, "", 1.0, Scalar::default())?;
+        let output = self.net.forward_single("")?;
+        let raw = output.data_typed::<f32>()?.to_vec();
+        if raw.len() != c.output_dim {
+            return Err(VisionError::OutputShape {
+                model: self.model_name.clone(),
+                expected: c.output_dim,
+                actual: raw.len(),
+            });
+        }
+        Ok(raw)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embeddings_are_unit_length_and_zero_is_refused() {
+        let e = Embedding::from_raw(vec![3.0, 4.0]).unwrap();
+        assert!((e.cosine(&e) - 1.0).abs() < 1e-6);
+        assert_eq!(e.as_slice(), &[0.6, 0.8]);
+        assert!(Embedding::from_raw(vec![0.0, 0.0]).is_none());
+        assert!(Embedding::from_raw(vec![f32::NAN, 1.0]).is_none());
+    }
+}

@@ -1,0 +1,196 @@
+//! The face pipeline of one worker: detect → align → embed. It holds model weights and nothing else,
+//! so every call starts from the frame alone.
+
+pub mod align;
+pub mod detect;
+pub mod embed;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use opencv::core::Mat;
+
+use crate::config::Config;
+use crate::models::{DetectorContract, EmbedderContract, Manifest, ModelError, ResolvedModel};
+pub use detect::DetectedFace;
+pub use embed::Embedding;
+
+/// Why the pipeline could not run. These are the daemon's faults (5xx), not the sender's.
+#[derive(Debug, thiserror::Error)]
+pub enum VisionError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("model `{model}` at {path} could not be loaded by OpenCV: {cause}. Check that the file is the pinned one (scripts/fetch-assets) and that OpenCV is 4.6 or newer")]
+    ModelLoad {
+        model: String,
+        path: PathBuf,
+        cause: String,
+    },
+    #[error("model `{model}` returned {actual} values, its manifest says {expected}: the manifest and the model file disagree")]
+    OutputShape {
+        model: String,
+        expected: usize,
+        actual: usize,
+    },
+    #[error("the face landmarks are degenerate (all in one point), so the face cannot be aligned")]
+    DegenerateLandmarks,
+    #[error("the embedder returned an all-zero or non-finite vector")]
+    DegenerateEmbedding,
+    #[error("OpenCV failed: {0}")]
+    OpenCv(#[from] opencv::Error),
+}
+
+/// `recognition.detector` value that picks the YuNet release the running OpenCV can execute.
+pub const AUTO_DETECTOR: &str = "auto";
+
+/// YuNet 2022mar's outputs are what OpenCV before 4.8 decodes; 4.8 and later expect 2023mar's.
+pub fn detector_for_opencv((major, minor): (i32, i32)) -> &'static str {
+    if (major, minor) >= (4, 8) {
+        "yunet_2023mar"
+    } else {
+        "yunet_2022mar"
+    }
+}
+
+pub fn opencv_version() -> (i32, i32) {
+    (
+        opencv::core::get_version_major(),
+        opencv::core::get_version_minor(),
+    )
+}
+
+/// Both models of the pipeline, resolved from the manifest and checked against their pins.
+#[derive(Debug, Clone)]
+pub struct PipelineModels {
+    pub detector: ResolvedModel<DetectorContract>,
+    pub embedder: ResolvedModel<EmbedderContract>,
+}
+
+impl PipelineModels {
+    pub fn resolve(config: &Config) -> Result<PipelineModels, ModelError> {
+        let manifest = Manifest::builtin();
+        let detector = match config.recognition.detector.as_str() {
+            AUTO_DETECTOR => detector_for_opencv(opencv_version()),
+            named => named,
+        };
+        let models = PipelineModels {
+            detector: manifest.detector(detector, &config.models_dir)?,
+            embedder: manifest.embedder(&config.recognition.embedder, &config.models_dir)?,
+        };
+        models.detector.verify()?;
+        models.embedder.verify()?;
+        Ok(models)
+    }
+
+    /// The threshold in force: the config's, else the embedder's manifest default.
+    pub fn threshold(&self, config: &Config) -> f32 {
+        config
+            .recognition
+            .threshold
+            .unwrap_or(self.embedder.contract.threshold)
+    }
+}
+
+/// The face the decision is about, with the other faces counted.
+#[derive(Debug, Clone)]
+pub struct FaceReading {
+    pub face: DetectedFace,
+    pub embedding: Embedding,
+}
+
+/// What the pipeline saw in one frame, and how long each stage took.
+#[derive(Debug, Clone)]
+pub struct Sighting {
+    /// The largest (closest) face, embedded; `None` when no face was found.
+    pub primary: Option<FaceReading>,
+    pub faces: usize,
+    pub detect_ms: f64,
+    pub align_ms: f64,
+    pub embed_ms: f64,
+}
+
+/// One worker's detector and embedder.
+pub struct Recognizer {
+    detector: detect::Detector,
+    embedder: embed::Embedder,
+}
+
+impl Recognizer {
+    pub fn load(models: &PipelineModels, config: &Config) -> Result<Recognizer, VisionError> {
+        let r = &config.recognition;
+        let settings = detect::DetectSettings {
+            max_side: r.detect_max_side,
+            score_threshold: r.detect_score_threshold,
+            min_face_px: r.min_face_px,
+        };
+        Ok(Recognizer {
+            detector: detect::Detector::load(&models.detector, settings)?,
+            embedder: embed::Embedder::load(&models.embedder)?,
+        })
+    }
+
+    /// Detects every face, then aligns and embeds the largest one.
+    pub fn look(&mut self, frame: &Mat) -> Result<Sighting, VisionError> {
+        let started = Instant::now();
+        let faces = self.detector.detect(frame)?;
+        let detect_ms = elapsed_ms(started);
+        let Some(largest) = faces.first().cloned() else {
+            return Ok(Sighting {
+                primary: None,
+                faces: 0,
+                detect_ms,
+                align_ms: 0.0,
+                embed_ms: 0.0,
+            });
+        };
+        let started = Instant::now();
+        let crop = align::align_face(frame, &largest.landmarks, self.embedder.input_size())?;
+        let align_ms = elapsed_ms(started);
+        let started = Instant::now();
+        let embedding = self.embedder.embed(&crop)?;
+        let embed_ms = elapsed_ms(started);
+        Ok(Sighting {
+            primary: Some(FaceReading {
+                face: largest,
+                embedding,
+            }),
+            faces: faces.len(),
+            detect_ms,
+            align_ms,
+            embed_ms,
+        })
+    }
+
+    /// Every face in the frame, for enrolment's "exactly one face" rule.
+    pub fn detect_all(&mut self, frame: &Mat) -> Result<Vec<DetectedFace>, VisionError> {
+        self.detector.detect(frame)
+    }
+
+    /// Aligns and embeds one chosen face.
+    pub fn embed_face(
+        &mut self,
+        frame: &Mat,
+        face: &DetectedFace,
+    ) -> Result<Embedding, VisionError> {
+        let crop = align::align_face(frame, &face.landmarks, self.embedder.input_size())?;
+        self.embedder.embed(&crop)
+    }
+}
+
+pub fn elapsed_ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_detector_follows_the_opencv_release() {
+        assert_eq!(detector_for_opencv((4, 6)), "yunet_2022mar");
+        assert_eq!(detector_for_opencv((4, 7)), "yunet_2022mar");
+        assert_eq!(detector_for_opencv((4, 8)), "yunet_2023mar");
+        assert_eq!(detector_for_opencv((4, 10)), "yunet_2023mar");
+        assert_eq!(detector_for_opencv((5, 0)), "yunet_2023mar");
+    }
+}
