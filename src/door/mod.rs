@@ -1,0 +1,149 @@
+//! The door relay: the hardware abstraction, its backends (GPIO, simulated), the pure timing policy
+//! and the controller thread that pulses the relay and keeps it locked on every error path.
+
+mod controller;
+pub mod gpio;
+pub mod policy;
+pub mod sim;
+
+pub use controller::{
+    Actuation, ActuationObserver, ActuationReason, DoorController, LockGuardHandle,
+};
+pub use policy::{DoorSettings, DoorState, GrantOutcome, GrantWhileOpen};
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// The relay hardware. Implementations drive their output immediately; `reason` is a short
+/// label for journals and debug logs.
+pub trait Door: Send {
+    fn set_locked(&mut self, reason: &str) -> Result<(), DoorError>;
+    fn set_unlocked(&mut self, reason: &str) -> Result<(), DoorError>;
+    /// One line for start-up logs, e.g. "GPIO relay on BCM 17 (active-high: locked = low)".
+    fn describe(&self) -> String;
+}
+
+/// The two levels a relay can be driven to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RelayState {
+    Locked,
+    Unlocked,
+}
+
+impl RelayState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RelayState::Locked => "locked",
+            RelayState::Unlocked => "unlocked",
+        }
+    }
+}
+
+/// Which relay backend to build; the configuration module maps `[door]` settings onto this.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendKind {
+    /// A relay on BCM pin `pin`; `active_low` is true for relay boards energised by a low pin.
+    Gpio { pin: u8, active_low: bool },
+    /// The simulated relay, optionally journaling each actuation as a JSON line to `journal`.
+    Sim { journal: Option<PathBuf> },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DoorError {
+    #[error(
+        "GPIO unavailable: {cause}. On a Raspberry Pi, check that the user is in the gpio group and \
+         /dev/gpiomem exists; elsewhere use door.backend = \"sim\""
+    )]
+    GpioUnavailable { cause: String },
+    #[error(
+        "GPIO pin {pin} cannot be used: {cause}. Check that door.gpio_pin is a BCM GPIO number \
+         (not a header position) and that no other program holds the pin"
+    )]
+    GpioPin { pin: u8, cause: String },
+    #[error(
+        "cannot write the simulated relay journal {}: {source}. Check that its directory exists \
+         and is writable",
+        path.display()
+    )]
+    Journal {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("simulated relay failure while trying to {action} (injected by a test)")]
+    SimulatedFailure { action: &'static str },
+    #[error(
+        "the door is locked down after an emergency lock or shutdown and will not unlock; \
+         restart facegate to resume"
+    )]
+    LockedDown,
+    #[error("cannot start the door relay thread: {0}. The system may be out of memory or threads")]
+    Thread(std::io::Error),
+}
+
+/// Builds the relay backend described by `kind`. A GPIO backend drives its pin to the locked
+/// level as part of construction.
+pub fn build_backend(kind: &BackendKind) -> Result<Box<dyn Door>, DoorError> {
+    Ok(match kind {
+        BackendKind::Gpio { pin, active_low } => Box::new(gpio::GpioDoor::open(*pin, *active_low)?),
+        BackendKind::Sim { journal: None } => Box::new(sim::SimDoor::new()),
+        BackendKind::Sim {
+            journal: Some(path),
+        } => Box::new(sim::SimDoor::with_journal(path)?),
+    })
+}
+
+/// Builds the backend and drives it locked once (`facegate door lock`, run by systemd
+/// `ExecStopPost` so the relay ends locked after any exit, even SIGKILL).
+pub fn lock_once(kind: &BackendKind) -> Result<(), DoorError> {
+    let mut door = build_backend(kind)?;
+    door.set_locked(ActuationReason::LockCommand.as_str())?;
+    log::info!("{} driven locked", door.describe());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_once_with_sim_journal_writes_one_locked_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = dir.path().join("relay.jsonl");
+        lock_once(&BackendKind::Sim {
+            journal: Some(journal.clone()),
+        })
+        .unwrap();
+        let text = std::fs::read_to_string(&journal).unwrap();
+        let entries: Vec<sim::SimJournalEntry> = text
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].state, RelayState::Locked);
+        assert_eq!(entries[0].reason, "lock_command");
+    }
+
+    #[test]
+    fn build_backend_describes_sim() {
+        let door = build_backend(&BackendKind::Sim { journal: None }).unwrap();
+        assert_eq!(door.describe(), "simulated relay");
+    }
+
+    #[test]
+    fn gpio_off_a_pi_fails_with_guidance() {
+        // This test machine is not a Raspberry Pi; on a Pi it would claim the pin, so skip there.
+        if std::path::Path::new("/dev/gpiomem").exists() {
+            return;
+        }
+        let error = build_backend(&BackendKind::Gpio {
+            pin: 17,
+            active_low: false,
+        })
+        .err()
+        .expect("GPIO must be unavailable off a Raspberry Pi");
+        let message = error.to_string();
+        assert!(message.starts_with("GPIO unavailable: "), "{message}");
+        assert!(message.contains("door.backend = \"sim\""), "{message}");
+    }
+}

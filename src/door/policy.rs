@@ -1,0 +1,233 @@
+//! Pure door timing rules (hold, extend-or-ignore, cooldown) kept free of threads and hardware so
+//! every rule is covered by table tests; the relay thread only executes what these functions decide.
+
+use serde::Serialize;
+use std::time::{Duration, Instant};
+
+/// What a granted decision does while the door is already open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GrantWhileOpen {
+    /// Push the relock time to `now + hold`.
+    Extend,
+    /// Keep the original relock time.
+    Ignore,
+}
+
+/// Timing settings of the door pulse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DoorSettings {
+    /// How long the relay stays unlocked after a grant.
+    pub hold: Duration,
+    /// After the relay re-locks, grants within this time do not open the door again.
+    pub cooldown: Duration,
+    /// What a grant does while the door is open.
+    pub grant_while_open: GrantWhileOpen,
+}
+
+/// The commanded state of the door, as the policy sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DoorState {
+    /// Relay at its locked level; new grants are refused until `cooldown_until` (if any).
+    Locked { cooldown_until: Option<Instant> },
+    /// Relay commanded unlocked; it must re-lock at `until`.
+    Open { until: Instant },
+}
+
+impl DoorState {
+    /// Locked with no cooldown running: the state at start-up and after an emergency.
+    pub const LOCKED: DoorState = DoorState::Locked {
+        cooldown_until: None,
+    };
+
+    /// The instant at which [`on_tick`] has work to do, if any.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        match *self {
+            DoorState::Open { until } => Some(until),
+            DoorState::Locked { .. } => None,
+        }
+    }
+}
+
+/// What a grant did to the door.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GrantOutcome {
+    /// The door was locked and is now being unlocked.
+    Opened,
+    /// The door was open; its relock time moved later.
+    Extended,
+    /// The door was open and stays on its original schedule (`GrantWhileOpen::Ignore`).
+    AlreadyOpen,
+    /// The door re-locked less than `cooldown` ago; it stays locked.
+    CoolingDown,
+    /// The controller cannot open the door (emergency lock, shutdown, or a relay fault).
+    Unavailable,
+}
+
+impl GrantOutcome {
+    /// Stable lower-case name for logs, metrics labels and JSON answers.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GrantOutcome::Opened => "opened",
+            GrantOutcome::Extended => "extended",
+            GrantOutcome::AlreadyOpen => "already_open",
+            GrantOutcome::CoolingDown => "cooling_down",
+            GrantOutcome::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// What the relay must do after time passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TickAction {
+    Nothing,
+    Relock,
+}
+
+/// Applies a fresh granted decision at `now`.
+///
+/// An `Open` state counts as open until the relay thread has re-locked it through [`on_tick`],
+/// even if `until` has just passed, so the door is never left unlocked without a pending relock.
+pub fn on_grant(state: &DoorState, now: Instant, s: &DoorSettings) -> (DoorState, GrantOutcome) {
+    match *state {
+        DoorState::Open { until } => match s.grant_while_open {
+            GrantWhileOpen::Extend => (
+                DoorState::Open {
+                    until: until.max(now + s.hold),
+                },
+                GrantOutcome::Extended,
+            ),
+            GrantWhileOpen::Ignore => (*state, GrantOutcome::AlreadyOpen),
+        },
+        DoorState::Locked {
+            cooldown_until: Some(cooldown_until),
+        } if now < cooldown_until => (*state, GrantOutcome::CoolingDown),
+        DoorState::Locked { .. } => (
+            DoorState::Open {
+                until: now + s.hold,
+            },
+            GrantOutcome::Opened,
+        ),
+    }
+}
+
+/// Applies the passing of time at `now`: ends the pulse when its hold has elapsed (starting the
+/// cooldown from this moment, when the relay re-locks) and forgets an expired cooldown.
+pub fn on_tick(state: &DoorState, now: Instant, s: &DoorSettings) -> (DoorState, TickAction) {
+    match *state {
+        DoorState::Open { until } if now >= until => {
+            let cooldown_until = (!s.cooldown.is_zero()).then(|| now + s.cooldown);
+            (DoorState::Locked { cooldown_until }, TickAction::Relock)
+        }
+        DoorState::Locked {
+            cooldown_until: Some(cooldown_until),
+        } if now >= cooldown_until => (DoorState::LOCKED, TickAction::Nothing),
+        _ => (*state, TickAction::Nothing),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOLD_MS: u64 = 3_000;
+    const COOLDOWN_MS: u64 = 1_000;
+
+    fn settings(grant_while_open: GrantWhileOpen, cooldown_ms: u64) -> DoorSettings {
+        DoorSettings {
+            hold: Duration::from_millis(HOLD_MS),
+            cooldown: Duration::from_millis(cooldown_ms),
+            grant_while_open,
+        }
+    }
+
+    /// States written with millisecond offsets from a common origin.
+    #[derive(Debug, Clone, Copy)]
+    enum At {
+        Locked,
+        CoolingUntil(u64),
+        OpenUntil(u64),
+    }
+
+    fn state(origin: Instant, at: At) -> DoorState {
+        let ms = |n| origin + Duration::from_millis(n);
+        match at {
+            At::Locked => DoorState::LOCKED,
+            At::CoolingUntil(n) => DoorState::Locked {
+                cooldown_until: Some(ms(n)),
+            },
+            At::OpenUntil(n) => DoorState::Open { until: ms(n) },
+        }
+    }
+
+    #[test]
+    fn grant_table() {
+        use GrantOutcome::*;
+        use GrantWhileOpen::{Extend, Ignore};
+        let origin = Instant::now();
+        // (name, state before, now ms, mode, expected state, expected outcome)
+        #[rustfmt::skip]
+        let table = [
+            ("locked opens", At::Locked, 1_000, Extend, At::OpenUntil(4_000), Opened),
+            ("locked opens in ignore mode", At::Locked, 0, Ignore, At::OpenUntil(3_000), Opened),
+            ("open extends from now", At::OpenUntil(3_000), 2_000, Extend, At::OpenUntil(5_000), Extended),
+            ("open ignore keeps schedule", At::OpenUntil(3_000), 2_000, Ignore, At::OpenUntil(3_000), AlreadyOpen),
+            ("extend never shortens", At::OpenUntil(9_000), 1_000, Extend, At::OpenUntil(9_000), Extended),
+            ("open past deadline not yet relocked still extends", At::OpenUntil(3_000), 3_500, Extend, At::OpenUntil(6_500), Extended),
+            ("open past deadline in ignore mode", At::OpenUntil(3_000), 3_500, Ignore, At::OpenUntil(3_000), AlreadyOpen),
+            ("cooldown refuses", At::CoolingUntil(5_000), 4_999, Extend, At::CoolingUntil(5_000), CoolingDown),
+            ("cooldown over at its end", At::CoolingUntil(5_000), 5_000, Extend, At::OpenUntil(8_000), Opened),
+            ("cooldown over after its end", At::CoolingUntil(5_000), 7_000, Ignore, At::OpenUntil(10_000), Opened),
+        ];
+        for (name, before, now_ms, mode, after, outcome) in table {
+            let now = origin + Duration::from_millis(now_ms);
+            let got = on_grant(&state(origin, before), now, &settings(mode, COOLDOWN_MS));
+            assert_eq!(got, (state(origin, after), outcome), "{name}");
+        }
+    }
+
+    #[test]
+    fn tick_table() {
+        use TickAction::{Nothing, Relock};
+        let origin = Instant::now();
+        // (name, state before, now ms, cooldown ms, expected state, expected action)
+        #[rustfmt::skip]
+        let table = [
+            ("open before deadline stays", At::OpenUntil(3_000), 2_999, COOLDOWN_MS, At::OpenUntil(3_000), Nothing),
+            ("open at deadline relocks with cooldown from now", At::OpenUntil(3_000), 3_000, COOLDOWN_MS, At::CoolingUntil(4_000), Relock),
+            ("late tick starts cooldown at the real relock", At::OpenUntil(3_000), 3_200, COOLDOWN_MS, At::CoolingUntil(4_200), Relock),
+            ("zero cooldown relocks without cooldown", At::OpenUntil(3_000), 3_000, 0, At::Locked, Relock),
+            ("cooldown running stays", At::CoolingUntil(4_000), 3_999, COOLDOWN_MS, At::CoolingUntil(4_000), Nothing),
+            ("cooldown expires", At::CoolingUntil(4_000), 4_000, COOLDOWN_MS, At::Locked, Nothing),
+            ("locked stays locked", At::Locked, 10_000, COOLDOWN_MS, At::Locked, Nothing),
+        ];
+        for (name, before, now_ms, cooldown_ms, after, action) in table {
+            let now = origin + Duration::from_millis(now_ms);
+            let s = settings(GrantWhileOpen::Extend, cooldown_ms);
+            let got = on_tick(&state(origin, before), now, &s);
+            assert_eq!(got, (state(origin, after), action), "{name}");
+        }
+    }
+
+    #[test]
+    fn full_cycle_grant_hold_relock_cooldown_then_open_again() {
+        let origin = Instant::now();
+        let ms = |n| origin + Duration::from_millis(n);
+        let s = settings(GrantWhileOpen::Extend, COOLDOWN_MS);
+        let (open, outcome) = on_grant(&DoorState::LOCKED, ms(0), &s);
+        assert_eq!(outcome, GrantOutcome::Opened);
+        assert_eq!(open.next_deadline(), Some(ms(HOLD_MS)));
+        let (locked, action) = on_tick(&open, ms(HOLD_MS), &s);
+        assert_eq!(action, TickAction::Relock);
+        assert_eq!(locked.next_deadline(), None);
+        assert_eq!(
+            on_grant(&locked, ms(HOLD_MS + 10), &s).1,
+            GrantOutcome::CoolingDown
+        );
+        assert_eq!(
+            on_grant(&locked, ms(HOLD_MS + COOLDOWN_MS), &s).1,
+            GrantOutcome::Opened
+        );
+    }
+}
