@@ -1,13 +1,417 @@
-//! The door daemon's wiring (in progress).
+//! `facegate serve`: wires config, models, gallery, door, audit log and snapshots to the HTTP front end,
+//! and owns the process's life: signals, panics, the watchdog and a fail-secure shutdown.
 
-use anyhow::{bail, Result};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
 
-use crate::config::Config;
+use anyhow::{bail, Context, Result};
+use sd_notify::NotifyState;
+use serde_json::json;
 
-pub fn run(_config: Config) -> Result<()> {
-    bail!("serve is not implemented yet")
+use crate::audit::{AuditLog, AuditRetention};
+use crate::config::{Config, DoorBackendName, GrantWhileOpenConfig};
+use crate::door::{
+    self, Actuation, BackendKind, DoorController, DoorSettings, GrantWhileOpen, RelayState,
+};
+use crate::gallery::{EmbedderId, LiveGallery};
+use crate::http::{self, sockets};
+use crate::metrics::Metrics;
+use crate::ratelimit::RateLimitedLog;
+use crate::service::Service;
+use crate::snapshots::{SnapshotRetention, SnapshotStore};
+use crate::vision::{PipelineModels, Recognizer};
+
+/// How long the accepting loop waits before looking at the stop flags again.
+const ACCEPT_POLL: Duration = Duration::from_millis(250);
+/// Consecutive failed self-probes after which the daemon gives up and exits for systemd to restart it.
+const PROBE_FAILURES_FATAL: u32 = 3;
+const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
+/// Connections silent for this long are closed.
+const IDLE_CONNECTION_LIMIT: Duration = Duration::from_secs(60);
+const RETENTION_INTERVAL: Duration = Duration::from_secs(600);
+const GALLERY_RECHECK: Duration = Duration::from_secs(2);
+
+pub fn backend_kind(config: &Config) -> BackendKind {
+    match config.door.backend {
+        DoorBackendName::Gpio => BackendKind::Gpio {
+            pin: config.door.gpio_pin,
+            active_low: config.door.active_low,
+        },
+        DoorBackendName::Sim => BackendKind::Sim {
+            journal: config.door.sim_journal.clone(),
+        },
+    }
 }
 
-pub fn lock_door(_config: &Config) -> Result<()> {
-    bail!("door lock is not implemented yet")
+/// `facegate door lock`: drive the relay locked once and exit.
+pub fn lock_door(config: &Config) -> Result<()> {
+    door::lock_once(&backend_kind(config)).context("the relay could not be driven locked")
+}
+
+fn door_settings(config: &Config) -> DoorSettings {
+    DoorSettings {
+        hold: Duration::from_millis(config.door.hold_ms),
+        cooldown: Duration::from_millis(config.door.cooldown_ms),
+        grant_while_open: match config.door.grant_while_open {
+            GrantWhileOpenConfig::Extend => GrantWhileOpen::Extend,
+            GrantWhileOpenConfig::Ignore => GrantWhileOpen::Ignore,
+        },
+    }
+}
+
+/// Why the accepting loop stopped.
+#[derive(Default)]
+struct StopFlags {
+    /// SIGTERM or SIGINT: a clean stop.
+    signalled: AtomicBool,
+    /// Something the daemon cannot recover from: exit non-zero so systemd restarts it.
+    fatal: AtomicBool,
+}
+
+impl StopFlags {
+    fn stopping(&self) -> bool {
+        self.signalled.load(Ordering::SeqCst) || self.fatal.load(Ordering::SeqCst)
+    }
+}
+
+pub fn run(config: Config) -> Result<()> {
+    let token = config.token();
+    if config.http.require_token && token.is_none() {
+        bail!("http.require_token is on but no token is set: put the tablet's token in FACEGATE_TOKEN (or http.token), or set http.require_token = false on a trusted network");
+    }
+    if config.recognition.opencv_threads > 0 {
+        opencv::core::set_num_threads(config.recognition.opencv_threads)?;
+    }
+    let metrics = Arc::new(Metrics::default());
+    let audit_errors = Arc::new(RateLimitedLog::new(Duration::from_secs(60)));
+    let audit = open_audit(&config);
+    let door = Arc::new(start_door(&config, &metrics, audit.clone(), &audit_errors)?);
+    let stop = Arc::new(StopFlags::default());
+    install_panic_hook(door.lock_guard(), Arc::clone(&stop));
+    // From here on the door is running: every early return must lock it first.
+    match serve(
+        config,
+        token.is_some(),
+        metrics,
+        audit,
+        audit_errors,
+        Arc::clone(&door),
+        &stop,
+    ) {
+        Ok(()) => finish(door, None),
+        Err(err) => finish(door, Some(err)),
+    }
+}
+
+fn finish(door: Arc<DoorController>, failure: Option<anyhow::Error>) -> Result<()> {
+    let locked = match Arc::try_unwrap(door) {
+        Ok(door) => door.shutdown().map_err(anyhow::Error::from),
+        Err(shared) => {
+            if shared.emergency_lock() {
+                Ok(())
+            } else {
+                Err(anyhow::anyhow!("the relay could not be confirmed locked"))
+            }
+        }
+    };
+    match (failure, locked) {
+        (None, Ok(())) => {
+            log::info!("facegate stopped; door locked");
+            Ok(())
+        }
+        (Some(err), Ok(())) => Err(err.context("facegate stopped with the door locked")),
+        (None, Err(lock)) => Err(lock),
+        (Some(err), Err(lock)) => Err(err.context(format!("and locking failed: {lock:#}"))),
+    }
+}
+
+fn open_audit(config: &Config) -> Option<Arc<AuditLog>> {
+    let retention = AuditRetention {
+        max_age_days: config.audit.max_age_days,
+        max_total_bytes: config.audit.max_total_mb * 1024 * 1024,
+    };
+    match AuditLog::open(config.audit_dir(), retention) {
+        Ok(audit) => Some(Arc::new(audit)),
+        Err(err) => {
+            log::error!("audit log disabled: {err}");
+            None
+        }
+    }
+}
+
+fn start_door(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    audit: Option<Arc<AuditLog>>,
+    audit_errors: &Arc<RateLimitedLog>,
+) -> Result<DoorController> {
+    let backend = door::build_backend(&backend_kind(config))
+        .context("the door backend could not be started")?;
+    let metrics = Arc::clone(metrics);
+    let audit_errors = Arc::clone(audit_errors);
+    let observer = Box::new(move |actuation: &Actuation| {
+        if actuation.state == RelayState::Unlocked && actuation.error.is_none() {
+            metrics.count_door_opening();
+        }
+        log::info!(
+            "door state={} reason={} request_id={} identity={:?}{}",
+            actuation.state.as_str(),
+            actuation.reason.as_str(),
+            actuation.request_id.as_deref().unwrap_or("-"),
+            actuation.identity.as_deref().unwrap_or(""),
+            actuation
+                .error
+                .as_ref()
+                .map_or(String::new(), |e| format!(" error={e:?}")),
+        );
+        if let Some(audit) = &audit {
+            let record = json!({
+                "kind": "door",
+                "request_id": actuation.request_id,
+                "identity": actuation.identity,
+                "state": actuation.state,
+                "reason": actuation.reason,
+                "error": actuation.error,
+            });
+            if let Err(err) = audit.append(&record) {
+                audit_errors.error(format!("audit line not written: {err}"));
+            }
+        }
+    });
+    Ok(DoorController::start(
+        backend,
+        door_settings(config),
+        observer,
+    )?)
+}
+
+/// A panic anywhere locks the door at once and stops the daemon (the door stays locked down until
+/// systemd starts a fresh process).
+fn install_panic_hook(guard: door::LockGuardHandle, stop: Arc<StopFlags>) {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        guard.emergency_lock();
+        stop.fatal.store(true, Ordering::SeqCst);
+        default_hook(info);
+    }));
+}
+
+fn serve(
+    config: Config,
+    has_token: bool,
+    metrics: Arc<Metrics>,
+    audit: Option<Arc<AuditLog>>,
+    audit_errors: Arc<RateLimitedLog>,
+    door: Arc<DoorController>,
+    stop: &Arc<StopFlags>,
+) -> Result<()> {
+    let models = PipelineModels::resolve(&config).context("the models are not usable")?;
+    let threshold = models.threshold(&config);
+    let embedder = EmbedderId {
+        name: models.embedder.name.clone(),
+        sha256: models.embedder.sha256.clone(),
+        dim: models.embedder.contract.output_dim,
+    };
+    let gallery = LiveGallery::open(&config.gallery_path(), &embedder, GALLERY_RECHECK)?;
+    let workers = config.worker_count();
+    let recognizers = (0..workers)
+        .map(|_| Recognizer::load(&models, &config))
+        .collect::<Result<Vec<_>, _>>()
+        .context("the models did not load")?;
+    let snapshots = open_snapshots(&config);
+    let server = tiny_http::Server::http(config.http.listen)
+        .map_err(|err| anyhow::anyhow!("cannot listen on {}: {err}", config.http.listen))?;
+    let address = server
+        .server_addr()
+        .to_ip()
+        .context("the server is not listening on an IP address")?;
+    let people = gallery.current().people().len();
+    let service = Arc::new(Service::new(
+        config,
+        threshold,
+        metrics,
+        door,
+        gallery,
+        audit,
+        audit_errors,
+        snapshots,
+    ));
+    let (jobs, queue) = crossbeam_channel::bounded(service.config.http.queue_depth);
+    let worker_threads: Vec<JoinHandle<()>> = recognizers
+        .into_iter()
+        .enumerate()
+        .map(|(i, recognizer)| {
+            let service = Arc::clone(&service);
+            let queue = queue.clone();
+            std::thread::Builder::new()
+                .name(format!("worker-{i}"))
+                .spawn(move || http::run_worker(service, recognizer, queue))
+        })
+        .collect::<Result<_, _>>()?;
+    drop(queue);
+    let sweeper_stop = Arc::new(AtomicBool::new(false));
+    let sweep = sockets::SweepSettings {
+        port: address.port(),
+        io_timeout: Duration::from_millis(service.config.http.body_timeout_ms),
+        idle_limit: IDLE_CONNECTION_LIMIT,
+    };
+    sockets::spawn_sweeper(sweep, SWEEP_INTERVAL, Arc::clone(&sweeper_stop))?;
+    spawn_signal_thread(Arc::clone(stop))?;
+    spawn_retention_thread(Arc::clone(&service));
+    spawn_watchdog(
+        address,
+        Duration::from_millis(service.config.http.self_probe_interval_ms),
+        Arc::clone(stop),
+    )?;
+    log::info!(
+        "facegate listening on http://{address} ({workers} workers, queue {}, {people} people enrolled, threshold {threshold}, door {:?}, token {})",
+        service.config.http.queue_depth,
+        service.config.door.backend,
+        if has_token { "required" } else { "not required" },
+    );
+    let _ = sd_notify::notify(false, &[NotifyState::Ready]);
+
+    let mut accept_failure = None;
+    while !stop.stopping() {
+        match server.recv_timeout(ACCEPT_POLL) {
+            Ok(Some(request)) => http::dispatch(&service, &jobs, request),
+            Ok(None) => {}
+            Err(err) => {
+                accept_failure = Some(err);
+                break;
+            }
+        }
+    }
+    let _ = sd_notify::notify(false, &[NotifyState::Stopping]);
+    // Lock first, then let the workers answer what they hold: no grant from here on moves the relay.
+    service.door.emergency_lock();
+    drop(server);
+    drop(jobs);
+    for worker in worker_threads {
+        let _ = worker.join();
+    }
+    sweeper_stop.store(true, Ordering::SeqCst);
+    drop(service);
+    if let Some(err) = accept_failure {
+        bail!("the HTTP server stopped accepting connections ({err}); exiting so that systemd restarts facegate");
+    }
+    if stop.fatal.load(Ordering::SeqCst) {
+        bail!("stopping after a fatal fault (see the log above)");
+    }
+    log::info!("stop signal received: answered the requests in progress");
+    Ok(())
+}
+
+fn open_snapshots(config: &Config) -> Option<SnapshotStore> {
+    let retention = SnapshotRetention {
+        max_count: config.snapshots.max_count,
+        max_bytes: config.snapshots.max_total_mb * 1024 * 1024,
+        max_age: Duration::from_secs(u64::from(config.snapshots.max_age_days) * 86_400),
+    };
+    match SnapshotStore::open(config.snapshot_dir(), retention) {
+        Ok(store) => Some(store),
+        Err(err) => {
+            log::error!("failure snapshots disabled: {err}");
+            None
+        }
+    }
+}
+
+fn spawn_signal_thread(stop: Arc<StopFlags>) -> Result<()> {
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .context("cannot install the SIGTERM/SIGINT handlers")?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                log::info!("signal {signal} received: stopping, door locking");
+                stop.signalled.store(true, Ordering::SeqCst);
+            }
+        })?;
+    Ok(())
+}
+
+fn spawn_retention_thread(service: Arc<Service>) {
+    let weak = Arc::downgrade(&service);
+    drop(service);
+    let spawned = std::thread::Builder::new()
+        .name("retention".into())
+        .spawn(move || loop {
+            std::thread::sleep(RETENTION_INTERVAL);
+            let Some(service) = weak.upgrade() else {
+                return;
+            };
+            let now = chrono::Utc::now();
+            if let Some(audit) = &service.audit {
+                if let Err(err) = audit.enforce_retention(now) {
+                    service
+                        .audit_errors
+                        .error(format!("audit retention failed: {err}"));
+                }
+            }
+            if let Some(store) = &service.snapshots {
+                store.enforce_retention(now);
+            }
+        });
+    if let Err(err) = spawned {
+        log::error!("retention thread not started: {err}");
+    }
+}
+
+/// Asks our own port for /healthz, as the tablet would reach it.
+pub fn probe(address: SocketAddr, timeout: Duration) -> bool {
+    let target = if address.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], address.port()))
+    } else {
+        address
+    };
+    let attempt = || -> std::io::Result<bool> {
+        let mut stream = TcpStream::connect_timeout(&target, timeout)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: facegate\r\nConnection: close\r\n\r\n")?;
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head)?;
+        Ok(head.starts_with(b"HTTP/1.1 200") || head.starts_with(b"HTTP/1.0 200"))
+    };
+    attempt().unwrap_or(false)
+}
+
+/// Feeds the systemd watchdog only while the port answers; after repeated failures, stops the daemon.
+fn spawn_watchdog(address: SocketAddr, interval: Duration, stop: Arc<StopFlags>) -> Result<()> {
+    let mut watchdog_usec = 0;
+    let watchdog = sd_notify::watchdog_enabled(false, &mut watchdog_usec);
+    let interval = if watchdog {
+        interval.min(Duration::from_micros(watchdog_usec / 3))
+    } else {
+        interval
+    };
+    std::thread::Builder::new().name("self-probe".into()).spawn(move || {
+        let mut failures = 0;
+        while !stop.stopping() {
+            std::thread::sleep(interval);
+            if probe(address, Duration::from_secs(2)) {
+                failures = 0;
+                if watchdog {
+                    let _ = sd_notify::notify(false, &[NotifyState::Watchdog]);
+                }
+            } else {
+                failures += 1;
+                log::error!("self-probe of http://{address}/healthz failed ({failures} in a row)");
+                if failures >= PROBE_FAILURES_FATAL && !stop.stopping() {
+                    log::error!("the daemon no longer answers on its own port: stopping so that it is restarted");
+                    stop.fatal.store(true, Ordering::SeqCst);
+                }
+            }
+        }
+    })?;
+    Ok(())
 }

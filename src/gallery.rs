@@ -290,6 +290,72 @@ impl Gallery {
     }
 }
 
+/// The gallery as the daemon sees it: reloaded when `facegate enroll` or `gallery remove` rewrites the
+/// file, checked at most once per `recheck`. A reload that fails keeps the previous gallery.
+pub struct LiveGallery {
+    path: PathBuf,
+    embedder: EmbedderId,
+    recheck: std::time::Duration,
+    state: std::sync::Mutex<LiveState>,
+}
+
+struct LiveState {
+    gallery: std::sync::Arc<Gallery>,
+    modified: Option<std::time::SystemTime>,
+    checked: std::time::Instant,
+}
+
+impl LiveGallery {
+    pub fn open(
+        path: &Path,
+        embedder: &EmbedderId,
+        recheck: std::time::Duration,
+    ) -> Result<LiveGallery, GalleryError> {
+        let modified = modified_time(path);
+        let gallery = Gallery::load(path, embedder)?;
+        Ok(LiveGallery {
+            path: path.to_path_buf(),
+            embedder: embedder.clone(),
+            recheck,
+            state: std::sync::Mutex::new(LiveState {
+                gallery: std::sync::Arc::new(gallery),
+                modified,
+                checked: std::time::Instant::now(),
+            }),
+        })
+    }
+
+    /// The gallery to match one request against.
+    pub fn current(&self) -> std::sync::Arc<Gallery> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.checked.elapsed() >= self.recheck {
+            state.checked = std::time::Instant::now();
+            let modified = modified_time(&self.path);
+            if modified != state.modified {
+                match Gallery::load(&self.path, &self.embedder) {
+                    Ok(gallery) => {
+                        log::info!(
+                            "gallery reloaded: {} people, {} samples",
+                            gallery.people().len(),
+                            gallery.sample_count()
+                        );
+                        state.gallery = std::sync::Arc::new(gallery);
+                        state.modified = modified;
+                    }
+                    Err(err) => {
+                        log::error!("gallery not reloaded, keeping the previous one: {err}")
+                    }
+                }
+            }
+        }
+        std::sync::Arc::clone(&state.gallery)
+    }
+}
+
+fn modified_time(path: &Path) -> Option<std::time::SystemTime> {
+    fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

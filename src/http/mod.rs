@@ -1,0 +1,376 @@
+//! The tablet's HTTP front end (tiny_http, blocking): one accepting thread that routes and sheds load,
+//! a bounded queue, and worker threads that each own a recognizer. Every request gets a JSON answer.
+
+pub mod body;
+pub mod sockets;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use serde_json::{json, Value};
+use subtle::ConstantTimeEq;
+use tiny_http::{Header, Method, Request, Response};
+
+use crate::service::Service;
+
+/// A request waiting for a worker.
+pub struct Job {
+    pub request: Request,
+    pub request_id: String,
+    pub endpoint: Endpoint,
+    pub received_at: Instant,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Image,
+    Save,
+}
+
+impl Endpoint {
+    pub fn name(self) -> &'static str {
+        match self {
+            Endpoint::Image => "image",
+            Endpoint::Save => "save",
+        }
+    }
+}
+
+/// A JSON answer with its HTTP status.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub code: u16,
+    pub body: Value,
+    /// Close the connection after answering (the body may be left unread).
+    pub close: bool,
+}
+
+impl Answer {
+    pub fn ok(body: Value) -> Answer {
+        Answer {
+            code: 200,
+            body,
+            close: false,
+        }
+    }
+
+    /// An error answer: `status` "error" (or "busy"), a stable `error` code and a readable `message`.
+    pub fn error(code: u16, request_id: &str, error: &str, message: impl Into<String>) -> Answer {
+        Answer {
+            code,
+            body: json!({
+                "request_id": request_id,
+                "status": "error",
+                "error": error,
+                "message": message.into(),
+            }),
+            close: false,
+        }
+    }
+
+    pub fn closing(mut self) -> Answer {
+        self.close = true;
+        self
+    }
+}
+
+/// Sends `answer`; a client that went away is only worth a debug line.
+pub fn respond(request: Request, answer: &Answer) {
+    let mut response = Response::from_string(answer.body.to_string())
+        .with_status_code(answer.code)
+        .with_header(header("Content-Type", "application/json"))
+        .with_header(header("Cache-Control", "no-store"));
+    if answer.close {
+        response = response.with_header(header("Connection", "close"));
+    }
+    if let Err(err) = request.respond(response) {
+        log::debug!("could not send the answer: {err}");
+    }
+}
+
+fn header(name: &str, value: &str) -> Header {
+    Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("static header is valid")
+}
+
+/// Request ids name the answer, the log line, the audit line and the snapshot alike.
+pub struct RequestIds {
+    counter: AtomicU64,
+}
+
+impl Default for RequestIds {
+    fn default() -> Self {
+        RequestIds {
+            counter: AtomicU64::new(0),
+        }
+    }
+}
+
+impl RequestIds {
+    pub fn next(&self) -> String {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        format!(
+            "{}-{:04x}",
+            Utc::now().format("%Y%m%dT%H%M%S%3f"),
+            n & 0xffff
+        )
+    }
+}
+
+/// Is the bearer token right? Compared in constant time.
+pub fn authorized(request: &Request, token: Option<&str>) -> bool {
+    let Some(token) = token else {
+        return true;
+    };
+    request
+        .headers()
+        .iter()
+        .filter(|h| h.field.equiv("Authorization"))
+        .filter_map(|h| h.value.as_str().strip_prefix("Bearer "))
+        .any(|given| bool::from(given.trim().as_bytes().ct_eq(token.as_bytes())))
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum BodyReadError {
+    TooLarge,
+    Timeout,
+    Io(String),
+}
+
+/// Reads the whole body, refusing more than `limit` bytes or a body that takes past `deadline`.
+pub fn read_body(
+    request: &mut Request,
+    limit: usize,
+    deadline: Instant,
+) -> Result<Vec<u8>, BodyReadError> {
+    if request.body_length().is_some_and(|n| n > limit) {
+        return Err(BodyReadError::TooLarge);
+    }
+    let mut body = Vec::with_capacity(request.body_length().unwrap_or(64 * 1024).min(limit));
+    let mut chunk = vec![0u8; 64 * 1024];
+    let reader = request.as_reader();
+    loop {
+        if Instant::now() > deadline {
+            return Err(BodyReadError::Timeout);
+        }
+        match reader.read(&mut chunk) {
+            Ok(0) => return Ok(body),
+            Ok(n) => {
+                if body.len() + n > limit {
+                    return Err(BodyReadError::TooLarge);
+                }
+                body.extend_from_slice(&chunk[..n]);
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(BodyReadError::Timeout)
+            }
+            Err(err) => return Err(BodyReadError::Io(err.to_string())),
+        }
+    }
+}
+
+/// Where a request goes, from its method and path alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Health,
+    Metrics,
+    Events,
+    Frame(Endpoint),
+    WrongMethod(&'static str),
+    NotFound,
+}
+
+pub fn route(method: &Method, url: &str) -> Route {
+    let path = url.split('?').next().unwrap_or("");
+    match (method, path) {
+        (Method::Get, "/healthz") => Route::Health,
+        (Method::Get, "/metrics") => Route::Metrics,
+        (Method::Get, "/events") => Route::Events,
+        (Method::Post, "/image") => Route::Frame(Endpoint::Image),
+        (Method::Post, "/save") => Route::Frame(Endpoint::Save),
+        (_, "/healthz" | "/metrics" | "/events") => Route::WrongMethod("GET"),
+        (_, "/image" | "/save") => Route::WrongMethod("POST"),
+        _ => Route::NotFound,
+    }
+}
+
+/// Answers what needs no worker and queues frame posts; a full queue is answered `busy` at once.
+pub fn dispatch(service: &Service, jobs: &Sender<Job>, request: Request) {
+    let request_id = service.ids.next();
+    let received_at = Instant::now();
+    let route = route(request.method(), request.url());
+    if route == Route::Health {
+        return respond(request, &service.health());
+    }
+    let label = match route {
+        Route::Frame(endpoint) => endpoint.name(),
+        Route::Metrics => "metrics",
+        Route::Events => "events",
+        _ => "other",
+    };
+    if !authorized(&request, service.token.as_deref()) {
+        service.metrics.count_request(label, "unauthorized");
+        let answer = Answer::error(
+            401,
+            &request_id,
+            "unauthorized",
+            "missing or wrong bearer token: send Authorization: Bearer <token>",
+        );
+        return respond(request, &answer.closing());
+    }
+    let endpoint = match route {
+        Route::Frame(endpoint) => endpoint,
+        Route::Metrics => return respond_text(request, service.metrics_text()),
+        Route::Events => {
+            let answer = service.events_page(request.url(), &request_id);
+            return respond(request, &answer);
+        }
+        Route::WrongMethod(allowed) => {
+            let answer = Answer::error(
+                405,
+                &request_id,
+                "method_not_allowed",
+                format!("use {allowed} on this endpoint"),
+            );
+            return respond(request, &answer);
+        }
+        Route::Health | Route::NotFound => {
+            let answer = Answer::error(
+                404,
+                &request_id,
+                "not_found",
+                "no such endpoint: use POST /image, POST /save, GET /healthz, /metrics or /events",
+            );
+            return respond(request, &answer);
+        }
+    };
+    if request
+        .body_length()
+        .is_some_and(|n| n > service.config.http.max_body_bytes)
+    {
+        service.metrics.count_request(endpoint.name(), "too_large");
+        let answer = Answer::error(
+            413,
+            &request_id,
+            "too_large",
+            format!(
+                "the body is larger than the {} bytes allowed",
+                service.config.http.max_body_bytes
+            ),
+        );
+        return respond(request, &answer.closing());
+    }
+    let job = Job {
+        request,
+        request_id,
+        endpoint,
+        received_at,
+    };
+    if let Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) = jobs.try_send(job) {
+        service.metrics.count_request(job.endpoint.name(), "busy");
+        log::warn!(
+            "request_id={} endpoint={} status=busy reason=queue_full",
+            job.request_id,
+            job.endpoint.name()
+        );
+        let answer = Answer {
+            code: 503,
+            body: json!({
+                "request_id": job.request_id,
+                "status": "busy",
+                "door": "locked",
+                "message": "all workers are busy; send the next frame",
+            }),
+            close: false,
+        };
+        respond(job.request, &answer);
+    }
+}
+
+fn respond_text(request: Request, text: String) {
+    let response = Response::from_string(text)
+        .with_header(header("Content-Type", "text/plain; version=0.0.4"));
+    if let Err(err) = request.respond(response) {
+        log::debug!("could not send the answer: {err}");
+    }
+}
+
+/// Runs one worker: takes jobs until the queue closes. The answer goes out first; audit lines and
+/// snapshots are written after it, so disk I/O never delays the tablet.
+pub fn run_worker(
+    service: Arc<Service>,
+    mut recognizer: crate::vision::Recognizer,
+    jobs: Receiver<Job>,
+) {
+    for job in jobs {
+        let Job {
+            mut request,
+            request_id,
+            endpoint,
+            received_at,
+        } = job;
+        let deadline = received_at + Duration::from_millis(service.config.http.body_timeout_ms);
+        let remote = request.remote_addr().map(|a| a.ip().to_string());
+        let handled = match read_body(&mut request, service.config.http.max_body_bytes, deadline) {
+            Ok(body) => {
+                let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    service.handle_frame(
+                        &mut recognizer,
+                        endpoint,
+                        &request_id,
+                        received_at,
+                        body,
+                        remote.as_deref(),
+                    )
+                }));
+                attempt.unwrap_or_else(|_| service.internal_error(endpoint, &request_id))
+            }
+            Err(err) => service.body_read_failed(endpoint, &request_id, err),
+        };
+        respond(request, &handled.answer);
+        service.follow_up(handled.follow_up);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_follow_method_and_path() {
+        let cases = [
+            (Method::Get, "/healthz", Route::Health),
+            (Method::Get, "/metrics", Route::Metrics),
+            (Method::Get, "/events?limit=5", Route::Events),
+            (Method::Post, "/image", Route::Frame(Endpoint::Image)),
+            (Method::Post, "/save", Route::Frame(Endpoint::Save)),
+            (Method::Get, "/image", Route::WrongMethod("POST")),
+            (Method::Post, "/healthz", Route::WrongMethod("GET")),
+            (Method::Get, "/open", Route::NotFound),
+            (Method::Post, "/", Route::NotFound),
+        ];
+        for (method, url, expected) in cases {
+            assert_eq!(route(&method, url), expected, "{method} {url}");
+        }
+    }
+
+    #[test]
+    fn request_ids_are_unique_and_safe_as_file_names() {
+        let ids = RequestIds::default();
+        let a = ids.next();
+        let b = ids.next();
+        assert_ne!(a, b);
+        assert!(
+            a.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'),
+            "{a}"
+        );
+    }
+}

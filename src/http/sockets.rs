@@ -1,0 +1,211 @@
+//! tiny_http sets no socket timeouts and gives us no handle on its sockets, so a sweeper finds the
+//! daemon's accepted connections in /proc/self/fd, gives each a read/write timeout, and shuts down
+//! connections that have been silent too long (slow or half-open clients).
+
+use std::mem::{size_of, zeroed};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy)]
+pub struct SweepSettings {
+    /// The daemon's listening port: accepted connections have it as their local port.
+    pub port: u16,
+    /// Read and write timeout given to every connection.
+    pub io_timeout: Duration,
+    /// A connection that has neither sent nor received data for this long is shut down.
+    pub idle_limit: Duration,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SweepStats {
+    pub connections: usize,
+    pub timeouts_set: usize,
+    pub closed_idle: usize,
+}
+
+/// One pass over the process's sockets.
+pub fn sweep_once(settings: &SweepSettings) -> SweepStats {
+    let mut stats = SweepStats::default();
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+        return stats;
+    };
+    for entry in entries.flatten() {
+        let Some(fd) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let is_socket = std::fs::read_link(entry.path())
+            .is_ok_and(|target| target.to_string_lossy().starts_with("socket:"));
+        if !is_socket || local_port(fd) != Some(settings.port) || !is_connected(fd) {
+            continue;
+        }
+        stats.connections += 1;
+        if !has_receive_timeout(fd) && set_timeouts(fd, settings.io_timeout) {
+            stats.timeouts_set += 1;
+        }
+        if idle_for(fd).is_some_and(|idle| idle >= settings.idle_limit) {
+            // SAFETY: shutdown on a socket fd we just inspected; it only wakes blocked readers.
+            unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+            stats.closed_idle += 1;
+        }
+    }
+    stats
+}
+
+/// Sweeps every `interval` until `stop` is set.
+pub fn spawn_sweeper(
+    settings: SweepSettings,
+    interval: Duration,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("socket-sweeper".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let stats = sweep_once(&settings);
+                if stats.closed_idle > 0 {
+                    log::info!("closed {} idle client connections", stats.closed_idle);
+                }
+                std::thread::sleep(interval);
+            }
+        })
+}
+
+fn local_port(fd: i32) -> Option<u16> {
+    // SAFETY: getsockname writes at most `len` bytes into a zeroed sockaddr_storage.
+    unsafe {
+        let mut addr: libc::sockaddr_storage = zeroed();
+        let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        if libc::getsockname(fd, (&raw mut addr).cast(), &mut len) != 0 {
+            return None;
+        }
+        match i32::from(addr.ss_family) {
+            libc::AF_INET => {
+                let v4: &libc::sockaddr_in = &*(&raw const addr).cast();
+                Some(u16::from_be(v4.sin_port))
+            }
+            libc::AF_INET6 => {
+                let v6: &libc::sockaddr_in6 = &*(&raw const addr).cast();
+                Some(u16::from_be(v6.sin6_port))
+            }
+            _ => None,
+        }
+    }
+}
+
+fn is_connected(fd: i32) -> bool {
+    // SAFETY: as in local_port; the listening socket fails with ENOTCONN.
+    unsafe {
+        let mut addr: libc::sockaddr_storage = zeroed();
+        let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        libc::getpeername(fd, (&raw mut addr).cast(), &mut len) == 0
+    }
+}
+
+fn has_receive_timeout(fd: i32) -> bool {
+    // SAFETY: getsockopt into a correctly sized timeval.
+    unsafe {
+        let mut tv: libc::timeval = zeroed();
+        let mut len = size_of::<libc::timeval>() as libc::socklen_t;
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw mut tv).cast(),
+            &mut len,
+        ) == 0
+            && (tv.tv_sec != 0 || tv.tv_usec != 0)
+    }
+}
+
+fn set_timeouts(fd: i32, timeout: Duration) -> bool {
+    let tv = libc::timeval {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+    };
+    let len = size_of::<libc::timeval>() as libc::socklen_t;
+    // SAFETY: setsockopt reads a correctly sized timeval.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const tv).cast(),
+            len,
+        ) == 0
+            && libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_SNDTIMEO,
+                (&raw const tv).cast(),
+                len,
+            ) == 0
+    }
+}
+
+/// How long since the connection last sent or received data (Linux TCP_INFO).
+fn idle_for(fd: i32) -> Option<Duration> {
+    // SAFETY: getsockopt into a zeroed tcp_info of the size the kernel may fill.
+    unsafe {
+        let mut info: libc::tcp_info = zeroed();
+        let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
+        if libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &mut len,
+        ) != 0
+        {
+            return None;
+        }
+        let quiet_ms = info.tcpi_last_data_recv.min(info.tcpi_last_data_sent);
+        Some(Duration::from_millis(u64::from(quiet_ms)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::net::{TcpListener, TcpStream};
+
+    #[test]
+    fn accepted_connections_get_timeouts_and_silent_ones_are_shut_down() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let _client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (mut accepted, _) = listener.accept().unwrap();
+        let settings = SweepSettings {
+            port,
+            io_timeout: Duration::from_secs(5),
+            idle_limit: Duration::from_secs(3600),
+        };
+        let first = sweep_once(&settings);
+        assert_eq!(
+            (first.connections, first.timeouts_set, first.closed_idle),
+            (1, 1, 0)
+        );
+        assert_eq!(
+            sweep_once(&settings).timeouts_set,
+            0,
+            "timeouts are set once"
+        );
+        let silent = SweepSettings {
+            idle_limit: Duration::ZERO,
+            ..settings
+        };
+        assert_eq!(sweep_once(&silent).closed_idle, 1);
+        let mut buffer = [0u8; 1];
+        assert_eq!(
+            accepted.read(&mut buffer).unwrap(),
+            0,
+            "a shut-down connection reads end of file"
+        );
+    }
+}

@@ -1,0 +1,206 @@
+//! Counters and latency histograms for GET /metrics, rendered as Prometheus text.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+
+/// Upper bounds of the latency buckets, in milliseconds.
+const BUCKETS_MS: [f64; 14] = [
+    1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 75.0, 100.0, 150.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0,
+];
+
+#[derive(Debug, Default, Clone)]
+struct Histogram {
+    counts: [u64; BUCKETS_MS.len()],
+    total: u64,
+    sum_ms: f64,
+}
+
+impl Histogram {
+    fn observe(&mut self, ms: f64) {
+        if let Some(i) = BUCKETS_MS.iter().position(|&bound| ms <= bound) {
+            self.counts[i] += 1;
+        }
+        self.total += 1;
+        self.sum_ms += ms;
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    requests: BTreeMap<(String, &'static str), u64>,
+    stages: BTreeMap<&'static str, Histogram>,
+    door_openings: u64,
+    snapshot_count: u64,
+    snapshot_bytes: u64,
+    snapshot_failures: u64,
+    audit_failures: u64,
+}
+
+/// Everything /metrics reports; shared by all threads.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    inner: Mutex<Inner>,
+}
+
+impl Metrics {
+    fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
+        let mut inner = self
+            .inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(&mut inner)
+    }
+
+    /// One answered request on `endpoint` with `status` (granted, unknown, bad_request, ...).
+    pub fn count_request(&self, endpoint: &str, status: &'static str) {
+        self.with(|m| {
+            *m.requests
+                .entry((endpoint.to_string(), status))
+                .or_default() += 1
+        });
+    }
+
+    /// Time spent in one stage (decode, detect, align, embed, match, total).
+    pub fn observe_stage(&self, stage: &'static str, ms: f64) {
+        self.with(|m| m.stages.entry(stage).or_default().observe(ms));
+    }
+
+    pub fn count_door_opening(&self) {
+        self.with(|m| m.door_openings += 1);
+    }
+
+    pub fn set_snapshot_usage(&self, count: u64, bytes: u64) {
+        self.with(|m| {
+            m.snapshot_count = count;
+            m.snapshot_bytes = bytes;
+        });
+    }
+
+    pub fn count_snapshot_failure(&self) {
+        self.with(|m| m.snapshot_failures += 1);
+    }
+
+    pub fn count_audit_failure(&self) {
+        self.with(|m| m.audit_failures += 1);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let m = self.with(|m| {
+            (
+                m.requests.clone(),
+                m.stages.clone(),
+                m.door_openings,
+                m.snapshot_count,
+                m.snapshot_bytes,
+                m.snapshot_failures,
+                m.audit_failures,
+            )
+        });
+        let (requests, stages, openings, snap_count, snap_bytes, snap_failures, audit_failures) = m;
+        let mut out = String::new();
+        out.push_str("# HELP facegate_requests_total Answered requests by endpoint and status.\n");
+        out.push_str("# TYPE facegate_requests_total counter\n");
+        for ((endpoint, status), n) in &requests {
+            let _ = writeln!(
+                out,
+                "facegate_requests_total{{endpoint=\"{endpoint}\",status=\"{status}\"}} {n}"
+            );
+        }
+        out.push_str("# HELP facegate_stage_duration_seconds Time per pipeline stage.\n");
+        out.push_str("# TYPE facegate_stage_duration_seconds histogram\n");
+        for (stage, h) in &stages {
+            let mut cumulative = 0;
+            for (bound, count) in BUCKETS_MS.iter().zip(h.counts) {
+                cumulative += count;
+                let _ = writeln!(
+                    out,
+                    "facegate_stage_duration_seconds_bucket{{stage=\"{stage}\",le=\"{}\"}} {cumulative}",
+                    bound / 1000.0
+                );
+            }
+            let _ = writeln!(
+                out,
+                "facegate_stage_duration_seconds_bucket{{stage=\"{stage}\",le=\"+Inf\"}} {}",
+                h.total
+            );
+            let _ = writeln!(
+                out,
+                "facegate_stage_duration_seconds_sum{{stage=\"{stage}\"}} {}",
+                h.sum_ms / 1000.0
+            );
+            let _ = writeln!(
+                out,
+                "facegate_stage_duration_seconds_count{{stage=\"{stage}\"}} {}",
+                h.total
+            );
+        }
+        let gauges = [
+            (
+                "facegate_door_openings_total",
+                "counter",
+                "Relay openings.",
+                openings,
+            ),
+            (
+                "facegate_snapshots",
+                "gauge",
+                "Failure snapshots on disk.",
+                snap_count,
+            ),
+            (
+                "facegate_snapshot_bytes",
+                "gauge",
+                "Bytes used by failure snapshots.",
+                snap_bytes,
+            ),
+            (
+                "facegate_snapshot_failures_total",
+                "counter",
+                "Snapshots that could not be written.",
+                snap_failures,
+            ),
+            (
+                "facegate_audit_failures_total",
+                "counter",
+                "Audit lines that could not be written.",
+                audit_failures,
+            ),
+        ];
+        for (name, kind, help, value) in gauges {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_are_cumulative_and_requests_are_labelled() {
+        let m = Metrics::default();
+        m.count_request("image", "granted");
+        m.count_request("image", "granted");
+        m.observe_stage("detect", 3.0);
+        m.observe_stage("detect", 30.0);
+        m.observe_stage("detect", 9000.0);
+        m.count_door_opening();
+        let text = m.render();
+        assert!(text.contains("facegate_requests_total{endpoint=\"image\",status=\"granted\"} 2"));
+        assert!(text
+            .contains("facegate_stage_duration_seconds_bucket{stage=\"detect\",le=\"0.005\"} 1"));
+        assert!(
+            text.contains("facegate_stage_duration_seconds_bucket{stage=\"detect\",le=\"0.05\"} 2")
+        );
+        assert!(
+            text.contains("facegate_stage_duration_seconds_bucket{stage=\"detect\",le=\"+Inf\"} 3")
+        );
+        assert!(text.contains("facegate_door_openings_total 1"));
+    }
+}
