@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use serde_json::json;
 
 use facegate::config::{Config, DoorBackendName, Overrides};
-use facegate::decision::{decide, Outcome};
+use facegate::decision::{decide, round_score, Outcome};
 use facegate::enrollment::{self, Candidate, Verdict};
 use facegate::gallery::{EmbedderId, Gallery};
 use facegate::recognition::{recognize_image, RecognitionError};
@@ -256,8 +256,8 @@ fn identify(config: &Config, images: &[PathBuf]) -> Result<()> {
                     "file": path.display().to_string(),
                     "status": decision.status,
                     "identity": decision.identity,
-                    "score": decision.score,
-                    "threshold": threshold,
+                    "score": decision.score.map(round_score),
+                    "threshold": round_score(threshold),
                     "faces": recognition.faces,
                     "nearest_below_threshold": nearest,
                     "timings": recognition.timings,

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use crate::audit::AuditLog;
 use crate::config::Config;
-use crate::decision::{decide, Decision, Outcome, Status};
+use crate::decision::{decide, round_score, Decision, Outcome, Status};
 use crate::door::{DoorController, GrantOutcome};
 use crate::events::EventRing;
 use crate::frame::{self, FrameError};
@@ -62,9 +62,8 @@ struct Snapshot {
     sidecar: Value,
 }
 
-/// Keeps scores short in answers and logs (0.7789, not 0.778914391994).
 fn rounded(score: Option<f32>) -> Option<f64> {
-    score.map(|s| (f64::from(s) * 10_000.0).round() / 10_000.0)
+    score.map(round_score)
 }
 
 fn ms(value: f64) -> f64 {
