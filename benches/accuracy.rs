@@ -74,7 +74,7 @@ fn main() {
     let impostor_scores = sorted_scores(&impostor);
     println!();
     print_pair_stats(&genuine_scores, &impostor_scores);
-    print_separation(&genuine_scores, &impostor_scores);
+    print_separation(&genuine_scores, &impostor_scores, engine.threshold);
     print_sweep(&genuine_scores, &impostor_scores, engine.threshold);
     print_rank_one(&embedded);
     print_first_photo_identification(&embedded, engine.threshold);
@@ -193,7 +193,7 @@ fn frr_far(genuine: &[f32], impostor: &[f32], threshold: f32) -> (f64, f64) {
 fn print_pair_stats(genuine: &[f32], impostor: &[f32]) {
     println!("pair similarities (cosine):");
     println!(
-        "  genuine  (same person)     n {:>5}  mean {:.3}  min {:.3}  p5  {:.3}",
+        "  genuine  (same person)       n {:>5}  mean {:.3}  min {:.3}  p5  {:.3}",
         genuine.len(),
         mean(genuine),
         genuine[0],
@@ -208,7 +208,7 @@ fn print_pair_stats(genuine: &[f32], impostor: &[f32]) {
     );
 }
 
-fn print_separation(genuine: &[f32], impostor: &[f32]) {
+fn print_separation(genuine: &[f32], impostor: &[f32], configured: f32) {
     let lowest_genuine = genuine[0];
     let highest_impostor = impostor[impostor.len() - 1];
     let gap = lowest_genuine - highest_impostor;
@@ -220,6 +220,11 @@ fn print_separation(genuine: &[f32], impostor: &[f32]) {
     } else {
         println!("  no threshold separates them");
     }
+    println!(
+        "  configured threshold {configured:.3} is {} the highest impostor and {} the lowest genuine",
+        above_or_below(configured - highest_impostor),
+        above_or_below(configured - lowest_genuine)
+    );
     let mut candidates: Vec<f32> = genuine.iter().chain(impostor).copied().collect();
     candidates.sort_by(f32::total_cmp);
     let (eer, at) = candidates
@@ -232,6 +237,14 @@ fn print_separation(genuine: &[f32], impostor: &[f32]) {
         .map(|(_, eer, t)| (eer, t))
         .expect("there are pairs");
     println!("  EER {:.2} % (at threshold {at:.3})", eer * 100.0);
+}
+
+fn above_or_below(difference: f32) -> String {
+    if difference >= 0.0 {
+        format!("{difference:.3} above")
+    } else {
+        format!("{:.3} below", -difference)
+    }
 }
 
 fn print_sweep(genuine: &[f32], impostor: &[f32], configured: f32) {
