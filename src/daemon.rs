@@ -232,6 +232,7 @@ fn serve(
     let people = gallery.current().people().len();
     let service = Arc::new(Service::new(
         config,
+        address.port(),
         threshold,
         metrics,
         door,
@@ -277,6 +278,14 @@ fn serve(
 
     let mut accept_failure = None;
     while !stop.stopping() {
+        if http::parked_connections() > http::MAX_PARKED {
+            log::error!(
+                "more than {} connections parked after absurd bodies: restarting to release them",
+                http::MAX_PARKED
+            );
+            stop.fatal.store(true, Ordering::SeqCst);
+            break;
+        }
         match server.recv_timeout(ACCEPT_POLL) {
             Ok(Some(request)) => http::dispatch(&service, &jobs, request),
             Ok(None) => {}

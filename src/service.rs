@@ -38,6 +38,8 @@ pub struct Service {
     pub audit: Option<Arc<AuditLog>>,
     pub snapshots: Option<SnapshotStore>,
     pub started: Instant,
+    /// The port the daemon listens on, to find its own connections.
+    pub port: u16,
     pub audit_errors: Arc<RateLimitedLog>,
     snapshot_errors: RateLimitedLog,
 }
@@ -74,6 +76,7 @@ impl Service {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: Config,
+        port: u16,
         threshold: f32,
         metrics: Arc<Metrics>,
         door: Arc<DoorController>,
@@ -94,6 +97,7 @@ impl Service {
             audit,
             snapshots,
             started: Instant::now(),
+            port,
             audit_errors,
             snapshot_errors: RateLimitedLog::new(DISK_ERROR_LOG_INTERVAL),
         }
@@ -209,9 +213,6 @@ impl Service {
         let mut answer = Answer::error(code, request_id, error, message.clone());
         answer.body["frame_id"] = json!(frame_id);
         answer.body["door"] = json!("locked");
-        if matches!(code, 408 | 413) {
-            answer = answer.closing();
-        }
         Handled {
             answer,
             follow_up: FollowUp {

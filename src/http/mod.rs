@@ -4,7 +4,7 @@
 pub mod body;
 pub mod sockets;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -44,17 +44,11 @@ impl Endpoint {
 pub struct Answer {
     pub code: u16,
     pub body: Value,
-    /// Close the connection after answering (the body may be left unread).
-    pub close: bool,
 }
 
 impl Answer {
     pub fn ok(body: Value) -> Answer {
-        Answer {
-            code: 200,
-            body,
-            close: false,
-        }
+        Answer { code: 200, body }
     }
 
     /// An error answer: `status` "error" (or "busy"), a stable `error` code and a readable `message`.
@@ -67,27 +61,69 @@ impl Answer {
                 "error": error,
                 "message": message.into(),
             }),
-            close: false,
         }
-    }
-
-    pub fn closing(mut self) -> Answer {
-        self.close = true;
-        self
     }
 }
 
-/// Sends `answer`; a client that went away is only worth a debug line.
-pub fn respond(request: Request, answer: &Answer) {
-    let mut response = Response::from_string(answer.body.to_string())
+fn json_response(answer: &Answer) -> Response<std::io::Cursor<Vec<u8>>> {
+    Response::from_string(answer.body.to_string())
         .with_status_code(answer.code)
         .with_header(header("Content-Type", "application/json"))
-        .with_header(header("Cache-Control", "no-store"));
-    if answer.close {
-        response = response.with_header(header("Connection", "close"));
-    }
-    if let Err(err) = request.respond(response) {
+        .with_header(header("Cache-Control", "no-store"))
+}
+
+/// Sends `answer` to a request whose body was read (or that had none).
+pub fn respond(request: Request, answer: &Answer) {
+    if let Err(err) = request.respond(json_response(answer)) {
         log::debug!("could not send the answer: {err}");
+    }
+}
+
+/// Announced bodies up to this size are left to tiny_http to discard; it allocates a buffer of the
+/// unread size to do so.
+const MAX_DISCARDED_BODY: usize = 64 * 1024 * 1024;
+/// Connections given up with a larger unread body; past `MAX_PARKED` the daemon asks to be restarted.
+static PARKED: AtomicUsize = AtomicUsize::new(0);
+pub const MAX_PARKED: usize = 256;
+
+/// How many connections have been parked so far.
+pub fn parked_connections() -> usize {
+    PARKED.load(Ordering::Relaxed)
+}
+
+/// Could this request still have body bytes on the wire that we did not read?
+pub fn may_have_unread_body(request: &Request) -> bool {
+    request.body_length().is_some_and(|n| n > 0)
+        || request
+            .headers()
+            .iter()
+            .any(|h| h.field.equiv("Transfer-Encoding"))
+}
+
+/// Sends `answer` to a request whose body is left unread, then shuts the connection down.
+/// tiny_http 0.12 would otherwise wait for the whole announced body after the answer (holding the
+/// answering thread) and allocate a buffer of its size (aborting the process for an absurd one).
+pub fn respond_and_close(request: Request, answer: &Answer, port: u16) {
+    let body = answer.body.to_string();
+    let head = format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
+        answer.code,
+        tiny_http::StatusCode(answer.code).default_reason_phrase(),
+        body.len()
+    );
+    let sent = request
+        .remote_addr()
+        .is_some_and(|&peer| sockets::answer_and_shut_down(port, peer, (head + &body).as_bytes()));
+    if !sent {
+        return respond(request, answer);
+    }
+    let unread = request.body_length().unwrap_or(0);
+    if unread > MAX_DISCARDED_BODY {
+        // Dropping the request would make tiny_http allocate `unread` bytes; leaking it costs the
+        // connection's descriptors and its tiny_http thread instead.
+        std::mem::forget(request);
+        let parked = PARKED.fetch_add(1, Ordering::Relaxed) + 1;
+        log::warn!("parked a connection that announced a {unread}-byte body ({parked} so far)");
     }
 }
 
@@ -145,7 +181,8 @@ pub fn read_body(
     limit: usize,
     deadline: Instant,
 ) -> Result<Vec<u8>, BodyReadError> {
-    if request.body_length().is_some_and(|n| n > limit) {
+    let declared = request.body_length();
+    if declared.is_some_and(|n| n > limit) {
         return Err(BodyReadError::TooLarge);
     }
     let mut body = Vec::with_capacity(request.body_length().unwrap_or(64 * 1024).min(limit));
@@ -156,7 +193,15 @@ pub fn read_body(
             return Err(BodyReadError::Timeout);
         }
         match reader.read(&mut chunk) {
-            Ok(0) => return Ok(body),
+            Ok(0) => {
+                if let Some(expected) = declared.filter(|&n| body.len() < n) {
+                    return Err(BodyReadError::Io(format!(
+                        "the connection closed after {} of the {expected} bytes declared",
+                        body.len()
+                    )));
+                }
+                return Ok(body);
+            }
             Ok(n) => {
                 if body.len() + n > limit {
                     return Err(BodyReadError::TooLarge);
@@ -204,11 +249,19 @@ pub fn route(method: &Method, url: &str) -> Route {
 
 /// Answers what needs no worker and queues frame posts; a full queue is answered `busy` at once.
 pub fn dispatch(service: &Service, jobs: &Sender<Job>, request: Request) {
+    let port = service.port;
+    let refuse = |request: Request, answer: &Answer| {
+        if may_have_unread_body(&request) {
+            respond_and_close(request, answer, port);
+        } else {
+            respond(request, answer);
+        }
+    };
     let request_id = service.ids.next();
     let received_at = Instant::now();
     let route = route(request.method(), request.url());
     if route == Route::Health {
-        return respond(request, &service.health());
+        return refuse(request, &service.health());
     }
     let label = match route {
         Route::Frame(endpoint) => endpoint.name(),
@@ -224,14 +277,23 @@ pub fn dispatch(service: &Service, jobs: &Sender<Job>, request: Request) {
             "unauthorized",
             "missing or wrong bearer token: send Authorization: Bearer <token>",
         );
-        return respond(request, &answer.closing());
+        return refuse(request, &answer);
     }
     let endpoint = match route {
         Route::Frame(endpoint) => endpoint,
+        Route::Metrics if may_have_unread_body(&request) => {
+            let answer = Answer::error(
+                400,
+                &request_id,
+                "unexpected_body",
+                "GET /metrics takes no body",
+            );
+            return refuse(request, &answer);
+        }
         Route::Metrics => return respond_text(request, service.metrics_text()),
         Route::Events => {
             let answer = service.events_page(request.url(), &request_id);
-            return respond(request, &answer);
+            return refuse(request, &answer);
         }
         Route::WrongMethod(allowed) => {
             let answer = Answer::error(
@@ -240,7 +302,7 @@ pub fn dispatch(service: &Service, jobs: &Sender<Job>, request: Request) {
                 "method_not_allowed",
                 format!("use {allowed} on this endpoint"),
             );
-            return respond(request, &answer);
+            return refuse(request, &answer);
         }
         Route::Health | Route::NotFound => {
             let answer = Answer::error(
@@ -249,7 +311,7 @@ pub fn dispatch(service: &Service, jobs: &Sender<Job>, request: Request) {
                 "not_found",
                 "no such endpoint: use POST /image, POST /save, GET /healthz, /metrics or /events",
             );
-            return respond(request, &answer);
+            return refuse(request, &answer);
         }
     };
     if request
@@ -266,7 +328,7 @@ pub fn dispatch(service: &Service, jobs: &Sender<Job>, request: Request) {
                 service.config.http.max_body_bytes
             ),
         );
-        return respond(request, &answer.closing());
+        return refuse(request, &answer);
     }
     let job = Job {
         request,
@@ -289,9 +351,8 @@ pub fn dispatch(service: &Service, jobs: &Sender<Job>, request: Request) {
                 "door": "locked",
                 "message": "all workers are busy; send the next frame",
             }),
-            close: false,
         };
-        respond(job.request, &answer);
+        refuse(job.request, &answer);
     }
 }
 
@@ -319,8 +380,10 @@ pub fn run_worker(
         } = job;
         let deadline = received_at + Duration::from_millis(service.config.http.body_timeout_ms);
         let remote = request.remote_addr().map(|a| a.ip().to_string());
+        let mut body_read = false;
         let handled = match read_body(&mut request, service.config.http.max_body_bytes, deadline) {
             Ok(body) => {
+                body_read = true;
                 let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     service.handle_frame(
                         &mut recognizer,
@@ -335,7 +398,11 @@ pub fn run_worker(
             }
             Err(err) => service.body_read_failed(endpoint, &request_id, err),
         };
-        respond(request, &handled.answer);
+        if body_read {
+            respond(request, &handled.answer);
+        } else {
+            respond_and_close(request, &handled.answer, service.port);
+        }
         service.follow_up(handled.follow_up);
     }
 }

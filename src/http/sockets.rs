@@ -3,6 +3,7 @@
 //! connections that have been silent too long (slow or half-open clients).
 
 use std::mem::{size_of, zeroed};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -57,6 +58,49 @@ pub fn sweep_once(settings: &SweepSettings) -> SweepStats {
     stats
 }
 
+/// The descriptors (tiny_http keeps two) of the connection from `peer` to our `port`.
+fn connection_descriptors(port: u16, peer: SocketAddr) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<i32>().ok())
+        })
+        .filter(|&fd| local_port(fd) == Some(port) && peer_address(fd) == Some(peer))
+        .collect()
+}
+
+/// Writes `bytes` (a complete HTTP answer) on the connection from `peer` to our `port`, then shuts it
+/// down, so that readers blocked on it (tiny_http's body drain among them) see end of file at once.
+/// False when the connection was not found.
+pub fn answer_and_shut_down(port: u16, peer: SocketAddr, bytes: &[u8]) -> bool {
+    let descriptors = connection_descriptors(port, peer);
+    let Some(&first) = descriptors.first() else {
+        return false;
+    };
+    let mut written = 0;
+    while written < bytes.len() {
+        let rest = &bytes[written..];
+        // SAFETY: send from a live slice on a socket of this connection; MSG_NOSIGNAL avoids SIGPIPE.
+        let sent =
+            unsafe { libc::send(first, rest.as_ptr().cast(), rest.len(), libc::MSG_NOSIGNAL) };
+        if sent <= 0 {
+            break;
+        }
+        written += sent as usize;
+    }
+    for fd in descriptors {
+        // SAFETY: shutdown on a socket of this connection; the descriptors stay owned by tiny_http.
+        unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+    }
+    true
+}
+
 /// Sweeps every `interval` until `stop` is set.
 pub fn spawn_sweeper(
     settings: SweepSettings,
@@ -99,11 +143,31 @@ fn local_port(fd: i32) -> Option<u16> {
 }
 
 fn is_connected(fd: i32) -> bool {
-    // SAFETY: as in local_port; the listening socket fails with ENOTCONN.
+    peer_address(fd).is_some()
+}
+
+/// The remote end of a connected socket; `None` for the listening socket and non-IP sockets.
+fn peer_address(fd: i32) -> Option<SocketAddr> {
+    // SAFETY: getpeername writes at most `len` bytes into a zeroed sockaddr_storage.
     unsafe {
         let mut addr: libc::sockaddr_storage = zeroed();
         let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        libc::getpeername(fd, (&raw mut addr).cast(), &mut len) == 0
+        if libc::getpeername(fd, (&raw mut addr).cast(), &mut len) != 0 {
+            return None;
+        }
+        match i32::from(addr.ss_family) {
+            libc::AF_INET => {
+                let v4: &libc::sockaddr_in = &*(&raw const addr).cast();
+                let ip = std::net::Ipv4Addr::from(u32::from_be(v4.sin_addr.s_addr));
+                Some(SocketAddr::from((ip, u16::from_be(v4.sin_port))))
+            }
+            libc::AF_INET6 => {
+                let v6: &libc::sockaddr_in6 = &*(&raw const addr).cast();
+                let ip = std::net::Ipv6Addr::from(v6.sin6_addr.s6_addr);
+                Some(SocketAddr::from((ip, u16::from_be(v6.sin6_port))))
+            }
+            _ => None,
+        }
     }
 }
 
