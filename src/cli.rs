@@ -1,5 +1,6 @@
 //! The command line: one config read from TOML with flag overrides, and one function per subcommand.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -233,6 +234,7 @@ fn identify(config: &Config, images: &[PathBuf]) -> Result<()> {
     let mut engine = load_engine(config)?;
     let gallery = Gallery::load(&config.gallery_path(), &embedder_id(&engine.models))?;
     let threshold = engine.models.threshold(config);
+    let mut out = std::io::stdout().lock();
     for path in images {
         let bytes = read_image(path)?;
         let line = match recognize_image(
@@ -273,7 +275,12 @@ fn identify(config: &Config, images: &[PathBuf]) -> Result<()> {
                     .with_context(|| format!("recognition failed on {}", path.display()))
             }
         };
-        println!("{line}");
+        if let Err(err) = writeln!(out, "{line}") {
+            if err.kind() == std::io::ErrorKind::BrokenPipe {
+                return Ok(());
+            }
+            return Err(err).context("cannot write the results");
+        }
     }
     Ok(())
 }
