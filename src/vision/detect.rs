@@ -31,6 +31,9 @@ pub struct DetectSettings {
     pub min_face_px: u32,
 }
 
+/// The smallest width and height the detector is given; smaller frames are padded up to it.
+const MIN_INPUT_SIDE: i32 = 64;
+
 pub struct Detector {
     yunet: Ptr<FaceDetectorYN>,
     settings: DetectSettings,
@@ -76,6 +79,26 @@ impl Detector {
             &shrunk
         } else {
             frame
+        };
+        // YuNet (OpenCV 4.6) fails outright on an input with a side under 63 px; pad such frames with
+        // black at the bottom and right, which leaves the face coordinates unchanged.
+        let padded;
+        let input = if input.cols() < MIN_INPUT_SIDE || input.rows() < MIN_INPUT_SIDE {
+            let mut bordered = Mat::default();
+            opencv::core::copy_make_border(
+                input,
+                &mut bordered,
+                0,
+                (MIN_INPUT_SIDE - input.rows()).max(0),
+                0,
+                (MIN_INPUT_SIDE - input.cols()).max(0),
+                opencv::core::BORDER_CONSTANT,
+                opencv::core::Scalar::all(0.0),
+            )?;
+            padded = bordered;
+            &padded
+        } else {
+            input
         };
         self.yunet.set_input_size(input.size()?)?;
         let mut rows = Mat::default();
