@@ -394,7 +394,38 @@ pub fn probe(address: SocketAddr, timeout: Duration) -> bool {
     attempt().unwrap_or(false)
 }
 
-/// Feeds the systemd watchdog only while the port answers; after repeated failures, stops the daemon.
+/// Raises the soft limit on open descriptors to the hard limit (at most 65536) and returns it.
+fn raise_descriptor_limit() -> u64 {
+    // SAFETY: getrlimit/setrlimit on a local, fully initialised struct.
+    unsafe {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 1024;
+        }
+        let wanted = limit.rlim_max.min(65_536);
+        if wanted > limit.rlim_cur {
+            let raised = libc::rlimit {
+                rlim_cur: wanted,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                return wanted as u64;
+            }
+        }
+        limit.rlim_cur as u64
+    }
+}
+
+fn open_descriptors() -> u64 {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64)
+}
+
+/// Feeds the systemd watchdog only while the port answers and descriptors are not running out; after
+/// repeated probe failures, or when connections that tiny_http cannot release pile up, stops the daemon
+/// so that systemd starts a fresh one.
 fn spawn_watchdog(address: SocketAddr, interval: Duration, stop: Arc<StopFlags>) -> Result<()> {
     let mut watchdog_usec = 0;
     let watchdog = sd_notify::watchdog_enabled(false, &mut watchdog_usec);
@@ -403,10 +434,18 @@ fn spawn_watchdog(address: SocketAddr, interval: Duration, stop: Arc<StopFlags>)
     } else {
         interval
     };
+    let descriptor_limit = raise_descriptor_limit();
+    let descriptor_alarm = descriptor_limit / 4 * 3;
     std::thread::Builder::new().name("self-probe".into()).spawn(move || {
         let mut failures = 0;
         while !stop.stopping() {
             std::thread::sleep(interval);
+            let open = open_descriptors();
+            if open > descriptor_alarm {
+                log::error!("{open} descriptors open of {descriptor_limit} allowed: connections are not being released; stopping so that facegate is restarted");
+                stop.fatal.store(true, Ordering::SeqCst);
+                break;
+            }
             if probe(address, Duration::from_secs(2)) {
                 failures = 0;
                 if watchdog {
