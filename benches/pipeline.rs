@@ -1,0 +1,256 @@
+//! Where the time of one frame goes (issue 5): per-stage medians (decode, detect, align, embed, match) of
+//! the production pipeline over the test photos made into camera-size (640x480) and 8K (7680x4320) JPEGs in
+//! memory; the floor — YuNet's detect call on the shrunk frame plus the embedder's forward pass, nothing
+//! else — on the same frames, with OpenCV's default threads and with one; and gallery matching at 10,
+//! 1,000 and 100,000 enrolled vectors. Run: `cargo bench --bench pipeline` (prints; asserts nothing).
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+mod common;
+
+use std::path::Path;
+use std::time::Instant;
+
+use facegate::gallery::Gallery;
+use facegate::recognition::{recognize_image, StageTimings};
+use facegate::vision::{Embedding, Recognizer};
+
+use common::{mean, median, percentile, FloorTiming, TestFrame, Xorshift, CAMERA, EIGHT_K};
+use support::Engine;
+
+/// Timed passes over each camera-size frame, and over each 8K frame.
+const CAMERA_RUNS: usize = 3;
+const EIGHT_K_RUNS: usize = 2;
+/// Every n-th photo of the 20 identities is made into an 8K frame (encoding 8K takes a while).
+const EIGHT_K_STEP: usize = 3;
+const GALLERY_SIZES: [usize; 3] = [10, 1_000, 100_000];
+const MATCH_QUERIES: usize = 200;
+
+fn main() {
+    let engine = Engine::get();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (major, minor) = facegate::vision::opencv_version();
+    println!("facegate pipeline bench: production stages vs the floor (detector + embedder forward only)");
+    println!(
+        "  {cores} cores (load average {}), OpenCV {major}.{minor} with {} threads by default, detector {}, embedder {}",
+        common::load_average(),
+        common::opencv_threads(),
+        engine.models.detector.name,
+        engine.models.embedder.name
+    );
+    println!(
+        "  detect_max_side {}, decode_target_side {}; medians of per-frame timings, milliseconds",
+        engine.config.recognition.detect_max_side, engine.config.frame.decode_target_side
+    );
+
+    let started = Instant::now();
+    let camera = common::frames(CAMERA, 1);
+    let eight_k = common::frames(EIGHT_K, EIGHT_K_STEP);
+    println!(
+        "  made {} camera frames (median {:.0} KiB) and {} 8K frames (median {:.0} KiB) in {:.1} s",
+        camera.len(),
+        median_kib(&camera),
+        eight_k.len(),
+        median_kib(&eight_k),
+        started.elapsed().as_secs_f64()
+    );
+
+    let mut recognizer = engine.recognizer();
+    let people = support::people();
+    let gallery =
+        engine.gallery_of_first_photos(&mut recognizer, people.keys().map(String::as_str));
+    let mut floor = common::Floor::load(&engine.config, &engine.models);
+
+    for threads in [0, 1] {
+        common::set_opencv_threads(threads);
+        println!();
+        println!(
+            "OpenCV threads: {} ({})",
+            common::opencv_threads(),
+            if threads == 0 {
+                "default"
+            } else {
+                "recognition.opencv_threads = 1"
+            }
+        );
+        println!(
+            "  {:<16} {:>7} {:>7} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8} {:>9} {:>7}",
+            "frames",
+            "decode",
+            "detect",
+            "align",
+            "embed",
+            "match",
+            "total",
+            "p90",
+            "floor",
+            "floor p90",
+            "ratio"
+        );
+        for (label, frames, runs) in [
+            ("640x480", &camera, CAMERA_RUNS),
+            ("7680x4320", &eight_k, EIGHT_K_RUNS),
+        ] {
+            let stages = time_stages(engine, &mut recognizer, &gallery, frames, runs);
+            let floors = floor.per_frame(frames, runs);
+            print_row(label, &stages, &floors);
+        }
+        let camera_floors = floor.per_frame(&camera, CAMERA_RUNS);
+        println!(
+            "  floor parts at 640x480: YuNet detect {:.2} ms, embedder forward {:.2} ms (medians); {} of {} frames had a face",
+            median(&camera_floors.iter().map(|f| f.detect_ms).collect::<Vec<_>>()),
+            median(
+                &camera_floors
+                    .iter()
+                    .filter(|f| f.forward_ms > 0.0)
+                    .map(|f| f.forward_ms)
+                    .collect::<Vec<_>>()
+            ),
+            camera_floors.iter().filter(|f| f.forward_ms > 0.0).count(),
+            camera_floors.len()
+        );
+    }
+    common::set_opencv_threads(0);
+
+    println!();
+    gallery_scaling(engine);
+}
+
+fn median_kib(frames: &[TestFrame]) -> f64 {
+    median(
+        &frames
+            .iter()
+            .map(|f| f.jpeg.len() as f64 / 1024.0)
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// Every stage of every run, and each run's total (wall time of the whole call).
+struct StageSamples {
+    stages: Vec<StageTimings>,
+    totals: Vec<f64>,
+}
+
+fn time_stages(
+    engine: &Engine,
+    recognizer: &mut Recognizer,
+    gallery: &Gallery,
+    frames: &[TestFrame],
+    runs: usize,
+) -> StageSamples {
+    // One untimed pass so that OpenCV's lazy initialisation is not counted.
+    for frame in frames.iter().take(3) {
+        let _ = engine.try_recognize(recognizer, gallery, &frame.jpeg);
+    }
+    let mut samples = StageSamples {
+        stages: Vec::new(),
+        totals: Vec::new(),
+    };
+    for _ in 0..runs {
+        for frame in frames {
+            let started = Instant::now();
+            let recognition = recognize_image(
+                recognizer,
+                gallery,
+                &frame.jpeg,
+                &engine.config.frame,
+                engine.threshold,
+            )
+            .unwrap_or_else(|err| panic!("{}: {err}", frame.name));
+            samples.totals.push(common::elapsed_ms(started));
+            samples.stages.push(recognition.timings);
+        }
+    }
+    samples
+}
+
+fn print_row(label: &str, samples: &StageSamples, floors: &[FloorTiming]) {
+    let stage = |pick: fn(&StageTimings) -> f64| {
+        median(&samples.stages.iter().map(pick).collect::<Vec<_>>())
+    };
+    let floor_totals: Vec<f64> = floors.iter().map(FloorTiming::total_ms).collect();
+    println!(
+        "  {:<16} {:>7.2} {:>7.2} {:>7.2} {:>7.2} {:>7.3} {:>8.2} {:>8.2} {:>8.2} {:>9.2} {:>7.2}",
+        label,
+        stage(|t| t.decode_ms),
+        stage(|t| t.detect_ms),
+        stage(|t| t.align_ms),
+        stage(|t| t.embed_ms),
+        stage(|t| t.match_ms),
+        median(&samples.totals),
+        percentile(&samples.totals, 90.0),
+        median(&floor_totals),
+        percentile(&floor_totals, 90.0),
+        mean(&samples.totals) / mean(&floor_totals),
+    );
+}
+
+/// Matching cost against galleries of random unit vectors, built through the gallery's own parser.
+fn gallery_scaling(engine: &Engine) {
+    let id = engine.embedder_id();
+    let mut rng = Xorshift(0x5eed_0000_0000_0005);
+    println!(
+        "gallery matching ({}-value vectors, one sample per person, {MATCH_QUERIES} random queries)",
+        id.dim
+    );
+    println!(
+        "  {:>9} {:>12} {:>12} {:>12} {:>10}",
+        "people", "median µs", "p99 µs", "build ms", "MiB"
+    );
+    for size in GALLERY_SIZES {
+        let started = Instant::now();
+        let text = gallery_json(&id, size, &mut rng);
+        let gallery = Gallery::parse(&text, Path::new("bench"), &id).expect("gallery parses");
+        let build_ms = common::elapsed_ms(started);
+        drop(text);
+        let queries: Vec<Embedding> = (0..MATCH_QUERIES)
+            .map(|_| random_unit(&mut rng, id.dim))
+            .collect();
+        let mut micros = Vec::with_capacity(MATCH_QUERIES);
+        for query in &queries {
+            let started = Instant::now();
+            let best = gallery.best_match(query);
+            micros.push(started.elapsed().as_secs_f64() * 1e6);
+            assert!(best.is_some());
+        }
+        println!(
+            "  {:>9} {:>12.1} {:>12.1} {:>12.0} {:>10.1}",
+            size,
+            median(&micros),
+            percentile(&micros, 99.0),
+            build_ms,
+            (size * id.dim * 4) as f64 / (1024.0 * 1024.0)
+        );
+    }
+}
+
+fn random_unit(rng: &mut Xorshift, dim: usize) -> Embedding {
+    Embedding::from_raw((0..dim).map(|_| rng.gaussian()).collect()).expect("non-zero vector")
+}
+
+/// Gallery JSON in the stored format, written directly (a serde_json::Value of 100,000 vectors would
+/// need far more memory than the gallery itself).
+fn gallery_json(id: &facegate::gallery::EmbedderId, people: usize, rng: &mut Xorshift) -> String {
+    let mut text = format!(
+        "{{\"format\":\"facegate-gallery\",\"version\":1,\"embedder\":{},\"people\":[",
+        serde_json::to_string(id).expect("id serialises")
+    );
+    for person in 0..people {
+        if person > 0 {
+            text.push(',');
+        }
+        text.push_str(&format!(
+            "{{\"name\":\"p{person}\",\"samples\":[{{\"source\":\"random\",\"enrolled_at\":\"2026-01-01T00:00:00Z\",\"vector\":["
+        ));
+        for (i, value) in random_unit(rng, id.dim).as_slice().iter().enumerate() {
+            if i > 0 {
+                text.push(',');
+            }
+            text.push_str(&format!("{value:.6}"));
+        }
+        text.push_str("]}]}");
+    }
+    text.push_str("]}");
+    text
+}
