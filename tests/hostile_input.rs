@@ -8,6 +8,9 @@
 
 mod support;
 
+#[path = "../fuzz/src/lib.rs"]
+mod fuzz_targets;
+
 use std::collections::BTreeMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -1993,4 +1996,108 @@ fn an_unsupported_http_version_is_answered_and_frees_its_connection() {
         "the daemon holds {} descriptors after two answered requests, {before} before",
         descriptors()
     );
+}
+
+/// Raw images (not base64) damaged for the fuzz replay, besides the request bodies of the generated cases.
+const FUZZ_RAW_IMAGES: usize = 300;
+const FUZZ_CONFIGS: usize = 600;
+
+/// The cargo-fuzz targets' functions (fuzz/src/lib.rs) on stable Rust: every generated request body,
+/// damaged raw images, mutated config files, and each input saved under fuzz/regressions/<target>/ (crashes
+/// cargo fuzz found, kept so that they stay fixed). A panic here is a parser bug.
+#[test]
+fn fuzz_targets_survive_generated_inputs_and_saved_regressions() {
+    let seed = seed();
+    let sources = Sources::load();
+    for index in 0..case_count() {
+        let case = generate(seed, index, &sources);
+        let body = match case.request.windows(4).position(|w| w == b"\r\n\r\n") {
+            Some(end) => &case.request[end + 4..],
+            None => &case.request[..],
+        };
+        fuzz_targets::frame_body(body);
+    }
+    for index in 0..FUZZ_RAW_IMAGES {
+        let mut rng = Xorshift::for_case(seed ^ 0xF0F0, index);
+        let mut image = sources.any_image(&mut rng);
+        for _ in 0..rng.between(1, 32) {
+            let at = rng.below(image.len().min(2048));
+            image[at] ^= 1 << rng.below(8);
+        }
+        if rng.chance(30) {
+            let keep = rng.below(image.len());
+            image.truncate(keep);
+        }
+        fuzz_targets::frame_body(&image);
+    }
+    let shipped = [
+        include_str!("../config/facegate.toml"),
+        include_str!("../config/demo.toml"),
+    ];
+    for index in 0..FUZZ_CONFIGS {
+        let mut rng = Xorshift::for_case(seed ^ 0xC0F1, index);
+        let original = shipped[rng.below(shipped.len())];
+        fuzz_targets::config(&mutated_config(&mut rng, original));
+    }
+    let regressions = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions");
+    for (target, run) in [
+        ("frame_body", fuzz_targets::frame_body as fn(&[u8])),
+        ("config", fuzz_targets::config),
+    ] {
+        let Ok(entries) = std::fs::read_dir(regressions.join(target)) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if entry.path().is_file() {
+                run(&std::fs::read(entry.path()).expect("read a saved fuzz input"));
+            }
+        }
+    }
+}
+
+/// A shipped config with lines dropped, values replaced, keys misspelt or noise inserted.
+fn mutated_config(rng: &mut Xorshift, original: &str) -> Vec<u8> {
+    let mut lines: Vec<String> = original.lines().map(String::from).collect();
+    for _ in 0..rng.between(1, 4) {
+        let at = rng.below(lines.len());
+        let value = rng.pick(&[
+            "0",
+            "-1",
+            "18446744073709551616",
+            "1e309",
+            "nan",
+            "\"\"",
+            "\"0.0.0.0:99999\"",
+            "[]",
+            "{}",
+            "true",
+            "\"\\u0000\"",
+            "\"gpio\"",
+            "4294967296",
+        ]);
+        match rng.below(5) {
+            0 => {
+                lines.remove(at);
+            }
+            1 => {
+                if let Some((key, _)) = lines[at].clone().split_once('=') {
+                    lines[at] = format!("{key}= {value}");
+                }
+            }
+            2 => lines[at] = lines[at].replacen('_', "-", 1),
+            3 => lines.insert(
+                at,
+                format!("[{}]", String::from_utf8_lossy(&rng.bytes_between(0, 12))),
+            ),
+            _ => {
+                let keep = rng.below(lines[at].len() + 1);
+                let keep = (0..=keep)
+                    .rev()
+                    .find(|&i| lines[at].is_char_boundary(i))
+                    .unwrap_or(0);
+                lines[at].truncate(keep);
+            }
+        }
+    }
+    lines.join("\n").into_bytes()
 }
