@@ -8,7 +8,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -93,20 +92,17 @@ def enroll(facegate, config, name, photos):
 class Daemon:
     """`facegate serve --listen 127.0.0.1:0`, its log in a file, its address parsed from the log."""
 
-    def __init__(self, facegate, config, log_path, env=None, wait_seconds=60, preexec_fn=None):
+    def __init__(self, facegate, config, log_path, wait_seconds=60):
         self.log_path = Path(log_path)
         self.log_file = open(self.log_path, "wb")
-        self.started = time.monotonic()
         child_env = dict(os.environ)
         child_env.pop("FACEGATE_TOKEN", None)
         child_env.setdefault("RUST_LOG", "info")
-        child_env.update(env or {})
         self.process = subprocess.Popen(
             [str(facegate), "--config", str(config), "serve", "--listen", "127.0.0.1:0"],
             stdout=subprocess.DEVNULL,
             stderr=self.log_file,
             env=child_env,
-            preexec_fn=preexec_fn,
         )
         self.address = None
         deadline = time.monotonic() + wait_seconds
@@ -115,7 +111,6 @@ class Daemon:
             if match:
                 host, port = match.group(1).rsplit(":", 1)
                 self.address = (host, int(port))
-                self.listening_after = time.monotonic() - self.started
                 return
             if self.process.poll() is not None:
                 return
@@ -223,14 +218,3 @@ def percentile(values, p):
 
 def temp_dir(prefix):
     return tempfile.TemporaryDirectory(prefix=prefix)
-
-
-def health(address, timeout=5):
-    """True when GET /healthz answers 200 within `timeout`."""
-    try:
-        with socket.create_connection(address, timeout=timeout) as s:
-            s.settimeout(timeout)
-            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: facegate\r\nConnection: close\r\n\r\n")
-            return s.recv(12).startswith(b"HTTP/1.1 200")
-    except OSError:
-        return False
