@@ -395,6 +395,8 @@ pub fn probe(address: SocketAddr, timeout: Duration) -> bool {
 }
 
 /// Raises the soft limit on open descriptors to the hard limit (at most 65536) and returns it.
+// `rlim_t` is 64-bit on aarch64 and x86_64 but 32-bit on armv7: the casts are needed there.
+#[allow(clippy::unnecessary_cast)]
 fn raise_descriptor_limit() -> u64 {
     // SAFETY: getrlimit/setrlimit on a local, fully initialised struct.
     unsafe {
