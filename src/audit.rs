@@ -23,31 +23,31 @@ pub struct AuditRetention {
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
     #[error(
-        "cannot create the audit directory {}: {source}. Create it, or point the audit directory \
+        "cannot create the audit directory {}: {cause}. Create it, or point the audit directory \
          setting at a directory the facegate user can write",
         path.display()
     )]
     CreateDir {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error(
-        "cannot open the audit file {}: {source}. Check that the directory is writable by the \
+        "cannot open the audit file {}: {cause}. Check that the directory is writable by the \
          facegate user and that the disk is not full",
         path.display()
     )]
     Open {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error(
-        "cannot append to the audit file {}: {source}. Free disk space (see df) or fix the file's \
+        "cannot append to the audit file {}: {cause}. Free disk space (see df) or fix the file's \
          permissions; audit records are lost until then",
         path.display()
     )]
     Write {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error(
         "audit record cannot be written as a JSON object: {0}. Audit records must be structs or \
@@ -55,20 +55,20 @@ pub enum AuditError {
     )]
     Serialize(serde_json::Error),
     #[error(
-        "cannot list the audit directory {}: {source}. Check that it exists and is readable",
+        "cannot list the audit directory {}: {cause}. Check that it exists and is readable",
         path.display()
     )]
     List {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error(
-        "cannot delete the old audit file {}: {source}. Check the directory's permissions",
+        "cannot delete the old audit file {}: {cause}. Check the directory's permissions",
         path.display()
     )]
     Delete {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -102,7 +102,7 @@ impl AuditLog {
         let dir = dir.into();
         fs::create_dir_all(&dir).map_err(|source| AuditError::CreateDir {
             path: dir.clone(),
-            source,
+            cause: source,
         })?;
         let log = AuditLog {
             dir,
@@ -152,7 +152,7 @@ impl AuditLog {
             .write_all(line.as_bytes())
             .map_err(|source| AuditError::Write {
                 path: self.file_path(day),
-                source,
+                cause: source,
             })?;
         *current = Some(open);
         Ok(())
@@ -164,7 +164,7 @@ impl AuditLog {
     pub fn enforce_retention(&self, now: DateTime<Utc>) -> Result<usize, AuditError> {
         let list_error = |source| AuditError::List {
             path: self.dir.clone(),
-            source,
+            cause: source,
         };
         let mut files = Vec::new();
         for entry in fs::read_dir(&self.dir).map_err(list_error)? {
@@ -185,7 +185,10 @@ impl AuditLog {
                 Ok(()) => deleted += 1,
                 Err(source) if source.kind() == std::io::ErrorKind::NotFound => {}
                 Err(source) => {
-                    first_error.get_or_insert(AuditError::Delete { path, source });
+                    first_error.get_or_insert(AuditError::Delete {
+                        path,
+                        cause: source,
+                    });
                 }
             }
         }
@@ -201,7 +204,10 @@ impl AuditLog {
             .create(true)
             .append(true)
             .open(&path)
-            .map_err(|source| AuditError::Open { path, source })?;
+            .map_err(|source| AuditError::Open {
+                path,
+                cause: source,
+            })?;
         Ok(DayFile { day, file })
     }
 

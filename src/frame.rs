@@ -28,7 +28,7 @@ pub enum FrameError {
         "the image claims {width}x{height} pixels, beyond the {limit} pixels allowed per side"
     )]
     AbsurdDimensions { width: u32, height: u32, limit: u32 },
-    #[error("the {format} is {width}x{height}; decoding it would take {pixels} pixels, more than the {limit} allowed: send a JPEG or a smaller frame")]
+    #[error("the {format} is {width}x{height}; decoding it would take {pixels} pixels, more than the {limit} allowed: send a smaller frame (or a baseline JPEG, which decodes reduced)")]
     TooManyPixels {
         format: &'static str,
         width: u32,
@@ -68,6 +68,9 @@ pub struct ImageHeader {
     pub format: ImageFormat,
     pub width: u32,
     pub height: u32,
+    /// A progressive JPEG: libjpeg keeps the whole image's coefficients in memory however much the
+    /// output is reduced, so its full size counts against the pixel limit.
+    pub progressive: bool,
 }
 
 /// A decoded frame: 8-bit BGR pixels, with the size the sender's image had.
@@ -161,6 +164,7 @@ fn read_jpeg_header(bytes: &[u8]) -> Result<ImageHeader, FrameError> {
     };
     let mut pos = 2;
     let mut size = None;
+    let mut progressive = false;
     let mut scan_start = None;
     while pos + 4 <= bytes.len() {
         if bytes[pos] != 0xFF {
@@ -184,6 +188,7 @@ fn read_jpeg_header(bytes: &[u8]) -> Result<ImageHeader, FrameError> {
             let height = u32::from(u16::from_be_bytes([bytes[pos + 5], bytes[pos + 6]]));
             let width = u32::from(u16::from_be_bytes([bytes[pos + 7], bytes[pos + 8]]));
             size = Some((width, height));
+            progressive = matches!(marker, 0xC2 | 0xC6 | 0xCA | 0xCE);
         }
         if marker == 0xDA {
             scan_start = Some(pos + 2 + length);
@@ -209,6 +214,7 @@ fn read_jpeg_header(bytes: &[u8]) -> Result<ImageHeader, FrameError> {
         format: ImageFormat::Jpeg,
         width,
         height,
+        progressive,
     })
 }
 
@@ -235,6 +241,7 @@ fn read_png_header(bytes: &[u8]) -> Result<ImageHeader, FrameError> {
         format: ImageFormat::Png,
         width,
         height,
+        progressive: false,
     })
 }
 
@@ -261,8 +268,8 @@ pub fn plan_decode(header: &ImageHeader, limits: &FrameConfig) -> Result<u32, Fr
         });
     }
     let reduction = choose_reduction(header, limits.decode_target_side);
-    let pixels =
-        u64::from(header.width.div_ceil(reduction)) * u64::from(header.height.div_ceil(reduction));
+    let held = if header.progressive { 1 } else { reduction };
+    let pixels = u64::from(header.width.div_ceil(held)) * u64::from(header.height.div_ceil(held));
     if pixels > limits.max_decoded_pixels {
         return Err(FrameError::TooManyPixels {
             format: header.format.name(),
@@ -406,6 +413,7 @@ mod tests {
                 format: ImageFormat::Jpeg,
                 width,
                 height,
+                progressive: false,
             };
             assert_eq!(choose_reduction(&header, 960), factor, "{width}x{height}");
         }
@@ -413,6 +421,7 @@ mod tests {
             format: ImageFormat::Png,
             width: 7680,
             height: 4320,
+            progressive: false,
         };
         assert_eq!(choose_reduction(&png, 960), 1);
     }
@@ -428,11 +437,34 @@ mod tests {
             format: ImageFormat::Png,
             width: 7680,
             height: 4320,
+            progressive: false,
         };
         assert!(matches!(
             plan_decode(&big_png, &limits()),
             Err(FrameError::TooManyPixels { .. })
         ));
+    }
+
+    #[test]
+    fn a_large_progressive_jpeg_counts_at_full_size() {
+        let baseline = ImageHeader {
+            format: ImageFormat::Jpeg,
+            width: 7680,
+            height: 4320,
+            progressive: false,
+        };
+        assert_eq!(plan_decode(&baseline, &limits()), Ok(8));
+        let progressive = ImageHeader {
+            progressive: true,
+            ..baseline
+        };
+        assert!(matches!(
+            plan_decode(&progressive, &limits()),
+            Err(FrameError::TooManyPixels { .. })
+        ));
+        let mut sof2 = jpeg_with_size(640, 480);
+        sof2[3] = 0xC2;
+        assert!(read_header(&sof2).unwrap().progressive);
     }
 
     #[test]

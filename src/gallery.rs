@@ -13,10 +13,10 @@ const VERSION: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GalleryError {
-    #[error("cannot read the gallery {path}: {source}")]
+    #[error("cannot read the gallery {path}: {cause}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("the gallery {path} is damaged ({message}); restore it from a backup or re-enrol")]
     Parse { path: PathBuf, message: String },
@@ -30,11 +30,11 @@ pub enum GalleryError {
         wanted_sha: String,
     },
     #[error(
-        "cannot write the gallery {path}: {source}. Check that the state directory is writable"
+        "cannot write the gallery {path}: {cause}. Check that the state directory is writable"
     )]
     Write {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("`{0}` is not a usable name: use 1 to 64 characters, no control characters")]
     BadName(String),
@@ -154,7 +154,7 @@ impl Gallery {
             }
             Err(source) => Err(GalleryError::Read {
                 path: path.to_path_buf(),
-                source,
+                cause: source,
             }),
         }
     }
@@ -174,7 +174,7 @@ impl Gallery {
     pub fn save(&self, path: &Path) -> Result<(), GalleryError> {
         let write_error = |source| GalleryError::Write {
             path: path.to_path_buf(),
-            source,
+            cause: source,
         };
         let dir = path
             .parent()

@@ -12,7 +12,6 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             log::error!("{err:#}");
-            eprintln!("facegate: {err:#}");
             std::process::ExitCode::FAILURE
         }
     }

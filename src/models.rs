@@ -22,10 +22,10 @@ pub enum ModelError {
         actual: String,
         wanted: &'static str,
     },
-    #[error("model file {path} is missing or unreadable ({source}). Run scripts/fetch-assets (with FACEGATE_MIRROR=DIR on an offline machine)")]
+    #[error("model file {path} is missing or unreadable ({cause}). Run scripts/fetch-assets (with FACEGATE_MIRROR=DIR on an offline machine)")]
     Missing {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("model file {path} has sha256 {actual}, the manifest pins {expected}: the file is corrupt or not the pinned model. Delete it and run scripts/fetch-assets again")]
     Checksum {
@@ -163,7 +163,7 @@ impl<C> ResolvedModel<C> {
     pub fn verify(&self) -> Result<(), ModelError> {
         let actual = sha256_file(&self.path).map_err(|source| ModelError::Missing {
             path: self.path.clone(),
-            source,
+            cause: source,
         })?;
         if actual != self.sha256 && !(self.derived && self.locally_recorded(&actual)) {
             return Err(ModelError::Checksum {

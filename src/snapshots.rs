@@ -56,35 +56,35 @@ pub enum SnapshotError {
     )]
     Duplicate { path: PathBuf },
     #[error(
-        "cannot create the snapshot directory {}: {source}. Free disk space (see df) and check that \
+        "cannot create the snapshot directory {}: {cause}. Free disk space (see df) and check that \
          the snapshot directory is writable by the facegate user",
         path.display()
     )]
     CreateDir {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error(
-        "cannot write the snapshot file {}: {source}. Free disk space (see df) or fix the snapshot \
+        "cannot write the snapshot file {}: {cause}. Free disk space (see df) or fix the snapshot \
          directory's permissions; lower the snapshot byte limit if snapshots fill the disk",
         path.display()
     )]
     Write {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error(
         "snapshot sidecar cannot be serialized to JSON: {0}. Use a struct or a map with string keys"
     )]
     Serialize(serde_json::Error),
     #[error(
-        "cannot read the snapshot directory {}: {source}. Check that it is readable by the \
+        "cannot read the snapshot directory {}: {cause}. Check that it is readable by the \
          facegate user",
         path.display()
     )]
     Scan {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -181,7 +181,7 @@ impl SnapshotStore {
         let dir = dir.into();
         fs::create_dir_all(&dir).map_err(|source| SnapshotError::CreateDir {
             path: dir.clone(),
-            source,
+            cause: source,
         })?;
         let mut found = scan(&dir)?;
         found.sort_by(|a, b| (a.saved_at, &a.id).cmp(&(b.saved_at, &b.id)));
@@ -233,7 +233,7 @@ impl SnapshotStore {
         let day_dir = self.dir.join(now.format(DAY_FORMAT).to_string());
         fs::create_dir_all(&day_dir).map_err(|source| SnapshotError::CreateDir {
             path: day_dir.clone(),
-            source,
+            cause: source,
         })?;
         let image_path = day_dir.join(format!("{id}.{ext}"));
         let sidecar_path = day_dir.join(format!("{id}.{SIDECAR_EXT}"));
@@ -321,7 +321,7 @@ impl SnapshotStore {
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), SnapshotError> {
     let write_error = |source| SnapshotError::Write {
         path: path.to_owned(),
-        source,
+        cause: source,
     };
     let file_name = path
         .file_name()
@@ -353,7 +353,10 @@ fn remove_quietly(path: &Path) {
 fn scan(dir: &Path) -> Result<Vec<StoredSnapshot>, SnapshotError> {
     let scan_error = |path: &Path| {
         let path = path.to_owned();
-        move |source| SnapshotError::Scan { path, source }
+        move |source| SnapshotError::Scan {
+            path,
+            cause: source,
+        }
     };
     let mut found = Vec::new();
     for entry in fs::read_dir(dir).map_err(scan_error(dir))? {
@@ -379,7 +382,7 @@ struct FoundFiles {
 fn scan_day(day_dir: &Path) -> Result<Vec<StoredSnapshot>, SnapshotError> {
     let scan_error = |source| SnapshotError::Scan {
         path: day_dir.to_owned(),
-        source,
+        cause: source,
     };
     let mut by_id: BTreeMap<String, FoundFiles> = BTreeMap::new();
     for entry in fs::read_dir(day_dir).map_err(scan_error)? {

@@ -62,13 +62,13 @@ pub enum DoorError {
     )]
     GpioPin { pin: u8, cause: String },
     #[error(
-        "cannot write the simulated relay journal {}: {source}. Check that its directory exists \
+        "cannot write the simulated relay journal {}: {cause}. Check that its directory exists \
          and is writable",
         path.display()
     )]
     Journal {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("simulated relay failure while trying to {action} (injected by a test)")]
     SimulatedFailure { action: &'static str },

@@ -159,7 +159,7 @@ impl SimDoor {
             .open(&path)
             .map_err(|source| DoorError::Journal {
                 path: path.clone(),
-                source,
+                cause: source,
             })?;
         Ok(SimDoor {
             log: SimLog::default(),
@@ -188,7 +188,7 @@ impl SimDoor {
                 .and_then(|()| journal.file.flush())
                 .map_err(|source| DoorError::Journal {
                     path: journal.path.clone(),
-                    source,
+                    cause: source,
                 })?;
         }
         self.log.record(SimEvent {
