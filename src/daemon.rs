@@ -260,7 +260,12 @@ fn serve(
         io_timeout: Duration::from_millis(service.config.http.body_timeout_ms),
         idle_limit: IDLE_CONNECTION_LIMIT,
     };
-    sockets::spawn_sweeper(sweep, SWEEP_INTERVAL, Arc::clone(&sweeper_stop))?;
+    sockets::spawn_sweeper(
+        sweep,
+        SWEEP_INTERVAL,
+        Arc::clone(&service.body_deadlines),
+        Arc::clone(&sweeper_stop),
+    )?;
     spawn_signal_thread(Arc::clone(stop))?;
     spawn_retention_thread(Arc::clone(&service));
     spawn_watchdog(

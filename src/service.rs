@@ -40,6 +40,8 @@ pub struct Service {
     pub started: Instant,
     /// The port the daemon listens on, to find its own connections.
     pub port: u16,
+    /// Bodies being read, for the socket sweeper to cut short when overdue.
+    pub body_deadlines: Arc<crate::http::sockets::BodyDeadlines>,
     pub audit_errors: Arc<RateLimitedLog>,
     snapshot_errors: RateLimitedLog,
 }
@@ -98,6 +100,7 @@ impl Service {
             snapshots,
             started: Instant::now(),
             port,
+            body_deadlines: Arc::default(),
             audit_errors,
             snapshot_errors: RateLimitedLog::new(DISK_ERROR_LOG_INTERVAL),
         }

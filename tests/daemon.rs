@@ -870,3 +870,22 @@ fn a_missing_model_fails_start_with_the_door_locked() {
     assert_eq!(unlocks(&journal), 0, "{journal:?}");
     assert_eq!(journal.last().unwrap().state, "locked");
 }
+
+/// Regression: a socket timeout set after a worker's read had begun did not apply to it, so a client that
+/// announced a body and went silent held a worker until the 60 s idle limit.
+#[test]
+fn a_silent_body_is_answered_408_at_its_deadline_and_frees_the_worker() {
+    let daemon = Setup::new().set("http.body_timeout_ms", 1_000).serve();
+    let mut silent = daemon.connect();
+    let head = format!(
+        "POST /image HTTP/1.1\r\nHost: facegate\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 50000\r\n\r\nabc"
+    );
+    silent.write_all(head.as_bytes()).unwrap();
+    assert_json_error(&read_reply(&mut silent), 408, "body_timeout");
+    let granted = daemon.post("/image", b64(&photo(GRANTED_PHOTO)).as_bytes());
+    assert_eq!(
+        granted.json()["status"],
+        "granted",
+        "the single worker is free again"
+    );
+}

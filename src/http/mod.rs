@@ -193,6 +193,8 @@ pub fn read_body(
             return Err(BodyReadError::Timeout);
         }
         match reader.read(&mut chunk) {
+            // The sweeper shuts an overdue body's connection for reading, which ends the read here.
+            Ok(0) | Err(_) if Instant::now() > deadline => return Err(BodyReadError::Timeout),
             Ok(0) => {
                 if let Some(expected) = declared.filter(|&n| body.len() < n) {
                     return Err(BodyReadError::Io(format!(
@@ -379,9 +381,17 @@ pub fn run_worker(
             received_at,
         } = job;
         let deadline = received_at + Duration::from_millis(service.config.http.body_timeout_ms);
-        let remote = request.remote_addr().map(|a| a.ip().to_string());
+        let peer = request.remote_addr().copied();
+        let remote = peer.map(|a| a.ip().to_string());
         let mut body_read = false;
-        let handled = match read_body(&mut request, service.config.http.max_body_bytes, deadline) {
+        if let Some(peer) = peer {
+            service.body_deadlines.watch(peer, deadline);
+        }
+        let body = read_body(&mut request, service.config.http.max_body_bytes, deadline);
+        if let Some(peer) = peer {
+            service.body_deadlines.done(peer);
+        }
+        let handled = match body {
             Ok(body) => {
                 body_read = true;
                 let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

@@ -101,16 +101,57 @@ pub fn answer_and_shut_down(port: u16, peer: SocketAddr, bytes: &[u8]) -> bool {
     true
 }
 
-/// Sweeps every `interval` until `stop` is set.
+/// Bodies that workers are reading, each with the time by which it must have arrived. A read that
+/// is already blocked does not see a socket timeout set later, so an overdue body's connection is
+/// shut down for reading: the blocked read returns at once and the worker answers 408.
+#[derive(Debug, Default)]
+pub struct BodyDeadlines {
+    reading: std::sync::Mutex<Vec<(SocketAddr, std::time::Instant)>>,
+}
+
+impl BodyDeadlines {
+    pub fn watch(&self, peer: SocketAddr, deadline: std::time::Instant) {
+        self.lock().push((peer, deadline));
+    }
+
+    pub fn done(&self, peer: SocketAddr) {
+        self.lock().retain(|(p, _)| *p != peer);
+    }
+
+    /// Shuts down reading on every connection whose body is overdue at `now`; returns how many.
+    pub fn enforce(&self, port: u16, now: std::time::Instant) -> usize {
+        let overdue: Vec<SocketAddr> = self
+            .lock()
+            .iter()
+            .filter(|(_, deadline)| *deadline < now)
+            .map(|(peer, _)| *peer)
+            .collect();
+        for peer in &overdue {
+            for fd in connection_descriptors(port, *peer) {
+                // SAFETY: shutdown on a socket of this connection; the descriptors stay owned by tiny_http.
+                unsafe { libc::shutdown(fd, libc::SHUT_RD) };
+            }
+        }
+        overdue.len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(SocketAddr, std::time::Instant)>> {
+        self.reading.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Sweeps every `interval` until `stop` is set, and cuts overdue bodies short.
 pub fn spawn_sweeper(
     settings: SweepSettings,
     interval: Duration,
+    deadlines: Arc<BodyDeadlines>,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("socket-sweeper".into())
         .spawn(move || {
             while !stop.load(Ordering::Relaxed) {
+                deadlines.enforce(settings.port, std::time::Instant::now());
                 let stats = sweep_once(&settings);
                 if stats.closed_idle > 0 {
                     log::info!("closed {} idle client connections", stats.closed_idle);
