@@ -31,8 +31,22 @@ impl Embedding {
     }
 }
 
+/// Dot product with eight independent sums, which lets the compiler vectorise it.
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
+    let mut lanes = [0.0f32; 8];
+    let (a_chunks, b_chunks) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = a_chunks
+        .remainder()
+        .iter()
+        .zip(b_chunks.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in a_chunks.zip(b_chunks) {
+        for i in 0..8 {
+            lanes[i] += x[i] * y[i];
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
 }
 
 pub struct Embedder {
@@ -119,6 +133,16 @@ impl Embedder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dot_matches_the_plain_sum_for_any_length() {
+        for len in [0, 1, 7, 8, 9, 128, 131] {
+            let a: Vec<f32> = (0..len).map(|i| i as f32 * 0.5 - 3.0).collect();
+            let b: Vec<f32> = (0..len).map(|i| 1.0 / (i as f32 + 1.0)).collect();
+            let plain: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+            assert!((dot(&a, &b) - plain).abs() < 1e-4, "length {len}");
+        }
+    }
 
     #[test]
     fn embeddings_are_unit_length_and_zero_is_refused() {
