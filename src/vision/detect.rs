@@ -37,6 +37,9 @@ const MIN_INPUT_SIDE: i32 = 64;
 pub struct Detector {
     yunet: Ptr<FaceDetectorYN>,
     settings: DetectSettings,
+    /// The size YuNet's anchor priors were generated for: setting the size regenerates them, so it is
+    /// only set when the frame size changes. A property of the model set-up, not of any result.
+    input_size: Size,
 }
 
 impl Detector {
@@ -60,7 +63,11 @@ impl Detector {
             path: model.path.clone(),
             cause: err.to_string(),
         })?;
-        Ok(Detector { yunet, settings })
+        Ok(Detector {
+            yunet,
+            settings,
+            input_size: Size::new(320, 320),
+        })
     }
 
     /// Faces in the frame, largest first.
@@ -100,7 +107,11 @@ impl Detector {
         } else {
             input
         };
-        self.yunet.set_input_size(input.size()?)?;
+        let size = input.size()?;
+        if size != self.input_size {
+            self.yunet.set_input_size(size)?;
+            self.input_size = size;
+        }
         let mut rows = Mat::default();
         self.yunet.detect(input, &mut rows)?;
         let mut faces = Vec::new();
