@@ -32,6 +32,8 @@ const PROBE_FAILURES_FATAL: u32 = 3;
 const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
 /// Connections silent for this long are closed.
 const IDLE_CONNECTION_LIMIT: Duration = Duration::from_secs(60);
+/// Bytes beyond the largest body a connection may send without completing a request (headers).
+const FLOOD_ALLOWANCE: u64 = 1024 * 1024;
 const RETENTION_INTERVAL: Duration = Duration::from_secs(600);
 const GALLERY_RECHECK: Duration = Duration::from_secs(2);
 
@@ -259,11 +261,13 @@ fn serve(
         port: address.port(),
         io_timeout: Duration::from_millis(service.config.http.body_timeout_ms),
         idle_limit: IDLE_CONNECTION_LIMIT,
+        flood_limit: service.config.http.max_body_bytes as u64 + FLOOD_ALLOWANCE,
     };
     sockets::spawn_sweeper(
         sweep,
         SWEEP_INTERVAL,
         Arc::clone(&service.body_deadlines),
+        Arc::clone(&service.header_floods),
         Arc::clone(&sweeper_stop),
     )?;
     spawn_signal_thread(Arc::clone(stop))?;

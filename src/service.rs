@@ -42,6 +42,8 @@ pub struct Service {
     pub port: u16,
     /// Bodies being read, for the socket sweeper to cut short when overdue.
     pub body_deadlines: Arc<crate::http::sockets::BodyDeadlines>,
+    /// Connections' traffic since their last request, for the sweeper to cut header floods.
+    pub header_floods: Arc<crate::http::sockets::HeaderFloodGuard>,
     pub audit_errors: Arc<RateLimitedLog>,
     snapshot_errors: RateLimitedLog,
 }
@@ -101,6 +103,7 @@ impl Service {
             started: Instant::now(),
             port,
             body_deadlines: Arc::default(),
+            header_floods: Arc::default(),
             audit_errors,
             snapshot_errors: RateLimitedLog::new(DISK_ERROR_LOG_INTERVAL),
         }
@@ -343,6 +346,10 @@ impl Service {
         let max_age = self.config.max_decision_age();
         let started = Instant::now();
         let queued_ms = started.duration_since(received_at).as_secs_f64() * 1000.0;
+        // Garbage is answered as such even when it is also too old to decide on.
+        if let Err(err) = frame::read_header(&post.image) {
+            return self.bad_image(request_id, post, err, remote);
+        }
         let (outcome, faces, timings) = if Self::frame_age(received_at, &post) > max_age {
             (Outcome::NoFace, 0, StageTimings::default())
         } else {

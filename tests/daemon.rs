@@ -179,6 +179,16 @@ fn a_stale_grant_never_moves_the_relay() {
     assert_eq!(answer["door"], "locked", "{answer}");
     assert_eq!(answer["identity"], Value::Null, "{answer}");
     assert_eq!(answer["frame_id"], "old-frame", "{answer}");
+    // Regression: an old frame that is not an image at all was answered 200 `stale`, not refused.
+    let garbage = daemon.post(
+        "/image",
+        &json_frame(
+            &[0u8; 4096],
+            "old-garbage",
+            Some((Utc::now() - TimeDelta::hours(1)).to_rfc3339()),
+        ),
+    );
+    assert_json_error(&garbage, 415, "unsupported_image");
     // The same face, fresh, does open: only that one may appear in the journal.
     assert_no_earlier_request_moved_the_relay(&daemon);
 }

@@ -261,6 +261,9 @@ pub fn dispatch(service: &Service, jobs: &Sender<Job>, request: Request) {
     };
     let request_id = service.ids.next();
     let received_at = Instant::now();
+    if let Some(peer) = request.remote_addr() {
+        service.header_floods.dispatched(*peer);
+    }
     let route = route(request.method(), request.url());
     if route == Route::Health {
         return refuse(request, &service.health());

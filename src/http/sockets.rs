@@ -17,6 +17,8 @@ pub struct SweepSettings {
     pub io_timeout: Duration,
     /// A connection that has neither sent nor received data for this long is shut down.
     pub idle_limit: Duration,
+    /// A connection that sends more than this many bytes without completing a request is shut down.
+    pub flood_limit: u64,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -140,11 +142,120 @@ impl BodyDeadlines {
     }
 }
 
+/// tiny_http reads request headers with no size limit, so a client can grow the daemon's memory by
+/// sending one endless header. The guard tracks, per connection, the bytes received since a request of
+/// that connection was last handed to the daemon, and shuts down a connection that passes `limit`
+/// without completing a request.
+#[derive(Debug, Default)]
+pub struct HeaderFloodGuard {
+    state: std::sync::Mutex<FloodState>,
+}
+
+#[derive(Debug, Default)]
+struct FloodState {
+    /// Peers with a request dispatched since the last check.
+    dispatched: std::collections::HashSet<SocketAddr>,
+    /// Bytes each connection had received when one of its requests was last seen.
+    baselines: std::collections::HashMap<SocketAddr, u64>,
+}
+
+/// One connection's check: its new baseline, and whether to cut it. A connection first seen has
+/// its whole history counted, as it has not completed a request yet.
+pub fn flood_verdict(
+    baseline: Option<u64>,
+    received: u64,
+    dispatched: bool,
+    limit: u64,
+) -> (u64, bool) {
+    if dispatched {
+        return (received, false);
+    }
+    let baseline = baseline.unwrap_or(0);
+    (baseline, received.saturating_sub(baseline) > limit)
+}
+
+impl HeaderFloodGuard {
+    /// The dispatcher saw a complete request from `peer`.
+    pub fn dispatched(&self, peer: SocketAddr) {
+        self.lock().dispatched.insert(peer);
+    }
+
+    /// Shuts down connections that sent more than `limit` bytes without completing a request.
+    pub fn enforce(&self, port: u16, limit: u64) -> usize {
+        let mut state = self.lock();
+        let dispatched = std::mem::take(&mut state.dispatched);
+        let mut baselines = std::collections::HashMap::new();
+        let mut cut = 0;
+        for (fd, peer) in port_connections(port) {
+            let Some(received) = bytes_received(fd) else {
+                continue;
+            };
+            let (baseline, flood) = flood_verdict(
+                state.baselines.get(&peer).copied(),
+                received,
+                dispatched.contains(&peer),
+                limit,
+            );
+            baselines.insert(peer, baseline);
+            if flood {
+                // SAFETY: shutdown on a socket of this connection; the descriptors stay owned by tiny_http.
+                unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+                cut += 1;
+            }
+        }
+        state.baselines = baselines;
+        cut
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, FloodState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Every connected socket of this process whose local port is `port`, with its peer.
+fn port_connections(port: u16) -> Vec<(i32, SocketAddr)> {
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<i32>().ok())
+        })
+        .filter(|&fd| local_port(fd) == Some(port))
+        .filter_map(|fd| peer_address(fd).map(|peer| (fd, peer)))
+        .collect()
+}
+
+/// Bytes the connection has received so far (Linux TCP_INFO, kernel 4.1 and later).
+fn bytes_received(fd: i32) -> Option<u64> {
+    // SAFETY: getsockopt into a zeroed tcp_info of the size the kernel may fill.
+    unsafe {
+        let mut info: libc::tcp_info = zeroed();
+        let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
+        if libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &mut len,
+        ) != 0
+        {
+            return None;
+        }
+        Some(info.tcpi_bytes_received)
+    }
+}
+
 /// Sweeps every `interval` until `stop` is set, and cuts overdue bodies short.
 pub fn spawn_sweeper(
     settings: SweepSettings,
     interval: Duration,
     deadlines: Arc<BodyDeadlines>,
+    floods: Arc<HeaderFloodGuard>,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
@@ -152,6 +263,12 @@ pub fn spawn_sweeper(
         .spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 deadlines.enforce(settings.port, std::time::Instant::now());
+                let flooding = floods.enforce(settings.port, settings.flood_limit);
+                if flooding > 0 {
+                    log::warn!(
+                        "closed {flooding} connections sending without completing a request"
+                    );
+                }
                 let stats = sweep_once(&settings);
                 if stats.closed_idle > 0 {
                     log::info!("closed {} idle client connections", stats.closed_idle);
@@ -290,6 +407,7 @@ mod tests {
             port,
             io_timeout: Duration::from_secs(5),
             idle_limit: Duration::from_secs(3600),
+            flood_limit: u64::MAX,
         };
         let first = sweep_once(&settings);
         assert_eq!(
@@ -312,5 +430,51 @@ mod tests {
             0,
             "a shut-down connection reads end of file"
         );
+    }
+
+    #[test]
+    fn an_answer_is_written_and_the_connection_shut_down_by_its_peer_address() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (mut accepted, peer) = listener.accept().unwrap();
+        assert!(answer_and_shut_down(port, peer, b"bye"));
+        let mut received = Vec::new();
+        client.read_to_end(&mut received).unwrap();
+        assert_eq!(received, b"bye");
+        let mut buffer = [0u8; 1];
+        assert_eq!(accepted.read(&mut buffer).unwrap(), 0);
+    }
+
+    #[test]
+    fn only_bytes_sent_without_completing_a_request_count_towards_a_flood() {
+        let cases = [
+            (None, 500, false, 1000, (0, false)),
+            (None, 1500, false, 1000, (0, true)),
+            (Some(0), 900_000, true, 1000, (900_000, false)),
+            (Some(900_000), 900_800, false, 1000, (900_000, false)),
+            (Some(900_000), 901_001, false, 1000, (900_000, true)),
+        ];
+        for (baseline, received, dispatched, limit, expected) in cases {
+            assert_eq!(
+                flood_verdict(baseline, received, dispatched, limit),
+                expected,
+                "{baseline:?} {received} {dispatched}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_connection_flooding_without_a_request_is_shut_down() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (mut accepted, _) = listener.accept().unwrap();
+        std::io::Write::write_all(&mut client, &[b'x'; 4096]).unwrap();
+        let mut buffer = [0u8; 4096];
+        accepted.read_exact(&mut buffer).unwrap();
+        let guard = HeaderFloodGuard::default();
+        assert_eq!(guard.enforce(port, 1024), 1);
+        assert_eq!(accepted.read(&mut buffer).unwrap(), 0);
     }
 }
