@@ -396,6 +396,7 @@ mod tests {
     use super::*;
     use std::io::Read;
     use std::net::{TcpListener, TcpStream};
+    use std::os::fd::AsRawFd;
 
     #[test]
     fn accepted_connections_get_timeouts_and_silent_ones_are_shut_down() {
@@ -473,6 +474,10 @@ mod tests {
         std::io::Write::write_all(&mut client, &[b'x'; 4096]).unwrap();
         let mut buffer = [0u8; 4096];
         accepted.read_exact(&mut buffer).unwrap();
+        if bytes_received(accepted.as_raw_fd()).is_none() {
+            eprintln!("skipped: this kernel (or qemu-user) does not report TCP_INFO byte counts");
+            return;
+        }
         let guard = HeaderFloodGuard::default();
         assert_eq!(guard.enforce(port, 1024), 1);
         assert_eq!(accepted.read(&mut buffer).unwrap(), 0);
