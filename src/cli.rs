@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
@@ -190,13 +190,7 @@ fn enroll(config: &Config, name: &str, images: &[PathBuf]) -> Result<()> {
         &config.frame,
         config.recognition.lookalike_warning,
         &now,
-    );
-    let report = match report {
-        Ok(report) => report,
-        Err(err) => {
-            bail!("{err}");
-        }
-    };
+    )?;
     for (source, verdict) in &report.verdicts {
         match verdict {
             Verdict::Accepted { face_score } => {
