@@ -38,8 +38,8 @@ impl EnrolmentReport {
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnrolmentError {
-    #[error("no image was accepted for `{0}`; nothing was enrolled")]
-    NothingAccepted(String),
+    #[error("no image was accepted for `{name}`; nothing was enrolled. {}", reasons.join("; "))]
+    NothingAccepted { name: String, reasons: Vec<String> },
     #[error(transparent)]
     Gallery(#[from] GalleryError),
     #[error(transparent)]
@@ -94,7 +94,17 @@ pub fn enroll(
         }
     }
     if accepted.is_empty() {
-        return Err(EnrolmentError::NothingAccepted(name.to_string()));
+        let reasons = verdicts
+            .into_iter()
+            .filter_map(|(source, verdict)| match verdict {
+                Verdict::Rejected { reason } => Some(format!("{source}: {reason}")),
+                Verdict::Accepted { .. } => None,
+            })
+            .collect();
+        return Err(EnrolmentError::NothingAccepted {
+            name: name.to_string(),
+            reasons,
+        });
     }
     let lookalike = accepted
         .iter()

@@ -111,7 +111,10 @@ fn an_enrolment_with_nothing_accepted_is_refused_and_changes_nothing() {
         &["_noface/dog.jpg", "_group/couple.jpg"],
     );
     match result {
-        Err(EnrolmentError::NothingAccepted(name)) => assert_eq!(name, "nobody"),
+        Err(EnrolmentError::NothingAccepted { name, reasons }) => {
+            assert_eq!(name, "nobody");
+            assert!(!reasons.is_empty(), "each rejected image says why");
+        }
         other => panic!("expected NothingAccepted, got {other:?}"),
     }
     assert_eq!(gallery.to_json(), before);
