@@ -31,22 +31,7 @@ pub struct SweepStats {
 /// One pass over the process's sockets.
 pub fn sweep_once(settings: &SweepSettings) -> SweepStats {
     let mut stats = SweepStats::default();
-    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
-        return stats;
-    };
-    for entry in entries.flatten() {
-        let Some(fd) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let is_socket = std::fs::read_link(entry.path())
-            .is_ok_and(|target| target.to_string_lossy().starts_with("socket:"));
-        if !is_socket || local_port(fd) != Some(settings.port) || !is_connected(fd) {
-            continue;
-        }
+    for (fd, _) in port_connections(settings.port) {
         stats.connections += 1;
         if !has_receive_timeout(fd) && set_timeouts(fd, settings.io_timeout) {
             stats.timeouts_set += 1;
@@ -62,18 +47,10 @@ pub fn sweep_once(settings: &SweepSettings) -> SweepStats {
 
 /// The descriptors (tiny_http keeps two) of the connection from `peer` to our `port`.
 fn connection_descriptors(port: u16, peer: SocketAddr) -> Vec<i32> {
-    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|entry| {
-            entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<i32>().ok())
-        })
-        .filter(|&fd| local_port(fd) == Some(port) && peer_address(fd) == Some(peer))
+    port_connections(port)
+        .into_iter()
+        .filter(|(_, p)| *p == peer)
+        .map(|(fd, _)| fd)
         .collect()
 }
 
@@ -230,24 +207,29 @@ fn port_connections(port: u16) -> Vec<(i32, SocketAddr)> {
         .collect()
 }
 
-/// Bytes the connection has received so far (Linux TCP_INFO, kernel 4.1 and later).
-fn bytes_received(fd: i32) -> Option<u64> {
+/// The kernel's TCP_INFO for a socket, and how many bytes of it the kernel filled in.
+fn tcp_info(fd: i32) -> Option<(libc::tcp_info, usize)> {
     // SAFETY: getsockopt into a zeroed tcp_info of the size the kernel may fill.
     unsafe {
         let mut info: libc::tcp_info = zeroed();
         let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
-        if libc::getsockopt(
+        let status = libc::getsockopt(
             fd,
             libc::IPPROTO_TCP,
             libc::TCP_INFO,
             (&raw mut info).cast(),
             &mut len,
-        ) != 0
-        {
-            return None;
-        }
-        Some(info.tcpi_bytes_received)
+        );
+        (status == 0).then_some((info, len as usize))
     }
+}
+
+/// Bytes the connection has received so far (Linux TCP_INFO, kernel 4.1 and later).
+fn bytes_received(fd: i32) -> Option<u64> {
+    let (info, len) = tcp_info(fd)?;
+    // Kernels before 4.1 return a shorter struct without the counter.
+    let needed = std::mem::offset_of!(libc::tcp_info, tcpi_bytes_received) + size_of::<u64>();
+    (len >= needed).then_some(info.tcpi_bytes_received)
 }
 
 /// Sweeps every `interval` until `stop` is set, and cuts overdue bodies short.
@@ -279,38 +261,24 @@ pub fn spawn_sweeper(
 }
 
 fn local_port(fd: i32) -> Option<u16> {
-    // SAFETY: getsockname writes at most `len` bytes into a zeroed sockaddr_storage.
-    unsafe {
-        let mut addr: libc::sockaddr_storage = zeroed();
-        let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        if libc::getsockname(fd, (&raw mut addr).cast(), &mut len) != 0 {
-            return None;
-        }
-        match i32::from(addr.ss_family) {
-            libc::AF_INET => {
-                let v4: &libc::sockaddr_in = &*(&raw const addr).cast();
-                Some(u16::from_be(v4.sin_port))
-            }
-            libc::AF_INET6 => {
-                let v6: &libc::sockaddr_in6 = &*(&raw const addr).cast();
-                Some(u16::from_be(v6.sin6_port))
-            }
-            _ => None,
-        }
-    }
-}
-
-fn is_connected(fd: i32) -> bool {
-    peer_address(fd).is_some()
+    socket_address(fd, libc::getsockname).map(|address| address.port())
 }
 
 /// The remote end of a connected socket; `None` for the listening socket and non-IP sockets.
 fn peer_address(fd: i32) -> Option<SocketAddr> {
-    // SAFETY: getpeername writes at most `len` bytes into a zeroed sockaddr_storage.
+    socket_address(fd, libc::getpeername)
+}
+
+type AddressQuery = unsafe extern "C" fn(i32, *mut libc::sockaddr, *mut libc::socklen_t) -> i32;
+
+/// One end of an IP socket, as `getsockname` or `getpeername` reports it.
+fn socket_address(fd: i32, query: AddressQuery) -> Option<SocketAddr> {
+    // SAFETY: the query writes at most `len` bytes into a zeroed sockaddr_storage, which is then read
+    // as the address type its family names.
     unsafe {
         let mut addr: libc::sockaddr_storage = zeroed();
         let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        if libc::getpeername(fd, (&raw mut addr).cast(), &mut len) != 0 {
+        if query(fd, (&raw mut addr).cast(), &mut len) != 0 {
             return None;
         }
         match i32::from(addr.ss_family) {
@@ -372,23 +340,9 @@ fn set_timeouts(fd: i32, timeout: Duration) -> bool {
 
 /// How long since the connection last sent or received data (Linux TCP_INFO).
 fn idle_for(fd: i32) -> Option<Duration> {
-    // SAFETY: getsockopt into a zeroed tcp_info of the size the kernel may fill.
-    unsafe {
-        let mut info: libc::tcp_info = zeroed();
-        let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
-        if libc::getsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&raw mut info).cast(),
-            &mut len,
-        ) != 0
-        {
-            return None;
-        }
-        let quiet_ms = info.tcpi_last_data_recv.min(info.tcpi_last_data_sent);
-        Some(Duration::from_millis(u64::from(quiet_ms)))
-    }
+    let (info, _) = tcp_info(fd)?;
+    let quiet_ms = info.tcpi_last_data_recv.min(info.tcpi_last_data_sent);
+    Some(Duration::from_millis(u64::from(quiet_ms)))
 }
 
 #[cfg(test)]
