@@ -262,7 +262,7 @@ impl Service {
 
     /// POST /save: the tablet reports a failed PIN entry with the frame; stored at once.
     fn save_failed_pin(&self, request_id: &str, post: FramePost, remote: Option<&str>) -> Handled {
-        let ext = frame::read_header(&post.image).map_or("bin", |h| h.format.extension());
+        let ext = frame::file_extension(&post.image);
         let sidecar = json!({
             "request_id": request_id,
             "reason": "pin_failed",
@@ -347,9 +347,10 @@ impl Service {
         let started = Instant::now();
         let queued_ms = started.duration_since(received_at).as_secs_f64() * 1000.0;
         // Garbage is answered as such even when it is also too old to decide on.
-        if let Err(err) = frame::read_header(&post.image) {
-            return self.bad_image(request_id, post, err, remote);
-        }
+        let header = match frame::read_header(&post.image) {
+            Ok(header) => header,
+            Err(err) => return self.bad_image(request_id, post, err, remote),
+        };
         let (outcome, faces, timings) = if Self::frame_age(received_at, &post) > max_age {
             (Outcome::NoFace, 0, StageTimings::default())
         } else {
@@ -453,7 +454,7 @@ impl Service {
             _ => false,
         };
         let snapshot = wants_snapshot.then(|| {
-            let ext = frame::read_header(&post.image).map_or("bin", |h| h.format.extension());
+            let ext = header.format.extension();
             let mut sidecar = record.clone();
             sidecar["reason"] = json!(decision.status.as_str());
             Snapshot {
@@ -502,7 +503,7 @@ impl Service {
         self.config.snapshots.on_error.then(|| Snapshot {
             id: request_id.to_string(),
             image: post.image.clone(),
-            ext: frame::read_header(&post.image).map_or("bin", |h| h.format.extension()),
+            ext: frame::file_extension(&post.image),
             sidecar: json!({
                 "request_id": request_id,
                 "reason": reason,

@@ -21,9 +21,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use opencv::core::{self as cv, Mat, Scalar, Size, Vector};
+use opencv::core::{Mat, Vector};
+use opencv::imgcodecs;
 use opencv::prelude::*;
-use opencv::{imgcodecs, imgproc};
 use serde_json::Value;
 
 const TOKEN: &str = "hostile-input-token";
@@ -151,43 +151,6 @@ const ENROLLED_NAME: &str = "obama";
 const ENROLMENT_PHOTO: &str = "obama/obama.jpg";
 const ENROLLED_PROBE: &str = "obama/obama1.jpg";
 
-fn decode(bytes: &[u8]) -> Mat {
-    imgcodecs::imdecode(&Vector::<u8>::from_slice(bytes), imgcodecs::IMREAD_COLOR)
-        .expect("a pinned photo decodes")
-}
-
-/// Scales the image to fit `width`x`height` and pads it with black, as a camera frame.
-fn letterbox(image: &Mat, width: i32, height: i32) -> Mat {
-    let scale = (f64::from(width) / f64::from(image.cols()))
-        .min(f64::from(height) / f64::from(image.rows()));
-    let w = ((f64::from(image.cols()) * scale).round() as i32).clamp(1, width);
-    let h = ((f64::from(image.rows()) * scale).round() as i32).clamp(1, height);
-    let mut resized = Mat::default();
-    imgproc::resize(
-        image,
-        &mut resized,
-        Size::new(w, h),
-        0.0,
-        0.0,
-        imgproc::INTER_AREA,
-    )
-    .expect("resize");
-    let (left, top) = ((width - w) / 2, (height - h) / 2);
-    let mut framed = Mat::default();
-    cv::copy_make_border(
-        &resized,
-        &mut framed,
-        top,
-        height - h - top,
-        left,
-        width - w - left,
-        cv::BORDER_CONSTANT,
-        Scalar::all(0.0),
-    )
-    .expect("pad");
-    framed
-}
-
 fn encode(image: &Mat, ext: &str, params: &[i32]) -> Vec<u8> {
     let mut out = Vector::<u8>::new();
     imgcodecs::imencode(ext, image, &mut out, &Vector::from_slice(params)).expect("encode");
@@ -195,7 +158,7 @@ fn encode(image: &Mat, ext: &str, params: &[i32]) -> Vec<u8> {
 }
 
 fn camera_jpeg(relative: &str) -> Vec<u8> {
-    let frame = letterbox(&decode(&support::photo(relative)), 640, 480);
+    let frame = support::letterbox(&support::photo_pixels(relative), (640, 480));
     encode(&frame, ".jpg", &[imgcodecs::IMWRITE_JPEG_QUALITY, 90])
 }
 
@@ -203,7 +166,7 @@ impl Sources {
     fn load() -> Sources {
         let frames: Vec<Mat> = STRANGER_PHOTOS
             .iter()
-            .map(|p| letterbox(&decode(&support::photo(p)), 640, 480))
+            .map(|p| support::letterbox(&support::photo_pixels(p), (640, 480)))
             .collect();
         let quality = [imgcodecs::IMWRITE_JPEG_QUALITY, 90];
         let progressive = [

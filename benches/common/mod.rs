@@ -29,48 +29,6 @@ pub struct TestFrame {
     pub jpeg: Vec<u8>,
 }
 
-fn decode(bytes: &[u8]) -> Mat {
-    imgcodecs::imdecode(&Vector::<u8>::from_slice(bytes), imgcodecs::IMREAD_COLOR)
-        .expect("a pinned photo decodes")
-}
-
-/// Scales the image to fit `width`x`height` and pads it with black, as a camera frame.
-pub fn letterbox(image: &Mat, (width, height): (i32, i32)) -> Mat {
-    let scale = (f64::from(width) / f64::from(image.cols()))
-        .min(f64::from(height) / f64::from(image.rows()));
-    let w = ((f64::from(image.cols()) * scale).round() as i32).clamp(1, width);
-    let h = ((f64::from(image.rows()) * scale).round() as i32).clamp(1, height);
-    let interpolation = if scale < 1.0 {
-        imgproc::INTER_AREA
-    } else {
-        imgproc::INTER_LINEAR
-    };
-    let mut resized = Mat::default();
-    imgproc::resize(
-        image,
-        &mut resized,
-        Size::new(w, h),
-        0.0,
-        0.0,
-        interpolation,
-    )
-    .expect("resize");
-    let (left, top) = ((width - w) / 2, (height - h) / 2);
-    let mut framed = Mat::default();
-    cv::copy_make_border(
-        &resized,
-        &mut framed,
-        top,
-        height - h - top,
-        left,
-        width - w - left,
-        cv::BORDER_CONSTANT,
-        Scalar::all(0.0),
-    )
-    .expect("pad");
-    framed
-}
-
 /// A baseline JPEG at quality 90, as camera apps send.
 pub fn jpeg(image: &Mat) -> Vec<u8> {
     let mut out = Vector::<u8>::new();
@@ -86,7 +44,7 @@ pub fn frames(size: (i32, i32), step: usize) -> Vec<TestFrame> {
         .flatten()
         .step_by(step)
         .map(|path| TestFrame {
-            jpeg: jpeg(&letterbox(&decode(&support::photo(&path)), size)),
+            jpeg: jpeg(&support::letterbox(&support::photo_pixels(&path), size)),
             name: path,
         })
         .collect()

@@ -570,6 +570,13 @@ mod tests {
         events.iter().any(|e| e.state == RelayState::Unlocked)
     }
 
+    fn unlock_count(events: &[SimEvent]) -> usize {
+        events
+            .iter()
+            .filter(|e| e.state == RelayState::Unlocked)
+            .count()
+    }
+
     fn wait_until(condition: impl Fn() -> bool) -> bool {
         let deadline = Instant::now() + WAIT;
         while Instant::now() < deadline {
@@ -650,10 +657,7 @@ mod tests {
         );
         assert!(log.wait_for(WAIT, |e| has_reason(e, ActuationReason::HoldElapsed)));
         let events = log.events();
-        let unlocks = events
-            .iter()
-            .filter(|e| e.state == RelayState::Unlocked)
-            .count();
+        let unlocks = unlock_count(&events);
         assert_eq!(unlocks, 1);
         assert!(events.last().unwrap().at >= extended_at + hold);
         controller.shutdown().unwrap();
@@ -673,11 +677,7 @@ mod tests {
             GrantOutcome::AlreadyOpen
         );
         assert!(log.wait_for(WAIT, |e| has_reason(e, ActuationReason::HoldElapsed)));
-        let unlocks = log
-            .events()
-            .iter()
-            .filter(|e| e.state == RelayState::Unlocked)
-            .count();
+        let unlocks = unlock_count(&log.events());
         assert_eq!(unlocks, 1);
         controller.shutdown().unwrap();
     }
@@ -699,11 +699,7 @@ mod tests {
             GrantOutcome::CoolingDown
         );
         controller.shutdown().unwrap();
-        let unlocks = log
-            .events()
-            .iter()
-            .filter(|e| e.state == RelayState::Unlocked)
-            .count();
+        let unlocks = unlock_count(&log.events());
         assert_eq!(unlocks, 1);
     }
 
@@ -741,11 +737,7 @@ mod tests {
         );
         assert!(!controller.is_available());
         controller.shutdown().unwrap();
-        let unlocks = log
-            .events()
-            .iter()
-            .filter(|e| e.state == RelayState::Unlocked)
-            .count();
+        let unlocks = unlock_count(&log.events());
         assert_eq!(unlocks, 1);
     }
 

@@ -51,7 +51,7 @@ impl Answer {
         Answer { code: 200, body }
     }
 
-    /// An error answer: `status` "error" (or "busy"), a stable `error` code and a readable `message`.
+    /// An error answer: `status` "error", a stable `error` code and a readable `message`.
     pub fn error(code: u16, request_id: &str, error: &str, message: impl Into<String>) -> Answer {
         Answer {
             code,
@@ -132,16 +132,9 @@ fn header(name: &str, value: &str) -> Header {
 }
 
 /// Request ids name the answer, the log line, the audit line and the snapshot alike.
+#[derive(Default)]
 pub struct RequestIds {
     counter: AtomicU64,
-}
-
-impl Default for RequestIds {
-    fn default() -> Self {
-        RequestIds {
-            counter: AtomicU64::new(0),
-        }
-    }
 }
 
 impl RequestIds {

@@ -10,6 +10,10 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use opencv::core::{self as cv, Mat, Scalar, Size, Vector};
+use opencv::prelude::*;
+use opencv::{imgcodecs, imgproc};
+
 use facegate::config::Config;
 use facegate::decision::{decide, Decision, Outcome, Status};
 use facegate::enrollment::{self, Candidate, EnrolmentReport};
@@ -313,4 +317,47 @@ pub fn decide_fresh(outcome: &Outcome) -> Decision {
 
 pub fn status(outcome: &Outcome) -> Status {
     decide_fresh(outcome).status
+}
+
+/// A pinned photo's pixels, as OpenCV decodes them (BGR).
+pub fn photo_pixels(relative: &str) -> Mat {
+    let bytes = Vector::<u8>::from_slice(&photo(relative));
+    imgcodecs::imdecode(&bytes, imgcodecs::IMREAD_COLOR).expect("a pinned photo decodes")
+}
+
+/// Scales the image to fit `width`x`height` and pads it with black, as a camera frame.
+pub fn letterbox(image: &Mat, (width, height): (i32, i32)) -> Mat {
+    let scale = (f64::from(width) / f64::from(image.cols()))
+        .min(f64::from(height) / f64::from(image.rows()));
+    let w = ((f64::from(image.cols()) * scale).round() as i32).clamp(1, width);
+    let h = ((f64::from(image.rows()) * scale).round() as i32).clamp(1, height);
+    let interpolation = if scale < 1.0 {
+        imgproc::INTER_AREA
+    } else {
+        imgproc::INTER_LINEAR
+    };
+    let mut resized = Mat::default();
+    imgproc::resize(
+        image,
+        &mut resized,
+        Size::new(w, h),
+        0.0,
+        0.0,
+        interpolation,
+    )
+    .expect("resize");
+    let (left, top) = ((width - w) / 2, (height - h) / 2);
+    let mut framed = Mat::default();
+    cv::copy_make_border(
+        &resized,
+        &mut framed,
+        top,
+        height - h - top,
+        left,
+        width - w - left,
+        cv::BORDER_CONSTANT,
+        Scalar::all(0.0),
+    )
+    .expect("pad");
+    framed
 }
