@@ -1,7 +1,7 @@
 //! Enrolment: every image must show exactly one acceptable face; look-alikes of enrolled people are flagged.
 
 use crate::config::FrameConfig;
-use crate::frame;
+use crate::frame::CheckedImage;
 use crate::gallery::{BestMatch, Gallery, GalleryError, Sample};
 use crate::recognition::RecognitionError;
 use crate::vision::{Embedding, Recognizer};
@@ -52,7 +52,11 @@ pub fn embed_single_face(
     bytes: &[u8],
     limits: &FrameConfig,
 ) -> Result<Result<(Embedding, f32), String>, RecognitionError> {
-    let decoded = match frame::decode_image(bytes, limits) {
+    let image = match CheckedImage::check(bytes.to_vec(), limits) {
+        Ok(image) => image,
+        Err(refused) => return Ok(Err(refused.error.to_string())),
+    };
+    let decoded = match image.decode() {
         Ok(decoded) => decoded,
         Err(err) => return Ok(Err(err.to_string())),
     };
@@ -62,7 +66,8 @@ pub fn embed_single_face(
             "no acceptable face (none found, or too small or too unsure): use a well-lit, frontal photo".into(),
         )),
         [face] => {
-            let embedding = recognizer.embed_face(&decoded.image, face)?;
+            let embedding =
+                recognizer.embed_face_finer(&decoded.image, face, || image.decode_finer())?;
             Ok(Ok((embedding, face.score)))
         }
         many => Ok(Err(format!(

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use opencv::core::Mat;
+use opencv::prelude::MatTraitConst;
 
 use crate::config::{RecognitionConfig, AUTO_DETECTOR};
 use crate::models::{DetectorContract, EmbedderContract, Manifest, ModelError, ResolvedModel};
@@ -127,8 +128,14 @@ impl Recognizer {
         })
     }
 
-    /// Detects every face, then aligns and embeds the largest one.
-    pub fn look(&mut self, frame: &Mat) -> Result<Sighting, VisionError> {
+    /// Detects every face, then aligns and embeds the largest one. When `frame` was decoded reduced and
+    /// that face is too small to fill the embedder's crop without enlarging it, `finer` is asked for
+    /// the same frame decoded larger, and the face is aligned from that (its time counts as align).
+    pub fn look(
+        &mut self,
+        frame: &Mat,
+        finer: impl FnOnce() -> Option<Mat>,
+    ) -> Result<Sighting, VisionError> {
         let started = Instant::now();
         let faces = self.detector.detect(frame)?;
         let detect_ms = elapsed_ms(started);
@@ -142,7 +149,7 @@ impl Recognizer {
             });
         };
         let started = Instant::now();
-        let crop = align::align_face(frame, &largest.landmarks, self.embedder.input_size())?;
+        let crop = self.align(frame, &largest, finer)?;
         let align_ms = elapsed_ms(started);
         let started = Instant::now();
         let embedding = self.embedder.embed(&crop)?;
@@ -164,14 +171,49 @@ impl Recognizer {
         self.detector.detect(frame)
     }
 
-    /// Aligns and embeds one chosen face.
+    /// Aligns and embeds one chosen face of a frame decoded at full size.
     pub fn embed_face(
         &mut self,
         frame: &Mat,
         face: &DetectedFace,
     ) -> Result<Embedding, VisionError> {
-        let crop = align::align_face(frame, &face.landmarks, self.embedder.input_size())?;
+        self.embed_face_finer(frame, face, || None)
+    }
+
+    /// As [`Recognizer::embed_face`], for a frame that may have been decoded reduced: a face too
+    /// small for the crop is aligned from `finer()`, as [`Recognizer::look`] does.
+    pub fn embed_face_finer(
+        &mut self,
+        frame: &Mat,
+        face: &DetectedFace,
+        finer: impl FnOnce() -> Option<Mat>,
+    ) -> Result<Embedding, VisionError> {
+        let crop = self.align(frame, face, finer)?;
         self.embedder.embed(&crop)
+    }
+
+    /// The embedder's crop of `face`, from `frame` or, when that would enlarge the face, from
+    /// `finer()` (the same frame decoded larger) if there is one.
+    fn align(
+        &self,
+        frame: &Mat,
+        face: &DetectedFace,
+        finer: impl FnOnce() -> Option<Mat>,
+    ) -> Result<Mat, VisionError> {
+        let side = self.embedder.input_size();
+        let larger = if align::enlarges(&face.landmarks, side) {
+            finer()
+        } else {
+            None
+        };
+        match larger {
+            Some(image) => {
+                let ratio = image.cols() as f32 / frame.cols().max(1) as f32;
+                let landmarks = face.landmarks.map(|[x, y]| [x * ratio, y * ratio]);
+                align::align_face(&image, &landmarks, side)
+            }
+            None => align::align_face(frame, &face.landmarks, side),
+        }
     }
 }
 
