@@ -187,7 +187,7 @@ impl Default for FrameConfig {
             max_image_bytes: 12 * 1024 * 1024,
             max_dimension: 16_384,
             max_decoded_pixels: 16_000_000,
-            decode_target_side: 960,
+            decode_target_side: 640,
         }
     }
 }
