@@ -28,6 +28,9 @@ const ROUNDS: usize = 2;
 const REQUESTS_PER_ROUND: [(usize, usize); 2] = [(1, 40), (2, 60)];
 const WARM_UP_PER_CONNECTION: usize = 3;
 const MIB: f64 = 1024.0;
+/// The `[recognition]` lines of the "facegate door" contender.
+const DOOR_SETTINGS: &str = "coarse_detect_side = 320";
+const PYTHON: &str = "python+opencv";
 const STAGES: [&str; 5] = ["decode_ms", "detect_ms", "align_ms", "embed_ms", "match_ms"];
 
 #[derive(Clone, Copy, PartialEq)]
@@ -123,11 +126,19 @@ fn main() {
 
     let state = tempfile::tempdir().expect("temp dir");
     let gallery = http::enrol_everyone(state.path());
-    let mut contenders = vec![Contender {
-        label: "facegate",
-        server: Server::facegate(&gallery, "", "", &[]),
-        runs: Vec::new(),
-    }];
+    let mut contenders = vec![
+        Contender {
+            label: "facegate",
+            server: Server::facegate(&gallery, "", "", &[]),
+            runs: Vec::new(),
+        },
+        Contender {
+            label: "facegate door",
+            server: Server::facegate(&gallery, DOOR_SETTINGS, "", &[]),
+            runs: Vec::new(),
+        },
+    ];
+    println!("  facegate door: the defaults plus `{DOOR_SETTINGS}` (the quick detection pass)");
     let body = body_facegate_takes(&contenders[0].server, &frames[0]);
     match body {
         Body::Raw => println!("  bodies: raw image bytes (Content-Type image/png or image/jpeg), as the tablet sends them, to both servers"),
@@ -140,7 +151,7 @@ fn main() {
                 config.recognition.detect_max_side, config.recognition.min_face_px
             );
             contenders.push(Contender {
-                label: "python+opencv",
+                label: PYTHON,
                 server: python_server(&python, &gallery, engine),
                 runs: Vec::new(),
             });
@@ -183,13 +194,17 @@ fn main() {
     );
     for &(format, concurrency, _) in &cases {
         let key = (format, concurrency);
-        let python = contenders.get(1).map(|c| summary(c.runs(key)));
+        let python = contenders
+            .iter()
+            .find(|c| c.label == PYTHON)
+            .map(|c| summary(c.runs(key)));
         for contender in &contenders {
             let s = summary(contender.runs(key));
-            let versus = match (&python, contender.label) {
-                (Some(p), "facegate") if concurrency == 1 => format!("p50 {:.2}x", s.p50 / p.p50),
-                (Some(p), "facegate") => format!("rate {:.2}x", s.throughput / p.throughput),
-                _ => String::new(),
+            let versus = match &python {
+                Some(_) if contender.label == PYTHON => String::new(),
+                Some(p) if concurrency == 1 => format!("p50 {:.2}x", s.p50 / p.p50),
+                Some(p) => format!("rate {:.2}x", s.throughput / p.throughput),
+                None => String::new(),
             };
             println!(
                 "  {:<8} {:>4} {:<14} {:>7.1} {:>7.1} {:>7.1} {:>9.1} {:>7}  {:<28} {:>14}",
@@ -235,18 +250,21 @@ fn main() {
     }
     println!("  server: received to answer ready (facegate includes base64, JSON, queueing; python the same minus the queue)");
 
-    if let [facegate, python] = &contenders[..] {
+    if let Some(python) = contenders.iter().find(|c| c.label == PYTHON) {
         println!();
-        for format in [Format::Png, Format::Jpeg] {
-            let (same, total) = agreement(
-                &facegate.runs((format, 1))[0],
-                &python.runs((format, 1))[0],
-                frames.len(),
-            );
-            println!(
-                "  same decision (status and identity) from both servers on {same} of {total} {} frames",
-                format.name()
-            );
+        for facegate in contenders.iter().filter(|c| c.label != PYTHON) {
+            for format in [Format::Png, Format::Jpeg] {
+                let (same, total) = agreement(
+                    &facegate.runs((format, 1))[0],
+                    &python.runs((format, 1))[0],
+                    frames.len(),
+                );
+                println!(
+                    "  {} and {PYTHON}: same decision (status and identity) on {same} of {total} {} frames",
+                    facegate.label,
+                    format.name()
+                );
+            }
         }
     }
 

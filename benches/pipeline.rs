@@ -145,40 +145,41 @@ struct Lever {
 
 const LEVERS: [Lever; 5] = [
     Lever {
-        label: "before: decode 960, detect 640",
+        label: "before: decode 960, one pass 640",
         change: |c| {
             c.frame.decode_target_side = 960;
-            c.recognition.detect_max_side = 640;
-            c.recognition.min_face_px = 40;
+            c.recognition.coarse_detect_side = 0;
         },
     },
     Lever {
         label: "JPEG reduced: decode 640",
         change: |c| {
             c.frame.decode_target_side = 640;
-            c.recognition.detect_max_side = 640;
-            c.recognition.min_face_px = 40;
+            c.recognition.coarse_detect_side = 0;
         },
     },
     Lever {
-        label: "+ detect 480 (min face 30)",
+        label: "+ quick pass 480",
         change: |c| {
             c.frame.decode_target_side = 640;
-            c.recognition.detect_max_side = 480;
-            c.recognition.min_face_px = 30;
+            c.recognition.coarse_detect_side = 480;
         },
     },
     Lever {
-        label: "+ detect 320 (min face 20)",
+        label: "+ quick pass 320",
         change: |c| {
             c.frame.decode_target_side = 640;
+            c.recognition.coarse_detect_side = 320;
+        },
+    },
+    Lever {
+        label: "one pass at 320 (min face 20)",
+        change: |c| {
+            c.frame.decode_target_side = 640;
+            c.recognition.coarse_detect_side = 0;
             c.recognition.detect_max_side = 320;
             c.recognition.min_face_px = 20;
         },
-    },
-    Lever {
-        label: "defaults (this build)",
-        change: |_| {},
     },
 ];
 

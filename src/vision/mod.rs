@@ -121,6 +121,8 @@ impl Recognizer {
             max_side: r.detect_max_side,
             score_threshold: r.detect_score_threshold,
             min_face_px: r.min_face_px,
+            coarse_side: r.coarse_detect_side,
+            coarse_face_share: r.coarse_face_share,
         };
         Ok(Recognizer {
             detector: detect::Detector::load(&models.detector, settings)?,
@@ -128,7 +130,8 @@ impl Recognizer {
         })
     }
 
-    /// Detects every face, then aligns and embeds the largest one. When `frame` was decoded reduced and
+    /// Detects the faces (a quick pass may do when one face is large: see
+    /// [`detect::Detector::detect_for_largest`]), then aligns and embeds the largest one. When `frame` was decoded reduced and
     /// that face is too small to fill the embedder's crop without enlarging it, `finer` is asked for
     /// the same frame decoded larger, and the face is aligned from that (its time counts as align).
     pub fn look(
@@ -137,7 +140,7 @@ impl Recognizer {
         finer: impl FnOnce() -> Option<Mat>,
     ) -> Result<Sighting, VisionError> {
         let started = Instant::now();
-        let faces = self.detector.detect(frame)?;
+        let faces = self.detector.detect_for_largest(frame)?;
         let detect_ms = elapsed_ms(started);
         let Some(largest) = faces.first().cloned() else {
             return Ok(Sighting {
