@@ -22,10 +22,10 @@ use support::Engine;
 
 /// Every n-th photo of the 20 identities becomes a door frame.
 const FRAME_STEP: usize = 2;
-/// Each (server, format, concurrency) is measured in this many rounds, servers taking turns, so that a
-/// burst of load from elsewhere on the shared machine hits both.
-const ROUNDS: usize = 2;
-const REQUESTS_PER_ROUND: [(usize, usize); 2] = [(1, 40), (2, 60)];
+/// Each (server, format, concurrency) is measured in this many short rounds, servers taking turns, so
+/// that a burst of load from elsewhere on the shared machine hits all of them alike.
+const ROUNDS: usize = 6;
+const REQUESTS_PER_ROUND: [(usize, usize); 2] = [(1, 14), (2, 20)];
 const WARM_UP_PER_CONNECTION: usize = 3;
 const MIB: f64 = 1024.0;
 /// The `[recognition]` lines of the "facegate door" contender.
@@ -182,10 +182,12 @@ fn main() {
                 .server
                 .warm_up(&requests, cores, WARM_UP_PER_CONNECTION);
         }
-        for _ in 0..ROUNDS {
+        for round in 0..ROUNDS {
             for &(f, concurrency, total) in cases.iter().filter(|c| c.0 == format) {
                 for contender in &mut contenders {
-                    let run = contender.server.load(&requests, concurrency, total);
+                    let run = contender
+                        .server
+                        .load(&requests, concurrency, total, round * total);
                     let key = (f, concurrency);
                     match contender.runs.iter_mut().find(|(k, _)| *k == key) {
                         Some((_, runs)) => runs.push(run),
@@ -202,7 +204,16 @@ fn main() {
     );
     println!(
         "  {:<8} {:>4} {:<14} {:>7} {:>7} {:>7} {:>9} {:>7}  {:<28} {:>14}",
-        "format", "conc", "server", "p50", "p90", "p99", "frames/s", "errors", "answers", "vs python"
+        "format",
+        "conc",
+        "server",
+        "p50",
+        "p90",
+        "p99",
+        "frames/s",
+        "errors",
+        "answers",
+        "vs python"
     );
     for &(format, concurrency, _) in &cases {
         let key = (format, concurrency);
@@ -244,7 +255,8 @@ fn main() {
     for format in [Format::Png, Format::Jpeg] {
         for contender in &contenders {
             let runs = contender.runs((format, 1));
-            let stage = |key: &str| mean(&runs.iter().flat_map(|r| r.timing(key)).collect::<Vec<_>>());
+            let stage =
+                |key: &str| mean(&runs.iter().flat_map(|r| r.timing(key)).collect::<Vec<_>>());
             let latencies: Vec<f64> = runs.iter().flat_map(|r| r.latencies.clone()).collect();
             println!(
                 "  {:<8} {:<14} {:>7.2} {:>7.2} {:>7.2} {:>7.2} {:>7.3} {:>8.2} {:>8.2}",
@@ -267,8 +279,8 @@ fn main() {
         for facegate in contenders.iter().filter(|c| c.label != PYTHON) {
             for format in [Format::Png, Format::Jpeg] {
                 let (same, total) = agreement(
-                    &facegate.runs((format, 1))[0],
-                    &python.runs((format, 1))[0],
+                    facegate.runs((format, 1)),
+                    python.runs((format, 1)),
                     frames.len(),
                 );
                 println!(
@@ -322,20 +334,41 @@ fn summary(runs: &[Run]) -> Summary {
         p99: percentile(&latencies, 99.0),
         throughput: mean(&runs.iter().map(|r| r.throughput).collect::<Vec<_>>()),
         errors: runs.iter().map(|r| r.errors).sum(),
-        statuses: runs.first().map_or(String::new(), Run::statuses),
+        statuses: statuses(runs),
     }
 }
 
-/// At concurrency 1 the answers come in frame order: how many frames got the same status and
-/// identity from both servers.
-fn agreement(a: &Run, b: &Run, frames: usize) -> (usize, usize) {
-    let decision = |v: &serde_json::Value| (v["status"].clone(), v["identity"].clone());
-    let total = a.answers.len().min(b.answers.len()).min(frames);
-    let same = a.answers[..total]
+/// How many answers had each `status`, as `granted 70, unknown 3`.
+fn statuses(runs: &[Run]) -> String {
+    let mut counts = std::collections::BTreeMap::<&str, usize>::new();
+    for answer in runs.iter().flat_map(|r| r.answers.iter()) {
+        *counts
+            .entry(answer["status"].as_str().unwrap_or("?"))
+            .or_default() += 1;
+    }
+    counts
         .iter()
-        .zip(&b.answers[..total])
-        .filter(|(x, y)| decision(x) == decision(y))
-        .count();
+        .map(|(status, n)| format!("{status} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// At concurrency 1 the answers come in request order, round after round: how many frames got the
+/// same status and identity from both servers (each frame's first answer).
+fn agreement(a: &[Run], b: &[Run], frames: usize) -> (usize, usize) {
+    let decisions = |runs: &[Run]| {
+        let mut by_frame = vec![None; frames];
+        let answers = runs.iter().flat_map(|r| r.answers.iter());
+        for (i, answer) in answers.enumerate() {
+            by_frame[i % frames]
+                .get_or_insert((answer["status"].clone(), answer["identity"].clone()));
+        }
+        by_frame
+    };
+    let (a, b) = (decisions(a), decisions(b));
+    let compared = a.iter().zip(&b).filter(|(x, y)| x.is_some() && y.is_some());
+    let total = compared.clone().count();
+    let same = compared.filter(|(x, y)| x == y).count();
     (same, total)
 }
 
@@ -354,7 +387,7 @@ fn systemd_environment() -> Vec<(String, String)> {
 /// Raw bodies if facegate answers a raw PNG with 200, else base64.
 fn body_facegate_takes(server: &Server, frame: &DoorFrame) -> Body {
     let raw = request(Format::Png, Body::Raw, frame);
-    let run = server.load(&[raw], 1, 1);
+    let run = server.load(&[raw], 1, 1, 0);
     if run.errors == 0 {
         Body::Raw
     } else {

@@ -99,7 +99,7 @@ fn main() {
             common::set_opencv_threads(if concurrency == 1 { 0 } else { 1 });
             let reference = mean_floor(&mut floor, &camera);
             common::set_opencv_threads(0);
-            let run = daemon.load(&camera_requests, concurrency, CAMERA_REQUESTS);
+            let run = daemon.load(&camera_requests, concurrency, CAMERA_REQUESTS, 0);
             let versus_floor = if concurrency == 1 {
                 breakdowns.push((
                     settings.label,
@@ -161,7 +161,7 @@ fn main() {
     daemon.first_answer(&camera_requests[0]);
     let (after_one_rss, _) = daemon.memory_kib();
     let eight_k_requests: Vec<Vec<u8>> = eight_k.iter().map(request).collect();
-    let run = daemon.load(&eight_k_requests, 2, EIGHT_K_REQUESTS);
+    let run = daemon.load(&eight_k_requests, 2, EIGHT_K_REQUESTS, 0);
     let (rss, peak) = daemon.memory_kib();
     println!(
         "memory (defaults, {} workers): idle {:.0} MiB (peak {:.0}) before any frame, {:.0} MiB after one frame",

@@ -194,15 +194,29 @@ fn door_levers(engine: &Engine, recognizer: &mut Recognizer, gallery: &Gallery) 
     );
     println!(
         "  {:<32} {:<5} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7}  {:<24} {:>6}",
-        "lever", "fmt", "decode", "detect", "align", "embed", "total", "p90", "ratio", "own/unknown/none/other", "score"
+        "lever",
+        "fmt",
+        "decode",
+        "detect",
+        "align",
+        "embed",
+        "total",
+        "p90",
+        "ratio",
+        "own/unknown/none/other",
+        "score"
     );
     let mut baseline = [f64::NAN; 2];
     for lever in &LEVERS {
         let mut config = engine.config.clone();
         (lever.change)(&mut config);
-        let mut worker = Recognizer::load(&engine.models, &config.recognition).expect("models load");
+        let mut worker =
+            Recognizer::load(&engine.models, &config.recognition).expect("models load");
         for (slot, (format, pick)) in [
-            ("PNG", (|f: &DoorFrame| &f.png) as fn(&DoorFrame) -> &Vec<u8>),
+            (
+                "PNG",
+                (|f: &DoorFrame| &f.png) as fn(&DoorFrame) -> &Vec<u8>,
+            ),
             ("JPEG", |f: &DoorFrame| &f.jpeg),
         ]
         .into_iter()
@@ -272,7 +286,10 @@ fn png_levels(engine: &Engine, recognizer: &mut Recognizer) {
         "PNG zlib level of the tablet's frames: {} door frames re-encoded, decode medians of {DOOR_RUNS} passes",
         frames.len()
     );
-    println!("  {:<26} {:>9} {:>10} {:>10}", "encoding", "KiB", "decode ms", "encode ms");
+    println!(
+        "  {:<26} {:>9} {:>10} {:>10}",
+        "encoding", "KiB", "decode ms", "encode ms"
+    );
     let levels: [(&str, Option<i32>); 5] = [
         ("default (level 1, RLE)", None),
         ("level 0 (stored)", Some(0)),
@@ -289,8 +306,9 @@ fn png_levels(engine: &Engine, recognizer: &mut Recognizer) {
         let mut encodes = Vec::new();
         let mut decodes = Vec::new();
         for frame in &frames {
-            let pixels = imgcodecs::imdecode(&Vector::from_slice(&frame.png), imgcodecs::IMREAD_COLOR)
-                .expect("decode");
+            let pixels =
+                imgcodecs::imdecode(&Vector::from_slice(&frame.png), imgcodecs::IMREAD_COLOR)
+                    .expect("decode");
             let mut encoded = Vector::<u8>::new();
             let started = Instant::now();
             imgcodecs::imencode(".png", &pixels, &mut encoded, &params).expect("encode");
@@ -299,7 +317,8 @@ fn png_levels(engine: &Engine, recognizer: &mut Recognizer) {
             let encoded = encoded.to_vec();
             for _ in 0..DOOR_RUNS {
                 let started = Instant::now();
-                let image = CheckedImage::check(encoded.clone(), &engine.config.frame).expect("checks");
+                let image =
+                    CheckedImage::check(encoded.clone(), &engine.config.frame).expect("checks");
                 image.decode().expect("decodes");
                 decodes.push(common::elapsed_ms(started));
             }

@@ -89,30 +89,11 @@ impl Run {
             .filter_map(|a| a["timings"][key].as_f64())
             .collect()
     }
-
-    /// How many answers had each `status`, as `granted 70, unknown 3`.
-    pub fn statuses(&self) -> String {
-        let mut counts = std::collections::BTreeMap::<String, usize>::new();
-        for answer in &self.answers {
-            let status = answer["status"].as_str().unwrap_or("?").to_string();
-            *counts.entry(status).or_default() += 1;
-        }
-        counts
-            .iter()
-            .map(|(status, n)| format!("{status} {n}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
 }
 
 impl Server {
     /// facegate serve with the given config lines (see [`write_config`]) and a copy of `gallery`.
-    pub fn facegate(
-        gallery: &Path,
-        recognition: &str,
-        http: &str,
-        env: &[(&str, &str)],
-    ) -> Server {
+    pub fn facegate(gallery: &Path, recognition: &str, http: &str, env: &[(&str, &str)]) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = write_config(dir.path(), recognition, http);
         std::fs::create_dir_all(dir.path().join("state")).expect("state dir");
@@ -178,12 +159,20 @@ impl Server {
     /// Posts `count` requests over each of `connections` connections at once, untimed, so that every
     /// worker has loaded its models and run once.
     pub fn warm_up(&self, requests: &[Vec<u8>], connections: usize, count: usize) {
-        self.load(requests, connections, connections * count);
+        self.load(requests, connections, connections * count, 0);
     }
 
-    /// `total` requests over `concurrency` keep-alive connections, requests taken in turn.
-    pub fn load(&self, requests: &[Vec<u8>], concurrency: usize, total: usize) -> Run {
-        let next = AtomicUsize::new(0);
+    /// `total` requests over `concurrency` keep-alive connections, requests taken in turn from
+    /// `first` on.
+    pub fn load(
+        &self,
+        requests: &[Vec<u8>],
+        concurrency: usize,
+        total: usize,
+        first: usize,
+    ) -> Run {
+        let next = AtomicUsize::new(first);
+        let total = first + total;
         let answered = Mutex::new(Vec::with_capacity(total));
         let errors = AtomicUsize::new(0);
         let started = Instant::now();

@@ -95,8 +95,15 @@ pub fn door_frames(recognizer: &mut Recognizer, step: usize) -> Vec<DoorFrame> {
             // Shrink large photos with area averaging first; warpAffine alone would alias.
             let (source, matrix) = if scale < 0.5 {
                 let mut shrunk = Mat::default();
-                imgproc::resize(&photo, &mut shrunk, Size::new(0, 0), scale, scale, imgproc::INTER_AREA)
-                    .expect("resize");
+                imgproc::resize(
+                    &photo,
+                    &mut shrunk,
+                    Size::new(0, 0),
+                    scale,
+                    scale,
+                    imgproc::INTER_AREA,
+                )
+                .expect("resize");
                 let shift = Mat::from_slice_2d(&[
                     [1.0, 0.0, f64::from(width) / 2.0 - scale * cx],
                     [0.0, 1.0, 0.46 * f64::from(height) - scale * cy],
@@ -133,13 +140,9 @@ pub fn door_frames(recognizer: &mut Recognizer, step: usize) -> Vec<DoorFrame> {
 /// Adds reproducible Gaussian sensor noise (`DOOR_NOISE`) to an 8-bit BGR image.
 fn with_noise(image: &Mat, seed: u64) -> Mat {
     cv::set_rng_seed(seed as i32).expect("seed");
-    let mut noise = Mat::new_rows_cols_with_default(
-        image.rows(),
-        image.cols(),
-        cv::CV_16SC3,
-        Scalar::all(0.0),
-    )
-    .expect("noise");
+    let mut noise =
+        Mat::new_rows_cols_with_default(image.rows(), image.cols(), cv::CV_16SC3, Scalar::all(0.0))
+            .expect("noise");
     cv::randn(&mut noise, &Scalar::all(0.0), &Scalar::all(DOOR_NOISE)).expect("randn");
     let mut wide = Mat::default();
     image

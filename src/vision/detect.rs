@@ -73,7 +73,8 @@ impl Detector {
 
     /// Every face in the frame, largest first, from the full-size pass.
     pub fn detect(&mut self, frame: &Mat) -> Result<Vec<DetectedFace>, VisionError> {
-        self.full.detect(frame, &self.settings, self.settings.min_face_px)
+        self.full
+            .detect(frame, &self.settings, self.settings.min_face_px)
     }
 
     /// Faces for a decision about the largest one, largest first: the quick pass alone when it finds a
@@ -174,8 +175,7 @@ impl Pass {
             let value = |col: i32| rows.at_2d::<f32>(row, col).copied();
             let score = value(14)?;
             let face_width = value(2)?;
-            if score < settings.score_threshold || face_width < min_face_px as f32
-            {
+            if score < settings.score_threshold || face_width < min_face_px as f32 {
                 continue;
             }
             let back = |v: f32| v / scale;
