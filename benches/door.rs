@@ -126,27 +126,15 @@ fn main() {
 
     let state = tempfile::tempdir().expect("temp dir");
     let gallery = http::enrol_everyone(state.path());
-    let unit_env = systemd_environment();
-    let env: Vec<(&str, &str)> = unit_env
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    println!(
-        "  facegate runs with the environment systemd/facegate.service gives it: {}",
-        env.iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(" ")
-    );
     let mut contenders = vec![
         Contender {
             label: "facegate",
-            server: Server::facegate(&gallery, "", "", &env),
+            server: Server::facegate(&gallery, "", "", &[]),
             runs: Vec::new(),
         },
         Contender {
             label: "facegate door",
-            server: Server::facegate(&gallery, DOOR_SETTINGS, "", &env),
+            server: Server::facegate(&gallery, DOOR_SETTINGS, "", &[]),
             runs: Vec::new(),
         },
     ];
@@ -370,18 +358,6 @@ fn agreement(a: &[Run], b: &[Run], frames: usize) -> (usize, usize) {
     let total = compared.clone().count();
     let same = compared.filter(|(x, y)| x == y).count();
     (same, total)
-}
-
-/// The `Environment=` settings of the shipped systemd unit, so that the daemon runs as deployed.
-fn systemd_environment() -> Vec<(String, String)> {
-    let unit = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("systemd/facegate.service");
-    let text = std::fs::read_to_string(&unit).expect("read systemd/facegate.service");
-    text.lines()
-        .filter_map(|line| line.strip_prefix("Environment="))
-        .flat_map(str::split_whitespace)
-        .filter_map(|pair| pair.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
 }
 
 /// Raw bodies if facegate answers a raw PNG with 200, else base64.
