@@ -1,7 +1,7 @@
 //! First stage of the data path: request body → base64 → image header check → bounded OpenCV decode.
 
 use base64::Engine;
-use opencv::core::{Mat, MatTraitConst, Vector};
+use opencv::core::{Mat, MatTraitConst};
 use opencv::imgcodecs;
 
 use crate::config::FrameConfig;
@@ -374,7 +374,8 @@ impl CheckedImage {
         let undecodable = || FrameError::Undecodable {
             format: header.format.name(),
         };
-        let buffer = Vector::<u8>::from_slice(&self.bytes);
+        // A Mat over the bytes themselves: no copy of the file for the decoder.
+        let buffer = Mat::from_slice(&self.bytes).map_err(|_| undecodable())?;
         let image = imgcodecs::imdecode(&buffer, flags).map_err(|_| undecodable())?;
         if image.empty() || image.channels() != 3 {
             return Err(undecodable());
