@@ -73,6 +73,17 @@ enum Command {
         #[command(subcommand)]
         action: DoorAction,
     },
+    /// The tablet's TLS certificate
+    Tls {
+        #[command(subcommand)]
+        action: TlsAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum TlsAction {
+    /// Print the certificate's public-key pin (sha256/<base64>), generating the self-signed pair if needed
+    Pin,
 }
 
 #[derive(Subcommand)]
@@ -120,6 +131,14 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Door {
             action: DoorAction::Lock,
         } => facegate::daemon::lock_door(&config),
+        Command::Tls {
+            action: TlsAction::Pin,
+        } => {
+            let files = facegate::front::tls::TlsFiles::of(&config);
+            files.ensure(config.http.listen.ip())?;
+            println!("{}", files.pin()?);
+            Ok(())
+        }
     }
 }
 

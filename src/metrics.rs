@@ -35,6 +35,8 @@ struct Inner {
     snapshot_bytes: u64,
     snapshot_failures: u64,
     audit_failures: u64,
+    connections_open: u64,
+    connections_refused: u64,
 }
 
 /// Everything /metrics reports; shared by all threads.
@@ -81,6 +83,15 @@ impl Metrics {
         self.with(|m| m.snapshot_failures += 1);
     }
 
+    pub fn set_open_connections(&self, open: u64) {
+        self.with(|m| m.connections_open = open);
+    }
+
+    /// A connection closed at once because `http.max_connections` were open.
+    pub fn count_connection_refused(&self) {
+        self.with(|m| m.connections_refused += 1);
+    }
+
     pub fn count_audit_failure(&self) {
         self.with(|m| m.audit_failures += 1);
     }
@@ -96,9 +107,19 @@ impl Metrics {
                 m.snapshot_bytes,
                 m.snapshot_failures,
                 m.audit_failures,
+                (m.connections_open, m.connections_refused),
             )
         });
-        let (requests, stages, openings, snap_count, snap_bytes, snap_failures, audit_failures) = m;
+        let (
+            requests,
+            stages,
+            openings,
+            snap_count,
+            snap_bytes,
+            snap_failures,
+            audit_failures,
+            connections,
+        ) = m;
         let mut out = String::new();
         out.push_str("# HELP facegate_requests_total Answered requests by endpoint and status.\n");
         out.push_str("# TYPE facegate_requests_total counter\n");
@@ -166,6 +187,18 @@ impl Metrics {
                 "counter",
                 "Audit lines that could not be written.",
                 audit_failures,
+            ),
+            (
+                "facegate_connections_open",
+                "gauge",
+                "Connections open at the front.",
+                connections.0,
+            ),
+            (
+                "facegate_connections_refused_total",
+                "counter",
+                "Connections closed at once because http.max_connections were open.",
+                connections.1,
             ),
         ];
         for (name, kind, help, value) in gauges {

@@ -38,12 +38,6 @@ pub struct Service {
     pub audit: Option<Arc<AuditLog>>,
     pub snapshots: Option<SnapshotStore>,
     pub started: Instant,
-    /// The port the daemon listens on, to find its own connections.
-    pub port: u16,
-    /// Bodies being read, for the socket sweeper to cut short when overdue.
-    pub body_deadlines: Arc<crate::http::sockets::BodyDeadlines>,
-    /// Connections' traffic since their last request, for the sweeper to cut header floods.
-    pub header_floods: Arc<crate::http::sockets::HeaderFloodGuard>,
     pub audit_errors: Arc<RateLimitedLog>,
     snapshot_errors: RateLimitedLog,
 }
@@ -80,7 +74,6 @@ impl Service {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: Config,
-        port: u16,
         threshold: f32,
         metrics: Arc<Metrics>,
         door: Arc<DoorController>,
@@ -101,9 +94,6 @@ impl Service {
             audit,
             snapshots,
             started: Instant::now(),
-            port,
-            body_deadlines: Arc::default(),
-            header_floods: Arc::default(),
             audit_errors,
             snapshot_errors: RateLimitedLog::new(DISK_ERROR_LOG_INTERVAL),
         }

@@ -2,9 +2,9 @@
 //! a bounded queue, and worker threads that each own a recognizer. Every request gets a JSON answer.
 
 pub mod body;
-pub mod sockets;
+pub mod forwarded;
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 use tiny_http::{Header, Method, Request, Response};
 
+use self::forwarded::Forwarded;
 use crate::service::Service;
 
 /// A request waiting for a worker.
@@ -79,18 +80,6 @@ pub fn respond(request: Request, answer: &Answer) {
     }
 }
 
-/// Announced bodies up to this size are left to tiny_http to discard; it allocates a buffer of the
-/// unread size to do so.
-const MAX_DISCARDED_BODY: usize = 64 * 1024 * 1024;
-/// Connections given up with a larger unread body; past `MAX_PARKED` the daemon asks to be restarted.
-static PARKED: AtomicUsize = AtomicUsize::new(0);
-pub const MAX_PARKED: usize = 256;
-
-/// How many connections have been parked so far.
-pub fn parked_connections() -> usize {
-    PARKED.load(Ordering::Relaxed)
-}
-
 /// Could this request still have body bytes on the wire that we did not read?
 pub fn may_have_unread_body(request: &Request) -> bool {
     request.body_length().is_some_and(|n| n > 0)
@@ -98,33 +87,6 @@ pub fn may_have_unread_body(request: &Request) -> bool {
             .headers()
             .iter()
             .any(|h| h.field.equiv("Transfer-Encoding"))
-}
-
-/// Sends `answer` to a request whose body is left unread, then shuts the connection down.
-/// tiny_http 0.12 would otherwise wait for the whole announced body after the answer (holding the
-/// answering thread) and allocate a buffer of its size (aborting the process for an absurd one).
-pub fn respond_and_close(request: Request, answer: &Answer, port: u16) {
-    let body = answer.body.to_string();
-    let head = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
-        answer.code,
-        tiny_http::StatusCode(answer.code).default_reason_phrase(),
-        body.len()
-    );
-    let sent = request
-        .remote_addr()
-        .is_some_and(|&peer| sockets::answer_and_shut_down(port, peer, (head + &body).as_bytes()));
-    if !sent {
-        return respond(request, answer);
-    }
-    let unread = request.body_length().unwrap_or(0);
-    if unread > MAX_DISCARDED_BODY {
-        // Dropping the request would make tiny_http allocate `unread` bytes; leaking it costs the
-        // connection's descriptors and its tiny_http thread instead.
-        std::mem::forget(request);
-        let parked = PARKED.fetch_add(1, Ordering::Relaxed) + 1;
-        log::warn!("parked a connection that announced a {unread}-byte body ({parked} so far)");
-    }
 }
 
 fn header(name: &str, value: &str) -> Header {
@@ -186,8 +148,6 @@ pub fn read_body(
             return Err(BodyReadError::Timeout);
         }
         match reader.read(&mut chunk) {
-            // The sweeper shuts an overdue body's connection for reading, which ends the read here.
-            Ok(0) | Err(_) if Instant::now() > deadline => return Err(BodyReadError::Timeout),
             Ok(0) => {
                 if let Some(expected) = declared.filter(|&n| body.len() < n) {
                     return Err(BodyReadError::Io(format!(
@@ -243,23 +203,14 @@ pub fn route(method: &Method, url: &str) -> Route {
 }
 
 /// Answers what needs no worker and queues frame posts; a full queue is answered `busy` at once.
+/// The front has read every body completely before the request gets here, so an answer given without
+/// reading it never waits on the client.
 pub fn dispatch(service: &Service, jobs: &Sender<Job>, request: Request) {
-    let port = service.port;
-    let refuse = |request: Request, answer: &Answer| {
-        if may_have_unread_body(&request) {
-            respond_and_close(request, answer, port);
-        } else {
-            respond(request, answer);
-        }
-    };
     let request_id = service.ids.next();
-    let received_at = Instant::now();
-    if let Some(peer) = request.remote_addr() {
-        service.header_floods.dispatched(*peer);
-    }
+    let received_at = Forwarded::of(&request).received_at;
     let route = route(request.method(), request.url());
     if route == Route::Health {
-        return refuse(request, &service.health());
+        return respond(request, &service.health());
     }
     let label = match route {
         Route::Frame(endpoint) => endpoint.name(),
@@ -275,7 +226,7 @@ pub fn dispatch(service: &Service, jobs: &Sender<Job>, request: Request) {
             "unauthorized",
             "missing or wrong bearer token: send Authorization: Bearer <token>",
         );
-        return refuse(request, &answer);
+        return respond(request, &answer);
     }
     let endpoint = match route {
         Route::Frame(endpoint) => endpoint,
@@ -286,12 +237,12 @@ pub fn dispatch(service: &Service, jobs: &Sender<Job>, request: Request) {
                 "unexpected_body",
                 "GET /metrics takes no body",
             );
-            return refuse(request, &answer);
+            return respond(request, &answer);
         }
         Route::Metrics => return respond_text(request, service.metrics_text()),
         Route::Events => {
             let answer = service.events_page(request.url(), &request_id);
-            return refuse(request, &answer);
+            return respond(request, &answer);
         }
         Route::WrongMethod(allowed) => {
             let answer = Answer::error(
@@ -300,7 +251,7 @@ pub fn dispatch(service: &Service, jobs: &Sender<Job>, request: Request) {
                 "method_not_allowed",
                 format!("use {allowed} on this endpoint"),
             );
-            return refuse(request, &answer);
+            return respond(request, &answer);
         }
         Route::Health | Route::NotFound => {
             let answer = Answer::error(
@@ -309,7 +260,7 @@ pub fn dispatch(service: &Service, jobs: &Sender<Job>, request: Request) {
                 "not_found",
                 "no such endpoint: use POST /image, POST /save, GET /healthz, /metrics or /events",
             );
-            return refuse(request, &answer);
+            return respond(request, &answer);
         }
     };
     if request
@@ -326,7 +277,7 @@ pub fn dispatch(service: &Service, jobs: &Sender<Job>, request: Request) {
                 service.config.http.max_body_bytes
             ),
         );
-        return refuse(request, &answer);
+        return respond(request, &answer);
     }
     let job = Job {
         request,
@@ -350,7 +301,7 @@ pub fn dispatch(service: &Service, jobs: &Sender<Job>, request: Request) {
                 "message": "all workers are busy; send the next frame",
             }),
         };
-        refuse(job.request, &answer);
+        respond(job.request, &answer);
     }
 }
 
@@ -376,20 +327,12 @@ pub fn run_worker(
             endpoint,
             received_at,
         } = job;
-        let deadline = received_at + Duration::from_millis(service.config.http.body_timeout_ms);
-        let peer = request.remote_addr().copied();
-        let remote = peer.map(|a| a.ip().to_string());
-        let mut body_read = false;
-        if let Some(peer) = peer {
-            service.body_deadlines.watch(peer, deadline);
-        }
+        // The front has the body already; this deadline only guards against a front gone missing.
+        let deadline = Instant::now() + Duration::from_millis(service.config.http.body_timeout_ms);
+        let remote = Forwarded::of(&request).peer.map(|a| a.ip().to_string());
         let body = read_body(&mut request, service.config.http.max_body_bytes, deadline);
-        if let Some(peer) = peer {
-            service.body_deadlines.done(peer);
-        }
         let handled = match body {
             Ok(body) => {
-                body_read = true;
                 let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     service.handle_frame(
                         &mut recognizer,
@@ -404,11 +347,7 @@ pub fn run_worker(
             }
             Err(err) => service.body_read_failed(endpoint, &request_id, err),
         };
-        if body_read {
-            respond(request, &handled.answer);
-        } else {
-            respond_and_close(request, &handled.answer, service.port);
-        }
+        respond(request, &handled.answer);
         service.follow_up(handled.follow_up);
     }
 }
