@@ -59,14 +59,17 @@ pub const MAX_HEADERS: usize = 100;
 /// complete, when the first bytes cannot start an HTTP/1.x request (a TLS ClientHello sent to a plain
 /// port, binary noise), so such a client is closed at once instead of waiting for its deadline.
 pub fn parse(buffer: &[u8], max_bytes: usize) -> Parsed {
-    // Blank lines before a request line are tolerated (RFC 9112 §2.2).
-    let start = buffer
-        .iter()
-        .position(|&b| b != b'\r' && b != b'\n')
-        .unwrap_or(buffer.len());
+    // Empty lines (CRLF) before a request line are tolerated (RFC 9112 §2.2).
+    let mut start = 0;
+    while buffer[start..].starts_with(b"\r\n") {
+        start += 2;
+    }
     let rest = &buffer[start..];
     let line_end = rest.iter().position(|&b| b == b'\n');
     let first_line = &rest[..line_end.unwrap_or(rest.len())];
+    if line_end.is_some() && !first_line.ends_with(b"\r") {
+        return Parsed::Refused(HeadError::Malformed("lines must end with CRLF"));
+    }
     if let Some(problem) = request_line_problem(first_line, line_end.is_some()) {
         return Parsed::Refused(problem);
     }
@@ -135,25 +138,38 @@ fn is_token(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
-/// Offset just past the empty line that ends the head (CRLF or bare LF line endings).
+/// Offset just past the empty line that ends the head.
 fn head_end(bytes: &[u8]) -> Option<usize> {
-    let mut line_start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        if b == b'\n' {
-            let line = &bytes[line_start..i];
-            if line.is_empty() || line == b"\r" {
-                return Some(i + 1);
+    bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|at| at + 4)
+}
+
+/// The lines of `bytes`, separated by CRLF.
+fn split_crlf(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = Some(bytes);
+    std::iter::from_fn(move || {
+        let current = rest?;
+        match current.windows(2).position(|w| w == b"\r\n") {
+            Some(at) => {
+                rest = Some(&current[at + 2..]);
+                Some(&current[..at])
             }
-            line_start = i + 1;
+            None => {
+                rest = None;
+                Some(current)
+            }
         }
-    }
-    None
+    })
 }
 
 fn parse_complete(bytes: &[u8]) -> Result<Head, HeadError> {
-    let mut lines = bytes
-        .split(|&b| b == b'\n')
-        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let mut lines = split_crlf(&bytes[..bytes.len() - 4]);
+    // A bare CR or LF inside a line: two parsers could split it differently, so it is refused.
+    if split_crlf(&bytes[..bytes.len() - 4]).any(|l| l.contains(&b'\r') || l.contains(&b'\n')) {
+        return Err(HeadError::Malformed("lines must end with CRLF"));
+    }
     let request_line = std::str::from_utf8(lines.next().unwrap_or_default())
         .map_err(|_| HeadError::Malformed("the request line is not ASCII"))?;
     let mut parts = request_line.split(' ');
@@ -163,7 +179,7 @@ fn parse_complete(bytes: &[u8]) -> Result<Head, HeadError> {
     };
     let minor_version = if version == "HTTP/1.1" { 1 } else { 0 };
     let mut headers = Vec::new();
-    for line in lines.filter(|l| !l.is_empty()) {
+    for line in lines {
         if line[0] == b' ' || line[0] == b'\t' {
             return Err(HeadError::Malformed("folded header lines are not accepted"));
         }
@@ -373,10 +389,20 @@ mod tests {
     }
 
     #[test]
-    fn bare_line_feeds_and_leading_blank_lines_are_tolerated() {
-        let head = complete("\r\nGET /healthz HTTP/1.0\nHost: x\n\n");
+    fn leading_empty_lines_are_tolerated_bare_line_feeds_are_not() {
+        let head = complete("\r\nGET /healthz HTTP/1.0\r\nHost: x\r\n\r\n");
         assert_eq!(head.minor_version, 0);
         assert!(!head.keep_alive());
+        for text in [
+            "GET /healthz HTTP/1.1\nHost: x\n\n",
+            "GET /healthz HTTP/1.1\r\nHost: x\nX: y\r\n\r\n",
+            "GET /healthz HTTP/1.1\r\nHost: x\ry\r\n\r\n",
+        ] {
+            assert!(
+                matches!(refused(text.as_bytes()), HeadError::Malformed(_)),
+                "{text:?}"
+            );
+        }
     }
 
     #[test]
