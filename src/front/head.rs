@@ -44,6 +44,16 @@ pub enum Parsed {
     Refused(HeadError),
 }
 
+/// The client's `Expect` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expectation {
+    Nothing,
+    /// `Expect: 100-continue`: answer `100 Continue` before reading the body.
+    Continue,
+    /// Anything else: 417.
+    Unsupported,
+}
+
 /// How the body after the head is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Framing {
@@ -264,16 +274,15 @@ impl Head {
         self.minor_version == 1 || self.has_token("connection", "keep-alive")
     }
 
-    /// `Expect: 100-continue` (true), no Expect (false), or an expectation we cannot meet (error).
-    pub fn expects_continue(&self) -> Result<bool, ()> {
+    /// What the client's `Expect` header asks for.
+    pub fn expectation(&self) -> Expectation {
         let mut expects = self.values("expect").peekable();
         if expects.peek().is_none() {
-            return Ok(false);
-        }
-        if expects.all(|v| v.eq_ignore_ascii_case("100-continue")) {
-            Ok(true)
+            Expectation::Nothing
+        } else if expects.all(|v| v.eq_ignore_ascii_case("100-continue")) {
+            Expectation::Continue
         } else {
-            Err(())
+            Expectation::Unsupported
         }
     }
 

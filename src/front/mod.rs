@@ -26,7 +26,7 @@ use subtle::ConstantTimeEq;
 
 use self::body::BodyError;
 use self::conn::{Incoming, ReadError, Transport};
-use self::head::{Framing, Head, HeadError, Parsed};
+use self::head::{Expectation, Framing, Head, HeadError, Parsed};
 use crate::http::{route, Route};
 use crate::metrics::Metrics;
 
@@ -200,7 +200,7 @@ fn exchange(
             };
         }
     };
-    if head.expects_continue() == Ok(true)
+    if head.expectation() == Expectation::Continue
         && framing != Framing::None
         && incoming
             .transport
@@ -395,7 +395,7 @@ fn check(head: &Head, settings: &Settings) -> Result<Framing, Refusal> {
             ));
         }
     }
-    if head.expects_continue().is_err() {
+    if head.expectation() == Expectation::Unsupported {
         return Err(Refusal::new(
             417,
             "expectation_failed",

@@ -291,8 +291,10 @@ mod tests {
     use super::*;
 
     fn files_in(dir: &Path) -> TlsFiles {
-        let mut config = Config::default();
-        config.state_dir = dir.to_path_buf();
+        let mut config = Config {
+            state_dir: dir.to_path_buf(),
+            ..Config::default()
+        };
         config.http.tls.enabled = true;
         TlsFiles::of(&config)
     }
