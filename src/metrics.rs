@@ -37,6 +37,7 @@ struct Inner {
     audit_failures: u64,
     connections_open: u64,
     connections_refused: u64,
+    connections_evicted: u64,
 }
 
 /// Everything /metrics reports; shared by all threads.
@@ -92,6 +93,11 @@ impl Metrics {
         self.with(|m| m.connections_refused += 1);
     }
 
+    /// A waiting connection closed to make room for a new one at `http.max_connections`.
+    pub fn count_connection_evicted(&self) {
+        self.with(|m| m.connections_evicted += 1);
+    }
+
     pub fn count_audit_failure(&self) {
         self.with(|m| m.audit_failures += 1);
     }
@@ -107,7 +113,11 @@ impl Metrics {
                 m.snapshot_bytes,
                 m.snapshot_failures,
                 m.audit_failures,
-                (m.connections_open, m.connections_refused),
+                (
+                    m.connections_open,
+                    m.connections_refused,
+                    m.connections_evicted,
+                ),
             )
         });
         let (
@@ -197,8 +207,14 @@ impl Metrics {
             (
                 "facegate_connections_refused_total",
                 "counter",
-                "Connections closed at once because http.max_connections were open.",
+                "New connections closed at once: http.max_connections were open, all busy with requests.",
                 connections.1,
+            ),
+            (
+                "facegate_connections_evicted_total",
+                "counter",
+                "Connections waiting for a request, closed to make room for a new one.",
+                connections.2,
             ),
         ];
         for (name, kind, help, value) in gauges {

@@ -4,19 +4,22 @@
 //! itself, and forwards each checked request, body complete, to tiny_http on a private Unix socket.
 //!
 //! Threads: one `front-accept` thread, and one thread per open connection, at most
-//! `http.max_connections` of them; past that a connection is closed at once and counted. A connection
-//! thread only ever waits on its own socket (with a deadline) or on tiny_http's answer, so slow or idle
-//! clients cost a bounded number of threads and never hold a recognition worker.
+//! `http.max_connections` of them. A connection thread only ever waits on its own socket (with a
+//! deadline) or on tiny_http's answer, so slow or idle clients cost a bounded number of threads and never
+//! hold a recognition worker. When the limit is reached, a new connection takes the place of the
+//! connection that has waited longest for a request (`registry`); only when every connection is busy
+//! with a request is the new one closed at once. Both are counted in /metrics.
 
 pub mod body;
 pub mod conn;
 pub mod forward;
 pub mod head;
+mod registry;
 pub mod tls;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,6 +30,7 @@ use subtle::ConstantTimeEq;
 use self::body::BodyError;
 use self::conn::{Incoming, ReadError, Transport};
 use self::head::{Expectation, Framing, Head, HeadError, Parsed};
+use self::registry::{Admission, Registry};
 use crate::http::{route, Route};
 use crate::metrics::Metrics;
 
@@ -57,7 +61,7 @@ pub struct Settings {
 struct Shared {
     settings: Settings,
     metrics: Arc<Metrics>,
-    open: AtomicUsize,
+    registry: Registry,
     answers: AtomicU64,
 }
 
@@ -68,9 +72,9 @@ pub fn start(
     metrics: Arc<Metrics>,
 ) -> std::io::Result<()> {
     let shared = Arc::new(Shared {
+        registry: Registry::new(settings.max_connections),
         settings,
         metrics,
-        open: AtomicUsize::new(0),
         answers: AtomicU64::new(0),
     });
     std::thread::Builder::new()
@@ -90,25 +94,34 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
                 continue;
             }
         };
-        let open = shared.open.fetch_add(1, Ordering::SeqCst) + 1;
-        if open > shared.settings.max_connections {
-            shared.open.fetch_sub(1, Ordering::SeqCst);
-            shared.metrics.count_connection_refused();
-            continue;
-        }
-        shared.metrics.set_open_connections(open as u64);
+        let id = match shared.registry.admit(&stream) {
+            Admission::Admitted { id, evicted } => {
+                if evicted {
+                    shared.metrics.count_connection_evicted();
+                }
+                id
+            }
+            Admission::Refused => {
+                shared.metrics.count_connection_refused();
+                continue;
+            }
+        };
+        shared
+            .metrics
+            .set_open_connections(shared.registry.len() as u64);
         let connection = Arc::clone(shared);
         let spawned = std::thread::Builder::new()
             .name("front-conn".into())
             .stack_size(CONNECTION_STACK)
             .spawn(move || {
-                serve_connection(stream, peer, &connection);
-                let open = connection.open.fetch_sub(1, Ordering::SeqCst) - 1;
-                connection.metrics.set_open_connections(open as u64);
+                serve_connection(stream, peer, id, &connection);
+                connection.registry.remove(id);
+                connection
+                    .metrics
+                    .set_open_connections(connection.registry.len() as u64);
             });
         if let Err(err) = spawned {
-            let open = shared.open.fetch_sub(1, Ordering::SeqCst) - 1;
-            shared.metrics.set_open_connections(open as u64);
+            shared.registry.remove(id);
             shared.metrics.count_connection_refused();
             log::warn!("no thread for a connection from {peer}: {err}");
         }
@@ -122,7 +135,7 @@ enum Next {
     Close,
 }
 
-fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: &Shared) {
+fn serve_connection(stream: TcpStream, peer: SocketAddr, id: u64, shared: &Shared) {
     let settings = &shared.settings;
     let first_deadline = Instant::now() + settings.head_timeout;
     let _ = stream.set_nodelay(true);
@@ -144,7 +157,8 @@ fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: &Shared) {
     };
     let mut incoming = Incoming::new(transport);
     let mut waits = (first_deadline, Some(first_deadline));
-    while exchange(&mut incoming, peer, waits, shared) == Next::KeepAlive {
+    while exchange(&mut incoming, peer, id, waits, shared) == Next::KeepAlive {
+        shared.registry.waiting(id);
         waits = (Instant::now() + settings.idle_timeout, None);
     }
     incoming.transport.close();
@@ -155,6 +169,7 @@ fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: &Shared) {
 fn exchange(
     incoming: &mut Incoming,
     peer: SocketAddr,
+    id: u64,
     waits: (Instant, Option<Instant>),
     shared: &Shared,
 ) -> Next {
@@ -200,6 +215,8 @@ fn exchange(
             };
         }
     };
+    // A checked request from a client that knows the token: no longer the first to make room.
+    shared.registry.working(id);
     if head.expectation() == Expectation::Continue
         && framing != Framing::None
         && incoming
