@@ -213,8 +213,9 @@ fn serve(
     door: Arc<DoorController>,
     stop: &Arc<StopFlags>,
 ) -> Result<()> {
-    let models = PipelineModels::resolve(&config).context("the models are not usable")?;
-    let threshold = models.threshold(&config);
+    let models = PipelineModels::resolve(&config.recognition, &config.models_dir)
+        .context("the models are not usable")?;
+    let threshold = models.threshold(&config.recognition);
     let embedder = EmbedderId {
         name: models.embedder.name.clone(),
         sha256: models.embedder.sha256.clone(),
@@ -223,7 +224,7 @@ fn serve(
     let gallery = LiveGallery::open(&config.gallery_path(), &embedder, GALLERY_RECHECK)?;
     let workers = config.worker_count();
     let recognizers = (0..workers)
-        .map(|_| Recognizer::load(&models, &config))
+        .map(|_| Recognizer::load(&models, &config.recognition))
         .collect::<Result<Vec<_>, _>>()
         .context("the models did not load")?;
     let snapshots = open_snapshots(&config);
@@ -250,6 +251,10 @@ fn serve(
     };
     front::start(listener, front_settings, Arc::clone(&metrics))
         .context("the connection front did not start")?;
+    let transport = Arc::new(http::Transport {
+        token: config.token(),
+        ..http::Transport::default()
+    });
     let service = Arc::new(Service::new(
         config,
         threshold,
@@ -294,7 +299,7 @@ fn serve(
     let mut accept_failure = None;
     while !stop.stopping() {
         match server.recv_timeout(ACCEPT_POLL) {
-            Ok(Some(request)) => http::dispatch(&service, &jobs, request),
+            Ok(Some(request)) => http::dispatch(&service, &transport, &jobs, request),
             Ok(None) => {}
             Err(err) => {
                 accept_failure = Some(err);
