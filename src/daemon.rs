@@ -239,18 +239,6 @@ fn serve(
     let address = listener.local_addr()?;
     let (server, backend) = listen_for_front(&config)?;
     let people = gallery.current().people().len();
-    let front_settings = front::Settings {
-        max_connections: config.http.max_connections,
-        head_timeout: Duration::from_millis(config.http.head_timeout_ms),
-        idle_timeout: Duration::from_millis(config.http.idle_timeout_ms),
-        body_timeout: Duration::from_millis(config.http.body_timeout_ms),
-        max_body_bytes: config.http.max_body_bytes,
-        token: config.token(),
-        backend,
-        tls: tls.as_ref().map(|(server, _)| Arc::clone(server)),
-    };
-    front::start(listener, front_settings, Arc::clone(&metrics))
-        .context("the connection front did not start")?;
     let transport = Arc::new(http::Transport {
         token: config.token(),
         ..http::Transport::default()
@@ -265,6 +253,27 @@ fn serve(
         audit_errors,
         snapshots,
     ));
+    let front_settings = front::Settings {
+        max_connections: service.config.http.max_connections,
+        head_timeout: Duration::from_millis(service.config.http.head_timeout_ms),
+        idle_timeout: Duration::from_millis(service.config.http.idle_timeout_ms),
+        body_timeout: Duration::from_millis(service.config.http.body_timeout_ms),
+        max_body_bytes: service.config.http.max_body_bytes,
+        token: transport.token.clone(),
+        backend,
+        tls: tls.as_ref().map(|(server, _)| Arc::clone(server)),
+    };
+    let refusals = Arc::new(FrontRefusals {
+        service: Arc::downgrade(&service),
+        transport: Arc::clone(&transport),
+    });
+    front::start(
+        listener,
+        front_settings,
+        Arc::clone(&service.metrics),
+        refusals,
+    )
+    .context("the connection front did not start")?;
     let (jobs, queue) = crossbeam_channel::bounded(service.config.http.queue_depth);
     let worker_threads: Vec<JoinHandle<()>> = recognizers
         .into_iter()
@@ -324,6 +333,40 @@ fn serve(
     }
     log::info!("stop signal received: answered the requests in progress");
     Ok(())
+}
+
+/// The front's refusals of frame posts go through the service, which records and audits them. The
+/// front outlives the service at shutdown, so it holds it weakly.
+struct FrontRefusals {
+    service: std::sync::Weak<Service>,
+    transport: Arc<http::Transport>,
+}
+
+impl front::Refusals for FrontRefusals {
+    fn request_id(&self) -> String {
+        self.transport.ids.next()
+    }
+
+    fn refuse_frame(
+        &self,
+        request_id: &str,
+        endpoint: crate::record::Endpoint,
+        refusal: crate::record::Refusal,
+    ) -> (serde_json::Value, Box<dyn FnOnce() + Send>) {
+        let Some(service) = self.service.upgrade() else {
+            let body = json!({
+                "request_id": request_id,
+                "status": "error",
+                "error": refusal.error,
+                "message": refusal.message,
+                "door": "locked",
+            });
+            return (body, Box::new(|| {}));
+        };
+        let handled = service.refuse(request_id, endpoint, refusal);
+        let body = handled.record.answer();
+        (body, Box::new(move || service.follow_up(handled)))
+    }
 }
 
 /// The server TLS configuration, and a client configuration pinned to it for the self-probe.

@@ -19,11 +19,9 @@ pub mod tls;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
@@ -33,6 +31,7 @@ use self::head::{Expectation, Framing, Head, HeadError, Parsed};
 use self::registry::{Admission, Registry};
 use crate::http::{route, Route};
 use crate::metrics::Metrics;
+use crate::record::Endpoint;
 
 /// The largest request head accepted (request line and headers).
 pub const MAX_HEAD_BYTES: usize = 32 * 1024;
@@ -61,8 +60,8 @@ pub struct Settings {
 struct Shared {
     settings: Settings,
     metrics: Arc<Metrics>,
+    refusals: Arc<dyn Refusals>,
     registry: Registry,
-    answers: AtomicU64,
 }
 
 /// Accepts on `listener` in a thread of its own until the process ends.
@@ -70,12 +69,13 @@ pub fn start(
     listener: TcpListener,
     settings: Settings,
     metrics: Arc<Metrics>,
+    refusals: Arc<dyn Refusals>,
 ) -> std::io::Result<()> {
     let shared = Arc::new(Shared {
         registry: Registry::new(settings.max_connections),
         settings,
         metrics,
-        answers: AtomicU64::new(0),
+        refusals,
     });
     std::thread::Builder::new()
         .name("front-accept".into())
@@ -276,8 +276,8 @@ struct Refusal {
     code: u16,
     error: &'static str,
     message: String,
-    /// The endpoint label for /metrics, when the route is known.
-    endpoint: Option<&'static str>,
+    /// Where the request was going, when its head was read.
+    route: Option<Route>,
 }
 
 impl Refusal {
@@ -286,25 +286,40 @@ impl Refusal {
             code,
             error,
             message,
-            endpoint: None,
+            route: None,
         }
     }
 
     fn counted_as(mut self, head: &Head) -> Refusal {
-        self.endpoint = Some(endpoint_label(head));
+        let method = head.method.parse().unwrap_or(tiny_http::Method::Get);
+        self.route = Some(route(&method, &head.target));
         self
     }
 }
 
-fn endpoint_label(head: &Head) -> &'static str {
-    let method = head.method.parse().unwrap_or(tiny_http::Method::Get);
-    match route(&method, &head.target) {
+/// The /metrics label of a route.
+fn route_label(route: Route) -> &'static str {
+    match route {
         Route::Frame(endpoint) => endpoint.name(),
         Route::Metrics => "metrics",
         Route::Events => "events",
         Route::Health => "healthz",
         Route::WrongMethod(_) | Route::NotFound => "other",
     }
+}
+
+/// Records what the front refuses, the way the rest of the daemon records refusals.
+pub trait Refusals: Send + Sync {
+    /// The next request id, from the same sequence as the requests tiny_http handles.
+    fn request_id(&self) -> String;
+    /// A refused frame post (`/image`, `/save`), recorded and audited like any refusal: returns the
+    /// answer's JSON, and the bookkeeping to run once the answer is sent.
+    fn refuse_frame(
+        &self,
+        request_id: &str,
+        endpoint: Endpoint,
+        refusal: crate::record::Refusal,
+    ) -> (serde_json::Value, Box<dyn FnOnce() + Send>);
 }
 
 fn refusal_for_head(err: &HeadError) -> Refusal {
@@ -434,27 +449,42 @@ fn authorized(head: &Head, token: Option<&str>) -> bool {
 
 /// Answers `refusal` as JSON, counts it, and tells whether the connection may go on.
 fn refuse(incoming: &mut Incoming, shared: &Shared, refusal: Refusal) -> Next {
-    if let Some(endpoint) = refusal.endpoint {
-        shared.metrics.count_request(endpoint, refusal.error);
+    let request_id = shared.refusals.request_id();
+    let (body, after) = match refusal.route {
+        Some(Route::Frame(endpoint)) => {
+            let recorded = crate::record::Refusal {
+                http: refusal.code,
+                error: refusal.error,
+                message: refusal.message.clone(),
+            };
+            let (body, after) = shared
+                .refusals
+                .refuse_frame(&request_id, endpoint, recorded);
+            (body, Some(after))
+        }
+        route => {
+            if let Some(route) = route {
+                shared
+                    .metrics
+                    .count_request(route_label(route), refusal.error);
+            }
+            let body = json!({
+                "request_id": request_id,
+                "status": "error",
+                "error": refusal.error,
+                "message": refusal.message,
+            });
+            (body, None)
+        }
+    };
+    let next = send_refusal(incoming, &refusal, &body);
+    if let Some(after) = after {
+        after();
     }
-    let n = shared.answers.fetch_add(1, Ordering::Relaxed);
-    let request_id = format!(
-        "{}-f{:04x}",
-        Utc::now().format("%Y%m%dT%H%M%S%3f"),
-        n & 0xffff
-    );
-    let mut body = json!({
-        "request_id": request_id,
-        "status": "error",
-        "error": refusal.error,
-        "message": refusal.message,
-    });
-    if refusal
-        .endpoint
-        .is_some_and(|e| e == "image" || e == "save")
-    {
-        body["door"] = json!("locked");
-    }
+    next
+}
+
+fn send_refusal(incoming: &mut Incoming, refusal: &Refusal, body: &serde_json::Value) -> Next {
     let headers = [
         ("Content-Type".to_string(), "application/json".to_string()),
         ("Cache-Control".to_string(), "no-store".to_string()),
