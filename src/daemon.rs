@@ -33,9 +33,9 @@ use crate::vision::{PipelineModels, Recognizer};
 const ACCEPT_POLL: Duration = Duration::from_millis(250);
 /// Consecutive failed self-probes after which the daemon gives up and exits for systemd to restart it.
 const PROBE_FAILURES_FATAL: u32 = 3;
-/// Descriptors an open connection may use at once: its TCP socket and both ends of the Unix socket
-/// that carries its request to tiny_http.
-const DESCRIPTORS_PER_CONNECTION: u64 = 3;
+/// Descriptors an open connection may use at once: its TCP socket, the registry's handle on it, and
+/// both ends of the Unix socket that carries its request to tiny_http.
+const DESCRIPTORS_PER_CONNECTION: u64 = 4;
 const RETENTION_INTERVAL: Duration = Duration::from_secs(600);
 const GALLERY_RECHECK: Duration = Duration::from_secs(2);
 

@@ -1898,10 +1898,10 @@ fn outcome_of(received: &[u8], error: Option<String>) -> Outcome {
     }
 }
 
-/// Many headers and very long headers: tiny_http reads header lines with no length or count limit.
+/// Many headers and very long headers: the front refuses a head over 32 KiB or 100 lines (431).
 fn header_floods(daemon: &mut Daemon) -> PhaseResult {
     let mut report = String::from(
-        "  header floods (tiny_http has no header limit; daemon VmRSS / VmHWM in MiB):\n",
+        "  header floods (the front caps a head at 32 KiB; daemon VmRSS / VmHWM in MiB):\n",
     );
     let mut failures = Vec::new();
     let floods: [(&str, usize, usize); 4] = [
