@@ -374,3 +374,31 @@ fn tls_to_a_plain_port_is_closed_at_once() {
     );
     assert_eq!(daemon.get("/healthz").status, 200);
 }
+
+/// The frame's age counts from the arrival of its request at the front, so a body that takes longer than
+/// the maximum age to upload is decided `stale` and never opens the door.
+#[test]
+fn a_frame_uploaded_slower_than_the_maximum_age_is_stale() {
+    let daemon = Setup::new()
+        .set("door.max_decision_age_ms", 1_000)
+        .set("http.body_timeout_ms", 10_000)
+        .serve();
+    let frame = b64(&photo(GRANTED_PHOTO));
+    let request = tablet_request("POST", "/image", frame.as_bytes());
+    let mut stream = TcpStream::connect(daemon.addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let half = request.len() / 2;
+    stream.write_all(&request[..half]).expect("send half");
+    std::thread::sleep(Duration::from_millis(1_500));
+    stream.write_all(&request[half..]).expect("send the rest");
+    let reply = read_reply(&mut stream);
+    let answer = reply.json();
+    assert_eq!(answer["status"], "stale", "{answer}");
+    assert_eq!(answer["door"], "locked", "{answer}");
+    assert!(
+        daemon.journal().iter().all(|a| !a.is_unlocked()),
+        "the door moved"
+    );
+}

@@ -71,6 +71,7 @@ pub fn start(
     metrics: Arc<Metrics>,
     refusals: Arc<dyn Refusals>,
 ) -> std::io::Result<()> {
+    crate::http::forwarded::start_clock();
     let shared = Arc::new(Shared {
         registry: Registry::new(settings.max_connections),
         settings,

@@ -12,10 +12,16 @@ pub const PEER_HEADER: &str = "X-Facegate-Peer";
 /// When the request's head was complete at the front, in microseconds since `epoch()`.
 pub const RECEIVED_HEADER: &str = "X-Facegate-Received-Us";
 
-/// A monotonic origin shared by the front and the workers (same process).
+/// A monotonic origin shared by the front and the workers (same process). It must be fixed before the
+/// first request arrives, or that request's arrival would be before it: `start_clock`.
 fn epoch() -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     *EPOCH.get_or_init(Instant::now)
+}
+
+/// Fixes the origin of `RECEIVED_HEADER`; the front calls it before it accepts a connection.
+pub fn start_clock() {
+    epoch();
 }
 
 /// Is `name` one of the headers only the front may set?
