@@ -121,6 +121,8 @@ pub struct DoorConfig {
     pub grant_while_open: GrantWhileOpenConfig,
     /// A decision about an older frame never moves the relay.
     pub max_decision_age_ms: u64,
+    /// How long a request waits for the relay thread to say what it did before answering `pending`.
+    pub report_wait_ms: u64,
     /// Sim backend only: append every actuation to this JSON-lines file.
     pub sim_journal: Option<PathBuf>,
 }
@@ -214,6 +216,7 @@ impl Default for DoorConfig {
             cooldown_ms: 1_000,
             grant_while_open: GrantWhileOpenConfig::Extend,
             max_decision_age_ms: 1_500,
+            report_wait_ms: 150,
             sim_journal: None,
         }
     }
@@ -352,6 +355,12 @@ impl Config {
         if self.door.max_decision_age_ms == 0 {
             return Err(invalid("door.max_decision_age_ms", "must be above 0"));
         }
+        if self.door.report_wait_ms == 0 || self.door.report_wait_ms > 2_000 {
+            return Err(invalid(
+                "door.report_wait_ms",
+                "must be between 1 and 2000 milliseconds",
+            ));
+        }
         if self.door.gpio_pin > 27 {
             return Err(invalid(
                 "door.gpio_pin",
@@ -432,6 +441,7 @@ mod tests {
             ("[recognition]\nthreshold = 1.5", "recognition.threshold"),
             ("[door]\nhold_ms = 0", "door.hold_ms"),
             ("[door]\ngpio_pin = 40", "door.gpio_pin"),
+            ("[door]\nreport_wait_ms = 0", "door.report_wait_ms"),
             ("[http]\nqueue_depth = 0", "http.queue_depth"),
             (
                 "[frame]\ndecode_target_side = 100",

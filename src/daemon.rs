@@ -10,17 +10,15 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use sd_notify::NotifyState;
-use serde_json::json;
 
-use crate::audit::{AuditLog, AuditRetention};
+use crate::audit::{AuditRetention, AuditWriter, AuditWriterThread};
 use crate::config::{Config, DoorBackendName, GrantWhileOpenConfig};
 use crate::door::{
-    self, Actuation, BackendKind, DoorController, DoorSettings, GrantWhileOpen, RelayState,
+    self, BackendKind, DoorController, DoorEvent, DoorSettings, GrantWhileOpen, RelayState,
 };
 use crate::gallery::{EmbedderId, LiveGallery};
 use crate::http::{self, sockets};
 use crate::metrics::Metrics;
-use crate::ratelimit::RateLimitedLog;
 use crate::service::Service;
 use crate::snapshots::{SnapshotRetention, SnapshotStore};
 use crate::vision::{PipelineModels, Recognizer};
@@ -35,6 +33,8 @@ const IDLE_CONNECTION_LIMIT: Duration = Duration::from_secs(60);
 /// Bytes beyond the largest body a connection may send without completing a request (headers).
 const FLOOD_ALLOWANCE: u64 = 1024 * 1024;
 const RETENTION_INTERVAL: Duration = Duration::from_secs(600);
+/// How long the audit writer may take to write its queue when the daemon stops.
+const AUDIT_FLUSH_LIMIT: Duration = Duration::from_secs(2);
 const GALLERY_RECHECK: Duration = Duration::from_secs(2);
 
 pub fn backend_kind(config: &Config) -> BackendKind {
@@ -62,6 +62,7 @@ fn door_settings(config: &Config) -> DoorSettings {
             GrantWhileOpenConfig::Extend => GrantWhileOpen::Extend,
             GrantWhileOpenConfig::Ignore => GrantWhileOpen::Ignore,
         },
+        report_wait: Duration::from_millis(config.door.report_wait_ms),
     }
 }
 
@@ -89,24 +90,20 @@ pub fn run(config: Config) -> Result<()> {
         opencv::core::set_num_threads(config.recognition.opencv_threads)?;
     }
     let metrics = Arc::new(Metrics::default());
-    let audit_errors = Arc::new(RateLimitedLog::new(Duration::from_secs(60)));
-    let audit = open_audit(&config);
-    let door = Arc::new(start_door(&config, &metrics, audit.clone(), &audit_errors)?);
+    let (audit, audit_thread) = start_audit(&config, &metrics)?;
+    let door = Arc::new(start_door(&config, &metrics, audit.clone())?);
     let stop = Arc::new(StopFlags::default());
-    install_panic_hook(door.lock_guard(), Arc::clone(&stop));
+    let panic_stop = Arc::clone(&stop);
+    install_panic_hook(door.lock_guard(), move || {
+        panic_stop.fatal.store(true, Ordering::SeqCst)
+    });
     // From here on the door is running: every early return must lock it first.
-    match serve(
-        config,
-        token.is_some(),
-        metrics,
-        audit,
-        audit_errors,
-        Arc::clone(&door),
-        &stop,
-    ) {
-        Ok(()) => finish(door, None),
-        Err(err) => finish(door, Some(err)),
+    let served = serve(config, token.is_some(), metrics, audit, Arc::clone(&door), &stop);
+    let stopped = finish(door, served.err());
+    if !audit_thread.finish(AUDIT_FLUSH_LIMIT) {
+        log::error!("the audit writer did not finish its queue within {AUDIT_FLUSH_LIMIT:?}; lines may be lost");
     }
+    stopped
 }
 
 fn finish(door: Arc<DoorController>, failure: Option<anyhow::Error>) -> Result<()> {
@@ -131,74 +128,87 @@ fn finish(door: Arc<DoorController>, failure: Option<anyhow::Error>) -> Result<(
     }
 }
 
-fn open_audit(config: &Config) -> Option<Arc<AuditLog>> {
+/// Starts the audit writer thread (which opens the log itself, so a hung audit disk cannot hold up
+/// start-up) and puts its counters and the logger's on /metrics.
+fn start_audit(
+    config: &Config,
+    metrics: &Metrics,
+) -> Result<(AuditWriter, AuditWriterThread)> {
     let retention = AuditRetention {
         max_age_days: config.audit.max_age_days,
         max_total_bytes: config.audit.max_total_mb * 1024 * 1024,
     };
-    match AuditLog::open(config.audit_dir(), retention) {
-        Ok(audit) => Some(Arc::new(audit)),
-        Err(err) => {
-            log::error!("audit log disabled: {err}");
-            None
-        }
-    }
+    let (audit, thread) = AuditWriter::start(config.audit_dir(), retention)
+        .context("cannot start the audit writer thread")?;
+    let counters = audit.counters();
+    let failed = Arc::clone(&counters);
+    metrics.add_source(
+        "facegate_audit_failures_total",
+        "counter",
+        "Audit lines that could not be written.",
+        move || failed.failed.load(Ordering::Relaxed),
+    );
+    metrics.add_source(
+        "facegate_audit_dropped_total",
+        "counter",
+        "Audit lines dropped because the audit writer fell behind (slow or hung disk).",
+        move || counters.dropped.load(Ordering::Relaxed),
+    );
+    metrics.add_source(
+        "facegate_log_lines_dropped_total",
+        "counter",
+        "Log lines dropped because stderr (the journal) did not take them.",
+        || crate::logging::health().dropped_lines,
+    );
+    metrics.add_source(
+        "facegate_logging_stalled",
+        "gauge",
+        "1 while writing to stderr is stalled and log lines are being lost.",
+        || u64::from(crate::logging::health().stalled),
+    );
+    Ok((audit, thread))
 }
 
-fn start_door(
-    config: &Config,
-    metrics: &Arc<Metrics>,
-    audit: Option<Arc<AuditLog>>,
-    audit_errors: &Arc<RateLimitedLog>,
-) -> Result<DoorController> {
+fn start_door(config: &Config, metrics: &Arc<Metrics>, audit: AuditWriter) -> Result<DoorController> {
     let backend = door::build_backend(&backend_kind(config))
         .context("the door backend could not be started")?;
-    let metrics = Arc::clone(metrics);
-    let audit_errors = Arc::clone(audit_errors);
-    let observer = Box::new(move |actuation: &Actuation| {
-        if actuation.state == RelayState::Unlocked && actuation.error.is_none() {
-            metrics.count_door_opening();
-        }
-        log::info!(
-            "door state={} reason={} request_id={} identity={:?}{}",
-            actuation.state.as_str(),
-            actuation.reason.as_str(),
-            actuation.request_id.as_deref().unwrap_or("-"),
-            actuation.identity.as_deref().unwrap_or(""),
-            actuation
-                .error
-                .as_ref()
-                .map_or(String::new(), |e| format!(" error={e:?}")),
-        );
-        if let Some(audit) = &audit {
-            let record = json!({
-                "kind": "door",
-                "request_id": actuation.request_id,
-                "identity": actuation.identity,
-                "state": actuation.state,
-                "reason": actuation.reason,
-                "error": actuation.error,
-            });
-            if let Err(err) = audit.append(&record) {
-                audit_errors.error(format!("audit line not written: {err}"));
+    let observed = Arc::clone(metrics);
+    let observer = Box::new(move |event: &DoorEvent| {
+        if let DoorEvent::Actuation(actuation) = event {
+            if actuation.state == RelayState::Unlocked && actuation.error.is_none() {
+                observed.count_door_opening();
             }
         }
+        audit.record(event);
     });
-    Ok(DoorController::start(
-        backend,
-        door_settings(config),
-        observer,
-    )?)
+    let door = DoorController::start(backend, door_settings(config), observer)?;
+    let dropped = door.dropped_reports();
+    metrics.add_source(
+        "facegate_door_reports_dropped_total",
+        "counter",
+        "Door reports (log and audit) dropped because their thread fell behind.",
+        move || dropped.load(Ordering::Relaxed),
+    );
+    Ok(door)
 }
 
-/// A panic anywhere locks the door at once and stops the daemon (the door stays locked down until
-/// systemd starts a fresh process).
-fn install_panic_hook(guard: door::LockGuardHandle, stop: Arc<StopFlags>) {
-    let default_hook = std::panic::take_hook();
+/// The one panic policy: a panic anywhere drives the door locked first (latching the lockdown),
+/// then `on_panic` runs (the daemon stops for systemd to start a fresh process), then the panic
+/// is logged through the non-blocking logger. A panic on the relay thread itself is locked by that
+/// thread as it unwinds (see `door::DoorController`).
+pub fn install_panic_hook(
+    guard: door::LockGuardHandle,
+    on_panic: impl Fn() + Send + Sync + 'static,
+) {
     std::panic::set_hook(Box::new(move |info| {
         guard.emergency_lock();
-        stop.fatal.store(true, Ordering::SeqCst);
-        default_hook(info);
+        on_panic();
+        let thread = std::thread::current();
+        log::error!(
+            "thread {} panicked: {info}; the door is locked and facegate is stopping\n{}",
+            thread.name().unwrap_or("unnamed"),
+            std::backtrace::Backtrace::capture()
+        );
     }));
 }
 
@@ -206,8 +216,7 @@ fn serve(
     config: Config,
     has_token: bool,
     metrics: Arc<Metrics>,
-    audit: Option<Arc<AuditLog>>,
-    audit_errors: Arc<RateLimitedLog>,
+    audit: AuditWriter,
     door: Arc<DoorController>,
     stop: &Arc<StopFlags>,
 ) -> Result<()> {
@@ -240,7 +249,6 @@ fn serve(
         door,
         gallery,
         audit,
-        audit_errors,
         snapshots,
     ));
     let (jobs, queue) = crossbeam_channel::bounded(service.config.http.queue_depth);
@@ -366,16 +374,8 @@ fn spawn_retention_thread(service: Arc<Service>) {
             let Some(service) = weak.upgrade() else {
                 return;
             };
-            let now = chrono::Utc::now();
-            if let Some(audit) = &service.audit {
-                if let Err(err) = audit.enforce_retention(now) {
-                    service
-                        .audit_errors
-                        .error(format!("audit retention failed: {err}"));
-                }
-            }
             if let Some(store) = &service.snapshots {
-                store.enforce_retention(now);
+                store.enforce_retention(chrono::Utc::now());
             }
         });
     if let Err(err) = spawned {

@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use serde_json::{json, Value};
 
-use crate::audit::AuditLog;
+use crate::audit::AuditWriter;
 use crate::config::Config;
 use crate::decision::{decide, round_score, Decision, Outcome, Status};
-use crate::door::{DoorController, GrantOutcome};
+use crate::door::{DoorController, DoorReport, LockedBecause, OpenCause, OpenRequest};
 use crate::events::EventRing;
 use crate::frame::{self, FrameError};
 use crate::gallery::LiveGallery;
@@ -35,7 +35,7 @@ pub struct Service {
     pub events: EventRing,
     pub door: Arc<DoorController>,
     pub gallery: LiveGallery,
-    pub audit: Option<Arc<AuditLog>>,
+    pub audit: AuditWriter,
     pub snapshots: Option<SnapshotStore>,
     pub started: Instant,
     /// The port the daemon listens on, to find its own connections.
@@ -44,7 +44,6 @@ pub struct Service {
     pub body_deadlines: Arc<crate::http::sockets::BodyDeadlines>,
     /// Connections' traffic since their last request, for the sweeper to cut header floods.
     pub header_floods: Arc<crate::http::sockets::HeaderFloodGuard>,
-    pub audit_errors: Arc<RateLimitedLog>,
     snapshot_errors: RateLimitedLog,
 }
 
@@ -85,8 +84,7 @@ impl Service {
         metrics: Arc<Metrics>,
         door: Arc<DoorController>,
         gallery: LiveGallery,
-        audit: Option<Arc<AuditLog>>,
-        audit_errors: Arc<RateLimitedLog>,
+        audit: AuditWriter,
         snapshots: Option<SnapshotStore>,
     ) -> Service {
         Service {
@@ -104,7 +102,6 @@ impl Service {
             port,
             body_deadlines: Arc::default(),
             header_floods: Arc::default(),
-            audit_errors,
             snapshot_errors: RateLimitedLog::new(DISK_ERROR_LOG_INTERVAL),
         }
     }
@@ -114,6 +111,7 @@ impl Service {
         Answer::ok(json!({
             "status": "ok",
             "door_available": self.door.is_available(),
+            "logging": crate::logging::health().as_str(),
             "people": gallery.people().len(),
             "uptime_s": self.started.elapsed().as_secs(),
         }))
@@ -378,21 +376,21 @@ impl Service {
         let age = Self::frame_age(received_at, &post);
         let decision = decide(&outcome, age, max_age);
         let door = if decision.may_open {
-            let identity = decision.identity.as_deref().unwrap_or_default();
-            self.door.request_open(request_id, identity)
+            self.door.request_open(OpenRequest {
+                request_id: request_id.to_owned(),
+                cause: OpenCause::Face {
+                    identity: decision.identity.clone().unwrap_or_default(),
+                },
+                not_after: Instant::now() + max_age.saturating_sub(age),
+            })
         } else {
-            GrantOutcome::Unavailable
+            DoorReport::Locked(LockedBecause::NotGranted)
         };
-        let door_open = decision.may_open
-            && matches!(
-                door,
-                GrantOutcome::Opened | GrantOutcome::Extended | GrantOutcome::AlreadyOpen
-            );
         let total_ms = received_at.elapsed().as_secs_f64() * 1000.0;
         self.observe(&decision, &timings, total_ms);
-        let door_word = if door_open { "opened" } else { "locked" };
+        let door_word = door.as_str();
         let door_action = if decision.may_open {
-            door.as_str()
+            door.detail()
         } else {
             "none"
         };
@@ -535,13 +533,7 @@ impl Service {
     /// and counted; it never reaches the tablet or the door.
     pub fn follow_up(&self, follow_up: FollowUp) {
         if let Some(record) = &follow_up.record {
-            if let Some(audit) = &self.audit {
-                if let Err(err) = audit.append(record) {
-                    self.metrics.count_audit_failure();
-                    self.audit_errors
-                        .error(format!("audit line not written: {err}"));
-                }
-            }
+            self.audit.record(record);
             if record["kind"] == "decision" {
                 let mut event = record.clone();
                 event["ts"] =

@@ -1,6 +1,7 @@
 //! Keeps the frames behind failed or refused decisions (image + JSON sidecar) for diagnosis,
 //! bounded by count, bytes and age; a full or unwritable disk yields an error, never a panic.
 
+use crate::sync::lock_recovering;
 use crate::ratelimit::RateLimitedLog;
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use serde::Serialize;
@@ -311,9 +312,7 @@ impl SnapshotStore {
     }
 
     fn lock_index(&self) -> MutexGuard<'_, Index> {
-        self.index
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock_recovering(&self.index)
     }
 }
 
