@@ -341,13 +341,12 @@ fn write_lines(
         let wait = next_retention.saturating_duration_since(Instant::now());
         match queue.recv_timeout(wait) {
             Ok(Message::Line { day, line }) => {
-                let written = match &mut log {
-                    Some(log) => log.write_line(day, &line),
-                    // Already logged when opening failed.
-                    None => Ok(counters.failed.fetch_add(1, Ordering::Relaxed)).map(drop),
-                };
-                if let Err(error) = written {
+                // Without an open log the line fails silently: opening already said why.
+                let written = log.as_mut().map(|log| log.write_line(day, &line));
+                if !matches!(written, Some(Ok(()))) {
                     counters.failed.fetch_add(1, Ordering::Relaxed);
+                }
+                if let Some(Err(error)) = written {
                     errors.error(format!("audit line not written: {error}"));
                 }
             }
@@ -487,8 +486,7 @@ mod tests {
             score: 0.5,
         };
         append_at(&mut log, now, &decision).unwrap();
-        append_at(&mut log, now, &json!({"event": "door", "state": "locked"}))
-            .unwrap();
+        append_at(&mut log, now, &json!({"event": "door", "state": "locked"})).unwrap();
         let lines = read_lines(&log.file_path(day("2025-03-10")));
         assert_eq!(
             lines[0],
@@ -504,17 +502,14 @@ mod tests {
     fn append_switches_file_when_the_utc_day_changes() {
         let dir = tempfile::tempdir().unwrap();
         let mut log = AuditLog::open(dir.path(), ROOMY).unwrap();
-        append_at(&mut log, at("2025-03-10T23:59:59.999Z"), &json!({"n": 1}))
-            .unwrap();
-        append_at(&mut log, at("2025-03-11T00:00:00.000Z"), &json!({"n": 2}))
-            .unwrap();
+        append_at(&mut log, at("2025-03-10T23:59:59.999Z"), &json!({"n": 1})).unwrap();
+        append_at(&mut log, at("2025-03-11T00:00:00.000Z"), &json!({"n": 2})).unwrap();
         assert_eq!(read_lines(&log.file_path(day("2025-03-10"))).len(), 1);
         assert_eq!(read_lines(&log.file_path(day("2025-03-11"))).len(), 1);
     }
 
     #[test]
     fn non_object_record_is_an_error_not_a_panic() {
-        let dir = tempfile::tempdir().unwrap();
         for record in [json!(42), json!("text")] {
             assert!(matches!(
                 stamp_line(Utc::now(), &record),

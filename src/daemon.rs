@@ -98,7 +98,14 @@ pub fn run(config: Config) -> Result<()> {
         panic_stop.fatal.store(true, Ordering::SeqCst)
     });
     // From here on the door is running: every early return must lock it first.
-    let served = serve(config, token.is_some(), metrics, audit, Arc::clone(&door), &stop);
+    let served = serve(
+        config,
+        token.is_some(),
+        metrics,
+        audit,
+        Arc::clone(&door),
+        &stop,
+    );
     let stopped = finish(door, served.err());
     if !audit_thread.finish(AUDIT_FLUSH_LIMIT) {
         log::error!("the audit writer did not finish its queue within {AUDIT_FLUSH_LIMIT:?}; lines may be lost");
@@ -130,10 +137,7 @@ fn finish(door: Arc<DoorController>, failure: Option<anyhow::Error>) -> Result<(
 
 /// Starts the audit writer thread (which opens the log itself, so a hung audit disk cannot hold up
 /// start-up) and puts its counters and the logger's on /metrics.
-fn start_audit(
-    config: &Config,
-    metrics: &Metrics,
-) -> Result<(AuditWriter, AuditWriterThread)> {
+fn start_audit(config: &Config, metrics: &Metrics) -> Result<(AuditWriter, AuditWriterThread)> {
     let retention = AuditRetention {
         max_age_days: config.audit.max_age_days,
         max_total_bytes: config.audit.max_total_mb * 1024 * 1024,
@@ -169,7 +173,11 @@ fn start_audit(
     Ok((audit, thread))
 }
 
-fn start_door(config: &Config, metrics: &Arc<Metrics>, audit: AuditWriter) -> Result<DoorController> {
+fn start_door(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    audit: AuditWriter,
+) -> Result<DoorController> {
     let backend = door::build_backend(&backend_kind(config))
         .context("the door backend could not be started")?;
     let observed = Arc::clone(metrics);
@@ -194,15 +202,19 @@ fn start_door(config: &Config, metrics: &Arc<Metrics>, audit: AuditWriter) -> Re
 
 /// The one panic policy: a panic anywhere drives the door locked first (latching the lockdown),
 /// then `on_panic` runs (the daemon stops for systemd to start a fresh process), then the panic
-/// is logged through the non-blocking logger. A panic on the relay thread itself is locked by that
-/// thread as it unwinds (see `door::DoorController`).
+/// is logged through the non-blocking logger (or, without it, by the previous hook). A panic on
+/// the relay thread itself is locked by that thread as it unwinds (see `door::DoorController`).
 pub fn install_panic_hook(
     guard: door::LockGuardHandle,
     on_panic: impl Fn() + Send + Sync + 'static,
 ) {
+    let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         guard.emergency_lock();
         on_panic();
+        if !crate::logging::installed() {
+            return previous(info);
+        }
         let thread = std::thread::current();
         log::error!(
             "thread {} panicked: {info}; the door is locked and facegate is stopping\n{}",

@@ -77,7 +77,8 @@ impl LinePipe {
     fn health(&self) -> LogHealth {
         let since = self.state.writing_since.load(Ordering::SeqCst);
         let now = self.state.epoch.elapsed().as_millis() as u64 + 1;
-        let stuck = since != 0 && now.saturating_sub(since) > self.state.stall_after.as_millis() as u64;
+        let stuck =
+            since != 0 && now.saturating_sub(since) > self.state.stall_after.as_millis() as u64;
         LogHealth {
             dropped_lines: self.state.dropped.load(Ordering::Relaxed),
             stalled: stuck || self.lines.is_full(),
@@ -149,6 +150,11 @@ pub fn init() {
     }
 }
 
+/// Whether [`init`] installed the non-blocking logger.
+pub fn installed() -> bool {
+    PIPE.get().is_some()
+}
+
 /// The state of logging; all clear when [`init`] was not called (or fell back to stderr).
 pub fn health() -> LogHealth {
     PIPE.get().map_or(
@@ -204,7 +210,10 @@ mod tests {
         for n in 1..100 {
             pipe.write_all(format!("line {n}\n").as_bytes()).unwrap();
         }
-        assert!(started.elapsed() < Duration::from_secs(5), "the logger waited");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the logger waited"
+        );
         thread::sleep(stall_after * 3);
         let health = pipe.health();
         assert!(health.stalled, "{health:?}");

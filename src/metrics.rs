@@ -180,9 +180,7 @@ impl Metrics {
             ),
         ];
         let sources = lock_recovering(&self.sources);
-        let sourced = sources
-            .iter()
-            .map(|s| (s.name, s.kind, s.help, (s.read)()));
+        let sourced = sources.iter().map(|s| (s.name, s.kind, s.help, (s.read)()));
         for (name, kind, help, value) in gauges.into_iter().chain(sourced) {
             let _ = writeln!(
                 out,

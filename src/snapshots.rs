@@ -1,8 +1,8 @@
 //! Keeps the frames behind failed or refused decisions (image + JSON sidecar) for diagnosis,
 //! bounded by count, bytes and age; a full or unwritable disk yields an error, never a panic.
 
-use crate::sync::lock_recovering;
 use crate::ratelimit::RateLimitedLog;
+use crate::sync::lock_recovering;
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use serde::Serialize;
 use std::collections::{BTreeMap, VecDeque};

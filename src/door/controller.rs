@@ -346,7 +346,9 @@ impl LockGuardHandle {
         if shared.relay_thread.get() == Some(&thread::current().id()) {
             // A panic hook on the relay thread, which may hold the door mutex: the relay thread
             // drives the relay locked as soon as the panic has unwound (see `run_relay_thread`).
-            log::error!("emergency lock on the door relay thread: it locks the relay as it unwinds");
+            log::error!(
+                "emergency lock on the door relay thread: it locks the relay as it unwinds"
+            );
             return false;
         }
         for attempt in 1..=EMERGENCY_LOCK_ATTEMPTS {
@@ -827,10 +829,12 @@ mod tests {
     }
 
     fn handled(reports: &Reports, id: &str) -> Option<RequestHandled> {
-        lock_recovering(reports).iter().find_map(|event| match event {
-            DoorEvent::Request(handled) if handled.request_id == id => Some(handled.clone()),
-            _ => None,
-        })
+        lock_recovering(reports)
+            .iter()
+            .find_map(|event| match event {
+                DoorEvent::Request(handled) if handled.request_id == id => Some(handled.clone()),
+                _ => None,
+            })
     }
 
     /// Time from the unlock to the relock after the hold, from the relay's own record.
@@ -1071,7 +1075,10 @@ mod tests {
         .unwrap();
         let asked_at = Instant::now();
         assert_eq!(open(&controller, "req-1"), DoorReport::Opened);
-        assert!(asked_at.elapsed() < Duration::from_secs(2), "the answer waited on the sink");
+        assert!(
+            asked_at.elapsed() < Duration::from_secs(2),
+            "the answer waited on the sink"
+        );
         assert!(log.wait_for(WAIT, relocked));
         let pulse = pulse_length(&log.events());
         assert!(

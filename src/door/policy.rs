@@ -262,7 +262,13 @@ mod tests {
         for (name, before, now_ms, not_after_ms, gate, after, result) in table {
             let ms = |n| origin + Duration::from_millis(n);
             let s = settings(GrantWhileOpen::Extend, COOLDOWN_MS);
-            let got = on_request(&state(origin, before), ms(now_ms), ms(not_after_ms), gate, &s);
+            let got = on_request(
+                &state(origin, before),
+                ms(now_ms),
+                ms(not_after_ms),
+                gate,
+                &s,
+            );
             assert_eq!(got, (state(origin, after), result), "{name}");
         }
     }

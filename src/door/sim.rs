@@ -6,8 +6,8 @@
 //! the sim backend built by `door::build_backend` fails every unlock (the start-up log says so).
 //! Only the simulated relay reads that variable.
 
-use crate::sync::lock_recovering;
 use super::{Door, DoorError, RelayState};
+use crate::sync::lock_recovering;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
