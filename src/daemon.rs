@@ -20,7 +20,7 @@ use crate::gallery::{EmbedderId, LiveGallery};
 use crate::http::{self, sockets};
 use crate::metrics::Metrics;
 use crate::service::Service;
-use crate::snapshots::{SnapshotRetention, SnapshotStore};
+use crate::snapshots::{SnapshotRetention, SnapshotWriter};
 use crate::vision::{PipelineModels, Recognizer};
 
 /// How long the accepting loop waits before looking at the stop flags again.
@@ -32,7 +32,6 @@ const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
 const IDLE_CONNECTION_LIMIT: Duration = Duration::from_secs(60);
 /// Bytes beyond the largest body a connection may send without completing a request (headers).
 const FLOOD_ALLOWANCE: u64 = 1024 * 1024;
-const RETENTION_INTERVAL: Duration = Duration::from_secs(600);
 /// How long the audit writer may take to write its queue when the daemon stops.
 const AUDIT_FLUSH_LIMIT: Duration = Duration::from_secs(2);
 const GALLERY_RECHECK: Duration = Duration::from_secs(2);
@@ -245,7 +244,7 @@ fn serve(
         .map(|_| Recognizer::load(&models, &config))
         .collect::<Result<Vec<_>, _>>()
         .context("the models did not load")?;
-    let snapshots = open_snapshots(&config);
+    let snapshots = start_snapshots(&config, &metrics);
     let server = tiny_http::Server::http(config.http.listen)
         .map_err(|err| anyhow::anyhow!("cannot listen on {}: {err}", config.http.listen))?;
     let address = server
@@ -291,7 +290,6 @@ fn serve(
         Arc::clone(&sweeper_stop),
     )?;
     spawn_signal_thread(Arc::clone(stop))?;
-    spawn_retention_thread(Arc::clone(&service));
     spawn_watchdog(
         address,
         Duration::from_millis(service.config.http.self_probe_interval_ms),
@@ -344,19 +342,38 @@ fn serve(
     Ok(())
 }
 
-fn open_snapshots(config: &Config) -> Option<SnapshotStore> {
+/// Starts the snapshot writer thread (which opens the store itself, so a hung snapshot disk cannot
+/// hold up start-up) and puts its counters on /metrics.
+fn start_snapshots(config: &Config, metrics: &Metrics) -> Option<SnapshotWriter> {
     let retention = SnapshotRetention {
         max_count: config.snapshots.max_count,
         max_bytes: config.snapshots.max_total_mb * 1024 * 1024,
         max_age: Duration::from_secs(u64::from(config.snapshots.max_age_days) * 86_400),
     };
-    match SnapshotStore::open(config.snapshot_dir(), retention) {
-        Ok(store) => Some(store),
+    let writer = match SnapshotWriter::start(config.snapshot_dir(), retention) {
+        Ok(writer) => writer,
         Err(err) => {
-            log::error!("failure snapshots disabled: {err}");
-            None
+            log::error!(
+                "failure snapshots disabled: the snapshot writer thread did not start: {err}"
+            );
+            return None;
         }
-    }
+    };
+    let failed = writer.counters();
+    metrics.add_source(
+        "facegate_snapshot_failures_total",
+        "counter",
+        "Snapshots that could not be written.",
+        move || failed.failed.load(Ordering::Relaxed),
+    );
+    let dropped = writer.counters();
+    metrics.add_source(
+        "facegate_snapshots_dropped_total",
+        "counter",
+        "Snapshots dropped because the snapshot writer fell behind (slow or hung disk).",
+        move || dropped.dropped.load(Ordering::Relaxed),
+    );
+    Some(writer)
 }
 
 fn spawn_signal_thread(stop: Arc<StopFlags>) -> Result<()> {
@@ -374,25 +391,6 @@ fn spawn_signal_thread(stop: Arc<StopFlags>) -> Result<()> {
             }
         })?;
     Ok(())
-}
-
-fn spawn_retention_thread(service: Arc<Service>) {
-    let weak = Arc::downgrade(&service);
-    drop(service);
-    let spawned = std::thread::Builder::new()
-        .name("retention".into())
-        .spawn(move || loop {
-            std::thread::sleep(RETENTION_INTERVAL);
-            let Some(service) = weak.upgrade() else {
-                return;
-            };
-            if let Some(store) = &service.snapshots {
-                store.enforce_retention(chrono::Utc::now());
-            }
-        });
-    if let Err(err) = spawned {
-        log::error!("retention thread not started: {err}");
-    }
 }
 
 /// Asks our own port for /healthz, as the tablet would reach it.

@@ -34,7 +34,6 @@ struct Inner {
     door_openings: u64,
     snapshot_count: u64,
     snapshot_bytes: u64,
-    snapshot_failures: u64,
 }
 
 /// A value kept elsewhere (an atomic counter of another thread), read when /metrics renders.
@@ -83,10 +82,6 @@ impl Metrics {
         });
     }
 
-    pub fn count_snapshot_failure(&self) {
-        self.with(|m| m.snapshot_failures += 1);
-    }
-
     /// Reports `read()` as metric `name` of type `kind` (`counter` or `gauge`) from now on.
     pub fn add_source(
         &self,
@@ -112,10 +107,9 @@ impl Metrics {
                 m.door_openings,
                 m.snapshot_count,
                 m.snapshot_bytes,
-                m.snapshot_failures,
             )
         });
-        let (requests, stages, openings, snap_count, snap_bytes, snap_failures) = m;
+        let (requests, stages, openings, snap_count, snap_bytes) = m;
         let mut out = String::new();
         out.push_str("# HELP facegate_requests_total Answered requests by endpoint and status.\n");
         out.push_str("# TYPE facegate_requests_total counter\n");
@@ -171,12 +165,6 @@ impl Metrics {
                 "gauge",
                 "Bytes used by failure snapshots.",
                 snap_bytes,
-            ),
-            (
-                "facegate_snapshot_failures_total",
-                "counter",
-                "Snapshots that could not be written.",
-                snap_failures,
             ),
         ];
         let sources = lock_recovering(&self.sources);

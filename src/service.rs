@@ -19,7 +19,7 @@ use crate::http::{Answer, BodyReadError, Endpoint, RequestIds};
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimitedLog;
 use crate::recognition::{recognize_image, RecognitionError, StageTimings};
-use crate::snapshots::SnapshotStore;
+use crate::snapshots::SnapshotWriter;
 use crate::vision::Recognizer;
 
 /// How often a failing disk is logged.
@@ -36,7 +36,7 @@ pub struct Service {
     pub door: Arc<DoorController>,
     pub gallery: LiveGallery,
     pub audit: AuditWriter,
-    pub snapshots: Option<SnapshotStore>,
+    pub snapshots: Option<SnapshotWriter>,
     pub started: Instant,
     /// The port the daemon listens on, to find its own connections.
     pub port: u16,
@@ -85,7 +85,7 @@ impl Service {
         door: Arc<DoorController>,
         gallery: LiveGallery,
         audit: AuditWriter,
-        snapshots: Option<SnapshotStore>,
+        snapshots: Option<SnapshotWriter>,
     ) -> Service {
         Service {
             token: config.token(),
@@ -306,7 +306,6 @@ impl Service {
                 }
             }
             Err(err) => {
-                self.metrics.count_snapshot_failure();
                 self.snapshot_errors
                     .error(format!("snapshot {request_id} not stored: {err}"));
                 self.rejected(
@@ -542,16 +541,12 @@ impl Service {
             }
         }
         if let (Some(snapshot), Some(store)) = (follow_up.snapshot, &self.snapshots) {
-            if let Err(err) = store.save(
+            store.queue(
                 &snapshot.id,
-                &snapshot.image,
+                snapshot.image,
                 snapshot.ext,
                 &snapshot.sidecar,
-            ) {
-                self.metrics.count_snapshot_failure();
-                self.snapshot_errors
-                    .error(format!("snapshot {} not stored: {err}", snapshot.id));
-            }
+            );
         }
     }
 }
