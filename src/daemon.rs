@@ -214,12 +214,19 @@ pub fn install_panic_hook(
         if !crate::logging::installed() {
             return previous(info);
         }
-        let thread = std::thread::current();
-        log::error!(
-            "thread {} panicked: {info}; the door is locked and facegate is stopping\n{}",
-            thread.name().unwrap_or("unnamed"),
-            std::backtrace::Backtrace::capture()
+        // Resolving the backtrace's symbols can take a second: another thread does it, so that a
+        // panic on the relay thread goes on unwinding to its lock at once.
+        let message = format!(
+            "thread {} panicked: {info}; the door is locked and facegate is stopping",
+            std::thread::current().name().unwrap_or("unnamed")
         );
+        let backtrace = std::backtrace::Backtrace::capture();
+        let reported = std::thread::Builder::new()
+            .name("panic-report".into())
+            .spawn(move || log::error!("{message}\n{backtrace}"));
+        if let Err(err) = reported {
+            log::error!("a thread panicked and its report could not be logged: {err}");
+        }
     }));
 }
 

@@ -857,10 +857,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let writer = SnapshotWriter::start(dir.path().to_owned(), ROOMY).unwrap();
         let saved = writer
-            .save("req-1", b"jpeg bytes", "jpg", &json!({"reason": "pin_failed"}))
+            .save(
+                "req-1",
+                b"jpeg bytes",
+                "jpg",
+                &json!({"reason": "pin_failed"}),
+            )
             .unwrap();
         assert_eq!(fs::read(&saved.image_path).unwrap(), b"jpeg bytes");
-        writer.queue("req-2", b"more".to_vec(), "jpg", &json!({"reason": "unknown"}));
+        writer.queue(
+            "req-2",
+            b"more".to_vec(),
+            "jpg",
+            &json!({"reason": "unknown"}),
+        );
         let deadline = Instant::now() + Duration::from_secs(10);
         while writer.usage().0 < 2 && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(5));
@@ -891,7 +901,10 @@ mod tests {
         for n in 0..(SNAPSHOT_QUEUE + 5) {
             writer.queue(&format!("later-{n}"), b"x".to_vec(), "jpg", &json!({}));
         }
-        assert!(queued_at.elapsed() < Duration::from_secs(1), "queueing waited");
+        assert!(
+            queued_at.elapsed() < Duration::from_secs(1),
+            "queueing waited"
+        );
         assert!(writer.counters().dropped.load(Ordering::Relaxed) >= 5);
     }
 }

@@ -54,6 +54,8 @@ fn last(log: &SimLog) -> (RelayState, String) {
 
 #[test]
 fn a_panic_locks_first_then_stops_the_daemon() {
+    // As in the daemon: panics are reported through the non-blocking logger.
+    facegate::logging::init();
     // A worker panics while the door is open: the hook locks it before anything else.
     let (controller, log, stops) = start();
     assert_eq!(open(&controller, "req-1"), DoorReport::Opened);

@@ -198,6 +198,8 @@ impl Setup {
             .set("door.cooldown_ms", 0)
             // A loaded machine must not turn a fresh grant stale; the stale test sends an old frame.
             .set("door.max_decision_age_ms", 60_000)
+            // Nor turn the relay's report into `pending`.
+            .set("door.report_wait_ms", 2000)
     }
 
     /// Sets a dotted key such as `"door.hold_ms"`, creating its table if needed.
