@@ -1,6 +1,7 @@
 //! `facegate serve`: wires config, models, gallery, door, audit log and snapshots to the HTTP front end,
 //! and owns the process's life: signals, panics, the watchdog and a fail-secure shutdown.
 
+use std::backtrace::BacktraceStatus;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -89,6 +90,7 @@ pub fn run(config: Config) -> Result<()> {
         opencv::core::set_num_threads(config.recognition.opencv_threads)?;
     }
     let metrics = Arc::new(Metrics::default());
+    add_logging_metrics(&metrics);
     let (audit, audit_thread) = start_audit(&config, &metrics)?;
     let door = Arc::new(start_door(&config, &metrics, audit.clone())?);
     let stop = Arc::new(StopFlags::default());
@@ -135,7 +137,7 @@ fn finish(door: Arc<DoorController>, failure: Option<anyhow::Error>) -> Result<(
 }
 
 /// Starts the audit writer thread (which opens the log itself, so a hung audit disk cannot hold up
-/// start-up) and puts its counters and the logger's on /metrics.
+/// start-up) and puts its counters on /metrics.
 fn start_audit(config: &Config, metrics: &Metrics) -> Result<(AuditWriter, AuditWriterThread)> {
     let retention = AuditRetention {
         max_age_days: config.audit.max_age_days,
@@ -157,6 +159,11 @@ fn start_audit(config: &Config, metrics: &Metrics) -> Result<(AuditWriter, Audit
         "Audit lines dropped because the audit writer fell behind (slow or hung disk).",
         move || counters.dropped.load(Ordering::Relaxed),
     );
+    Ok((audit, thread))
+}
+
+/// Puts the logger's state on /metrics.
+fn add_logging_metrics(metrics: &Metrics) {
     metrics.add_source(
         "facegate_log_lines_dropped_total",
         "counter",
@@ -169,7 +176,6 @@ fn start_audit(config: &Config, metrics: &Metrics) -> Result<(AuditWriter, Audit
         "1 while writing to stderr is stalled and log lines are being lost.",
         || u64::from(crate::logging::health().stalled),
     );
-    Ok((audit, thread))
 }
 
 fn start_door(
@@ -223,7 +229,10 @@ pub fn install_panic_hook(
         let backtrace = std::backtrace::Backtrace::capture();
         let reported = std::thread::Builder::new()
             .name("panic-report".into())
-            .spawn(move || log::error!("{message}\n{backtrace}"));
+            .spawn(move || match backtrace.status() {
+                BacktraceStatus::Captured => log::error!("{message}\n{backtrace}"),
+                _ => log::error!("{message} (RUST_BACKTRACE=1 adds a backtrace)"),
+            });
         if let Err(err) = reported {
             log::error!("a thread panicked and its report could not be logged: {err}");
         }
