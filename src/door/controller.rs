@@ -573,13 +573,19 @@ fn log_event(event: &DoorEvent, lock_failures: &RateLimitedLog) {
                 }
             }
         }
-        DoorEvent::Request(r) => log::warn!(
-            "door request_id={} {} left the door {} ({})",
-            r.request_id,
-            r.cause,
-            r.door.as_str(),
-            r.door.detail(),
-        ),
+        DoorEvent::Request(r) => {
+            let level = match r.door {
+                DoorReport::Locked(_) => log::Level::Warn,
+                _ => log::Level::Info,
+            };
+            log::log!(
+                level,
+                "door request_id={} {}: {}",
+                r.request_id,
+                r.cause,
+                r.door.detail()
+            );
+        }
     }
 }
 
