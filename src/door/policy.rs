@@ -69,8 +69,6 @@ pub enum GrantOutcome {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LockedBecause {
-    /// The decision did not grant (unknown face, no face, stale frame): the relay was not asked.
-    NotGranted,
     /// The request reached the relay thread after its `not_after`.
     Expired,
     /// An emergency lock, a panic or shutdown latched the door locked until the process restarts.
@@ -84,7 +82,6 @@ impl LockedBecause {
     /// Stable snake_case name, identical to the serialized form.
     pub fn as_str(self) -> &'static str {
         match self {
-            LockedBecause::NotGranted => "not_granted",
             LockedBecause::Expired => "expired",
             LockedBecause::LockedDown => "locked_down",
             LockedBecause::Unavailable => "unavailable",
