@@ -61,7 +61,7 @@ struct Shared {
     settings: Settings,
     metrics: Arc<Metrics>,
     refusals: Arc<dyn Refusals>,
-    registry: Registry,
+    registry: Arc<Registry>,
 }
 
 /// Accepts on `listener` in a thread of its own until the process ends.
@@ -72,8 +72,10 @@ pub fn start(
     refusals: Arc<dyn Refusals>,
 ) -> std::io::Result<()> {
     crate::http::forwarded::start_clock();
+    let registry = Arc::new(Registry::new(settings.max_connections));
+    registry::report(&registry, &metrics);
     let shared = Arc::new(Shared {
-        registry: Registry::new(settings.max_connections),
+        registry,
         settings,
         metrics,
         refusals,
@@ -95,21 +97,9 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
                 continue;
             }
         };
-        let id = match shared.registry.admit(&stream) {
-            Admission::Admitted { id, evicted } => {
-                if evicted {
-                    shared.metrics.count_connection_evicted();
-                }
-                id
-            }
-            Admission::Refused => {
-                shared.metrics.count_connection_refused();
-                continue;
-            }
+        let Admission::Admitted(id) = shared.registry.admit(&stream) else {
+            continue;
         };
-        shared
-            .metrics
-            .set_open_connections(shared.registry.len() as u64);
         let connection = Arc::clone(shared);
         let spawned = std::thread::Builder::new()
             .name("front-conn".into())
@@ -117,13 +107,9 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
             .spawn(move || {
                 serve_connection(stream, peer, id, &connection);
                 connection.registry.remove(id);
-                connection
-                    .metrics
-                    .set_open_connections(connection.registry.len() as u64);
             });
         if let Err(err) = spawned {
-            shared.registry.remove(id);
-            shared.metrics.count_connection_refused();
+            shared.registry.refuse_admitted(id);
             log::warn!("no thread for a connection from {peer}: {err}");
         }
     }

@@ -5,8 +5,12 @@
 
 use std::collections::HashMap;
 use std::net::{Shutdown, TcpStream};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
+
+use crate::metrics::Metrics;
+use crate::sync::lock_recovering;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -22,13 +26,40 @@ struct Entry {
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Admission {
-    Admitted { id: u64, evicted: bool },
+    Admitted(u64),
     Refused,
 }
 
 pub struct Registry {
     limit: usize,
     inner: Mutex<(u64, HashMap<u64, Entry>)>,
+    refused: AtomicU64,
+    evicted: AtomicU64,
+}
+
+/// Reports the open connections and the refusals and evictions so far in /metrics.
+pub fn report(registry: &Arc<Registry>, metrics: &Metrics) {
+    let open = Arc::clone(registry);
+    metrics.add_source(
+        "facegate_connections_open",
+        "gauge",
+        "Connections open at the front.",
+        move || open.len() as u64,
+    );
+    let refused = Arc::clone(registry);
+    metrics.add_source(
+        "facegate_connections_refused_total",
+        "counter",
+        "New connections closed at once: http.max_connections were open, all busy with requests.",
+        move || refused.refused.load(Ordering::Relaxed),
+    );
+    let evicted = Arc::clone(registry);
+    metrics.add_source(
+        "facegate_connections_evicted_total",
+        "counter",
+        "Connections waiting for a request, closed to make room for a new one.",
+        move || evicted.evicted.load(Ordering::Relaxed),
+    );
 }
 
 impl Registry {
@@ -36,21 +67,22 @@ impl Registry {
         Registry {
             limit,
             inner: Mutex::new((0, HashMap::new())),
+            refused: AtomicU64::new(0),
+            evicted: AtomicU64::new(0),
         }
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut (u64, HashMap<u64, Entry>)) -> T) -> T {
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut inner)
+        f(&mut lock_recovering(&self.inner))
     }
 
     /// Takes `stream` in, making room by evicting the longest-waiting connection if needed.
     pub fn admit(&self, stream: &TcpStream) -> Admission {
         let Ok(socket) = stream.try_clone() else {
+            self.refused.fetch_add(1, Ordering::Relaxed);
             return Admission::Refused;
         };
         self.with(|(next, entries)| {
-            let mut evicted = false;
             if entries.len() >= self.limit {
                 let oldest = entries
                     .iter()
@@ -60,13 +92,14 @@ impl Registry {
                     })
                     .min();
                 let Some((_, victim)) = oldest else {
+                    self.refused.fetch_add(1, Ordering::Relaxed);
                     return Admission::Refused;
                 };
                 if let Some(entry) = entries.remove(&victim) {
                     // Its thread's read ends at once; the thread then finds itself gone and exits.
                     let _ = entry.socket.shutdown(Shutdown::Both);
                 }
-                evicted = true;
+                self.evicted.fetch_add(1, Ordering::Relaxed);
             }
             *next += 1;
             let entry = Entry {
@@ -74,8 +107,14 @@ impl Registry {
                 phase: Phase::Waiting(Instant::now()),
             };
             entries.insert(*next, entry);
-            Admission::Admitted { id: *next, evicted }
+            Admission::Admitted(*next)
         })
+    }
+
+    /// An admitted connection that could not be served after all (no thread for it).
+    pub fn refuse_admitted(&self, id: u64) {
+        self.remove(id);
+        self.refused.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The connection waits for its next request.
@@ -123,43 +162,24 @@ mod tests {
         let registry = Registry::new(2);
         let (mut first_client, first) = pair(&listener);
         let (_second_client, second) = pair(&listener);
-        let Admission::Admitted {
-            id: a,
-            evicted: false,
-        } = registry.admit(&first)
-        else {
-            panic!()
+        let admitted = |stream: &TcpStream| match registry.admit(stream) {
+            Admission::Admitted(id) => id,
+            Admission::Refused => panic!("refused"),
         };
-        let Admission::Admitted {
-            id: b,
-            evicted: false,
-        } = registry.admit(&second)
-        else {
-            panic!()
-        };
+        let a = admitted(&first);
+        let b = admitted(&second);
         registry.working(b);
         let (_third_client, third) = pair(&listener);
-        let Admission::Admitted {
-            id: c,
-            evicted: true,
-        } = registry.admit(&third)
-        else {
-            panic!()
-        };
+        let c = admitted(&third);
         assert_eq!(registry.len(), 2);
+        assert_eq!(registry.evicted.load(Ordering::Relaxed), 1);
         let mut byte = [0u8; 1];
-        assert_eq!(
-            first_client.read(&mut byte).unwrap(),
-            0,
-            "the evicted client sees the close"
-        );
+        let read = first_client.read(&mut byte).unwrap();
+        assert_eq!(read, 0, "the evicted client sees the close");
         registry.remove(a);
         registry.working(c);
         let (_fourth_client, fourth) = pair(&listener);
-        assert_eq!(
-            registry.admit(&fourth),
-            Admission::Refused,
-            "all connections work"
-        );
+        assert_eq!(registry.admit(&fourth), Admission::Refused, "all work");
+        assert_eq!(registry.refused.load(Ordering::Relaxed), 1);
     }
 }
