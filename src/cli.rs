@@ -139,6 +139,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Tls {
             action: TlsAction::Pin,
         } => {
+            if !config.http.tls.enabled {
+                anyhow::bail!("http.tls.enabled is false in this config: the daemon serves plain HTTP, there is no certificate to pin. Set enabled = true under [http.tls] first");
+            }
             let files = facegate::front::tls::TlsFiles::of(&config);
             files.ensure(config.http.listen.ip())?;
             println!("{}", files.pin()?);
