@@ -12,8 +12,8 @@ use rustls::{ServerConfig, ServerConnection, StreamOwned};
 use super::body::{BodyError, Chunked};
 use super::head::Framing;
 
-/// Bytes read from the socket at a time.
-const READ_CHUNK: usize = 64 * 1024;
+/// Bytes read from the socket at a time (one TLS record at most; kept small for the threads' stacks).
+const READ_CHUNK: usize = 16 * 1024;
 
 /// Why reading stopped.
 #[derive(Debug, PartialEq, Eq)]

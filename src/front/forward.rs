@@ -58,7 +58,7 @@ pub fn forward(socket: &Path, request: &[u8], wait: Duration) -> io::Result<Upst
     // tiny_http may answer (busy, for instance) before it has read the body; the answer still comes.
     let _ = stream.write_all(request);
     let mut answer = Vec::new();
-    let mut chunk = [0u8; 64 * 1024];
+    let mut chunk = [0u8; 16 * 1024];
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {

@@ -171,8 +171,8 @@ fn exchange(
         match head::parse(&incoming.buffer, MAX_HEAD_BYTES) {
             Parsed::Complete(head, used) => break (head, used),
             Parsed::Refused(err) => return refuse(incoming, shared, refusal_for_head(&err)),
-            Parsed::Incomplete => match incoming.fill(head_deadline) {
-                Ok(_) => {}
+            Parsed::Incomplete => match fill_head(incoming, head_deadline) {
+                Ok(()) => {}
                 Err(ReadError::Timeout) => {
                     let refusal = Refusal::new(
                         408,
@@ -256,6 +256,24 @@ fn exchange(
     }
     Next::KeepAlive
 }
+
+/// Reads until the buffered head may have changed its verdict: a new line ended, the first bytes
+/// (checked as a request line early) or the cap passed. A client sending its head a byte at a time then
+/// costs one parse per line, not one per byte.
+fn fill_head(incoming: &mut Incoming, deadline: Instant) -> Result<(), ReadError> {
+    loop {
+        let before = incoming.buffer.len();
+        incoming.fill(deadline)?;
+        let fresh = &incoming.buffer[before..];
+        let len = incoming.buffer.len();
+        if fresh.contains(&b'\n') || len <= EARLY_CHECK_BYTES || len > MAX_HEAD_BYTES {
+            return Ok(());
+        }
+    }
+}
+
+/// Bytes of a head parsed on every read, so that what cannot be HTTP is refused at once.
+const EARLY_CHECK_BYTES: usize = 1024;
 
 /// An answer the front gives itself, as JSON in the daemon's error shape.
 #[derive(Debug, Clone, PartialEq, Eq)]
