@@ -33,6 +33,7 @@ pub struct Config {
     pub door: DoorConfig,
     pub audit: AuditConfig,
     pub snapshots: SnapshotConfig,
+    pub codes: CodesConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -147,6 +148,25 @@ pub struct SnapshotConfig {
     pub max_age_days: u32,
 }
 
+/// Visitor codes: which days have codes, and the per-address lockout.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CodesConfig {
+    /// Weekdays with codes (`mon` .. `sun`).
+    pub working_days: Vec<String>,
+    /// Dates without codes, on top of `holidays_file`.
+    pub holidays: Vec<chrono::NaiveDate>,
+    /// One `YYYY-MM-DD` date per line (`#` comments allowed), e.g. the country's public holidays.
+    pub holidays_file: Option<PathBuf>,
+    /// Wrong codes from one address within `failure_window_s` that start a lockout.
+    pub max_failures: u32,
+    pub failure_window_s: u64,
+    /// How long a locked-out address is refused, in seconds.
+    pub lockout_s: u64,
+    /// A code opens the door once, then is gone.
+    pub single_use: bool,
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -158,6 +178,7 @@ impl Default for Config {
             door: DoorConfig::default(),
             audit: AuditConfig::default(),
             snapshots: SnapshotConfig::default(),
+            codes: CodesConfig::default(),
         }
     }
 }
@@ -239,6 +260,20 @@ impl Default for SnapshotConfig {
             max_count: 5_000,
             max_total_mb: 500,
             max_age_days: 30,
+        }
+    }
+}
+
+impl Default for CodesConfig {
+    fn default() -> Self {
+        CodesConfig {
+            working_days: ["mon", "tue", "wed", "thu", "fri"].map(String::from).into(),
+            holidays: Vec::new(),
+            holidays_file: None,
+            max_failures: 3,
+            failure_window_s: 60,
+            lockout_s: 60,
+            single_use: false,
         }
     }
 }
@@ -361,6 +396,34 @@ impl Config {
         if self.snapshots.max_count == 0 {
             return Err(invalid("snapshots.max_count", "must be at least 1"));
         }
+        let codes = &self.codes;
+        if let Some(day) = codes
+            .working_days
+            .iter()
+            .find(|d| crate::codes::calendar::parse_weekday(d).is_none())
+        {
+            return Err(invalid(
+                "codes.working_days",
+                format!(
+                    "has `{day}`, which is not a weekday: use mon, tue, wed, thu, fri, sat, sun"
+                ),
+            ));
+        }
+        if !(1..=100).contains(&codes.max_failures) {
+            return Err(invalid("codes.max_failures", "must be between 1 and 100"));
+        }
+        if !(1..=86_400).contains(&codes.failure_window_s) {
+            return Err(invalid(
+                "codes.failure_window_s",
+                "must be between 1 and 86400 seconds",
+            ));
+        }
+        if !(1..=86_400).contains(&codes.lockout_s) {
+            return Err(invalid(
+                "codes.lockout_s",
+                "must be between 1 and 86400 seconds",
+            ));
+        }
         Ok(())
     }
 
@@ -372,6 +435,11 @@ impl Config {
 
     pub fn gallery_path(&self) -> PathBuf {
         self.state_dir.join("gallery.json")
+    }
+
+    /// The visitor codes file (mode 0600).
+    pub fn codes_path(&self) -> PathBuf {
+        self.state_dir.join("codes.json")
     }
 
     pub fn audit_dir(&self) -> PathBuf {
@@ -416,6 +484,7 @@ mod tests {
         );
         assert_eq!(config.recognition, RecognitionConfig::default());
         assert_eq!(config.frame, FrameConfig::default());
+        assert_eq!(config.codes, CodesConfig::default());
     }
 
     #[test]
@@ -432,6 +501,12 @@ mod tests {
             ("[recognition]\nthreshold = 1.5", "recognition.threshold"),
             ("[door]\nhold_ms = 0", "door.hold_ms"),
             ("[door]\ngpio_pin = 40", "door.gpio_pin"),
+            (
+                "[codes]\nworking_days = [\"mon\", \"fr\"]",
+                "codes.working_days",
+            ),
+            ("[codes]\nmax_failures = 0", "codes.max_failures"),
+            ("[codes]\nlockout_s = 0", "codes.lockout_s"),
             ("[http]\nqueue_depth = 0", "http.queue_depth"),
             (
                 "[frame]\ndecode_target_side = 100",

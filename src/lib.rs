@@ -2,7 +2,9 @@
 //! frame → vision (detect, align, embed) → gallery → decision → door, audit, snapshots;
 //! `http`, `service` and `daemon` are the edges that carry frames in and answers out.
 
+pub mod atomic_file;
 pub mod audit;
+pub mod codes;
 pub mod config;
 pub mod daemon;
 pub mod decision;
