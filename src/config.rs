@@ -154,7 +154,8 @@ pub struct SnapshotConfig {
 pub struct CodesConfig {
     /// Weekdays with codes (`mon` .. `sun`).
     pub working_days: Vec<String>,
-    /// Dates without codes, on top of `holidays_file`.
+    /// Dates without codes, on top of `holidays_file`: TOML dates or `"YYYY-MM-DD"` strings.
+    #[serde(deserialize_with = "holiday_dates")]
     pub holidays: Vec<chrono::NaiveDate>,
     /// One `YYYY-MM-DD` date per line (`#` comments allowed), e.g. the country's public holidays.
     pub holidays_file: Option<PathBuf>,
@@ -165,6 +166,30 @@ pub struct CodesConfig {
     pub lockout_s: u64,
     /// A code opens the door once, then is gone.
     pub single_use: bool,
+}
+
+/// Reads `codes.holidays`, whose items may be TOML dates (`2026-12-25`) or strings (`"2026-12-25"`).
+fn holiday_dates<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<chrono::NaiveDate>, D::Error> {
+    let items = Vec::<toml::Value>::deserialize(deserializer)?;
+    items
+        .iter()
+        .map(|item| {
+            let text = match item {
+                toml::Value::String(text) => text.clone(),
+                toml::Value::Datetime(dt) if dt.time.is_none() && dt.date.is_some() => {
+                    dt.to_string()
+                }
+                other => other.to_string(),
+            };
+            chrono::NaiveDate::parse_from_str(&text, "%Y-%m-%d").map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "codes.holidays: `{text}` is not a date; write 2026-12-25"
+                ))
+            })
+        })
+        .collect()
 }
 
 impl Default for Config {
@@ -516,6 +541,28 @@ mod tests {
         for (text, key) in cases {
             let err = Config::parse(text, Path::new("x")).unwrap_err().to_string();
             assert!(err.contains(key), "{text:?} gave {err}");
+        }
+    }
+
+    #[test]
+    fn holidays_are_toml_dates_or_strings() {
+        let config = Config::parse(
+            "[codes]\nholidays = [2026-12-25, \"2026-12-26\"]",
+            Path::new("x"),
+        )
+        .unwrap();
+        assert_eq!(
+            config.codes.holidays,
+            [
+                chrono::NaiveDate::from_ymd_opt(2026, 12, 25).unwrap(),
+                chrono::NaiveDate::from_ymd_opt(2026, 12, 26).unwrap()
+            ]
+        );
+        for bad in ["[\"25.12.2026\"]", "[2026-12-25T10:00:00]", "[1]"] {
+            let err = Config::parse(&format!("[codes]\nholidays = {bad}"), Path::new("x"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("codes.holidays"), "{bad}: {err}");
         }
     }
 
