@@ -29,8 +29,8 @@ pub struct Cli {
     /// Overrides `state_dir` (gallery, snapshots, audit log)
     #[arg(long, global = true)]
     state_dir: Option<PathBuf>,
-    /// Overrides `models_dir`
-    #[arg(long, global = true)]
+    /// Overrides `models_dir`. Left at its default, models are also looked for in a checkout's assets/models
+    #[arg(long, global = true, env = "FACEGATE_MODELS_DIR")]
     models_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,

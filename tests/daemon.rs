@@ -874,6 +874,60 @@ fn a_missing_model_fails_start_with_the_door_locked() {
     assert_eq!(journal.last().unwrap().state, "locked");
 }
 
+/// Regression: in a fresh checkout, after `scripts/fetch-assets`, `facegate enroll` looked only in
+/// /usr/share/facegate/models and told the user to run the script they had just run.
+#[test]
+fn enroll_in_a_fresh_checkout_finds_the_fetched_models() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("facegate.toml");
+    let state = dir.path().join("state");
+    std::fs::write(
+        &config,
+        format!("state_dir = {:?}\n", state.to_str().unwrap()),
+    )
+    .unwrap();
+    let photo = harness::assets_dir().join("faces").join(GRANTED_PHOTO);
+    let enroll = |models_env: Option<&std::path::Path>| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_facegate"));
+        command
+            .args([
+                "--config",
+                config.to_str().unwrap(),
+                "enroll",
+                "--name",
+                "x",
+            ])
+            .arg(&photo)
+            // Away from the checkout: the binary finds it from where it lives.
+            .current_dir(dir.path())
+            .env_remove("FACEGATE_MODELS_DIR")
+            .env("RUST_LOG", "info");
+        if let Some(models) = models_env {
+            command.env("FACEGATE_MODELS_DIR", models);
+        }
+        command.output().expect("facegate runs")
+    };
+    let found = enroll(None);
+    let text = String::from_utf8_lossy(&found.stdout);
+    assert!(
+        found.status.success() && text.contains("enrolled x"),
+        "{found:?}"
+    );
+    let empty = dir.path().join("empty-models");
+    std::fs::create_dir(&empty).unwrap();
+    let refused = enroll(Some(&empty));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{refused:?}");
+    for needle in [
+        "missing",
+        "searched",
+        empty.to_str().unwrap(),
+        "FACEGATE_MODELS_DIR",
+    ] {
+        assert!(stderr.contains(needle), "no {needle:?} in {stderr}");
+    }
+}
+
 /// Regression: a socket timeout set after a worker's read had begun did not apply to it, so a client that
 /// announced a body and went silent held a worker until the 60 s idle limit.
 #[test]

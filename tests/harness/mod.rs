@@ -70,6 +70,7 @@ fn binary() -> Command {
     command
         .env_remove("FACEGATE_TOKEN")
         .env_remove("FACEGATE_CONFIG")
+        .env_remove("FACEGATE_MODELS_DIR")
         .env("RUST_LOG", "info")
         .stdin(Stdio::null());
     command
