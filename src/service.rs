@@ -246,7 +246,7 @@ impl Service {
         body: Vec<u8>,
         remote: Option<&str>,
     ) -> Handled {
-        let post = match parse_frame_post(&body, self.config.frame.max_image_bytes) {
+        let post = match parse_frame_post(&body, None, self.config.frame.max_image_bytes) {
             Ok(post) => post,
             Err(err) => {
                 let (code, error) = body_error_status(&err);
@@ -569,6 +569,8 @@ fn body_error_status(err: &BodyError) -> (u16, &'static str) {
         BodyError::Json(_) => (400, "bad_json"),
         BodyError::FrameId => (400, "bad_frame_id"),
         BodyError::CapturedAt(_) => (400, "bad_captured_at"),
+        BodyError::Code => (400, "bad_code"),
+        BodyError::Multipart(_) => (400, "bad_multipart"),
         BodyError::Frame(frame) => frame_error_status(frame),
     }
 }

@@ -12,7 +12,7 @@ use opencv::prelude::MatTraitConst;
 /// One request body as the daemon reads it (raw base64 or JSON), and the same bytes taken as an image.
 pub fn frame_body(data: &[u8]) {
     let limits = FrameConfig::default();
-    if let Ok(post) = parse_frame_post(data, limits.max_image_bytes) {
+    if let Ok(post) = parse_frame_post(data, None, limits.max_image_bytes) {
         image(&post.image, &limits);
     }
     if let Ok(decoded) = frame::decode_base64(data, limits.max_image_bytes) {

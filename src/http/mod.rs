@@ -2,6 +2,7 @@
 //! a bounded queue, and worker threads that each own a recognizer. Every request gets a JSON answer.
 
 pub mod body;
+pub mod multipart;
 pub mod sockets;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
