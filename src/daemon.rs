@@ -54,6 +54,11 @@ pub fn lock_door(config: &Config) -> Result<()> {
     door::lock_once(&backend_kind(config)).context("the relay could not be driven locked")
 }
 
+/// The visitor code checker; a holidays file that cannot be read stops start-up.
+fn visitor_codes(config: &Config) -> Result<crate::codes::CodeChecker> {
+    crate::codes::CodeChecker::from_config(config).context("the visitor codes are not usable")
+}
+
 fn door_settings(config: &Config) -> DoorSettings {
     DoorSettings {
         hold: Duration::from_millis(config.door.hold_ms),
@@ -211,8 +216,9 @@ fn serve(
     door: Arc<DoorController>,
     stop: &Arc<StopFlags>,
 ) -> Result<()> {
-    let models = PipelineModels::resolve(&config).context("the models are not usable")?;
-    let threshold = models.threshold(&config);
+    let models = PipelineModels::resolve(&config.recognition, &config.models_dir)
+        .context("the models are not usable")?;
+    let threshold = models.threshold(&config.recognition);
     let embedder = EmbedderId {
         name: models.embedder.name.clone(),
         sha256: models.embedder.sha256.clone(),
@@ -221,10 +227,11 @@ fn serve(
     let gallery = LiveGallery::open(&config.gallery_path(), &embedder, GALLERY_RECHECK)?;
     let workers = config.worker_count();
     let recognizers = (0..workers)
-        .map(|_| Recognizer::load(&models, &config))
+        .map(|_| Recognizer::load(&models, &config.recognition))
         .collect::<Result<Vec<_>, _>>()
         .context("the models did not load")?;
     let snapshots = open_snapshots(&config);
+    let codes = visitor_codes(&config)?;
     let server = tiny_http::Server::http(config.http.listen)
         .map_err(|err| anyhow::anyhow!("cannot listen on {}: {err}", config.http.listen))?;
     let address = server
@@ -232,9 +239,13 @@ fn serve(
         .to_ip()
         .context("the server is not listening on an IP address")?;
     let people = gallery.current().people().len();
+    let transport = Arc::new(http::Transport {
+        token: config.token(),
+        port: address.port(),
+        ..http::Transport::default()
+    });
     let service = Arc::new(Service::new(
         config,
-        address.port(),
         threshold,
         metrics,
         door,
@@ -242,6 +253,7 @@ fn serve(
         audit,
         audit_errors,
         snapshots,
+        codes,
     ));
     let (jobs, queue) = crossbeam_channel::bounded(service.config.http.queue_depth);
     let worker_threads: Vec<JoinHandle<()>> = recognizers
@@ -249,10 +261,11 @@ fn serve(
         .enumerate()
         .map(|(i, recognizer)| {
             let service = Arc::clone(&service);
+            let transport = Arc::clone(&transport);
             let queue = queue.clone();
             std::thread::Builder::new()
                 .name(format!("worker-{i}"))
-                .spawn(move || http::run_worker(service, recognizer, queue))
+                .spawn(move || http::run_worker(service, transport, recognizer, queue))
         })
         .collect::<Result<_, _>>()?;
     drop(queue);
@@ -266,8 +279,8 @@ fn serve(
     sockets::spawn_sweeper(
         sweep,
         SWEEP_INTERVAL,
-        Arc::clone(&service.body_deadlines),
-        Arc::clone(&service.header_floods),
+        Arc::clone(&transport.body_deadlines),
+        Arc::clone(&transport.header_floods),
         Arc::clone(&sweeper_stop),
     )?;
     spawn_signal_thread(Arc::clone(stop))?;
@@ -296,7 +309,7 @@ fn serve(
             break;
         }
         match server.recv_timeout(ACCEPT_POLL) {
-            Ok(Some(request)) => http::dispatch(&service, &jobs, request),
+            Ok(Some(request)) => http::dispatch(&service, &transport, &jobs, request),
             Ok(None) => {}
             Err(err) => {
                 accept_failure = Some(err);

@@ -1,10 +1,12 @@
 //! The enrolled people: their embeddings, matched by cosine, stored as versioned JSON written atomically.
 
 use std::fs;
+
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::atomic_file;
 use crate::vision::embed::{dot, Embedding};
 
 const FORMAT: &str = "facegate-gallery";
@@ -175,7 +177,12 @@ impl Gallery {
             path: path.to_path_buf(),
             cause: source,
         };
-        crate::atomic_file::replace(path, self.to_json().as_bytes(), 0o644).map_err(write_error)
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        fs::create_dir_all(dir).map_err(write_error)?;
+        atomic_file::write(path, self.to_json().as_bytes(), 0o644).map_err(write_error)
     }
 
     pub fn embedder(&self) -> &EmbedderId {

@@ -98,7 +98,8 @@ impl CodeStore {
             weekly: book.weekly.clone(),
         };
         let text = serde_json::to_string_pretty(&stored).expect("codes always serialise");
-        crate::atomic_file::replace(&self.path, text.as_bytes(), MODE).map_err(|cause| {
+        // The lock file's directory is created before this runs (`lock`).
+        crate::atomic_file::write(&self.path, text.as_bytes(), MODE).map_err(|cause| {
             CodeError::Write {
                 path: self.path.clone(),
                 cause,

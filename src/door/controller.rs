@@ -320,6 +320,11 @@ impl DoorController {
         outcome
     }
 
+    /// How long the door stays open or cooling down after the last grant (read-only).
+    pub fn busy_for(&self, now: Instant) -> Option<Duration> {
+        super::policy::busy_for(&lock_recovering(&self.shared.state), now, &self.shared.settings)
+    }
+
     /// False after an emergency lock, and while a failed lock is being retried.
     pub fn is_available(&self) -> bool {
         !self.shared.locked_down.load(Ordering::SeqCst)

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use opencv::core::Mat;
 
-use crate::config::Config;
+use crate::config::{RecognitionConfig, AUTO_DETECTOR};
 use crate::models::{DetectorContract, EmbedderContract, Manifest, ModelError, ResolvedModel};
 pub use detect::DetectedFace;
 pub use embed::Embedding;
@@ -40,9 +40,6 @@ pub enum VisionError {
     OpenCv(#[from] opencv::Error),
 }
 
-/// `recognition.detector` value that picks the YuNet release the running OpenCV can execute.
-pub const AUTO_DETECTOR: &str = "auto";
-
 /// YuNet 2022mar's outputs are what OpenCV before 4.8 decodes; 4.8 and later expect 2023mar's.
 pub fn detector_for_opencv((major, minor): (i32, i32)) -> &'static str {
     if (major, minor) >= (4, 8) {
@@ -67,13 +64,16 @@ pub struct PipelineModels {
 }
 
 impl PipelineModels {
-    pub fn resolve(config: &Config) -> Result<PipelineModels, ModelError> {
+    pub fn resolve(
+        settings: &RecognitionConfig,
+        models_dir: &Path,
+    ) -> Result<PipelineModels, ModelError> {
         let manifest = Manifest::builtin();
-        let detector = match config.recognition.detector.as_str() {
+        let detector = match settings.detector.as_str() {
             AUTO_DETECTOR => detector_for_opencv(opencv_version()),
             named => named,
         };
-        let embedder = config.recognition.embedder.as_str();
+        let embedder = settings.embedder.as_str();
         // Resolved against an empty directory, the paths are the manifest's file names.
         let files = [
             manifest.detector(detector, Path::new(""))?.path,
@@ -81,16 +81,16 @@ impl PipelineModels {
         ];
         let files: Vec<&str> = files.iter().filter_map(|f| f.to_str()).collect();
         let dirs = crate::models::search_dirs(
-            &config.models_dir,
-            &Config::default().models_dir,
+            models_dir,
+            &crate::config::Config::default().models_dir,
             std::env::current_dir().ok().as_deref(),
             std::env::current_exe().ok().as_deref(),
         );
         let dir = crate::models::locate(&files, &dirs)?;
-        if dir != config.models_dir {
+        if dir != models_dir {
             log::info!(
                 "models_dir {} has no models; using {} (a checkout's assets/models)",
-                config.models_dir.display(),
+                models_dir.display(),
                 dir.display()
             );
         }
@@ -104,9 +104,8 @@ impl PipelineModels {
     }
 
     /// The threshold in force: the config's, else the embedder's manifest default.
-    pub fn threshold(&self, config: &Config) -> f32 {
-        config
-            .recognition
+    pub fn threshold(&self, settings: &RecognitionConfig) -> f32 {
+        settings
             .threshold
             .unwrap_or(self.embedder.contract.threshold)
     }
@@ -137,8 +136,7 @@ pub struct Recognizer {
 }
 
 impl Recognizer {
-    pub fn load(models: &PipelineModels, config: &Config) -> Result<Recognizer, VisionError> {
-        let r = &config.recognition;
+    pub fn load(models: &PipelineModels, r: &RecognitionConfig) -> Result<Recognizer, VisionError> {
         let settings = detect::DetectSettings {
             max_side: r.detect_max_side,
             score_threshold: r.detect_score_threshold,

@@ -4,8 +4,10 @@
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
-use super::multipart::{self, MultipartError};
 use crate::frame::{self, FrameError};
+use multipart::MultipartError;
+
+pub mod multipart;
 
 const MAX_FRAME_ID_CHARS: usize = 128;
 const MAX_CODE_CHARS: usize = 32;
