@@ -243,13 +243,9 @@ impl Service {
         // Without a peer address (not on TCP), every such client shares one lockout.
         let address = remote.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
         let today = chrono::Local::now().date_naive();
-        let verdict = self.codes.check(
-            address,
-            &post.code,
-            today,
-            now,
-            freshness.is_fresh_at(now),
-        );
+        let verdict = self
+            .codes
+            .check(address, &post.code, today, now, freshness.is_fresh_at(now));
         let mut check = CodeCheck::default();
         let snapshot_reason = match verdict {
             Ok(Verdict::Granted(matched)) => {
@@ -280,7 +276,10 @@ impl Service {
                 None
             }
             Err(err) => {
-                log::error!("request_id={} visitor codes unusable: {err}", record.request_id);
+                log::error!(
+                    "request_id={} visitor codes unusable: {err}",
+                    record.request_id
+                );
                 record.refusal = Some(Refusal {
                     http: 503,
                     error: "codes_unavailable",

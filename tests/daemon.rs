@@ -12,8 +12,8 @@ use chrono::{TimeDelta, Utc};
 use serde_json::{json, Value};
 
 use harness::{
-    photo, read_reply, run_facegate, wait_for, Actuation, Daemon, Reply, Setup, GRANTED_PHOTO,
-    NO_FACE_PHOTO, STRANGER_PHOTO, TOKEN,
+    photo, read_reply, run_facegate, snapshot_files, wait_for, wait_for_audit, wait_for_snapshot,
+    Actuation, Daemon, Reply, Setup, GRANTED_PHOTO, NO_FACE_PHOTO, STRANGER_PHOTO, TOKEN,
 };
 
 fn b64(bytes: &[u8]) -> String {
@@ -455,69 +455,6 @@ fn a_huge_content_length_does_not_crash_the_daemon() {
     assert_eq!(daemon.send("GET", "/healthz", &[], b"").status, 200);
 }
 
-fn snapshot_files(daemon: &Daemon, id: &str) -> Vec<std::path::PathBuf> {
-    let Ok(days) = std::fs::read_dir(daemon.state_dir().join("snapshots")) else {
-        return Vec::new();
-    };
-    let mut files: Vec<_> = days
-        .flatten()
-        .filter_map(|day| std::fs::read_dir(day.path()).ok())
-        .flatten()
-        .flatten()
-        .map(|entry| entry.path())
-        .filter(|path| path.file_stem().and_then(|s| s.to_str()) == Some(id))
-        .collect();
-    files.sort();
-    files
-}
-
-/// Waits for the snapshot `id` (image + sidecar); returns (image path, sidecar JSON).
-fn wait_for_snapshot(daemon: &Daemon, id: &str) -> (std::path::PathBuf, Value) {
-    let files = wait_for(&format!("snapshot {id}"), || {
-        let files = snapshot_files(daemon, id);
-        (files.len() == 2).then_some(files)
-    });
-    let sidecar = files
-        .iter()
-        .find(|p| p.extension().unwrap() == "json")
-        .unwrap();
-    let image = files
-        .iter()
-        .find(|p| p.extension().unwrap() != "json")
-        .unwrap();
-    let sidecar: Value = serde_json::from_slice(&std::fs::read(sidecar).unwrap()).unwrap();
-    (image.clone(), sidecar)
-}
-
-fn audit_lines(daemon: &Daemon) -> Vec<Value> {
-    let Ok(files) = std::fs::read_dir(daemon.state_dir().join("audit")) else {
-        return Vec::new();
-    };
-    let mut lines = Vec::new();
-    for file in files.flatten() {
-        let name = file.file_name().into_string().unwrap();
-        assert!(
-            name.starts_with("audit-") && name.ends_with(".jsonl"),
-            "unexpected file {name} in the audit dir"
-        );
-        let text = std::fs::read_to_string(file.path()).unwrap();
-        lines.extend(
-            text.split_inclusive('\n')
-                .filter(|line| line.ends_with('\n'))
-                .map(|line| serde_json::from_str::<Value>(line).expect("audit line is JSON")),
-        );
-    }
-    lines
-}
-
-fn wait_for_audit(daemon: &Daemon, kind: &str, id: &str) -> Value {
-    wait_for(&format!("the audit line {kind} {id}"), || {
-        audit_lines(daemon)
-            .into_iter()
-            .find(|line| line["kind"] == kind && line["request_id"] == id)
-    })
-}
-
 #[test]
 fn one_request_id_names_the_answer_snapshot_audit_line_and_log() {
     let daemon = Setup::new().serve();
@@ -618,7 +555,8 @@ fn snapshot_retention_removes_the_oldest_first_in_a_batch() {
 
 #[test]
 fn metrics_and_events_report_the_decisions_newest_first() {
-    let daemon = Setup::new().serve();
+    // Frames after the grant are decided, not paused.
+    let daemon = Setup::new().set("door.pause_while_open", false).serve();
     let granted = decision(
         &daemon.post("/image", b64(&photo(GRANTED_PHOTO)).as_bytes()),
         "granted",
@@ -715,6 +653,7 @@ fn a_second_grant_during_the_pulse_extends_it_in_extend_mode() {
     let daemon = Setup::new()
         .set("door.hold_ms", HOLD_MS)
         .set("door.grant_while_open", "extend")
+        .set("door.pause_while_open", false)
         .serve();
     let (first, _) = grant(&daemon);
     assert_eq!(first["door"], "opened");
@@ -745,6 +684,7 @@ fn a_second_grant_during_the_pulse_is_ignored_in_ignore_mode_and_cooldown_refuse
         .set("door.hold_ms", HOLD_MS)
         .set("door.grant_while_open", "ignore")
         .set("door.cooldown_ms", 600_000)
+        .set("door.pause_while_open", false)
         .serve();
     let (first, _) = grant(&daemon);
     assert_eq!(first["door"], "opened");

@@ -322,7 +322,11 @@ impl DoorController {
 
     /// How long the door stays open or cooling down after the last grant (read-only).
     pub fn busy_for(&self, now: Instant) -> Option<Duration> {
-        super::policy::busy_for(&lock_recovering(&self.shared.state), now, &self.shared.settings)
+        super::policy::busy_for(
+            &lock_recovering(&self.shared.state),
+            now,
+            &self.shared.settings,
+        )
     }
 
     /// False after an emergency lock, and while a failed lock is being retried.
