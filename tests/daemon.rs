@@ -343,6 +343,115 @@ fn the_tablets_raw_base64_json_and_data_url_bodies_are_all_understood() {
     assert_eq!(answer["frame_id"], "7");
 }
 
+/// The original tablet app posts `imencode(".png")` of its camera crop as the raw body.
+fn as_png(jpeg: &[u8]) -> Vec<u8> {
+    use opencv::core::Vector;
+    use opencv::prelude::*;
+    let pixels = opencv::imgcodecs::imdecode(
+        &Vector::<u8>::from_slice(jpeg),
+        opencv::imgcodecs::IMREAD_COLOR,
+    )
+    .unwrap();
+    let mut png = Vector::<u8>::new();
+    opencv::imgcodecs::imencode(".png", &pixels, &mut png, &Vector::new()).unwrap();
+    png.to_vec()
+}
+
+fn multipart(image: &[u8], frame_id: &str) -> (Vec<u8>, String) {
+    let boundary = "----tablet7MA4YWxkTrZu0gW";
+    let mut body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"frame_id\"\r\n\r\n{frame_id}\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"frame.png\"\r\nContent-Type: image/png\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(image);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    (body, format!("multipart/form-data; boundary={boundary}"))
+}
+
+#[test]
+fn the_tablets_raw_png_jpeg_and_multipart_frames_are_understood() {
+    let daemon = Setup::new().serve();
+    let jpeg = photo(STRANGER_PHOTO);
+    let png = as_png(&jpeg);
+    let auth = harness::bearer();
+    let post = |path: &str, content_type: &str, body: &[u8]| {
+        daemon.send(
+            "POST",
+            path,
+            &[("Authorization", &auth), ("Content-Type", content_type)],
+            body,
+        )
+    };
+    for (what, content_type, body) in [
+        ("PNG as image/png", "image/png", &png),
+        ("JPEG as image/jpeg", "image/jpeg", &jpeg),
+        ("PNG as octet-stream", "application/octet-stream", &png),
+        ("JPEG labelled PNG", "image/png", &jpeg),
+    ] {
+        let answer = decision(&post("/image", content_type, body), "unknown");
+        assert_eq!(answer["faces"], 1, "{what}: {answer}");
+    }
+    let (form, content_type) = multipart(&png, "tablet-9");
+    let answer = decision(&post("/image", &content_type, &form), "unknown");
+    assert_eq!(answer["frame_id"], "tablet-9", "{answer}");
+
+    // A failed PIN entry posted as raw PNG is stored as it came.
+    let saved = decision(&post("/save", "image/png", &png), "saved");
+    let (image, _) = wait_for_snapshot(&daemon, &request_id(&saved));
+    assert_eq!(image.extension().unwrap(), "png");
+    assert_eq!(std::fs::read(&image).unwrap(), png);
+
+    let gif = b"GIF89a\x01\x00\x01\x00\x80\x00\x00";
+    assert_json_error(&post("/image", "image/png", gif), 415, "unsupported_image");
+    let (empty_form, content_type) = multipart(b"", "x");
+    assert_json_error(
+        &post("/image", &content_type, &empty_form),
+        400,
+        "empty_body",
+    );
+    let cut = &form[..form.len() - 20];
+    assert_json_error(&post("/image", &content_type, cut), 400, "bad_multipart");
+    assert_eq!(unlocks(&daemon.journal()), 0);
+}
+
+/// The old server skipped work for 2 s after a success; the tablet pauses 2.5 s.
+#[test]
+fn frames_after_a_grant_are_paused_while_the_door_is_open_and_cooling_down() {
+    let daemon = Setup::new()
+        .set("door.hold_ms", 1500)
+        .set("door.cooldown_ms", 500)
+        .serve();
+    let (first, _) = grant(&daemon);
+    assert_eq!(first["door"], "opened", "{first}");
+    for body in [b64(&photo(GRANTED_PHOTO)), b64(&photo(STRANGER_PHOTO))] {
+        let paused = decision(&daemon.post("/image", body.as_bytes()), "paused");
+        let retry = paused["retry_after_ms"].as_u64().unwrap();
+        assert!((1..=2000).contains(&retry), "{paused}");
+        assert!(paused["timings"].is_null(), "no recognition ran: {paused}");
+        assert_eq!(paused["door"], "locked", "{paused}");
+    }
+    let journal = daemon.wait_for_journal("the relock", |j| {
+        j.iter().any(|a| a.reason == "hold_elapsed")
+    });
+    assert_eq!(
+        unlocks(&journal),
+        1,
+        "paused frames never move the door: {journal:?}"
+    );
+    // Once the cooldown is over, frames are decided again.
+    let answer = wait_for("a decided frame after the cooldown", || {
+        let answer = daemon
+            .post("/image", b64(&photo(GRANTED_PHOTO)).as_bytes())
+            .json();
+        (answer["status"] != "paused").then_some(answer)
+    });
+    assert_eq!(
+        (answer["status"].as_str(), answer["door"].as_str()),
+        (Some("granted"), Some("opened")),
+        "{answer}"
+    );
+}
+
 #[test]
 fn the_token_guards_every_endpoint_but_healthz() {
     let daemon = Setup::new().serve();
