@@ -157,6 +157,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Identify { images } => identify(&config, &images),
         Command::Gallery { action } => gallery(&config, action),
         Command::CheckConfig => {
+            // The holidays file is read as `serve` will read it.
+            facegate::codes::Calendar::from_config(&config.codes)?;
             println!("{config:#?}");
             println!("config is valid");
             Ok(())
