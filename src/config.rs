@@ -124,6 +124,8 @@ pub struct DoorConfig {
     pub grant_while_open: GrantWhileOpenConfig,
     /// A decision about an older frame never moves the relay.
     pub max_decision_age_ms: u64,
+    /// How long a request waits for the relay thread to say what it did before answering `pending`.
+    pub report_wait_ms: u64,
     /// How far a frame's `captured_at` may lie ahead of the Pi's clock; further is answered stale.
     pub max_clock_skew_ms: u64,
     /// After a grant, frames are answered `paused` while the door is open or cooling down, without
@@ -267,6 +269,7 @@ impl Default for DoorConfig {
             cooldown_ms: 1_000,
             grant_while_open: GrantWhileOpenConfig::Extend,
             max_decision_age_ms: 1_500,
+            report_wait_ms: 150,
             max_clock_skew_ms: 1_000,
             pause_while_open: true,
             sim_journal: None,
@@ -417,6 +420,12 @@ impl Config {
         if self.door.max_decision_age_ms == 0 {
             return Err(invalid("door.max_decision_age_ms", "must be above 0"));
         }
+        if self.door.report_wait_ms == 0 || self.door.report_wait_ms > 2_000 {
+            return Err(invalid(
+                "door.report_wait_ms",
+                "must be between 1 and 2000 milliseconds",
+            ));
+        }
         if self.door.gpio_pin > 27 {
             return Err(invalid(
                 "door.gpio_pin",
@@ -533,6 +542,7 @@ mod tests {
             ),
             ("[codes]\nmax_failures = 0", "codes.max_failures"),
             ("[codes]\nlockout_s = 0", "codes.lockout_s"),
+            ("[door]\nreport_wait_ms = 0", "door.report_wait_ms"),
             ("[http]\nqueue_depth = 0", "http.queue_depth"),
             (
                 "[frame]\ndecode_target_side = 100",

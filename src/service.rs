@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
-use crate::audit::AuditLog;
+use crate::audit::AuditWriter;
 use crate::body::{parse_code_post, parse_frame_post, BodyError, CodePost, FramePost};
 use crate::codes::{CodeChecker, Verdict};
 use crate::config::Config;
 use crate::decision::{decide, round_score, Decision, Freshness, FreshnessRules, Outcome, Status};
-use crate::door::{DoorController, GrantOutcome};
+use crate::door::{DoorController, OpenCause, OpenRequest};
 use crate::events::EventRing;
 use crate::frame::{self, CheckedImage, FrameError, RefusedImage};
 use crate::gallery::{Gallery, LiveGallery};
@@ -22,7 +22,7 @@ use crate::metrics::Metrics;
 use crate::ratelimit::RateLimitedLog;
 use crate::recognition::{recognize_image, Recognition, RecognitionError};
 use crate::record::{rounded, CodeCheck, DecisionRecord, Endpoint, Recognised, Refusal, Timings};
-use crate::snapshots::SnapshotStore;
+use crate::snapshots::SnapshotWriter;
 use crate::vision::Recognizer;
 
 /// How often a failing disk is logged.
@@ -36,10 +36,9 @@ pub struct Service {
     pub events: EventRing,
     pub door: Arc<DoorController>,
     pub gallery: LiveGallery,
-    pub audit: Option<Arc<AuditLog>>,
-    pub snapshots: Option<SnapshotStore>,
+    pub audit: AuditWriter,
+    pub snapshots: Option<SnapshotWriter>,
     pub started: Instant,
-    pub audit_errors: Arc<RateLimitedLog>,
     /// Visitor codes and the per-address lockout.
     pub codes: CodeChecker,
     freshness: FreshnessRules,
@@ -90,9 +89,8 @@ impl Service {
         metrics: Arc<Metrics>,
         door: Arc<DoorController>,
         gallery: LiveGallery,
-        audit: Option<Arc<AuditLog>>,
-        audit_errors: Arc<RateLimitedLog>,
-        snapshots: Option<SnapshotStore>,
+        audit: AuditWriter,
+        snapshots: Option<SnapshotWriter>,
         codes: CodeChecker,
     ) -> Service {
         Service {
@@ -106,7 +104,6 @@ impl Service {
             audit,
             snapshots,
             started: Instant::now(),
-            audit_errors,
             codes,
             snapshot_errors: RateLimitedLog::new(DISK_ERROR_LOG_INTERVAL),
         }
@@ -117,6 +114,7 @@ impl Service {
         json!({
             "status": "ok",
             "door_available": self.door.is_available(),
+            "logging": crate::logging::health().as_str(),
             "people": gallery.people().len(),
             "uptime_s": self.started.elapsed().as_secs(),
         })
@@ -253,8 +251,17 @@ impl Service {
                 record.reason = Some("code");
                 check.code_kind = Some(matched.kind.as_str());
                 check.code_index = Some(matched.index);
-                let opener = format!("visitor code ({} {})", matched.kind.as_str(), matched.index);
-                record.door = door_word(self.door.request_open(&record.request_id, &opener));
+                if let Some(not_after) = freshness.not_after() {
+                    let report = self.door.request_open(OpenRequest {
+                        request_id: record.request_id.clone(),
+                        cause: OpenCause::Code {
+                            code_kind: matched.kind.as_str(),
+                            code_index: matched.index,
+                        },
+                        not_after,
+                    });
+                    record.door = report.as_str();
+                }
                 None
             }
             Ok(Verdict::Denied { attempts_left }) => {
@@ -304,7 +311,7 @@ impl Service {
         let Some(store) = &self.snapshots else {
             record.status = Status::Error;
             record.refusal = Some(storage_unavailable(
-                "the snapshot store could not be opened at start-up; see the log".into(),
+                "the snapshot writer could not be started; see the log".into(),
             ));
             return self.conclude(record);
         };
@@ -320,7 +327,6 @@ impl Service {
         ) {
             Ok(_) => self.conclude(record),
             Err(err) => {
-                self.metrics.count_snapshot_failure();
                 self.snapshot_errors
                     .error(format!("snapshot {} not stored: {err}", record.request_id));
                 record.status = Status::Error;
@@ -379,8 +385,15 @@ impl Service {
                 );
             }
         };
-        if let (Some(_), Some(identity)) = (decision.open_until, &decision.identity) {
-            record.door = door_word(self.door.request_open(&record.request_id, identity));
+        if let (Some(not_after), Some(identity)) = (decision.open_until, &decision.identity) {
+            let report = self.door.request_open(OpenRequest {
+                request_id: record.request_id.clone(),
+                cause: OpenCause::Face {
+                    identity: identity.clone(),
+                },
+                not_after,
+            });
+            record.door = report.as_str();
         }
         let keep = match decision.status {
             Status::Unknown => self.config.snapshots.on_unknown,
@@ -454,32 +467,19 @@ impl Service {
         }
     }
 
-    /// Audit line, event and snapshot, after the answer went out. Disk trouble is logged (rate-limited)
-    /// and counted; it never reaches the tablet or the door.
+    /// Audit line, event and snapshot, after the answer went out: queued to their writer threads,
+    /// never waiting on a disk. Disk trouble is logged (rate-limited) and counted by the writers; it
+    /// never reaches the tablet or the door.
     pub fn follow_up(&self, handled: Handled) {
         let Handled { record, snapshot } = handled;
         let line = record.audit_line();
-        if let Some(audit) = &self.audit {
-            if let Err(err) = audit.append(&line) {
-                self.metrics.count_audit_failure();
-                self.audit_errors
-                    .error(format!("audit line not written: {err}"));
-            }
-        }
+        self.audit.record(&line);
         if record.kind() == "decision" {
             self.events.push(line);
         }
         if let (Some(snapshot), Some(store)) = (snapshot, &self.snapshots) {
-            if let Err(err) = store.save(
-                &record.request_id,
-                &snapshot.image,
-                snapshot.ext,
-                &record.sidecar(snapshot.reason),
-            ) {
-                self.metrics.count_snapshot_failure();
-                self.snapshot_errors
-                    .error(format!("snapshot {} not stored: {err}", record.request_id));
-            }
+            let sidecar = record.sidecar(snapshot.reason);
+            store.queue(&record.request_id, snapshot.image, snapshot.ext, &sidecar);
         }
     }
 }
@@ -520,16 +520,6 @@ pub fn judge(
         timings: stage_timings(recognition.as_ref(), received_at, started),
     });
     Ok(decision)
-}
-
-/// What the relay did, in the answer's words.
-fn door_word(outcome: GrantOutcome) -> &'static str {
-    match outcome {
-        GrantOutcome::Opened | GrantOutcome::AlreadyOpen => "opened",
-        GrantOutcome::Extended => "extended",
-        GrantOutcome::CoolingDown => "cooling_down",
-        GrantOutcome::Unavailable => "locked",
-    }
 }
 
 fn stage_timings(
