@@ -973,6 +973,32 @@ mod tests {
     }
 
     #[test]
+    fn busy_for_follows_the_relay_through_hold_and_cooldown() {
+        let (controller, log, _) = start_sim(settings(
+            Duration::from_millis(50),
+            LONG_HOLD,
+            GrantWhileOpen::Extend,
+        ));
+        assert_eq!(controller.busy_for(Instant::now()), None, "locked at rest");
+        assert_eq!(open(&controller, "req-1"), DoorReport::Opened);
+        let open_for = controller.busy_for(Instant::now()).unwrap();
+        assert!(
+            open_for > LONG_HOLD - WAIT,
+            "hold plus cooldown: {open_for:?}"
+        );
+        assert!(log.wait_for(WAIT, relocked));
+        assert!(wait_until(|| controller
+            .busy_for(Instant::now())
+            .is_some_and(|d| d <= LONG_HOLD)));
+        assert_eq!(
+            controller.busy_for(Instant::now() + LONG_HOLD),
+            None,
+            "after the cooldown"
+        );
+        controller.shutdown().unwrap();
+    }
+
+    #[test]
     fn cooldown_refuses_a_grant_right_after_the_relock() {
         let (controller, log, reports) = start_sim(settings(
             Duration::from_millis(50),
