@@ -56,6 +56,11 @@ pub fn lock_door(config: &Config) -> Result<()> {
     door::lock_once(&backend_kind(config)).context("the relay could not be driven locked")
 }
 
+/// The visitor code checker; a holidays file that cannot be read stops start-up.
+fn visitor_codes(config: &Config) -> Result<crate::codes::CodeChecker> {
+    crate::codes::CodeChecker::from_config(config).context("the visitor codes are not usable")
+}
+
 fn door_settings(config: &Config) -> DoorSettings {
     DoorSettings {
         hold: Duration::from_millis(config.door.hold_ms),
@@ -264,6 +269,7 @@ fn serve(
         .collect::<Result<Vec<_>, _>>()
         .context("the models did not load")?;
     let snapshots = start_snapshots(&config, &metrics);
+    let codes = visitor_codes(&config)?;
     let descriptor_limit = raise_descriptor_limit();
     let wanted = config.http.max_connections as u64 * DESCRIPTORS_PER_CONNECTION + 256;
     if wanted > descriptor_limit {
@@ -280,7 +286,7 @@ fn serve(
         ..http::Transport::default()
     });
     let service = Arc::new(Service::new(
-        config, threshold, metrics, door, gallery, audit, snapshots,
+        config, threshold, metrics, door, gallery, audit, snapshots, codes,
     ));
     let front_settings = front::Settings {
         max_connections: service.config.http.max_connections,

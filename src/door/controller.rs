@@ -90,12 +90,21 @@ impl ActuationReason {
 pub enum OpenCause {
     /// A recognised, enrolled person.
     Face { identity: String },
+    /// A visitor code, named by kind and place in `facegate codes show`, never by its digits.
+    Code {
+        code_kind: &'static str,
+        code_index: usize,
+    },
 }
 
 impl fmt::Display for OpenCause {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             OpenCause::Face { identity } => write!(f, "face {identity:?}"),
+            OpenCause::Code {
+                code_kind,
+                code_index,
+            } => write!(f, "code {code_kind} {code_index}"),
         }
     }
 }
@@ -241,6 +250,8 @@ struct Shared {
     relay_thread: OnceLock<ThreadId>,
     /// Reports dropped because the `door-reports` queue was full.
     dropped_reports: Arc<AtomicU64>,
+    /// A copy of the relay loop's state, for read-only queries (`busy_for`).
+    published_state: Mutex<DoorState>,
 }
 
 /// The sending side of the report queue: never blocks.
@@ -399,6 +410,7 @@ impl DoorController {
             relay_fault: AtomicBool::new(false),
             relay_thread: OnceLock::new(),
             dropped_reports: Arc::default(),
+            published_state: Mutex::new(DoorState::LOCKED),
         });
         let (events, received_events) = crossbeam_channel::bounded(REPORT_QUEUE);
         let reporter = Reporter {
@@ -461,6 +473,15 @@ impl DoorController {
             // The relay thread ended without answering: it is not working.
             Err(RecvTimeoutError::Disconnected) => DoorReport::Fault,
         }
+    }
+
+    /// How long the door stays open or cooling down after the last grant (read-only).
+    pub fn busy_for(&self, now: Instant) -> Option<Duration> {
+        super::policy::busy_for(
+            &lock_recovering(&self.shared.published_state),
+            now,
+            &self.shared.settings,
+        )
     }
 
     /// False after an emergency lock or a relay-thread panic, and while a failed lock is being
@@ -615,6 +636,8 @@ impl<'a> RelayLoop<'a> {
         reporter: &'a Reporter,
         in_flight: &'a mut Option<Sender<DoorReport>>,
     ) -> Self {
+        // A relay thread restarted after a panic starts from locked; so does what it publishes.
+        *lock_recovering(&shared.published_state) = DoorState::LOCKED;
         RelayLoop {
             shared,
             commands,
@@ -668,13 +691,18 @@ impl<'a> RelayLoop<'a> {
     fn tick(&mut self) {
         let now = Instant::now();
         let (next, action) = on_tick(&self.state, now, &self.shared.settings);
-        self.state = next;
+        self.set_state(next);
         if action == TickAction::Relock {
             let pulse = self.pulse.take();
             self.lock(ActuationReason::HoldElapsed, pulse.as_ref());
         } else if self.lock_retry.is_some_and(|retry| now >= retry.at) {
             self.lock(ActuationReason::LockRetry, None);
         }
+    }
+
+    fn set_state(&mut self, next: DoorState) {
+        self.state = next;
+        *lock_recovering(&self.shared.published_state) = next;
     }
 
     fn gate(&self) -> RelayGate {
@@ -705,7 +733,7 @@ impl<'a> RelayLoop<'a> {
                 );
                 match unlocked {
                     Ok(()) => {
-                        self.state = next;
+                        self.set_state(next);
                         self.pulse = Some(request);
                         return DoorReport::Opened;
                     }
@@ -717,7 +745,7 @@ impl<'a> RelayLoop<'a> {
                 }
             }
             Ok(outcome) => {
-                self.state = next;
+                self.set_state(next);
                 DoorReport::from(outcome)
             }
             Err(because) => DoorReport::Locked(because),
@@ -941,6 +969,32 @@ mod tests {
         assert_eq!(open(&controller, "req-2"), DoorReport::AlreadyOpen);
         assert!(log.wait_for(WAIT, relocked));
         assert_eq!(unlock_count(&log.events()), 1);
+        controller.shutdown().unwrap();
+    }
+
+    #[test]
+    fn busy_for_follows_the_relay_through_hold_and_cooldown() {
+        let (controller, log, _) = start_sim(settings(
+            Duration::from_millis(50),
+            LONG_HOLD,
+            GrantWhileOpen::Extend,
+        ));
+        assert_eq!(controller.busy_for(Instant::now()), None, "locked at rest");
+        assert_eq!(open(&controller, "req-1"), DoorReport::Opened);
+        let open_for = controller.busy_for(Instant::now()).unwrap();
+        assert!(
+            open_for > LONG_HOLD - WAIT,
+            "hold plus cooldown: {open_for:?}"
+        );
+        assert!(log.wait_for(WAIT, relocked));
+        assert!(wait_until(|| controller
+            .busy_for(Instant::now())
+            .is_some_and(|d| d <= LONG_HOLD)));
+        assert_eq!(
+            controller.busy_for(Instant::now() + LONG_HOLD),
+            None,
+            "after the cooldown"
+        );
         controller.shutdown().unwrap();
     }
 

@@ -407,8 +407,7 @@ fn check(head: &Head, settings: &Settings) -> Result<Framing, Refusal> {
             return Err(Refusal::new(
                 404,
                 "not_found",
-                "no such endpoint: use POST /image, POST /save, GET /healthz, /metrics or /events"
-                    .into(),
+                crate::http::NOT_FOUND.into(),
             ))
         }
         _ => {}
