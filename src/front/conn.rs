@@ -180,3 +180,91 @@ impl Incoming {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    /// A plain `Incoming` on the server side of a loopback connection, and its client.
+    fn connected() -> (Incoming, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        (Incoming::new(Transport::Plain(server)), client)
+    }
+
+    fn soon(ms: u64) -> Instant {
+        Instant::now() + Duration::from_millis(ms)
+    }
+
+    #[test]
+    fn a_length_body_is_read_whole_and_the_next_request_stays_buffered() {
+        let (mut incoming, mut client) = connected();
+        incoming.buffer.extend_from_slice(b"abc");
+        client.write_all(b"defGET / HTTP/1.1\r\n").unwrap();
+        let body = incoming.read_body(Framing::Length(6), 100, soon(5_000));
+        assert_eq!(body.unwrap(), b"abcdef");
+        while !incoming.buffer.ends_with(b"\r\n") {
+            incoming.fill(soon(5_000)).unwrap();
+        }
+        assert_eq!(incoming.buffer, b"GET / HTTP/1.1\r\n");
+    }
+
+    #[test]
+    fn a_chunked_body_is_decoded_from_the_socket() {
+        let (mut incoming, mut client) = connected();
+        client
+            .write_all(b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
+            .unwrap();
+        let body = incoming.read_body(Framing::Chunked, 100, soon(5_000));
+        assert_eq!(body.unwrap(), b"abcde");
+    }
+
+    #[test]
+    fn a_silent_body_times_out_and_a_cut_one_says_how_much_came() {
+        let (mut incoming, mut client) = connected();
+        client.write_all(b"ab").unwrap();
+        let started = Instant::now();
+        let body = incoming.read_body(Framing::Length(10), 100, soon(200));
+        assert_eq!(body, Err(BodyError::Timeout));
+        assert!(started.elapsed() < Duration::from_secs(2));
+
+        let (mut incoming, mut client) = connected();
+        client.write_all(b"ab").unwrap();
+        drop(client);
+        let body = incoming.read_body(Framing::Length(10), 100, soon(5_000));
+        assert_eq!(
+            body,
+            Err(BodyError::Cut(
+                "the connection closed after 2 of the 10 bytes declared".into()
+            ))
+        );
+    }
+
+    #[test]
+    fn a_tls_client_that_sends_nothing_is_given_up_at_the_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = crate::config::Config {
+            state_dir: dir.path().to_path_buf(),
+            ..crate::config::Config::default()
+        };
+        config.http.tls.enabled = true;
+        let files = super::super::tls::TlsFiles::of(&config);
+        files.ensure(std::net::Ipv4Addr::LOCALHOST.into()).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let _silent = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let started = Instant::now();
+        let result = Transport::accept_tls(server, files.server_config().unwrap(), soon(300));
+        assert!(matches!(result, Err(ReadError::Timeout)));
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[test]
+    fn a_declared_length_over_the_limit_is_refused_before_reading() {
+        let (mut incoming, _client) = connected();
+        let body = incoming.read_body(Framing::Length(101), 100, soon(5_000));
+        assert_eq!(body, Err(BodyError::TooLarge));
+    }
+}
