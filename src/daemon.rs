@@ -1,8 +1,12 @@
 //! `facegate serve`: wires config, models, gallery, door, audit log and snapshots to the HTTP front end,
 //! and owns the process's life: signals, panics, the watchdog and a fail-secure shutdown.
 
+use std::backtrace::BacktraceStatus;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -10,31 +14,29 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use sd_notify::NotifyState;
-use serde_json::json;
 
-use crate::audit::{AuditLog, AuditRetention};
+use crate::audit::{AuditRetention, AuditWriter, AuditWriterThread};
 use crate::config::{Config, DoorBackendName, GrantWhileOpenConfig};
 use crate::door::{
-    self, Actuation, BackendKind, DoorController, DoorSettings, GrantWhileOpen, RelayState,
+    self, BackendKind, DoorController, DoorEvent, DoorSettings, GrantWhileOpen, RelayState,
 };
+use crate::front;
 use crate::gallery::{EmbedderId, LiveGallery};
-use crate::http::{self, sockets};
+use crate::http;
 use crate::metrics::Metrics;
-use crate::ratelimit::RateLimitedLog;
 use crate::service::Service;
-use crate::snapshots::{SnapshotRetention, SnapshotStore};
+use crate::snapshots::{SnapshotRetention, SnapshotWriter};
 use crate::vision::{PipelineModels, Recognizer};
 
 /// How long the accepting loop waits before looking at the stop flags again.
 const ACCEPT_POLL: Duration = Duration::from_millis(250);
 /// Consecutive failed self-probes after which the daemon gives up and exits for systemd to restart it.
 const PROBE_FAILURES_FATAL: u32 = 3;
-const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
-/// Connections silent for this long are closed.
-const IDLE_CONNECTION_LIMIT: Duration = Duration::from_secs(60);
-/// Bytes beyond the largest body a connection may send without completing a request (headers).
-const FLOOD_ALLOWANCE: u64 = 1024 * 1024;
-const RETENTION_INTERVAL: Duration = Duration::from_secs(600);
+/// Descriptors an open connection may use at once: its TCP socket, the registry's handle on it, and
+/// both ends of the Unix socket that carries its request to tiny_http.
+const DESCRIPTORS_PER_CONNECTION: u64 = 4;
+/// How long the audit writer may take to write its queue when the daemon stops.
+const AUDIT_FLUSH_LIMIT: Duration = Duration::from_secs(2);
 const GALLERY_RECHECK: Duration = Duration::from_secs(2);
 
 pub fn backend_kind(config: &Config) -> BackendKind {
@@ -54,6 +56,11 @@ pub fn lock_door(config: &Config) -> Result<()> {
     door::lock_once(&backend_kind(config)).context("the relay could not be driven locked")
 }
 
+/// The visitor code checker; a holidays file that cannot be read stops start-up.
+fn visitor_codes(config: &Config) -> Result<crate::codes::CodeChecker> {
+    crate::codes::CodeChecker::from_config(config).context("the visitor codes are not usable")
+}
+
 fn door_settings(config: &Config) -> DoorSettings {
     DoorSettings {
         hold: Duration::from_millis(config.door.hold_ms),
@@ -62,6 +69,7 @@ fn door_settings(config: &Config) -> DoorSettings {
             GrantWhileOpenConfig::Extend => GrantWhileOpen::Extend,
             GrantWhileOpenConfig::Ignore => GrantWhileOpen::Ignore,
         },
+        report_wait: Duration::from_millis(config.door.report_wait_ms),
     }
 }
 
@@ -89,24 +97,28 @@ pub fn run(config: Config) -> Result<()> {
         opencv::core::set_num_threads(config.recognition.opencv_threads)?;
     }
     let metrics = Arc::new(Metrics::default());
-    let audit_errors = Arc::new(RateLimitedLog::new(Duration::from_secs(60)));
-    let audit = open_audit(&config);
-    let door = Arc::new(start_door(&config, &metrics, audit.clone(), &audit_errors)?);
+    add_logging_metrics(&metrics);
+    let (audit, audit_thread) = start_audit(&config, &metrics)?;
+    let door = Arc::new(start_door(&config, &metrics, audit.clone())?);
     let stop = Arc::new(StopFlags::default());
-    install_panic_hook(door.lock_guard(), Arc::clone(&stop));
+    let panic_stop = Arc::clone(&stop);
+    install_panic_hook(door.lock_guard(), move || {
+        panic_stop.fatal.store(true, Ordering::SeqCst)
+    });
     // From here on the door is running: every early return must lock it first.
-    match serve(
+    let served = serve(
         config,
         token.is_some(),
         metrics,
         audit,
-        audit_errors,
         Arc::clone(&door),
         &stop,
-    ) {
-        Ok(()) => finish(door, None),
-        Err(err) => finish(door, Some(err)),
+    );
+    let stopped = finish(door, served.err());
+    if !audit_thread.finish(AUDIT_FLUSH_LIMIT) {
+        log::error!("the audit writer did not finish its queue within {AUDIT_FLUSH_LIMIT:?}; lines may be lost");
     }
+    stopped
 }
 
 fn finish(door: Arc<DoorController>, failure: Option<anyhow::Error>) -> Result<()> {
@@ -131,74 +143,106 @@ fn finish(door: Arc<DoorController>, failure: Option<anyhow::Error>) -> Result<(
     }
 }
 
-fn open_audit(config: &Config) -> Option<Arc<AuditLog>> {
+/// Starts the audit writer thread (which opens the log itself, so a hung audit disk cannot hold up
+/// start-up) and puts its counters on /metrics.
+fn start_audit(config: &Config, metrics: &Metrics) -> Result<(AuditWriter, AuditWriterThread)> {
     let retention = AuditRetention {
         max_age_days: config.audit.max_age_days,
         max_total_bytes: config.audit.max_total_mb * 1024 * 1024,
     };
-    match AuditLog::open(config.audit_dir(), retention) {
-        Ok(audit) => Some(Arc::new(audit)),
-        Err(err) => {
-            log::error!("audit log disabled: {err}");
-            None
-        }
-    }
+    let (audit, thread) = AuditWriter::start(config.audit_dir(), retention)
+        .context("cannot start the audit writer thread")?;
+    let counters = audit.counters();
+    let failed = Arc::clone(&counters);
+    metrics.add_source(
+        "facegate_audit_failures_total",
+        "counter",
+        "Audit lines that could not be written.",
+        move || failed.failed.load(Ordering::Relaxed),
+    );
+    metrics.add_source(
+        "facegate_audit_dropped_total",
+        "counter",
+        "Audit lines dropped because the audit writer fell behind (slow or hung disk).",
+        move || counters.dropped.load(Ordering::Relaxed),
+    );
+    Ok((audit, thread))
+}
+
+/// Puts the logger's state on /metrics.
+fn add_logging_metrics(metrics: &Metrics) {
+    metrics.add_source(
+        "facegate_log_lines_dropped_total",
+        "counter",
+        "Log lines dropped because stderr (the journal) did not take them.",
+        || crate::logging::health().dropped_lines,
+    );
+    metrics.add_source(
+        "facegate_logging_stalled",
+        "gauge",
+        "1 while writing to stderr is stalled and log lines are being lost.",
+        || u64::from(crate::logging::health().stalled),
+    );
 }
 
 fn start_door(
     config: &Config,
     metrics: &Arc<Metrics>,
-    audit: Option<Arc<AuditLog>>,
-    audit_errors: &Arc<RateLimitedLog>,
+    audit: AuditWriter,
 ) -> Result<DoorController> {
     let backend = door::build_backend(&backend_kind(config))
         .context("the door backend could not be started")?;
-    let metrics = Arc::clone(metrics);
-    let audit_errors = Arc::clone(audit_errors);
-    let observer = Box::new(move |actuation: &Actuation| {
-        if actuation.state == RelayState::Unlocked && actuation.error.is_none() {
-            metrics.count_door_opening();
-        }
-        log::info!(
-            "door state={} reason={} request_id={} identity={:?}{}",
-            actuation.state.as_str(),
-            actuation.reason.as_str(),
-            actuation.request_id.as_deref().unwrap_or("-"),
-            actuation.identity.as_deref().unwrap_or(""),
-            actuation
-                .error
-                .as_ref()
-                .map_or(String::new(), |e| format!(" error={e:?}")),
-        );
-        if let Some(audit) = &audit {
-            let record = json!({
-                "kind": "door",
-                "request_id": actuation.request_id,
-                "identity": actuation.identity,
-                "state": actuation.state,
-                "reason": actuation.reason,
-                "error": actuation.error,
-            });
-            if let Err(err) = audit.append(&record) {
-                audit_errors.error(format!("audit line not written: {err}"));
+    let observed = Arc::clone(metrics);
+    let observer = Box::new(move |event: &DoorEvent| {
+        if let DoorEvent::Actuation(actuation) = event {
+            if actuation.state == RelayState::Unlocked && actuation.error.is_none() {
+                observed.count_door_opening();
             }
         }
+        audit.record(event);
     });
-    Ok(DoorController::start(
-        backend,
-        door_settings(config),
-        observer,
-    )?)
+    let door = DoorController::start(backend, door_settings(config), observer)?;
+    let dropped = door.dropped_reports();
+    metrics.add_source(
+        "facegate_door_reports_dropped_total",
+        "counter",
+        "Door reports (log and audit) dropped because their thread fell behind.",
+        move || dropped.load(Ordering::Relaxed),
+    );
+    Ok(door)
 }
 
-/// A panic anywhere locks the door at once and stops the daemon (the door stays locked down until
-/// systemd starts a fresh process).
-fn install_panic_hook(guard: door::LockGuardHandle, stop: Arc<StopFlags>) {
-    let default_hook = std::panic::take_hook();
+/// The one panic policy: a panic anywhere drives the door locked first (latching the lockdown),
+/// then `on_panic` runs (the daemon stops for systemd to start a fresh process), then the panic
+/// is logged through the non-blocking logger (or, without it, by the previous hook). A panic on
+/// the relay thread itself is locked by that thread as it unwinds (see `door::DoorController`).
+pub fn install_panic_hook(
+    guard: door::LockGuardHandle,
+    on_panic: impl Fn() + Send + Sync + 'static,
+) {
+    let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         guard.emergency_lock();
-        stop.fatal.store(true, Ordering::SeqCst);
-        default_hook(info);
+        on_panic();
+        if !crate::logging::installed() {
+            return previous(info);
+        }
+        // Resolving the backtrace's symbols can take a second: another thread does it, so that a
+        // panic on the relay thread goes on unwinding to its lock at once.
+        let message = format!(
+            "thread {} panicked: {info}; the door is locked and facegate is stopping",
+            std::thread::current().name().unwrap_or("unnamed")
+        );
+        let backtrace = std::backtrace::Backtrace::capture();
+        let reported = std::thread::Builder::new()
+            .name("panic-report".into())
+            .spawn(move || match backtrace.status() {
+                BacktraceStatus::Captured => log::error!("{message}\n{backtrace}"),
+                _ => log::error!("{message} (RUST_BACKTRACE=1 adds a backtrace)"),
+            });
+        if let Err(err) = reported {
+            log::error!("a thread panicked and its report could not be logged: {err}");
+        }
     }));
 }
 
@@ -206,8 +250,7 @@ fn serve(
     config: Config,
     has_token: bool,
     metrics: Arc<Metrics>,
-    audit: Option<Arc<AuditLog>>,
-    audit_errors: Arc<RateLimitedLog>,
+    audit: AuditWriter,
     door: Arc<DoorController>,
     stop: &Arc<StopFlags>,
 ) -> Result<()> {
@@ -225,66 +268,71 @@ fn serve(
         .map(|_| Recognizer::load(&models, &config.recognition))
         .collect::<Result<Vec<_>, _>>()
         .context("the models did not load")?;
-    let snapshots = open_snapshots(&config);
-    let server = tiny_http::Server::http(config.http.listen)
-        .map_err(|err| anyhow::anyhow!("cannot listen on {}: {err}", config.http.listen))?;
-    let address = server
-        .server_addr()
-        .to_ip()
-        .context("the server is not listening on an IP address")?;
+    let snapshots = start_snapshots(&config, &metrics);
+    let codes = visitor_codes(&config)?;
+    let descriptor_limit = raise_descriptor_limit();
+    let wanted = config.http.max_connections as u64 * DESCRIPTORS_PER_CONNECTION + 256;
+    if wanted > descriptor_limit {
+        log::warn!("http.max_connections = {} may need {wanted} descriptors but only {descriptor_limit} are allowed: raise LimitNOFILE or lower http.max_connections", config.http.max_connections);
+    }
+    let tls = start_tls(&config)?;
+    let listener = TcpListener::bind(config.http.listen)
+        .with_context(|| format!("cannot listen on {} (http.listen)", config.http.listen))?;
+    let address = listener.local_addr()?;
+    let (server, backend) = listen_for_front(&config)?;
     let people = gallery.current().people().len();
     let transport = Arc::new(http::Transport {
         token: config.token(),
-        port: address.port(),
         ..http::Transport::default()
     });
     let service = Arc::new(Service::new(
-        config,
-        threshold,
-        metrics,
-        door,
-        gallery,
-        audit,
-        audit_errors,
-        snapshots,
+        config, threshold, metrics, door, gallery, audit, snapshots, codes,
     ));
+    let front_settings = front::Settings {
+        max_connections: service.config.http.max_connections,
+        head_timeout: Duration::from_millis(service.config.http.head_timeout_ms),
+        idle_timeout: Duration::from_millis(service.config.http.idle_timeout_ms),
+        body_timeout: Duration::from_millis(service.config.http.body_timeout_ms),
+        max_body_bytes: service.config.http.max_body_bytes,
+        token: transport.token.clone(),
+        backend,
+        tls: tls.as_ref().map(|(server, _)| Arc::clone(server)),
+    };
+    let refusals = Arc::new(FrontRefusals {
+        service: Arc::downgrade(&service),
+        transport: Arc::clone(&transport),
+    });
+    front::start(
+        listener,
+        front_settings,
+        Arc::clone(&service.metrics),
+        refusals,
+    )
+    .context("the connection front did not start")?;
     let (jobs, queue) = crossbeam_channel::bounded(service.config.http.queue_depth);
     let worker_threads: Vec<JoinHandle<()>> = recognizers
         .into_iter()
         .enumerate()
         .map(|(i, recognizer)| {
             let service = Arc::clone(&service);
-            let transport = Arc::clone(&transport);
             let queue = queue.clone();
             std::thread::Builder::new()
                 .name(format!("worker-{i}"))
-                .spawn(move || http::run_worker(service, transport, recognizer, queue))
+                .spawn(move || http::run_worker(service, recognizer, queue))
         })
         .collect::<Result<_, _>>()?;
     drop(queue);
-    let sweeper_stop = Arc::new(AtomicBool::new(false));
-    let sweep = sockets::SweepSettings {
-        port: address.port(),
-        io_timeout: Duration::from_millis(service.config.http.body_timeout_ms),
-        idle_limit: IDLE_CONNECTION_LIMIT,
-        flood_limit: service.config.http.max_body_bytes as u64 + FLOOD_ALLOWANCE,
-    };
-    sockets::spawn_sweeper(
-        sweep,
-        SWEEP_INTERVAL,
-        Arc::clone(&transport.body_deadlines),
-        Arc::clone(&transport.header_floods),
-        Arc::clone(&sweeper_stop),
-    )?;
     spawn_signal_thread(Arc::clone(stop))?;
-    spawn_retention_thread(Arc::clone(&service));
+    let probe_tls = tls.map(|(_, client)| client);
+    let scheme = if probe_tls.is_some() { "https" } else { "http" };
     spawn_watchdog(
         address,
         Duration::from_millis(service.config.http.self_probe_interval_ms),
+        probe_tls,
         Arc::clone(stop),
     )?;
     log::info!(
-        "facegate listening on http://{address} ({workers} workers, queue {}, {people} people enrolled, threshold {threshold}, door {:?}, token {})",
+        "facegate listening on {scheme}://{address} ({workers} workers, queue {}, {people} people enrolled, threshold {threshold}, door {:?}, token {})",
         service.config.http.queue_depth,
         service.config.door.backend,
         if has_token { "required" } else { "not required" },
@@ -293,14 +341,6 @@ fn serve(
 
     let mut accept_failure = None;
     while !stop.stopping() {
-        if http::parked_connections() > http::MAX_PARKED {
-            log::error!(
-                "more than {} connections parked after absurd bodies: restarting to release them",
-                http::MAX_PARKED
-            );
-            stop.fatal.store(true, Ordering::SeqCst);
-            break;
-        }
         match server.recv_timeout(ACCEPT_POLL) {
             Ok(Some(request)) => http::dispatch(&service, &transport, &jobs, request),
             Ok(None) => {}
@@ -318,7 +358,6 @@ fn serve(
     for worker in worker_threads {
         let _ = worker.join();
     }
-    sweeper_stop.store(true, Ordering::SeqCst);
     drop(service);
     if let Some(err) = accept_failure {
         bail!("the HTTP server stopped accepting connections ({err}); exiting so that systemd restarts facegate");
@@ -330,19 +369,111 @@ fn serve(
     Ok(())
 }
 
-fn open_snapshots(config: &Config) -> Option<SnapshotStore> {
+/// Starts the snapshot writer thread (which opens the store itself, so a hung snapshot disk cannot
+/// hold up start-up) and puts its counters on /metrics.
+fn start_snapshots(config: &Config, metrics: &Metrics) -> Option<SnapshotWriter> {
     let retention = SnapshotRetention {
         max_count: config.snapshots.max_count,
         max_bytes: config.snapshots.max_total_mb * 1024 * 1024,
         max_age: Duration::from_secs(u64::from(config.snapshots.max_age_days) * 86_400),
     };
-    match SnapshotStore::open(config.snapshot_dir(), retention) {
-        Ok(store) => Some(store),
+    let writer = match SnapshotWriter::start(config.snapshot_dir(), retention) {
+        Ok(writer) => writer,
         Err(err) => {
-            log::error!("failure snapshots disabled: {err}");
-            None
+            log::error!(
+                "failure snapshots disabled: the snapshot writer thread did not start: {err}"
+            );
+            return None;
         }
+    };
+    let failed = writer.counters();
+    metrics.add_source(
+        "facegate_snapshot_failures_total",
+        "counter",
+        "Snapshots that could not be written.",
+        move || failed.failed.load(Ordering::Relaxed),
+    );
+    let dropped = writer.counters();
+    metrics.add_source(
+        "facegate_snapshots_dropped_total",
+        "counter",
+        "Snapshots dropped because the snapshot writer fell behind (slow or hung disk).",
+        move || dropped.dropped.load(Ordering::Relaxed),
+    );
+    Some(writer)
+}
+
+/// The front's refusals of frame posts go through the service, which records and audits them. The
+/// front outlives the service at shutdown, so it holds it weakly.
+struct FrontRefusals {
+    service: std::sync::Weak<Service>,
+    transport: Arc<http::Transport>,
+}
+
+impl front::Refusals for FrontRefusals {
+    fn request_id(&self) -> String {
+        self.transport.ids.next()
     }
+
+    fn refuse_frame(
+        &self,
+        request_id: &str,
+        endpoint: crate::record::Endpoint,
+        refusal: crate::record::Refusal,
+    ) -> (serde_json::Value, Box<dyn FnOnce() + Send>) {
+        let Some(service) = self.service.upgrade() else {
+            let body = serde_json::json!({
+                "request_id": request_id,
+                "status": "error",
+                "error": refusal.error,
+                "message": refusal.message,
+                "door": "locked",
+            });
+            return (body, Box::new(|| {}));
+        };
+        let handled = service.refuse(request_id, endpoint, refusal);
+        let body = handled.record.answer();
+        (body, Box::new(move || service.follow_up(handled)))
+    }
+}
+
+/// The server TLS configuration, and a client configuration pinned to it for the self-probe.
+type TlsPair = (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>);
+
+fn start_tls(config: &Config) -> Result<Option<TlsPair>> {
+    if !config.http.tls.enabled {
+        return Ok(None);
+    }
+    let files = front::tls::TlsFiles::of(config);
+    files.ensure(config.http.listen.ip())?;
+    let server = files.server_config()?;
+    let pin = files.pin()?;
+    log::info!("TLS certificate {} (key pin {pin})", files.cert.display());
+    Ok(Some((server, front::tls::pinned_client_config(&pin))))
+}
+
+/// tiny_http on a Unix socket only the daemon's user can reach (`$RUNTIME_DIRECTORY` under systemd,
+/// else `<state_dir>/run`): the front is the only way in from the network.
+fn listen_for_front(config: &Config) -> Result<(tiny_http::Server, PathBuf)> {
+    let dir = std::env::var_os("RUNTIME_DIRECTORY")
+        .and_then(|dirs| std::env::split_paths(&dirs).next())
+        .unwrap_or_else(|| config.state_dir.join("run"));
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("cannot create the runtime directory {}", dir.display()))?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot make {} private", dir.display()))?;
+    let path = dir.join("http.sock");
+    match std::fs::remove_file(&path) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+            return Err(err).with_context(|| format!("cannot remove the old {}", path.display()))
+        }
+        _ => {}
+    }
+    let listener = UnixListener::bind(&path)
+        .with_context(|| format!("cannot listen on {}", path.display()))?;
+    let server = tiny_http::Server::from_listener(listener, None)
+        .map_err(|err| anyhow::anyhow!("tiny_http cannot serve {}: {err}", path.display()))?;
+    Ok((server, path))
 }
 
 fn spawn_signal_thread(stop: Arc<StopFlags>) -> Result<()> {
@@ -362,46 +493,34 @@ fn spawn_signal_thread(stop: Arc<StopFlags>) -> Result<()> {
     Ok(())
 }
 
-fn spawn_retention_thread(service: Arc<Service>) {
-    let weak = Arc::downgrade(&service);
-    drop(service);
-    let spawned = std::thread::Builder::new()
-        .name("retention".into())
-        .spawn(move || loop {
-            std::thread::sleep(RETENTION_INTERVAL);
-            let Some(service) = weak.upgrade() else {
-                return;
-            };
-            let now = chrono::Utc::now();
-            if let Some(audit) = &service.audit {
-                if let Err(err) = audit.enforce_retention(now) {
-                    service
-                        .audit_errors
-                        .error(format!("audit retention failed: {err}"));
-                }
-            }
-            if let Some(store) = &service.snapshots {
-                store.enforce_retention(now);
-            }
-        });
-    if let Err(err) = spawned {
-        log::error!("retention thread not started: {err}");
-    }
-}
-
-/// Asks our own port for /healthz, as the tablet would reach it.
-pub fn probe(address: SocketAddr, timeout: Duration) -> bool {
+/// Asks our own port for /healthz, as the tablet would reach it (over TLS with `tls`).
+pub fn probe(
+    address: SocketAddr,
+    timeout: Duration,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> bool {
     let target = if address.ip().is_unspecified() {
         SocketAddr::from(([127, 0, 0, 1], address.port()))
     } else {
         address
     };
     let attempt = || -> std::io::Result<bool> {
-        let mut stream = TcpStream::connect_timeout(&target, timeout)?;
+        let stream = TcpStream::connect_timeout(&target, timeout)?;
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
+        let mut stream: Box<dyn ReadWrite> = match tls {
+            Some(config) => {
+                let name =
+                    rustls::pki_types::ServerName::try_from("facegate").expect("a valid name");
+                let connection = rustls::ClientConnection::new(Arc::clone(config), name)
+                    .map_err(std::io::Error::other)?;
+                Box::new(rustls::StreamOwned::new(connection, stream))
+            }
+            None => Box::new(stream),
+        };
         stream
             .write_all(b"GET /healthz HTTP/1.1\r\nHost: facegate\r\nConnection: close\r\n\r\n")?;
+        stream.flush()?;
         let mut head = [0u8; 12];
         stream.read_exact(&mut head)?;
         Ok(head.starts_with(b"HTTP/1.1 200") || head.starts_with(b"HTTP/1.0 200"))
@@ -436,14 +555,17 @@ fn raise_descriptor_limit() -> u64 {
     }
 }
 
-fn open_descriptors() -> u64 {
-    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64)
-}
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
 
-/// Feeds the systemd watchdog only while the port answers and descriptors are not running out; after
-/// repeated probe failures, or when connections that tiny_http cannot release pile up, stops the daemon
-/// so that systemd starts a fresh one.
-fn spawn_watchdog(address: SocketAddr, interval: Duration, stop: Arc<StopFlags>) -> Result<()> {
+/// Feeds the systemd watchdog only while the port answers; after repeated probe failures, stops the
+/// daemon so that systemd starts a fresh one.
+fn spawn_watchdog(
+    address: SocketAddr,
+    interval: Duration,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    stop: Arc<StopFlags>,
+) -> Result<()> {
     let mut watchdog_usec = 0;
     let watchdog = sd_notify::watchdog_enabled(false, &mut watchdog_usec);
     let interval = if watchdog {
@@ -451,19 +573,11 @@ fn spawn_watchdog(address: SocketAddr, interval: Duration, stop: Arc<StopFlags>)
     } else {
         interval
     };
-    let descriptor_limit = raise_descriptor_limit();
-    let descriptor_alarm = descriptor_limit / 4 * 3;
     std::thread::Builder::new().name("self-probe".into()).spawn(move || {
         let mut failures = 0;
         while !stop.stopping() {
             std::thread::sleep(interval);
-            let open = open_descriptors();
-            if open > descriptor_alarm {
-                log::error!("{open} descriptors open of {descriptor_limit} allowed: connections are not being released; stopping so that facegate is restarted");
-                stop.fatal.store(true, Ordering::SeqCst);
-                break;
-            }
-            if probe(address, Duration::from_secs(2)) {
+            if probe(address, Duration::from_secs(2), tls.as_ref()) {
                 failures = 0;
                 if watchdog {
                     let _ = sd_notify::notify(false, &[NotifyState::Watchdog]);
