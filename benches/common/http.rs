@@ -15,10 +15,11 @@ use crate::support;
 pub const TOKEN: &str = "http-load-bench";
 
 /// A facegate config for the benches: sim door, token required, models from the assets; `recognition`
-/// and `http` are extra lines for those tables.
+/// and `http` are extra lines for those tables. Frames are recognised even while the door is open
+/// (`pause_while_open = false`): the benches measure recognition, and most of their frames are grants.
 pub fn write_config(dir: &Path, recognition: &str, http: &str) -> PathBuf {
     let text = format!(
-        "state_dir = {state:?}\nmodels_dir = {models:?}\n\n[recognition]\n{recognition}\n\n[http]\n{http}\nrequire_token = true\ntoken = {TOKEN:?}\n\n[door]\nbackend = \"sim\"\nsim_journal = {journal:?}\n",
+        "state_dir = {state:?}\nmodels_dir = {models:?}\n\n[recognition]\n{recognition}\n\n[http]\n{http}\nrequire_token = true\ntoken = {TOKEN:?}\n\n[door]\nbackend = \"sim\"\npause_while_open = false\nsim_journal = {journal:?}\n",
         state = dir.join("state"),
         models = support::assets_dir().join("models"),
         journal = dir.join("door.jsonl"),
