@@ -98,7 +98,9 @@ fn limit_malloc_arenas() {
         let arenas = libc::c_int::try_from(cores).unwrap_or(libc::c_int::MAX);
         // SAFETY: mallopt only sets an allocator parameter, under glibc's own lock.
         if unsafe { libc::mallopt(libc::M_ARENA_MAX, arenas) } != 1 {
-            log::warn!("could not limit glibc's malloc arenas to {arenas}; memory use may be higher");
+            log::warn!(
+                "could not limit glibc's malloc arenas to {arenas}; memory use may be higher"
+            );
         }
     }
 }
