@@ -33,6 +33,7 @@ pub struct Config {
     pub door: DoorConfig,
     pub audit: AuditConfig,
     pub snapshots: SnapshotConfig,
+    pub liveness: LivenessConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -54,6 +55,19 @@ pub struct RecognitionConfig {
     pub lookalike_warning: f32,
     /// OpenCV's own thread pool size per process; 0 leaves OpenCV's default.
     pub opencv_threads: i32,
+    /// A face whose eye line is tilted more than this (degrees) is turned upright and detected again.
+    pub max_roll_deg: f32,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LivenessConfig {
+    /// Check recognised faces with the MiniFASNet anti-spoofing models before granting.
+    pub enabled: bool,
+    /// Liveness score (0 = spoof .. 1 = real) a recognised face needs; below it the answer is `spoof`.
+    pub threshold: f32,
+    /// Faces narrower than this, in pixels of the decoded frame, are too small to judge: never granted.
+    pub min_face_px: u32,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -123,6 +137,10 @@ pub struct DoorConfig {
     pub max_decision_age_ms: u64,
     /// Sim backend only: append every actuation to this JSON-lines file.
     pub sim_journal: Option<PathBuf>,
+    /// Grants for the same person from the same tablet needed before the door opens (1: the first).
+    pub confirm_frames: u32,
+    /// Those grants must all fall within this many milliseconds.
+    pub confirm_window_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -158,6 +176,7 @@ impl Default for Config {
             door: DoorConfig::default(),
             audit: AuditConfig::default(),
             snapshots: SnapshotConfig::default(),
+            liveness: LivenessConfig::default(),
         }
     }
 }
@@ -173,6 +192,17 @@ impl Default for RecognitionConfig {
             min_face_px: 40,
             lookalike_warning: 0.40,
             opencv_threads: 0,
+            max_roll_deg: 20.0,
+        }
+    }
+}
+
+impl Default for LivenessConfig {
+    fn default() -> Self {
+        LivenessConfig {
+            enabled: true,
+            threshold: 0.8,
+            min_face_px: 64,
         }
     }
 }
@@ -215,6 +245,8 @@ impl Default for DoorConfig {
             grant_while_open: GrantWhileOpenConfig::Extend,
             max_decision_age_ms: 1_500,
             sim_journal: None,
+            confirm_frames: 1,
+            confirm_window_ms: 1_000,
         }
     }
 }
@@ -358,6 +390,30 @@ impl Config {
                 "must be a BCM pin number from 0 to 27",
             ));
         }
+        if !(0.0..=90.0).contains(&r.max_roll_deg) {
+            return Err(invalid(
+                "recognition.max_roll_deg",
+                "must be between 0 and 90 degrees",
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.liveness.threshold) {
+            return Err(invalid("liveness.threshold", "must be between 0 and 1"));
+        }
+        if !(1..=crate::confirmation::MAX_CONFIRM_FRAMES).contains(&self.door.confirm_frames) {
+            return Err(invalid(
+                "door.confirm_frames",
+                format!(
+                    "must be between 1 and {}",
+                    crate::confirmation::MAX_CONFIRM_FRAMES
+                ),
+            ));
+        }
+        if self.door.confirm_frames > 1 && self.door.confirm_window_ms == 0 {
+            return Err(invalid(
+                "door.confirm_window_ms",
+                "must be above 0 when door.confirm_frames is above 1",
+            ));
+        }
         if self.snapshots.max_count == 0 {
             return Err(invalid("snapshots.max_count", "must be at least 1"));
         }
@@ -416,6 +472,18 @@ mod tests {
         );
         assert_eq!(config.recognition, RecognitionConfig::default());
         assert_eq!(config.frame, FrameConfig::default());
+        assert_eq!(config.liveness, LivenessConfig::default());
+        assert!(
+            config.liveness.enabled,
+            "the shipped config checks liveness"
+        );
+        assert_eq!(
+            (config.door.confirm_frames, config.door.confirm_window_ms),
+            (
+                DoorConfig::default().confirm_frames,
+                DoorConfig::default().confirm_window_ms
+            )
+        );
     }
 
     #[test]
@@ -432,6 +500,16 @@ mod tests {
             ("[recognition]\nthreshold = 1.5", "recognition.threshold"),
             ("[door]\nhold_ms = 0", "door.hold_ms"),
             ("[door]\ngpio_pin = 40", "door.gpio_pin"),
+            ("[door]\nconfirm_frames = 0", "door.confirm_frames"),
+            (
+                "[door]\nconfirm_frames = 3\nconfirm_window_ms = 0",
+                "door.confirm_window_ms",
+            ),
+            ("[liveness]\nthreshold = 1.2", "liveness.threshold"),
+            (
+                "[recognition]\nmax_roll_deg = 100",
+                "recognition.max_roll_deg",
+            ),
             ("[http]\nqueue_depth = 0", "http.queue_depth"),
             (
                 "[frame]\ndecode_target_side = 100",

@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod config;
+pub mod confirmation;
 pub mod daemon;
 pub mod decision;
 pub mod door;

@@ -1,9 +1,11 @@
-//! The face pipeline of one worker: detect → align → embed. It holds model weights and nothing else,
-//! so every call starts from the frame alone.
+//! The face pipeline of one worker: detect → (straighten) → align → embed, and liveness on request.
+//! It holds model weights and nothing else, so every call starts from the frame alone.
 
 pub mod align;
 pub mod detect;
 pub mod embed;
+pub mod liveness;
+pub mod tilt;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -14,6 +16,7 @@ use crate::config::Config;
 use crate::models::{DetectorContract, EmbedderContract, Manifest, ModelError, ResolvedModel};
 pub use detect::DetectedFace;
 pub use embed::Embedding;
+pub use liveness::LivenessReading;
 
 /// Why the pipeline could not run. These are the daemon's faults (5xx), not the sender's.
 #[derive(Debug, thiserror::Error)]
@@ -59,11 +62,13 @@ pub fn opencv_version() -> (i32, i32) {
     )
 }
 
-/// Both models of the pipeline, resolved from the manifest and checked against their pins.
+/// The models of the pipeline, resolved from the manifest and checked against their pins.
 #[derive(Debug, Clone)]
 pub struct PipelineModels {
     pub detector: ResolvedModel<DetectorContract>,
     pub embedder: ResolvedModel<EmbedderContract>,
+    /// Only when `liveness.enabled`.
+    pub liveness: Option<liveness::LivenessModels>,
 }
 
 impl PipelineModels {
@@ -76,6 +81,14 @@ impl PipelineModels {
         let models = PipelineModels {
             detector: manifest.detector(detector, &config.models_dir)?,
             embedder: manifest.embedder(&config.recognition.embedder, &config.models_dir)?,
+            liveness: if config.liveness.enabled {
+                Some(liveness::LivenessModels::resolve(
+                    &manifest,
+                    &config.models_dir,
+                )?)
+            } else {
+                None
+            },
         };
         models.detector.verify()?;
         models.embedder.verify()?;
@@ -109,10 +122,12 @@ pub struct Sighting {
     pub embed_ms: f64,
 }
 
-/// One worker's detector and embedder.
+/// One worker's detector, embedder and (when enabled) liveness classifiers.
 pub struct Recognizer {
     detector: detect::Detector,
+    straightener: tilt::Straightener,
     embedder: embed::Embedder,
+    liveness: Option<liveness::LivenessChecker>,
 }
 
 impl Recognizer {
@@ -123,9 +138,21 @@ impl Recognizer {
             score_threshold: r.detect_score_threshold,
             min_face_px: r.min_face_px,
         };
+        let upright_detector = detect::Detector::load(
+            &models.detector,
+            tilt::Straightener::settings(r.detect_score_threshold),
+        )?;
         Ok(Recognizer {
             detector: detect::Detector::load(&models.detector, settings)?,
+            straightener: tilt::Straightener::new(upright_detector, r.max_roll_deg),
             embedder: embed::Embedder::load(&models.embedder)?,
+            liveness: match &models.liveness {
+                Some(liveness_models) => Some(liveness::LivenessChecker::load(
+                    liveness_models,
+                    &config.liveness,
+                )?),
+                None => None,
+            },
         })
     }
 
@@ -144,6 +171,7 @@ impl Recognizer {
             });
         };
         let started = Instant::now();
+        let largest = self.straightener.straighten(frame, &largest)?;
         let crop = align::align_face(frame, &largest.landmarks, self.embedder.input_size())?;
         let align_ms = elapsed_ms(started);
         let started = Instant::now();
@@ -166,14 +194,28 @@ impl Recognizer {
         self.detector.detect(frame)
     }
 
-    /// Aligns and embeds one chosen face.
+    /// Aligns (straightening a tilted head first) and embeds one chosen face.
     pub fn embed_face(
         &mut self,
         frame: &Mat,
         face: &DetectedFace,
     ) -> Result<Embedding, VisionError> {
+        let face = self.straightener.straighten(frame, face)?;
         let crop = align::align_face(frame, &face.landmarks, self.embedder.input_size())?;
         self.embedder.embed(&crop)
+    }
+
+    /// Judges whether `face` in `frame` (the decoded frame its coordinates refer to) is a live person;
+    /// `None` when liveness is disabled.
+    pub fn check_liveness(
+        &mut self,
+        frame: &Mat,
+        face: &DetectedFace,
+    ) -> Result<Option<LivenessReading>, VisionError> {
+        match &mut self.liveness {
+            Some(checker) => checker.check(frame, face).map(Some),
+            None => Ok(None),
+        }
     }
 }
 
