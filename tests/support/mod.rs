@@ -48,12 +48,16 @@ pub fn faces_dir() -> PathBuf {
     assets_dir().join("faces")
 }
 
-/// The production defaults, with the models taken from the assets directory.
+/// The production defaults, with the models taken from the assets directory, and liveness off: the
+/// photo set is web photos, mostly tight crops, which are no fair liveness test (docs/accuracy.md);
+/// liveness has its own tests, on `Engine::with_liveness`.
 pub fn config() -> Config {
-    Config {
+    let mut config = Config {
         models_dir: assets_dir().join("models"),
         ..Config::default()
-    }
+    };
+    config.liveness.enabled = false;
+    config
 }
 
 /// Reads a photo by its path under faces/ (as in tests/faces.toml).
@@ -171,23 +175,35 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// The default pipeline with liveness off (see `config`).
     pub fn get() -> &'static Engine {
         static ENGINE: OnceLock<Engine> = OnceLock::new();
+        ENGINE.get_or_init(|| Engine::load(config()))
+    }
+
+    /// The default pipeline with liveness on, as shipped.
+    pub fn with_liveness() -> &'static Engine {
+        static ENGINE: OnceLock<Engine> = OnceLock::new();
         ENGINE.get_or_init(|| {
-            let config = config();
-            let models = PipelineModels::resolve(&config).unwrap_or_else(|err| {
-                panic!(
-                    "the models in {} are not usable: {err}. {FETCH_HINT}",
-                    config.models_dir.display()
-                )
-            });
-            let threshold = models.threshold(&config);
-            Engine {
-                config,
-                models,
-                threshold,
-            }
+            let mut config = config();
+            config.liveness.enabled = true;
+            Engine::load(config)
         })
+    }
+
+    fn load(config: Config) -> Engine {
+        let models = PipelineModels::resolve(&config).unwrap_or_else(|err| {
+            panic!(
+                "the models in {} are not usable: {err}. {FETCH_HINT}",
+                config.models_dir.display()
+            )
+        });
+        let threshold = models.threshold(&config);
+        Engine {
+            config,
+            models,
+            threshold,
+        }
     }
 
     /// A fresh worker: its own detector and embedder.

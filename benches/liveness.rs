@@ -1,0 +1,211 @@
+//! Liveness figures behind `liveness.threshold` (issue 11): the MiniFASNet scores of every pinned photo's
+//! largest face (the `_liveness/` samples and the web photos of the 20 identities), how many pass at a
+//! few thresholds, and what liveness costs per recognised frame at 640x480 and 1280x720.
+//! Run: `cargo bench --bench liveness` (prints; asserts nothing).
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+mod common;
+
+use std::time::Instant;
+
+use facegate::frame;
+use opencv::prelude::MatTraitConst;
+use facegate::vision::liveness::crop_box;
+use facegate::vision::{LivenessReading, Recognizer};
+
+use common::{median, percentile};
+use support::Engine;
+
+const THRESHOLDS: [f32; 6] = [0.3, 0.5, 0.6, 0.7, 0.8, 0.9];
+/// Frame sizes the cost is measured at: a camera's 640x480 and the tablet's 1280x720 centre crop.
+const SIZES: [(i32, i32); 2] = [(640, 480), (1280, 720)];
+const TIMED_RUNS: usize = 3;
+
+struct Scored {
+    path: String,
+    face_px: u32,
+    /// Whether the frame was too small for the full 4x crop, so the V1SE crop had less context.
+    capped: bool,
+    reading: LivenessReading,
+}
+
+fn main() {
+    let engine = Engine::with_liveness();
+    let mut recognizer = engine.recognizer();
+    let (major, minor) = facegate::vision::opencv_version();
+    println!(
+        "facegate liveness: MiniFASNetV2 (2.7x) + MiniFASNetV1SE (4x), score = mean real probability"
+    );
+    println!(
+        "  OpenCV {major}.{minor}, detector {}, configured threshold {}, liveness.min_face_px {}",
+        engine.models.detector.name,
+        engine.config.liveness.threshold,
+        engine.config.liveness.min_face_px
+    );
+
+    let scored = score_every_photo(engine, &mut recognizer);
+    println!();
+    println!(
+        "  {:<48} {:>7} {:>6} {:>7} {:>7} {:>7}",
+        "photo (largest face)", "face px", "capped", "V2", "V1SE", "score"
+    );
+    for s in &scored {
+        match &s.reading {
+            LivenessReading::Scored { score, models } => println!(
+                "  {:<48} {:>7} {:>6} {:>7.3} {:>7.3} {:>7.3}",
+                s.path,
+                s.face_px,
+                if s.capped { "yes" } else { "" },
+                models[0].probabilities[1],
+                models[1].probabilities[1],
+                score
+            ),
+            LivenessReading::TooSmall { .. } => println!(
+                "  {:<48} {:>7} {:>6} {:>7} {:>7} {:>7}",
+                s.path, s.face_px, "", "", "", "too small"
+            ),
+        }
+    }
+
+    println!();
+    println!("how many largest faces reach each threshold:");
+    let groups: [(&str, fn(&str) -> bool); 4] = [
+        ("_liveness/real*", |p| p.starts_with("_liveness/real")),
+        ("_liveness/spoof*", |p| p.starts_with("_liveness/spoof")),
+        ("20 identities", |p| !p.starts_with('_')),
+        ("other _ folders", |p| {
+            p.starts_with('_') && !p.starts_with("_liveness/")
+        }),
+    ];
+    print!("  {:<20} {:>6}", "photos", "faces");
+    for t in THRESHOLDS {
+        print!(" {:>7}", format!(">={t}"));
+    }
+    println!(" {:>8} {:>8}", "median", "too small");
+    for (label, member) in groups {
+        let in_group: Vec<&Scored> = scored.iter().filter(|s| member(&s.path)).collect();
+        let scores: Vec<f64> = in_group
+            .iter()
+            .filter_map(|s| s.reading.score())
+            .map(f64::from)
+            .collect();
+        print!("  {:<20} {:>6}", label, in_group.len());
+        for t in THRESHOLDS {
+            let passing = scores.iter().filter(|s| **s >= f64::from(t)).count();
+            print!(" {:>7}", passing);
+        }
+        let too_small = in_group.len() - scores.len();
+        println!(" {:>8.3} {:>8}", median(&scores), too_small);
+    }
+    let identities: Vec<&Scored> = scored.iter().filter(|s| !s.path.starts_with('_')).collect();
+    let capped: Vec<f64> = identities
+        .iter()
+        .filter(|s| s.capped)
+        .filter_map(|s| s.reading.score().map(f64::from))
+        .collect();
+    let uncapped: Vec<f64> = identities
+        .iter()
+        .filter(|s| !s.capped)
+        .filter_map(|s| s.reading.score().map(f64::from))
+        .collect();
+    println!(
+        "  20 identities, V1SE crop capped by the photo's edges: {} photos, median score {:.3}; full 4x context: {} photos, median {:.3}",
+        capped.len(),
+        median(&capped),
+        uncapped.len(),
+        median(&uncapped)
+    );
+
+    println!();
+    cost(engine, &mut recognizer);
+}
+
+fn score_every_photo(engine: &Engine, recognizer: &mut Recognizer) -> Vec<Scored> {
+    let mut scored = Vec::new();
+    for photo in support::pinned_photos() {
+        let decoded = frame::decode_image(&support::photo(&photo.path), &engine.config.frame)
+            .unwrap_or_else(|err| panic!("{}: {err}", photo.path));
+        let faces = recognizer
+            .detect_all(&decoded.image)
+            .unwrap_or_else(|err| panic!("{}: {err}", photo.path));
+        let Some(face) = faces.first() else {
+            continue;
+        };
+        let reading = recognizer
+            .check_liveness(&decoded.image, face)
+            .unwrap_or_else(|err| panic!("{}: {err}", photo.path))
+            .expect("liveness is enabled");
+        let size = (decoded.image.cols(), decoded.image.rows());
+        let capped = crop_box(face.bbox, size, 4.0).is_some_and(|c| {
+            f64::from(c.width) < 4.0 * f64::from(face.bbox[2]) - 1.0
+                || f64::from(c.height) < 4.0 * f64::from(face.bbox[3]) - 1.0
+        });
+        scored.push(Scored {
+            path: photo.path.clone(),
+            face_px: face.bbox[2].max(0.0) as u32,
+            capped,
+            reading,
+        });
+    }
+    scored
+}
+
+/// Liveness's own time on frames with a face, and the whole recognition of a recognised frame with
+/// liveness on and off, on the identities' photos letterboxed to each size.
+fn cost(engine: &Engine, recognizer: &mut Recognizer) {
+    let people = support::people();
+    let gallery =
+        engine.gallery_of_first_photos(recognizer, people.keys().map(String::as_str));
+    let mut off_config = engine.config.clone();
+    off_config.liveness.enabled = false;
+    let off_engine_models = facegate::vision::PipelineModels::resolve(&off_config)
+        .expect("models resolve");
+    let mut without = Recognizer::load(&off_engine_models, &off_config).expect("models load");
+    println!(
+        "cost per recognised frame (OpenCV threads {}; medians over {TIMED_RUNS} runs of the identities' photos), ms:",
+        common::opencv_threads()
+    );
+    println!(
+        "  {:<10} {:>7} {:>10} {:>12} {:>12} {:>10}",
+        "frame", "frames", "liveness", "liveness p90", "total with", "total off"
+    );
+    for size in SIZES {
+        let frames = common::frames(size, 1);
+        let mut liveness_ms = Vec::new();
+        let mut with_ms = Vec::new();
+        let mut without_ms = Vec::new();
+        for frame in frames.iter().take(3) {
+            let _ = engine.try_recognize(recognizer, &gallery, &frame.jpeg);
+        }
+        for _ in 0..TIMED_RUNS {
+            for frame in &frames {
+                let started = Instant::now();
+                let recognition = engine
+                    .try_recognize(recognizer, &gallery, &frame.jpeg)
+                    .unwrap_or_else(|err| panic!("{}: {err}", frame.name));
+                let total = common::elapsed_ms(started);
+                if recognition.liveness.is_none() {
+                    continue;
+                }
+                liveness_ms.push(recognition.timings.liveness_ms);
+                with_ms.push(total);
+                let started = Instant::now();
+                engine
+                    .try_recognize(&mut without, &gallery, &frame.jpeg)
+                    .expect("recognises");
+                without_ms.push(common::elapsed_ms(started));
+            }
+        }
+        println!(
+            "  {:<10} {:>7} {:>10.2} {:>12.2} {:>12.2} {:>10.2}",
+            format!("{}x{}", size.0, size.1),
+            liveness_ms.len() / TIMED_RUNS,
+            median(&liveness_ms),
+            percentile(&liveness_ms, 90.0),
+            median(&with_ms),
+            median(&without_ms)
+        );
+    }
+}
