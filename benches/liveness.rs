@@ -11,9 +11,9 @@ mod common;
 use std::time::Instant;
 
 use facegate::frame;
-use opencv::prelude::MatTraitConst;
 use facegate::vision::liveness::crop_box;
 use facegate::vision::{LivenessReading, Recognizer};
+use opencv::prelude::MatTraitConst;
 
 use common::{median, percentile};
 use support::Engine;
@@ -156,12 +156,11 @@ fn score_every_photo(engine: &Engine, recognizer: &mut Recognizer) -> Vec<Scored
 /// liveness on and off, on the identities' photos letterboxed to each size.
 fn cost(engine: &Engine, recognizer: &mut Recognizer) {
     let people = support::people();
-    let gallery =
-        engine.gallery_of_first_photos(recognizer, people.keys().map(String::as_str));
+    let gallery = engine.gallery_of_first_photos(recognizer, people.keys().map(String::as_str));
     let mut off_config = engine.config.clone();
     off_config.liveness.enabled = false;
-    let off_engine_models = facegate::vision::PipelineModels::resolve(&off_config)
-        .expect("models resolve");
+    let off_engine_models =
+        facegate::vision::PipelineModels::resolve(&off_config).expect("models resolve");
     let mut without = Recognizer::load(&off_engine_models, &off_config).expect("models load");
     println!(
         "cost per recognised frame (OpenCV threads {}; medians over {TIMED_RUNS} runs of the identities' photos), ms:",

@@ -192,7 +192,7 @@ impl Default for RecognitionConfig {
             min_face_px: 40,
             lookalike_warning: 0.40,
             opencv_threads: 0,
-            max_roll_deg: 20.0,
+            max_roll_deg: 15.0,
         }
     }
 }
