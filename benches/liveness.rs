@@ -1,6 +1,7 @@
 //! Liveness figures behind `liveness.threshold` (issue 11): the MiniFASNet scores of every pinned photo's
 //! largest face (the `_liveness/` samples and the web photos of the 20 identities), how many pass at a
-//! few thresholds, and what liveness costs per recognised frame at 640x480 and 1280x720.
+//! few thresholds, what liveness costs per recognised frame at 640x480 and 1280x720, and what the upright
+//! second look at a tilted head costs.
 //! Run: `cargo bench --bench liveness` (prints; asserts nothing).
 
 #[path = "../tests/support/mod.rs"]
@@ -26,8 +27,8 @@ const TIMED_RUNS: usize = 3;
 struct Scored {
     path: String,
     face_px: u32,
-    /// Whether the frame was too small for the full 4x crop, so the V1SE crop had less context.
-    capped: bool,
+    /// How many face widths the V1SE crop really spans (4 when the frame has room, less when capped).
+    v1se_context: f32,
     reading: LivenessReading,
 }
 
@@ -48,22 +49,22 @@ fn main() {
     let scored = score_every_photo(engine, &mut recognizer);
     println!();
     println!(
-        "  {:<48} {:>7} {:>6} {:>7} {:>7} {:>7}",
-        "photo (largest face)", "face px", "capped", "V2", "V1SE", "score"
+        "  {:<48} {:>7} {:>7} {:>7} {:>7} {:>7}",
+        "photo (largest face)", "face px", "V1SE x", "V2", "V1SE", "score"
     );
     for s in &scored {
         match &s.reading {
             LivenessReading::Scored { score, models } => println!(
-                "  {:<48} {:>7} {:>6} {:>7.3} {:>7.3} {:>7.3}",
+                "  {:<48} {:>7} {:>7.2} {:>7.3} {:>7.3} {:>7.3}",
                 s.path,
                 s.face_px,
-                if s.capped { "yes" } else { "" },
+                s.v1se_context,
                 models[0].probabilities[1],
                 models[1].probabilities[1],
                 score
             ),
             LivenessReading::TooSmall { .. } => println!(
-                "  {:<48} {:>7} {:>6} {:>7} {:>7} {:>7}",
+                "  {:<48} {:>7} {:>7} {:>7} {:>7} {:>7}",
                 s.path, s.face_px, "", "", "", "too small"
             ),
         }
@@ -99,27 +100,64 @@ fn main() {
         let too_small = in_group.len() - scores.len();
         println!(" {:>8.3} {:>8}", median(&scores), too_small);
     }
+    println!("the 20 identities by how much context the V1SE crop had (face widths it spans):");
     let identities: Vec<&Scored> = scored.iter().filter(|s| !s.path.starts_with('_')).collect();
-    let capped: Vec<f64> = identities
-        .iter()
-        .filter(|s| s.capped)
-        .filter_map(|s| s.reading.score().map(f64::from))
-        .collect();
-    let uncapped: Vec<f64> = identities
-        .iter()
-        .filter(|s| !s.capped)
-        .filter_map(|s| s.reading.score().map(f64::from))
-        .collect();
-    println!(
-        "  20 identities, V1SE crop capped by the photo's edges: {} photos, median score {:.3}; full 4x context: {} photos, median {:.3}",
-        capped.len(),
-        median(&capped),
-        uncapped.len(),
-        median(&uncapped)
-    );
+    for (label, low, high) in [
+        ("under 2x", 0.0, 2.0),
+        ("2x to 3x", 2.0, 3.0),
+        ("3x or more", 3.0, f32::INFINITY),
+    ] {
+        let scores: Vec<f64> = identities
+            .iter()
+            .filter(|s| s.v1se_context >= low && s.v1se_context < high)
+            .filter_map(|s| s.reading.score().map(f64::from))
+            .collect();
+        let passing = scores
+            .iter()
+            .filter(|s| **s >= f64::from(engine.config.liveness.threshold))
+            .count();
+        println!(
+            "  {label:<12} {:>3} photos, median score {:.3}, {passing} at or above {}",
+            scores.len(),
+            median(&scores),
+            engine.config.liveness.threshold
+        );
+    }
 
     println!();
     cost(engine, &mut recognizer);
+    println!();
+    straightening_cost(engine, &mut recognizer);
+}
+
+/// The align stage (which includes the upright second look for a tilted face) on the identities'
+/// 640x480 frames upright and turned by 30°.
+fn straightening_cost(engine: &Engine, recognizer: &mut Recognizer) {
+    println!(
+        "tilted heads: align stage on 640x480 frames (includes the second detection past recognition.max_roll_deg = {}°), ms:",
+        engine.config.recognition.max_roll_deg
+    );
+    let frames = common::frames((640, 480), 1);
+    for degrees in [0.0, 30.0] {
+        let mut align_ms = Vec::new();
+        for _ in 0..TIMED_RUNS {
+            for frame in &frames {
+                let decoded = frame::decode_image(&frame.jpeg, &engine.config.frame)
+                    .unwrap_or_else(|err| panic!("{}: {err}", frame.name));
+                let image = support::turned(&decoded.image, degrees);
+                let sighting = recognizer.look(&image).expect("the pipeline runs");
+                if sighting.primary.is_some() {
+                    align_ms.push(sighting.align_ms);
+                }
+            }
+        }
+        println!(
+            "  turned {degrees:>4}°: {:>3} faces, align median {:.2}, p90 {:.2}",
+            align_ms.len() / TIMED_RUNS,
+            median(&align_ms),
+            percentile(&align_ms, 90.0)
+        );
+    }
 }
 
 fn score_every_photo(engine: &Engine, recognizer: &mut Recognizer) -> Vec<Scored> {
@@ -138,14 +176,12 @@ fn score_every_photo(engine: &Engine, recognizer: &mut Recognizer) -> Vec<Scored
             .unwrap_or_else(|err| panic!("{}: {err}", photo.path))
             .expect("liveness is enabled");
         let size = (decoded.image.cols(), decoded.image.rows());
-        let capped = crop_box(face.bbox, size, 4.0).is_some_and(|c| {
-            f64::from(c.width) < 4.0 * f64::from(face.bbox[2]) - 1.0
-                || f64::from(c.height) < 4.0 * f64::from(face.bbox[3]) - 1.0
-        });
+        let v1se_context =
+            crop_box(face.bbox, size, 4.0).map_or(0.0, |c| c.width as f32 / face.bbox[2].max(1.0));
         scored.push(Scored {
             path: photo.path.clone(),
             face_px: face.bbox[2].max(0.0) as u32,
-            capped,
+            v1se_context,
             reading,
         });
     }

@@ -7,41 +7,16 @@ mod support;
 
 use std::collections::BTreeMap;
 
-use opencv::core::{self as cv, Mat, Point2f, Scalar, Size};
-use opencv::imgproc;
-use opencv::prelude::*;
+use opencv::core::Mat;
 
 use facegate::decision::Outcome;
 use facegate::frame;
 use facegate::gallery::Gallery;
 use facegate::vision::Recognizer;
 
-use support::{decide_fresh, Engine};
+use support::{decide_fresh, turned, Engine};
 
 const TURNS: [f64; 4] = [-30.0, -15.0, 15.0, 30.0];
-
-/// The decoded frame turned by `degrees` (counter-clockwise as seen), on a canvas grown to hold all of it.
-fn turned(image: &Mat, degrees: f64) -> Mat {
-    let (w, h) = (f64::from(image.cols()), f64::from(image.rows()));
-    let (sin, cos) = degrees.to_radians().sin_cos();
-    let (new_w, new_h) = (w * cos.abs() + h * sin.abs(), w * sin.abs() + h * cos.abs());
-    let centre = Point2f::new((w / 2.0) as f32, (h / 2.0) as f32);
-    let mut matrix = imgproc::get_rotation_matrix_2d(centre, degrees, 1.0).unwrap();
-    *matrix.at_2d_mut::<f64>(0, 2).unwrap() += (new_w - w) / 2.0;
-    *matrix.at_2d_mut::<f64>(1, 2).unwrap() += (new_h - h) / 2.0;
-    let mut out = Mat::default();
-    imgproc::warp_affine(
-        image,
-        &mut out,
-        &matrix,
-        Size::new(new_w.round() as i32, new_h.round() as i32),
-        imgproc::INTER_LINEAR,
-        cv::BORDER_CONSTANT,
-        Scalar::all(0.0),
-    )
-    .unwrap();
-    out
-}
 
 /// Who the largest face in `image` is granted as, if anyone, and the outcome.
 fn granted_as(

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use opencv::core::{self as cv, Mat, Scalar, Size, Vector};
+use opencv::core::{self as cv, Mat, Point2f, Scalar, Size, Vector};
 use opencv::prelude::*;
 use opencv::{imgcodecs, imgproc};
 
@@ -376,4 +376,27 @@ pub fn letterbox(image: &Mat, (width, height): (i32, i32)) -> Mat {
     )
     .expect("pad");
     framed
+}
+
+/// The decoded frame turned by `degrees` (counter-clockwise as seen), on a canvas grown to hold all of it.
+pub fn turned(image: &Mat, degrees: f64) -> Mat {
+    let (w, h) = (f64::from(image.cols()), f64::from(image.rows()));
+    let (sin, cos) = degrees.to_radians().sin_cos();
+    let (new_w, new_h) = (w * cos.abs() + h * sin.abs(), w * sin.abs() + h * cos.abs());
+    let centre = Point2f::new((w / 2.0) as f32, (h / 2.0) as f32);
+    let mut matrix = imgproc::get_rotation_matrix_2d(centre, degrees, 1.0).expect("rotation");
+    *matrix.at_2d_mut::<f64>(0, 2).expect("matrix") += (new_w - w) / 2.0;
+    *matrix.at_2d_mut::<f64>(1, 2).expect("matrix") += (new_h - h) / 2.0;
+    let mut out = Mat::default();
+    imgproc::warp_affine(
+        image,
+        &mut out,
+        &matrix,
+        Size::new(new_w.round() as i32, new_h.round() as i32),
+        imgproc::INTER_LINEAR,
+        cv::BORDER_CONSTANT,
+        Scalar::all(0.0),
+    )
+    .expect("warp");
+    out
 }
