@@ -24,6 +24,9 @@ const THRESHOLDS: [f32; 6] = [0.3, 0.5, 0.6, 0.7, 0.8, 0.9];
 const SIZES: [(i32, i32); 2] = [(640, 480), (1280, 720)];
 const TIMED_RUNS: usize = 3;
 
+/// A label and which photo paths belong to it.
+type PhotoGroup = (&'static str, fn(&str) -> bool);
+
 struct Scored {
     path: String,
     face_px: u32,
@@ -72,7 +75,7 @@ fn main() {
 
     println!();
     println!("how many largest faces reach each threshold:");
-    let groups: [(&str, fn(&str) -> bool); 4] = [
+    let groups: [PhotoGroup; 4] = [
         ("_liveness/real*", |p| p.starts_with("_liveness/real")),
         ("_liveness/spoof*", |p| p.starts_with("_liveness/spoof")),
         ("20 identities", |p| !p.starts_with('_')),

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use serde_json::json;
 
 use facegate::config::{Config, DoorBackendName, Overrides};
-use facegate::decision::{decide, round_score, Outcome};
+use facegate::decision::{decide_with, round_score, Checks, Liveness, Outcome};
 use facegate::enrollment::{self, Candidate, Verdict};
 use facegate::gallery::{EmbedderId, Gallery};
 use facegate::recognition::{recognize_image, RecognitionError};
@@ -239,8 +239,14 @@ fn identify(config: &Config, images: &[PathBuf]) -> Result<()> {
             threshold,
         ) {
             Ok(recognition) => {
-                let decision = decide(
+                let checks = Checks {
+                    liveness: Liveness::from_reading(recognition.liveness.as_ref()),
+                    liveness_threshold: config.liveness.threshold,
+                    tally: None,
+                };
+                let decision = decide_with(
                     &recognition.outcome,
+                    &checks,
                     std::time::Duration::ZERO,
                     config.max_decision_age(),
                 );
@@ -256,6 +262,7 @@ fn identify(config: &Config, images: &[PathBuf]) -> Result<()> {
                     "threshold": round_score(threshold),
                     "faces": recognition.faces,
                     "nearest_below_threshold": nearest,
+                    "liveness": decision.liveness,
                     "timings": recognition.timings,
                 })
             }

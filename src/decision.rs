@@ -125,6 +125,20 @@ pub struct LivenessVerdict {
     pub threshold: f32,
 }
 
+/// As answers show it: `{"score": 0.9731, "threshold": 0.8}`, plus `"mean"` when several frames counted.
+impl Serialize for LivenessVerdict {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("score", &self.score.map(round_score))?;
+        if let Some(mean) = self.mean {
+            map.serialize_entry("mean", &round_score(mean))?;
+        }
+        map.serialize_entry("threshold", &round_score(self.threshold))?;
+        map.end()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
     pub status: Status,
@@ -146,12 +160,12 @@ pub fn decide(outcome: &Outcome, frame_age: Duration, max_age: Duration) -> Deci
 
 /// The person a frame counts towards in the tablet's confirmation: a fresh recognised face that liveness
 /// could judge. Any other frame interrupts the tablet's streak.
-pub fn confirming_person<'a>(
-    outcome: &'a Outcome,
+pub fn confirming_person(
+    outcome: &Outcome,
     liveness: Liveness,
     frame_age: Duration,
     max_age: Duration,
-) -> Option<&'a str> {
+) -> Option<&str> {
     match outcome {
         Outcome::Recognised(m) if frame_age <= max_age && liveness != Liveness::TooSmall => {
             Some(&m.name)
@@ -483,6 +497,28 @@ mod tests {
                 assert_eq!(verdict.threshold, 0.8, "{case}");
             }
         }
+    }
+
+    #[test]
+    fn a_liveness_verdict_is_shown_rounded_with_its_threshold() {
+        let verdict = LivenessVerdict {
+            score: Some(0.973_14),
+            mean: None,
+            threshold: 0.8,
+        };
+        assert_eq!(
+            serde_json::to_string(&verdict).unwrap(),
+            r#"{"score":0.9731,"threshold":0.8}"#
+        );
+        let too_small = LivenessVerdict {
+            score: None,
+            mean: Some(0.5),
+            ..verdict
+        };
+        assert_eq!(
+            serde_json::to_string(&too_small).unwrap(),
+            r#"{"score":null,"mean":0.5,"threshold":0.8}"#
+        );
     }
 
     #[test]

@@ -100,7 +100,7 @@ impl Straightener {
         }
         let [x, y, w, h] = face.bbox.map(f64::from);
         let region_side = REGION_FACTOR * w.max(h);
-        if !(region_side >= 1.0) {
+        if region_side.is_nan() || region_side < 1.0 {
             return Ok(face.clone());
         }
         let canvas_side = region_side.min(MAX_CANVAS_SIDE).round();
