@@ -196,11 +196,7 @@ fn score_every_photo(engine: &Engine, recognizer: &mut Recognizer) -> Vec<Scored
 fn cost(engine: &Engine, recognizer: &mut Recognizer) {
     let people = support::people();
     let gallery = engine.gallery_of_first_photos(recognizer, people.keys().map(String::as_str));
-    let mut off_config = engine.config.clone();
-    off_config.liveness.enabled = false;
-    let off_engine_models =
-        facegate::vision::PipelineModels::resolve(&off_config).expect("models resolve");
-    let mut without = Recognizer::load(&off_engine_models, &off_config).expect("models load");
+    let mut without = Engine::get().recognizer();
     println!(
         "cost per recognised frame (OpenCV threads {}; medians over {TIMED_RUNS} runs of the identities' photos), ms:",
         common::opencv_threads()

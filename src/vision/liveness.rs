@@ -8,7 +8,6 @@ use opencv::dnn;
 use opencv::imgproc;
 use opencv::prelude::*;
 
-use crate::config::LivenessConfig;
 use crate::models::{ChannelOrder, LivenessContract, Manifest, ModelError, ResolvedModel};
 use crate::vision::{DetectedFace, VisionError};
 
@@ -113,12 +112,20 @@ impl LivenessReading {
     }
 }
 
-/// Both liveness models, resolved from the manifest and checked against their pins.
+/// Both liveness models, resolved from the manifest and checked against their pins, and the smallest
+/// face (`liveness.min_face_px`) they are asked to judge.
 #[derive(Debug, Clone)]
-pub struct LivenessModels(pub Vec<ResolvedModel<LivenessContract>>);
+pub struct LivenessModels {
+    pub models: Vec<ResolvedModel<LivenessContract>>,
+    pub min_face_px: u32,
+}
 
 impl LivenessModels {
-    pub fn resolve(manifest: &Manifest, models_dir: &std::path::Path) -> Result<Self, ModelError> {
+    pub fn resolve(
+        manifest: &Manifest,
+        models_dir: &std::path::Path,
+        min_face_px: u32,
+    ) -> Result<Self, ModelError> {
         let models = LIVENESS_MODELS
             .iter()
             .map(|name| manifest.liveness(name, models_dir))
@@ -126,7 +133,10 @@ impl LivenessModels {
         for model in &models {
             model.verify()?;
         }
-        Ok(LivenessModels(models))
+        Ok(LivenessModels {
+            models,
+            min_face_px,
+        })
     }
 }
 
@@ -143,15 +153,12 @@ pub struct LivenessChecker {
 }
 
 impl LivenessChecker {
-    pub fn load(
-        models: &LivenessModels,
-        settings: &LivenessConfig,
-    ) -> Result<LivenessChecker, VisionError> {
+    pub fn load(models: &LivenessModels) -> Result<LivenessChecker, VisionError> {
         let mut checker = LivenessChecker {
-            classifiers: Vec::with_capacity(models.0.len()),
-            min_face_px: settings.min_face_px,
+            classifiers: Vec::with_capacity(models.models.len()),
+            min_face_px: models.min_face_px,
         };
-        for model in &models.0 {
+        for model in &models.models {
             let load_error = |cause: String| VisionError::ModelLoad {
                 model: model.name.clone(),
                 path: model.path.clone(),

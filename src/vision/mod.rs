@@ -7,12 +7,12 @@ pub mod embed;
 pub mod liveness;
 pub mod tilt;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use opencv::core::Mat;
 
-use crate::config::Config;
+use crate::config::{LivenessConfig, RecognitionConfig, AUTO_DETECTOR};
 use crate::models::{DetectorContract, EmbedderContract, Manifest, ModelError, ResolvedModel};
 pub use detect::DetectedFace;
 pub use embed::Embedding;
@@ -43,9 +43,6 @@ pub enum VisionError {
     OpenCv(#[from] opencv::Error),
 }
 
-/// `recognition.detector` value that picks the YuNet release the running OpenCV can execute.
-pub const AUTO_DETECTOR: &str = "auto";
-
 /// YuNet 2022mar's outputs are what OpenCV before 4.8 decodes; 4.8 and later expect 2023mar's.
 pub fn detector_for_opencv((major, minor): (i32, i32)) -> &'static str {
     if (major, minor) >= (4, 8) {
@@ -67,38 +64,52 @@ pub fn opencv_version() -> (i32, i32) {
 pub struct PipelineModels {
     pub detector: ResolvedModel<DetectorContract>,
     pub embedder: ResolvedModel<EmbedderContract>,
-    /// Only when `liveness.enabled`.
+    /// Only after `with_liveness` with `liveness.enabled`.
     pub liveness: Option<liveness::LivenessModels>,
 }
 
 impl PipelineModels {
-    pub fn resolve(config: &Config) -> Result<PipelineModels, ModelError> {
+    pub fn resolve(
+        settings: &RecognitionConfig,
+        models_dir: &Path,
+    ) -> Result<PipelineModels, ModelError> {
         let manifest = Manifest::builtin();
-        let detector = match config.recognition.detector.as_str() {
+        let detector = match settings.detector.as_str() {
             AUTO_DETECTOR => detector_for_opencv(opencv_version()),
             named => named,
         };
         let models = PipelineModels {
-            detector: manifest.detector(detector, &config.models_dir)?,
-            embedder: manifest.embedder(&config.recognition.embedder, &config.models_dir)?,
-            liveness: if config.liveness.enabled {
-                Some(liveness::LivenessModels::resolve(
-                    &manifest,
-                    &config.models_dir,
-                )?)
-            } else {
-                None
-            },
+            detector: manifest.detector(detector, models_dir)?,
+            embedder: manifest.embedder(&settings.embedder, models_dir)?,
+            liveness: None,
         };
         models.detector.verify()?;
         models.embedder.verify()?;
         Ok(models)
     }
 
+    /// Adds the liveness models (resolved and verified) when `settings.enabled`; recognition alone
+    /// (enrolment, gallery tools) never needs them.
+    pub fn with_liveness(
+        self,
+        settings: &LivenessConfig,
+        models_dir: &Path,
+    ) -> Result<PipelineModels, ModelError> {
+        let liveness = if settings.enabled {
+            Some(liveness::LivenessModels::resolve(
+                &Manifest::builtin(),
+                models_dir,
+                settings.min_face_px,
+            )?)
+        } else {
+            None
+        };
+        Ok(PipelineModels { liveness, ..self })
+    }
+
     /// The threshold in force: the config's, else the embedder's manifest default.
-    pub fn threshold(&self, config: &Config) -> f32 {
-        config
-            .recognition
+    pub fn threshold(&self, settings: &RecognitionConfig) -> f32 {
+        settings
             .threshold
             .unwrap_or(self.embedder.contract.threshold)
     }
@@ -122,7 +133,7 @@ pub struct Sighting {
     pub embed_ms: f64,
 }
 
-/// One worker's detector, embedder and (when enabled) liveness classifiers.
+/// One worker's detector, embedder and (when its models were resolved) liveness classifiers.
 pub struct Recognizer {
     detector: detect::Detector,
     straightener: tilt::Straightener,
@@ -131,8 +142,7 @@ pub struct Recognizer {
 }
 
 impl Recognizer {
-    pub fn load(models: &PipelineModels, config: &Config) -> Result<Recognizer, VisionError> {
-        let r = &config.recognition;
+    pub fn load(models: &PipelineModels, r: &RecognitionConfig) -> Result<Recognizer, VisionError> {
         let settings = detect::DetectSettings {
             max_side: r.detect_max_side,
             score_threshold: r.detect_score_threshold,
@@ -147,10 +157,7 @@ impl Recognizer {
             straightener: tilt::Straightener::new(upright_detector, r.max_roll_deg),
             embedder: embed::Embedder::load(&models.embedder)?,
             liveness: match &models.liveness {
-                Some(liveness_models) => Some(liveness::LivenessChecker::load(
-                    liveness_models,
-                    &config.liveness,
-                )?),
+                Some(liveness_models) => Some(liveness::LivenessChecker::load(liveness_models)?),
                 None => None,
             },
         })
@@ -206,7 +213,7 @@ impl Recognizer {
     }
 
     /// Judges whether `face` in `frame` (the decoded frame its coordinates refer to) is a live person;
-    /// `None` when liveness is disabled.
+    /// `None` when liveness is off.
     pub fn check_liveness(
         &mut self,
         frame: &Mat,

@@ -6,6 +6,8 @@ use serde::Deserialize;
 use crate::frame::{self, FrameError};
 
 const MAX_FRAME_ID_CHARS: usize = 128;
+/// `tablet_id` names a tablet for the confirmation over several frames (`door.confirm_frames`).
+const MAX_TABLET_ID_CHARS: usize = 64;
 
 /// A frame post after parsing: the image bytes (base64 already decoded) and what the tablet said about it.
 #[derive(Debug, Clone, PartialEq)]
@@ -13,6 +15,8 @@ pub struct FramePost {
     pub image: Vec<u8>,
     pub frame_id: Option<String>,
     pub captured_at: Option<DateTime<Utc>>,
+    /// Which tablet sent it, when several share one address.
+    pub tablet_id: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -21,6 +25,8 @@ pub enum BodyError {
     Json(String),
     #[error("`frame_id` must be at most {MAX_FRAME_ID_CHARS} printable characters")]
     FrameId,
+    #[error("`tablet_id` must be a string of 1 to {MAX_TABLET_ID_CHARS} printable characters")]
+    TabletId,
     #[error("`captured_at` is not an RFC 3339 time (e.g. 2026-11-21T10:00:00.123Z): {0}")]
     CapturedAt(String),
     #[error(transparent)]
@@ -33,6 +39,7 @@ struct JsonPost {
     image: String,
     frame_id: Option<serde_json::Value>,
     captured_at: Option<String>,
+    tablet_id: Option<String>,
 }
 
 /// JSON when the body is an object (base64 text never contains `{`), raw base64 otherwise.
@@ -43,6 +50,7 @@ pub fn parse_frame_post(body: &[u8], max_image_bytes: usize) -> Result<FramePost
             image: frame::decode_base64(body, max_image_bytes)?,
             frame_id: None,
             captured_at: None,
+            tablet_id: None,
         });
     }
     let post: JsonPost =
@@ -58,6 +66,12 @@ pub fn parse_frame_post(body: &[u8], max_image_bytes: usize) -> Result<FramePost
             return Err(BodyError::FrameId);
         }
     }
+    if let Some(id) = &post.tablet_id {
+        let length = id.chars().count();
+        if !(1..=MAX_TABLET_ID_CHARS).contains(&length) || id.chars().any(char::is_control) {
+            return Err(BodyError::TabletId);
+        }
+    }
     let captured_at = post
         .captured_at
         .map(|text| {
@@ -70,6 +84,7 @@ pub fn parse_frame_post(body: &[u8], max_image_bytes: usize) -> Result<FramePost
         image: frame::decode_base64(post.image.as_bytes(), max_image_bytes)?,
         frame_id,
         captured_at,
+        tablet_id: post.tablet_id,
     })
 }
 
@@ -95,11 +110,13 @@ mod tests {
         );
         let numeric = parse_frame_post(br#"{"image": "aGk=", "frame_id": 42}"#, 100).unwrap();
         assert_eq!(numeric.frame_id.as_deref(), Some("42"));
+        let tablet = parse_frame_post(br#"{"image": "aGk=", "tablet_id": "front"}"#, 100).unwrap();
+        assert_eq!(tablet.tablet_id.as_deref(), Some("front"));
     }
 
     #[test]
     fn malformed_json_bodies_say_what_is_wrong() {
-        let cases: [(&[u8], &str); 5] = [
+        let cases: [(&[u8], &str); 7] = [
             (br#"{"image": "aGk=""#, "JSON"),
             (br#"{"frame_id": "x"}"#, "image"),
             (
@@ -108,6 +125,8 @@ mod tests {
             ),
             (br#"{"image": "aGk=", "frame_id": {"a": 1}}"#, "frame_id"),
             (br#"{"image": "!!!"}"#, "base64"),
+            (br#"{"image": "aGk=", "tablet_id": ""}"#, "tablet_id"),
+            (br#"{"image": "aGk=", "tablet_id": 7}"#, "JSON"),
         ];
         for (body, word) in cases {
             let err = parse_frame_post(body, 100).unwrap_err().to_string();
