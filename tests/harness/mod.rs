@@ -191,6 +191,9 @@ impl Setup {
             .set("door.cooldown_ms", 0)
             // A loaded machine must not turn a fresh grant stale; the stale test sends an old frame.
             .set("door.max_decision_age_ms", 60_000)
+            // The web photos are no fair liveness test (docs/accuracy.md); tests/liveness_daemon.rs
+            // turns it on with the `_liveness/` samples.
+            .set("liveness.enabled", false)
     }
 
     /// Sets a dotted key such as `"door.hold_ms"`, creating its table if needed.
