@@ -1167,8 +1167,10 @@ impl Daemon {
     /// Enrols one person with `facegate enroll`, then starts `facegate serve` on a free loopback port.
     fn start() -> Daemon {
         let dir = tempfile::tempdir().expect("temp dir");
+        // Liveness off: the generated frames are re-encoded web photos, no fair liveness test
+        // (docs/accuracy.md); tests/liveness_daemon.rs covers it.
         let config = format!(
-            "state_dir = {state:?}\nmodels_dir = {models:?}\n\n[http]\nrequire_token = true\ntoken = {TOKEN:?}\nbody_timeout_ms = {BODY_TIMEOUT_MS}\nmax_body_bytes = {MAX_BODY_BYTES}\n\n[door]\nbackend = \"sim\"\nsim_journal = {journal:?}\n",
+            "state_dir = {state:?}\nmodels_dir = {models:?}\n\n[http]\nrequire_token = true\ntoken = {TOKEN:?}\nbody_timeout_ms = {BODY_TIMEOUT_MS}\nmax_body_bytes = {MAX_BODY_BYTES}\n\n[door]\nbackend = \"sim\"\nsim_journal = {journal:?}\n\n[liveness]\nenabled = false\n",
             state = dir.path().join("state"),
             models = support::assets_dir().join("models"),
             journal = dir.path().join("door.jsonl"),
