@@ -332,7 +332,7 @@ fn gallery(config: &Config, action: GalleryAction) -> Result<()> {
 }
 
 fn check_models(config: &Config) -> Result<()> {
-    let engine = load_engine(config)?;
+    let engine = load_deciding_engine(config)?;
     let (major, minor) = facegate::vision::opencv_version();
     println!("OpenCV {major}.{minor}");
     println!(
@@ -346,5 +346,22 @@ fn check_models(config: &Config) -> Result<()> {
         engine.models.embedder.path.display(),
         engine.models.threshold(&config.recognition)
     );
+    match &engine.models.liveness {
+        Some(liveness) => {
+            for model in &liveness.models {
+                println!(
+                    "liveness {} ok ({}), scale {}",
+                    model.name,
+                    model.path.display(),
+                    model.contract.scale
+                );
+            }
+            println!(
+                "liveness threshold {}, min_face_px {}",
+                config.liveness.threshold, liveness.min_face_px
+            );
+        }
+        None => println!("liveness off (liveness.enabled = false)"),
+    }
     Ok(())
 }
