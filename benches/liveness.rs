@@ -43,7 +43,9 @@ fn main() {
         "facegate liveness: MiniFASNetV2 (2.7x) + MiniFASNetV1SE (4x), score = mean real probability"
     );
     println!(
-        "  OpenCV {major}.{minor}, detector {}, configured threshold {}, liveness.min_face_px {}",
+        "  {} cores (load average {}), OpenCV {major}.{minor}, detector {}, configured threshold {}, liveness.min_face_px {}",
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        common::load_average(),
         engine.models.detector.name,
         engine.config.liveness.threshold,
         engine.config.liveness.min_face_px
