@@ -384,10 +384,13 @@ impl Service {
             ("align", timings.align_ms),
             ("embed", timings.embed_ms),
             ("match", timings.match_ms),
-            ("liveness", timings.liveness_ms),
             ("total", timings.total_ms),
         ] {
             self.metrics.observe_stage(stage, value);
+        }
+        // Liveness runs only on recognised faces: the others would fill its histogram with zeros.
+        if timings.liveness_ms > 0.0 {
+            self.metrics.observe_stage("liveness", timings.liveness_ms);
         }
     }
 
