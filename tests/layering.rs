@@ -124,6 +124,8 @@ fn layers_point_one_way() {
         "gallery",
         "recognition",
         "body",
+        "codes",
+        "confirmation",
         "config",
     ] {
         for edge in ["http", "service", "daemon"] {

@@ -78,9 +78,30 @@ impl PipelineModels {
             AUTO_DETECTOR => detector_for_opencv(opencv_version()),
             named => named,
         };
+        let embedder = settings.embedder.as_str();
+        // Resolved against an empty directory, the paths are the manifest's file names.
+        let files = [
+            manifest.detector(detector, Path::new(""))?.path,
+            manifest.embedder(embedder, Path::new(""))?.path,
+        ];
+        let files: Vec<&str> = files.iter().filter_map(|f| f.to_str()).collect();
+        let dirs = crate::models::search_dirs(
+            models_dir,
+            &crate::config::Config::default().models_dir,
+            std::env::current_dir().ok().as_deref(),
+            std::env::current_exe().ok().as_deref(),
+        );
+        let dir = crate::models::locate(&files, &dirs)?;
+        if dir != models_dir {
+            log::info!(
+                "models_dir {} has no models; using {} (a checkout's assets/models)",
+                models_dir.display(),
+                dir.display()
+            );
+        }
         let models = PipelineModels {
-            detector: manifest.detector(detector, models_dir)?,
-            embedder: manifest.embedder(&settings.embedder, models_dir)?,
+            detector: manifest.detector(detector, &dir)?,
+            embedder: manifest.embedder(embedder, &dir)?,
             liveness: None,
         };
         models.detector.verify()?;
@@ -88,17 +109,14 @@ impl PipelineModels {
         Ok(models)
     }
 
-    /// Adds the liveness models (resolved and verified) when `settings.enabled`; recognition alone
-    /// (enrolment, gallery tools) never needs them.
-    pub fn with_liveness(
-        self,
-        settings: &LivenessConfig,
-        models_dir: &Path,
-    ) -> Result<PipelineModels, ModelError> {
+    /// Adds the liveness models (resolved next to the detector, and verified) when `settings.enabled`;
+    /// recognition alone (enrolment, gallery tools) never needs them.
+    pub fn with_liveness(self, settings: &LivenessConfig) -> Result<PipelineModels, ModelError> {
         let liveness = if settings.enabled {
+            let dir = self.detector.path.parent().unwrap_or(Path::new(""));
             Some(liveness::LivenessModels::resolve(
                 &Manifest::builtin(),
-                models_dir,
+                dir,
                 settings.min_face_px,
             )?)
         } else {

@@ -196,7 +196,7 @@ impl Engine {
 
     fn load(config: Config) -> Engine {
         let models = PipelineModels::resolve(&config.recognition, &config.models_dir)
-            .and_then(|models| models.with_liveness(&config.liveness, &config.models_dir))
+            .and_then(|models| models.with_liveness(&config.liveness))
             .unwrap_or_else(|err| {
                 panic!(
                     "the models in {} are not usable: {err}. {FETCH_HINT}",
