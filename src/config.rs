@@ -20,6 +20,9 @@ pub enum ConfigError {
     Invalid { key: &'static str, problem: String },
 }
 
+/// Shortest accepted `mqtt.command_secret`.
+pub const MIN_COMMAND_SECRET: usize = 16;
+
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -33,6 +36,7 @@ pub struct Config {
     pub door: DoorConfig,
     pub audit: AuditConfig,
     pub snapshots: SnapshotConfig,
+    pub mqtt: MqttConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -147,6 +151,45 @@ pub struct SnapshotConfig {
     pub max_age_days: u32,
 }
 
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttConfig {
+    /// `mqtt://host[:port]` or `mqtts://host[:port]`; MQTT is off when unset.
+    pub url: Option<String>,
+    /// Empty: `facegate-<door_id>`.
+    pub client_id: String,
+    pub username: String,
+    /// `FACEGATE_MQTT_PASSWORD` in the environment takes precedence.
+    pub password: String,
+    /// mqtts: PEM file of the CA(s) that signed the broker's certificate.
+    pub ca_file: PathBuf,
+    /// mqtts: PEM client certificate and key, for brokers that authenticate clients by certificate.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    /// This door's name in topics and in Home Assistant: letters, digits, `-` and `_`.
+    pub door_id: String,
+    pub topic_prefix: String,
+    /// Publish Home Assistant discovery configs under `discovery_prefix`.
+    pub discovery: bool,
+    pub discovery_prefix: String,
+    /// Act on signed `lock`, `unlock` and `clear` commands on `<prefix>/<door_id>/command`.
+    pub allow_commands: bool,
+    /// HMAC-SHA256 key of the commands; `FACEGATE_MQTT_COMMAND_SECRET` takes precedence.
+    pub command_secret: String,
+    /// Commands issued longer ago (or further ahead) than this are refused.
+    pub command_window_s: u64,
+    /// Building key (base64 Ed25519 public key): follow the signed gallery on `<prefix>/gallery`.
+    pub gallery_public_key: String,
+    /// Messages waiting for the broker; more are dropped and counted.
+    pub queue_size: usize,
+    pub keepalive_s: u64,
+    /// Reconnection backs off from `reconnect_min_ms`, doubling up to `reconnect_max_ms`.
+    pub reconnect_min_ms: u64,
+    pub reconnect_max_ms: u64,
+    /// Largest message accepted from the broker (the signed gallery is the big one).
+    pub max_message_bytes: usize,
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -158,6 +201,7 @@ impl Default for Config {
             door: DoorConfig::default(),
             audit: AuditConfig::default(),
             snapshots: SnapshotConfig::default(),
+            mqtt: MqttConfig::default(),
         }
     }
 }
@@ -239,6 +283,33 @@ impl Default for SnapshotConfig {
             max_count: 5_000,
             max_total_mb: 500,
             max_age_days: 30,
+        }
+    }
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            url: None,
+            client_id: String::new(),
+            username: String::new(),
+            password: String::new(),
+            ca_file: PathBuf::from("/etc/ssl/certs/ca-certificates.crt"),
+            client_cert: None,
+            client_key: None,
+            door_id: "door".into(),
+            topic_prefix: "facegate".into(),
+            discovery: true,
+            discovery_prefix: "homeassistant".into(),
+            allow_commands: false,
+            command_secret: String::new(),
+            command_window_s: 30,
+            gallery_public_key: String::new(),
+            queue_size: 64,
+            keepalive_s: 30,
+            reconnect_min_ms: 500,
+            reconnect_max_ms: 30_000,
+            max_message_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -361,6 +432,61 @@ impl Config {
         if self.snapshots.max_count == 0 {
             return Err(invalid("snapshots.max_count", "must be at least 1"));
         }
+        self.validate_mqtt().map_err(|(key, problem)| invalid(key, problem))
+    }
+
+    fn validate_mqtt(&self) -> Result<(), (&'static str, String)> {
+        let m = &self.mqtt;
+        let Some(url) = &m.url else {
+            return Ok(());
+        };
+        crate::mqtt::Broker::parse(url).map_err(|problem| ("mqtt.url", problem))?;
+        let topic_word = |key, value: &str| {
+            let ok = !value.is_empty()
+                && value.len() <= 64
+                && value
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if ok {
+                Ok(())
+            } else {
+                Err((key, format!("must be 1 to 64 letters, digits, `-` or `_`, not {value:?}")))
+            }
+        };
+        topic_word("mqtt.door_id", &m.door_id)?;
+        topic_word("mqtt.topic_prefix", &m.topic_prefix)?;
+        topic_word("mqtt.discovery_prefix", &m.discovery_prefix)?;
+        if m.client_cert.is_some() != m.client_key.is_some() {
+            return Err(("mqtt.client_cert", "and mqtt.client_key must be set together".into()));
+        }
+        if m.allow_commands && self.mqtt_command_secret().is_none() {
+            return Err((
+                "mqtt.command_secret",
+                format!("must be at least {MIN_COMMAND_SECRET} characters when mqtt.allow_commands is on (or set FACEGATE_MQTT_COMMAND_SECRET)"),
+            ));
+        }
+        if !(1..=3600).contains(&m.command_window_s) {
+            return Err(("mqtt.command_window_s", "must be between 1 and 3600 seconds".into()));
+        }
+        if !m.gallery_public_key.is_empty() {
+            crate::gallery_bundle::parse_public_key(&m.gallery_public_key)
+                .map_err(|err| ("mqtt.gallery_public_key", err.to_string()))?;
+        }
+        if m.queue_size == 0 {
+            return Err(("mqtt.queue_size", "must be at least 1".into()));
+        }
+        if !(1..=3600).contains(&m.keepalive_s) {
+            return Err(("mqtt.keepalive_s", "must be between 1 and 3600 seconds".into()));
+        }
+        if m.reconnect_min_ms == 0 || m.reconnect_max_ms < m.reconnect_min_ms {
+            return Err((
+                "mqtt.reconnect_max_ms",
+                "must be at least mqtt.reconnect_min_ms, which must be above 0".into(),
+            ));
+        }
+        if m.max_message_bytes < 1024 {
+            return Err(("mqtt.max_message_bytes", "must be at least 1024".into()));
+        }
         Ok(())
     }
 
@@ -368,6 +494,20 @@ impl Config {
     pub fn token(&self) -> Option<String> {
         let token = std::env::var("FACEGATE_TOKEN").unwrap_or_else(|_| self.http.token.clone());
         (!token.is_empty()).then_some(token)
+    }
+
+    /// The MQTT password in force: `FACEGATE_MQTT_PASSWORD` wins over the file.
+    pub fn mqtt_password(&self) -> Option<String> {
+        let password =
+            std::env::var("FACEGATE_MQTT_PASSWORD").unwrap_or_else(|_| self.mqtt.password.clone());
+        (!password.is_empty()).then_some(password)
+    }
+
+    /// The command secret in force (`FACEGATE_MQTT_COMMAND_SECRET` wins), if long enough to use.
+    pub fn mqtt_command_secret(&self) -> Option<String> {
+        let secret = std::env::var("FACEGATE_MQTT_COMMAND_SECRET")
+            .unwrap_or_else(|_| self.mqtt.command_secret.clone());
+        (secret.len() >= MIN_COMMAND_SECRET).then_some(secret)
     }
 
     pub fn gallery_path(&self) -> PathBuf {
@@ -437,6 +577,17 @@ mod tests {
                 "[frame]\ndecode_target_side = 100",
                 "frame.decode_target_side",
             ),
+            ("[mqtt]\nurl = \"http://x\"", "mqtt.url"),
+            ("[mqtt]\nurl = \"mqtt://x\"\ndoor_id = \"a/b\"", "mqtt.door_id"),
+            (
+                "[mqtt]\nurl = \"mqtt://x\"\nallow_commands = true\ncommand_secret = \"short\"",
+                "mqtt.command_secret",
+            ),
+            (
+                "[mqtt]\nurl = \"mqtt://x\"\ngallery_public_key = \"nope\"",
+                "mqtt.gallery_public_key",
+            ),
+            ("[mqtt]\nurl = \"mqtt://x\"\nqueue_size = 0", "mqtt.queue_size"),
         ];
         for (text, key) in cases {
             let err = Config::parse(text, Path::new("x")).unwrap_err().to_string();

@@ -35,6 +35,15 @@ struct Inner {
     snapshot_bytes: u64,
     snapshot_failures: u64,
     audit_failures: u64,
+    mqtt: MqttCounters,
+}
+
+#[derive(Debug, Default, Clone)]
+struct MqttCounters {
+    dropped: u64,
+    connected: bool,
+    /// (kind, result) → count: commands and galleries received over MQTT.
+    received: BTreeMap<(&'static str, &'static str), u64>,
 }
 
 /// Everything /metrics reports; shared by all threads.
@@ -85,6 +94,20 @@ impl Metrics {
         self.with(|m| m.audit_failures += 1);
     }
 
+    /// A message for the broker dropped because its queue was full.
+    pub fn count_mqtt_dropped(&self) {
+        self.with(|m| m.mqtt.dropped += 1);
+    }
+
+    pub fn set_mqtt_connected(&self, connected: bool) {
+        self.with(|m| m.mqtt.connected = connected);
+    }
+
+    /// A command or gallery received over MQTT (`kind`) and what became of it (`result`).
+    pub fn count_mqtt_received(&self, kind: &'static str, result: &'static str) {
+        self.with(|m| *m.mqtt.received.entry((kind, result)).or_default() += 1);
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let m = self.with(|m| {
@@ -98,6 +121,7 @@ impl Metrics {
                 m.audit_failures,
             )
         });
+        let mqtt = self.with(|m| m.mqtt.clone());
         let (requests, stages, openings, snap_count, snap_bytes, snap_failures, audit_failures) = m;
         let mut out = String::new();
         out.push_str("# HELP facegate_requests_total Answered requests by endpoint and status.\n");
@@ -167,11 +191,33 @@ impl Metrics {
                 "Audit lines that could not be written.",
                 audit_failures,
             ),
+            (
+                "facegate_mqtt_dropped_total",
+                "counter",
+                "MQTT messages dropped because the broker was slow or away and the queue was full.",
+                mqtt.dropped,
+            ),
+            (
+                "facegate_mqtt_connected",
+                "gauge",
+                "1 while connected to the MQTT broker.",
+                u64::from(mqtt.connected),
+            ),
         ];
         for (name, kind, help, value) in gauges {
             let _ = writeln!(
                 out,
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        }
+        out.push_str(
+            "# HELP facegate_mqtt_received_total Commands and galleries received over MQTT, by result.\n",
+        );
+        out.push_str("# TYPE facegate_mqtt_received_total counter\n");
+        for ((kind, result), n) in &mqtt.received {
+            let _ = writeln!(
+                out,
+                "facegate_mqtt_received_total{{kind=\"{kind}\",result=\"{result}\"}} {n}"
             );
         }
         out
