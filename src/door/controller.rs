@@ -51,6 +51,8 @@ pub enum ActuationReason {
     Emergency,
     /// Locked by [`super::lock_once`] (`facegate door lock`).
     LockCommand,
+    /// Locked by [`DoorController::hold_locked`] (a remote `lock` command).
+    Lockdown,
 }
 
 impl ActuationReason {
@@ -67,6 +69,7 @@ impl ActuationReason {
             ActuationReason::ControllerDropped => "controller_dropped",
             ActuationReason::Emergency => "emergency",
             ActuationReason::LockCommand => "lock_command",
+            ActuationReason::Lockdown => "lockdown",
         }
     }
 }
@@ -98,6 +101,8 @@ struct Requester {
 
 enum Command {
     Open(Requester),
+    /// Lock now, ending any pulse ([`DoorController::hold_locked`]).
+    LockNow,
     Shutdown,
 }
 
@@ -107,6 +112,8 @@ struct Shared {
     settings: DoorSettings,
     /// Set by an emergency lock or shutdown: the relay must never be unlocked again.
     locked_down: AtomicBool,
+    /// Set by [`DoorController::hold_locked`] until [`DoorController::release_hold`]: no unlocking.
+    held_locked: AtomicBool,
     /// Set by shutdown: the relay thread must exit instead of restarting after a panic.
     stopping: AtomicBool,
     /// Set while the last lock attempt failed: grants are refused until a lock succeeds.
@@ -149,6 +156,9 @@ impl Shared {
                 RelayState::Locked => door.set_locked(reason.as_str()),
                 RelayState::Unlocked if self.locked_down.load(Ordering::SeqCst) => {
                     return Err(DoorError::LockedDown)
+                }
+                RelayState::Unlocked if self.held_locked.load(Ordering::SeqCst) => {
+                    return Err(DoorError::HeldLocked)
                 }
                 RelayState::Unlocked => door.set_unlocked(reason.as_str()),
             }
@@ -270,6 +280,7 @@ impl DoorController {
             state: Mutex::new(DoorState::LOCKED),
             settings,
             locked_down: AtomicBool::new(false),
+            held_locked: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             relay_fault: AtomicBool::new(false),
             relay_thread: OnceLock::new(),
@@ -320,10 +331,30 @@ impl DoorController {
         outcome
     }
 
-    /// False after an emergency lock, and while a failed lock is being retried.
+    /// False after an emergency lock, while held locked, and while a failed lock is being retried.
     pub fn is_available(&self) -> bool {
         !self.shared.locked_down.load(Ordering::SeqCst)
+            && !self.shared.held_locked.load(Ordering::SeqCst)
             && !self.shared.relay_fault.load(Ordering::SeqCst)
+    }
+
+    /// Locks now (ending a pulse) and keeps the door locked, refusing every grant, until
+    /// [`Self::release_hold`]. Returns at once; the relay thread drives the lock.
+    pub fn hold_locked(&self) {
+        self.shared.held_locked.store(true, Ordering::SeqCst);
+        self.shared.set_state(DoorState::LOCKED);
+        if self.commands.send(Command::LockNow).is_err() {
+            log::error!("door relay thread is gone; the lock command cannot drive the relay");
+        }
+    }
+
+    /// Ends [`Self::hold_locked`]; the door is locked and opens again on the next grant.
+    pub fn release_hold(&self) {
+        self.shared.held_locked.store(false, Ordering::SeqCst);
+    }
+
+    pub fn is_held_locked(&self) -> bool {
+        self.shared.held_locked.load(Ordering::SeqCst)
     }
 
     /// A handle for a panic hook or signal thread; see [`LockGuardHandle::emergency_lock`].
@@ -436,6 +467,10 @@ impl<'a> RelayLoop<'a> {
             };
             match received {
                 Ok(Command::Open(requester)) => self.open(requester),
+                Ok(Command::LockNow) => {
+                    self.pulse_requester = None;
+                    self.lock(ActuationReason::Lockdown, None);
+                }
                 Ok(Command::Shutdown) => return,
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
@@ -480,7 +515,7 @@ impl<'a> RelayLoop<'a> {
             Some(&requester),
         ) {
             Ok(()) => self.pulse_requester = Some(requester),
-            Err(DoorError::LockedDown) => {
+            Err(DoorError::LockedDown | DoorError::HeldLocked) => {
                 log::warn!(
                     "request {} arrived during a lockdown; the door stays locked",
                     requester.request_id
@@ -624,6 +659,27 @@ mod tests {
         assert_eq!(relock.identity.as_deref(), Some("alice"));
         assert_eq!(relock.error, None);
         assert_eq!(reports.last().unwrap().reason, ActuationReason::Shutdown);
+    }
+
+    #[test]
+    fn hold_locked_ends_a_pulse_at_once_and_refuses_grants_until_released() {
+        let (controller, log, _) =
+            start_sim(settings(LONG_HOLD, Duration::ZERO, GrantWhileOpen::Extend));
+        assert_eq!(controller.request_open("req-1", "alice"), GrantOutcome::Opened);
+        assert!(log.wait_for(WAIT, unlocked));
+        controller.hold_locked();
+        assert!(log.wait_for(WAIT, |e| has_reason(e, ActuationReason::Lockdown)));
+        assert_eq!(log.current(), Some(RelayState::Locked));
+        assert!(controller.is_held_locked() && !controller.is_available());
+        assert_eq!(
+            controller.request_open("req-2", "alice"),
+            GrantOutcome::Unavailable
+        );
+        controller.release_hold();
+        assert_eq!(controller.request_open("req-3", "alice"), GrantOutcome::Opened);
+        assert!(log.wait_for(WAIT, |e| unlock_count(e) == 2));
+        controller.shutdown().unwrap();
+        assert_eq!(log.current(), Some(RelayState::Locked));
     }
 
     #[test]
