@@ -11,6 +11,7 @@ use facegate::config::{Config, DoorBackendName, Overrides};
 use facegate::decision::{decide, round_score, Outcome};
 use facegate::enrollment::{self, Candidate, Verdict};
 use facegate::gallery::{EmbedderId, Gallery};
+use facegate::gallery_bundle;
 use facegate::recognition::{recognize_image, RecognitionError};
 use facegate::vision::{PipelineModels, Recognizer};
 
@@ -59,7 +60,7 @@ enum Command {
         #[arg(required = true)]
         images: Vec<PathBuf>,
     },
-    /// List or remove enrolled people
+    /// List or remove enrolled people; export, sign and import the gallery of a building
     Gallery {
         #[command(subcommand)]
         action: GalleryAction,
@@ -73,12 +74,54 @@ enum Command {
         #[command(subcommand)]
         action: DoorAction,
     },
+    /// MQTT helpers (see docs/mqtt.md)
+    Mqtt {
+        #[command(subcommand)]
+        action: MqttAction,
+    },
 }
 
 #[derive(Subcommand)]
 enum GalleryAction {
     List,
-    Remove { name: String },
+    Remove {
+        name: String,
+    },
+    /// Write the gallery as a versioned export (`-` for stdout), signed with the building key if given
+    Export {
+        file: PathBuf,
+        /// Secret key file from `gallery keygen`
+        #[arg(long, value_name = "KEY")]
+        sign: Option<PathBuf>,
+    },
+    /// Load an export; refused if made for another embedder, older than this gallery, or unsigned
+    /// while mqtt.gallery_public_key is set
+    Import { file: PathBuf },
+    /// Create a building key: the secret goes to FILE (mode 0600), the public key is printed
+    Keygen { file: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum MqttAction {
+    /// Print a signed command for this door (mqtt.door_id, mqtt.command_secret) to publish on
+    /// <topic_prefix>/<door_id>/command, e.g. with mosquitto_pub -s
+    Command {
+        #[arg(value_parser = parse_action)]
+        action: facegate::mqtt::command::Action,
+        /// Who sends it, for the door's audit log
+        #[arg(long, default_value = "cli")]
+        origin: String,
+    },
+}
+
+fn parse_action(value: &str) -> Result<facegate::mqtt::command::Action, String> {
+    use facegate::mqtt::command::Action;
+    match value {
+        "lock" => Ok(Action::Lock),
+        "unlock" => Ok(Action::Unlock),
+        "clear" => Ok(Action::Clear),
+        other => Err(format!("`{other}` is not a command: use lock, unlock or clear")),
+    }
 }
 
 #[derive(Subcommand)]
@@ -120,6 +163,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Door {
             action: DoorAction::Lock,
         } => facegate::daemon::lock_door(&config),
+        Command::Mqtt {
+            action: MqttAction::Command { action, origin },
+        } => mqtt_command(&config, action, &origin),
     }
 }
 
@@ -280,6 +326,19 @@ fn identify(config: &Config, images: &[PathBuf]) -> Result<()> {
 }
 
 fn gallery(config: &Config, action: GalleryAction) -> Result<()> {
+    if let GalleryAction::Keygen { file } = &action {
+        let key = gallery_bundle::generate_key()?;
+        gallery_bundle::write_secret_key(file, &key)?;
+        println!(
+            "secret key written to {} (keep it off the doors); put this in every door's [mqtt] section:",
+            file.display()
+        );
+        println!(
+            "gallery_public_key = \"{}\"",
+            gallery_bundle::public_key_text(&key.verifying_key())
+        );
+        return Ok(());
+    }
     let models = PipelineModels::resolve(config).context("the models are not usable")?;
     let path = config.gallery_path();
     let mut gallery = Gallery::load(&path, &embedder_id(&models))?;
@@ -302,6 +361,50 @@ fn gallery(config: &Config, action: GalleryAction) -> Result<()> {
                 path.display()
             );
         }
+        GalleryAction::Export { file, sign } => {
+            let now = chrono::Utc::now();
+            let sequence =
+                gallery_bundle::next_sequence(&gallery, now.timestamp_millis().max(0) as u64);
+            let exported_at = now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            let mut bytes = gallery_bundle::export(&gallery, sequence, &exported_at);
+            if let Some(key) = &sign {
+                bytes = gallery_bundle::sign(&bytes, &gallery_bundle::read_secret_key(key)?);
+            }
+            if file.as_os_str() == "-" {
+                std::io::stdout()
+                    .write_all(&bytes)
+                    .context("cannot write the export")?;
+            } else {
+                std::fs::write(&file, &bytes)
+                    .with_context(|| format!("cannot write {}", file.display()))?;
+                eprintln!(
+                    "exported {} people as sequence {sequence}{} to {}",
+                    gallery.people().len(),
+                    if sign.is_some() { ", signed" } else { "" },
+                    file.display()
+                );
+            }
+        }
+        GalleryAction::Import { file } => {
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let key = match config.mqtt.gallery_public_key.as_str() {
+                "" => None,
+                text => Some(gallery_bundle::parse_public_key(text)?),
+            };
+            match gallery_bundle::import_into(&bytes, key.as_ref(), gallery.embedder(), &file, &path)?
+            {
+                Some(opened) => println!(
+                    "imported sequence {} ({}): {} people into {}",
+                    opened.sequence,
+                    if opened.signed { "signed" } else { "unsigned" },
+                    opened.gallery.people().len(),
+                    path.display()
+                ),
+                None => println!("{} already holds this gallery", path.display()),
+            }
+        }
+        GalleryAction::Keygen { .. } => unreachable!("handled before the models are resolved"),
         GalleryAction::Remove { name } => {
             let removed = gallery.remove(&name)?;
             gallery.save(&path)?;
@@ -312,6 +415,28 @@ fn gallery(config: &Config, action: GalleryAction) -> Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+fn mqtt_command(
+    config: &Config,
+    action: facegate::mqtt::command::Action,
+    origin: &str,
+) -> Result<()> {
+    use facegate::mqtt::command::{sign, CommandBody};
+    let secret = config.mqtt_command_secret().context(
+        "no usable command secret: set mqtt.command_secret (16+ characters) or FACEGATE_MQTT_COMMAND_SECRET",
+    )?;
+    let mut nonce = [0u8; 12];
+    getrandom::fill(&mut nonce).map_err(|err| anyhow::anyhow!("no random source: {err}"))?;
+    let body = CommandBody {
+        action,
+        door_id: config.mqtt.door_id.clone(),
+        issued_at_ms: chrono::Utc::now().timestamp_millis(),
+        nonce: nonce.iter().map(|b| format!("{b:02x}")).collect(),
+        origin: origin.to_string(),
+    };
+    println!("{}", sign(&body, secret.as_bytes()));
     Ok(())
 }
 

@@ -20,6 +20,7 @@ use crate::door::{
 use crate::gallery::{EmbedderId, LiveGallery};
 use crate::http::{self, sockets};
 use crate::metrics::Metrics;
+use crate::mqtt::{Remote, RemoteParts};
 use crate::ratelimit::RateLimitedLog;
 use crate::service::Service;
 use crate::snapshots::{SnapshotRetention, SnapshotStore};
@@ -91,22 +92,31 @@ pub fn run(config: Config) -> Result<()> {
     let metrics = Arc::new(Metrics::default());
     let audit_errors = Arc::new(RateLimitedLog::new(Duration::from_secs(60)));
     let audit = open_audit(&config);
-    let door = Arc::new(start_door(&config, &metrics, audit.clone(), &audit_errors)?);
+    let remote = Arc::new(Remote::default());
+    let door = Arc::new(start_door(
+        &config,
+        &metrics,
+        audit.clone(),
+        &audit_errors,
+        &remote,
+    )?);
     let stop = Arc::new(StopFlags::default());
     install_panic_hook(door.lock_guard(), Arc::clone(&stop));
     // From here on the door is running: every early return must lock it first.
-    match serve(
+    let served = serve(
         config,
         token.is_some(),
         metrics,
         audit,
         audit_errors,
         Arc::clone(&door),
+        &remote,
         &stop,
-    ) {
-        Ok(()) => finish(door, None),
-        Err(err) => finish(door, Some(err)),
-    }
+    );
+    let finished = finish(door, served.err());
+    // The door is locked: now tell the broker this door is offline.
+    remote.shutdown();
+    finished
 }
 
 fn finish(door: Arc<DoorController>, failure: Option<anyhow::Error>) -> Result<()> {
@@ -150,12 +160,15 @@ fn start_door(
     metrics: &Arc<Metrics>,
     audit: Option<Arc<AuditLog>>,
     audit_errors: &Arc<RateLimitedLog>,
+    remote: &Arc<Remote>,
 ) -> Result<DoorController> {
     let backend = door::build_backend(&backend_kind(config))
         .context("the door backend could not be started")?;
     let metrics = Arc::clone(metrics);
     let audit_errors = Arc::clone(audit_errors);
+    let remote = Arc::clone(remote);
     let observer = Box::new(move |actuation: &Actuation| {
+        remote.on_actuation(actuation);
         if actuation.state == RelayState::Unlocked && actuation.error.is_none() {
             metrics.count_door_opening();
         }
@@ -209,6 +222,7 @@ fn serve(
     audit: Option<Arc<AuditLog>>,
     audit_errors: Arc<RateLimitedLog>,
     door: Arc<DoorController>,
+    remote: &Arc<Remote>,
     stop: &Arc<StopFlags>,
 ) -> Result<()> {
     let models = PipelineModels::resolve(&config).context("the models are not usable")?;
@@ -219,6 +233,18 @@ fn serve(
         dim: models.embedder.contract.output_dim,
     };
     let gallery = LiveGallery::open(&config.gallery_path(), &embedder, GALLERY_RECHECK)?;
+    remote
+        .start(
+            &config,
+            RemoteParts {
+                metrics: Arc::clone(&metrics),
+                door: Arc::downgrade(&door),
+                audit: audit.clone(),
+                audit_errors: Arc::clone(&audit_errors),
+                embedder,
+            },
+        )
+        .context("MQTT could not be started")?;
     let workers = config.worker_count();
     let recognizers = (0..workers)
         .map(|_| Recognizer::load(&models, &config))
@@ -242,6 +268,7 @@ fn serve(
         audit,
         audit_errors,
         snapshots,
+        Arc::clone(remote),
     ));
     let (jobs, queue) = crossbeam_channel::bounded(service.config.http.queue_depth);
     let worker_threads: Vec<JoinHandle<()>> = recognizers

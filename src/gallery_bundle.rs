@@ -156,6 +156,25 @@ pub fn is_newer(have: u64, offered: u64) -> Result<bool, BundleError> {
     }
 }
 
+/// Loads an export into the gallery file at `path` if it passes [`open`] and is newer than the file's
+/// own sequence; returns the new sequence, or `None` when the file already holds this one. The file is
+/// replaced atomically; a running daemon reloads it.
+pub fn import_into(
+    bytes: &[u8],
+    key: Option<&VerifyingKey>,
+    wanted: &EmbedderId,
+    origin: &Path,
+    path: &Path,
+) -> Result<Option<Opened>, BundleError> {
+    let opened = open(bytes, key, wanted, origin)?;
+    let current = Gallery::load(path, wanted)?;
+    if !is_newer(current.sequence(), opened.sequence)? {
+        return Ok(None);
+    }
+    opened.gallery.save(path)?;
+    Ok(Some(opened))
+}
+
 /// Reads `mqtt.gallery_public_key` (base64 of the 32-byte Ed25519 public key).
 pub fn parse_public_key(text: &str) -> Result<VerifyingKey, BundleError> {
     let bad = || BundleError::BadKey(format!("{:?}", text.trim()));
@@ -306,6 +325,23 @@ mod tests {
         assert_eq!(next_sequence(&g, 1_000), 1_000);
         g.set_sequence(5_000);
         assert_eq!(next_sequence(&g, 1_000), 5_001, "a clock set back still moves forward");
+    }
+
+    #[test]
+    fn import_replaces_the_file_only_with_a_newer_gallery() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gallery.json");
+        let building = key(7);
+        let public = building.verifying_key();
+        let import = |sequence| {
+            let bytes = sign(&export(&gallery(), sequence, "t"), &building);
+            import_into(&bytes, Some(&public), &id("test"), Path::new("x"), &path)
+        };
+        assert_eq!(import(10).unwrap().unwrap().sequence, 10);
+        assert_eq!(Gallery::load(&path, &id("test")).unwrap().sequence(), 10);
+        assert!(import(10).unwrap().is_none(), "the same gallery again changes nothing");
+        assert!(matches!(import(9), Err(BundleError::Older { have: 10, offered: 9 })));
+        assert_eq!(import(11).unwrap().unwrap().gallery.people().len(), 1);
     }
 
     #[test]

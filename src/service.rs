@@ -17,6 +17,7 @@ use crate::gallery::LiveGallery;
 use crate::http::body::{parse_frame_post, BodyError, FramePost};
 use crate::http::{Answer, BodyReadError, Endpoint, RequestIds};
 use crate::metrics::Metrics;
+use crate::mqtt::Remote;
 use crate::ratelimit::RateLimitedLog;
 use crate::recognition::{recognize_image, RecognitionError, StageTimings};
 use crate::snapshots::SnapshotStore;
@@ -46,6 +47,8 @@ pub struct Service {
     pub header_floods: Arc<crate::http::sockets::HeaderFloodGuard>,
     pub audit_errors: Arc<RateLimitedLog>,
     snapshot_errors: RateLimitedLog,
+    /// Decisions go to the MQTT broker too (a no-op while MQTT is off).
+    pub remote: Arc<Remote>,
 }
 
 /// An answer plus the bookkeeping that follows it.
@@ -88,6 +91,7 @@ impl Service {
         audit: Option<Arc<AuditLog>>,
         audit_errors: Arc<RateLimitedLog>,
         snapshots: Option<SnapshotStore>,
+        remote: Arc<Remote>,
     ) -> Service {
         Service {
             token: config.token(),
@@ -106,6 +110,7 @@ impl Service {
             header_floods: Arc::default(),
             audit_errors,
             snapshot_errors: RateLimitedLog::new(DISK_ERROR_LOG_INTERVAL),
+            remote,
         }
     }
 
@@ -543,6 +548,7 @@ impl Service {
                 }
             }
             if record["kind"] == "decision" {
+                self.remote.publish_decision(record);
                 let mut event = record.clone();
                 event["ts"] =
                     json!(Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true));

@@ -187,8 +187,13 @@ impl MqttLink {
             }
             serde_json::to_string(&*stats).expect("stats always serialise")
         };
-        self.try_publish(&self.state.topics.event, false, record.to_string());
+        self.publish_event(record);
         self.try_publish(&self.state.topics.stats, true, stats);
+    }
+
+    /// Queues one record (a decision, or an executed command) for `<prefix>/<door_id>/event`.
+    pub fn publish_event(&self, record: &Value) {
+        self.try_publish(&self.state.topics.event, false, record.to_string());
     }
 
     /// Queues the door's state, retained on `<prefix>/<door_id>/door`; the latest one is also sent

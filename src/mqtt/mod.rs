@@ -4,8 +4,10 @@
 pub mod command;
 pub mod discovery;
 mod link;
+pub mod remote;
 
-pub use link::{Incoming, MqttLink};
+pub use link::{Incoming, LinkError, MqttLink};
+pub use remote::{Remote, RemoteParts};
 
 use crate::config::Config;
 

@@ -1,0 +1,331 @@
+//! What the daemon does with the broker: door state and decisions out; signed commands to the door
+//! and signed building galleries to the gallery file in, each audited. Works as a no-op while MQTT is
+//! off, so the rest of the daemon calls it unconditionally.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::{json, Value};
+
+use super::command::{Action, CommandBody, Verifier};
+use super::link::{Incoming, LinkError, MqttLink};
+use crate::audit::AuditLog;
+use crate::config::Config;
+use crate::door::{Actuation, DoorController};
+use crate::gallery::EmbedderId;
+use crate::gallery_bundle::{self, BundleError};
+use crate::metrics::Metrics;
+use crate::ratelimit::RateLimitedLog;
+
+/// Marks a lockdown from a `lock` command, so a restart keeps the door locked until `clear`.
+const LOCKDOWN_MARKER: &str = "lockdown";
+
+/// The daemon's side of MQTT.
+#[derive(Default)]
+pub struct Remote {
+    link: OnceLock<Arc<MqttLink>>,
+    /// The door's latest state (from the relay observer), sent when the link starts.
+    door_state: Mutex<Option<Value>>,
+    lockdown: AtomicBool,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Everything the incoming side needs.
+pub struct RemoteParts {
+    pub metrics: Arc<Metrics>,
+    /// Weak, so that the daemon can still shut the controller down while the MQTT thread runs.
+    pub door: Weak<DoorController>,
+    pub audit: Option<Arc<AuditLog>>,
+    pub audit_errors: Arc<RateLimitedLog>,
+    pub embedder: EmbedderId,
+}
+
+impl Remote {
+    /// The relay observer's report: published retained as the door's state.
+    pub fn on_actuation(&self, actuation: &Actuation) {
+        let state = json!({
+            "state": actuation.state,
+            "reason": actuation.reason,
+            "request_id": actuation.request_id,
+            "identity": actuation.identity,
+            "error": actuation.error,
+            "at": actuation.at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        });
+        self.set_door_state(state);
+    }
+
+    fn set_door_state(&self, mut state: Value) {
+        state["lockdown"] = json!(self.lockdown.load(Ordering::SeqCst));
+        *lock(&self.door_state) = Some(state.clone());
+        if let Some(link) = self.link.get() {
+            link.publish_door(&state);
+        }
+    }
+
+    fn set_lockdown(&self, on: bool) {
+        self.lockdown.store(on, Ordering::SeqCst);
+        let state = lock(&self.door_state).clone();
+        if let Some(state) = state {
+            self.set_door_state(state);
+        }
+    }
+
+    /// One decision record (as written to the audit log) for `<prefix>/<door_id>/event`.
+    pub fn publish_decision(&self, record: &Value) {
+        if let Some(link) = self.link.get() {
+            link.publish_decision(record);
+        }
+    }
+
+    /// Starts MQTT when `mqtt.url` is set: restores a lockdown left by a `lock` command, connects, and
+    /// from then on publishes door state and decisions and acts on commands and galleries.
+    pub fn start(self: &Arc<Self>, config: &Config, parts: RemoteParts) -> Result<(), LinkError> {
+        if config.mqtt.url.is_none() {
+            return Ok(());
+        }
+        let marker = config.state_dir.join(LOCKDOWN_MARKER);
+        if let Some(door) = parts.door.upgrade() {
+            if config.mqtt.allow_commands && marker.exists() {
+                log::warn!(
+                    "the door is held locked by an earlier MQTT lock command ({}); send `clear` to end it",
+                    marker.display()
+                );
+                door.hold_locked();
+                self.set_lockdown(true);
+            }
+        }
+        let verifier = config
+            .mqtt
+            .allow_commands
+            .then(|| config.mqtt_command_secret())
+            .flatten()
+            .map(|secret| {
+                Verifier::new(
+                    &config.mqtt.door_id,
+                    secret.as_bytes(),
+                    Duration::from_secs(config.mqtt.command_window_s),
+                )
+            });
+        let gallery_key = match config.mqtt.gallery_public_key.as_str() {
+            "" => None,
+            text => Some(
+                gallery_bundle::parse_public_key(text)
+                    .expect("validated with the config: mqtt.gallery_public_key"),
+            ),
+        };
+        let mut incoming = IncomingSide {
+            remote: Arc::clone(self),
+            metrics: Arc::clone(&parts.metrics),
+            door: parts.door,
+            audit: parts.audit,
+            audit_errors: parts.audit_errors,
+            rejections: RateLimitedLog::new(Duration::from_secs(10)),
+            verifier,
+            gallery_key,
+            embedder: parts.embedder,
+            gallery_path: config.gallery_path(),
+            marker,
+            ids: AtomicU64::new(0),
+        };
+        let link = MqttLink::start(
+            config,
+            parts.metrics,
+            incoming.verifier.is_some(),
+            incoming.gallery_key.is_some(),
+            Box::new(move |message| incoming.handle(message)),
+        )?;
+        let link = self.link.get_or_init(|| Arc::new(link));
+        if let Some(state) = lock(&self.door_state).clone() {
+            link.publish_door(&state);
+        }
+        Ok(())
+    }
+
+    /// Says `offline` and disconnects (bounded); call after the door is locked.
+    pub fn shutdown(&self) {
+        if let Some(link) = self.link.get() {
+            link.shutdown();
+        }
+    }
+}
+
+struct IncomingSide {
+    remote: Arc<Remote>,
+    metrics: Arc<Metrics>,
+    door: Weak<DoorController>,
+    audit: Option<Arc<AuditLog>>,
+    audit_errors: Arc<RateLimitedLog>,
+    rejections: RateLimitedLog,
+    verifier: Option<Verifier>,
+    gallery_key: Option<ed25519_dalek::VerifyingKey>,
+    embedder: EmbedderId,
+    gallery_path: PathBuf,
+    marker: PathBuf,
+    ids: AtomicU64,
+}
+
+impl IncomingSide {
+    fn handle(&mut self, message: Incoming) {
+        match message {
+            Incoming::Command(payload) => self.command(&payload),
+            // An empty retained message is how a gallery is withdrawn from the broker: nothing to load.
+            Incoming::Gallery(payload) if payload.is_empty() => {}
+            Incoming::Gallery(payload) => self.gallery(&payload),
+        }
+    }
+
+    fn audit(&self, record: &Value) {
+        if let Some(audit) = &self.audit {
+            if let Err(err) = audit.append(record) {
+                self.metrics.count_audit_failure();
+                self.audit_errors
+                    .error(format!("audit line not written: {err}"));
+            }
+        }
+    }
+
+    fn command(&mut self, payload: &[u8]) {
+        let Some(verifier) = &mut self.verifier else {
+            return;
+        };
+        let now_ms = Utc::now().timestamp_millis();
+        match verifier.verify(payload, now_ms) {
+            Ok(body) => self.execute(&body),
+            Err(rejected) => {
+                self.metrics
+                    .count_mqtt_received("command", rejected.label());
+                self.rejections
+                    .warn(format!("mqtt: command refused: {rejected}"));
+                self.audit(&json!({
+                    "kind": "command",
+                    "result": rejected.label(),
+                    "error": rejected.to_string(),
+                }));
+            }
+        }
+    }
+
+    fn execute(&self, body: &CommandBody) {
+        let Some(door) = self.door.upgrade() else {
+            return;
+        };
+        let n = self.ids.fetch_add(1, Ordering::Relaxed);
+        let request_id = format!(
+            "mqtt-{}-{:04x}",
+            Utc::now().format("%Y%m%dT%H%M%S%3f"),
+            n & 0xffff
+        );
+        let door_action = match body.action {
+            Action::Unlock => door
+                .request_open(&request_id, &format!("mqtt:{}", body.origin))
+                .as_str(),
+            Action::Lock => {
+                door.hold_locked();
+                if let Err(err) = std::fs::write(&self.marker, now_text()) {
+                    log::error!(
+                        "the lockdown marker {} was not written ({err}); a restart would end the lockdown",
+                        self.marker.display()
+                    );
+                }
+                self.remote.set_lockdown(true);
+                "held_locked"
+            }
+            Action::Clear => {
+                door.release_hold();
+                remove_marker(&self.marker);
+                self.remote.set_lockdown(false);
+                "released"
+            }
+        };
+        self.metrics.count_mqtt_received("command", "accepted");
+        log::info!(
+            "request_id={request_id} mqtt command={} origin={:?} door_action={door_action}",
+            body.action.as_str(),
+            body.origin
+        );
+        let record = json!({
+            "kind": "command",
+            "request_id": request_id,
+            "result": "accepted",
+            "action": body.action,
+            "origin": body.origin,
+            "nonce": body.nonce,
+            "issued_at_ms": body.issued_at_ms,
+            "door_action": door_action,
+        });
+        self.audit(&record);
+        if let Some(link) = self.remote.link.get() {
+            link.publish_event(&record);
+        }
+    }
+
+    fn gallery(&self, payload: &[u8]) {
+        let origin = Path::new("the MQTT gallery topic");
+        match gallery_bundle::import_into(
+            payload,
+            self.gallery_key.as_ref(),
+            &self.embedder,
+            origin,
+            &self.gallery_path,
+        ) {
+            Ok(Some(opened)) => {
+                self.metrics.count_mqtt_received("gallery", "loaded");
+                log::info!(
+                    "mqtt: building gallery {} loaded: {} people",
+                    opened.sequence,
+                    opened.gallery.people().len()
+                );
+                self.audit(&json!({
+                    "kind": "gallery",
+                    "result": "loaded",
+                    "sequence": opened.sequence,
+                    "people": opened.gallery.people().len(),
+                }));
+            }
+            Ok(None) => self.metrics.count_mqtt_received("gallery", "unchanged"),
+            Err(err) => {
+                let label = gallery_refusal_label(&err);
+                self.metrics.count_mqtt_received("gallery", label);
+                log::warn!("mqtt: building gallery refused: {err}");
+                self.audit(&json!({
+                    "kind": "gallery",
+                    "result": label,
+                    "error": err.to_string(),
+                }));
+            }
+        }
+    }
+}
+
+fn gallery_refusal_label(err: &BundleError) -> &'static str {
+    match err {
+        BundleError::Unsigned | BundleError::NoKey | BundleError::BadSignature => "bad_signature",
+        BundleError::Older { .. } => "older",
+        BundleError::Gallery(crate::gallery::GalleryError::EmbedderMismatch { .. }) => {
+            "other_embedder"
+        }
+        BundleError::Gallery(crate::gallery::GalleryError::Write { .. }) => "write_failed",
+        _ => "malformed",
+    }
+}
+
+fn now_text() -> String {
+    Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn remove_marker(marker: &Path) {
+    match std::fs::remove_file(marker) {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => log::error!(
+            "the lockdown marker {} was not removed ({err}); a restart would lock the door down again",
+            marker.display()
+        ),
+    }
+}
