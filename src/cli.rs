@@ -96,9 +96,13 @@ enum GalleryAction {
     },
     /// Load an export; refused if made for another embedder, older than this gallery, or unsigned
     /// while mqtt.gallery_public_key is set
-    Import { file: PathBuf },
+    Import {
+        file: PathBuf,
+    },
     /// Create a building key: the secret goes to FILE (mode 0600), the public key is printed
-    Keygen { file: PathBuf },
+    Keygen {
+        file: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -120,7 +124,9 @@ fn parse_action(value: &str) -> Result<facegate::mqtt::command::Action, String> 
         "lock" => Ok(Action::Lock),
         "unlock" => Ok(Action::Unlock),
         "clear" => Ok(Action::Clear),
-        other => Err(format!("`{other}` is not a command: use lock, unlock or clear")),
+        other => Err(format!(
+            "`{other}` is not a command: use lock, unlock or clear"
+        )),
     }
 }
 
@@ -392,8 +398,13 @@ fn gallery(config: &Config, action: GalleryAction) -> Result<()> {
                 "" => None,
                 text => Some(gallery_bundle::parse_public_key(text)?),
             };
-            match gallery_bundle::import_into(&bytes, key.as_ref(), gallery.embedder(), &file, &path)?
-            {
+            match gallery_bundle::import_into(
+                &bytes,
+                key.as_ref(),
+                gallery.embedder(),
+                &file,
+                &path,
+            )? {
                 Some(opened) => println!(
                     "imported sequence {} ({}): {} people into {}",
                     opened.sequence,

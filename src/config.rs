@@ -432,7 +432,8 @@ impl Config {
         if self.snapshots.max_count == 0 {
             return Err(invalid("snapshots.max_count", "must be at least 1"));
         }
-        self.validate_mqtt().map_err(|(key, problem)| invalid(key, problem))
+        self.validate_mqtt()
+            .map_err(|(key, problem)| invalid(key, problem))
     }
 
     fn validate_mqtt(&self) -> Result<(), (&'static str, String)> {
@@ -450,14 +451,20 @@ impl Config {
             if ok {
                 Ok(())
             } else {
-                Err((key, format!("must be 1 to 64 letters, digits, `-` or `_`, not {value:?}")))
+                Err((
+                    key,
+                    format!("must be 1 to 64 letters, digits, `-` or `_`, not {value:?}"),
+                ))
             }
         };
         topic_word("mqtt.door_id", &m.door_id)?;
         topic_word("mqtt.topic_prefix", &m.topic_prefix)?;
         topic_word("mqtt.discovery_prefix", &m.discovery_prefix)?;
         if m.client_cert.is_some() != m.client_key.is_some() {
-            return Err(("mqtt.client_cert", "and mqtt.client_key must be set together".into()));
+            return Err((
+                "mqtt.client_cert",
+                "and mqtt.client_key must be set together".into(),
+            ));
         }
         if m.allow_commands && self.mqtt_command_secret().is_none() {
             return Err((
@@ -466,7 +473,10 @@ impl Config {
             ));
         }
         if !(1..=3600).contains(&m.command_window_s) {
-            return Err(("mqtt.command_window_s", "must be between 1 and 3600 seconds".into()));
+            return Err((
+                "mqtt.command_window_s",
+                "must be between 1 and 3600 seconds".into(),
+            ));
         }
         if !m.gallery_public_key.is_empty() {
             crate::gallery_bundle::parse_public_key(&m.gallery_public_key)
@@ -476,7 +486,10 @@ impl Config {
             return Err(("mqtt.queue_size", "must be at least 1".into()));
         }
         if !(1..=3600).contains(&m.keepalive_s) {
-            return Err(("mqtt.keepalive_s", "must be between 1 and 3600 seconds".into()));
+            return Err((
+                "mqtt.keepalive_s",
+                "must be between 1 and 3600 seconds".into(),
+            ));
         }
         if m.reconnect_min_ms == 0 || m.reconnect_max_ms < m.reconnect_min_ms {
             return Err((
@@ -578,7 +591,10 @@ mod tests {
                 "frame.decode_target_side",
             ),
             ("[mqtt]\nurl = \"http://x\"", "mqtt.url"),
-            ("[mqtt]\nurl = \"mqtt://x\"\ndoor_id = \"a/b\"", "mqtt.door_id"),
+            (
+                "[mqtt]\nurl = \"mqtt://x\"\ndoor_id = \"a/b\"",
+                "mqtt.door_id",
+            ),
             (
                 "[mqtt]\nurl = \"mqtt://x\"\nallow_commands = true\ncommand_secret = \"short\"",
                 "mqtt.command_secret",
@@ -587,7 +603,10 @@ mod tests {
                 "[mqtt]\nurl = \"mqtt://x\"\ngallery_public_key = \"nope\"",
                 "mqtt.gallery_public_key",
             ),
-            ("[mqtt]\nurl = \"mqtt://x\"\nqueue_size = 0", "mqtt.queue_size"),
+            (
+                "[mqtt]\nurl = \"mqtt://x\"\nqueue_size = 0",
+                "mqtt.queue_size",
+            ),
         ];
         for (text, key) in cases {
             let err = Config::parse(text, Path::new("x")).unwrap_err().to_string();

@@ -274,19 +274,41 @@ mod tests {
         let forged = bundle_with_sequence(&bundle, 43);
         tampered["bundle"] = Value::from(BASE64.encode(&forged));
         let tampered = serde_json::to_vec(&tampered).unwrap();
-        let other_embedder = sign(
-            &export(&Gallery::new(id("sface")), 50, "t"),
-            &building,
+        let other_embedder = sign(&export(&Gallery::new(id("sface")), 50, "t"), &building);
+        type Case<'a> = (
+            &'a str,
+            &'a [u8],
+            Option<&'a VerifyingKey>,
+            Result<bool, &'a str>,
         );
-        type Case<'a> = (&'a str, &'a [u8], Option<&'a VerifyingKey>, Result<bool, &'a str>);
         let cases: [Case; 8] = [
             ("signed, right key", &signed, Some(&public), Ok(true)),
-            ("signed, other key", &signed, Some(&other_public), Err("BadSignature")),
+            (
+                "signed, other key",
+                &signed,
+                Some(&other_public),
+                Err("BadSignature"),
+            ),
             ("signed, no key to check it", &signed, None, Err("NoKey")),
-            ("unsigned, door has a key", &bundle, Some(&public), Err("Unsigned")),
+            (
+                "unsigned, door has a key",
+                &bundle,
+                Some(&public),
+                Err("Unsigned"),
+            ),
             ("unsigned, standalone door", &bundle, None, Ok(false)),
-            ("bundle swapped after signing", &tampered, Some(&public), Err("BadSignature")),
-            ("another embedder", &other_embedder, Some(&public), Err("Gallery")),
+            (
+                "bundle swapped after signing",
+                &tampered,
+                Some(&public),
+                Err("BadSignature"),
+            ),
+            (
+                "another embedder",
+                &other_embedder,
+                Some(&public),
+                Err("Gallery"),
+            ),
             ("not JSON", b"gallery", None, Err("NotABundle")),
         ];
         for (case, bytes, key, expected) in cases {
@@ -319,12 +341,19 @@ mod tests {
         assert!(!is_newer(6, 6).unwrap());
         assert!(matches!(
             is_newer(6, 5),
-            Err(BundleError::Older { have: 6, offered: 5 })
+            Err(BundleError::Older {
+                have: 6,
+                offered: 5
+            })
         ));
         let mut g = gallery();
         assert_eq!(next_sequence(&g, 1_000), 1_000);
         g.set_sequence(5_000);
-        assert_eq!(next_sequence(&g, 1_000), 5_001, "a clock set back still moves forward");
+        assert_eq!(
+            next_sequence(&g, 1_000),
+            5_001,
+            "a clock set back still moves forward"
+        );
     }
 
     #[test]
@@ -339,8 +368,17 @@ mod tests {
         };
         assert_eq!(import(10).unwrap().unwrap().sequence, 10);
         assert_eq!(Gallery::load(&path, &id("test")).unwrap().sequence(), 10);
-        assert!(import(10).unwrap().is_none(), "the same gallery again changes nothing");
-        assert!(matches!(import(9), Err(BundleError::Older { have: 10, offered: 9 })));
+        assert!(
+            import(10).unwrap().is_none(),
+            "the same gallery again changes nothing"
+        );
+        assert!(matches!(
+            import(9),
+            Err(BundleError::Older {
+                have: 10,
+                offered: 9
+            })
+        ));
         assert_eq!(import(11).unwrap().unwrap().gallery.people().len(), 1);
     }
 
@@ -353,7 +391,10 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
-        assert!(write_secret_key(&path, &key).is_err(), "never overwrites a key");
+        assert!(
+            write_secret_key(&path, &key).is_err(),
+            "never overwrites a key"
+        );
         assert_eq!(read_secret_key(&path).unwrap().to_bytes(), key.to_bytes());
         let public = public_key_text(&key.verifying_key());
         assert_eq!(parse_public_key(&public).unwrap(), key.verifying_key());

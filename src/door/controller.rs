@@ -665,7 +665,10 @@ mod tests {
     fn hold_locked_ends_a_pulse_at_once_and_refuses_grants_until_released() {
         let (controller, log, _) =
             start_sim(settings(LONG_HOLD, Duration::ZERO, GrantWhileOpen::Extend));
-        assert_eq!(controller.request_open("req-1", "alice"), GrantOutcome::Opened);
+        assert_eq!(
+            controller.request_open("req-1", "alice"),
+            GrantOutcome::Opened
+        );
         assert!(log.wait_for(WAIT, unlocked));
         controller.hold_locked();
         assert!(log.wait_for(WAIT, |e| has_reason(e, ActuationReason::Lockdown)));
@@ -676,7 +679,10 @@ mod tests {
             GrantOutcome::Unavailable
         );
         controller.release_hold();
-        assert_eq!(controller.request_open("req-3", "alice"), GrantOutcome::Opened);
+        assert_eq!(
+            controller.request_open("req-3", "alice"),
+            GrantOutcome::Opened
+        );
         assert!(log.wait_for(WAIT, |e| unlock_count(e) == 2));
         controller.shutdown().unwrap();
         assert_eq!(log.current(), Some(RelayState::Locked));

@@ -66,7 +66,9 @@ pub enum CommandRejected {
     BadSignature,
     #[error("addressed to door `{0}`")]
     OtherDoor(String),
-    #[error("issued {age_ms} ms from now, outside the {window_ms} ms window (check the sender's clock)")]
+    #[error(
+        "issued {age_ms} ms from now, outside the {window_ms} ms window (check the sender's clock)"
+    )]
     OutsideWindow { age_ms: i64, window_ms: i64 },
     #[error("replayed: nonce already used")]
     Replayed,
@@ -194,7 +196,12 @@ impl ReplayGuard {
         }
     }
 
-    pub fn admit(&mut self, nonce: &str, forget_at: i64, now_ms: i64) -> Result<(), CommandRejected> {
+    pub fn admit(
+        &mut self,
+        nonce: &str,
+        forget_at: i64,
+        now_ms: i64,
+    ) -> Result<(), CommandRejected> {
         self.forget_at_ms.retain(|_, at| *at >= now_ms);
         if self.forget_at_ms.contains_key(nonce) {
             return Err(CommandRejected::Replayed);
@@ -252,7 +259,11 @@ mod tests {
         let cases: Vec<(String, &str, Result<(), &str>)> = vec![
             (good.clone(), "valid", Ok(())),
             (tampered, "body altered after signing", Err("bad_signature")),
-            (other_secret, "signed with another secret", Err("bad_signature")),
+            (
+                other_secret,
+                "signed with another secret",
+                Err("bad_signature"),
+            ),
             (other_door, "for another door", Err("other_door")),
             (
                 sign(&body("nonce-0004", NOW - 31_000), SECRET),
@@ -269,7 +280,11 @@ mod tests {
                 "old but inside the window",
                 Ok(()),
             ),
-            (sign(&body("short", NOW), SECRET), "short nonce", Err("malformed")),
+            (
+                sign(&body("short", NOW), SECRET),
+                "short nonce",
+                Err("malformed"),
+            ),
             ("{\"body\":\"{}\"}".into(), "no hmac", Err("malformed")),
             (
                 "{\"body\":\"{}\",\"hmac\":\"zz\"}".into(),
@@ -277,7 +292,11 @@ mod tests {
                 Err("malformed"),
             ),
             ("unlock".into(), "plain text", Err("malformed")),
-            ("x".repeat(MAX_COMMAND_BYTES + 1), "too large", Err("malformed")),
+            (
+                "x".repeat(MAX_COMMAND_BYTES + 1),
+                "too large",
+                Err("malformed"),
+            ),
         ];
         for (payload, case, expected) in cases {
             let got = verifier()

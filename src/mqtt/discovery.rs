@@ -108,7 +108,11 @@ mod tests {
         let mut ids = std::collections::HashSet::new();
         for m in &messages {
             let p = &m.payload;
-            assert_eq!(p["availability_topic"], "facegate/front/availability", "{}", m.topic);
+            assert_eq!(
+                p["availability_topic"], "facegate/front/availability",
+                "{}",
+                m.topic
+            );
             assert_eq!(p["payload_not_available"], "offline");
             assert!(ids.insert(p["unique_id"].as_str().unwrap().to_string()));
             let state = p["state_topic"].as_str().unwrap();

@@ -181,9 +181,8 @@ impl MqttLink {
             }
             if record["door"] == "opened" {
                 stats.last_person = record["identity"].as_str().map(str::to_string);
-                stats.last_let_in_at = Some(
-                    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                );
+                stats.last_let_in_at =
+                    Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
             }
             serde_json::to_string(&*stats).expect("stats always serialise")
         };

@@ -28,9 +28,7 @@ impl Broker {
         } else if let Some(rest) = url.strip_prefix("mqtt://") {
             (false, rest)
         } else {
-            return Err(format!(
-                "must start with mqtt:// or mqtts://, not {url:?}"
-            ));
+            return Err(format!("must start with mqtt:// or mqtts://, not {url:?}"));
         };
         let authority = rest.strip_suffix('/').unwrap_or(rest);
         if authority.contains('@') {

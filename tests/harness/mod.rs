@@ -70,6 +70,8 @@ fn binary() -> Command {
     command
         .env_remove("FACEGATE_TOKEN")
         .env_remove("FACEGATE_CONFIG")
+        .env_remove("FACEGATE_MQTT_PASSWORD")
+        .env_remove("FACEGATE_MQTT_COMMAND_SECRET")
         .env("RUST_LOG", "info")
         .stdin(Stdio::null());
     command
@@ -86,9 +88,24 @@ pub struct Finished {
 /// Runs `facegate <args>` to its exit; a process still running after a minute is killed and fails
 /// the test (e.g. a daemon that should have refused to start).
 pub fn run_facegate(args: &[&str], scratch: &Path) -> Finished {
+    run_facegate_in(binary(), args, scratch)
+}
+
+/// `facegate --config <setup's config> <args>` with extra environment variables.
+pub fn run_facegate_with_env(setup: &Setup, args: &[&str], env: &[(&str, &str)]) -> Finished {
+    setup.write_config();
+    let mut command = binary();
+    command.envs(env.iter().copied());
+    let config = setup.config_path();
+    let mut full = vec!["--config", config.to_str().unwrap()];
+    full.extend_from_slice(args);
+    run_facegate_in(command, &full, setup.dir())
+}
+
+fn run_facegate_in(mut command: Command, args: &[&str], scratch: &Path) -> Finished {
     let stdout_path = scratch.join("run.stdout");
     let stderr_path = scratch.join("run.stderr");
-    let mut child = binary()
+    let mut child = command
         .args(args)
         .stdout(std::fs::File::create(&stdout_path).expect("stdout file"))
         .stderr(std::fs::File::create(&stderr_path).expect("stderr file"))
