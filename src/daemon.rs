@@ -215,6 +215,7 @@ fn install_panic_hook(guard: door::LockGuardHandle, stop: Arc<StopFlags>) {
     }));
 }
 
+#[allow(clippy::too_many_arguments)]
 fn serve(
     config: Config,
     has_token: bool,
