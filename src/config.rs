@@ -2,9 +2,11 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::Deserialize;
+
+/// `recognition.detector` value that picks the YuNet release the running OpenCV can execute.
+pub const AUTO_DETECTOR: &str = "auto";
 
 /// Why a configuration could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -125,6 +127,8 @@ pub struct DoorConfig {
     pub grant_while_open: GrantWhileOpenConfig,
     /// A decision about an older frame never moves the relay.
     pub max_decision_age_ms: u64,
+    /// How far a frame's `captured_at` may lie ahead of the Pi's clock; further is answered stale.
+    pub max_clock_skew_ms: u64,
     /// Sim backend only: append every actuation to this JSON-lines file.
     pub sim_journal: Option<PathBuf>,
 }
@@ -209,7 +213,7 @@ impl Default for Config {
 impl Default for RecognitionConfig {
     fn default() -> Self {
         RecognitionConfig {
-            detector: crate::vision::AUTO_DETECTOR.into(),
+            detector: AUTO_DETECTOR.into(),
             embedder: "mobilefacenet".into(),
             threshold: None,
             detect_max_side: 640,
@@ -258,6 +262,7 @@ impl Default for DoorConfig {
             cooldown_ms: 1_000,
             grant_while_open: GrantWhileOpenConfig::Extend,
             max_decision_age_ms: 1_500,
+            max_clock_skew_ms: 1_000,
             sim_journal: None,
         }
     }
@@ -314,6 +319,80 @@ impl Default for MqttConfig {
     }
 }
 
+/// Where the broker is, from `mqtt.url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Broker {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+}
+
+impl Broker {
+    /// Parses `mqtt://host[:port]` (default port 1883) or `mqtts://host[:port]` (8883); an IPv6
+    /// address goes in brackets. Credentials belong in `mqtt.username`/`password`, not the URL.
+    pub fn parse(url: &str) -> Result<Broker, String> {
+        let (tls, rest) = if let Some(rest) = url.strip_prefix("mqtts://") {
+            (true, rest)
+        } else if let Some(rest) = url.strip_prefix("mqtt://") {
+            (false, rest)
+        } else {
+            return Err(format!("must start with mqtt:// or mqtts://, not {url:?}"));
+        };
+        let authority = rest.strip_suffix('/').unwrap_or(rest);
+        if authority.contains('@') {
+            return Err("must not carry credentials: use mqtt.username and mqtt.password".into());
+        }
+        if authority.contains(['/', '?', '#']) {
+            return Err(format!("must be scheme://host[:port] only, not {url:?}"));
+        }
+        let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
+            let (host, after) = bracketed
+                .split_once(']')
+                .ok_or_else(|| format!("has an unclosed IPv6 bracket: {url:?}"))?;
+            (host, after.strip_prefix(':'))
+        } else {
+            match authority.rsplit_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (authority, None),
+            }
+        };
+        if host.is_empty() {
+            return Err(format!("has no host: {url:?}"));
+        }
+        let port = match port {
+            Some(port) => port
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| format!("has a bad port {port:?}"))?,
+            None if tls => 8883,
+            None => 1883,
+        };
+        Ok(Broker {
+            tls,
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+/// Reads a building key (`mqtt.gallery_public_key`): the base64 of a 32-byte Ed25519 public key.
+pub fn parse_building_key(text: &str) -> Result<ed25519_dalek::VerifyingKey, String> {
+    use base64::Engine;
+    let bad = || {
+        format!(
+            "{:?} is not a building key: expected the base64 of 32 bytes, as printed by `facegate gallery keygen`",
+            text.trim()
+        )
+    };
+    let bytes: [u8; 32] = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(bad)?;
+    ed25519_dalek::VerifyingKey::from_bytes(&bytes).map_err(|_| bad())
+}
+
 /// Command-line values that replace what the file says.
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
@@ -321,7 +400,6 @@ pub struct Overrides {
     pub models_dir: Option<PathBuf>,
     pub listen: Option<SocketAddr>,
     pub door: Option<DoorBackendName>,
-    pub token: Option<String>,
 }
 
 impl Config {
@@ -357,9 +435,6 @@ impl Config {
         }
         if let Some(door) = overrides.door {
             self.door.backend = door;
-        }
-        if let Some(token) = &overrides.token {
-            self.http.token = token.clone();
         }
         self.validate()?;
         Ok(self)
@@ -441,7 +516,7 @@ impl Config {
         let Some(url) = &m.url else {
             return Ok(());
         };
-        crate::mqtt::Broker::parse(url).map_err(|problem| ("mqtt.url", problem))?;
+        Broker::parse(url).map_err(|problem| ("mqtt.url", problem))?;
         let topic_word = |key, value: &str| {
             let ok = !value.is_empty()
                 && value.len() <= 64
@@ -479,8 +554,8 @@ impl Config {
             ));
         }
         if !m.gallery_public_key.is_empty() {
-            crate::gallery_bundle::parse_public_key(&m.gallery_public_key)
-                .map_err(|err| ("mqtt.gallery_public_key", err.to_string()))?;
+            parse_building_key(&m.gallery_public_key)
+                .map_err(|problem| ("mqtt.gallery_public_key", problem))?;
         }
         if m.queue_size == 0 {
             return Err(("mqtt.queue_size", "must be at least 1".into()));
@@ -548,10 +623,6 @@ impl Config {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         }
     }
-
-    pub fn max_decision_age(&self) -> Duration {
-        Duration::from_millis(self.door.max_decision_age_ms)
-    }
 }
 
 #[cfg(test)]
@@ -611,6 +682,41 @@ mod tests {
         for (text, key) in cases {
             let err = Config::parse(text, Path::new("x")).unwrap_err().to_string();
             assert!(err.contains(key), "{text:?} gave {err}");
+        }
+    }
+
+    #[test]
+    fn broker_urls() {
+        let ok = [
+            ("mqtt://broker", false, "broker", 1883),
+            ("mqtts://broker.lan", true, "broker.lan", 8883),
+            ("mqtt://127.0.0.1:1884/", false, "127.0.0.1", 1884),
+            ("mqtts://[::1]:8884", true, "::1", 8884),
+            ("mqtt://[fe80::1]", false, "fe80::1", 1883),
+        ];
+        for (url, tls, host, port) in ok {
+            assert_eq!(
+                Broker::parse(url).unwrap(),
+                Broker {
+                    tls,
+                    host: host.into(),
+                    port
+                },
+                "{url}"
+            );
+        }
+        let bad = [
+            ("http://broker", "mqtt://"),
+            ("mqtt://user:pw@broker", "credentials"),
+            ("mqtt://", "no host"),
+            ("mqtt://broker:0", "port"),
+            ("mqtt://broker:99999", "port"),
+            ("mqtt://broker/topic", "host[:port] only"),
+            ("mqtt://[::1", "bracket"),
+        ];
+        for (url, problem) in bad {
+            let err = Broker::parse(url).unwrap_err();
+            assert!(err.contains(problem), "{url}: {err}");
         }
     }
 

@@ -226,8 +226,9 @@ fn serve(
     remote: &Arc<Remote>,
     stop: &Arc<StopFlags>,
 ) -> Result<()> {
-    let models = PipelineModels::resolve(&config).context("the models are not usable")?;
-    let threshold = models.threshold(&config);
+    let models = PipelineModels::resolve(&config.recognition, &config.models_dir)
+        .context("the models are not usable")?;
+    let threshold = models.threshold(&config.recognition);
     let embedder = EmbedderId {
         name: models.embedder.name.clone(),
         sha256: models.embedder.sha256.clone(),
@@ -248,7 +249,7 @@ fn serve(
         .context("MQTT could not be started")?;
     let workers = config.worker_count();
     let recognizers = (0..workers)
-        .map(|_| Recognizer::load(&models, &config))
+        .map(|_| Recognizer::load(&models, &config.recognition))
         .collect::<Result<Vec<_>, _>>()
         .context("the models did not load")?;
     let snapshots = open_snapshots(&config);
@@ -259,9 +260,13 @@ fn serve(
         .to_ip()
         .context("the server is not listening on an IP address")?;
     let people = gallery.current().people().len();
+    let transport = Arc::new(http::Transport {
+        token: config.token(),
+        port: address.port(),
+        ..http::Transport::default()
+    });
     let service = Arc::new(Service::new(
         config,
-        address.port(),
         threshold,
         metrics,
         door,
@@ -277,10 +282,11 @@ fn serve(
         .enumerate()
         .map(|(i, recognizer)| {
             let service = Arc::clone(&service);
+            let transport = Arc::clone(&transport);
             let queue = queue.clone();
             std::thread::Builder::new()
                 .name(format!("worker-{i}"))
-                .spawn(move || http::run_worker(service, recognizer, queue))
+                .spawn(move || http::run_worker(service, transport, recognizer, queue))
         })
         .collect::<Result<_, _>>()?;
     drop(queue);
@@ -294,8 +300,8 @@ fn serve(
     sockets::spawn_sweeper(
         sweep,
         SWEEP_INTERVAL,
-        Arc::clone(&service.body_deadlines),
-        Arc::clone(&service.header_floods),
+        Arc::clone(&transport.body_deadlines),
+        Arc::clone(&transport.header_floods),
         Arc::clone(&sweeper_stop),
     )?;
     spawn_signal_thread(Arc::clone(stop))?;
@@ -324,7 +330,7 @@ fn serve(
             break;
         }
         match server.recv_timeout(ACCEPT_POLL) {
-            Ok(Some(request)) => http::dispatch(&service, &jobs, request),
+            Ok(Some(request)) => http::dispatch(&service, &transport, &jobs, request),
             Ok(None) => {}
             Err(err) => {
                 accept_failure = Some(err);

@@ -32,7 +32,7 @@ pub enum BundleError {
     Older { have: u64, offered: u64 },
     #[error(transparent)]
     Gallery(#[from] GalleryError),
-    #[error("{0} is not a building key: expected the base64 of 32 bytes, as printed by `facegate gallery keygen`")]
+    #[error("{0}")]
     BadKey(String),
     #[error("cannot use the key file {path}: {cause}")]
     KeyFile { path: PathBuf, cause: String },
@@ -177,13 +177,7 @@ pub fn import_into(
 
 /// Reads `mqtt.gallery_public_key` (base64 of the 32-byte Ed25519 public key).
 pub fn parse_public_key(text: &str) -> Result<VerifyingKey, BundleError> {
-    let bad = || BundleError::BadKey(format!("{:?}", text.trim()));
-    let bytes: [u8; 32] = BASE64
-        .decode(text.trim())
-        .ok()
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(bad)?;
-    VerifyingKey::from_bytes(&bytes).map_err(|_| bad())
+    crate::config::parse_building_key(text).map_err(BundleError::BadKey)
 }
 
 pub fn public_key_text(key: &VerifyingKey) -> String {

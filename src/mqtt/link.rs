@@ -16,8 +16,10 @@ use serde_json::Value;
 
 use super::{discovery, Broker, Topics};
 use crate::config::Config;
+use crate::decision::Status;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimitedLog;
+use crate::record::DecisionRecord;
 
 /// How long one wait on the connection lasts before the stop flag is looked at again.
 const POLL: Duration = Duration::from_millis(200);
@@ -168,25 +170,28 @@ impl MqttLink {
         })
     }
 
-    /// Queues one decision record (the audit line) for `<prefix>/<door_id>/event`, and the updated
-    /// counters for Home Assistant. Never blocks: when the queue is full, the message is dropped and
-    /// counted.
-    pub fn publish_decision(&self, record: &Value) {
+    /// Queues one decision for `<prefix>/<door_id>/event` (its audit line: the same record, no image)
+    /// and the updated counters for Home Assistant. Never blocks: when the queue is full, the message
+    /// is dropped and counted.
+    pub fn publish_decision(&self, record: &DecisionRecord) {
         let stats = {
             let mut stats = lock(&self.state.stats);
-            match record["status"].as_str() {
-                Some("granted") => stats.granted += 1,
-                Some("unknown") => stats.refused += 1,
+            match record.status {
+                Status::Granted => stats.granted += 1,
+                Status::Unknown => stats.refused += 1,
                 _ => {}
             }
-            if record["door"] == "opened" {
-                stats.last_person = record["identity"].as_str().map(str::to_string);
-                stats.last_let_in_at =
-                    Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+            if matches!(record.door, "opened" | "extended") {
+                stats.last_person = record.recognised.as_ref().and_then(|r| r.identity.clone());
+                stats.last_let_in_at = Some(
+                    record
+                        .at
+                        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                );
             }
             serde_json::to_string(&*stats).expect("stats always serialise")
         };
-        self.publish_event(record);
+        self.publish_event(&record.audit_line());
         self.try_publish(&self.state.topics.stats, true, stats);
     }
 

@@ -3,7 +3,7 @@
 //! off, so the rest of the daemon calls it unconditionally.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
@@ -19,6 +19,7 @@ use crate::gallery::EmbedderId;
 use crate::gallery_bundle::{self, BundleError};
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimitedLog;
+use crate::record::{DecisionRecord, RequestIds};
 
 /// Marks a lockdown from a `lock` command, so a restart keeps the door locked until `clear`.
 const LOCKDOWN_MARKER: &str = "lockdown";
@@ -76,8 +77,8 @@ impl Remote {
         }
     }
 
-    /// One decision record (as written to the audit log) for `<prefix>/<door_id>/event`.
-    pub fn publish_decision(&self, record: &Value) {
+    /// One decision for `<prefix>/<door_id>/event`, as its audit line.
+    pub fn publish_decision(&self, record: &DecisionRecord) {
         if let Some(link) = self.link.get() {
             link.publish_decision(record);
         }
@@ -131,7 +132,7 @@ impl Remote {
             embedder: parts.embedder,
             gallery_path: config.gallery_path(),
             marker,
-            ids: AtomicU64::new(0),
+            ids: RequestIds::default(),
         };
         let link = MqttLink::start(
             config,
@@ -167,7 +168,7 @@ struct IncomingSide {
     embedder: EmbedderId,
     gallery_path: PathBuf,
     marker: PathBuf,
-    ids: AtomicU64,
+    ids: RequestIds,
 }
 
 impl IncomingSide {
@@ -215,12 +216,7 @@ impl IncomingSide {
         let Some(door) = self.door.upgrade() else {
             return;
         };
-        let n = self.ids.fetch_add(1, Ordering::Relaxed);
-        let request_id = format!(
-            "mqtt-{}-{:04x}",
-            Utc::now().format("%Y%m%dT%H%M%S%3f"),
-            n & 0xffff
-        );
+        let request_id = format!("mqtt-{}", self.ids.next());
         let door_action = match body.action {
             Action::Unlock => door
                 .request_open(&request_id, &format!("mqtt:{}", body.origin))
