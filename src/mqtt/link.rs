@@ -27,6 +27,9 @@ const POLL: Duration = Duration::from_millis(200);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 /// Seconds rumqttc waits for the TCP/TLS connection and the broker's CONNACK.
 const CONNECT_TIMEOUT_S: u64 = 5;
+/// A connection that lasted this long resets the backoff; one that breaks sooner (a broker refusing
+/// us after CONNACK, an oversized retained message) keeps backing off.
+const STABLE_CONNECTION: Duration = Duration::from_secs(10);
 
 /// A message for the daemon to judge.
 #[derive(Debug)]
@@ -289,14 +292,13 @@ fn run(
     broker: &str,
 ) {
     let failures = RateLimitedLog::new(Duration::from_secs(60));
-    let mut connected = false;
+    let mut connected_at: Option<Instant> = None;
     while !state.stop.load(Ordering::SeqCst) {
         match connection.recv_timeout(POLL) {
             Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => {
                 log::info!("mqtt: connected to {broker}");
-                connected = true;
+                connected_at = Some(Instant::now());
                 state.metrics.set_mqtt_connected(true);
-                backoff.connected();
                 queue_startup(connection, state, startup);
             }
             Ok(Ok(Event::Incoming(Packet::Publish(publish)))) => {
@@ -314,12 +316,31 @@ fn run(
             }
             Ok(Ok(_)) | Err(rumqttc::RecvTimeoutError::Timeout) => {}
             Ok(Err(err)) => {
-                if connected {
-                    log::warn!("mqtt: connection to {broker} lost: {err}; reconnecting");
-                    connected = false;
-                    state.metrics.set_mqtt_connected(false);
+                let hint = if let rumqttc::ConnectionError::MqttState(
+                    rumqttc::StateError::Deserialization(
+                        rumqttc::Error::PayloadSizeLimitExceeded(size),
+                    ),
+                ) = &err
+                {
+                    format!(" (a {size}-byte message is above mqtt.max_message_bytes: raise it, or remove the message from the broker)")
                 } else {
-                    failures.error(format!("mqtt: cannot connect to {broker}: {err}; retrying"));
+                    String::new()
+                };
+                match connected_at.take() {
+                    Some(since) => {
+                        state.metrics.set_mqtt_connected(false);
+                        if since.elapsed() >= STABLE_CONNECTION {
+                            backoff.connected();
+                        }
+                        failures.warn(format!(
+                            "mqtt: connection to {broker} lost: {err}{hint}; reconnecting"
+                        ));
+                    }
+                    None => {
+                        failures.error(format!(
+                            "mqtt: cannot connect to {broker}: {err}{hint}; retrying"
+                        ));
+                    }
                 }
                 sleep_unless_stopped(backoff.failed(), state);
             }
