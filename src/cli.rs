@@ -120,6 +120,9 @@ enum MqttAction {
         /// Who sends it, for the door's audit log
         #[arg(long, default_value = "cli")]
         origin: String,
+        /// The door it is for [default: mqtt.door_id]
+        #[arg(long)]
+        door: Option<String>,
     },
 }
 
@@ -175,8 +178,13 @@ pub fn run(cli: Cli) -> Result<()> {
             action: DoorAction::Lock,
         } => facegate::daemon::lock_door(&config),
         Command::Mqtt {
-            action: MqttAction::Command { action, origin },
-        } => mqtt_command(&config, action, &origin),
+            action:
+                MqttAction::Command {
+                    action,
+                    origin,
+                    door,
+                },
+        } => mqtt_command(&config, action, &origin, door),
     }
 }
 
@@ -398,10 +406,9 @@ fn gallery(config: &Config, action: GalleryAction) -> Result<()> {
         GalleryAction::Import { file } => {
             let bytes =
                 std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            let key = match config.mqtt.gallery_public_key.as_str() {
-                "" => None,
-                text => Some(gallery_bundle::parse_public_key(text)?),
-            };
+            let key = config
+                .gallery_public_key()
+                .map_err(|problem| anyhow::anyhow!("mqtt.gallery_public_key: {problem}"))?;
             match gallery_bundle::import_into(
                 &bytes,
                 key.as_ref(),
@@ -437,6 +444,7 @@ fn mqtt_command(
     config: &Config,
     action: facegate::mqtt::command::Action,
     origin: &str,
+    door: Option<String>,
 ) -> Result<()> {
     use facegate::mqtt::command::{sign, CommandBody};
     let secret = config.mqtt_command_secret().context(
@@ -446,7 +454,7 @@ fn mqtt_command(
     getrandom::fill(&mut nonce).map_err(|err| anyhow::anyhow!("no random source: {err}"))?;
     let body = CommandBody {
         action,
-        door_id: config.mqtt.door_id.clone(),
+        door_id: door.unwrap_or_else(|| config.mqtt.door_id.clone()),
         issued_at_ms: chrono::Utc::now().timestamp_millis(),
         nonce: nonce.iter().map(|b| format!("{b:02x}")).collect(),
         origin: origin.to_string(),

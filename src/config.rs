@@ -513,6 +513,9 @@ impl Config {
 
     fn validate_mqtt(&self) -> Result<(), (&'static str, String)> {
         let m = &self.mqtt;
+        // Checked even with MQTT off: `gallery import` relies on it.
+        self.gallery_public_key()
+            .map_err(|problem| ("mqtt.gallery_public_key", problem))?;
         let Some(url) = &m.url else {
             return Ok(());
         };
@@ -553,10 +556,6 @@ impl Config {
                 "must be between 1 and 3600 seconds".into(),
             ));
         }
-        if !m.gallery_public_key.is_empty() {
-            parse_building_key(&m.gallery_public_key)
-                .map_err(|problem| ("mqtt.gallery_public_key", problem))?;
-        }
         if m.queue_size == 0 {
             return Err(("mqtt.queue_size", "must be at least 1".into()));
         }
@@ -596,6 +595,14 @@ impl Config {
         let secret = std::env::var("FACEGATE_MQTT_COMMAND_SECRET")
             .unwrap_or_else(|_| self.mqtt.command_secret.clone());
         (secret.len() >= MIN_COMMAND_SECRET).then_some(secret)
+    }
+
+    /// The building key that signs galleries, when `mqtt.gallery_public_key` is set.
+    pub fn gallery_public_key(&self) -> Result<Option<ed25519_dalek::VerifyingKey>, String> {
+        match self.mqtt.gallery_public_key.trim() {
+            "" => Ok(None),
+            text => parse_building_key(text).map(Some),
+        }
     }
 
     pub fn gallery_path(&self) -> PathBuf {
@@ -671,7 +678,7 @@ mod tests {
                 "mqtt.command_secret",
             ),
             (
-                "[mqtt]\nurl = \"mqtt://x\"\ngallery_public_key = \"nope\"",
+                "[mqtt]\ngallery_public_key = \"nope\"",
                 "mqtt.gallery_public_key",
             ),
             (

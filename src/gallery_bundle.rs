@@ -32,8 +32,6 @@ pub enum BundleError {
     Older { have: u64, offered: u64 },
     #[error(transparent)]
     Gallery(#[from] GalleryError),
-    #[error("{0}")]
-    BadKey(String),
     #[error("cannot use the key file {path}: {cause}")]
     KeyFile { path: PathBuf, cause: String },
 }
@@ -173,11 +171,6 @@ pub fn import_into(
     }
     opened.gallery.save(path)?;
     Ok(Some(opened))
-}
-
-/// Reads `mqtt.gallery_public_key` (base64 of the 32-byte Ed25519 public key).
-pub fn parse_public_key(text: &str) -> Result<VerifyingKey, BundleError> {
-    crate::config::parse_building_key(text).map_err(BundleError::BadKey)
 }
 
 pub fn public_key_text(key: &VerifyingKey) -> String {
@@ -391,7 +384,10 @@ mod tests {
         );
         assert_eq!(read_secret_key(&path).unwrap().to_bytes(), key.to_bytes());
         let public = public_key_text(&key.verifying_key());
-        assert_eq!(parse_public_key(&public).unwrap(), key.verifying_key());
-        assert!(parse_public_key("AAAA").is_err());
+        assert_eq!(
+            crate::config::parse_building_key(&public).unwrap(),
+            key.verifying_key()
+        );
+        assert!(crate::config::parse_building_key("AAAA").is_err());
     }
 }

@@ -55,12 +55,14 @@ pub enum LinkError {
     },
     #[error("the TLS settings of [mqtt] are not usable: {0}")]
     Tls(String),
+    #[error("mqtt.gallery_public_key: {0}")]
+    Key(String),
     #[error("cannot start the MQTT thread: {0}")]
     Thread(std::io::Error),
 }
 
 /// Counters and the last person let in, retained on `<prefix>/<door_id>/stats` for Home Assistant.
-#[derive(Debug, Default, Clone, Serialize)]
+#[derive(Debug, Default, Clone, PartialEq, Serialize)]
 struct Stats {
     granted: u64,
     refused: u64,
@@ -174,11 +176,12 @@ impl MqttLink {
     }
 
     /// Queues one decision for `<prefix>/<door_id>/event` (its audit line: the same record, no image)
-    /// and the updated counters for Home Assistant. Never blocks: when the queue is full, the message
-    /// is dropped and counted.
+    /// and, when they changed (not for the many frames without a face), the counters for Home
+    /// Assistant. Never blocks: when the queue is full, the message is dropped and counted.
     pub fn publish_decision(&self, record: &DecisionRecord) {
         let stats = {
             let mut stats = lock(&self.state.stats);
+            let before = stats.clone();
             match record.status {
                 Status::Granted => stats.granted += 1,
                 Status::Unknown => stats.refused += 1,
@@ -192,10 +195,12 @@ impl MqttLink {
                         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
                 );
             }
-            serde_json::to_string(&*stats).expect("stats always serialise")
+            (*stats != before).then(|| serde_json::to_string(&*stats).expect("stats serialise"))
         };
         self.publish_event(&record.audit_line());
-        self.try_publish(&self.state.topics.stats, true, stats);
+        if let Some(stats) = stats {
+            self.try_publish(&self.state.topics.stats, true, stats);
+        }
     }
 
     /// Queues one record (a decision, or an executed command) for `<prefix>/<door_id>/event`.
@@ -317,9 +322,9 @@ fn run(
             Ok(Ok(_)) | Err(rumqttc::RecvTimeoutError::Timeout) => {}
             Ok(Err(err)) => {
                 let hint = if let rumqttc::ConnectionError::MqttState(
-                    rumqttc::StateError::Deserialization(
-                        rumqttc::Error::PayloadSizeLimitExceeded(size),
-                    ),
+                    rumqttc::StateError::Deserialization(rumqttc::Error::PayloadSizeLimitExceeded(
+                        size,
+                    )),
                 ) = &err
                 {
                     format!(" (a {size}-byte message is above mqtt.max_message_bytes: raise it, or remove the message from the broker)")

@@ -113,13 +113,7 @@ impl Remote {
                     Duration::from_secs(config.mqtt.command_window_s),
                 )
             });
-        let gallery_key = match config.mqtt.gallery_public_key.as_str() {
-            "" => None,
-            text => Some(
-                gallery_bundle::parse_public_key(text)
-                    .expect("validated with the config: mqtt.gallery_public_key"),
-            ),
-        };
+        let gallery_key = config.gallery_public_key().map_err(LinkError::Key)?;
         let mut incoming = IncomingSide {
             remote: Arc::clone(self),
             metrics: Arc::clone(&parts.metrics),
