@@ -25,20 +25,41 @@ fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-/// A Mosquitto broker of our own: generated config and password file, loopback only.
+/// A Mosquitto broker of our own: generated config, loopback only, clients authenticated by password
+/// (or, with TLS, by certificate).
 struct Broker {
     dir: tempfile::TempDir,
     port: u16,
     process: Option<Child>,
+    tls: bool,
+    /// How Mosquitto's clients authenticate.
+    client_args: Vec<String>,
+}
+
+/// A broker directory Mosquitto can read after dropping root for its own user.
+fn broker_dir() -> (tempfile::TempDir, u16) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    make_readable(dir.path(), 0o755);
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    (dir, port)
+}
+
+/// Mosquitto drops root for its own user before it reads some files: these are throwaway test files.
+fn make_readable(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn path_text(path: &Path) -> String {
+    path.to_str().expect("UTF-8 temp path").to_string()
 }
 
 impl Broker {
     fn start() -> Broker {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let (dir, port) = broker_dir();
         let passwords = dir.path().join("passwd");
         let made = Command::new("mosquitto_passwd")
             .args(["-b", "-c"])
@@ -47,15 +68,83 @@ impl Broker {
             .status()
             .expect("mosquitto_passwd runs: install Debian's mosquitto with scripts/install-deps");
         assert!(made.success(), "mosquitto_passwd failed");
+        make_readable(&passwords, 0o644);
         let config = format!(
             "listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\npersistence false\n",
             passwords.display()
         );
+        let client_args = ["-u", USER, "-P", PASSWORD].map(String::from).to_vec();
+        Broker::launch(dir, port, &config, false, client_args)
+    }
+
+    /// A TLS listener that requires a client certificate (its CN is the user name), with a CA, a
+    /// server certificate for 127.0.0.1 and a client certificate made by openssl.
+    fn start_tls() -> Broker {
+        let (dir, port) = broker_dir();
+        let d = dir.path();
+        let openssl = |args: &[&str]| {
+            let output = Command::new("openssl")
+                .current_dir(d)
+                .args(args)
+                .output()
+                .expect("openssl runs");
+            assert!(output.status.success(), "openssl {args:?}: {output:?}");
+        };
+        let new_key = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+        let ca = format!(
+            "req -x509 {new_key} -keyout ca.key -out ca.crt -days 2 -subj /CN=facegate-test-ca \
+             -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign"
+        );
+        openssl(&ca.split_whitespace().collect::<Vec<_>>());
+        let roles = [
+            (
+                "server",
+                "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+            ),
+            ("client", "extendedKeyUsage=clientAuth\n"),
+        ];
+        for (who, extensions) in roles {
+            std::fs::write(d.join(format!("{who}.ext")), extensions).unwrap();
+            let request = format!("req {new_key} -keyout {who}.key -out {who}.csr -subj /CN={who}");
+            openssl(&request.split_whitespace().collect::<Vec<_>>());
+            let sign = format!(
+                "x509 -req -in {who}.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out {who}.crt \
+                 -days 2 -extfile {who}.ext"
+            );
+            openssl(&sign.split_whitespace().collect::<Vec<_>>());
+            make_readable(&d.join(format!("{who}.key")), 0o644);
+        }
+        let config = format!(
+            "listener {port} 127.0.0.1\ncafile {0}/ca.crt\ncertfile {0}/server.crt\n\
+             keyfile {0}/server.key\nrequire_certificate true\nuse_identity_as_username true\n\
+             allow_anonymous false\npersistence false\n",
+            d.display()
+        );
+        let client_args = vec![
+            "--cafile".into(),
+            path_text(&d.join("ca.crt")),
+            "--cert".into(),
+            path_text(&d.join("client.crt")),
+            "--key".into(),
+            path_text(&d.join("client.key")),
+        ];
+        Broker::launch(dir, port, &config, true, client_args)
+    }
+
+    fn launch(
+        dir: tempfile::TempDir,
+        port: u16,
+        config: &str,
+        tls: bool,
+        client_args: Vec<String>,
+    ) -> Broker {
         std::fs::write(dir.path().join("mosquitto.conf"), config).expect("broker config");
         let mut broker = Broker {
             dir,
             port,
             process: None,
+            tls,
+            client_args,
         };
         broker.resume();
         broker
@@ -85,21 +174,15 @@ impl Broker {
     }
 
     fn url(&self) -> String {
-        format!("mqtt://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "mqtts" } else { "mqtt" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     fn client(&self, program: &str) -> Command {
         let mut command = Command::new(program);
-        command.args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &self.port.to_string(),
-            "-u",
-            USER,
-            "-P",
-            PASSWORD,
-        ]);
+        command
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(&self.client_args);
         command
     }
 
@@ -540,4 +623,29 @@ fn decisions_keep_flowing_while_the_broker_is_stopped_and_started() {
         "an event after the reconnection",
         |e| e["request_id"] == id,
     );
+}
+
+#[test]
+fn mqtts_with_a_client_certificate() {
+    let broker = Broker::start_tls();
+    let dir = broker.dir.path();
+    let watch = broker.watch(&["facegate/#"]);
+    let daemon = Setup::new()
+        .set("mqtt.url", broker.url())
+        .set("mqtt.door_id", "tls")
+        .set("mqtt.ca_file", path_text(&dir.join("ca.crt")))
+        .set("mqtt.client_cert", path_text(&dir.join("client.crt")))
+        .set("mqtt.client_key", path_text(&dir.join("client.key")))
+        .set("mqtt.keepalive_s", 1)
+        .serve();
+    wait_for("online over TLS", || {
+        broker
+            .retained("facegate/tls/availability")
+            .filter(|a| a == "online")
+    });
+    let answer = post_frame(&daemon, GRANTED_PHOTO);
+    let id = answer["request_id"].as_str().unwrap();
+    watch.wait_json("facegate/tls/event", "the event over TLS", |e| {
+        e["request_id"] == id
+    });
 }
