@@ -175,14 +175,20 @@ impl IncomingSide {
         }
     }
 
-    fn audit(&self, record: &Value) {
+    /// Audits what became of one incoming message, then counts it (so a count seen in /metrics
+    /// means its audit line is written); returns the audit record.
+    fn settle(&self, kind: &'static str, result: &'static str, mut record: Value) -> Value {
+        record["kind"] = json!(kind);
+        record["result"] = json!(result);
         if let Some(audit) = &self.audit {
-            if let Err(err) = audit.append(record) {
+            if let Err(err) = audit.append(&record) {
                 self.metrics.count_audit_failure();
                 self.audit_errors
                     .error(format!("audit line not written: {err}"));
             }
         }
+        self.metrics.count_mqtt_received(kind, result);
+        record
     }
 
     fn command(&mut self, payload: &[u8]) {
@@ -193,15 +199,10 @@ impl IncomingSide {
         match verifier.verify(payload, now_ms) {
             Ok(body) => self.execute(&body),
             Err(rejected) => {
-                self.metrics
-                    .count_mqtt_received("command", rejected.label());
                 self.rejections
                     .warn(format!("mqtt: command refused: {rejected}"));
-                self.audit(&json!({
-                    "kind": "command",
-                    "result": rejected.label(),
-                    "error": rejected.to_string(),
-                }));
+                let record = json!({ "error": rejected.to_string() });
+                self.settle("command", rejected.label(), record);
             }
         }
     }
@@ -233,23 +234,20 @@ impl IncomingSide {
                 "released"
             }
         };
-        self.metrics.count_mqtt_received("command", "accepted");
         log::info!(
             "request_id={request_id} mqtt command={} origin={:?} door_action={door_action}",
             body.action.as_str(),
             body.origin
         );
         let record = json!({
-            "kind": "command",
             "request_id": request_id,
-            "result": "accepted",
             "action": body.action,
             "origin": body.origin,
             "nonce": body.nonce,
             "issued_at_ms": body.issued_at_ms,
             "door_action": door_action,
         });
-        self.audit(&record);
+        let record = self.settle("command", "accepted", record);
         if let Some(link) = self.remote.link.get() {
             link.publish_event(&record);
         }
@@ -265,29 +263,19 @@ impl IncomingSide {
             &self.gallery_path,
         ) {
             Ok(Some(opened)) => {
-                self.metrics.count_mqtt_received("gallery", "loaded");
+                let people = opened.gallery.people().len();
                 log::info!(
-                    "mqtt: building gallery {} loaded: {} people",
-                    opened.sequence,
-                    opened.gallery.people().len()
+                    "mqtt: building gallery {} loaded: {people} people",
+                    opened.sequence
                 );
-                self.audit(&json!({
-                    "kind": "gallery",
-                    "result": "loaded",
-                    "sequence": opened.sequence,
-                    "people": opened.gallery.people().len(),
-                }));
+                let record = json!({ "sequence": opened.sequence, "people": people });
+                self.settle("gallery", "loaded", record);
             }
             Ok(None) => self.metrics.count_mqtt_received("gallery", "unchanged"),
             Err(err) => {
-                let label = gallery_refusal_label(&err);
-                self.metrics.count_mqtt_received("gallery", label);
                 log::warn!("mqtt: building gallery refused: {err}");
-                self.audit(&json!({
-                    "kind": "gallery",
-                    "result": label,
-                    "error": err.to_string(),
-                }));
+                let record = json!({ "error": err.to_string() });
+                self.settle("gallery", gallery_refusal_label(&err), record);
             }
         }
     }
