@@ -127,6 +127,8 @@ pub struct DoorConfig {
     pub grant_while_open: GrantWhileOpenConfig,
     /// A decision about an older frame never moves the relay.
     pub max_decision_age_ms: u64,
+    /// How long a request waits for the relay thread to say what it did before answering `pending`.
+    pub report_wait_ms: u64,
     /// How far a frame's `captured_at` may lie ahead of the Pi's clock; further is answered stale.
     pub max_clock_skew_ms: u64,
     /// Sim backend only: append every actuation to this JSON-lines file.
@@ -262,6 +264,7 @@ impl Default for DoorConfig {
             cooldown_ms: 1_000,
             grant_while_open: GrantWhileOpenConfig::Extend,
             max_decision_age_ms: 1_500,
+            report_wait_ms: 150,
             max_clock_skew_ms: 1_000,
             sim_journal: None,
         }
@@ -498,6 +501,12 @@ impl Config {
         if self.door.max_decision_age_ms == 0 {
             return Err(invalid("door.max_decision_age_ms", "must be above 0"));
         }
+        if self.door.report_wait_ms == 0 || self.door.report_wait_ms > 2_000 {
+            return Err(invalid(
+                "door.report_wait_ms",
+                "must be between 1 and 2000 milliseconds",
+            ));
+        }
         if self.door.gpio_pin > 27 {
             return Err(invalid(
                 "door.gpio_pin",
@@ -663,6 +672,7 @@ mod tests {
             ("[recognition]\nthreshold = 1.5", "recognition.threshold"),
             ("[door]\nhold_ms = 0", "door.hold_ms"),
             ("[door]\ngpio_pin = 40", "door.gpio_pin"),
+            ("[door]\nreport_wait_ms = 0", "door.report_wait_ms"),
             ("[http]\nqueue_depth = 0", "http.queue_depth"),
             (
                 "[frame]\ndecode_target_side = 100",

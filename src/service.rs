@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
-use crate::audit::AuditLog;
+use crate::audit::AuditWriter;
 use crate::body::{parse_frame_post, BodyError, FramePost};
 use crate::config::Config;
 use crate::decision::{decide, round_score, Decision, Freshness, FreshnessRules, Outcome, Status};
-use crate::door::{DoorController, GrantOutcome};
+use crate::door::{DoorController, OpenCause, OpenRequest};
 use crate::events::EventRing;
 use crate::frame::{self, CheckedImage, FrameError, RefusedImage};
 use crate::gallery::{Gallery, LiveGallery};
@@ -22,7 +22,7 @@ use crate::mqtt::Remote;
 use crate::ratelimit::RateLimitedLog;
 use crate::recognition::{recognize_image, Recognition, RecognitionError};
 use crate::record::{rounded, DecisionRecord, Endpoint, Recognised, Refusal, Timings};
-use crate::snapshots::SnapshotStore;
+use crate::snapshots::SnapshotWriter;
 use crate::vision::Recognizer;
 
 /// How often a failing disk is logged.
@@ -36,10 +36,9 @@ pub struct Service {
     pub events: EventRing,
     pub door: Arc<DoorController>,
     pub gallery: LiveGallery,
-    pub audit: Option<Arc<AuditLog>>,
-    pub snapshots: Option<SnapshotStore>,
+    pub audit: AuditWriter,
+    pub snapshots: Option<SnapshotWriter>,
     pub started: Instant,
-    pub audit_errors: Arc<RateLimitedLog>,
     freshness: FreshnessRules,
     snapshot_errors: RateLimitedLog,
     /// Decisions go to the MQTT broker too (a no-op while MQTT is off).
@@ -88,9 +87,8 @@ impl Service {
         metrics: Arc<Metrics>,
         door: Arc<DoorController>,
         gallery: LiveGallery,
-        audit: Option<Arc<AuditLog>>,
-        audit_errors: Arc<RateLimitedLog>,
-        snapshots: Option<SnapshotStore>,
+        audit: AuditWriter,
+        snapshots: Option<SnapshotWriter>,
         remote: Arc<Remote>,
     ) -> Service {
         Service {
@@ -104,7 +102,6 @@ impl Service {
             audit,
             snapshots,
             started: Instant::now(),
-            audit_errors,
             snapshot_errors: RateLimitedLog::new(DISK_ERROR_LOG_INTERVAL),
             remote,
         }
@@ -115,6 +112,7 @@ impl Service {
         json!({
             "status": "ok",
             "door_available": self.door.is_available(),
+            "logging": crate::logging::health().as_str(),
             "people": gallery.people().len(),
             "uptime_s": self.started.elapsed().as_secs(),
         })
@@ -203,7 +201,7 @@ impl Service {
         let Some(store) = &self.snapshots else {
             record.status = Status::Error;
             record.refusal = Some(storage_unavailable(
-                "the snapshot store could not be opened at start-up; see the log".into(),
+                "the snapshot writer could not be started; see the log".into(),
             ));
             return self.conclude(record);
         };
@@ -219,7 +217,6 @@ impl Service {
         ) {
             Ok(_) => self.conclude(record),
             Err(err) => {
-                self.metrics.count_snapshot_failure();
                 self.snapshot_errors
                     .error(format!("snapshot {} not stored: {err}", record.request_id));
                 record.status = Status::Error;
@@ -278,8 +275,15 @@ impl Service {
                 );
             }
         };
-        if let (Some(_), Some(identity)) = (decision.open_until, &decision.identity) {
-            record.door = door_word(self.door.request_open(&record.request_id, identity));
+        if let (Some(not_after), Some(identity)) = (decision.open_until, &decision.identity) {
+            let report = self.door.request_open(OpenRequest {
+                request_id: record.request_id.clone(),
+                cause: OpenCause::Face {
+                    identity: identity.clone(),
+                },
+                not_after,
+            });
+            record.door = report.as_str();
         }
         let keep = match decision.status {
             Status::Unknown => self.config.snapshots.on_unknown,
@@ -353,33 +357,20 @@ impl Service {
         }
     }
 
-    /// Audit line, event and snapshot, after the answer went out. Disk trouble is logged (rate-limited)
-    /// and counted; it never reaches the tablet or the door.
+    /// Audit line, event and snapshot, after the answer went out: queued to their writer threads,
+    /// never waiting on a disk. Disk trouble is logged (rate-limited) and counted by the writers; it
+    /// never reaches the tablet or the door.
     pub fn follow_up(&self, handled: Handled) {
         let Handled { record, snapshot } = handled;
         let line = record.audit_line();
-        if let Some(audit) = &self.audit {
-            if let Err(err) = audit.append(&line) {
-                self.metrics.count_audit_failure();
-                self.audit_errors
-                    .error(format!("audit line not written: {err}"));
-            }
-        }
+        self.audit.record(&line);
         if record.kind() == "decision" {
             self.remote.publish_decision(&record);
             self.events.push(line);
         }
         if let (Some(snapshot), Some(store)) = (snapshot, &self.snapshots) {
-            if let Err(err) = store.save(
-                &record.request_id,
-                &snapshot.image,
-                snapshot.ext,
-                &record.sidecar(snapshot.reason),
-            ) {
-                self.metrics.count_snapshot_failure();
-                self.snapshot_errors
-                    .error(format!("snapshot {} not stored: {err}", record.request_id));
-            }
+            let sidecar = record.sidecar(snapshot.reason);
+            store.queue(&record.request_id, snapshot.image, snapshot.ext, &sidecar);
         }
     }
 }
@@ -420,16 +411,6 @@ pub fn judge(
         timings: stage_timings(recognition.as_ref(), received_at, started),
     });
     Ok(decision)
-}
-
-/// What the relay did, in the answer's words.
-fn door_word(outcome: GrantOutcome) -> &'static str {
-    match outcome {
-        GrantOutcome::Opened | GrantOutcome::AlreadyOpen => "opened",
-        GrantOutcome::Extended => "extended",
-        GrantOutcome::CoolingDown => "cooling_down",
-        GrantOutcome::Unavailable => "locked",
-    }
 }
 
 fn stage_timings(

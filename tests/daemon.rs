@@ -752,12 +752,12 @@ fn a_second_grant_during_the_pulse_is_ignored_in_ignore_mode_and_cooldown_refuse
     std::thread::sleep(std::time::Duration::from_millis(500));
     let (second, second_sent) = grant(&daemon);
     assert_eq!(
-        second["door"], "opened",
+        second["door"], "already_open",
         "the door is open for them: {second}"
     );
     daemon.wait_for_log(&[
         &format!("request_id={} ", request_id(&second)),
-        "door=opened",
+        "door=already_open",
     ]);
 
     let journal = daemon.wait_for_journal("the relock", |j| {
@@ -894,4 +894,107 @@ fn a_silent_body_is_answered_408_at_its_deadline_and_frees_the_worker() {
         "granted",
         "the single worker is free again"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fail-secure under slow disks and busy threads
+
+/// The hold of the fail-secure tests, and how late their relock may come on a loaded machine.
+const SLOW_DISK_HOLD_MS: i64 = 1500;
+const RELOCK_MARGIN: TimeDelta = TimeDelta::milliseconds(1000);
+
+/// Grants a frame and checks that the answer says `opened` and the relay relocked after the hold,
+/// on time, by its own journal.
+fn assert_grant_relocks_on_time(daemon: &Daemon) {
+    let (answer, _) = grant(daemon);
+    assert_eq!(answer["door"], "opened", "{answer}");
+    let journal = daemon.wait_for_journal("the relock after the hold", |j| {
+        j.iter().any(|a| a.reason == "hold_elapsed")
+    });
+    let unlock = journal.iter().find(|a| a.is_unlocked()).unwrap();
+    let relock = journal.iter().find(|a| a.reason == "hold_elapsed").unwrap();
+    let pulse = relock.ts - unlock.ts;
+    let hold = TimeDelta::milliseconds(SLOW_DISK_HOLD_MS);
+    assert!(
+        pulse + STAMP_SLACK >= hold && pulse <= hold + RELOCK_MARGIN,
+        "hold {hold} but the relay stayed unlocked for {pulse}: {journal:?}"
+    );
+    assert_eq!(unlocks(&journal), 1, "{journal:?}");
+}
+
+/// Regression: with its stderr pipe full (a stalled journal), the daemon unlocked the relay, kept it
+/// unlocked until the pipe was read, never answered the tablet, and /healthz still said all was well.
+#[test]
+fn a_full_stderr_pipe_neither_holds_the_door_open_nor_the_answer_back() {
+    let mut daemon = Setup::new()
+        .set("door.hold_ms", SLOW_DISK_HOLD_MS)
+        .small_stderr_pipe()
+        .serve();
+    daemon.stop_reading_stderr();
+    // Every refused frame logs a line: soon the pipe is full and the log writer is stuck.
+    wait_for("/healthz to report that logging stalled", || {
+        let refused = daemon.post("/image", b"not an image at all");
+        assert_eq!(refused.status / 100, 4, "{}", refused.text());
+        let health = daemon.get("/healthz").json();
+        (health["logging"] == "stalled").then_some(())
+    });
+    assert_grant_relocks_on_time(&daemon);
+    let metrics = daemon.get("/metrics").text();
+    assert!(
+        metrics.contains("\nfacegate_logging_stalled 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("\nfacegate_log_lines_dropped_total "),
+        "{metrics}"
+    );
+    daemon.resume_reading_stderr();
+    assert_eq!(daemon.terminate().code(), Some(0), "{:#?}", daemon.logs());
+}
+
+/// Regression: today's audit file on a hung disk kept the daemon from starting. A FIFO that nobody
+/// reads is such a file: opening it for writing never returns.
+#[test]
+fn a_hung_audit_file_stops_neither_start_up_nor_decisions_nor_the_relock() {
+    let setup = Setup::new().set("door.hold_ms", SLOW_DISK_HOLD_MS);
+    let audit_dir = setup.state_dir().join("audit");
+    std::fs::create_dir_all(&audit_dir).unwrap();
+    let today = audit_dir.join(format!("audit-{}.jsonl", Utc::now().format("%Y-%m-%d")));
+    let path = std::ffi::CString::new(today.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo(3) with a valid NUL-terminated path and a plain mode.
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+    let mut daemon = setup.serve();
+    assert_grant_relocks_on_time(&daemon);
+    let stranger = decision(
+        &daemon.post("/image", b64(&photo(STRANGER_PHOTO)).as_bytes()),
+        "unknown",
+    );
+    assert_eq!(stranger["door"], "locked", "{stranger}");
+    assert_eq!(daemon.terminate().code(), Some(0), "{:#?}", daemon.logs());
+    assert_eq!(daemon.journal().last().unwrap().state, "locked");
+}
+
+/// Regression: a failed unlock left the door locked while the answer said `opened`.
+#[test]
+fn an_unlock_that_fails_is_answered_fault_not_opened() {
+    let daemon = Setup::new().env("FACEGATE_SIM_UNLOCK_FAILS", "1").serve();
+    let (answer, _) = grant(&daemon);
+    assert_eq!(answer["door"], "fault", "{answer}");
+    let id = request_id(&answer);
+    let journal = daemon.wait_for_journal("the lock after the failed unlock", |j| {
+        j.iter().any(|a| a.reason == "unlock_failed")
+    });
+    assert_eq!(unlocks(&journal), 0, "{journal:?}");
+    assert_eq!(journal.last().unwrap().state, "locked", "{journal:?}");
+    let failed = wait_for("the audit line of the failed unlock", || {
+        audit_lines(&daemon).into_iter().find(|line| {
+            line["kind"] == "door"
+                && line["request_id"] == id.as_str()
+                && line["state"] == "unlocked"
+        })
+    });
+    assert!(failed["error"].is_string(), "{failed}");
+    assert_eq!(failed["identity"], "obama", "{failed}");
+    let decided = wait_for_audit(&daemon, "decision", &id);
+    assert_eq!(decided["door"], "fault", "{decided}");
 }

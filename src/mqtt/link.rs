@@ -2,7 +2,7 @@
 //! with backoff and hands incoming commands and galleries to the daemon; publishers only `try_publish`
 //! into rumqttc's bounded request channel, so a slow or absent broker costs them nothing.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -20,6 +20,7 @@ use crate::decision::Status;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimitedLog;
 use crate::record::DecisionRecord;
+use crate::sync::lock_recovering;
 
 /// How long one wait on the connection lasts before the stop flag is looked at again.
 const POLL: Duration = Duration::from_millis(200);
@@ -73,15 +74,14 @@ struct Stats {
 
 struct LinkState {
     topics: Topics,
-    metrics: Arc<Metrics>,
+    /// Messages dropped because the queue was full (`facegate_mqtt_dropped_total`).
+    dropped: Arc<AtomicU64>,
+    /// `facegate_mqtt_connected`.
+    connected: Arc<AtomicBool>,
     /// The latest door state, republished on every (re)connection.
     door: Mutex<Option<String>>,
     stats: Mutex<Stats>,
     stop: AtomicBool,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The daemon's handle on the broker.
@@ -137,11 +137,26 @@ impl MqttLink {
             .set_connection_timeout(CONNECT_TIMEOUT_S);
         let state = Arc::new(LinkState {
             topics,
-            metrics,
+            dropped: Arc::default(),
+            connected: Arc::default(),
             door: Mutex::new(None),
             stats: Mutex::new(Stats::default()),
             stop: AtomicBool::new(false),
         });
+        let dropped = Arc::clone(&state.dropped);
+        metrics.add_source(
+            "facegate_mqtt_dropped_total",
+            "counter",
+            "MQTT messages dropped because the broker was slow or away and the queue was full.",
+            move || dropped.load(Ordering::Relaxed),
+        );
+        let connected = Arc::clone(&state.connected);
+        metrics.add_source(
+            "facegate_mqtt_connected",
+            "gauge",
+            "1 while connected to the MQTT broker.",
+            move || u64::from(connected.load(Ordering::Relaxed)),
+        );
         let startup = Startup {
             subscribe_commands,
             subscribe_gallery,
@@ -180,7 +195,7 @@ impl MqttLink {
     /// Assistant. Never blocks: when the queue is full, the message is dropped and counted.
     pub fn publish_decision(&self, record: &DecisionRecord) {
         let stats = {
-            let mut stats = lock(&self.state.stats);
+            let mut stats = lock_recovering(&self.state.stats);
             let before = stats.clone();
             match record.status {
                 Status::Granted => stats.granted += 1,
@@ -212,7 +227,7 @@ impl MqttLink {
     /// again after every reconnection.
     pub fn publish_door(&self, state: &Value) {
         let payload = state.to_string();
-        *lock(&self.state.door) = Some(payload.clone());
+        *lock_recovering(&self.state.door) = Some(payload.clone());
         self.try_publish(&self.state.topics.door, true, payload);
     }
 
@@ -223,8 +238,8 @@ impl MqttLink {
         {
             Ok(()) => {}
             Err(ClientError::TryRequest(_) | ClientError::Request(_)) => {
-                self.state.metrics.count_mqtt_dropped();
-                lock(&self.state.stats).dropped += 1;
+                self.state.dropped.fetch_add(1, Ordering::Relaxed);
+                lock_recovering(&self.state.stats).dropped += 1;
             }
         }
     }
@@ -240,7 +255,7 @@ impl MqttLink {
         );
         let _ = self.client.try_disconnect();
         let deadline = Instant::now() + SHUTDOWN_GRACE;
-        let thread = lock(&self.thread).take();
+        let thread = lock_recovering(&self.thread).take();
         if let Some(thread) = thread {
             while !thread.is_finished() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
@@ -303,7 +318,7 @@ fn run(
             Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => {
                 log::info!("mqtt: connected to {broker}");
                 connected_at = Some(Instant::now());
-                state.metrics.set_mqtt_connected(true);
+                state.connected.store(true, Ordering::Relaxed);
                 queue_startup(connection, state, startup);
             }
             Ok(Ok(Event::Incoming(Packet::Publish(publish)))) => {
@@ -333,11 +348,11 @@ fn run(
                 };
                 match connected_at.take() {
                     Some(since) => {
-                        state.metrics.set_mqtt_connected(false);
+                        state.connected.store(false, Ordering::Relaxed);
                         if since.elapsed() >= STABLE_CONNECTION {
                             backoff.connected();
                         }
-                        failures.warn(format!(
+                        failures.error(format!(
                             "mqtt: connection to {broker} lost: {err}{hint}; reconnecting"
                         ));
                     }
@@ -352,7 +367,7 @@ fn run(
             Err(rumqttc::RecvTimeoutError::Disconnected) => break,
         }
     }
-    state.metrics.set_mqtt_connected(false);
+    state.connected.store(false, Ordering::Relaxed);
 }
 
 fn sleep_unless_stopped(delay: Duration, state: &LinkState) {
@@ -387,10 +402,11 @@ fn queue_startup(connection: &mut Connection, state: &LinkState, startup: &Start
     for message in startup.discovery.iter().flatten() {
         requests.push(retained(&message.topic, message.payload.to_string()));
     }
-    if let Some(door) = lock(&state.door).clone() {
+    if let Some(door) = lock_recovering(&state.door).clone() {
         requests.push(retained(&state.topics.door, door));
     }
-    let stats = serde_json::to_string(&*lock(&state.stats)).expect("stats always serialise");
+    let stats =
+        serde_json::to_string(&*lock_recovering(&state.stats)).expect("stats always serialise");
     requests.push(retained(&state.topics.stats, stats));
     let pending = &mut connection.eventloop.pending;
     for request in requests.into_iter().rev() {

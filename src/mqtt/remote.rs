@@ -5,21 +5,22 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use serde_json::{json, Value};
 
 use super::command::{Action, CommandBody, Verifier};
 use super::link::{Incoming, LinkError, MqttLink};
-use crate::audit::AuditLog;
+use crate::audit::AuditWriter;
 use crate::config::Config;
-use crate::door::{Actuation, DoorController};
+use crate::door::{Actuation, DoorController, OpenCause, OpenRequest};
 use crate::gallery::EmbedderId;
 use crate::gallery_bundle::{self, BundleError};
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimitedLog;
 use crate::record::{DecisionRecord, RequestIds};
+use crate::sync::lock_recovering;
 
 /// Marks a lockdown from a `lock` command, so a restart keeps the door locked until `clear`.
 const LOCKDOWN_MARKER: &str = "lockdown";
@@ -33,37 +34,28 @@ pub struct Remote {
     lockdown: AtomicBool,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 /// Everything the incoming side needs.
 pub struct RemoteParts {
     pub metrics: Arc<Metrics>,
     /// Weak, so that the daemon can still shut the controller down while the MQTT thread runs.
     pub door: Weak<DoorController>,
-    pub audit: Option<Arc<AuditLog>>,
-    pub audit_errors: Arc<RateLimitedLog>,
+    pub audit: AuditWriter,
     pub embedder: EmbedderId,
 }
 
 impl Remote {
     /// The relay observer's report: published retained as the door's state.
     pub fn on_actuation(&self, actuation: &Actuation) {
-        let state = json!({
-            "state": actuation.state,
-            "reason": actuation.reason,
-            "request_id": actuation.request_id,
-            "identity": actuation.identity,
-            "error": actuation.error,
-            "at": actuation.at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        });
+        let mut state = serde_json::to_value(actuation).expect("an actuation always serialises");
+        state["at"] = json!(actuation
+            .at
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
         self.set_door_state(state);
     }
 
     fn set_door_state(&self, mut state: Value) {
         state["lockdown"] = json!(self.lockdown.load(Ordering::SeqCst));
-        *lock(&self.door_state) = Some(state.clone());
+        *lock_recovering(&self.door_state) = Some(state.clone());
         if let Some(link) = self.link.get() {
             link.publish_door(&state);
         }
@@ -71,7 +63,7 @@ impl Remote {
 
     fn set_lockdown(&self, on: bool) {
         self.lockdown.store(on, Ordering::SeqCst);
-        let state = lock(&self.door_state).clone();
+        let state = lock_recovering(&self.door_state).clone();
         if let Some(state) = state {
             self.set_door_state(state);
         }
@@ -119,7 +111,7 @@ impl Remote {
             metrics: Arc::clone(&parts.metrics),
             door: parts.door,
             audit: parts.audit,
-            audit_errors: parts.audit_errors,
+            max_age: Duration::from_millis(config.door.max_decision_age_ms),
             rejections: RateLimitedLog::new(Duration::from_secs(10)),
             verifier,
             gallery_key,
@@ -136,7 +128,7 @@ impl Remote {
             Box::new(move |message| incoming.handle(message)),
         )?;
         let link = self.link.get_or_init(|| Arc::new(link));
-        if let Some(state) = lock(&self.door_state).clone() {
+        if let Some(state) = lock_recovering(&self.door_state).clone() {
             link.publish_door(&state);
         }
         Ok(())
@@ -154,8 +146,9 @@ struct IncomingSide {
     remote: Arc<Remote>,
     metrics: Arc<Metrics>,
     door: Weak<DoorController>,
-    audit: Option<Arc<AuditLog>>,
-    audit_errors: Arc<RateLimitedLog>,
+    audit: AuditWriter,
+    /// A granted `unlock` is dropped by the relay thread if it has not reached it by then.
+    max_age: Duration,
     rejections: RateLimitedLog,
     verifier: Option<Verifier>,
     gallery_key: Option<ed25519_dalek::VerifyingKey>,
@@ -175,18 +168,12 @@ impl IncomingSide {
         }
     }
 
-    /// Audits what became of one incoming message, then counts it (so a count seen in /metrics
-    /// means its audit line is written); returns the audit record.
+    /// Audits what became of one incoming message, then counts it (a count seen in /metrics means
+    /// its audit line is queued); returns the audit record.
     fn settle(&self, kind: &'static str, result: &'static str, mut record: Value) -> Value {
         record["kind"] = json!(kind);
         record["result"] = json!(result);
-        if let Some(audit) = &self.audit {
-            if let Err(err) = audit.append(&record) {
-                self.metrics.count_audit_failure();
-                self.audit_errors
-                    .error(format!("audit line not written: {err}"));
-            }
-        }
+        self.audit.record(&record);
         self.metrics.count_mqtt_received(kind, result);
         record
     }
@@ -200,7 +187,7 @@ impl IncomingSide {
             Ok(body) => self.execute(&body),
             Err(rejected) => {
                 self.rejections
-                    .warn(format!("mqtt: command refused: {rejected}"));
+                    .error(format!("mqtt: command refused: {rejected}"));
                 let record = json!({ "error": rejected.to_string() });
                 self.settle("command", rejected.label(), record);
             }
@@ -214,8 +201,14 @@ impl IncomingSide {
         let request_id = format!("mqtt-{}", self.ids.next());
         let door_action = match body.action {
             Action::Unlock => door
-                .request_open(&request_id, &format!("mqtt:{}", body.origin))
-                .as_str(),
+                .request_open(OpenRequest {
+                    request_id: request_id.clone(),
+                    cause: OpenCause::Command {
+                        origin: body.origin.clone(),
+                    },
+                    not_after: Instant::now() + self.max_age,
+                })
+                .detail(),
             Action::Lock => {
                 door.hold_locked();
                 if let Err(err) = std::fs::write(&self.marker, now_text()) {

@@ -9,6 +9,7 @@ use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
@@ -172,6 +173,10 @@ fn enrolled_gallery() -> &'static [u8] {
 pub struct Setup {
     dir: TempDir,
     config: toml::Table,
+    /// Extra environment of the daemon (fault injection).
+    env: Vec<(String, String)>,
+    /// Shrink the daemon's stderr pipe to one page, so a test can fill it with a few lines.
+    small_stderr_pipe: bool,
 }
 
 impl Setup {
@@ -190,6 +195,8 @@ impl Setup {
         let setup = Setup {
             dir,
             config: toml::Table::new(),
+            env: Vec::new(),
+            small_stderr_pipe: false,
         };
         let path = |p: PathBuf| p.to_str().expect("UTF-8 temp path").to_string();
         let state = path(setup.state_dir());
@@ -208,6 +215,8 @@ impl Setup {
             .set("door.cooldown_ms", 0)
             // A loaded machine must not turn a fresh grant stale; the stale test sends an old frame.
             .set("door.max_decision_age_ms", 60_000)
+            // Nor turn the relay's report into `pending`.
+            .set("door.report_wait_ms", 2000)
     }
 
     /// Sets a dotted key such as `"door.hold_ms"`, creating its table if needed.
@@ -223,6 +232,18 @@ impl Setup {
                 .unwrap_or_else(|| panic!("{part} in {key} is not a table"));
         }
         table.insert(last.into(), value.into());
+        self
+    }
+
+    /// Sets an environment variable for the daemon.
+    pub fn env(mut self, key: &str, value: &str) -> Setup {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Gives the daemon a stderr pipe of one page (4 KiB): a few dozen unread lines fill it.
+    pub fn small_stderr_pipe(mut self) -> Setup {
+        self.small_stderr_pipe = true;
         self
     }
 
@@ -335,6 +356,8 @@ pub struct Daemon {
     child: Option<Child>,
     pub addr: SocketAddr,
     logs: Arc<Mutex<Vec<String>>>,
+    /// While set, the drain thread stops reading the daemon's stderr (the pipe fills up).
+    stderr_paused: Arc<AtomicBool>,
     drain: Option<JoinHandle<()>>,
     exit: Option<ExitStatus>,
     setup: Setup,
@@ -346,15 +369,24 @@ impl Daemon {
         let mut child = binary()
             .args(["serve", "--config"])
             .arg(setup.config_path())
+            .envs(setup.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("the facegate binary starts");
         let stderr = child.stderr.take().expect("piped stderr");
+        if setup.small_stderr_pipe {
+            use std::os::fd::AsRawFd;
+            // SAFETY: fcntl(2) F_SETPIPE_SZ on the read end of a pipe this process owns.
+            let set = unsafe { libc::fcntl(stderr.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
+            assert!(set >= 4096, "the stderr pipe could not be resized");
+        }
         let logs = Arc::new(Mutex::new(Vec::new()));
+        let stderr_paused = Arc::new(AtomicBool::new(false));
         let (listening_tx, listening) = mpsc::channel();
         let drain = {
             let logs = Arc::clone(&logs);
+            let paused = Arc::clone(&stderr_paused);
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines() {
                     let Ok(line) = line else { break };
@@ -363,6 +395,9 @@ impl Daemon {
                         let _ = listening_tx.send(addr.to_string());
                     }
                     logs.lock().unwrap().push(line);
+                    while paused.load(Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
                 }
             })
         };
@@ -370,6 +405,7 @@ impl Daemon {
             child: Some(child),
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             logs,
+            stderr_paused,
             drain: Some(drain),
             exit: None,
             setup,
@@ -460,7 +496,18 @@ impl Daemon {
         }
     }
 
+    /// Stops reading the daemon's stderr, as a stalled journal would: its pipe fills up.
+    pub fn stop_reading_stderr(&self) {
+        self.stderr_paused.store(true, Ordering::SeqCst);
+    }
+
+    /// Reads the daemon's stderr again.
+    pub fn resume_reading_stderr(&self) {
+        self.stderr_paused.store(false, Ordering::SeqCst);
+    }
+
     fn finish_logs(&mut self) {
+        self.resume_reading_stderr();
         if let Some(drain) = self.drain.take() {
             let _ = drain.join();
         }
