@@ -658,3 +658,32 @@ fn mqtts_with_a_client_certificate() {
         e["request_id"] == id
     });
 }
+
+#[test]
+fn a_lockdown_left_by_a_lock_command_survives_a_restart_until_clear() {
+    let broker = Broker::start();
+    let setup = mqtt_setup(&broker, "kept")
+        .set("mqtt.allow_commands", true)
+        .set("mqtt.command_secret", SECRET);
+    // What a `lock` command leaves behind in the state directory before a crash or restart.
+    std::fs::write(setup.state_dir().join("lockdown"), "2026-12-01T00:00:00Z").unwrap();
+    let daemon = setup.serve();
+    let held = post_frame(&daemon, GRANTED_PHOTO);
+    assert_eq!(
+        (held["status"].as_str(), held["door"].as_str()),
+        (Some("granted"), Some("locked"))
+    );
+    assert!(wait_for("the retained lockdown", || broker
+        .retained("facegate/kept/door"))
+    .contains("\"lockdown\":true"));
+    wait_metric(&daemon, "facegate_mqtt_connected ", 1);
+    broker.publish(
+        "facegate/kept/command",
+        &signed_command(daemon.setup(), "clear", SECRET),
+        false,
+    );
+    wait_for("the door to open again", || {
+        (post_frame(&daemon, GRANTED_PHOTO)["door"] == "opened").then_some(())
+    });
+    assert!(!daemon.state_dir().join("lockdown").exists());
+}

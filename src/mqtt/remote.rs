@@ -53,19 +53,25 @@ impl Remote {
         self.set_door_state(state);
     }
 
-    fn set_door_state(&self, mut state: Value) {
-        state["lockdown"] = json!(self.lockdown.load(Ordering::SeqCst));
-        *lock_recovering(&self.door_state) = Some(state.clone());
-        if let Some(link) = self.link.get() {
-            link.publish_door(&state);
-        }
+    fn set_door_state(&self, state: Value) {
+        // Queued under the lock, so that the door-reports and MQTT threads publish in order.
+        let mut latest = lock_recovering(&self.door_state);
+        *latest = Some(state);
+        self.republish_door_state(&mut latest);
     }
 
     fn set_lockdown(&self, on: bool) {
+        let mut latest = lock_recovering(&self.door_state);
         self.lockdown.store(on, Ordering::SeqCst);
-        let state = lock_recovering(&self.door_state).clone();
-        if let Some(state) = state {
-            self.set_door_state(state);
+        self.republish_door_state(&mut latest);
+    }
+
+    fn republish_door_state(&self, latest: &mut Option<Value>) {
+        if let Some(state) = latest {
+            state["lockdown"] = json!(self.lockdown.load(Ordering::SeqCst));
+            if let Some(link) = self.link.get() {
+                link.publish_door(state);
+            }
         }
     }
 
@@ -127,10 +133,8 @@ impl Remote {
             incoming.gallery_key.is_some(),
             Box::new(move |message| incoming.handle(message)),
         )?;
-        let link = self.link.get_or_init(|| Arc::new(link));
-        if let Some(state) = lock_recovering(&self.door_state).clone() {
-            link.publish_door(&state);
-        }
+        let _ = self.link.set(Arc::new(link));
+        self.republish_door_state(&mut lock_recovering(&self.door_state));
         Ok(())
     }
 
