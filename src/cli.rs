@@ -169,7 +169,17 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Identify { images } => identify(&config, &images),
         Command::Gallery { action } => gallery(&config, action),
         Command::CheckConfig => {
-            println!("{config:#?}");
+            let mut shown = config.clone();
+            for secret in [
+                &mut shown.http.token,
+                &mut shown.mqtt.password,
+                &mut shown.mqtt.command_secret,
+            ] {
+                if !secret.is_empty() {
+                    *secret = "(set, not shown)".into();
+                }
+            }
+            println!("{shown:#?}");
             println!("config is valid");
             Ok(())
         }

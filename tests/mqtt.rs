@@ -687,3 +687,18 @@ fn a_lockdown_left_by_a_lock_command_survives_a_restart_until_clear() {
     });
     assert!(!daemon.state_dir().join("lockdown").exists());
 }
+
+#[test]
+fn check_config_does_not_print_the_broker_password_or_the_command_secret() {
+    let setup = Setup::new()
+        .set("mqtt.url", "mqtt://127.0.0.1:1")
+        .set("mqtt.password", PASSWORD)
+        .set("mqtt.allow_commands", true)
+        .set("mqtt.command_secret", SECRET);
+    let finished = setup.run(&["check-config"]);
+    assert!(finished.status.success(), "{finished:?}");
+    for secret in [PASSWORD, SECRET, harness::TOKEN] {
+        assert!(!finished.stdout.contains(secret), "{}", finished.stdout);
+    }
+    assert!(finished.stdout.contains("(set, not shown)"));
+}
