@@ -153,7 +153,12 @@ impl Broker {
     /// Starts (again) on the same port and waits until it accepts connections.
     fn resume(&mut self) {
         let log = std::fs::File::create(self.dir.path().join("mosquitto.log")).expect("log");
-        let child = Command::new("mosquitto")
+        // Debian installs the broker in /usr/sbin, which is not on a normal user's PATH.
+        let program = ["/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .unwrap_or("mosquitto");
+        let child = Command::new(program)
             .arg("-c")
             .arg(self.dir.path().join("mosquitto.conf"))
             .stdout(Stdio::null())
