@@ -55,6 +55,11 @@ pub fn lock_door(config: &Config) -> Result<()> {
     door::lock_once(&backend_kind(config)).context("the relay could not be driven locked")
 }
 
+/// The visitor code checker; a holidays file that cannot be read stops start-up.
+fn visitor_codes(config: &Config) -> Result<crate::codes::CodeChecker> {
+    crate::codes::CodeChecker::from_config(config).context("the visitor codes are not usable")
+}
+
 fn door_settings(config: &Config) -> DoorSettings {
     DoorSettings {
         hold: Duration::from_millis(config.door.hold_ms),
@@ -282,6 +287,7 @@ fn serve(
         .collect::<Result<Vec<_>, _>>()
         .context("the models did not load")?;
     let snapshots = start_snapshots(&config, &metrics);
+    let codes = visitor_codes(&config)?;
     let server = tiny_http::Server::http(config.http.listen)
         .map_err(|err| anyhow::anyhow!("cannot listen on {}: {err}", config.http.listen))?;
     let address = server
@@ -302,6 +308,7 @@ fn serve(
         gallery,
         audit,
         snapshots,
+        codes,
         Arc::clone(remote),
     ));
     let (jobs, queue) = crossbeam_channel::bounded(service.config.http.queue_depth);

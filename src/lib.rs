@@ -6,6 +6,7 @@
 pub mod atomic_file;
 pub mod audit;
 pub mod body;
+pub mod codes;
 pub mod config;
 pub mod daemon;
 pub mod decision;

@@ -10,7 +10,8 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
 use crate::audit::AuditWriter;
-use crate::body::{parse_frame_post, BodyError, FramePost};
+use crate::body::{parse_code_post, parse_frame_post, BodyError, CodePost, FramePost};
+use crate::codes::{CodeChecker, Verdict};
 use crate::config::Config;
 use crate::decision::{decide, round_score, Decision, Freshness, FreshnessRules, Outcome, Status};
 use crate::door::{DoorController, OpenCause, OpenRequest};
@@ -21,7 +22,7 @@ use crate::metrics::Metrics;
 use crate::mqtt::Remote;
 use crate::ratelimit::RateLimitedLog;
 use crate::recognition::{recognize_image, Recognition, RecognitionError};
-use crate::record::{rounded, DecisionRecord, Endpoint, Recognised, Refusal, Timings};
+use crate::record::{rounded, CodeCheck, DecisionRecord, Endpoint, Recognised, Refusal, Timings};
 use crate::snapshots::SnapshotWriter;
 use crate::vision::Recognizer;
 
@@ -39,6 +40,8 @@ pub struct Service {
     pub audit: AuditWriter,
     pub snapshots: Option<SnapshotWriter>,
     pub started: Instant,
+    /// Visitor codes and the per-address lockout.
+    pub codes: CodeChecker,
     freshness: FreshnessRules,
     snapshot_errors: RateLimitedLog,
     /// Decisions go to the MQTT broker too (a no-op while MQTT is off).
@@ -53,8 +56,10 @@ pub struct FrameRequest {
     pub received_at: Instant,
     pub received_wall: DateTime<Utc>,
     pub body: Vec<u8>,
-    /// The client's address, for the log and audit line.
-    pub remote: Option<String>,
+    /// The body's Content-Type, a hint for how to read it.
+    pub content_type: Option<String>,
+    /// The client's address, for the log and audit line and the code lockout.
+    pub remote: Option<std::net::IpAddr>,
 }
 
 /// The record the answer is rendered from, plus what is written after the answer is sent.
@@ -89,6 +94,7 @@ impl Service {
         gallery: LiveGallery,
         audit: AuditWriter,
         snapshots: Option<SnapshotWriter>,
+        codes: CodeChecker,
         remote: Arc<Remote>,
     ) -> Service {
         Service {
@@ -102,6 +108,7 @@ impl Service {
             audit,
             snapshots,
             started: Instant::now(),
+            codes,
             snapshot_errors: RateLimitedLog::new(DISK_ERROR_LOG_INTERVAL),
             remote,
         }
@@ -172,26 +179,134 @@ impl Service {
             received_at,
             received_wall,
             body,
+            content_type,
             remote,
         } = request;
-        let post = match parse_frame_post(&body, self.config.frame.max_image_bytes) {
+        let mut record = DecisionRecord::new(&request_id, endpoint, Status::Error);
+        record.remote = remote.map(|ip| ip.to_string());
+        let max_image_bytes = self.config.frame.max_image_bytes;
+        if endpoint == Endpoint::Code {
+            return match parse_code_post(&body, content_type.as_deref(), max_image_bytes) {
+                Ok(post) => {
+                    drop(body);
+                    self.check_code(record, post, remote, received_at, received_wall)
+                }
+                Err(err) => {
+                    record.refusal = Some(body_refusal(&err));
+                    self.conclude(record)
+                }
+            };
+        }
+        let post = match parse_frame_post(&body, content_type.as_deref(), max_image_bytes) {
             Ok(post) => post,
             Err(err) => {
-                let mut record = DecisionRecord::refused(&request_id, endpoint, body_refusal(&err));
-                record.remote = remote;
+                record.refusal = Some(body_refusal(&err));
                 return self.conclude(record);
             }
         };
         drop(body);
-        let mut record = DecisionRecord::new(&request_id, endpoint, Status::Error);
         record.frame_id = post.frame_id.clone();
         record.captured_at = post.captured_at;
-        record.remote = remote;
         match endpoint {
             Endpoint::Save => self.save_failed_pin(record, post),
-            Endpoint::Image | Endpoint::Identify => {
+            Endpoint::Image if self.config.door.pause_while_open => {
+                match self.door.busy_for(Instant::now()) {
+                    Some(busy) => self.paused(record, busy),
+                    None => self.decide_frame(recognizer, record, post, received_at, received_wall),
+                }
+            }
+            Endpoint::Image | Endpoint::Identify | Endpoint::Code => {
                 self.decide_frame(recognizer, record, post, received_at, received_wall)
             }
+        }
+    }
+
+    /// A frame while the door is open or cooling down after a grant: answered at once, not looked at.
+    fn paused(&self, mut record: DecisionRecord, busy: Duration) -> Handled {
+        record.status = Status::Paused;
+        record.retry_after_ms = Some(busy.as_micros().div_ceil(1000) as u64);
+        self.conclude(record)
+    }
+
+    /// POST /code: a locked-out address is refused before its code is looked at; a valid code opens
+    /// the door like a fresh grant; a failure or lockout keeps the frame, if one came, as evidence.
+    fn check_code(
+        &self,
+        mut record: DecisionRecord,
+        post: CodePost,
+        remote: Option<std::net::IpAddr>,
+        received_at: Instant,
+        received_wall: DateTime<Utc>,
+    ) -> Handled {
+        record.frame_id = post.frame_id.clone();
+        record.captured_at = post.captured_at;
+        let freshness =
+            Freshness::of_frame(received_at, received_wall, post.captured_at, self.freshness);
+        let now = Instant::now();
+        // Without a peer address (not on TCP), every such client shares one lockout.
+        let address = remote.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
+        let today = chrono::Local::now().date_naive();
+        let verdict = self
+            .codes
+            .check(address, &post.code, today, now, freshness.is_fresh_at(now));
+        let mut check = CodeCheck::default();
+        let snapshot_reason = match verdict {
+            Ok(Verdict::Granted(matched)) => {
+                record.status = Status::Granted;
+                record.reason = Some("code");
+                check.code_kind = Some(matched.kind.as_str());
+                check.code_index = Some(matched.index);
+                if let Some(not_after) = freshness.not_after() {
+                    let report = self.door.request_open(OpenRequest {
+                        request_id: record.request_id.clone(),
+                        cause: OpenCause::Code {
+                            code_kind: matched.kind.as_str(),
+                            code_index: matched.index,
+                        },
+                        not_after,
+                    });
+                    record.door = report.as_str();
+                }
+                None
+            }
+            Ok(Verdict::Denied { attempts_left }) => {
+                record.status = Status::Denied;
+                record.reason = Some("code_failed");
+                check.attempts_left = Some(attempts_left);
+                Some("code_failed")
+            }
+            Ok(Verdict::LockedOut { retry_after }) => {
+                record.status = Status::LockedOut;
+                record.reason = Some("code_locked_out");
+                check.retry_after_s = Some(retry_after.as_millis().div_ceil(1000).max(1) as u64);
+                Some("code_locked_out")
+            }
+            Ok(Verdict::Stale) => {
+                let stale = decide(&Outcome::NoFace, freshness, Instant::now()).stale;
+                record.status = Status::Stale;
+                record.message = stale.map(|cause| cause.message(self.freshness));
+                None
+            }
+            Err(err) => {
+                log::error!(
+                    "request_id={} visitor codes unusable: {err}",
+                    record.request_id
+                );
+                record.refusal = Some(Refusal {
+                    http: 503,
+                    error: "codes_unavailable",
+                    message: "the visitor codes could not be read; see the log".into(),
+                });
+                None
+            }
+        };
+        record.code = Some(check);
+        match (snapshot_reason, post.image) {
+            (Some(reason), Some(image)) => {
+                let ext = frame::file_extension(&image);
+                self.conclude_with_snapshot(record, image, ext, reason)
+            }
+            _ => self.conclude(record),
         }
     }
 
@@ -452,6 +567,8 @@ fn body_refusal(err: &BodyError) -> Refusal {
         BodyError::Json(_) => (400, "bad_json"),
         BodyError::FrameId => (400, "bad_frame_id"),
         BodyError::CapturedAt(_) => (400, "bad_captured_at"),
+        BodyError::Code => (400, "bad_code"),
+        BodyError::Multipart(_) => (400, "bad_multipart"),
         BodyError::Frame(frame) => return frame_refusal(frame),
     };
     Refusal {

@@ -95,6 +95,11 @@ pub enum OpenCause {
     Face { identity: String },
     /// A verified remote `unlock` command, and who sent it.
     Command { origin: String },
+    /// A visitor code, named by kind and place in `facegate codes show`, never by its digits.
+    Code {
+        code_kind: &'static str,
+        code_index: usize,
+    },
 }
 
 impl fmt::Display for OpenCause {
@@ -102,6 +107,10 @@ impl fmt::Display for OpenCause {
         match self {
             OpenCause::Face { identity } => write!(f, "face {identity:?}"),
             OpenCause::Command { origin } => write!(f, "command from {origin:?}"),
+            OpenCause::Code {
+                code_kind,
+                code_index,
+            } => write!(f, "code {code_kind} {code_index}"),
         }
     }
 }
@@ -251,6 +260,8 @@ struct Shared {
     relay_thread: OnceLock<ThreadId>,
     /// Reports dropped because the `door-reports` queue was full.
     dropped_reports: Arc<AtomicU64>,
+    /// A copy of the relay loop's state, for read-only queries (`busy_for`).
+    published_state: Mutex<DoorState>,
 }
 
 /// The sending side of the report queue: never blocks.
@@ -413,6 +424,7 @@ impl DoorController {
             relay_fault: AtomicBool::new(false),
             relay_thread: OnceLock::new(),
             dropped_reports: Arc::default(),
+            published_state: Mutex::new(DoorState::LOCKED),
         });
         let (events, received_events) = crossbeam_channel::bounded(REPORT_QUEUE);
         let reporter = Reporter {
@@ -480,6 +492,15 @@ impl DoorController {
             // The relay thread ended without answering: it is not working.
             Err(RecvTimeoutError::Disconnected) => DoorReport::Fault,
         }
+    }
+
+    /// How long the door stays open or cooling down after the last grant (read-only).
+    pub fn busy_for(&self, now: Instant) -> Option<Duration> {
+        super::policy::busy_for(
+            &lock_recovering(&self.shared.published_state),
+            now,
+            &self.shared.settings,
+        )
     }
 
     /// False after an emergency lock or a relay-thread panic, while held locked, and while a
@@ -661,6 +682,8 @@ impl<'a> RelayLoop<'a> {
         reporter: &'a Reporter,
         in_flight: &'a mut Option<Sender<DoorReport>>,
     ) -> Self {
+        // A relay thread restarted after a panic starts from locked; so does what it publishes.
+        *lock_recovering(&shared.published_state) = DoorState::LOCKED;
         RelayLoop {
             shared,
             commands,
@@ -719,13 +742,18 @@ impl<'a> RelayLoop<'a> {
     fn tick(&mut self) {
         let now = Instant::now();
         let (next, action) = on_tick(&self.state, now, &self.shared.settings);
-        self.state = next;
+        self.set_state(next);
         if action == TickAction::Relock {
             let pulse = self.pulse.take();
             self.lock(ActuationReason::HoldElapsed, pulse.as_ref());
         } else if self.lock_retry.is_some_and(|retry| now >= retry.at) {
             self.lock(ActuationReason::LockRetry, None);
         }
+    }
+
+    fn set_state(&mut self, next: DoorState) {
+        self.state = next;
+        *lock_recovering(&self.shared.published_state) = next;
     }
 
     fn gate(&self) -> RelayGate {
@@ -758,7 +786,7 @@ impl<'a> RelayLoop<'a> {
                 );
                 match unlocked {
                     Ok(()) => {
-                        self.state = next;
+                        self.set_state(next);
                         self.pulse = Some(request);
                         return DoorReport::Opened;
                     }
@@ -771,7 +799,7 @@ impl<'a> RelayLoop<'a> {
                 }
             }
             Ok(outcome) => {
-                self.state = next;
+                self.set_state(next);
                 DoorReport::from(outcome)
             }
             Err(because) => DoorReport::Locked(because),
@@ -1016,6 +1044,32 @@ mod tests {
         assert_eq!(open(&controller, "req-2"), DoorReport::AlreadyOpen);
         assert!(log.wait_for(WAIT, relocked));
         assert_eq!(unlock_count(&log.events()), 1);
+        controller.shutdown().unwrap();
+    }
+
+    #[test]
+    fn busy_for_follows_the_relay_through_hold_and_cooldown() {
+        let (controller, log, _) = start_sim(settings(
+            Duration::from_millis(50),
+            LONG_HOLD,
+            GrantWhileOpen::Extend,
+        ));
+        assert_eq!(controller.busy_for(Instant::now()), None, "locked at rest");
+        assert_eq!(open(&controller, "req-1"), DoorReport::Opened);
+        let open_for = controller.busy_for(Instant::now()).unwrap();
+        assert!(
+            open_for > LONG_HOLD - WAIT,
+            "hold plus cooldown: {open_for:?}"
+        );
+        assert!(log.wait_for(WAIT, relocked));
+        assert!(wait_until(|| controller
+            .busy_for(Instant::now())
+            .is_some_and(|d| d <= LONG_HOLD)));
+        assert_eq!(
+            controller.busy_for(Instant::now() + LONG_HOLD),
+            None,
+            "after the cooldown"
+        );
         controller.shutdown().unwrap();
     }
 

@@ -180,6 +180,23 @@ pub fn on_tick(state: &DoorState, now: Instant, s: &DoorSettings) -> (DoorState,
     }
 }
 
+/// How long the door stays busy with the last grant at `now`: open, then cooling down. `None` once
+/// a new grant could open it again. Frames in this time need no recognition (`door.pause_while_open`).
+pub fn busy_for(state: &DoorState, now: Instant, s: &DoorSettings) -> Option<Duration> {
+    match *state {
+        // Until the relay thread has re-locked, the door counts as open.
+        DoorState::Open { until } => Some(
+            (until + s.cooldown)
+                .saturating_duration_since(now)
+                .max(Duration::from_millis(1)),
+        ),
+        DoorState::Locked {
+            cooldown_until: Some(cooldown_until),
+        } if now < cooldown_until => Some(cooldown_until - now),
+        DoorState::Locked { .. } => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -297,6 +314,27 @@ mod tests {
             let s = settings(GrantWhileOpen::Extend, cooldown_ms);
             let got = on_tick(&state(origin, before), now, &s);
             assert_eq!(got, (state(origin, after), action), "{name}");
+        }
+    }
+
+    #[test]
+    fn busy_table() {
+        let origin = Instant::now();
+        let ms = Duration::from_millis;
+        // (name, state, now ms, cooldown ms, busy for)
+        #[rustfmt::skip]
+        let table = [
+            ("open: the hold left plus the cooldown", At::OpenUntil(3_000), 1_000, COOLDOWN_MS, Some(ms(3_000))),
+            ("open without cooldown", At::OpenUntil(3_000), 1_000, 0, Some(ms(2_000))),
+            ("open past its deadline, not yet relocked", At::OpenUntil(3_000), 5_000, 0, Some(ms(1))),
+            ("cooling down", At::CoolingUntil(4_000), 3_500, COOLDOWN_MS, Some(ms(500))),
+            ("cooldown over", At::CoolingUntil(4_000), 4_000, COOLDOWN_MS, None),
+            ("locked", At::Locked, 0, COOLDOWN_MS, None),
+        ];
+        for (name, at, now_ms, cooldown_ms, expected) in table {
+            let s = settings(GrantWhileOpen::Extend, cooldown_ms);
+            let got = busy_for(&state(origin, at), origin + ms(now_ms), &s);
+            assert_eq!(got, expected, "{name}");
         }
     }
 

@@ -73,6 +73,7 @@ fn binary() -> Command {
         .env_remove("FACEGATE_CONFIG")
         .env_remove("FACEGATE_MQTT_PASSWORD")
         .env_remove("FACEGATE_MQTT_COMMAND_SECRET")
+        .env_remove("FACEGATE_MODELS_DIR")
         .env("RUST_LOG", "info")
         .stdin(Stdio::null());
     command
@@ -701,4 +702,67 @@ fn dechunk(mut raw: &[u8]) -> Vec<u8> {
         body.extend_from_slice(&raw[..size]);
         raw = &raw[size + 2..];
     }
+}
+
+pub fn snapshot_files(daemon: &Daemon, id: &str) -> Vec<std::path::PathBuf> {
+    let Ok(days) = std::fs::read_dir(daemon.state_dir().join("snapshots")) else {
+        return Vec::new();
+    };
+    let mut files: Vec<_> = days
+        .flatten()
+        .filter_map(|day| std::fs::read_dir(day.path()).ok())
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.file_stem().and_then(|s| s.to_str()) == Some(id))
+        .collect();
+    files.sort();
+    files
+}
+
+/// Waits for the snapshot `id` (image + sidecar); returns (image path, sidecar JSON).
+pub fn wait_for_snapshot(daemon: &Daemon, id: &str) -> (std::path::PathBuf, Value) {
+    let files = wait_for(&format!("snapshot {id}"), || {
+        let files = snapshot_files(daemon, id);
+        (files.len() == 2).then_some(files)
+    });
+    let sidecar = files
+        .iter()
+        .find(|p| p.extension().unwrap() == "json")
+        .unwrap();
+    let image = files
+        .iter()
+        .find(|p| p.extension().unwrap() != "json")
+        .unwrap();
+    let sidecar: Value = serde_json::from_slice(&std::fs::read(sidecar).unwrap()).unwrap();
+    (image.clone(), sidecar)
+}
+
+pub fn audit_lines(daemon: &Daemon) -> Vec<Value> {
+    let Ok(files) = std::fs::read_dir(daemon.state_dir().join("audit")) else {
+        return Vec::new();
+    };
+    let mut lines = Vec::new();
+    for file in files.flatten() {
+        let name = file.file_name().into_string().unwrap();
+        assert!(
+            name.starts_with("audit-") && name.ends_with(".jsonl"),
+            "unexpected file {name} in the audit dir"
+        );
+        let text = std::fs::read_to_string(file.path()).unwrap();
+        lines.extend(
+            text.split_inclusive('\n')
+                .filter(|line| line.ends_with('\n'))
+                .map(|line| serde_json::from_str::<Value>(line).expect("audit line is JSON")),
+        );
+    }
+    lines
+}
+
+pub fn wait_for_audit(daemon: &Daemon, kind: &str, id: &str) -> Value {
+    wait_for(&format!("the audit line {kind} {id}"), || {
+        audit_lines(daemon)
+            .into_iter()
+            .find(|line| line["kind"] == kind && line["request_id"] == id)
+    })
 }
