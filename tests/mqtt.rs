@@ -348,8 +348,9 @@ fn events_door_state_discovery_and_the_last_will_after_kill_9() {
         "online"
     );
 
-    let granted = post_frame(&daemon, GRANTED_PHOTO);
+    // The stranger first: while the door is open, frames are answered `paused`, not decided.
     let unknown = post_frame(&daemon, STRANGER_PHOTO);
+    let granted = post_frame(&daemon, GRANTED_PHOTO);
     for answer in [&granted, &unknown] {
         let id = answer["request_id"].as_str().unwrap();
         let event = watch.wait_json("facegate/front/event", "the decision's event", |e| {

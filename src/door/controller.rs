@@ -720,7 +720,7 @@ impl<'a> RelayLoop<'a> {
                     }
                 }
                 Ok(Command::LockNow) => {
-                    self.state = DoorState::LOCKED;
+                    self.set_state(DoorState::LOCKED);
                     let pulse = self.pulse.take();
                     self.lock(ActuationReason::Lockdown, pulse.as_ref());
                 }
@@ -995,6 +995,11 @@ mod tests {
         assert!(log.wait_for(WAIT, |e| has_reason(e, ActuationReason::Lockdown)));
         assert_eq!(log.current(), Some(RelayState::Locked));
         assert!(controller.is_held_locked() && !controller.is_available());
+        assert_eq!(
+            controller.busy_for(Instant::now()),
+            None,
+            "a held door is not open: frames are decided, not paused"
+        );
         assert_eq!(
             open(&controller, "req-2"),
             DoorReport::Locked(LockedBecause::HeldLocked)
