@@ -14,6 +14,7 @@ pub mod door;
 pub mod enrollment;
 pub mod events;
 pub mod frame;
+pub mod front;
 pub mod gallery;
 pub mod gallery_bundle;
 pub mod http;

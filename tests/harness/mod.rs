@@ -391,8 +391,9 @@ impl Daemon {
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines() {
                     let Ok(line) = line else { break };
-                    if let Some(rest) = line.split("facegate listening on http://").nth(1) {
-                        let addr = rest.split_whitespace().next().unwrap_or_default();
+                    if let Some(rest) = line.split("facegate listening on ").nth(1) {
+                        let url = rest.split_whitespace().next().unwrap_or_default();
+                        let addr = url.split("://").nth(1).unwrap_or_default();
                         let _ = listening_tx.send(addr.to_string());
                     }
                     logs.lock().unwrap().push(line);
@@ -608,7 +609,7 @@ impl Reply {
 
 /// Reads one answer: up to its Content-Length, or to the connection's end when it has none. Does
 /// not wait for the server to close, so it also works when the server keeps the connection open.
-pub fn read_reply(stream: &mut TcpStream) -> Reply {
+pub fn read_reply(stream: &mut impl Read) -> Reply {
     let mut raw = Vec::new();
     let mut chunk = [0u8; 64 * 1024];
     loop {
