@@ -608,7 +608,7 @@ fn publish_file(broker: &Broker, file: &Path) {
 #[test]
 fn decisions_keep_flowing_while_the_broker_is_stopped_and_started() {
     let mut broker = Broker::start();
-    let daemon = mqtt_setup(&broker, "back")
+    let mut daemon = mqtt_setup(&broker, "back")
         .set("mqtt.queue_size", 2)
         .serve();
     wait_metric(&daemon, "facegate_mqtt_connected ", 1);
@@ -638,6 +638,9 @@ fn decisions_keep_flowing_while_the_broker_is_stopped_and_started() {
         "an event after the reconnection",
         |e| e["request_id"] == id,
     );
+    // With the broker gone again, the daemon still stops promptly and cleanly.
+    broker.stop();
+    assert!(daemon.terminate().success());
 }
 
 #[test]
@@ -645,7 +648,7 @@ fn mqtts_with_a_client_certificate() {
     let broker = Broker::start_tls();
     let dir = broker.dir.path();
     let watch = broker.watch(&["facegate/#"]);
-    let daemon = Setup::new()
+    let mut daemon = Setup::new()
         .set("mqtt.url", broker.url())
         .set("mqtt.door_id", "tls")
         .set("mqtt.ca_file", path_text(&dir.join("ca.crt")))
@@ -663,6 +666,12 @@ fn mqtts_with_a_client_certificate() {
     watch.wait_json("facegate/tls/event", "the event over TLS", |e| {
         e["request_id"] == id
     });
+    // A clean stop says `offline` itself.
+    assert!(daemon.terminate().success());
+    assert_eq!(
+        broker.retained("facegate/tls/availability").as_deref(),
+        Some("offline")
+    );
 }
 
 #[test]
