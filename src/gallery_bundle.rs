@@ -72,7 +72,7 @@ pub fn export(gallery: &Gallery, sequence: u64, exported_at: &str) -> Vec<u8> {
         exported_at: exported_at.into(),
         gallery: serde_json::from_str(&gallery.to_json()).expect("a gallery is JSON"),
     };
-    serde_json::to_vec_pretty(&bundle).expect("a bundle always serialises")
+    serde_json::to_vec(&bundle).expect("a bundle always serialises")
 }
 
 /// Wraps bundle bytes with the building key's signature.
