@@ -60,7 +60,7 @@ struct Signed {
 /// The sequence for the next export of `gallery`: the time in Unix milliseconds, or one more than the
 /// gallery's own if that is larger (a clock set back must not make an export look old).
 pub fn next_sequence(gallery: &Gallery, now_ms: u64) -> u64 {
-    now_ms.max(gallery.sequence() + 1)
+    now_ms.max(gallery.sequence().saturating_add(1))
 }
 
 /// The bundle's bytes (JSON).

@@ -167,7 +167,7 @@ impl Verifier {
             ));
         }
         let age_ms = now_ms.saturating_sub(body.issued_at_ms);
-        if age_ms.abs() > self.window_ms {
+        if age_ms.unsigned_abs() > self.window_ms.unsigned_abs() {
             return Err(CommandRejected::OutsideWindow {
                 age_ms,
                 window_ms: self.window_ms,
@@ -292,6 +292,16 @@ mod tests {
                 Err("malformed"),
             ),
             ("unlock".into(), "plain text", Err("malformed")),
+            (
+                sign(&body("nonce-0007", i64::MIN), SECRET),
+                "issued at the start of time",
+                Err("outside_window"),
+            ),
+            (
+                sign(&body("nonce-0008", i64::MAX), SECRET),
+                "issued at the end of time",
+                Err("outside_window"),
+            ),
             (
                 "x".repeat(MAX_COMMAND_BYTES + 1),
                 "too large",
