@@ -341,6 +341,8 @@ mod tests {
             5_001,
             "a clock set back still moves forward"
         );
+        g.set_sequence(u64::MAX);
+        assert_eq!(next_sequence(&g, 1_000), u64::MAX, "no overflow");
     }
 
     #[test]
