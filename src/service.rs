@@ -24,6 +24,7 @@ use crate::events::EventRing;
 use crate::frame::{self, CheckedImage, FrameError, RefusedImage};
 use crate::gallery::{Gallery, LiveGallery};
 use crate::metrics::Metrics;
+use crate::mqtt::Remote;
 use crate::ratelimit::RateLimitedLog;
 use crate::recognition::{recognize_image, Recognition, RecognitionError};
 use crate::record::{
@@ -50,6 +51,8 @@ pub struct Service {
     pub codes: CodeChecker,
     freshness: FreshnessRules,
     snapshot_errors: RateLimitedLog,
+    /// Decisions go to the MQTT broker too (a no-op while MQTT is off).
+    pub remote: Arc<Remote>,
     /// Each tablet's streak of grants (`door.confirm_frames`): the one recognition state across requests.
     confirmations: Mutex<Confirmations>,
 }
@@ -107,6 +110,7 @@ impl Service {
         audit: AuditWriter,
         snapshots: Option<SnapshotWriter>,
         codes: CodeChecker,
+        remote: Arc<Remote>,
     ) -> Service {
         Service {
             events: EventRing::new(config.http.events_kept),
@@ -125,6 +129,7 @@ impl Service {
             started: Instant::now(),
             codes,
             snapshot_errors: RateLimitedLog::new(DISK_ERROR_LOG_INTERVAL),
+            remote,
         }
     }
 
@@ -530,6 +535,7 @@ impl Service {
         let line = record.audit_line();
         self.audit.record(&line);
         if record.kind() == "decision" {
+            self.remote.publish_decision(&record);
             self.events.push(line);
         }
         if let (Some(snapshot), Some(store)) = (snapshot, &self.snapshots) {

@@ -7,6 +7,7 @@
 //! `HOSTILE_SEED=<seed> cargo test --test hostile_input` replays exactly the same inputs. The generated
 //! cases (every fourth), the slow clients, the header floods and two regressions also run over TLS.
 
+mod harness;
 mod support;
 
 #[path = "../fuzz/src/lib.rs"]
@@ -15,8 +16,7 @@ mod fuzz_targets;
 use std::collections::BTreeMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -27,7 +27,7 @@ use opencv::imgcodecs;
 use opencv::prelude::*;
 use serde_json::Value;
 
-const TOKEN: &str = "hostile-input-token";
+const TOKEN: &str = harness::TOKEN;
 /// Shorter than production's 5 s so that the slow-body cases stay quick; the logic is the same.
 const BODY_TIMEOUT_MS: u64 = 2_000;
 const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
@@ -149,9 +149,9 @@ const ORIGINAL_FILES: [&str; 3] = [
     "_noface/butterfly.png",
     "_noface/hen_256.png",
 ];
-/// Enrolled before the hostile phase; a camera-size frame of another photo of him is the final check.
-const ENROLLED_NAME: &str = "obama";
-const ENROLMENT_PHOTO: &str = "obama/obama.jpg";
+/// Enrolled by the harness (from `obama/obama.jpg`); a camera-size frame of another photo of him is
+/// the final check.
+const ENROLLED_NAME: &str = harness::ENROLLED[0].0;
 const ENROLLED_PROBE: &str = "obama/obama1.jpg";
 
 fn encode(image: &Mat, ext: &str, params: &[i32]) -> Vec<u8> {
@@ -1163,10 +1163,10 @@ fn case_count() -> usize {
 // ---------------------------------------------------------------------------------------------
 // The daemon under test
 
+/// The harness's daemon, with the client side this suite speaks to it (plain or TLS, key pinned).
 struct Daemon {
-    child: Child,
+    inner: harness::Daemon,
     addr: Target,
-    dir: tempfile::TempDir,
 }
 
 /// Where the clients connect: the daemon's port, spoken to in plain HTTP or over TLS with its key pinned.
@@ -1249,154 +1249,42 @@ impl Write for Stream {
 }
 
 impl Daemon {
-    /// Enrols one person with `facegate enroll`, then starts `facegate serve` on a free loopback port,
-    /// serving plain HTTP or (`tls`) HTTPS with a generated certificate whose key the clients pin.
+    /// `facegate serve` through the harness (one person enrolled, sim door, test token) with this suite's
+    /// body limits and the default workers and queue, serving plain HTTP or (`tls`) HTTPS with a
+    /// generated certificate whose key the clients pin.
     fn start(tls: bool) -> Daemon {
-        let dir = tempfile::tempdir().expect("temp dir");
-        // Liveness off: the generated frames are re-encoded web photos, no fair liveness test
-        // (docs/accuracy.md); tests/liveness_daemon.rs covers it.
-        let config = format!(
-            "state_dir = {state:?}\nmodels_dir = {models:?}\n\n[http]\nrequire_token = true\ntoken = {TOKEN:?}\nbody_timeout_ms = {BODY_TIMEOUT_MS}\nmax_body_bytes = {MAX_BODY_BYTES}\n\n[http.tls]\nenabled = {tls}\n\n[door]\nbackend = \"sim\"\nsim_journal = {journal:?}\n\n[liveness]\nenabled = false\n",
-            state = dir.path().join("state"),
-            models = support::assets_dir().join("models"),
-            journal = dir.path().join("door.jsonl"),
-        );
-        std::fs::write(dir.path().join("facegate.toml"), config).expect("write config");
-        let enrolled = Command::new(env!("CARGO_BIN_EXE_facegate"))
-            .arg("--config")
-            .arg(dir.path().join("facegate.toml"))
-            .args(["enroll", "--name", ENROLLED_NAME])
-            .arg(support::faces_dir().join(ENROLMENT_PHOTO))
-            .output()
-            .expect("run facegate enroll");
-        assert!(
-            enrolled.status.success(),
-            "facegate enroll failed: {}",
-            String::from_utf8_lossy(&enrolled.stderr)
-        );
-        let log = std::fs::File::create(dir.path().join("daemon.log")).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_facegate"))
-            .arg("--config")
-            .arg(dir.path().join("facegate.toml"))
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .env("RUST_LOG", "info")
-            .env_remove("FACEGATE_TOKEN")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start facegate serve");
-        let mut daemon = Daemon {
-            child,
-            addr: Target {
-                addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-                tls: None,
-            },
-            dir,
+        let setup = harness::Setup::enrolling_only(ENROLLED_NAME)
+            .set("http.body_timeout_ms", BODY_TIMEOUT_MS as i64)
+            .set("http.max_body_bytes", MAX_BODY_BYTES as i64)
+            .set("http.workers", 0)
+            .set("http.queue_depth", 4)
+            .set("recognition.opencv_threads", 0)
+            .set("http.tls.enabled", tls);
+        let pin = tls.then(|| {
+            let pinned = setup.run(&["tls", "pin"]);
+            assert!(pinned.status.success(), "facegate tls pin: {pinned:?}");
+            pinned.stdout.trim().to_string()
+        });
+        let inner = setup.serve();
+        let addr = Target {
+            addr: inner.addr,
+            tls: pin.map(|pin| facegate::front::tls::pinned_client_config(&pin)),
         };
-        daemon.addr.addr = daemon.wait_until_listening();
-        if tls {
-            let pin = Command::new(env!("CARGO_BIN_EXE_facegate"))
-                .arg("--config")
-                .arg(daemon.dir.path().join("facegate.toml"))
-                .args(["tls", "pin"])
-                .output()
-                .expect("run facegate tls pin");
-            let pin = String::from_utf8(pin.stdout).expect("the pin is text");
-            daemon.addr.tls = Some(facegate::front::tls::pinned_client_config(pin.trim()));
-        }
-        daemon
-    }
-
-    fn log_path(&self) -> PathBuf {
-        self.dir.path().join("daemon.log")
+        Daemon { inner, addr }
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.log_path()).unwrap_or_default()
-    }
-
-    fn journal(&self) -> Vec<Value> {
-        read_journal(&self.dir.path().join("door.jsonl"))
-    }
-
-    fn wait_until_listening(&mut self) -> SocketAddr {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let log = self.log();
-            if let Some(rest) = log.split("facegate listening on ").nth(1) {
-                let url = rest.split_whitespace().next().unwrap_or_default();
-                let addr = url.split("://").nth(1).unwrap_or_default();
-                return addr
-                    .parse()
-                    .unwrap_or_else(|_| panic!("cannot parse the address in: {rest}"));
-            }
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                panic!("facegate serve exited ({status}) before listening:\n{log}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "facegate serve did not start within 60 s:\n{log}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.inner.logs().join("\n")
     }
 
     fn assert_alive(&mut self, context: &str) {
-        if let Some(status) = self.child.try_wait().expect("wait") {
+        if let Some(status) = self.inner.exited() {
             panic!(
                 "the daemon died ({status}) {context}; its log ends:\n{}",
                 tail(&self.log(), 40)
             );
         }
     }
-
-    /// Resident and peak memory of the daemon, in KiB (VmRSS, VmHWM).
-    fn memory_kib(&self) -> (u64, u64) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-        };
-        (field("VmRSS:"), field("VmHWM:"))
-    }
-
-    /// SIGTERM, then the exit status.
-    fn stop(mut self) -> std::process::ExitStatus {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "facegate did not stop within 20 s of SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn read_journal(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).expect("journal lines are JSON"))
-        .collect()
 }
 
 fn tail(text: &str, lines: usize) -> String {
@@ -1690,7 +1578,7 @@ fn generated_hostile_requests(tls: bool, stride: usize) {
                     index,
                     &case,
                     sent.elapsed(),
-                    daemon.memory_kib().1,
+                    daemon.inner.memory_kib().1,
                 );
                 match judge(&case, &outcome) {
                     Ok(verdict) => {
@@ -1736,10 +1624,11 @@ fn generated_hostile_requests(tls: bool, stride: usize) {
         tail(&daemon.log(), 30)
     );
 
-    let unlocks: Vec<Value> = daemon
+    let unlocks: Vec<harness::Actuation> = daemon
+        .inner
         .journal()
         .into_iter()
-        .filter(|e| e["state"] != "locked")
+        .filter(harness::Actuation::is_unlocked)
         .collect();
     assert!(
         unlocks.is_empty(),
@@ -1749,7 +1638,12 @@ fn generated_hostile_requests(tls: bool, stride: usize) {
     assert_enrolled_face_is_granted(&daemon);
     // The relay thread journals the unlock after the answer has gone out.
     let relay_deadline = Instant::now() + Duration::from_secs(10);
-    while !daemon.journal().iter().any(|e| e["state"] == "unlocked") {
+    while !daemon
+        .inner
+        .journal()
+        .iter()
+        .any(harness::Actuation::is_unlocked)
+    {
         assert!(
             Instant::now() < relay_deadline,
             "the grant after the hostile phase did not reach the relay"
@@ -1757,7 +1651,7 @@ fn generated_hostile_requests(tls: bool, stride: usize) {
         std::thread::sleep(Duration::from_millis(20));
     }
     let log = daemon.log();
-    let status = daemon.stop();
+    let status = daemon.inner.terminate();
     assert!(
         status.success(),
         "facegate exited with {status} after SIGTERM"
@@ -1932,7 +1826,7 @@ fn header_floods(daemon: &mut Daemon) -> PhaseResult {
         let outcome = exchange(&daemon.addr, &request, Delivery::Whole, ANSWER_WAIT);
         let took = started.elapsed();
         daemon.assert_alive(&format!("after `{name}`"));
-        let (rss, peak) = daemon.memory_kib();
+        let (rss, peak) = daemon.inner.memory_kib();
         let shown = match &outcome {
             Outcome::Answered(answers) => format!("answered {}", answers[0].0),
             Outcome::CutOff(reason) => format!("cut off ({reason})"),
@@ -2080,7 +1974,7 @@ fn an_unsupported_http_version_is_answered_and_frees_its_connection_over_tls() {
 fn unsupported_http_version_is_answered(tls: bool) {
     let daemon = Daemon::start(tls);
     let descriptors = || {
-        std::fs::read_dir(format!("/proc/{}/fd", daemon.child.id()))
+        std::fs::read_dir(format!("/proc/{}/fd", daemon.inner.pid()))
             .map(|d| d.count())
             .unwrap_or(0)
     };

@@ -71,6 +71,8 @@ fn binary() -> Command {
     command
         .env_remove("FACEGATE_TOKEN")
         .env_remove("FACEGATE_CONFIG")
+        .env_remove("FACEGATE_MQTT_PASSWORD")
+        .env_remove("FACEGATE_MQTT_COMMAND_SECRET")
         .env_remove("FACEGATE_MODELS_DIR")
         .env("RUST_LOG", "info")
         .stdin(Stdio::null());
@@ -88,9 +90,24 @@ pub struct Finished {
 /// Runs `facegate <args>` to its exit; a process still running after a minute is killed and fails
 /// the test (e.g. a daemon that should have refused to start).
 pub fn run_facegate(args: &[&str], scratch: &Path) -> Finished {
+    run_facegate_in(binary(), args, scratch)
+}
+
+/// `facegate --config <setup's config> <args>` with extra environment variables.
+pub fn run_facegate_with_env(setup: &Setup, args: &[&str], env: &[(&str, &str)]) -> Finished {
+    setup.write_config();
+    let mut command = binary();
+    command.envs(env.iter().copied());
+    let config = setup.config_path();
+    let mut full = vec!["--config", config.to_str().unwrap()];
+    full.extend_from_slice(args);
+    run_facegate_in(command, &full, setup.dir())
+}
+
+fn run_facegate_in(mut command: Command, args: &[&str], scratch: &Path) -> Finished {
     let stdout_path = scratch.join("run.stdout");
     let stderr_path = scratch.join("run.stderr");
-    let mut child = binary()
+    let mut child = command
         .args(args)
         .stdout(std::fs::File::create(&stdout_path).expect("stdout file"))
         .stderr(std::fs::File::create(&stderr_path).expect("stderr file"))
@@ -170,6 +187,19 @@ impl Setup {
         std::fs::create_dir_all(setup.state_dir()).expect("state dir");
         std::fs::write(setup.state_dir().join("gallery.json"), enrolled_gallery())
             .expect("gallery written");
+        setup
+    }
+
+    /// The test config with only `name` (one of `ENROLLED`) in the gallery.
+    pub fn enrolling_only(name: &str) -> Setup {
+        let setup = Setup::new();
+        let path = setup.state_dir().join("gallery.json");
+        let mut gallery: Value =
+            serde_json::from_slice(&std::fs::read(&path).expect("gallery")).expect("JSON");
+        let people = gallery["people"].as_array_mut().expect("a people list");
+        people.retain(|person| person["name"] == name);
+        assert_eq!(people.len(), 1, "{name} is not one of ENROLLED");
+        std::fs::write(&path, gallery.to_string()).expect("gallery written");
         setup
     }
 
@@ -456,6 +486,27 @@ impl Daemon {
 
     pub fn pid(&self) -> i32 {
         self.child.as_ref().expect("daemon running").id() as i32
+    }
+
+    /// The exit status if the daemon has exited by itself.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        let child = self.child.as_mut()?;
+        child.try_wait().expect("wait for the daemon")
+    }
+
+    /// Resident and peak memory of the daemon, in KiB (VmRSS, VmHWM).
+    pub fn memory_kib(&self) -> (u64, u64) {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        (field("VmRSS:"), field("VmHWM:"))
     }
 
     /// Sends SIGTERM and waits for the exit; the logs stay readable afterwards.
