@@ -381,7 +381,7 @@ fn identify(config: &Config, images: &[PathBuf]) -> Result<()> {
     let mut engine = load_deciding_engine(config)?;
     let gallery = Gallery::load(&config.gallery_path(), &embedder_id(&engine.models))?;
     let threshold = engine.models.threshold(&config.recognition);
-    let rules = FreshnessRules::of(&config.door);
+    let rules = FreshnessRules::FOR_FILES;
     let ids = RequestIds::default();
     let mut out = std::io::stdout().lock();
     for path in images {
