@@ -131,7 +131,7 @@ fn embed_people(engine: &Engine, recognizer: &mut Recognizer) -> (Vec<Embedded>,
                 .decode()
                 .unwrap_or_else(|err| panic!("{path} does not decode: {err}"));
             let sighting = recognizer
-                .look(&decoded.image, || image.decode_finer())
+                .look_finer(&decoded.image, || image.decode_finer())
                 .unwrap_or_else(|err| panic!("{path}: the pipeline failed: {err}"));
             match sighting.primary {
                 Some(reading) => embedded.push(Embedded {

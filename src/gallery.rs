@@ -72,6 +72,9 @@ pub struct Person {
 struct StoredGallery {
     format: String,
     version: u32,
+    /// The building gallery's sequence this file was imported from (0: never imported).
+    #[serde(default)]
+    sequence: u64,
     embedder: EmbedderId,
     people: Vec<Person>,
 }
@@ -86,6 +89,7 @@ pub struct BestMatch {
 #[derive(Debug, Clone)]
 pub struct Gallery {
     embedder: EmbedderId,
+    sequence: u64,
     people: Vec<Person>,
     /// Every sample's vector, back to back, for a tight matching loop.
     matrix: Vec<f32>,
@@ -97,6 +101,7 @@ impl Gallery {
     pub fn new(embedder: EmbedderId) -> Gallery {
         Gallery {
             embedder,
+            sequence: 0,
             people: Vec::new(),
             matrix: Vec::new(),
             owners: Vec::new(),
@@ -142,6 +147,7 @@ impl Gallery {
             });
         }
         let mut gallery = Gallery::new(stored.embedder);
+        gallery.sequence = stored.sequence;
         gallery.people = stored.people;
         gallery.reindex();
         Ok(gallery)
@@ -165,6 +171,7 @@ impl Gallery {
         let stored = StoredGallery {
             format: FORMAT.into(),
             version: VERSION,
+            sequence: self.sequence,
             embedder: self.embedder.clone(),
             people: self.people.clone(),
         };
@@ -188,6 +195,15 @@ impl Gallery {
 
     pub fn embedder(&self) -> &EmbedderId {
         &self.embedder
+    }
+
+    /// The sequence of the building gallery this one came from; 0 if it never came from one.
+    pub fn sequence(&self) -> u64 {
+        self.sequence
+    }
+
+    pub fn set_sequence(&mut self, sequence: u64) {
+        self.sequence = sequence;
     }
 
     pub fn people(&self) -> &[Person] {

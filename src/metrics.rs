@@ -34,6 +34,8 @@ struct Inner {
     door_openings: u64,
     snapshot_count: u64,
     snapshot_bytes: u64,
+    /// (kind, result) → count: commands and galleries received over MQTT.
+    mqtt_received: BTreeMap<(&'static str, &'static str), u64>,
 }
 
 /// A value kept elsewhere (an atomic counter of another thread), read when /metrics renders.
@@ -82,6 +84,11 @@ impl Metrics {
         });
     }
 
+    /// A command or gallery received over MQTT (`kind`) and what became of it (`result`).
+    pub fn count_mqtt_received(&self, kind: &'static str, result: &'static str) {
+        self.with(|m| *m.mqtt_received.entry((kind, result)).or_default() += 1);
+    }
+
     /// Reports `read()` as metric `name` of type `kind` (`counter` or `gauge`) from now on.
     pub fn add_source(
         &self,
@@ -107,9 +114,10 @@ impl Metrics {
                 m.door_openings,
                 m.snapshot_count,
                 m.snapshot_bytes,
+                m.mqtt_received.clone(),
             )
         });
-        let (requests, stages, openings, snap_count, snap_bytes) = m;
+        let (requests, stages, openings, snap_count, snap_bytes, mqtt_received) = m;
         let mut out = String::new();
         out.push_str("# HELP facegate_requests_total Answered requests by endpoint and status.\n");
         out.push_str("# TYPE facegate_requests_total counter\n");
@@ -167,6 +175,16 @@ impl Metrics {
                 snap_bytes,
             ),
         ];
+        out.push_str(
+            "# HELP facegate_mqtt_received_total Commands and galleries received over MQTT, by result.\n",
+        );
+        out.push_str("# TYPE facegate_mqtt_received_total counter\n");
+        for ((kind, result), n) in &mqtt_received {
+            let _ = writeln!(
+                out,
+                "facegate_mqtt_received_total{{kind=\"{kind}\",result=\"{result}\"}} {n}"
+            );
+        }
         let sources = lock_recovering(&self.sources);
         let sourced = sources.iter().map(|s| (s.name, s.kind, s.help, (s.read)()));
         for (name, kind, help, value) in gauges.into_iter().chain(sourced) {

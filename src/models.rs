@@ -54,6 +54,7 @@ pub struct ModelSpec {
     pub derived_from: Option<String>,
     pub detector: Option<DetectorContract>,
     pub embedder: Option<EmbedderContract>,
+    pub liveness: Option<LivenessContract>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -81,6 +82,17 @@ pub struct EmbedderContract {
     pub output_dim: usize,
     /// Default cosine threshold for a grant.
     pub threshold: f32,
+}
+
+/// How an anti-spoofing classifier wants its crop of the frame, and which output means "real".
+#[derive(Debug, Clone, Deserialize)]
+pub struct LivenessContract {
+    /// The detector's box is scaled about its centre by this before cropping.
+    pub scale: f64,
+    pub input_size: i32,
+    pub color: ChannelOrder,
+    /// Index of the "real face" class among the softmaxed outputs.
+    pub real_index: usize,
 }
 
 /// A model chosen from the manifest, with its file resolved and its contract checked to exist.
@@ -138,6 +150,19 @@ impl Manifest {
             .embedder
             .clone()
             .ok_or_else(|| wrong_role(name, spec, "embedder"))?;
+        Ok(resolve(name, spec, models_dir, contract))
+    }
+
+    pub fn liveness(
+        &self,
+        name: &str,
+        models_dir: &Path,
+    ) -> Result<ResolvedModel<LivenessContract>, ModelError> {
+        let spec = self.spec(name)?;
+        let contract = spec
+            .liveness
+            .clone()
+            .ok_or_else(|| wrong_role(name, spec, "liveness model"))?;
         Ok(resolve(name, spec, models_dir, contract))
     }
 }
@@ -297,6 +322,12 @@ mod tests {
             sface.sha256,
             "0ba9fbfa01b5270c96627c4ef784da859931e02f04419c829e83484087c34e79"
         );
+        let v2 = manifest.liveness("minifasnet_v2", dir).unwrap();
+        let v1se = manifest.liveness("minifasnet_v1se", dir).unwrap();
+        assert_eq!((v2.contract.scale, v1se.contract.scale), (2.7, 4.0));
+        assert_eq!(v2.contract.input_size, 80);
+        assert_eq!(v1se.contract.color, ChannelOrder::Bgr);
+        assert!(manifest.liveness("mobilefacenet", dir).is_err());
     }
 
     #[test]

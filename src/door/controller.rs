@@ -64,6 +64,8 @@ pub enum ActuationReason {
     Emergency,
     /// Locked by [`super::lock_once`] (`facegate door lock`).
     LockCommand,
+    /// Locked by [`DoorController::hold_locked`] (a remote `lock` command).
+    Lockdown,
 }
 
 impl ActuationReason {
@@ -80,6 +82,7 @@ impl ActuationReason {
             ActuationReason::ControllerDropped => "controller_dropped",
             ActuationReason::Emergency => "emergency",
             ActuationReason::LockCommand => "lock_command",
+            ActuationReason::Lockdown => "lockdown",
         }
     }
 }
@@ -90,6 +93,8 @@ impl ActuationReason {
 pub enum OpenCause {
     /// A recognised, enrolled person.
     Face { identity: String },
+    /// A verified remote `unlock` command, and who sent it.
+    Command { origin: String },
     /// A visitor code, named by kind and place in `facegate codes show`, never by its digits.
     Code {
         code_kind: &'static str,
@@ -101,6 +106,7 @@ impl fmt::Display for OpenCause {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             OpenCause::Face { identity } => write!(f, "face {identity:?}"),
+            OpenCause::Command { origin } => write!(f, "command from {origin:?}"),
             OpenCause::Code {
                 code_kind,
                 code_index,
@@ -236,6 +242,8 @@ enum Command {
         request: OpenRequest,
         reply: Sender<DoorReport>,
     },
+    /// Lock now, ending any pulse ([`DoorController::hold_locked`]).
+    LockNow,
 }
 
 struct Shared {
@@ -243,6 +251,8 @@ struct Shared {
     settings: DoorSettings,
     /// Set by an emergency lock, a relay-thread panic or shutdown: the relay never unlocks again.
     locked_down: AtomicBool,
+    /// Set by [`DoorController::hold_locked`] until [`DoorController::release_hold`]: no unlocking.
+    held_locked: AtomicBool,
     /// Set by shutdown, so that the relay thread ends without locking on its own.
     stopping: AtomicBool,
     /// Set while the last lock attempt failed: grants are refused until a lock succeeds.
@@ -307,6 +317,9 @@ impl Shared {
                 RelayState::Locked => door.set_locked(reason.as_str()),
                 RelayState::Unlocked if self.locked_down.load(Ordering::SeqCst) => {
                     return Err(DoorError::LockedDown)
+                }
+                RelayState::Unlocked if self.held_locked.load(Ordering::SeqCst) => {
+                    return Err(DoorError::HeldLocked)
                 }
                 RelayState::Unlocked => door.set_unlocked(reason.as_str()),
             }
@@ -406,6 +419,7 @@ impl DoorController {
             door: Mutex::new(door),
             settings,
             locked_down: AtomicBool::new(false),
+            held_locked: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             relay_fault: AtomicBool::new(false),
             relay_thread: OnceLock::new(),
@@ -462,9 +476,14 @@ impl DoorController {
         if self.shared.locked_down.load(Ordering::SeqCst) {
             return refuse(&request, LockedBecause::LockedDown);
         }
+        if self.shared.held_locked.load(Ordering::SeqCst) {
+            return refuse(&request, LockedBecause::HeldLocked);
+        }
         let (reply, answer) = crossbeam_channel::bounded(1);
         if let Err(refused) = self.commands.try_send(Command::Open { request, reply }) {
-            let Command::Open { request, .. } = refused.into_inner();
+            let Command::Open { request, .. } = refused.into_inner() else {
+                unreachable!("an open request was sent");
+            };
             return refuse(&request, LockedBecause::Unavailable);
         }
         match answer.recv_timeout(self.shared.settings.report_wait) {
@@ -484,11 +503,35 @@ impl DoorController {
         )
     }
 
-    /// False after an emergency lock or a relay-thread panic, and while a failed lock is being
-    /// retried.
+    /// False after an emergency lock or a relay-thread panic, while held locked, and while a
+    /// failed lock is being retried.
     pub fn is_available(&self) -> bool {
         !self.shared.locked_down.load(Ordering::SeqCst)
+            && !self.shared.held_locked.load(Ordering::SeqCst)
             && !self.shared.relay_fault.load(Ordering::SeqCst)
+    }
+
+    /// Locks now (ending a pulse) and keeps the door locked, every request answered `locked`
+    /// (`held_locked`), until [`Self::release_hold`]. Waits at most a second for room in the relay
+    /// thread's queue; unlocking is refused from the moment this is called either way.
+    pub fn hold_locked(&self) {
+        self.shared.held_locked.store(true, Ordering::SeqCst);
+        if self
+            .commands
+            .send_timeout(Command::LockNow, Duration::from_secs(1))
+            .is_err()
+        {
+            log::error!("the relay thread did not take the lock command; grants are refused, an open door relocks at the end of its hold");
+        }
+    }
+
+    /// Ends [`Self::hold_locked`]: the door stays locked and opens again on the next grant.
+    pub fn release_hold(&self) {
+        self.shared.held_locked.store(false, Ordering::SeqCst);
+    }
+
+    pub fn is_held_locked(&self) -> bool {
+        self.shared.held_locked.load(Ordering::SeqCst)
     }
 
     /// Reports dropped so far because the observer fell behind (for /metrics).
@@ -552,7 +595,10 @@ fn run_relay_thread(shared: Arc<Shared>, commands: Receiver<Command>, reporter: 
         if let Some(reply) = in_flight.take() {
             let _ = reply.try_send(DoorReport::Fault);
         }
-        for Command::Open { request, reply } in commands.try_iter() {
+        for (request, reply) in commands.try_iter().filter_map(|command| match command {
+            Command::Open { request, reply } => Some((request, reply)),
+            Command::LockNow => None,
+        }) {
             let report = DoorReport::Locked(LockedBecause::LockedDown);
             reporter.request_handled(&request, report);
             let _ = reply.try_send(report);
@@ -673,6 +719,11 @@ impl<'a> RelayLoop<'a> {
                         let _ = reply.try_send(report);
                     }
                 }
+                Ok(Command::LockNow) => {
+                    self.set_state(DoorState::LOCKED);
+                    let pulse = self.pulse.take();
+                    self.lock(ActuationReason::Lockdown, pulse.as_ref());
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
                     if !self.shared.stopping.load(Ordering::SeqCst) {
@@ -708,6 +759,8 @@ impl<'a> RelayLoop<'a> {
     fn gate(&self) -> RelayGate {
         if self.shared.locked_down.load(Ordering::SeqCst) {
             RelayGate::LockedDown
+        } else if self.shared.held_locked.load(Ordering::SeqCst) {
+            RelayGate::HeldLocked
         } else if self.lock_retry.is_some() {
             RelayGate::LockFailing
         } else {
@@ -738,6 +791,7 @@ impl<'a> RelayLoop<'a> {
                         return DoorReport::Opened;
                     }
                     Err(DoorError::LockedDown) => DoorReport::Locked(LockedBecause::LockedDown),
+                    Err(DoorError::HeldLocked) => DoorReport::Locked(LockedBecause::HeldLocked),
                     Err(_) => {
                         self.lock(ActuationReason::UnlockFailed, Some(&request));
                         return DoorReport::Fault;
@@ -930,6 +984,32 @@ mod tests {
         );
         assert_eq!(relock.error, None);
         assert_eq!(reports.last().unwrap().reason, ActuationReason::Shutdown);
+    }
+
+    #[test]
+    fn hold_locked_ends_a_pulse_at_once_and_refuses_grants_until_released() {
+        let (controller, log, reports) =
+            start_sim(settings(LONG_HOLD, Duration::ZERO, GrantWhileOpen::Extend));
+        assert_eq!(open(&controller, "req-1"), DoorReport::Opened);
+        controller.hold_locked();
+        assert!(log.wait_for(WAIT, |e| has_reason(e, ActuationReason::Lockdown)));
+        assert_eq!(log.current(), Some(RelayState::Locked));
+        assert!(controller.is_held_locked() && !controller.is_available());
+        assert_eq!(
+            controller.busy_for(Instant::now()),
+            None,
+            "a held door is not open: frames are decided, not paused"
+        );
+        assert_eq!(
+            open(&controller, "req-2"),
+            DoorReport::Locked(LockedBecause::HeldLocked)
+        );
+        assert!(wait_until(|| handled(&reports, "req-2").is_some()));
+        controller.release_hold();
+        assert_eq!(open(&controller, "req-3"), DoorReport::Opened);
+        assert_eq!(unlock_count(&log.events()), 2);
+        controller.shutdown().unwrap();
+        assert_eq!(log.current(), Some(RelayState::Locked));
     }
 
     #[test]

@@ -78,6 +78,8 @@ pub enum DoorError {
          restart facegate to resume"
     )]
     LockedDown,
+    #[error("the door is held locked by a lock command; send `clear` to let it open again")]
+    HeldLocked,
     #[error("cannot start the door relay thread: {0}. The system may be out of memory or threads")]
     Thread(std::io::Error),
 }

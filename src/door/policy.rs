@@ -76,6 +76,8 @@ pub enum LockedBecause {
     /// The relay is failing to lock (grants wait until a retry succeeds), or the relay thread
     /// cannot take requests.
     Unavailable,
+    /// A lock command holds the door locked until it is cleared.
+    HeldLocked,
 }
 
 impl LockedBecause {
@@ -85,6 +87,7 @@ impl LockedBecause {
             LockedBecause::Expired => "expired",
             LockedBecause::LockedDown => "locked_down",
             LockedBecause::Unavailable => "unavailable",
+            LockedBecause::HeldLocked => "held_locked",
         }
     }
 }
@@ -98,6 +101,8 @@ pub enum RelayGate {
     LockedDown,
     /// A lock attempt failed and is being retried.
     LockFailing,
+    /// Held locked by a lock command until it is cleared.
+    HeldLocked,
 }
 
 /// What the relay must do after time passed.
@@ -147,6 +152,7 @@ pub fn on_request(
     let refused = match gate {
         RelayGate::LockedDown => Some(LockedBecause::LockedDown),
         RelayGate::LockFailing => Some(LockedBecause::Unavailable),
+        RelayGate::HeldLocked => Some(LockedBecause::HeldLocked),
         RelayGate::Ready if now > not_after => Some(LockedBecause::Expired),
         RelayGate::Ready => None,
     };
@@ -269,6 +275,7 @@ mod tests {
             ("fresh request extends", At::OpenUntil(3_000), 2_000, 2_500, Ready, At::OpenUntil(5_000), Ok(Extended)),
             ("fresh request in cooldown", At::CoolingUntil(5_000), 4_000, 4_500, Ready, At::CoolingUntil(5_000), Ok(CoolingDown)),
             ("lockdown refuses a fresh request", At::Locked, 0, 1_000, RelayGate::LockedDown, At::Locked, Err(LockedDown)),
+            ("a lock command refuses a fresh request", At::Locked, 0, 1_000, RelayGate::HeldLocked, At::Locked, Err(LockedBecause::HeldLocked)),
             ("lockdown wins over expiry", At::Locked, 2_000, 1_000, RelayGate::LockedDown, At::Locked, Err(LockedDown)),
             ("lockdown never extends", At::OpenUntil(3_000), 2_000, 2_500, RelayGate::LockedDown, At::OpenUntil(3_000), Err(LockedDown)),
             ("failing lock refuses", At::Locked, 0, 1_000, LockFailing, At::Locked, Err(Unavailable)),

@@ -1,9 +1,11 @@
-//! The face pipeline of one worker: detect → align → embed. It holds model weights and nothing else,
-//! so every call starts from the frame alone.
+//! The face pipeline of one worker: detect → (straighten) → align → embed, and liveness on request.
+//! It holds model weights and nothing else, so every call starts from the frame alone.
 
 pub mod align;
 pub mod detect;
 pub mod embed;
+pub mod liveness;
+pub mod tilt;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -11,10 +13,11 @@ use std::time::Instant;
 use opencv::core::Mat;
 use opencv::prelude::MatTraitConst;
 
-use crate::config::{RecognitionConfig, AUTO_DETECTOR};
+use crate::config::{LivenessConfig, RecognitionConfig, AUTO_DETECTOR};
 use crate::models::{DetectorContract, EmbedderContract, Manifest, ModelError, ResolvedModel};
 pub use detect::DetectedFace;
 pub use embed::Embedding;
+pub use liveness::LivenessReading;
 
 /// Why the pipeline could not run. These are the daemon's faults (5xx), not the sender's.
 #[derive(Debug, thiserror::Error)]
@@ -57,11 +60,13 @@ pub fn opencv_version() -> (i32, i32) {
     )
 }
 
-/// Both models of the pipeline, resolved from the manifest and checked against their pins.
+/// The models of the pipeline, resolved from the manifest and checked against their pins.
 #[derive(Debug, Clone)]
 pub struct PipelineModels {
     pub detector: ResolvedModel<DetectorContract>,
     pub embedder: ResolvedModel<EmbedderContract>,
+    /// Only after `with_liveness` with `liveness.enabled`.
+    pub liveness: Option<liveness::LivenessModels>,
 }
 
 impl PipelineModels {
@@ -98,10 +103,27 @@ impl PipelineModels {
         let models = PipelineModels {
             detector: manifest.detector(detector, &dir)?,
             embedder: manifest.embedder(embedder, &dir)?,
+            liveness: None,
         };
         models.detector.verify()?;
         models.embedder.verify()?;
         Ok(models)
+    }
+
+    /// Adds the liveness models (resolved next to the detector, and verified) when `settings.enabled`;
+    /// recognition alone (enrolment, gallery tools) never needs them.
+    pub fn with_liveness(self, settings: &LivenessConfig) -> Result<PipelineModels, ModelError> {
+        let liveness = if settings.enabled {
+            let dir = self.detector.path.parent().unwrap_or(Path::new(""));
+            Some(liveness::LivenessModels::resolve(
+                &Manifest::builtin(),
+                dir,
+                settings.min_face_px,
+            )?)
+        } else {
+            None
+        };
+        Ok(PipelineModels { liveness, ..self })
     }
 
     /// The threshold in force: the config's, else the embedder's manifest default.
@@ -130,10 +152,12 @@ pub struct Sighting {
     pub embed_ms: f64,
 }
 
-/// One worker's detector and embedder.
+/// One worker's detector, embedder and (when its models were resolved) liveness classifiers.
 pub struct Recognizer {
     detector: detect::Detector,
+    straightener: tilt::Straightener,
     embedder: embed::Embedder,
+    liveness: Option<liveness::LivenessChecker>,
 }
 
 impl Recognizer {
@@ -145,17 +169,33 @@ impl Recognizer {
             coarse_side: r.coarse_detect_side,
             coarse_face_share: r.coarse_face_share,
         };
+        let upright_detector = detect::Detector::load(
+            &models.detector,
+            tilt::Straightener::settings(r.detect_score_threshold),
+        )?;
         Ok(Recognizer {
             detector: detect::Detector::load(&models.detector, settings)?,
+            straightener: tilt::Straightener::new(upright_detector, r.max_roll_deg),
             embedder: embed::Embedder::load(&models.embedder)?,
+            liveness: match &models.liveness {
+                Some(liveness_models) => Some(liveness::LivenessChecker::load(liveness_models)?),
+                None => None,
+            },
         })
     }
 
+    /// Detects the faces of a frame decoded at full size and embeds the largest:
+    /// [`Recognizer::look_finer`] without a finer image.
+    pub fn look(&mut self, frame: &Mat) -> Result<Sighting, VisionError> {
+        self.look_finer(frame, || None)
+    }
+
     /// Detects the faces (a quick pass may do when one face is large: see
-    /// [`detect::Detector::detect_for_largest`]), then aligns and embeds the largest one. When `frame` was decoded reduced and
-    /// that face is too small to fill the embedder's crop without enlarging it, `finer` is asked for
-    /// the same frame decoded larger, and the face is aligned from that (its time counts as align).
-    pub fn look(
+    /// [`detect::Detector::detect_for_largest`]), then straightens, aligns and embeds the largest one.
+    /// When `frame` was decoded reduced and that face is too small to fill the embedder's crop without
+    /// enlarging it, `finer` is asked for the same frame decoded larger, and the face is aligned from
+    /// that (its time counts as align).
+    pub fn look_finer(
         &mut self,
         frame: &Mat,
         finer: impl FnOnce() -> Option<Mat>,
@@ -173,6 +213,7 @@ impl Recognizer {
             });
         };
         let started = Instant::now();
+        let largest = self.straightener.straighten(frame, &largest)?;
         let crop = self.align(frame, &largest, finer)?;
         let align_ms = elapsed_ms(started);
         let started = Instant::now();
@@ -195,7 +236,8 @@ impl Recognizer {
         self.detector.detect(frame)
     }
 
-    /// Aligns and embeds one chosen face of a frame decoded at full size.
+    /// Aligns (straightening a tilted head first) and embeds one chosen face of a frame decoded at
+    /// full size.
     pub fn embed_face(
         &mut self,
         frame: &Mat,
@@ -212,7 +254,8 @@ impl Recognizer {
         face: &DetectedFace,
         finer: impl FnOnce() -> Option<Mat>,
     ) -> Result<Embedding, VisionError> {
-        let crop = self.align(frame, face, finer)?;
+        let face = self.straightener.straighten(frame, face)?;
+        let crop = self.align(frame, &face, finer)?;
         self.embedder.embed(&crop)
     }
 
@@ -237,6 +280,19 @@ impl Recognizer {
                 align::align_face(&image, &landmarks, side)
             }
             None => align::align_face(frame, &face.landmarks, side),
+        }
+    }
+
+    /// Judges whether `face` in `frame` (the decoded frame its coordinates refer to) is a live person;
+    /// `None` when liveness is off.
+    pub fn check_liveness(
+        &mut self,
+        frame: &Mat,
+        face: &DetectedFace,
+    ) -> Result<Option<LivenessReading>, VisionError> {
+        match &mut self.liveness {
+            Some(checker) => checker.check(frame, face).map(Some),
+            None => Ok(None),
         }
     }
 }
