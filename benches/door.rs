@@ -28,6 +28,9 @@ const ROUNDS: usize = 6;
 const REQUESTS_PER_ROUND: [(usize, usize); 2] = [(1, 14), (2, 20)];
 const WARM_UP_PER_CONNECTION: usize = 3;
 const MIB: f64 = 1024.0;
+/// Liveness off in both facegate daemons: the Python server has none, and this compares the same work
+/// (what liveness costs: `cargo bench --bench liveness`).
+const SAME_WORK: &str = "[liveness]\nenabled = false";
 /// The `[recognition]` lines of the "facegate door" contender.
 const DOOR_SETTINGS: &str = "coarse_detect_side = 320";
 const PYTHON: &str = "python+opencv";
@@ -129,16 +132,16 @@ fn main() {
     let mut contenders = vec![
         Contender {
             label: "facegate",
-            server: Server::facegate(&gallery, "", "", &[]),
+            server: Server::facegate(&gallery, "", "", SAME_WORK),
             runs: Vec::new(),
         },
         Contender {
             label: "facegate door",
-            server: Server::facegate(&gallery, DOOR_SETTINGS, "", &[]),
+            server: Server::facegate(&gallery, DOOR_SETTINGS, "", SAME_WORK),
             runs: Vec::new(),
         },
     ];
-    println!("  facegate door: the defaults plus `{DOOR_SETTINGS}` (the quick detection pass)");
+    println!("  facegate door: the defaults plus `{DOOR_SETTINGS}` (the quick detection pass); liveness off in both (the Python server has none)");
     let body = body_facegate_takes(&contenders[0].server, &frames[0]);
     match body {
         Body::Raw => println!("  bodies: raw image bytes (Content-Type image/png or image/jpeg), as the tablet sends them, to both servers"),

@@ -204,7 +204,7 @@ fn start(gallery: &std::path::Path, settings: &Settings) -> Server {
         gallery,
         &format!("opencv_threads = {}", settings.opencv_threads),
         &format!("workers = {}", settings.workers),
-        &[],
+        "",
     )
 }
 

@@ -15,11 +15,12 @@ use crate::support;
 pub const TOKEN: &str = "http-load-bench";
 
 /// A facegate config for the benches: sim door, token required, models from the assets; `recognition`
-/// and `http` are extra lines for those tables. Frames are recognised even while the door is open
-/// (`pause_while_open = false`): the benches measure recognition, and most of their frames are grants.
-pub fn write_config(dir: &Path, recognition: &str, http: &str) -> PathBuf {
+/// and `http` are extra lines for those tables, `tables` whole tables more. Frames are recognised even
+/// while the door is open (`pause_while_open = false`): the benches measure recognition, and most of
+/// their frames are grants.
+pub fn write_config(dir: &Path, recognition: &str, http: &str, tables: &str) -> PathBuf {
     let text = format!(
-        "state_dir = {state:?}\nmodels_dir = {models:?}\n\n[recognition]\n{recognition}\n\n[http]\n{http}\nrequire_token = true\ntoken = {TOKEN:?}\n\n[door]\nbackend = \"sim\"\npause_while_open = false\nsim_journal = {journal:?}\n",
+        "state_dir = {state:?}\nmodels_dir = {models:?}\n\n[recognition]\n{recognition}\n\n[http]\n{http}\nrequire_token = true\ntoken = {TOKEN:?}\n\n[door]\nbackend = \"sim\"\npause_while_open = false\nsim_journal = {journal:?}\n\n{tables}\n",
         state = dir.join("state"),
         models = support::assets_dir().join("models"),
         journal = dir.join("door.jsonl"),
@@ -31,7 +32,7 @@ pub fn write_config(dir: &Path, recognition: &str, http: &str) -> PathBuf {
 
 /// Enrols each of the 20 identities from their first photo with `facegate enroll`; returns the gallery.
 pub fn enrol_everyone(dir: &Path) -> PathBuf {
-    let config = write_config(dir, "", "");
+    let config = write_config(dir, "", "", "");
     for (name, photos) in support::people() {
         let output = Command::new(env!("CARGO_BIN_EXE_facegate"))
             .arg("--config")
@@ -94,9 +95,9 @@ impl Run {
 
 impl Server {
     /// facegate serve with the given config lines (see [`write_config`]) and a copy of `gallery`.
-    pub fn facegate(gallery: &Path, recognition: &str, http: &str, env: &[(&str, &str)]) -> Server {
+    pub fn facegate(gallery: &Path, recognition: &str, http: &str, tables: &str) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
-        let config = write_config(dir.path(), recognition, http);
+        let config = write_config(dir.path(), recognition, http, tables);
         std::fs::create_dir_all(dir.path().join("state")).expect("state dir");
         std::fs::copy(gallery, dir.path().join("state/gallery.json")).expect("copy gallery");
         let mut command = Command::new(env!("CARGO_BIN_EXE_facegate"));
@@ -105,8 +106,7 @@ impl Server {
             .arg(&config)
             .args(["serve", "--listen", "127.0.0.1:0"])
             .env("RUST_LOG", "warn,facegate::daemon=info")
-            .env_remove("FACEGATE_TOKEN")
-            .envs(env.iter().copied());
+            .env_remove("FACEGATE_TOKEN");
         Server::spawn(command, dir, "facegate listening on http://")
     }
 
