@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 /// `recognition.detector` value that picks the YuNet release the running OpenCV can execute.
-pub const AUTO_DETECTOR: &str = "auto";
+pub(crate) const AUTO_DETECTOR: &str = "auto";
 
 /// Why a configuration could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -23,7 +23,7 @@ pub enum ConfigError {
 }
 
 /// Shortest accepted `mqtt.command_secret`.
-pub const MIN_COMMAND_SECRET: usize = 16;
+pub(crate) const MIN_COMMAND_SECRET: usize = 16;
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -510,7 +510,7 @@ impl Broker {
 }
 
 /// Reads a building key (`mqtt.gallery_public_key`): the base64 of a 32-byte Ed25519 public key.
-pub fn parse_building_key(text: &str) -> Result<ed25519_dalek::VerifyingKey, String> {
+pub(crate) fn parse_building_key(text: &str) -> Result<ed25519_dalek::VerifyingKey, String> {
     use base64::Engine;
     let bad = || {
         format!(
@@ -802,7 +802,7 @@ impl Config {
     }
 
     /// The MQTT password in force: `FACEGATE_MQTT_PASSWORD` wins over the file.
-    pub fn mqtt_password(&self) -> Option<String> {
+    pub(crate) fn mqtt_password(&self) -> Option<String> {
         let password =
             std::env::var("FACEGATE_MQTT_PASSWORD").unwrap_or_else(|_| self.mqtt.password.clone());
         (!password.is_empty()).then_some(password)

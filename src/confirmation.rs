@@ -9,11 +9,11 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 /// The largest `door.confirm_frames` accepted: at the tablet's ~150 ms per frame, 10 frames is 1.5 s.
-pub const MAX_CONFIRM_FRAMES: u32 = 10;
+pub(crate) const MAX_CONFIRM_FRAMES: u32 = 10;
 
 /// Tablets tracked at once. A door has one or two; more only come from misuse, and forgetting a streak
 /// only ever delays an opening.
-pub const MAX_TABLETS: usize = 64;
+pub(crate) const MAX_TABLETS: usize = 64;
 
 /// Who is sending frames: the client address, refined by the `tablet_id` the tablet sends, if any.
 /// Both count, so a client elsewhere that claims another tablet's id never joins that tablet's streak.
@@ -122,12 +122,13 @@ impl Confirmations {
 
     /// Any frame from `tablet` that is not a grant (a stranger, no face, a spoof, a stale or bad frame)
     /// ends its streak.
-    pub fn interrupt(&mut self, tablet: &TabletKey) {
+    pub(crate) fn interrupt(&mut self, tablet: &TabletKey) {
         self.streaks.remove(tablet);
     }
 
+    #[cfg(test)]
     /// Tablets with a streak in progress.
-    pub fn tracked(&self) -> usize {
+    pub(crate) fn tracked(&self) -> usize {
         self.streaks.len()
     }
 

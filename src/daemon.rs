@@ -40,7 +40,7 @@ const DESCRIPTORS_PER_CONNECTION: u64 = 4;
 const AUDIT_FLUSH_LIMIT: Duration = Duration::from_secs(2);
 const GALLERY_RECHECK: Duration = Duration::from_secs(2);
 
-pub fn backend_kind(config: &Config) -> BackendKind {
+pub(crate) fn backend_kind(config: &Config) -> BackendKind {
     match config.door.backend {
         DoorBackendName::Gpio => BackendKind::Gpio {
             pin: config.door.gpio_pin,

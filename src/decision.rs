@@ -88,7 +88,7 @@ impl Outcome {
     }
 
     /// The nearest enrolled person below the threshold: for the log and audit line only.
-    pub fn nearest_below_threshold(&self) -> Option<&BestMatch> {
+    pub(crate) fn nearest_below_threshold(&self) -> Option<&BestMatch> {
         match self {
             Outcome::Unknown { best } => best.as_ref(),
             _ => None,
@@ -179,12 +179,12 @@ impl Freshness {
     }
 
     /// Is the frame still fresh at `now`?
-    pub fn is_fresh_at(self, now: Instant) -> bool {
+    pub(crate) fn is_fresh_at(self, now: Instant) -> bool {
         self.not_after().is_some_and(|not_after| now <= not_after)
     }
 
     /// The frame's age at `now`, for logs (zero for a frame from the future).
-    pub fn age_at(self, now: Instant) -> Duration {
+    pub(crate) fn age_at(self, now: Instant) -> Duration {
         match self {
             Freshness::Aged {
                 arrived,
@@ -231,7 +231,7 @@ pub enum Liveness {
 }
 
 impl Liveness {
-    pub fn from_reading(reading: Option<&LivenessReading>) -> Liveness {
+    pub(crate) fn from_reading(reading: Option<&LivenessReading>) -> Liveness {
         match reading {
             None => Liveness::Off,
             Some(LivenessReading::TooSmall { .. }) => Liveness::TooSmall,
@@ -249,7 +249,7 @@ impl Liveness {
 
 /// Everything beyond recognition and freshness that a decision weighs.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Checks {
+pub(crate) struct Checks {
     pub liveness: Liveness,
     pub liveness_threshold: f32,
     /// The tablet's confirmation so far (`confirmation::Confirmations::grant`), for a frame that counts
@@ -259,7 +259,7 @@ pub struct Checks {
 
 impl Checks {
     /// Recognition alone: liveness off, one frame opens.
-    pub const NONE: Checks = Checks {
+    pub(crate) const NONE: Checks = Checks {
         liveness: Liveness::Off,
         liveness_threshold: 0.0,
         tally: None,
@@ -330,7 +330,7 @@ fn stale_cause(freshness: Freshness, now: Instant) -> Option<StaleCause> {
 
 /// The person a frame counts towards in the tablet's confirmation: a fresh recognised face that liveness
 /// could judge. Any other frame interrupts the tablet's streak.
-pub fn confirming_person(
+pub(crate) fn confirming_person(
     outcome: &Outcome,
     liveness: Liveness,
     freshness: Freshness,
@@ -349,7 +349,7 @@ pub fn confirming_person(
 /// Decides at `now` on a frame of the given freshness. A frame that is no longer fresh is stale whatever
 /// it showed, and stale never opens. A recognised face opens only when liveness (if on) passes, over the
 /// mean of the confirming frames when several are asked for, and once the confirmation is complete.
-pub fn decide_with(
+pub(crate) fn decide_with(
     outcome: &Outcome,
     checks: &Checks,
     freshness: Freshness,
@@ -425,7 +425,7 @@ pub fn decide_with(
 }
 
 /// A similarity as answers and logs show it: four decimals (0.7789, not 0.778914391994).
-pub fn round_score(score: f32) -> f64 {
+pub(crate) fn round_score(score: f32) -> f64 {
     (f64::from(score) * 10_000.0).round() / 10_000.0
 }
 

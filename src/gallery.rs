@@ -202,7 +202,7 @@ impl Gallery {
         self.sequence
     }
 
-    pub fn set_sequence(&mut self, sequence: u64) {
+    pub(crate) fn set_sequence(&mut self, sequence: u64) {
         self.sequence = sequence;
     }
 
@@ -265,7 +265,7 @@ impl Gallery {
     }
 
     /// As `best_match`, ignoring one person (enrolment's look-alike check).
-    pub fn best_match_excluding(
+    pub(crate) fn best_match_excluding(
         &self,
         face: &Embedding,
         excluded: Option<&str>,
@@ -294,7 +294,7 @@ impl Gallery {
 
 /// The gallery as the daemon sees it: reloaded when `facegate enroll` or `gallery remove` rewrites the
 /// file, checked at most once per `recheck`. A reload that fails keeps the previous gallery.
-pub struct LiveGallery {
+pub(crate) struct LiveGallery {
     path: PathBuf,
     embedder: EmbedderId,
     recheck: std::time::Duration,

@@ -146,7 +146,7 @@ pub fn open(
 
 /// Whether a door holding a gallery of sequence `have` should load one of sequence `offered`:
 /// `Ok(true)` when newer, `Ok(false)` when it is the same one (a retained message seen again).
-pub fn is_newer(have: u64, offered: u64) -> Result<bool, BundleError> {
+pub(crate) fn is_newer(have: u64, offered: u64) -> Result<bool, BundleError> {
     match offered.cmp(&have) {
         std::cmp::Ordering::Greater => Ok(true),
         std::cmp::Ordering::Equal => Ok(false),

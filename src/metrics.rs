@@ -60,7 +60,7 @@ impl Metrics {
     }
 
     /// One answered request on `endpoint` with `status` (granted, unknown, bad_request, ...).
-    pub fn count_request(&self, endpoint: &str, status: &'static str) {
+    pub(crate) fn count_request(&self, endpoint: &str, status: &'static str) {
         self.with(|m| {
             *m.requests
                 .entry((endpoint.to_string(), status))
@@ -69,15 +69,15 @@ impl Metrics {
     }
 
     /// Time spent in one stage (decode, detect, align, embed, match, total).
-    pub fn observe_stage(&self, stage: &'static str, ms: f64) {
+    pub(crate) fn observe_stage(&self, stage: &'static str, ms: f64) {
         self.with(|m| m.stages.entry(stage).or_default().observe(ms));
     }
 
-    pub fn count_door_opening(&self) {
+    pub(crate) fn count_door_opening(&self) {
         self.with(|m| m.door_openings += 1);
     }
 
-    pub fn set_snapshot_usage(&self, count: u64, bytes: u64) {
+    pub(crate) fn set_snapshot_usage(&self, count: u64, bytes: u64) {
         self.with(|m| {
             m.snapshot_count = count;
             m.snapshot_bytes = bytes;
@@ -85,12 +85,12 @@ impl Metrics {
     }
 
     /// A command or gallery received over MQTT (`kind`) and what became of it (`result`).
-    pub fn count_mqtt_received(&self, kind: &'static str, result: &'static str) {
+    pub(crate) fn count_mqtt_received(&self, kind: &'static str, result: &'static str) {
         self.with(|m| *m.mqtt_received.entry((kind, result)).or_default() += 1);
     }
 
     /// Reports `read()` as metric `name` of type `kind` (`counter` or `gauge`) from now on.
-    pub fn add_source(
+    pub(crate) fn add_source(
         &self,
         name: &'static str,
         kind: &'static str,
@@ -106,7 +106,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of every metric.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let m = self.with(|m| {
             (
                 m.requests.clone(),

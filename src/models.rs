@@ -115,7 +115,7 @@ impl Manifest {
     }
 
     /// The manifest this binary was built with: the pins travel with the code that relies on them.
-    pub fn builtin() -> Manifest {
+    pub(crate) fn builtin() -> Manifest {
         Manifest::parse(BUILTIN_MANIFEST, Path::new("models/manifest.toml"))
             .expect("models/manifest.toml is checked by the unit tests")
     }
@@ -174,7 +174,7 @@ const CHECKOUT_MODELS: &str = "assets/models";
 /// installed `default` is the user's explicit choice and the only one. Otherwise a checkout's
 /// `assets/models` comes next: under the current directory, then above the executable
 /// (`<checkout>/target/debug/facegate` finds `<checkout>/assets/models`).
-pub fn search_dirs(
+pub(crate) fn search_dirs(
     configured: &Path,
     default: &Path,
     current_dir: Option<&Path>,
@@ -200,7 +200,7 @@ pub fn search_dirs(
 
 /// The first of `dirs` that holds every one of `files`; when none does, the error names the files
 /// missing from the first directory and every directory searched.
-pub fn locate(files: &[&str], dirs: &[PathBuf]) -> Result<PathBuf, ModelError> {
+pub(crate) fn locate(files: &[&str], dirs: &[PathBuf]) -> Result<PathBuf, ModelError> {
     if let Some(dir) = dirs
         .iter()
         .find(|dir| files.iter().all(|file| dir.join(file).is_file()))
@@ -248,7 +248,7 @@ fn resolve<C>(name: &str, spec: &ModelSpec, models_dir: &Path, contract: C) -> R
 
 impl<C> ResolvedModel<C> {
     /// Checks the file against the pinned sha256, so a corrupt or swapped model stops start-up.
-    pub fn verify(&self) -> Result<(), ModelError> {
+    pub(crate) fn verify(&self) -> Result<(), ModelError> {
         let actual = sha256_file(&self.path).map_err(|source| ModelError::Missing {
             path: self.path.clone(),
             cause: source,
@@ -287,7 +287,7 @@ impl<C> ResolvedModel<C> {
     }
 }
 
-pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+pub(crate) fn sha256_file(path: &Path) -> std::io::Result<String> {
     let mut file = std::fs::File::open(path)?;
     let mut hasher = Sha256::new();
     let mut buffer = vec![0u8; 64 * 1024];

@@ -67,7 +67,7 @@ pub struct Timings {
 
 impl Timings {
     /// The same timings rounded to two decimals.
-    pub fn rounded(&self) -> Timings {
+    pub(crate) fn rounded(&self) -> Timings {
         let r = |ms: f64| (ms * 100.0).round() / 100.0;
         Timings {
             queue_ms: r(self.queue_ms),
@@ -202,7 +202,7 @@ impl DecisionRecord {
     }
 
     /// The HTTP status of the answer.
-    pub fn http_status(&self) -> u16 {
+    pub(crate) fn http_status(&self) -> u16 {
         match (&self.refusal, self.status) {
             (Some(refusal), _) => refusal.http,
             (None, Status::Busy) => 503,
@@ -294,7 +294,7 @@ impl DecisionRecord {
     }
 
     /// One log line with stable `key=value` fields, `request_id` first.
-    pub fn log_line(&self) -> String {
+    pub(crate) fn log_line(&self) -> String {
         let mut line = format!(
             "request_id={} endpoint={} status={} door={}",
             self.request_id,
@@ -356,7 +356,7 @@ impl DecisionRecord {
     }
 
     /// The level the log line is written at: errors the daemon caused are errors, refusals warnings.
-    pub fn log_level(&self) -> log::Level {
+    pub(crate) fn log_level(&self) -> log::Level {
         match self.http_status() {
             500.. => log::Level::Error,
             400.. => log::Level::Warn,
@@ -366,7 +366,7 @@ impl DecisionRecord {
 }
 
 /// A similarity rounded as answers show it, for optional scores.
-pub fn rounded(score: Option<f32>) -> Option<f64> {
+pub(crate) fn rounded(score: Option<f32>) -> Option<f64> {
     score.map(round_score)
 }
 

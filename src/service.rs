@@ -37,7 +37,7 @@ use crate::vision::{LivenessReading, Recognizer};
 const DISK_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Everything the workers share.
-pub struct Service {
+pub(crate) struct Service {
     pub config: Config,
     pub threshold: f32,
     pub metrics: Arc<Metrics>,
@@ -64,7 +64,7 @@ pub struct Confirming<'a> {
 }
 
 /// A request whose body has been read, as the transport hands it over.
-pub struct FrameRequest {
+pub(crate) struct FrameRequest {
     pub request_id: String,
     pub endpoint: Endpoint,
     /// When the request arrived, on the monotonic clock and on the wall clock.
@@ -78,7 +78,7 @@ pub struct FrameRequest {
 }
 
 /// The record the answer is rendered from, plus what is written after the answer is sent.
-pub struct Handled {
+pub(crate) struct Handled {
     pub record: DecisionRecord,
     snapshot: Option<Snapshot>,
 }
@@ -144,7 +144,7 @@ impl Service {
         })
     }
 
-    pub fn metrics_text(&self) -> String {
+    pub(crate) fn metrics_text(&self) -> String {
         if let Some(store) = &self.snapshots {
             let (count, bytes) = store.usage();
             self.metrics.set_snapshot_usage(count as u64, bytes);
@@ -153,7 +153,7 @@ impl Service {
     }
 
     /// GET /events?limit=N&before=SEQ, from the query string.
-    pub fn events_page(&self, query: &str) -> Result<Value, Refusal> {
+    pub(crate) fn events_page(&self, query: &str) -> Result<Value, Refusal> {
         let mut limit = 50usize;
         let mut before = None;
         for pair in query.split('&').filter(|p| !p.is_empty()) {
@@ -191,7 +191,7 @@ impl Service {
     }
 
     /// A frame post whose body has been read: one pass from the body to the record.
-    pub fn handle(&self, recognizer: &mut Recognizer, request: FrameRequest) -> Handled {
+    pub(crate) fn handle(&self, recognizer: &mut Recognizer, request: FrameRequest) -> Handled {
         let FrameRequest {
             request_id,
             endpoint,
@@ -530,7 +530,7 @@ impl Service {
     /// Audit line, event and snapshot, after the answer went out: queued to their writer threads,
     /// never waiting on a disk. Disk trouble is logged (rate-limited) and counted by the writers; it
     /// never reaches the tablet or the door.
-    pub fn follow_up(&self, handled: Handled) {
+    pub(crate) fn follow_up(&self, handled: Handled) {
         let Handled { record, snapshot } = handled;
         let line = record.audit_line();
         self.audit.record(&line);

@@ -162,7 +162,7 @@ impl DoorReport {
     }
 
     /// The reason behind [`DoorReport::Locked`].
-    pub fn locked_because(self) -> Option<LockedBecause> {
+    pub(crate) fn locked_because(self) -> Option<LockedBecause> {
         match self {
             DoorReport::Locked(because) => Some(because),
             _ => None,
@@ -364,7 +364,7 @@ impl LockGuardHandle {
     /// `locked` (`locked_down`) until the process restarts. Never blocks for more than about a
     /// second per attempt; returns whether the backend confirmed the lock. Reports nothing to the
     /// observer (it may run inside a panic hook).
-    pub fn emergency_lock(&self) -> bool {
+    pub(crate) fn emergency_lock(&self) -> bool {
         let shared = &self.shared;
         shared.locked_down.store(true, Ordering::SeqCst);
         if shared.relay_thread.get() == Some(&thread::current().id()) {
@@ -495,7 +495,7 @@ impl DoorController {
     }
 
     /// How long the door stays open or cooling down after the last grant (read-only).
-    pub fn busy_for(&self, now: Instant) -> Option<Duration> {
+    pub(crate) fn busy_for(&self, now: Instant) -> Option<Duration> {
         super::policy::busy_for(
             &lock_recovering(&self.shared.published_state),
             now,
@@ -514,7 +514,7 @@ impl DoorController {
     /// Locks now (ending a pulse) and keeps the door locked, every request answered `locked`
     /// (`held_locked`), until [`Self::release_hold`]. Waits at most a second for room in the relay
     /// thread's queue; unlocking is refused from the moment this is called either way.
-    pub fn hold_locked(&self) {
+    pub(crate) fn hold_locked(&self) {
         self.shared.held_locked.store(true, Ordering::SeqCst);
         if self
             .commands
@@ -526,16 +526,17 @@ impl DoorController {
     }
 
     /// Ends [`Self::hold_locked`]: the door stays locked and opens again on the next grant.
-    pub fn release_hold(&self) {
+    pub(crate) fn release_hold(&self) {
         self.shared.held_locked.store(false, Ordering::SeqCst);
     }
 
-    pub fn is_held_locked(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_held_locked(&self) -> bool {
         self.shared.held_locked.load(Ordering::SeqCst)
     }
 
     /// Reports dropped so far because the observer fell behind (for /metrics).
-    pub fn dropped_reports(&self) -> Arc<AtomicU64> {
+    pub(crate) fn dropped_reports(&self) -> Arc<AtomicU64> {
         Arc::clone(&self.shared.dropped_reports)
     }
 
@@ -547,7 +548,7 @@ impl DoorController {
     }
 
     /// Same as `self.lock_guard().emergency_lock()`.
-    pub fn emergency_lock(&self) -> bool {
+    pub(crate) fn emergency_lock(&self) -> bool {
         self.lock_guard().emergency_lock()
     }
 

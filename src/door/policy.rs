@@ -39,12 +39,12 @@ pub enum DoorState {
 
 impl DoorState {
     /// Locked with no cooldown running: the state at start-up and after an emergency.
-    pub const LOCKED: DoorState = DoorState::Locked {
+    pub(crate) const LOCKED: DoorState = DoorState::Locked {
         cooldown_until: None,
     };
 
     /// The instant at which [`on_tick`] has work to do, if any.
-    pub fn next_deadline(&self) -> Option<Instant> {
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
         match *self {
             DoorState::Open { until } => Some(until),
             DoorState::Locked { .. } => None,
@@ -94,7 +94,7 @@ impl LockedBecause {
 
 /// What the relay thread knows about itself when a request arrives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RelayGate {
+pub(crate) enum RelayGate {
     /// Ready to carry out grants.
     Ready,
     /// Latched locked by an emergency lock, a panic or shutdown.
@@ -107,7 +107,7 @@ pub enum RelayGate {
 
 /// What the relay must do after time passed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TickAction {
+pub(crate) enum TickAction {
     Nothing,
     Relock,
 }
@@ -116,7 +116,11 @@ pub enum TickAction {
 ///
 /// An `Open` state counts as open until the relay thread has re-locked it through [`on_tick`],
 /// even if `until` has just passed, so the door is never left unlocked without a pending relock.
-pub fn on_grant(state: &DoorState, now: Instant, s: &DoorSettings) -> (DoorState, GrantOutcome) {
+pub(crate) fn on_grant(
+    state: &DoorState,
+    now: Instant,
+    s: &DoorSettings,
+) -> (DoorState, GrantOutcome) {
     match *state {
         DoorState::Open { until } => match s.grant_while_open {
             GrantWhileOpen::Extend => (
@@ -142,7 +146,7 @@ pub fn on_grant(state: &DoorState, now: Instant, s: &DoorSettings) -> (DoorState
 /// Applies an open request that reaches the relay thread at `now`: a latched or failing relay and a
 /// request past its `not_after` (the frame's time plus the maximum decision age) leave the door as
 /// it is; anything else is a grant ([`on_grant`]). A request exactly at `not_after` is still fresh.
-pub fn on_request(
+pub(crate) fn on_request(
     state: &DoorState,
     now: Instant,
     not_after: Instant,
@@ -167,7 +171,11 @@ pub fn on_request(
 
 /// Applies the passing of time at `now`: ends the pulse when its hold has elapsed (starting the
 /// cooldown from this moment, when the relay re-locks) and forgets an expired cooldown.
-pub fn on_tick(state: &DoorState, now: Instant, s: &DoorSettings) -> (DoorState, TickAction) {
+pub(crate) fn on_tick(
+    state: &DoorState,
+    now: Instant,
+    s: &DoorSettings,
+) -> (DoorState, TickAction) {
     match *state {
         DoorState::Open { until } if now >= until => {
             let cooldown_until = (!s.cooldown.is_zero()).then(|| now + s.cooldown);
@@ -182,7 +190,7 @@ pub fn on_tick(state: &DoorState, now: Instant, s: &DoorSettings) -> (DoorState,
 
 /// How long the door stays busy with the last grant at `now`: open, then cooling down. `None` once
 /// a new grant could open it again. Frames in this time need no recognition (`door.pause_while_open`).
-pub fn busy_for(state: &DoorState, now: Instant, s: &DoorSettings) -> Option<Duration> {
+pub(crate) fn busy_for(state: &DoorState, now: Instant, s: &DoorSettings) -> Option<Duration> {
     match *state {
         // Until the relay thread has re-locked, the door counts as open.
         DoorState::Open { until } => Some(

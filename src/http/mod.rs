@@ -18,7 +18,7 @@ use crate::record::{Endpoint, Refusal, RequestIds};
 use crate::service::{FrameRequest, Handled, Service};
 
 /// A request waiting for a worker.
-pub struct Job {
+pub(crate) struct Job {
     pub request: Request,
     pub request_id: String,
     pub endpoint: Endpoint,
@@ -36,7 +36,7 @@ pub struct Transport {
 
 /// A JSON answer with its HTTP status.
 #[derive(Debug, Clone)]
-pub struct Answer {
+pub(crate) struct Answer {
     pub code: u16,
     pub body: Value,
 }
@@ -69,14 +69,14 @@ fn json_response(answer: &Answer) -> Response<std::io::Cursor<Vec<u8>>> {
 }
 
 /// Sends `answer` to a request whose body was read (or that had none).
-pub fn respond(request: Request, answer: &Answer) {
+pub(crate) fn respond(request: Request, answer: &Answer) {
     if let Err(err) = request.respond(json_response(answer)) {
         log::debug!("could not send the answer: {err}");
     }
 }
 
 /// Could this request still have body bytes on the wire that we did not read?
-pub fn may_have_unread_body(request: &Request) -> bool {
+pub(crate) fn may_have_unread_body(request: &Request) -> bool {
     request.body_length().is_some_and(|n| n > 0)
         || request
             .headers()
@@ -89,7 +89,7 @@ fn header(name: &str, value: &str) -> Header {
 }
 
 /// Is the bearer token right? Compared in constant time.
-pub fn authorized(request: &Request, token: Option<&str>) -> bool {
+pub(crate) fn authorized(request: &Request, token: Option<&str>) -> bool {
     let Some(token) = token else {
         return true;
     };
@@ -102,7 +102,7 @@ pub fn authorized(request: &Request, token: Option<&str>) -> bool {
 }
 
 #[derive(Debug, PartialEq, Eq)]
-pub enum BodyReadError {
+pub(crate) enum BodyReadError {
     TooLarge,
     Timeout,
     Io(String),
@@ -138,7 +138,7 @@ fn too_large(max_body_bytes: usize) -> Refusal {
 }
 
 /// Reads the whole body, refusing more than `limit` bytes or a body that takes past `deadline`.
-pub fn read_body(
+pub(crate) fn read_body(
     request: &mut Request,
     limit: usize,
     deadline: Instant,
@@ -185,12 +185,12 @@ pub fn read_body(
 }
 
 /// The 404 message, naming every endpoint.
-pub const NOT_FOUND: &str =
+pub(crate) const NOT_FOUND: &str =
     "no such endpoint: use POST /image, /save or /code, GET /healthz, /metrics or /events";
 
 /// Where a request goes, from its method and path alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route {
+pub(crate) enum Route {
     Health,
     Metrics,
     Events,
@@ -199,7 +199,7 @@ pub enum Route {
     NotFound,
 }
 
-pub fn route(method: &Method, url: &str) -> Route {
+pub(crate) fn route(method: &Method, url: &str) -> Route {
     let path = url.split('?').next().unwrap_or("");
     match (method, path) {
         (Method::Get, "/healthz") => Route::Health,
@@ -228,7 +228,12 @@ fn refusal_answer(
 /// Answers what needs no worker and queues frame posts; a full queue is answered `busy` at once.
 /// The front has read every body completely before the request gets here, so an answer given without
 /// reading the body never waits on the client.
-pub fn dispatch(service: &Service, transport: &Transport, jobs: &Sender<Job>, request: Request) {
+pub(crate) fn dispatch(
+    service: &Service,
+    transport: &Transport,
+    jobs: &Sender<Job>,
+    request: Request,
+) {
     let request_id = transport.ids.next();
     // The request's age counts from its arrival at the front.
     let received_at = Forwarded::of(&request).received_at;
@@ -334,7 +339,7 @@ fn respond_text(request: Request, text: String) {
 
 /// Runs one worker: takes jobs until the queue closes. The answer goes out first; audit lines and
 /// snapshots are written after it, so disk I/O never delays the tablet.
-pub fn run_worker(
+pub(crate) fn run_worker(
     service: Arc<Service>,
     mut recognizer: crate::vision::Recognizer,
     jobs: Receiver<Job>,

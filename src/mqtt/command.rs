@@ -9,9 +9,9 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 /// Larger command messages are refused before parsing.
-pub const MAX_COMMAND_BYTES: usize = 4096;
+pub(crate) const MAX_COMMAND_BYTES: usize = 4096;
 /// Nonces remembered at once; when all are still inside the window, further commands are refused.
-pub const REPLAY_CAPACITY: usize = 256;
+pub(crate) const REPLAY_CAPACITY: usize = 256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -57,7 +57,7 @@ struct Envelope {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum CommandRejected {
+pub(crate) enum CommandRejected {
     #[error("larger than {MAX_COMMAND_BYTES} bytes")]
     TooLarge,
     #[error("not a command message: {0}")]
@@ -118,7 +118,7 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
 }
 
 /// What a verifier knows: its door, the secret and the window.
-pub struct Verifier {
+pub(crate) struct Verifier {
     door_id: String,
     secret: Vec<u8>,
     window_ms: i64,
@@ -137,7 +137,11 @@ impl Verifier {
 
     /// Checks one message received at `now_ms` (Unix milliseconds). The signature is checked before
     /// anything in the body is believed; the nonce is remembered only for a command that passed.
-    pub fn verify(&mut self, payload: &[u8], now_ms: i64) -> Result<CommandBody, CommandRejected> {
+    pub(crate) fn verify(
+        &mut self,
+        payload: &[u8],
+        now_ms: i64,
+    ) -> Result<CommandBody, CommandRejected> {
         if payload.len() > MAX_COMMAND_BYTES {
             return Err(CommandRejected::TooLarge);
         }
@@ -183,7 +187,7 @@ impl Verifier {
 /// Nonces of accepted commands until their window has passed; bounded, refusing when full rather than
 /// forgetting a nonce that could still be replayed.
 #[derive(Debug)]
-pub struct ReplayGuard {
+pub(crate) struct ReplayGuard {
     capacity: usize,
     forget_at_ms: HashMap<String, i64>,
 }
@@ -196,7 +200,7 @@ impl ReplayGuard {
         }
     }
 
-    pub fn admit(
+    pub(crate) fn admit(
         &mut self,
         nonce: &str,
         forget_at: i64,
@@ -213,12 +217,9 @@ impl ReplayGuard {
         Ok(())
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.forget_at_ms.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.forget_at_ms.is_empty()
     }
 }
 

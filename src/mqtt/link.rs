@@ -42,7 +42,7 @@ pub enum Incoming {
 }
 
 /// Called on the MQTT thread for each incoming message; it must not block for long.
-pub type IncomingHandler = Box<dyn FnMut(Incoming) + Send>;
+pub(crate) type IncomingHandler = Box<dyn FnMut(Incoming) + Send>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
@@ -193,7 +193,7 @@ impl MqttLink {
     /// Queues one decision for `<prefix>/<door_id>/event` (its audit line: the same record, no image)
     /// and, when they changed (not for the many frames without a face), the counters for Home
     /// Assistant. Never blocks: when the queue is full, the message is dropped and counted.
-    pub fn publish_decision(&self, record: &DecisionRecord) {
+    pub(crate) fn publish_decision(&self, record: &DecisionRecord) {
         let stats = {
             let mut stats = lock_recovering(&self.state.stats);
             let before = stats.clone();
@@ -219,13 +219,13 @@ impl MqttLink {
     }
 
     /// Queues one record (a decision, or an executed command) for `<prefix>/<door_id>/event`.
-    pub fn publish_event(&self, record: &Value) {
+    pub(crate) fn publish_event(&self, record: &Value) {
         self.try_publish(&self.state.topics.event, false, record.to_string());
     }
 
     /// Queues the door's state, retained on `<prefix>/<door_id>/door`; the latest one is also sent
     /// again after every reconnection.
-    pub fn publish_door(&self, state: &Value) {
+    pub(crate) fn publish_door(&self, state: &Value) {
         let payload = state.to_string();
         *lock_recovering(&self.state.door) = Some(payload.clone());
         self.try_publish(&self.state.topics.door, true, payload);

@@ -45,7 +45,7 @@ pub struct RemoteParts {
 
 impl Remote {
     /// The relay observer's report: published retained as the door's state.
-    pub fn on_actuation(&self, actuation: &Actuation) {
+    pub(crate) fn on_actuation(&self, actuation: &Actuation) {
         let mut state = serde_json::to_value(actuation).expect("an actuation always serialises");
         state["at"] = json!(actuation
             .at
@@ -76,7 +76,7 @@ impl Remote {
     }
 
     /// One decision for `<prefix>/<door_id>/event`, as its audit line.
-    pub fn publish_decision(&self, record: &DecisionRecord) {
+    pub(crate) fn publish_decision(&self, record: &DecisionRecord) {
         if let Some(link) = self.link.get() {
             link.publish_decision(record);
         }

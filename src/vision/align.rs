@@ -7,7 +7,7 @@ use opencv::prelude::*;
 use crate::vision::VisionError;
 
 /// Where the five landmarks sit in a 112x112 ArcFace crop (the template every embedder here was trained on).
-pub const ARCFACE_TEMPLATE: [[f32; 2]; 5] = [
+pub(crate) const ARCFACE_TEMPLATE: [[f32; 2]; 5] = [
     [38.2946, 51.6963],
     [73.5318, 51.5014],
     [56.0252, 71.7366],
@@ -16,10 +16,10 @@ pub const ARCFACE_TEMPLATE: [[f32; 2]; 5] = [
 ];
 
 /// A 2x3 affine matrix `[a -b tx; b a ty]`: rotation, uniform scale and shift.
-pub type Similarity = [[f64; 3]; 2];
+pub(crate) type Similarity = [[f64; 3]; 2];
 
 /// Least-squares similarity transform from `from` to `to` (Umeyama, without reflection).
-pub fn estimate_similarity(from: &[[f32; 2]; 5], to: &[[f32; 2]; 5]) -> Option<Similarity> {
+pub(crate) fn estimate_similarity(from: &[[f32; 2]; 5], to: &[[f32; 2]; 5]) -> Option<Similarity> {
     let n = from.len() as f64;
     let mean = |points: &[[f32; 2]; 5]| {
         let (sx, sy) = points.iter().fold((0.0, 0.0), |(x, y), p| {
@@ -50,7 +50,7 @@ pub fn estimate_similarity(from: &[[f32; 2]; 5], to: &[[f32; 2]; 5]) -> Option<S
 
 /// Whether aligning these landmarks to a `size`x`size` crop would enlarge the face: its eyes are
 /// closer together than the template's. Enlarging invents no detail, so a larger image is better then.
-pub fn enlarges(landmarks: &[[f32; 2]; 5], size: i32) -> bool {
+pub(crate) fn enlarges(landmarks: &[[f32; 2]; 5], size: i32) -> bool {
     let template = ARCFACE_TEMPLATE[1][0] - ARCFACE_TEMPLATE[0][0];
     let [right, left] = [landmarks[0], landmarks[1]];
     let eyes = (left[0] - right[0]).hypot(left[1] - right[1]);

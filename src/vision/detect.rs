@@ -24,7 +24,7 @@ impl DetectedFace {
 }
 
 #[derive(Debug, Clone, Copy)]
-pub struct DetectSettings {
+pub(crate) struct DetectSettings {
     pub max_side: u32,
     pub score_threshold: f32,
     /// Minimum face width in pixels of the shrunk detection image.
@@ -39,7 +39,7 @@ pub struct DetectSettings {
 /// The smallest width and height the detector is given; smaller frames are padded up to it.
 const MIN_INPUT_SIDE: i32 = 64;
 
-pub struct Detector {
+pub(crate) struct Detector {
     full: Pass,
     /// The quick pass at `settings.coarse_side`, when it is smaller than the full one.
     coarse: Option<Pass>,

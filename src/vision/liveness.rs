@@ -12,7 +12,7 @@ use crate::models::{ChannelOrder, LivenessContract, Manifest, ModelError, Resolv
 use crate::vision::{DetectedFace, VisionError};
 
 /// Manifest keys of the two classifiers, in the order their scores are reported.
-pub const LIVENESS_MODELS: [&str; 2] = ["minifasnet_v2", "minifasnet_v1se"];
+pub(crate) const LIVENESS_MODELS: [&str; 2] = ["minifasnet_v2", "minifasnet_v1se"];
 
 /// Every MiniFASNet output: three logits (0 and 2 are kinds of spoof, the manifest names the real one).
 const CLASSES: usize = 3;
@@ -63,7 +63,7 @@ pub fn crop_box(
 }
 
 /// Softmax of one classifier's logits, computed stably (shifted by the largest logit).
-pub fn softmax(logits: &[f32; CLASSES]) -> [f32; CLASSES] {
+pub(crate) fn softmax(logits: &[f32; CLASSES]) -> [f32; CLASSES] {
     let largest = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let exps = logits.map(|l| (l - largest).exp());
     let sum: f32 = exps.iter().sum();
@@ -72,7 +72,7 @@ pub fn softmax(logits: &[f32; CLASSES]) -> [f32; CLASSES] {
 
 /// The liveness score: the classifiers' "real" probabilities summed and divided by their number (for the
 /// two MiniFASNets, the summed real probability / 2), so 0..1 whatever the number of models.
-pub fn liveness_score(probabilities: &[[f32; CLASSES]], real_index: usize) -> f32 {
+pub(crate) fn liveness_score(probabilities: &[[f32; CLASSES]], real_index: usize) -> f32 {
     if probabilities.is_empty() {
         return 0.0;
     }
@@ -147,7 +147,7 @@ struct Classifier {
 }
 
 /// One worker's two anti-spoofing classifiers.
-pub struct LivenessChecker {
+pub(crate) struct LivenessChecker {
     classifiers: Vec<Classifier>,
     min_face_px: u32,
 }

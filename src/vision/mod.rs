@@ -45,7 +45,7 @@ pub enum VisionError {
 }
 
 /// YuNet 2022mar's outputs are what OpenCV before 4.8 decodes; 4.8 and later expect 2023mar's.
-pub fn detector_for_opencv((major, minor): (i32, i32)) -> &'static str {
+pub(crate) fn detector_for_opencv((major, minor): (i32, i32)) -> &'static str {
     if (major, minor) >= (4, 8) {
         "yunet_2023mar"
     } else {

@@ -17,7 +17,7 @@ const MAX_CANVAS_SIDE: f64 = 320.0;
 
 /// Angle of the eye line in degrees, positive when the face's left eye (the second landmark, on the
 /// right of the image) is lower than its right eye. Image coordinates: y grows downwards.
-pub fn roll_degrees(landmarks: &[[f32; 2]; 5]) -> f32 {
+pub(crate) fn roll_degrees(landmarks: &[[f32; 2]; 5]) -> f32 {
     let [right_eye, left_eye] = [landmarks[0], landmarks[1]];
     (left_eye[1] - right_eye[1])
         .atan2(left_eye[0] - right_eye[0])
@@ -26,7 +26,7 @@ pub fn roll_degrees(landmarks: &[[f32; 2]; 5]) -> f32 {
 
 /// The transform that turns the square region of side `region_side` around `centre` by `-roll_deg`
 /// (making the eye line level) and scales it into a `canvas_side` square.
-pub fn upright_transform(
+pub(crate) fn upright_transform(
     centre: [f64; 2],
     roll_deg: f64,
     region_side: f64,
@@ -43,7 +43,7 @@ pub fn upright_transform(
 }
 
 /// The inverse of a similarity transform (`None` when it collapses everything to a point).
-pub fn invert(t: &Similarity) -> Option<Similarity> {
+pub(crate) fn invert(t: &Similarity) -> Option<Similarity> {
     let [[a, b, tx], [c, d, ty]] = *t;
     let det = a * d - b * c;
     if det.abs() < 1e-12 {
@@ -66,7 +66,7 @@ pub fn apply(t: &Similarity, [x, y]: [f32; 2]) -> [f32; 2] {
 
 /// A second detector for upright face regions. It has its own input size, so the frame detector keeps
 /// its anchors, and no size floor of its own (the face was already accepted in the frame).
-pub struct Straightener {
+pub(crate) struct Straightener {
     detector: Detector,
     max_roll_deg: f32,
 }
@@ -91,7 +91,7 @@ impl Straightener {
 
     /// The face with landmarks from an upright second look when it is tilted past the limit and that
     /// look finds it; otherwise the face unchanged. The box stays the frame detector's.
-    pub fn straighten(
+    pub(crate) fn straighten(
         &mut self,
         frame: &Mat,
         face: &DetectedFace,
