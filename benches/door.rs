@@ -6,6 +6,8 @@
 //! nothing). The Python side needs Debian's python3-opencv and python3-numpy (`scripts/install-deps
 //! --bench`); without them only facegate is measured, and the bench says so.
 
+#[path = "../tests/harness/mod.rs"]
+mod harness;
 #[path = "../tests/support/mod.rs"]
 mod support;
 

@@ -4,6 +4,8 @@
 //! first answered frame; and resident memory at idle and while serving 8K JPEGs at concurrency 2.
 //! Run: `cargo bench --bench http_load` (prints tables; asserts nothing).
 
+#[path = "../tests/harness/mod.rs"]
+mod harness;
 #[path = "../tests/support/mod.rs"]
 mod support;
 

@@ -7,6 +7,8 @@
 //! reduced, smaller detection sizes), with what each does to the decisions; and what the PNG's zlib level
 //! costs to decode. Run: `cargo bench --bench pipeline` (prints; asserts nothing).
 
+#[path = "../tests/harness/mod.rs"]
+mod harness;
 #[path = "../tests/support/mod.rs"]
 mod support;
 

@@ -12,42 +12,38 @@ use std::time::{Duration, Instant};
 
 use crate::support;
 
-pub const TOKEN: &str = "http-load-bench";
-
-/// A facegate config for the benches: sim door, token required, models from the assets; `recognition`
-/// and `http` are extra lines for those tables, `tables` whole tables more. Frames are recognised even
-/// while the door is open (`pause_while_open = false`): the benches measure recognition, and most of
-/// their frames are grants.
-pub fn write_config(dir: &Path, recognition: &str, http: &str, tables: &str) -> PathBuf {
-    let text = format!(
-        "state_dir = {state:?}\nmodels_dir = {models:?}\n\n[recognition]\n{recognition}\n\n[http]\n{http}\nrequire_token = true\ntoken = {TOKEN:?}\n\n[door]\nbackend = \"sim\"\npause_while_open = false\nsim_journal = {journal:?}\n\n{tables}\n",
-        state = dir.join("state"),
-        models = support::assets_dir().join("models"),
-        journal = dir.join("door.jsonl"),
-    );
-    let path = dir.join("facegate.toml");
-    std::fs::write(&path, text).expect("write config");
-    path
-}
+pub use crate::harness::TOKEN;
 
 /// Enrols each of the 20 identities from their first photo with `facegate enroll`; returns the gallery.
 pub fn enrol_everyone(dir: &Path) -> PathBuf {
-    let config = write_config(dir, "", "", "");
+    let setup = crate::harness::Setup::for_bench(&empty_gallery(dir));
     for (name, photos) in support::people() {
-        let output = Command::new(env!("CARGO_BIN_EXE_facegate"))
-            .arg("--config")
-            .arg(&config)
-            .args(["enroll", "--name", &name])
-            .arg(support::faces_dir().join(&photos[0]))
-            .output()
-            .expect("run facegate enroll");
+        let photo = support::faces_dir().join(&photos[0]);
+        let enrolled = setup.run(&[
+            "enroll",
+            "--name",
+            &name,
+            photo.to_str().expect("UTF-8 path"),
+        ]);
         assert!(
-            output.status.success(),
-            "enrolling {name} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
+            enrolled.status.success(),
+            "enrolling {name} failed: {enrolled:?}"
         );
     }
-    dir.join("state/gallery.json")
+    let gallery = dir.join("gallery.json");
+    std::fs::copy(setup.state_dir().join("gallery.json"), &gallery).expect("gallery copied");
+    gallery
+}
+
+/// A gallery file with nobody in it yet (the daemon makes one when none exists).
+fn empty_gallery(dir: &Path) -> PathBuf {
+    let path = dir.join("empty-gallery.json");
+    let engine = support::Engine::get();
+    engine
+        .empty_gallery()
+        .save(&path)
+        .expect("empty gallery written");
+    path
 }
 
 /// A POST of `body` to `path` with the bench's token, as bytes ready to send.
@@ -61,13 +57,21 @@ pub fn post_request(path: &str, content_type: &str, body: &[u8]) -> Vec<u8> {
     bytes
 }
 
-/// A server under test, running as a child process.
+/// A server under test, running as a child process: facegate through the test harness, or the
+/// comparison server.
 pub struct Server {
-    child: Child,
+    process: Process,
     addr: SocketAddr,
     launched: Instant,
     pub listening_after: Duration,
-    _dir: tempfile::TempDir,
+}
+
+enum Process {
+    Facegate(crate::harness::Daemon),
+    Other {
+        child: Child,
+        _dir: tempfile::TempDir,
+    },
 }
 
 /// The answers of one load run.
@@ -94,20 +98,20 @@ impl Run {
 }
 
 impl Server {
-    /// facegate serve with the given config lines (see [`write_config`]) and a copy of `gallery`.
+    /// facegate serve with production defaults, a copy of `gallery`, and `recognition` and `http`
+    /// lines for those tables and `tables` whole tables more (TOML).
     pub fn facegate(gallery: &Path, recognition: &str, http: &str, tables: &str) -> Server {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let config = write_config(dir.path(), recognition, http, tables);
-        std::fs::create_dir_all(dir.path().join("state")).expect("state dir");
-        std::fs::copy(gallery, dir.path().join("state/gallery.json")).expect("copy gallery");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_facegate"));
-        command
-            .arg("--config")
-            .arg(&config)
-            .args(["serve", "--listen", "127.0.0.1:0"])
+        let daemon = crate::harness::Setup::for_bench(gallery)
+            .merge_toml(&format!("[recognition]\n{recognition}\n[http]\n{http}\n"))
+            .merge_toml(tables)
             .env("RUST_LOG", "warn,facegate::daemon=info")
-            .env_remove("FACEGATE_TOKEN");
-        Server::spawn(command, dir, "facegate listening on http://")
+            .serve();
+        Server {
+            addr: daemon.addr,
+            launched: daemon.launched,
+            listening_after: daemon.listening_after,
+            process: Process::Facegate(daemon),
+        }
     }
 
     /// Starts `command` with stderr to a log in `dir`, and waits for `marker` followed by the address.
@@ -136,11 +140,10 @@ impl Server {
             std::thread::sleep(Duration::from_millis(2));
         };
         Server {
-            child,
+            process: Process::Other { child, _dir: dir },
             addr,
             launched,
             listening_after: launched.elapsed(),
-            _dir: dir,
         }
     }
 
@@ -210,10 +213,17 @@ impl Server {
         }
     }
 
+    fn pid(&self) -> i32 {
+        match &self.process {
+            Process::Facegate(daemon) => daemon.pid(),
+            Process::Other { child, .. } => child.id() as i32,
+        }
+    }
+
     /// (VmRSS, VmHWM) in KiB.
     pub fn memory_kib(&self) -> (u64, u64) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
         let field = |name: &str| {
             status
                 .lines()
@@ -226,16 +236,25 @@ impl Server {
     }
 
     pub fn stop(mut self) {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        let _ = self.child.wait();
+        match &mut self.process {
+            Process::Facegate(daemon) => {
+                daemon.terminate();
+            }
+            Process::Other { child, .. } => {
+                // SAFETY: kill(2) on our own child's pid, not reaped yet.
+                unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+                let _ = child.wait();
+            }
+        }
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Process::Other { child, .. } = &mut self.process {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
