@@ -868,7 +868,14 @@ mod tests {
             config.http.require_token,
             "the shipped config must require a token"
         );
-        assert_eq!(config.recognition, RecognitionConfig::default());
+        assert_eq!(
+            config.recognition,
+            RecognitionConfig {
+                coarse_detect_side: 320,
+                ..RecognitionConfig::default()
+            },
+            "the shipped config is for a door tablet: the quick detection pass is on"
+        );
         assert_eq!(config.frame, FrameConfig::default());
         assert_eq!(config.codes, CodesConfig::default());
         assert!(config.http.tls.enabled, "the shipped config must speak TLS");
