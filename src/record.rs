@@ -9,6 +9,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::decision::{round_score, LivenessVerdict, Status};
+use crate::recognition::StageTimings;
 
 /// The endpoints whose requests are recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -51,17 +52,13 @@ impl RequestIds {
     }
 }
 
-/// Milliseconds spent in each stage, as the answer shows them (two decimals).
+/// Milliseconds spent on one request, as the answer shows them (two decimals): waiting for a worker,
+/// each stage of recognition, and in all.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Timings {
     pub queue_ms: f64,
-    pub decode_ms: f64,
-    pub detect_ms: f64,
-    pub align_ms: f64,
-    pub embed_ms: f64,
-    pub match_ms: f64,
-    /// Zero unless liveness ran (a recognised face, liveness on).
-    pub liveness_ms: f64,
+    #[serde(flatten)]
+    pub stages: StageTimings,
     pub total_ms: f64,
 }
 
@@ -69,14 +66,17 @@ impl Timings {
     /// The same timings rounded to two decimals.
     pub(crate) fn rounded(&self) -> Timings {
         let r = |ms: f64| (ms * 100.0).round() / 100.0;
+        let s = &self.stages;
         Timings {
             queue_ms: r(self.queue_ms),
-            decode_ms: r(self.decode_ms),
-            detect_ms: r(self.detect_ms),
-            align_ms: r(self.align_ms),
-            embed_ms: r(self.embed_ms),
-            match_ms: r(self.match_ms),
-            liveness_ms: r(self.liveness_ms),
+            stages: StageTimings {
+                decode_ms: r(s.decode_ms),
+                detect_ms: r(s.detect_ms),
+                align_ms: r(s.align_ms),
+                embed_ms: r(s.embed_ms),
+                match_ms: r(s.match_ms),
+                liveness_ms: r(s.liveness_ms),
+            },
             total_ms: r(self.total_ms),
         }
     }

@@ -502,7 +502,7 @@ impl Service {
         self.metrics
             .count_request(record.endpoint.name(), status_label);
         if let Some(recognised) = &record.recognised {
-            if recognised.timings.detect_ms > 0.0 || record.status != Status::Stale {
+            if recognised.timings.stages.detect_ms > 0.0 || record.status != Status::Stale {
                 self.observe(&recognised.timings);
             }
         }
@@ -511,19 +511,20 @@ impl Service {
     }
 
     fn observe(&self, timings: &Timings) {
+        let stages = &timings.stages;
         for (stage, value) in [
-            ("decode", timings.decode_ms),
-            ("detect", timings.detect_ms),
-            ("align", timings.align_ms),
-            ("embed", timings.embed_ms),
-            ("match", timings.match_ms),
+            ("decode", stages.decode_ms),
+            ("detect", stages.detect_ms),
+            ("align", stages.align_ms),
+            ("embed", stages.embed_ms),
+            ("match", stages.match_ms),
             ("total", timings.total_ms),
         ] {
             self.metrics.observe_stage(stage, value);
         }
         // Liveness runs only on recognised faces: the others would fill its histogram with zeros.
-        if timings.liveness_ms > 0.0 {
-            self.metrics.observe_stage("liveness", timings.liveness_ms);
+        if stages.liveness_ms > 0.0 {
+            self.metrics.observe_stage("liveness", stages.liveness_ms);
         }
     }
 
@@ -645,15 +646,9 @@ fn stage_timings(
     received_at: Instant,
     started: Instant,
 ) -> Timings {
-    let stages = recognition.map(|r| r.timings.clone()).unwrap_or_default();
     Timings {
         queue_ms: started.duration_since(received_at).as_secs_f64() * 1000.0,
-        decode_ms: stages.decode_ms,
-        detect_ms: stages.detect_ms,
-        align_ms: stages.align_ms,
-        embed_ms: stages.embed_ms,
-        match_ms: stages.match_ms,
-        liveness_ms: stages.liveness_ms,
+        stages: recognition.map(|r| r.timings.clone()).unwrap_or_default(),
         total_ms: received_at.elapsed().as_secs_f64() * 1000.0,
     }
     .rounded()
