@@ -218,7 +218,8 @@ impl AuditLog {
     }
 }
 
-fn file_name(day: NaiveDate) -> String {
+/// The name of the file holding the records of `day` (UTC).
+pub fn file_name(day: NaiveDate) -> String {
     format!("{FILE_PREFIX}{}{FILE_SUFFIX}", day.format("%Y-%m-%d"))
 }
 

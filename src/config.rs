@@ -33,6 +33,7 @@ pub struct Config {
     pub door: DoorConfig,
     pub audit: AuditConfig,
     pub snapshots: SnapshotConfig,
+    pub admin: AdminConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -134,6 +135,17 @@ pub struct AuditConfig {
     pub max_total_mb: u64,
 }
 
+/// The building admin's pages at `/admin/` (password: `facegate admin set-password`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    pub enabled: bool,
+    /// A session ends after this many seconds without a request...
+    pub session_idle_s: u64,
+    /// ...and at the latest this many seconds after sign-in.
+    pub session_max_s: u64,
+}
+
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct SnapshotConfig {
@@ -158,6 +170,17 @@ impl Default for Config {
             door: DoorConfig::default(),
             audit: AuditConfig::default(),
             snapshots: SnapshotConfig::default(),
+            admin: AdminConfig::default(),
+        }
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            enabled: true,
+            session_idle_s: 30 * 60,
+            session_max_s: 12 * 3600,
         }
     }
 }
@@ -356,6 +379,12 @@ impl Config {
             return Err(invalid(
                 "door.gpio_pin",
                 "must be a BCM pin number from 0 to 27",
+            ));
+        }
+        if self.admin.session_idle_s == 0 || self.admin.session_max_s == 0 {
+            return Err(invalid(
+                "admin.session_idle_s",
+                "admin.session_idle_s and admin.session_max_s must be at least 1 second",
             ));
         }
         if self.snapshots.max_count == 0 {

@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use sd_notify::NotifyState;
 use serde_json::json;
 
+use crate::admin::{Admin, AdminContext};
 use crate::audit::{AuditLog, AuditRetention};
 use crate::config::{Config, DoorBackendName, GrantWhileOpenConfig};
 use crate::door::{
@@ -243,6 +244,12 @@ fn serve(
         audit_errors,
         snapshots,
     ));
+    let admin = service
+        .config
+        .admin
+        .enabled
+        .then(|| spawn_admin(&service, &models, &embedder, threshold))
+        .transpose()?;
     let (jobs, queue) = crossbeam_channel::bounded(service.config.http.queue_depth);
     let worker_threads: Vec<JoinHandle<()>> = recognizers
         .into_iter()
@@ -296,7 +303,9 @@ fn serve(
             break;
         }
         match server.recv_timeout(ACCEPT_POLL) {
-            Ok(Some(request)) => http::dispatch(&service, &jobs, request),
+            Ok(Some(request)) => {
+                http::dispatch(&service, &jobs, admin.as_ref().map(|a| &a.0), request)
+            }
             Ok(None) => {}
             Err(err) => {
                 accept_failure = Some(err);
@@ -312,6 +321,10 @@ fn serve(
     for worker in worker_threads {
         let _ = worker.join();
     }
+    if let Some((queue, thread)) = admin {
+        drop(queue);
+        let _ = thread.join();
+    }
     sweeper_stop.store(true, Ordering::SeqCst);
     drop(service);
     if let Some(err) = accept_failure {
@@ -322,6 +335,43 @@ fn serve(
     }
     log::info!("stop signal received: answered the requests in progress");
     Ok(())
+}
+
+/// The admin pages' thread and its queue.
+fn spawn_admin(
+    service: &Arc<Service>,
+    models: &PipelineModels,
+    embedder: &EmbedderId,
+    threshold: f32,
+) -> Result<(crossbeam_channel::Sender<tiny_http::Request>, JoinHandle<()>)> {
+    let for_health = Arc::downgrade(service);
+    let for_ids = Arc::downgrade(service);
+    let admin = Arc::new(Admin::new(AdminContext {
+        config: service.config.clone(),
+        models: models.clone(),
+        embedder: embedder.clone(),
+        threshold,
+        door: Arc::clone(&service.door),
+        audit: service.audit.clone(),
+        health: Box::new(move || {
+            for_health
+                .upgrade()
+                .map_or_else(|| json!({"status": "stopping"}), |s| s.health().body)
+        }),
+        next_id: Box::new(move || {
+            for_ids
+                .upgrade()
+                .map_or_else(|| "admin".to_string(), |s| s.ids.next())
+        }),
+        // Plain HTTP until the daemon serves TLS (issue 9): then `Secure` follows http.tls.enabled.
+        secure_cookies: false,
+    }));
+    let (queue, requests) = crossbeam_channel::bounded(http::admin::QUEUE_DEPTH);
+    let service = Arc::clone(service);
+    let thread = std::thread::Builder::new()
+        .name("admin".into())
+        .spawn(move || http::admin::run(admin, service, requests))?;
+    Ok((queue, thread))
 }
 
 fn open_snapshots(config: &Config) -> Option<SnapshotStore> {

@@ -2,6 +2,7 @@
 //! frame → vision (detect, align, embed) → gallery → decision → door, audit, snapshots;
 //! `http`, `service` and `daemon` are the edges that carry frames in and answers out.
 
+pub mod admin;
 pub mod audit;
 pub mod config;
 pub mod daemon;

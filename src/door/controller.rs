@@ -320,6 +320,11 @@ impl DoorController {
         outcome
     }
 
+    /// Is the relay commanded unlocked right now? For status displays only.
+    pub fn is_open(&self) -> bool {
+        matches!(*lock_recovering(&self.shared.state), DoorState::Open { .. })
+    }
+
     /// False after an emergency lock, and while a failed lock is being retried.
     pub fn is_available(&self) -> bool {
         !self.shared.locked_down.load(Ordering::SeqCst)

@@ -1,6 +1,7 @@
 //! The tablet's HTTP front end (tiny_http, blocking): one accepting thread that routes and sheds load,
 //! a bounded queue, and worker threads that each own a recognizer. Every request gets a JSON answer.
 
+pub mod admin;
 pub mod body;
 pub mod sockets;
 
@@ -128,7 +129,7 @@ pub fn respond_and_close(request: Request, answer: &Answer, port: u16) {
 }
 
 fn header(name: &str, value: &str) -> Header {
-    Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("static header is valid")
+    Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("header values we set are valid")
 }
 
 /// Request ids name the answer, the log line, the audit line and the snapshot alike.
@@ -224,6 +225,8 @@ pub enum Route {
     Metrics,
     Events,
     Frame(Endpoint),
+    /// The admin pages: their own thread, their own sign-in (the bearer token does not open them).
+    Admin,
     WrongMethod(&'static str),
     NotFound,
 }
@@ -238,12 +241,20 @@ pub fn route(method: &Method, url: &str) -> Route {
         (Method::Post, "/save") => Route::Frame(Endpoint::Save),
         (_, "/healthz" | "/metrics" | "/events") => Route::WrongMethod("GET"),
         (_, "/image" | "/save") => Route::WrongMethod("POST"),
+        (_, "/admin") => Route::Admin,
+        (_, admin) if admin.starts_with("/admin/") => Route::Admin,
         _ => Route::NotFound,
     }
 }
 
 /// Answers what needs no worker and queues frame posts; a full queue is answered `busy` at once.
-pub fn dispatch(service: &Service, jobs: &Sender<Job>, request: Request) {
+/// Admin requests go to the admin thread's queue (`admin`, absent when the pages are disabled).
+pub fn dispatch(
+    service: &Service,
+    jobs: &Sender<Job>,
+    admin: Option<&Sender<Request>>,
+    request: Request,
+) {
     let port = service.port;
     let refuse = |request: Request, answer: &Answer| {
         if may_have_unread_body(&request) {
@@ -260,6 +271,15 @@ pub fn dispatch(service: &Service, jobs: &Sender<Job>, request: Request) {
     let route = route(request.method(), request.url());
     if route == Route::Health {
         return refuse(request, &service.health());
+    }
+    if let (Route::Admin, Some(admin)) = (route, admin) {
+        if let Err(TrySendError::Full(request) | TrySendError::Disconnected(request)) =
+            admin.try_send(request)
+        {
+            let answer = Answer::error(503, &request_id, "busy", "the admin pages are busy; reload in a moment");
+            refuse(request, &answer);
+        }
+        return;
     }
     let label = match route {
         Route::Frame(endpoint) => endpoint.name(),
@@ -302,7 +322,7 @@ pub fn dispatch(service: &Service, jobs: &Sender<Job>, request: Request) {
             );
             return refuse(request, &answer);
         }
-        Route::Health | Route::NotFound => {
+        Route::Health | Route::Admin | Route::NotFound => {
             let answer = Answer::error(
                 404,
                 &request_id,
@@ -429,6 +449,9 @@ mod tests {
             (Method::Post, "/healthz", Route::WrongMethod("GET")),
             (Method::Get, "/open", Route::NotFound),
             (Method::Post, "/", Route::NotFound),
+            (Method::Get, "/admin", Route::Admin),
+            (Method::Post, "/admin/login", Route::Admin),
+            (Method::Get, "/administrator", Route::NotFound),
         ];
         for (method, url, expected) in cases {
             assert_eq!(route(&method, url), expected, "{method} {url}");
