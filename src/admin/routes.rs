@@ -272,6 +272,7 @@ impl Admin {
         result: Option<pages::EnrolResult>,
     ) -> AdminResponse {
         let mut chrome = self.chrome(Some(session), "people");
+        let thumbnails = self.thumbnail_dir();
         let people = match self.gallery() {
             Ok(gallery) => gallery
                 .people()
@@ -289,6 +290,7 @@ impl Admin {
                             thumbnail: s
                                 .thumbnail
                                 .as_ref()
+                                .filter(|file| thumbnails.join(file).is_file())
                                 .map(|file| format!("/admin/thumbnails/{file}")),
                         })
                         .collect(),
