@@ -53,6 +53,7 @@ pub struct Message {
 /// One row of a decisions table.
 pub struct DecisionRow {
     pub thumbnail: Option<String>,
+    pub date: String,
     pub time: String,
     pub status: String,
     /// CSS class of the status badge.

@@ -218,7 +218,8 @@ impl Admin {
                 };
                 pages::DecisionRow {
                     thumbnail,
-                    time: e.ts.format("%Y-%m-%d %H:%M:%S").to_string(),
+                    date: e.ts.format("%Y-%m-%d").to_string(),
+                    time: e.ts.format("%H:%M:%S").to_string(),
                     badge: badge(&e.status),
                     status: e.status.clone(),
                     person: e.identity.clone().unwrap_or_else(|| "—".into()),
