@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use facegate::gallery::Gallery;
-use facegate::recognition::{recognize_image, StageTimings};
+use facegate::recognition::StageTimings;
 use facegate::vision::{Embedding, Recognizer};
 
 use common::{mean, median, percentile, FloorTiming, TestFrame, Xorshift, CAMERA, EIGHT_K};
@@ -150,14 +150,9 @@ fn time_stages(
     for _ in 0..runs {
         for frame in frames {
             let started = Instant::now();
-            let recognition = recognize_image(
-                recognizer,
-                gallery,
-                &frame.jpeg,
-                &engine.config.frame,
-                engine.threshold,
-            )
-            .unwrap_or_else(|err| panic!("{}: {err}", frame.name));
+            let recognition = engine
+                .try_recognize(recognizer, gallery, &frame.jpeg)
+                .unwrap_or_else(|err| panic!("{}: {err}", frame.name));
             samples.totals.push(common::elapsed_ms(started));
             samples.stages.push(recognition.timings);
         }

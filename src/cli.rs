@@ -2,16 +2,21 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use anyhow::{Context, Result};
+use chrono::Utc;
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
 use facegate::config::{Config, DoorBackendName, Overrides};
-use facegate::decision::{decide, round_score, Outcome};
+use facegate::decision::{Freshness, FreshnessRules, Status};
 use facegate::enrollment::{self, Candidate, Verdict};
+use facegate::frame::CheckedImage;
 use facegate::gallery::{EmbedderId, Gallery};
-use facegate::recognition::{recognize_image, RecognitionError};
+use facegate::recognition::RecognitionError;
+use facegate::record::{DecisionRecord, Endpoint, RequestIds};
+use facegate::service::{frame_refusal, judge};
 use facegate::vision::{PipelineModels, Recognizer};
 
 const SYSTEM_CONFIG: &str = "/etc/facegate/facegate.toml";
@@ -198,8 +203,10 @@ struct Engine {
 }
 
 fn load_engine(config: &Config) -> Result<Engine> {
-    let models = PipelineModels::resolve(config).context("the models are not usable")?;
-    let recognizer = Recognizer::load(&models, config).context("the models did not load")?;
+    let models = PipelineModels::resolve(&config.recognition, &config.models_dir)
+        .context("the models are not usable")?;
+    let recognizer =
+        Recognizer::load(&models, &config.recognition).context("the models did not load")?;
     Ok(Engine { models, recognizer })
 }
 
@@ -256,7 +263,7 @@ fn enroll(config: &Config, name: &str, images: &[PathBuf]) -> Result<()> {
             Verdict::Rejected { reason } => println!("rejected {source}: {reason}"),
         }
     }
-    for warning in enrollment::warnings(&report, name, engine.models.threshold(config)) {
+    for warning in enrollment::warnings(&report, name, engine.models.threshold(&config.recognition)) {
         println!("warning: {warning}");
     }
     let thumbnails = enrollment::thumbnail_dir(&config.state_dir);
@@ -273,51 +280,47 @@ fn enroll(config: &Config, name: &str, images: &[PathBuf]) -> Result<()> {
     Ok(())
 }
 
+/// Prints, for each image, the record the daemon would make of it (as its audit line), with `file`.
 fn identify(config: &Config, images: &[PathBuf]) -> Result<()> {
     let mut engine = load_engine(config)?;
     let gallery = Gallery::load(&config.gallery_path(), &embedder_id(&engine.models))?;
-    let threshold = engine.models.threshold(config);
+    let threshold = engine.models.threshold(&config.recognition);
+    let rules = FreshnessRules::of(&config.door);
+    let ids = RequestIds::default();
     let mut out = std::io::stdout().lock();
     for path in images {
         let bytes = read_image(path)?;
-        let line = match recognize_image(
-            &mut engine.recognizer,
-            &gallery,
-            &bytes,
-            &config.frame,
-            threshold,
-        ) {
-            Ok(recognition) => {
-                let decision = decide(
-                    &recognition.outcome,
-                    std::time::Duration::ZERO,
-                    config.max_decision_age(),
+        let received_at = Instant::now();
+        let freshness = Freshness::of_frame(received_at, Utc::now(), None, rules);
+        let mut record = DecisionRecord::new(&ids.next(), Endpoint::Identify, Status::Error);
+        match CheckedImage::check(bytes, &config.frame) {
+            Ok(image) => {
+                let judged = judge(
+                    &mut engine.recognizer,
+                    &gallery,
+                    threshold,
+                    &image,
+                    freshness,
+                    rules,
+                    received_at,
+                    &mut record,
                 );
-                let nearest = match &recognition.outcome {
-                    Outcome::Unknown { best: Some(best) } => Some(best.name.clone()),
-                    _ => None,
-                };
-                json!({
-                    "file": path.display().to_string(),
-                    "status": decision.status,
-                    "identity": decision.identity,
-                    "score": decision.score.map(round_score),
-                    "threshold": round_score(threshold),
-                    "faces": recognition.faces,
-                    "nearest_below_threshold": nearest,
-                    "timings": recognition.timings,
-                })
+                match judged {
+                    Ok(_) => {}
+                    Err(RecognitionError::Frame(err)) => record.refusal = Some(frame_refusal(&err)),
+                    Err(err) => {
+                        return Err(err)
+                            .with_context(|| format!("recognition failed on {}", path.display()))
+                    }
+                }
             }
-            Err(RecognitionError::Frame(err)) => json!({
-                "file": path.display().to_string(),
-                "status": "bad_image",
-                "error": err.to_string(),
-            }),
-            Err(err) => {
-                return Err(err)
-                    .with_context(|| format!("recognition failed on {}", path.display()))
-            }
-        };
+            Err(refused) => record.refusal = Some(frame_refusal(&refused.error)),
+        }
+        if record.refusal.is_some() {
+            record.status = Status::Error;
+        }
+        let mut line = record.audit_line();
+        line["file"] = json!(path.display().to_string());
         if let Err(err) = writeln!(out, "{line}") {
             if err.kind() == std::io::ErrorKind::BrokenPipe {
                 return Ok(());
@@ -329,7 +332,8 @@ fn identify(config: &Config, images: &[PathBuf]) -> Result<()> {
 }
 
 fn gallery(config: &Config, action: GalleryAction) -> Result<()> {
-    let models = PipelineModels::resolve(config).context("the models are not usable")?;
+    let models = PipelineModels::resolve(&config.recognition, &config.models_dir)
+        .context("the models are not usable")?;
     let path = config.gallery_path();
     let mut gallery = Gallery::load(&path, &embedder_id(&models))?;
     match action {
@@ -377,7 +381,7 @@ fn check_models(config: &Config) -> Result<()> {
         "embedder {} ok ({}), threshold {}",
         engine.models.embedder.name,
         engine.models.embedder.path.display(),
-        engine.models.threshold(config)
+        engine.models.threshold(&config.recognition)
     );
     Ok(())
 }

@@ -2,9 +2,11 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::Deserialize;
+
+/// `recognition.detector` value that picks the YuNet release the running OpenCV can execute.
+pub const AUTO_DETECTOR: &str = "auto";
 
 /// Why a configuration could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +124,8 @@ pub struct DoorConfig {
     pub grant_while_open: GrantWhileOpenConfig,
     /// A decision about an older frame never moves the relay.
     pub max_decision_age_ms: u64,
+    /// How far a frame's `captured_at` may lie ahead of the Pi's clock; further is answered stale.
+    pub max_clock_skew_ms: u64,
     /// Sim backend only: append every actuation to this JSON-lines file.
     pub sim_journal: Option<PathBuf>,
 }
@@ -188,7 +192,7 @@ impl Default for AdminConfig {
 impl Default for RecognitionConfig {
     fn default() -> Self {
         RecognitionConfig {
-            detector: crate::vision::AUTO_DETECTOR.into(),
+            detector: AUTO_DETECTOR.into(),
             embedder: "mobilefacenet".into(),
             threshold: None,
             detect_max_side: 640,
@@ -237,6 +241,7 @@ impl Default for DoorConfig {
             cooldown_ms: 1_000,
             grant_while_open: GrantWhileOpenConfig::Extend,
             max_decision_age_ms: 1_500,
+            max_clock_skew_ms: 1_000,
             sim_journal: None,
         }
     }
@@ -273,7 +278,6 @@ pub struct Overrides {
     pub models_dir: Option<PathBuf>,
     pub listen: Option<SocketAddr>,
     pub door: Option<DoorBackendName>,
-    pub token: Option<String>,
 }
 
 impl Config {
@@ -309,9 +313,6 @@ impl Config {
         }
         if let Some(door) = overrides.door {
             self.door.backend = door;
-        }
-        if let Some(token) = &overrides.token {
-            self.http.token = token.clone();
         }
         self.validate()?;
         Ok(self)
@@ -423,10 +424,6 @@ impl Config {
         } else {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         }
-    }
-
-    pub fn max_decision_age(&self) -> Duration {
-        Duration::from_millis(self.door.max_decision_age_ms)
     }
 }
 

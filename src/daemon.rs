@@ -212,8 +212,9 @@ fn serve(
     door: Arc<DoorController>,
     stop: &Arc<StopFlags>,
 ) -> Result<()> {
-    let models = PipelineModels::resolve(&config).context("the models are not usable")?;
-    let threshold = models.threshold(&config);
+    let models = PipelineModels::resolve(&config.recognition, &config.models_dir)
+        .context("the models are not usable")?;
+    let threshold = models.threshold(&config.recognition);
     let embedder = EmbedderId {
         name: models.embedder.name.clone(),
         sha256: models.embedder.sha256.clone(),
@@ -222,7 +223,7 @@ fn serve(
     let gallery = LiveGallery::open(&config.gallery_path(), &embedder, GALLERY_RECHECK)?;
     let workers = config.worker_count();
     let recognizers = (0..workers)
-        .map(|_| Recognizer::load(&models, &config))
+        .map(|_| Recognizer::load(&models, &config.recognition))
         .collect::<Result<Vec<_>, _>>()
         .context("the models did not load")?;
     let snapshots = open_snapshots(&config);
@@ -233,9 +234,13 @@ fn serve(
         .to_ip()
         .context("the server is not listening on an IP address")?;
     let people = gallery.current().people().len();
+    let transport = Arc::new(http::Transport {
+        token: config.token(),
+        port: address.port(),
+        ..http::Transport::default()
+    });
     let service = Arc::new(Service::new(
         config,
-        address.port(),
         threshold,
         metrics,
         door,
@@ -248,7 +253,7 @@ fn serve(
         .config
         .admin
         .enabled
-        .then(|| spawn_admin(&service, &models, &embedder, threshold))
+        .then(|| spawn_admin(&service, &transport, &models, &embedder, threshold))
         .transpose()?;
     let (jobs, queue) = crossbeam_channel::bounded(service.config.http.queue_depth);
     let worker_threads: Vec<JoinHandle<()>> = recognizers
@@ -256,10 +261,11 @@ fn serve(
         .enumerate()
         .map(|(i, recognizer)| {
             let service = Arc::clone(&service);
+            let transport = Arc::clone(&transport);
             let queue = queue.clone();
             std::thread::Builder::new()
                 .name(format!("worker-{i}"))
-                .spawn(move || http::run_worker(service, recognizer, queue))
+                .spawn(move || http::run_worker(service, transport, recognizer, queue))
         })
         .collect::<Result<_, _>>()?;
     drop(queue);
@@ -273,8 +279,8 @@ fn serve(
     sockets::spawn_sweeper(
         sweep,
         SWEEP_INTERVAL,
-        Arc::clone(&service.body_deadlines),
-        Arc::clone(&service.header_floods),
+        Arc::clone(&transport.body_deadlines),
+        Arc::clone(&transport.header_floods),
         Arc::clone(&sweeper_stop),
     )?;
     spawn_signal_thread(Arc::clone(stop))?;
@@ -303,9 +309,13 @@ fn serve(
             break;
         }
         match server.recv_timeout(ACCEPT_POLL) {
-            Ok(Some(request)) => {
-                http::dispatch(&service, &jobs, admin.as_ref().map(|a| &a.0), request)
-            }
+            Ok(Some(request)) => http::dispatch(
+                &service,
+                &transport,
+                &jobs,
+                admin.as_ref().map(|(queue, _)| queue),
+                request,
+            ),
             Ok(None) => {}
             Err(err) => {
                 accept_failure = Some(err);
@@ -340,12 +350,13 @@ fn serve(
 /// The admin pages' thread and its queue.
 fn spawn_admin(
     service: &Arc<Service>,
+    transport: &Arc<http::Transport>,
     models: &PipelineModels,
     embedder: &EmbedderId,
     threshold: f32,
 ) -> Result<(crossbeam_channel::Sender<tiny_http::Request>, JoinHandle<()>)> {
     let for_health = Arc::downgrade(service);
-    let for_ids = Arc::downgrade(service);
+    let for_ids = Arc::downgrade(transport);
     let admin = Arc::new(Admin::new(AdminContext {
         config: service.config.clone(),
         models: models.clone(),
@@ -356,21 +367,22 @@ fn spawn_admin(
         health: Box::new(move || {
             for_health
                 .upgrade()
-                .map_or_else(|| json!({"status": "stopping"}), |s| s.health().body)
+                .map_or_else(|| json!({"status": "stopping"}), |s| s.health())
         }),
         next_id: Box::new(move || {
             for_ids
                 .upgrade()
-                .map_or_else(|| "admin".to_string(), |s| s.ids.next())
+                .map_or_else(|| "admin".to_string(), |t| t.ids.next())
         }),
         // Plain HTTP until the daemon serves TLS (issue 9): then `Secure` follows http.tls.enabled.
         secure_cookies: false,
     }));
     let (queue, requests) = crossbeam_channel::bounded(http::admin::QUEUE_DEPTH);
-    let service = Arc::clone(service);
+    let transport = Arc::clone(transport);
+    let max_body_bytes = service.config.http.max_body_bytes;
     let thread = std::thread::Builder::new()
         .name("admin".into())
-        .spawn(move || http::admin::run(admin, service, requests))?;
+        .spawn(move || http::admin::run(admin, transport, max_body_bytes, requests))?;
     Ok((queue, thread))
 }
 

@@ -1,12 +1,15 @@
-//! The decision, pure: what the face matched, how old the frame is → status and whether the relay may move.
+//! The decision, pure: what the face matched and how fresh the frame is → status and whether the relay
+//! may move. Freshness is worked out once per request, here, from the frame's arrival and capture times.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::config::DoorConfig;
 use crate::gallery::BestMatch;
 
-/// The answer's `status` field.
+/// The answer's `status` field, for every endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
@@ -14,7 +17,12 @@ pub enum Status {
     Unknown,
     NoFace,
     Stale,
+    /// `/save` stored the frame.
+    Saved,
+    /// Every worker busy and the queue full.
     Busy,
+    /// The request was refused; the record says why.
+    Error,
 }
 
 impl Status {
@@ -24,7 +32,9 @@ impl Status {
             Status::Unknown => "unknown",
             Status::NoFace => "no_face",
             Status::Stale => "stale",
+            Status::Saved => "saved",
             Status::Busy => "busy",
+            Status::Error => "error",
         }
     }
 }
@@ -57,6 +67,131 @@ impl Outcome {
             Outcome::Recognised(m) => Some(m.score),
         }
     }
+
+    /// The nearest enrolled person below the threshold: for the log and audit line only.
+    pub fn nearest_below_threshold(&self) -> Option<&BestMatch> {
+        match self {
+            Outcome::Unknown { best } => best.as_ref(),
+            _ => None,
+        }
+    }
+}
+
+/// The limits freshness is judged by (`door.max_decision_age_ms`, `door.max_clock_skew_ms`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FreshnessRules {
+    pub max_age: Duration,
+    /// How far the tablet's `captured_at` may lie ahead of the Pi's clock and still count as "now".
+    pub max_clock_skew: Duration,
+}
+
+impl FreshnessRules {
+    pub fn of(door: &DoorConfig) -> FreshnessRules {
+        FreshnessRules {
+            max_age: Duration::from_millis(door.max_decision_age_ms),
+            max_clock_skew: Duration::from_millis(door.max_clock_skew_ms),
+        }
+    }
+}
+
+/// How fresh one frame is, worked out once when its request arrives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    /// The frame arrived at `arrived`, already `age_at_arrival` old (its `captured_at` lay that far
+    /// back); it may be acted on while its age stays within `max_age`.
+    Aged {
+        arrived: Instant,
+        age_at_arrival: Duration,
+        max_age: Duration,
+    },
+    /// `captured_at` lies further ahead of the Pi's clock than allowed: a wrong clock or a forged
+    /// field, never fresh.
+    ClockAhead { ahead: Duration },
+}
+
+impl Freshness {
+    /// `received` and `received_wall` are the frame's arrival on the monotonic and the wall clock;
+    /// `captured_at` is the tablet's word for when the camera took it.
+    pub fn of_frame(
+        received: Instant,
+        received_wall: DateTime<Utc>,
+        captured_at: Option<DateTime<Utc>>,
+        rules: FreshnessRules,
+    ) -> Freshness {
+        let age_at_arrival = match captured_at {
+            None => Duration::ZERO,
+            Some(captured) => match (received_wall - captured).to_std() {
+                Ok(before) => before,
+                Err(_) => {
+                    let ahead = (captured - received_wall).to_std().unwrap_or_default();
+                    if ahead > rules.max_clock_skew {
+                        return Freshness::ClockAhead { ahead };
+                    }
+                    Duration::ZERO
+                }
+            },
+        };
+        Freshness::Aged {
+            arrived: received,
+            age_at_arrival,
+            max_age: rules.max_age,
+        }
+    }
+
+    /// Until when a grant about this frame may still open the door; `None` when it never may.
+    pub fn not_after(self) -> Option<Instant> {
+        match self {
+            Freshness::Aged {
+                arrived,
+                age_at_arrival,
+                max_age,
+            } => max_age
+                .checked_sub(age_at_arrival)
+                .map(|left| arrived + left),
+            Freshness::ClockAhead { .. } => None,
+        }
+    }
+
+    /// Is the frame still fresh at `now`?
+    pub fn is_fresh_at(self, now: Instant) -> bool {
+        self.not_after().is_some_and(|not_after| now <= not_after)
+    }
+
+    /// The frame's age at `now`, for logs (zero for a frame from the future).
+    pub fn age_at(self, now: Instant) -> Duration {
+        match self {
+            Freshness::Aged {
+                arrived,
+                age_at_arrival,
+                ..
+            } => age_at_arrival + now.saturating_duration_since(arrived),
+            Freshness::ClockAhead { .. } => Duration::ZERO,
+        }
+    }
+}
+
+/// Why a decision is stale, for the answer's message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StaleCause {
+    TooOld { age: Duration },
+    ClockAhead { ahead: Duration },
+}
+
+impl StaleCause {
+    pub fn message(self, rules: FreshnessRules) -> String {
+        match self {
+            StaleCause::TooOld { age } => format!(
+                "the frame was {} ms old when decided, more than the {} ms allowed: send the next frame",
+                age.as_millis(),
+                rules.max_age.as_millis()
+            ),
+            StaleCause::ClockAhead { ahead } => format!(
+                "captured_at is {} ms ahead of the Pi's clock (at most {} ms allowed): the tablet's clock is wrong; synchronise it with NTP",
+                ahead.as_millis(),
+                rules.max_clock_skew.as_millis()
+            ),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -65,41 +200,43 @@ pub struct Decision {
     /// Only for a grant.
     pub identity: Option<String>,
     pub score: Option<f32>,
-    /// True only for a fresh grant: the one case in which the relay may move.
-    pub may_open: bool,
+    /// Set only for a fresh grant, the one case in which the relay may move: the moment after which
+    /// the relay must no longer act on it.
+    pub open_until: Option<Instant>,
+    pub stale: Option<StaleCause>,
 }
 
-/// Decides on a frame `frame_age` old. A decision about a frame older than `max_age` is stale
-/// whatever it found, and stale never opens.
-pub fn decide(outcome: &Outcome, frame_age: Duration, max_age: Duration) -> Decision {
-    let score = outcome.score();
-    if frame_age > max_age {
-        return Decision {
-            status: Status::Stale,
-            identity: None,
-            score,
-            may_open: false,
-        };
+impl Decision {
+    pub fn may_open(&self) -> bool {
+        self.open_until.is_some()
     }
-    match outcome {
-        Outcome::NoFace => Decision {
-            status: Status::NoFace,
-            identity: None,
-            score,
-            may_open: false,
-        },
-        Outcome::Unknown { .. } => Decision {
-            status: Status::Unknown,
-            identity: None,
-            score,
-            may_open: false,
-        },
-        Outcome::Recognised(m) => Decision {
-            status: Status::Granted,
-            identity: Some(m.name.clone()),
-            score,
-            may_open: true,
-        },
+}
+
+/// Decides at `now` on a frame of the given freshness. A frame that is no longer fresh is stale
+/// whatever it showed, and stale never opens.
+pub fn decide(outcome: &Outcome, freshness: Freshness, now: Instant) -> Decision {
+    let score = outcome.score();
+    let stale = match freshness {
+        Freshness::ClockAhead { ahead } => Some(StaleCause::ClockAhead { ahead }),
+        Freshness::Aged { .. } if !freshness.is_fresh_at(now) => Some(StaleCause::TooOld {
+            age: freshness.age_at(now),
+        }),
+        Freshness::Aged { .. } => None,
+    };
+    let (status, identity, open_until) = match (stale, outcome) {
+        (Some(_), _) => (Status::Stale, None, None),
+        (None, Outcome::NoFace) => (Status::NoFace, None, None),
+        (None, Outcome::Unknown { .. }) => (Status::Unknown, None, None),
+        (None, Outcome::Recognised(m)) => {
+            (Status::Granted, Some(m.name.clone()), freshness.not_after())
+        }
+    };
+    Decision {
+        status,
+        identity,
+        score,
+        open_until,
+        stale,
     }
 }
 
@@ -119,51 +256,55 @@ mod tests {
         }
     }
 
+    const RULES: FreshnessRules = FreshnessRules {
+        max_age: Duration::from_millis(1500),
+        max_clock_skew: Duration::from_millis(1000),
+    };
+
+    /// A frame received `age` before `now`, with no `captured_at`.
+    fn received_ago(now: Instant, age: Duration) -> Freshness {
+        Freshness::of_frame(now - age, Utc::now(), None, RULES)
+    }
+
     #[test]
     fn only_a_fresh_match_above_threshold_may_open() {
-        let max = Duration::from_millis(1500);
+        let now = Instant::now() + Duration::from_secs(10);
         let fresh = Duration::from_millis(100);
         let old = Duration::from_millis(1501);
+        let max = RULES.max_age;
         let cases = [
             (
                 Outcome::for_face(Some(ann(0.9)), 0.45),
                 fresh,
                 Status::Granted,
-                true,
             ),
             (
                 Outcome::for_face(Some(ann(0.45)), 0.45),
                 fresh,
                 Status::Granted,
-                true,
             ),
             (
                 Outcome::for_face(Some(ann(0.449)), 0.45),
                 fresh,
                 Status::Unknown,
-                false,
             ),
-            (Outcome::for_face(None, 0.45), fresh, Status::Unknown, false),
-            (Outcome::NoFace, fresh, Status::NoFace, false),
-            (
-                Outcome::for_face(Some(ann(0.9)), 0.45),
-                old,
-                Status::Stale,
-                false,
-            ),
+            (Outcome::for_face(None, 0.45), fresh, Status::Unknown),
+            (Outcome::NoFace, fresh, Status::NoFace),
+            (Outcome::for_face(Some(ann(0.9)), 0.45), old, Status::Stale),
             (
                 Outcome::for_face(Some(ann(0.9)), 0.45),
                 max,
                 Status::Granted,
-                true,
             ),
-            (Outcome::NoFace, old, Status::Stale, false),
+            (Outcome::NoFace, old, Status::Stale),
         ];
-        for (outcome, age, status, may_open) in cases {
-            let d = decide(&outcome, age, max);
+        for (outcome, age, status) in cases {
+            let freshness = received_ago(now, age);
+            let d = decide(&outcome, freshness, now);
+            assert_eq!(d.status, status, "{outcome:?} at {age:?}");
             assert_eq!(
-                (d.status, d.may_open),
-                (status, may_open),
+                d.may_open(),
+                status == Status::Granted,
                 "{outcome:?} at {age:?}"
             );
             assert_eq!(
@@ -171,17 +312,65 @@ mod tests {
                 status == Status::Granted,
                 "identity only on a grant"
             );
+            if d.may_open() {
+                assert_eq!(d.open_until, Some(now - age + max), "the relay's deadline");
+            }
         }
     }
 
     #[test]
     fn unknown_never_names_the_nearest_person() {
+        let now = Instant::now();
         let d = decide(
             &Outcome::for_face(Some(ann(0.3)), 0.45),
-            Duration::ZERO,
-            Duration::from_secs(1),
+            received_ago(now, Duration::ZERO),
+            now,
         );
         assert_eq!(d.identity, None);
         assert_eq!(d.score, Some(0.3));
+    }
+
+    #[test]
+    fn captured_at_counts_when_it_is_older_than_the_arrival() {
+        let received = Instant::now() + Duration::from_secs(10);
+        let wall = Utc::now();
+        let cases = [
+            // (captured this long before arrival, negative for after; fresh at arrival; age at arrival)
+            (0i64, true, 0u128),
+            (1000, true, 1000),
+            (1500, true, 1500),
+            (1501, false, 1501),
+            (-500, true, 0),
+            (-1000, true, 0),
+        ];
+        for (before_ms, fresh, age_ms) in cases {
+            let captured = wall - chrono::Duration::milliseconds(before_ms);
+            let freshness = Freshness::of_frame(received, wall, Some(captured), RULES);
+            assert_eq!(freshness.is_fresh_at(received), fresh, "{before_ms} ms");
+            assert_eq!(
+                freshness.age_at(received).as_millis(),
+                age_ms,
+                "{before_ms} ms"
+            );
+        }
+    }
+
+    #[test]
+    fn regression_future_captured_at_beyond_the_skew_never_opens() {
+        // A tablet with a wrong clock (or a forged field) once made every frame fresh forever.
+        let received = Instant::now();
+        let wall = Utc::now();
+        let captured = wall + chrono::Duration::milliseconds(1001);
+        let freshness = Freshness::of_frame(received, wall, Some(captured), RULES);
+        assert_eq!(
+            freshness,
+            Freshness::ClockAhead {
+                ahead: Duration::from_millis(1001)
+            }
+        );
+        let d = decide(&Outcome::Recognised(ann(0.9)), freshness, received);
+        assert_eq!((d.status, d.may_open()), (Status::Stale, false));
+        let message = d.stale.unwrap().message(RULES);
+        assert!(message.contains("clock"), "{message}");
     }
 }

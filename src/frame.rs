@@ -287,35 +287,89 @@ pub fn plan_decode(header: &ImageHeader, limits: &FrameConfig) -> Result<u32, Fr
     Ok(reduction)
 }
 
-/// Decodes image bytes to BGR pixels, never allocating more than the limits allow.
+/// Image bytes whose header was read and checked against the limits, once: every later stage
+/// (decode, snapshot file name) takes this instead of reading the header again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedImage {
+    bytes: Vec<u8>,
+    header: ImageHeader,
+    /// 1, 2, 4 or 8: the JPEG reduction the decode will use.
+    reduction: u32,
+}
+
+impl CheckedImage {
+    /// Reads the header and plans the decode; refuses, before any pixel is decoded, a file or an
+    /// image larger than the limits allow. A refused image's bytes come back with the error.
+    pub fn check(bytes: Vec<u8>, limits: &FrameConfig) -> Result<CheckedImage, RefusedImage> {
+        let plan = (|| {
+            if bytes.len() > limits.max_image_bytes {
+                return Err(FrameError::TooLarge {
+                    actual: bytes.len(),
+                    limit: limits.max_image_bytes,
+                });
+            }
+            let header = read_header(&bytes)?;
+            Ok((header, plan_decode(&header, limits)?))
+        })();
+        match plan {
+            Ok((header, reduction)) => Ok(CheckedImage {
+                bytes,
+                header,
+                reduction,
+            }),
+            Err(error) => Err(RefusedImage { error, bytes }),
+        }
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.bytes
+    }
+
+    pub fn header(&self) -> ImageHeader {
+        self.header
+    }
+
+    /// Decodes to BGR pixels with the planned reduction.
+    pub fn decode(&self) -> Result<Frame, FrameError> {
+        let header = self.header;
+        let flags = match self.reduction {
+            8 => imgcodecs::IMREAD_REDUCED_COLOR_8,
+            4 => imgcodecs::IMREAD_REDUCED_COLOR_4,
+            2 => imgcodecs::IMREAD_REDUCED_COLOR_2,
+            _ => imgcodecs::IMREAD_COLOR,
+        };
+        let undecodable = || FrameError::Undecodable {
+            format: header.format.name(),
+        };
+        let buffer = Vector::<u8>::from_slice(&self.bytes);
+        let image = imgcodecs::imdecode(&buffer, flags).map_err(|_| undecodable())?;
+        if image.empty() || image.channels() != 3 {
+            return Err(undecodable());
+        }
+        Ok(Frame {
+            image,
+            header,
+            reduction: self.reduction,
+        })
+    }
+}
+
+/// An image refused by [`CheckedImage::check`], with its bytes (to keep as a failure snapshot).
+#[derive(Debug)]
+pub struct RefusedImage {
+    pub error: FrameError,
+    pub bytes: Vec<u8>,
+}
+
+/// Checks and decodes in one call, for callers that hold bytes only (enrolment, tools).
 pub fn decode_image(bytes: &[u8], limits: &FrameConfig) -> Result<Frame, FrameError> {
-    if bytes.len() > limits.max_image_bytes {
-        return Err(FrameError::TooLarge {
-            actual: bytes.len(),
-            limit: limits.max_image_bytes,
-        });
-    }
-    let header = read_header(bytes)?;
-    let reduction = plan_decode(&header, limits)?;
-    let flags = match reduction {
-        8 => imgcodecs::IMREAD_REDUCED_COLOR_8,
-        4 => imgcodecs::IMREAD_REDUCED_COLOR_4,
-        2 => imgcodecs::IMREAD_REDUCED_COLOR_2,
-        _ => imgcodecs::IMREAD_COLOR,
-    };
-    let undecodable = || FrameError::Undecodable {
-        format: header.format.name(),
-    };
-    let buffer = Vector::<u8>::from_slice(bytes);
-    let image = imgcodecs::imdecode(&buffer, flags).map_err(|_| undecodable())?;
-    if image.empty() || image.channels() != 3 {
-        return Err(undecodable());
-    }
-    Ok(Frame {
-        image,
-        header,
-        reduction,
-    })
+    CheckedImage::check(bytes.to_vec(), limits)
+        .map_err(|refused| refused.error)?
+        .decode()
 }
 
 #[cfg(test)]

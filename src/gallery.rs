@@ -1,11 +1,12 @@
 //! The enrolled people: their embeddings, matched by cosine, stored as versioned JSON written atomically.
 
 use std::fs;
-use std::io::Write;
+
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::atomic_file;
 use crate::vision::embed::{dot, Embedding};
 
 const FORMAT: &str = "facegate-gallery";
@@ -186,23 +187,7 @@ impl Gallery {
             .filter(|d| !d.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
         fs::create_dir_all(dir).map_err(write_error)?;
-        let temp = dir.join(format!(
-            ".{}.tmp-{}",
-            path.file_name()
-                .map_or("gallery".into(), |n| n.to_string_lossy()),
-            std::process::id()
-        ));
-        let result = (|| {
-            let mut file = fs::File::create(&temp)?;
-            file.write_all(self.to_json().as_bytes())?;
-            file.sync_all()?;
-            fs::rename(&temp, path)?;
-            fs::File::open(dir)?.sync_all()
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&temp);
-        }
-        result.map_err(write_error)
+        atomic_file::write(path, self.to_json().as_bytes(), 0o644).map_err(write_error)
     }
 
     pub fn embedder(&self) -> &EmbedderId {

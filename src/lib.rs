@@ -1,9 +1,12 @@
-//! facegate: door-access face recognition. The modules follow the data path of one frame:
-//! frame → vision (detect, align, embed) → gallery → decision → door, audit, snapshots;
-//! `http`, `service` and `daemon` are the edges that carry frames in and answers out.
+//! facegate: door-access face recognition. The modules follow the data path of one request:
+//! http (transport) → service → body → frame (checked image) → vision (detect, align, embed) →
+//! gallery (match) → decision (pure) → record → answer, then door, audit, events, snapshots;
+//! `daemon` and the binary's `cli` wire them together.
 
 pub mod admin;
+pub mod atomic_file;
 pub mod audit;
+pub mod body;
 pub mod config;
 pub mod daemon;
 pub mod decision;
@@ -17,6 +20,7 @@ pub mod metrics;
 pub mod models;
 pub mod ratelimit;
 pub mod recognition;
+pub mod record;
 pub mod service;
 pub mod snapshots;
 pub mod vision;

@@ -5,9 +5,8 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::config::FrameConfig;
 use crate::decision::Outcome;
-use crate::frame::{self, FrameError, ImageHeader};
+use crate::frame::{CheckedImage, FrameError, ImageHeader};
 use crate::gallery::Gallery;
 use crate::vision::{elapsed_ms, Recognizer, VisionError};
 
@@ -38,16 +37,15 @@ pub struct Recognition {
     pub timings: StageTimings,
 }
 
-/// Recognises the largest face in an encoded image.
+/// Recognises the largest face in a checked image.
 pub fn recognize_image(
     recognizer: &mut Recognizer,
     gallery: &Gallery,
-    image: &[u8],
-    limits: &FrameConfig,
+    image: &CheckedImage,
     threshold: f32,
 ) -> Result<Recognition, RecognitionError> {
     let started = Instant::now();
-    let decoded = frame::decode_image(image, limits)?;
+    let decoded = image.decode()?;
     let decode_ms = elapsed_ms(started);
     let sighting = recognizer.look(&decoded.image)?;
     let started = Instant::now();

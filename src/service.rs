@@ -1,24 +1,26 @@
-//! What the daemon does with one request once its body is in: recognise, decide, move the door, answer;
-//! then, after the answer, the audit line, the event and the snapshot, all under the request's id.
+//! What the daemon does with one request once its body is in: parse the body, check the image,
+//! recognise, decide, move the door and build the one record the answer is rendered from; then, after
+//! the answer, the audit line, the event and the snapshot, all under the request's id. It knows
+//! nothing of HTTP: the transport hands it bytes and renders what it returns.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
 use crate::audit::AuditLog;
+use crate::body::{parse_frame_post, BodyError, FramePost};
 use crate::config::Config;
-use crate::decision::{decide, round_score, Decision, Outcome, Status};
+use crate::decision::{decide, round_score, Decision, Freshness, FreshnessRules, Outcome, Status};
 use crate::door::{DoorController, GrantOutcome};
 use crate::events::EventRing;
-use crate::frame::{self, FrameError};
-use crate::gallery::LiveGallery;
-use crate::http::body::{parse_frame_post, BodyError, FramePost};
-use crate::http::{Answer, BodyReadError, Endpoint, RequestIds};
+use crate::frame::{self, CheckedImage, FrameError, RefusedImage};
+use crate::gallery::{Gallery, LiveGallery};
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimitedLog;
-use crate::recognition::{recognize_image, RecognitionError, StageTimings};
+use crate::recognition::{recognize_image, Recognition, RecognitionError};
+use crate::record::{rounded, DecisionRecord, Endpoint, Recognised, Refusal, Timings};
 use crate::snapshots::SnapshotStore;
 use crate::vision::Recognizer;
 
@@ -28,9 +30,7 @@ const DISK_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(60);
 /// Everything the workers share.
 pub struct Service {
     pub config: Config,
-    pub token: Option<String>,
     pub threshold: f32,
-    pub ids: RequestIds,
     pub metrics: Arc<Metrics>,
     pub events: EventRing,
     pub door: Arc<DoorController>,
@@ -38,49 +38,49 @@ pub struct Service {
     pub audit: Option<Arc<AuditLog>>,
     pub snapshots: Option<SnapshotStore>,
     pub started: Instant,
-    /// The port the daemon listens on, to find its own connections.
-    pub port: u16,
-    /// Bodies being read, for the socket sweeper to cut short when overdue.
-    pub body_deadlines: Arc<crate::http::sockets::BodyDeadlines>,
-    /// Connections' traffic since their last request, for the sweeper to cut header floods.
-    pub header_floods: Arc<crate::http::sockets::HeaderFloodGuard>,
     pub audit_errors: Arc<RateLimitedLog>,
+    freshness: FreshnessRules,
     snapshot_errors: RateLimitedLog,
 }
 
-/// An answer plus the bookkeeping that follows it.
-pub struct Handled {
-    pub answer: Answer,
-    pub follow_up: FollowUp,
+/// A request whose body has been read, as the transport hands it over.
+pub struct FrameRequest {
+    pub request_id: String,
+    pub endpoint: Endpoint,
+    /// When the request arrived, on the monotonic clock and on the wall clock.
+    pub received_at: Instant,
+    pub received_wall: DateTime<Utc>,
+    pub body: Vec<u8>,
+    /// The client's address, for the log and audit line.
+    pub remote: Option<String>,
 }
 
-/// Written after the answer is sent.
-#[derive(Default)]
-pub struct FollowUp {
-    record: Option<Value>,
+/// The record the answer is rendered from, plus what is written after the answer is sent.
+pub struct Handled {
+    pub record: DecisionRecord,
     snapshot: Option<Snapshot>,
 }
 
+impl Handled {
+    fn without_snapshot(record: DecisionRecord) -> Handled {
+        Handled {
+            record,
+            snapshot: None,
+        }
+    }
+}
+
+/// A frame kept after the answer, under the request's id.
 struct Snapshot {
-    id: String,
     image: Vec<u8>,
     ext: &'static str,
-    sidecar: Value,
-}
-
-fn rounded(score: Option<f32>) -> Option<f64> {
-    score.map(round_score)
-}
-
-fn ms(value: f64) -> f64 {
-    (value * 100.0).round() / 100.0
+    reason: &'static str,
 }
 
 impl Service {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: Config,
-        port: u16,
         threshold: f32,
         metrics: Arc<Metrics>,
         door: Arc<DoorController>,
@@ -90,33 +90,29 @@ impl Service {
         snapshots: Option<SnapshotStore>,
     ) -> Service {
         Service {
-            token: config.token(),
             events: EventRing::new(config.http.events_kept),
+            freshness: FreshnessRules::of(&config.door),
             config,
             threshold,
-            ids: RequestIds::default(),
             metrics,
             door,
             gallery,
             audit,
             snapshots,
             started: Instant::now(),
-            port,
-            body_deadlines: Arc::default(),
-            header_floods: Arc::default(),
             audit_errors,
             snapshot_errors: RateLimitedLog::new(DISK_ERROR_LOG_INTERVAL),
         }
     }
 
-    pub fn health(&self) -> Answer {
+    pub fn health(&self) -> Value {
         let gallery = self.gallery.current();
-        Answer::ok(json!({
+        json!({
             "status": "ok",
             "door_available": self.door.is_available(),
             "people": gallery.people().len(),
             "uptime_s": self.started.elapsed().as_secs(),
-        }))
+        })
     }
 
     pub fn metrics_text(&self) -> String {
@@ -127,405 +123,226 @@ impl Service {
         self.metrics.render()
     }
 
-    /// GET /events?limit=N&before=SEQ
-    pub fn events_page(&self, url: &str, request_id: &str) -> Answer {
-        let query = url.split_once('?').map_or("", |(_, q)| q);
+    /// GET /events?limit=N&before=SEQ, from the query string.
+    pub fn events_page(&self, query: &str) -> Result<Value, Refusal> {
         let mut limit = 50usize;
         let mut before = None;
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let parsed = value.parse::<u64>();
-            match (key, parsed) {
+            match (key, value.parse::<u64>()) {
                 ("limit", Ok(n)) if (1..=500).contains(&n) => limit = n as usize,
                 ("before", Ok(n)) => before = Some(n),
                 _ => {
-                    return Answer::error(
-                        400,
-                        request_id,
-                        "bad_query",
-                        format!("`{pair}` is not understood: use limit=1..500 and before=<seq from next_before>"),
-                    )
+                    return Err(Refusal {
+                        http: 400,
+                        error: "bad_query",
+                        message: format!("`{pair}` is not understood: use limit=1..500 and before=<seq from next_before>"),
+                    })
                 }
             }
         }
         let page = self.events.page(limit, before);
-        Answer::ok(json!({ "events": page.events, "next_before": page.next_before }))
+        Ok(json!({ "events": page.events, "next_before": page.next_before }))
     }
 
-    pub fn body_read_failed(
-        &self,
-        endpoint: Endpoint,
-        request_id: &str,
-        err: BodyReadError,
-    ) -> Handled {
-        let (code, error, message) = match err {
-            BodyReadError::TooLarge => (
-                413,
-                "too_large",
-                format!(
-                    "the body is larger than the {} bytes allowed",
-                    self.config.http.max_body_bytes
-                ),
-            ),
-            BodyReadError::Timeout => (
-                408,
-                "body_timeout",
-                format!(
-                    "the body did not arrive within {} ms",
-                    self.config.http.body_timeout_ms
-                ),
-            ),
-            BodyReadError::Io(cause) => (
-                400,
-                "body_unreadable",
-                format!("the body could not be read: {cause}"),
-            ),
-        };
-        self.rejected(endpoint, request_id, code, error, message, None)
+    /// A request refused before it reached a decision (bad body, wrong token, full queue, ...):
+    /// logged, counted and audited like a decision, the door untouched.
+    pub fn refuse(&self, request_id: &str, endpoint: Endpoint, refusal: Refusal) -> Handled {
+        self.conclude(DecisionRecord::refused(request_id, endpoint, refusal))
     }
 
-    pub fn internal_error(&self, endpoint: Endpoint, request_id: &str) -> Handled {
-        self.rejected(
-            endpoint,
+    /// Every worker busy and the queue full.
+    pub fn busy(&self, request_id: &str, endpoint: Endpoint) -> Handled {
+        self.conclude(DecisionRecord::busy(request_id, endpoint))
+    }
+
+    /// A fault of the daemon's own (a panic while handling the request).
+    pub fn internal_error(&self, request_id: &str, endpoint: Endpoint) -> Handled {
+        self.refuse(request_id, endpoint, internal_error())
+    }
+
+    /// A frame post whose body has been read: one pass from the body to the record.
+    pub fn handle(&self, recognizer: &mut Recognizer, request: FrameRequest) -> Handled {
+        let FrameRequest {
             request_id,
-            500,
-            "internal_error",
-            "the request could not be processed; see the log".into(),
-            None,
-        )
-    }
-
-    /// An answer that is not a decision: logged, audited and counted like one, the door untouched.
-    fn rejected(
-        &self,
-        endpoint: Endpoint,
-        request_id: &str,
-        code: u16,
-        error: &'static str,
-        message: String,
-        frame_id: Option<&str>,
-    ) -> Handled {
-        self.metrics.count_request(endpoint.name(), error);
-        let level = if code >= 500 {
-            log::Level::Error
-        } else {
-            log::Level::Warn
-        };
-        log::log!(
-            level,
-            "request_id={request_id} endpoint={} status=error error={error} http={code} door=locked message={message:?}",
-            endpoint.name()
-        );
-        let mut answer = Answer::error(code, request_id, error, message.clone());
-        answer.body["frame_id"] = json!(frame_id);
-        answer.body["door"] = json!("locked");
-        Handled {
-            answer,
-            follow_up: FollowUp {
-                record: Some(json!({
-                    "kind": "rejected",
-                    "request_id": request_id,
-                    "endpoint": endpoint.name(),
-                    "frame_id": frame_id,
-                    "http": code,
-                    "error": error,
-                    "message": message,
-                })),
-                snapshot: None,
-            },
-        }
-    }
-
-    /// A frame post whose body has been read.
-    pub fn handle_frame(
-        &self,
-        recognizer: &mut Recognizer,
-        endpoint: Endpoint,
-        request_id: &str,
-        received_at: Instant,
-        body: Vec<u8>,
-        remote: Option<&str>,
-    ) -> Handled {
+            endpoint,
+            received_at,
+            received_wall,
+            body,
+            remote,
+        } = request;
         let post = match parse_frame_post(&body, self.config.frame.max_image_bytes) {
             Ok(post) => post,
             Err(err) => {
-                let (code, error) = body_error_status(&err);
-                return self.rejected(endpoint, request_id, code, error, err.to_string(), None);
+                let mut record = DecisionRecord::refused(&request_id, endpoint, body_refusal(&err));
+                record.remote = remote;
+                return self.conclude(record);
             }
         };
         drop(body);
+        let mut record = DecisionRecord::new(&request_id, endpoint, Status::Error);
+        record.frame_id = post.frame_id.clone();
+        record.captured_at = post.captured_at;
+        record.remote = remote;
         match endpoint {
-            Endpoint::Save => self.save_failed_pin(request_id, post, remote),
-            Endpoint::Image => self.decide_frame(recognizer, request_id, received_at, post, remote),
+            Endpoint::Save => self.save_failed_pin(record, post),
+            Endpoint::Image | Endpoint::Identify => {
+                self.decide_frame(recognizer, record, post, received_at, received_wall)
+            }
         }
     }
 
-    /// POST /save: the tablet reports a failed PIN entry with the frame; stored at once.
-    fn save_failed_pin(&self, request_id: &str, post: FramePost, remote: Option<&str>) -> Handled {
-        let ext = frame::file_extension(&post.image);
-        let sidecar = json!({
-            "request_id": request_id,
-            "reason": "pin_failed",
-            "frame_id": post.frame_id,
-            "captured_at": post.captured_at.map(|t| t.to_rfc3339()),
-            "received_at": Utc::now().to_rfc3339(),
-            "remote": remote,
-            "bytes": post.image.len(),
-        });
+    /// POST /save: the tablet reports a failed PIN entry with the frame; stored before the answer,
+    /// since the answer names the stored snapshot.
+    fn save_failed_pin(&self, mut record: DecisionRecord, post: FramePost) -> Handled {
         let Some(store) = &self.snapshots else {
-            return self.rejected(
-                Endpoint::Save,
-                request_id,
-                507,
-                "storage_unavailable",
+            record.status = Status::Error;
+            record.refusal = Some(storage_unavailable(
                 "the snapshot store could not be opened at start-up; see the log".into(),
-                post.frame_id.as_deref(),
-            );
+            ));
+            return self.conclude(record);
         };
-        match store.save(request_id, &post.image, ext, &sidecar) {
-            Ok(saved) => {
-                self.metrics.count_request("save", "saved");
-                log::info!(
-                    "request_id={request_id} endpoint=save status=saved reason=pin_failed frame_id={:?} bytes={}",
-                    post.frame_id.as_deref().unwrap_or(""),
-                    saved.bytes
-                );
-                let answer = Answer::ok(json!({
-                    "request_id": request_id,
-                    "frame_id": post.frame_id,
-                    "status": "saved",
-                    "snapshot_id": saved.id,
-                    "door": "locked",
-                }));
-                let mut record = sidecar;
-                record["kind"] = json!("snapshot");
-                Handled {
-                    answer,
-                    follow_up: FollowUp {
-                        record: Some(record),
-                        snapshot: None,
-                    },
-                }
-            }
+        record.status = Status::Saved;
+        record.bytes = Some(post.image.len());
+        record.snapshot_id = Some(record.request_id.clone());
+        let ext = frame::file_extension(&post.image);
+        match store.save(
+            &record.request_id,
+            &post.image,
+            ext,
+            &record.sidecar("pin_failed"),
+        ) {
+            Ok(_) => self.conclude(record),
             Err(err) => {
                 self.metrics.count_snapshot_failure();
                 self.snapshot_errors
-                    .error(format!("snapshot {request_id} not stored: {err}"));
-                self.rejected(
-                    Endpoint::Save,
-                    request_id,
-                    507,
-                    "storage_unavailable",
-                    format!("the snapshot could not be stored: {err}"),
-                    post.frame_id.as_deref(),
-                )
+                    .error(format!("snapshot {} not stored: {err}", record.request_id));
+                record.status = Status::Error;
+                record.snapshot_id = None;
+                record.bytes = None;
+                record.refusal = Some(storage_unavailable(format!(
+                    "the snapshot could not be stored: {err}"
+                )));
+                self.conclude(record)
             }
         }
     }
 
-    /// How old the frame is now: time since it was received, or since the tablet captured it
-    /// when that is longer.
-    fn frame_age(received_at: Instant, post: &FramePost) -> Duration {
-        let since_received = received_at.elapsed();
-        let since_captured = post
-            .captured_at
-            .and_then(|t| (Utc::now() - t).to_std().ok())
-            .unwrap_or_default();
-        since_received.max(since_captured)
-    }
-
-    /// POST /image: recognise, decide, and on a fresh grant ask the door to open.
+    /// POST /image: check the image, recognise (unless the frame is already too old), decide, and
+    /// on a fresh grant ask the door to open.
     fn decide_frame(
         &self,
         recognizer: &mut Recognizer,
-        request_id: &str,
-        received_at: Instant,
+        mut record: DecisionRecord,
         post: FramePost,
-        remote: Option<&str>,
+        received_at: Instant,
+        received_wall: DateTime<Utc>,
     ) -> Handled {
-        let max_age = self.config.max_decision_age();
-        let started = Instant::now();
-        let queued_ms = started.duration_since(received_at).as_secs_f64() * 1000.0;
+        let freshness =
+            Freshness::of_frame(received_at, received_wall, post.captured_at, self.freshness);
         // Garbage is answered as such even when it is also too old to decide on.
-        let header = match frame::read_header(&post.image) {
-            Ok(header) => header,
-            Err(err) => return self.bad_image(request_id, post, err, remote),
+        let image = match CheckedImage::check(post.image, &self.config.frame) {
+            Ok(image) => image,
+            Err(refused) => return self.bad_image(record, refused),
         };
-        let (outcome, faces, timings) = if Self::frame_age(received_at, &post) > max_age {
-            (Outcome::NoFace, 0, StageTimings::default())
-        } else {
-            let gallery = self.gallery.current();
-            match recognize_image(
-                recognizer,
-                &gallery,
-                &post.image,
-                &self.config.frame,
-                self.threshold,
-            ) {
-                Ok(recognition) => (recognition.outcome, recognition.faces, recognition.timings),
-                Err(RecognitionError::Frame(err)) => {
-                    return self.bad_image(request_id, post, err, remote)
-                }
-                Err(RecognitionError::Vision(err)) => {
-                    log::error!("request_id={request_id} recognition failed: {err}");
-                    let mut handled = self.internal_error(Endpoint::Image, request_id);
-                    handled.follow_up.snapshot =
-                        self.error_snapshot(request_id, &post, "internal_error", remote);
-                    return handled;
-                }
+        let judged = judge(
+            recognizer,
+            &self.gallery.current(),
+            self.threshold,
+            &image,
+            freshness,
+            self.freshness,
+            received_at,
+            &mut record,
+        );
+        let decision = match judged {
+            Ok(decision) => decision,
+            Err(RecognitionError::Frame(error)) => {
+                let bytes = image.into_bytes();
+                return self.bad_image(record, RefusedImage { error, bytes });
+            }
+            Err(RecognitionError::Vision(err)) => {
+                log::error!("request_id={} recognition failed: {err}", record.request_id);
+                record.refusal = Some(internal_error());
+                let ext = image.header().format.extension();
+                return self.conclude_with_snapshot(
+                    record,
+                    image.into_bytes(),
+                    ext,
+                    "internal_error",
+                );
             }
         };
-        let age = Self::frame_age(received_at, &post);
-        let decision = decide(&outcome, age, max_age);
-        let door = if decision.may_open {
-            let identity = decision.identity.as_deref().unwrap_or_default();
-            self.door.request_open(request_id, identity)
-        } else {
-            GrantOutcome::Unavailable
-        };
-        let door_open = decision.may_open
-            && matches!(
-                door,
-                GrantOutcome::Opened | GrantOutcome::Extended | GrantOutcome::AlreadyOpen
-            );
-        let total_ms = received_at.elapsed().as_secs_f64() * 1000.0;
-        self.observe(&decision, &timings, total_ms);
-        let door_word = if door_open { "opened" } else { "locked" };
-        let door_action = if decision.may_open {
-            door.as_str()
-        } else {
-            "none"
-        };
-        let nearest = match &outcome {
-            Outcome::Unknown { best: Some(best) } => Some(best.name.as_str()),
-            _ => None,
-        };
-        log::info!(
-            "request_id={request_id} endpoint=image status={} identity={:?} score={} threshold={} faces={faces} door={door_word} door_action={door_action} age_ms={} total_ms={:.1} frame_id={:?} nearest={:?} remote={}",
-            decision.status.as_str(),
-            decision.identity.as_deref().unwrap_or(""),
-            rounded(decision.score).map_or("-".to_string(), |s| s.to_string()),
-            self.threshold,
-            age.as_millis(),
-            total_ms,
-            post.frame_id.as_deref().unwrap_or(""),
-            nearest.unwrap_or(""),
-            remote.unwrap_or("-"),
-        );
-        let answer = Answer::ok(json!({
-            "request_id": request_id,
-            "frame_id": post.frame_id,
-            "status": decision.status,
-            "identity": decision.identity,
-            "score": rounded(decision.score),
-            "threshold": rounded(Some(self.threshold)),
-            "faces": faces,
-            "door": door_word,
-            "timings": {
-                "queue_ms": ms(queued_ms),
-                "decode_ms": ms(timings.decode_ms),
-                "detect_ms": ms(timings.detect_ms),
-                "align_ms": ms(timings.align_ms),
-                "embed_ms": ms(timings.embed_ms),
-                "match_ms": ms(timings.match_ms),
-                "total_ms": ms(total_ms),
-            },
-        }));
-        let record = json!({
-            "kind": "decision",
-            "request_id": request_id,
-            "frame_id": post.frame_id,
-            "captured_at": post.captured_at.map(|t| t.to_rfc3339()),
-            "status": decision.status,
-            "identity": decision.identity,
-            "nearest_below_threshold": nearest,
-            "score": rounded(decision.score),
-            "threshold": rounded(Some(self.threshold)),
-            "faces": faces,
-            "door": door_word,
-            "door_action": door_action,
-            "age_ms": age.as_millis() as u64,
-            "total_ms": ms(total_ms),
-            "remote": remote,
-        });
-        let wants_snapshot = match decision.status {
+        if let (Some(_), Some(identity)) = (decision.open_until, &decision.identity) {
+            record.door = door_word(self.door.request_open(&record.request_id, identity));
+        }
+        let keep = match decision.status {
             Status::Unknown => self.config.snapshots.on_unknown,
             Status::NoFace => self.config.snapshots.on_no_face,
             _ => false,
         };
-        let snapshot = wants_snapshot.then(|| {
-            let ext = header.format.extension();
-            let mut sidecar = record.clone();
-            sidecar["reason"] = json!(decision.status.as_str());
-            Snapshot {
-                id: request_id.to_string(),
-                image: post.image,
-                ext,
-                sidecar,
-            }
-        });
-        Handled {
-            answer,
-            follow_up: FollowUp {
-                record: Some(record),
-                snapshot,
-            },
+        if keep {
+            let reason = decision.status.as_str();
+            let ext = image.header().format.extension();
+            self.conclude_with_snapshot(record, image.into_bytes(), ext, reason)
+        } else {
+            self.conclude(record)
         }
     }
 
-    fn bad_image(
+    fn bad_image(&self, mut record: DecisionRecord, refused: RefusedImage) -> Handled {
+        let refusal = frame_refusal(&refused.error);
+        let reason = refusal.error;
+        record.refusal = Some(refusal);
+        if self.config.snapshots.on_error {
+            let ext = frame::file_extension(&refused.bytes);
+            self.conclude_with_snapshot(record, refused.bytes, ext, reason)
+        } else {
+            self.conclude(record)
+        }
+    }
+
+    fn conclude_with_snapshot(
         &self,
-        request_id: &str,
-        post: FramePost,
-        err: FrameError,
-        remote: Option<&str>,
+        record: DecisionRecord,
+        image: Vec<u8>,
+        ext: &'static str,
+        reason: &'static str,
     ) -> Handled {
-        let (code, error) = frame_error_status(&err);
-        let mut handled = self.rejected(
-            Endpoint::Image,
-            request_id,
-            code,
-            error,
-            err.to_string(),
-            post.frame_id.as_deref(),
-        );
-        handled.follow_up.snapshot = self.error_snapshot(request_id, &post, error, remote);
+        let mut handled = self.conclude(record);
+        handled.snapshot = Some(Snapshot { image, ext, reason });
         handled
     }
 
-    fn error_snapshot(
-        &self,
-        request_id: &str,
-        post: &FramePost,
-        reason: &str,
-        remote: Option<&str>,
-    ) -> Option<Snapshot> {
-        self.config.snapshots.on_error.then(|| Snapshot {
-            id: request_id.to_string(),
-            image: post.image.clone(),
-            ext: frame::file_extension(&post.image),
-            sidecar: json!({
-                "request_id": request_id,
-                "reason": reason,
-                "frame_id": post.frame_id,
-                "remote": remote,
-            }),
-        })
+    /// The record is complete: count it and write its log line (the answer follows at once).
+    fn conclude(&self, mut record: DecisionRecord) -> Handled {
+        record.at = Utc::now();
+        if record.refusal.is_some() {
+            record.status = Status::Error;
+        }
+        let status_label = match &record.refusal {
+            Some(refusal) => refusal.error,
+            None => record.status.as_str(),
+        };
+        self.metrics
+            .count_request(record.endpoint.name(), status_label);
+        if let Some(recognised) = &record.recognised {
+            if recognised.timings.detect_ms > 0.0 || record.status != Status::Stale {
+                self.observe(&recognised.timings);
+            }
+        }
+        log::log!(record.log_level(), "{}", record.log_line());
+        Handled::without_snapshot(record)
     }
 
-    fn observe(&self, decision: &Decision, timings: &StageTimings, total_ms: f64) {
-        self.metrics
-            .count_request("image", decision.status.as_str());
-        if decision.status == Status::Stale && timings.detect_ms == 0.0 {
-            return;
-        }
+    fn observe(&self, timings: &Timings) {
         for (stage, value) in [
             ("decode", timings.decode_ms),
             ("detect", timings.detect_ms),
             ("align", timings.align_ms),
             ("embed", timings.embed_ms),
             ("match", timings.match_ms),
-            ("total", total_ms),
+            ("total", timings.total_ms),
         ] {
             self.metrics.observe_stage(stage, value);
         }
@@ -533,49 +350,133 @@ impl Service {
 
     /// Audit line, event and snapshot, after the answer went out. Disk trouble is logged (rate-limited)
     /// and counted; it never reaches the tablet or the door.
-    pub fn follow_up(&self, follow_up: FollowUp) {
-        if let Some(record) = &follow_up.record {
-            if let Some(audit) = &self.audit {
-                if let Err(err) = audit.append(record) {
-                    self.metrics.count_audit_failure();
-                    self.audit_errors
-                        .error(format!("audit line not written: {err}"));
-                }
-            }
-            if record["kind"] == "decision" {
-                let mut event = record.clone();
-                event["ts"] =
-                    json!(Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
-                self.events.push(event);
+    pub fn follow_up(&self, handled: Handled) {
+        let Handled { record, snapshot } = handled;
+        let line = record.audit_line();
+        if let Some(audit) = &self.audit {
+            if let Err(err) = audit.append(&line) {
+                self.metrics.count_audit_failure();
+                self.audit_errors
+                    .error(format!("audit line not written: {err}"));
             }
         }
-        if let (Some(snapshot), Some(store)) = (follow_up.snapshot, &self.snapshots) {
+        if record.kind() == "decision" {
+            self.events.push(line);
+        }
+        if let (Some(snapshot), Some(store)) = (snapshot, &self.snapshots) {
             if let Err(err) = store.save(
-                &snapshot.id,
+                &record.request_id,
                 &snapshot.image,
                 snapshot.ext,
-                &snapshot.sidecar,
+                &record.sidecar(snapshot.reason),
             ) {
                 self.metrics.count_snapshot_failure();
                 self.snapshot_errors
-                    .error(format!("snapshot {} not stored: {err}", snapshot.id));
+                    .error(format!("snapshot {} not stored: {err}", record.request_id));
             }
         }
     }
 }
 
-fn body_error_status(err: &BodyError) -> (u16, &'static str) {
-    match err {
+/// Recognises a checked image (unless the frame is already too old), decides, and writes both into
+/// `record`. No door, no disk: the daemon and `facegate identify` share it.
+#[allow(clippy::too_many_arguments)]
+pub fn judge(
+    recognizer: &mut Recognizer,
+    gallery: &Gallery,
+    threshold: f32,
+    image: &CheckedImage,
+    freshness: Freshness,
+    rules: FreshnessRules,
+    received_at: Instant,
+    record: &mut DecisionRecord,
+) -> Result<Decision, RecognitionError> {
+    let started = Instant::now();
+    let recognition = if freshness.is_fresh_at(started) {
+        Some(recognize_image(recognizer, gallery, image, threshold)?)
+    } else {
+        None
+    };
+    let outcome = recognition
+        .as_ref()
+        .map_or(Outcome::NoFace, |r| r.outcome.clone());
+    let now = Instant::now();
+    let decision = decide(&outcome, freshness, now);
+    record.status = decision.status;
+    record.message = decision.stale.map(|cause| cause.message(rules));
+    record.recognised = Some(Recognised {
+        identity: decision.identity.clone(),
+        nearest_below_threshold: outcome.nearest_below_threshold().map(|m| m.name.clone()),
+        score: rounded(decision.score),
+        threshold: round_score(threshold),
+        faces: recognition.as_ref().map_or(0, |r| r.faces),
+        age_ms: freshness.age_at(now).as_millis() as u64,
+        timings: stage_timings(recognition.as_ref(), received_at, started),
+    });
+    Ok(decision)
+}
+
+/// What the relay did, in the answer's words.
+fn door_word(outcome: GrantOutcome) -> &'static str {
+    match outcome {
+        GrantOutcome::Opened | GrantOutcome::AlreadyOpen => "opened",
+        GrantOutcome::Extended => "extended",
+        GrantOutcome::CoolingDown => "cooling_down",
+        GrantOutcome::Unavailable => "locked",
+    }
+}
+
+fn stage_timings(
+    recognition: Option<&Recognition>,
+    received_at: Instant,
+    started: Instant,
+) -> Timings {
+    let stages = recognition.map(|r| r.timings.clone()).unwrap_or_default();
+    Timings {
+        queue_ms: started.duration_since(received_at).as_secs_f64() * 1000.0,
+        decode_ms: stages.decode_ms,
+        detect_ms: stages.detect_ms,
+        align_ms: stages.align_ms,
+        embed_ms: stages.embed_ms,
+        match_ms: stages.match_ms,
+        total_ms: received_at.elapsed().as_secs_f64() * 1000.0,
+    }
+    .rounded()
+}
+
+fn internal_error() -> Refusal {
+    Refusal {
+        http: 500,
+        error: "internal_error",
+        message: "the request could not be processed; see the log".into(),
+    }
+}
+
+fn storage_unavailable(message: String) -> Refusal {
+    Refusal {
+        http: 507,
+        error: "storage_unavailable",
+        message,
+    }
+}
+
+fn body_refusal(err: &BodyError) -> Refusal {
+    let (http, error) = match err {
         BodyError::Json(_) => (400, "bad_json"),
         BodyError::FrameId => (400, "bad_frame_id"),
         BodyError::CapturedAt(_) => (400, "bad_captured_at"),
-        BodyError::Frame(frame) => frame_error_status(frame),
+        BodyError::Frame(frame) => return frame_refusal(frame),
+    };
+    Refusal {
+        http,
+        error,
+        message: err.to_string(),
     }
 }
 
 /// The 4xx answer for each way a frame can be wrong.
-pub fn frame_error_status(err: &FrameError) -> (u16, &'static str) {
-    match err {
+pub fn frame_refusal(err: &FrameError) -> Refusal {
+    let (http, error) = match err {
         FrameError::Empty => (400, "empty_body"),
         FrameError::Base64(_) => (400, "bad_base64"),
         FrameError::TooLarge { .. } => (413, "too_large"),
@@ -586,5 +487,10 @@ pub fn frame_error_status(err: &FrameError) -> (u16, &'static str) {
         FrameError::AbsurdDimensions { .. } | FrameError::TooManyPixels { .. } => {
             (413, "image_too_large")
         }
+    };
+    Refusal {
+        http,
+        error,
+        message: err.to_string(),
     }
 }

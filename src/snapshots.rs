@@ -1,12 +1,13 @@
 //! Keeps the frames behind failed or refused decisions (image + JSON sidecar) for diagnosis,
 //! bounded by count, bytes and age; a full or unwritable disk yields an error, never a panic.
 
+use crate::atomic_file::{self, TEMP_PREFIX};
 use crate::ratelimit::RateLimitedLog;
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use serde::Serialize;
 use std::collections::{BTreeMap, VecDeque};
-use std::fs::{self, File};
-use std::io::{ErrorKind, Write};
+use std::fs;
+use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
@@ -14,8 +15,6 @@ use std::time::{Duration, SystemTime};
 const MAX_ID_LEN: usize = 64;
 const MAX_EXT_LEN: usize = 8;
 const SIDECAR_EXT: &str = "json";
-/// Prefix of files being written; left-overs from a crash are removed at open.
-const TEMP_PREFIX: &str = ".tmp-";
 const DAY_FORMAT: &str = "%Y-%m-%d";
 const CLEANUP_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -199,10 +198,6 @@ impl SnapshotStore {
         Ok(store)
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// Stores `image` byte for byte as `<dir>/<UTC day>/<id>.<ext>` and `sidecar` as `<id>.json`.
     /// Each file is written to a temporary name, synced and renamed; the sidecar is renamed last
     /// and marks the snapshot complete. Does disk I/O including an fsync: call it off the path
@@ -317,27 +312,11 @@ impl SnapshotStore {
     }
 }
 
-/// Writes `bytes` to a temporary sibling of `path`, syncs it and renames it into place.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), SnapshotError> {
-    let write_error = |source| SnapshotError::Write {
+    atomic_file::write(path, bytes, 0o640).map_err(|cause| SnapshotError::Write {
         path: path.to_owned(),
-        cause: source,
-    };
-    let file_name = path
-        .file_name()
-        .and_then(|name| name.to_str())
-        .unwrap_or_default();
-    let temp_path = path.with_file_name(format!("{TEMP_PREFIX}{file_name}"));
-    let written = File::create(&temp_path).and_then(|mut file| {
-        file.write_all(bytes)?;
-        file.sync_data()
-    });
-    let renamed = written.and_then(|()| fs::rename(&temp_path, path));
-    if let Err(source) = renamed {
-        remove_quietly(&temp_path);
-        return Err(write_error(source));
-    }
-    Ok(())
+        cause,
+    })
 }
 
 fn remove_quietly(path: &Path) {

@@ -303,7 +303,7 @@ fn a_full_queue_answers_busy_and_never_moves_the_relay() {
         assert_eq!(answer["door"], "locked", "{answer}");
         request_id(answer);
     }
-    daemon.wait_for_log(&["status=busy reason=queue_full"]);
+    daemon.wait_for_log(&["status=busy", "message=\"all workers are busy"]);
     assert_no_earlier_request_moved_the_relay(&daemon);
 }
 
@@ -721,10 +721,10 @@ fn a_second_grant_during_the_pulse_extends_it_in_extend_mode() {
     daemon.wait_for_journal("the unlock", |j| j.iter().any(Actuation::is_unlocked));
     std::thread::sleep(std::time::Duration::from_millis(500));
     let (second, second_sent) = grant(&daemon);
-    assert_eq!(second["door"], "opened", "{second}");
+    assert_eq!(second["door"], "extended", "{second}");
     daemon.wait_for_log(&[
         &format!("request_id={} ", request_id(&second)),
-        "door_action=extended",
+        "door=extended",
     ]);
 
     let journal = daemon.wait_for_journal("the relock", |j| {
@@ -757,7 +757,7 @@ fn a_second_grant_during_the_pulse_is_ignored_in_ignore_mode_and_cooldown_refuse
     );
     daemon.wait_for_log(&[
         &format!("request_id={} ", request_id(&second)),
-        "door_action=already_open",
+        "door=opened",
     ]);
 
     let journal = daemon.wait_for_journal("the relock", |j| {
@@ -771,10 +771,13 @@ fn a_second_grant_during_the_pulse_is_ignored_in_ignore_mode_and_cooldown_refuse
     );
 
     let (third, _) = grant(&daemon);
-    assert_eq!(third["door"], "locked", "within the cooldown: {third}");
+    assert_eq!(
+        third["door"], "cooling_down",
+        "within the cooldown: {third}"
+    );
     daemon.wait_for_log(&[
         &format!("request_id={} ", request_id(&third)),
-        "door_action=cooling_down",
+        "door=cooling_down",
     ]);
     assert_eq!(daemon.terminate().code(), Some(0));
     let journal = daemon.journal();
@@ -811,11 +814,11 @@ fn check_config_accepts_the_shipped_file_and_names_a_bad_key() {
 }
 
 #[test]
+#[cfg_attr(
+    any(target_arch = "aarch64", target_arch = "arm"),
+    ignore = "on a Raspberry Pi the daemon would claim BCM 17; this guards machines without GPIO"
+)]
 fn serve_with_the_gpio_door_off_a_pi_fails_at_start_with_guidance() {
-    // On a Raspberry Pi the daemon would claim the pin; this guards machines without GPIO.
-    if std::path::Path::new("/dev/gpiomem").exists() {
-        return;
-    }
     let setup = Setup::new();
     let finished = setup.run(&["serve", "--door", "gpio"]);
     assert_ne!(finished.status.code(), Some(0), "{finished:?}");

@@ -9,7 +9,6 @@ use std::thread;
 use facegate::decision::{Outcome, Status};
 use facegate::frame;
 use facegate::gallery::Gallery;
-use facegate::recognition::recognize_image;
 use facegate::vision::Recognizer;
 
 use support::{decide_fresh, person_of, pinned_face_count, status, Engine};
@@ -97,7 +96,7 @@ fn people_who_are_not_enrolled_are_never_granted() {
                 let recognition = engine.recognize(&mut recognizer, &gallery, path);
                 let decision = decide_fresh(&recognition.outcome);
                 assert_eq!(
-                    (decision.status, decision.may_open),
+                    (decision.status, decision.may_open()),
                     (Status::Unknown, false),
                     "{path} ({stranger}, not enrolled): {:?}",
                     recognition.outcome
@@ -127,7 +126,7 @@ fn hard_negatives_are_never_granted_even_when_the_detector_fires() {
         let recognition = engine.recognize(&mut recognizer, everyone(), &path);
         let decision = decide_fresh(&recognition.outcome);
         assert!(
-            !decision.may_open && decision.identity.is_none(),
+            !decision.may_open() && decision.identity.is_none(),
             "{path}: {:?}",
             recognition.outcome
         );
@@ -194,7 +193,7 @@ fn group_photos_count_every_face_above_the_minimum_size() {
     // 15 px face scored 0.90, right at the detector's score threshold).
     let mut config = engine.config.clone();
     config.recognition.min_face_px = 0;
-    let mut unlimited = Recognizer::load(&engine.models, &config).expect("models load");
+    let mut unlimited = Recognizer::load(&engine.models, &config.recognition).expect("models load");
     for path in ["_group/2007_007763.jpg", "_group/bald_guys.jpg"] {
         let recognition = engine.recognize(&mut unlimited, &empty, path);
         let pinned = pinned_face_count(path);
@@ -340,7 +339,11 @@ fn a_no_face_frame_after_a_granted_frame_is_no_face() {
         let decision = decide_fresh(&after.outcome);
         assert_eq!(after.faces, 0, "round {round}");
         assert_eq!(
-            (decision.status, decision.identity, decision.may_open),
+            (
+                decision.status,
+                decision.identity.clone(),
+                decision.may_open()
+            ),
             (Status::NoFace, None, false),
             "round {round}"
         );
@@ -357,7 +360,11 @@ fn a_stranger_after_a_granted_frame_is_unknown() {
         let after = engine.recognize(&mut recognizer, &gallery, "_liveness/real_image_T1.jpg");
         let decision = decide_fresh(&after.outcome);
         assert_eq!(
-            (decision.status, decision.identity, decision.may_open),
+            (
+                decision.status,
+                decision.identity.clone(),
+                decision.may_open()
+            ),
             (Status::Unknown, None, false),
             "round {round}: {:?}",
             after.outcome
@@ -396,14 +403,9 @@ fn concurrent_workers_never_receive_each_others_results() {
                 let mut recognizer = engine.recognizer();
                 start.wait();
                 for round in 0..ROUNDS {
-                    let recognition = recognize_image(
-                        &mut recognizer,
-                        &gallery,
-                        bytes,
-                        &engine.config.frame,
-                        engine.threshold,
-                    )
-                    .unwrap();
+                    let recognition = engine
+                        .try_recognize(&mut recognizer, &gallery, bytes)
+                        .unwrap();
                     let decision = decide_fresh(&recognition.outcome);
                     assert_eq!(
                         decision.identity.as_deref(),

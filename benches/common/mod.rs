@@ -110,7 +110,7 @@ impl Floor {
             ),
             scale: 1.0 / f64::from((c.std[0] + c.std[1] + c.std[2]) / 3.0),
             swap_rb: c.color == ChannelOrder::Rgb,
-            recognizer: Recognizer::load(models, config).expect("models load"),
+            recognizer: Recognizer::load(models, &config.recognition).expect("models load"),
         }
     }
 

@@ -4,9 +4,9 @@
 
 use std::path::Path;
 
+use facegate::body::parse_frame_post;
 use facegate::config::{Config, FrameConfig};
 use facegate::frame;
-use facegate::http::body::parse_frame_post;
 use opencv::prelude::MatTraitConst;
 
 /// One request body as the daemon reads it (raw base64 or JSON), and the same bytes taken as an image.
@@ -62,7 +62,7 @@ pub fn config(data: &[u8]) {
             config.gallery_path(),
             config.audit_dir(),
             config.snapshot_dir(),
-            config.max_decision_age(),
+            facegate::decision::FreshnessRules::of(&config.door),
         );
     }
 }

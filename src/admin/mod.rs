@@ -393,7 +393,7 @@ impl Admin {
     ) -> Result<T, crate::vision::VisionError> {
         let mut slot = self.recognizer.lock().unwrap_or_else(|p| p.into_inner());
         if slot.is_none() {
-            *slot = Some(Recognizer::load(&self.ctx.models, &self.ctx.config)?);
+            *slot = Some(Recognizer::load(&self.ctx.models, &self.ctx.config.recognition)?);
         }
         Ok(work(slot.as_mut().expect("loaded above")))
     }

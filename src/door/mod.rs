@@ -131,19 +131,18 @@ mod tests {
     }
 
     #[test]
-    fn gpio_off_a_pi_fails_with_guidance() {
-        // This test machine is not a Raspberry Pi; on a Pi it would claim the pin, so skip there.
-        if std::path::Path::new("/dev/gpiomem").exists() {
-            return;
-        }
-        let error = build_backend(&BackendKind::Gpio {
-            pin: 17,
-            active_low: false,
-        })
-        .err()
-        .expect("GPIO must be unavailable off a Raspberry Pi");
+    fn gpio_fails_with_guidance_and_never_claims_a_real_pin() {
+        // BCM 99 does not exist: off a Pi the GPIO is missing altogether, on a Pi the pin is refused.
+        let error = gpio::GpioDoor::open(99, false)
+            .err()
+            .expect("BCM 99 is never usable");
         let message = error.to_string();
-        assert!(message.starts_with("GPIO unavailable: "), "{message}");
-        assert!(message.contains("door.backend = \"sim\""), "{message}");
+        if std::path::Path::new("/dev/gpiomem").exists() {
+            assert!(matches!(error, DoorError::GpioPin { pin: 99, .. }), "{message}");
+            assert!(message.contains("door.gpio_pin"), "{message}");
+        } else {
+            assert!(message.starts_with("GPIO unavailable: "), "{message}");
+            assert!(message.contains("door.backend = \"sim\""), "{message}");
+        }
     }
 }

@@ -8,9 +8,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 use tiny_http::{Method, Request, Response};
 
-use super::{header, read_body, respond_and_close, Answer, BodyReadError};
+use super::{header, read_body, respond_and_close, Answer, BodyReadError, Transport};
 use crate::admin::{self, Admin, AdminRequest};
-use crate::service::Service;
 
 /// Admin requests waiting for the admin thread; past this they are answered 503 at once.
 pub const QUEUE_DEPTH: usize = 8;
@@ -26,15 +25,20 @@ fn header_value(request: &Request, name: &'static str) -> Option<String> {
 }
 
 /// Answers admin requests until the queue closes.
-pub fn run(admin: Arc<Admin>, service: Arc<Service>, requests: Receiver<Request>) {
+pub fn run(
+    admin: Arc<Admin>,
+    transport: Arc<Transport>,
+    max_body_bytes: usize,
+    requests: Receiver<Request>,
+) {
     for mut request in requests {
         let Some(peer) = request.remote_addr().copied() else {
             continue;
         };
         let deadline = Instant::now() + BODY_TIMEOUT;
-        service.body_deadlines.watch(peer, deadline);
-        let body = read_body(&mut request, service.config.http.max_body_bytes, deadline);
-        service.body_deadlines.done(peer);
+        transport.body_deadlines.watch(peer, deadline);
+        let body = read_body(&mut request, max_body_bytes, deadline);
+        transport.body_deadlines.done(peer);
         let body = match body {
             Ok(body) => body,
             Err(err) => {
@@ -43,14 +47,17 @@ pub fn run(admin: Arc<Admin>, service: Arc<Service>, requests: Receiver<Request>
                         413,
                         format!(
                             "the upload is larger than the {} bytes allowed: send fewer or smaller photos",
-                            service.config.http.max_body_bytes
+                            max_body_bytes
                         ),
                     ),
                     BodyReadError::Timeout => (408, "the upload took too long".to_string()),
                     BodyReadError::Io(cause) => (400, cause),
                 };
-                let answer = Answer::error(code, "admin", "upload_failed", message);
-                respond_and_close(request, &answer, service.port);
+                let answer = Answer {
+                    code,
+                    body: serde_json::json!({"status": "error", "error": "upload_failed", "message": message}),
+                };
+                respond_and_close(request, &answer, transport.port);
                 continue;
             }
         };

@@ -1,21 +1,22 @@
-//! The tablet's HTTP front end (tiny_http, blocking): one accepting thread that routes and sheds load,
-//! a bounded queue, and worker threads that each own a recognizer. Every request gets a JSON answer.
+//! The tablet's HTTP transport (tiny_http, blocking): one accepting thread that routes, checks the
+//! token and sheds load, a bounded queue, and worker threads that each own a recognizer, read the
+//! body and hand it to the service. Every request gets a JSON answer, rendered from its record.
 
 pub mod admin;
-pub mod body;
 pub mod sockets;
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 use tiny_http::{Header, Method, Request, Response};
 
-use crate::service::Service;
+use crate::record::{Endpoint, Refusal, RequestIds};
+use crate::service::{FrameRequest, Handled, Service};
 
 /// A request waiting for a worker.
 pub struct Job {
@@ -23,21 +24,21 @@ pub struct Job {
     pub request_id: String,
     pub endpoint: Endpoint,
     pub received_at: Instant,
+    pub received_wall: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Endpoint {
-    Image,
-    Save,
-}
-
-impl Endpoint {
-    pub fn name(self) -> &'static str {
-        match self {
-            Endpoint::Image => "image",
-            Endpoint::Save => "save",
-        }
-    }
+/// What the transport needs besides the service: request ids and the sockets it watches.
+#[derive(Default)]
+pub struct Transport {
+    pub ids: RequestIds,
+    /// The tablet's bearer token; `None` when none is required.
+    pub token: Option<String>,
+    /// The port the daemon listens on, to find its own connections.
+    pub port: u16,
+    /// Bodies being read, for the socket sweeper to cut short when overdue.
+    pub body_deadlines: Arc<sockets::BodyDeadlines>,
+    /// Connections' traffic since their last request, for the sweeper to cut header floods.
+    pub header_floods: Arc<sockets::HeaderFloodGuard>,
 }
 
 /// A JSON answer with its HTTP status.
@@ -52,16 +53,11 @@ impl Answer {
         Answer { code: 200, body }
     }
 
-    /// An error answer: `status` "error", a stable `error` code and a readable `message`.
-    pub fn error(code: u16, request_id: &str, error: &str, message: impl Into<String>) -> Answer {
+    /// The answer rendered from a request's record.
+    pub fn of(handled: &Handled) -> Answer {
         Answer {
-            code,
-            body: json!({
-                "request_id": request_id,
-                "status": "error",
-                "error": error,
-                "message": message.into(),
-            }),
+            code: handled.record.http_status(),
+            body: handled.record.answer(),
         }
     }
 }
@@ -132,23 +128,6 @@ fn header(name: &str, value: &str) -> Header {
     Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("header values we set are valid")
 }
 
-/// Request ids name the answer, the log line, the audit line and the snapshot alike.
-#[derive(Default)]
-pub struct RequestIds {
-    counter: AtomicU64,
-}
-
-impl RequestIds {
-    pub fn next(&self) -> String {
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        format!(
-            "{}-{:04x}",
-            Utc::now().format("%Y%m%dT%H%M%S%3f"),
-            n & 0xffff
-        )
-    }
-}
-
 /// Is the bearer token right? Compared in constant time.
 pub fn authorized(request: &Request, token: Option<&str>) -> bool {
     let Some(token) = token else {
@@ -167,6 +146,35 @@ pub enum BodyReadError {
     TooLarge,
     Timeout,
     Io(String),
+}
+
+impl BodyReadError {
+    fn refusal(&self, limits: &crate::config::HttpConfig) -> Refusal {
+        match self {
+            BodyReadError::TooLarge => too_large(limits.max_body_bytes),
+            BodyReadError::Timeout => Refusal {
+                http: 408,
+                error: "body_timeout",
+                message: format!(
+                    "the body did not arrive within {} ms",
+                    limits.body_timeout_ms
+                ),
+            },
+            BodyReadError::Io(cause) => Refusal {
+                http: 400,
+                error: "body_unreadable",
+                message: format!("the body could not be read: {cause}"),
+            },
+        }
+    }
+}
+
+fn too_large(max_body_bytes: usize) -> Refusal {
+    Refusal {
+        http: 413,
+        error: "too_large",
+        message: format!("the body is larger than the {max_body_bytes} bytes allowed"),
+    }
 }
 
 /// Reads the whole body, refusing more than `limit` bytes or a body that takes past `deadline`.
@@ -247,15 +255,27 @@ pub fn route(method: &Method, url: &str) -> Route {
     }
 }
 
+/// An answer that is not about a frame (refusals before any worker), audited like one.
+fn refusal_answer(
+    service: &Service,
+    request_id: &str,
+    endpoint: Endpoint,
+    refusal: Refusal,
+) -> (Answer, Handled) {
+    let handled = service.refuse(request_id, endpoint, refusal);
+    (Answer::of(&handled), handled)
+}
+
 /// Answers what needs no worker and queues frame posts; a full queue is answered `busy` at once.
 /// Admin requests go to the admin thread's queue (`admin`, absent when the pages are disabled).
 pub fn dispatch(
     service: &Service,
+    transport: &Transport,
     jobs: &Sender<Job>,
     admin: Option<&Sender<Request>>,
     request: Request,
 ) {
-    let port = service.port;
+    let port = transport.port;
     let refuse = |request: Request, answer: &Answer| {
         if may_have_unread_body(&request) {
             respond_and_close(request, answer, port);
@@ -263,114 +283,117 @@ pub fn dispatch(
             respond(request, answer);
         }
     };
-    let request_id = service.ids.next();
+    let request_id = transport.ids.next();
     let received_at = Instant::now();
+    let received_wall = Utc::now();
     if let Some(peer) = request.remote_addr() {
-        service.header_floods.dispatched(*peer);
+        transport.header_floods.dispatched(*peer);
     }
     let route = route(request.method(), request.url());
     if route == Route::Health {
-        return refuse(request, &service.health());
+        return refuse(request, &Answer::ok(service.health()));
     }
+    let plain_error = |code: u16, error: &str, message: String| Answer {
+        code,
+        body: json!({
+            "request_id": request_id,
+            "status": "error",
+            "error": error,
+            "message": message,
+            "door": "locked",
+        }),
+    };
     if let (Route::Admin, Some(admin)) = (route, admin) {
         if let Err(TrySendError::Full(request) | TrySendError::Disconnected(request)) =
             admin.try_send(request)
         {
-            let answer = Answer::error(503, &request_id, "busy", "the admin pages are busy; reload in a moment");
+            let answer = plain_error(
+                503,
+                "busy",
+                "the admin pages are busy; reload in a moment".into(),
+            );
             refuse(request, &answer);
         }
         return;
     }
-    let label = match route {
-        Route::Frame(endpoint) => endpoint.name(),
-        Route::Metrics => "metrics",
-        Route::Events => "events",
-        _ => "other",
-    };
-    if !authorized(&request, service.token.as_deref()) {
-        service.metrics.count_request(label, "unauthorized");
-        let answer = Answer::error(
-            401,
-            &request_id,
-            "unauthorized",
-            "missing or wrong bearer token: send Authorization: Bearer <token>",
-        );
-        return refuse(request, &answer);
+    if !authorized(&request, transport.token.as_deref()) {
+        let unauthorized = Refusal {
+            http: 401,
+            error: "unauthorized",
+            message: "missing or wrong bearer token: send Authorization: Bearer <token>".into(),
+        };
+        return match route {
+            Route::Frame(endpoint) => {
+                let (answer, handled) =
+                    refusal_answer(service, &request_id, endpoint, unauthorized);
+                refuse(request, &answer);
+                service.follow_up(handled);
+            }
+            _ => {
+                let label = match route {
+                    Route::Metrics => "metrics",
+                    Route::Events => "events",
+                    _ => "other",
+                };
+                service.metrics.count_request(label, "unauthorized");
+                refuse(
+                    request,
+                    &plain_error(401, unauthorized.error, unauthorized.message),
+                );
+            }
+        };
     }
     let endpoint = match route {
         Route::Frame(endpoint) => endpoint,
         Route::Metrics if may_have_unread_body(&request) => {
-            let answer = Answer::error(
-                400,
-                &request_id,
-                "unexpected_body",
-                "GET /metrics takes no body",
-            );
+            let answer = plain_error(400, "unexpected_body", "GET /metrics takes no body".into());
             return refuse(request, &answer);
         }
         Route::Metrics => return respond_text(request, service.metrics_text()),
         Route::Events => {
-            let answer = service.events_page(request.url(), &request_id);
+            let query = request.url().split_once('?').map_or("", |(_, q)| q);
+            let answer = match service.events_page(query) {
+                Ok(page) => Answer::ok(page),
+                Err(refusal) => plain_error(refusal.http, refusal.error, refusal.message),
+            };
             return refuse(request, &answer);
         }
         Route::WrongMethod(allowed) => {
-            let answer = Answer::error(
+            let answer = plain_error(
                 405,
-                &request_id,
                 "method_not_allowed",
                 format!("use {allowed} on this endpoint"),
             );
             return refuse(request, &answer);
         }
         Route::Health | Route::Admin | Route::NotFound => {
-            let answer = Answer::error(
+            let answer = plain_error(
                 404,
-                &request_id,
                 "not_found",
-                "no such endpoint: use POST /image, POST /save, GET /healthz, /metrics or /events",
+                "no such endpoint: use POST /image, POST /save, GET /healthz, /metrics or /events"
+                    .into(),
             );
             return refuse(request, &answer);
         }
     };
-    if request
-        .body_length()
-        .is_some_and(|n| n > service.config.http.max_body_bytes)
-    {
-        service.metrics.count_request(endpoint.name(), "too_large");
-        let answer = Answer::error(
-            413,
-            &request_id,
-            "too_large",
-            format!(
-                "the body is larger than the {} bytes allowed",
-                service.config.http.max_body_bytes
-            ),
-        );
-        return refuse(request, &answer);
+    let max_body_bytes = service.config.http.max_body_bytes;
+    if request.body_length().is_some_and(|n| n > max_body_bytes) {
+        let (answer, handled) =
+            refusal_answer(service, &request_id, endpoint, too_large(max_body_bytes));
+        refuse(request, &answer);
+        return service.follow_up(handled);
     }
     let job = Job {
         request,
         request_id,
         endpoint,
         received_at,
+        received_wall,
     };
     if let Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) = jobs.try_send(job) {
-        service.metrics.count_request(job.endpoint.name(), "busy");
-        log::warn!(
-            "request_id={} endpoint={} status=busy reason=queue_full",
-            job.request_id,
-            job.endpoint.name()
-        );
-        let answer = Answer {
-            code: 503,
-            body: json!({
-                "request_id": job.request_id,
-                "status": "busy",
-                "door": "locked",
-                "message": "all workers are busy; send the next frame",
-            }),
-        };
-        refuse(job.request, &answer);
+        let handled = service.busy(&job.request_id, job.endpoint);
+        refuse(job.request, &Answer::of(&handled));
+        service.follow_up(handled);
     }
 }
 
@@ -386,6 +409,7 @@ fn respond_text(request: Request, text: String) {
 /// snapshots are written after it, so disk I/O never delays the tablet.
 pub fn run_worker(
     service: Arc<Service>,
+    transport: Arc<Transport>,
     mut recognizer: crate::vision::Recognizer,
     jobs: Receiver<Job>,
 ) {
@@ -395,41 +419,42 @@ pub fn run_worker(
             request_id,
             endpoint,
             received_at,
+            received_wall,
         } = job;
         let deadline = received_at + Duration::from_millis(service.config.http.body_timeout_ms);
         let peer = request.remote_addr().copied();
-        let remote = peer.map(|a| a.ip().to_string());
-        let mut body_read = false;
         if let Some(peer) = peer {
-            service.body_deadlines.watch(peer, deadline);
+            transport.body_deadlines.watch(peer, deadline);
         }
         let body = read_body(&mut request, service.config.http.max_body_bytes, deadline);
         if let Some(peer) = peer {
-            service.body_deadlines.done(peer);
+            transport.body_deadlines.done(peer);
         }
-        let handled = match body {
+        match body {
             Ok(body) => {
-                body_read = true;
+                let frame = FrameRequest {
+                    request_id: request_id.clone(),
+                    endpoint,
+                    received_at,
+                    received_wall,
+                    body,
+                    remote: peer.map(|a| a.ip().to_string()),
+                };
                 let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    service.handle_frame(
-                        &mut recognizer,
-                        endpoint,
-                        &request_id,
-                        received_at,
-                        body,
-                        remote.as_deref(),
-                    )
+                    service.handle(&mut recognizer, frame)
                 }));
-                attempt.unwrap_or_else(|_| service.internal_error(endpoint, &request_id))
+                let handled =
+                    attempt.unwrap_or_else(|_| service.internal_error(&request_id, endpoint));
+                respond(request, &Answer::of(&handled));
+                service.follow_up(handled);
             }
-            Err(err) => service.body_read_failed(endpoint, &request_id, err),
-        };
-        if body_read {
-            respond(request, &handled.answer);
-        } else {
-            respond_and_close(request, &handled.answer, service.port);
+            Err(err) => {
+                let refusal = err.refusal(&service.config.http);
+                let handled = service.refuse(&request_id, endpoint, refusal);
+                respond_and_close(request, &Answer::of(&handled), transport.port);
+                service.follow_up(handled);
+            }
         }
-        service.follow_up(handled.follow_up);
     }
 }
 
@@ -456,17 +481,5 @@ mod tests {
         for (method, url, expected) in cases {
             assert_eq!(route(&method, url), expected, "{method} {url}");
         }
-    }
-
-    #[test]
-    fn request_ids_are_unique_and_safe_as_file_names() {
-        let ids = RequestIds::default();
-        let a = ids.next();
-        let b = ids.next();
-        assert_ne!(a, b);
-        assert!(
-            a.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'),
-            "{a}"
-        );
     }
 }

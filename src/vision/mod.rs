@@ -5,12 +5,12 @@ pub mod align;
 pub mod detect;
 pub mod embed;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use opencv::core::Mat;
 
-use crate::config::Config;
+use crate::config::{RecognitionConfig, AUTO_DETECTOR};
 use crate::models::{DetectorContract, EmbedderContract, Manifest, ModelError, ResolvedModel};
 pub use detect::DetectedFace;
 pub use embed::Embedding;
@@ -40,9 +40,6 @@ pub enum VisionError {
     OpenCv(#[from] opencv::Error),
 }
 
-/// `recognition.detector` value that picks the YuNet release the running OpenCV can execute.
-pub const AUTO_DETECTOR: &str = "auto";
-
 /// YuNet 2022mar's outputs are what OpenCV before 4.8 decodes; 4.8 and later expect 2023mar's.
 pub fn detector_for_opencv((major, minor): (i32, i32)) -> &'static str {
     if (major, minor) >= (4, 8) {
@@ -67,15 +64,18 @@ pub struct PipelineModels {
 }
 
 impl PipelineModels {
-    pub fn resolve(config: &Config) -> Result<PipelineModels, ModelError> {
+    pub fn resolve(
+        settings: &RecognitionConfig,
+        models_dir: &Path,
+    ) -> Result<PipelineModels, ModelError> {
         let manifest = Manifest::builtin();
-        let detector = match config.recognition.detector.as_str() {
+        let detector = match settings.detector.as_str() {
             AUTO_DETECTOR => detector_for_opencv(opencv_version()),
             named => named,
         };
         let models = PipelineModels {
-            detector: manifest.detector(detector, &config.models_dir)?,
-            embedder: manifest.embedder(&config.recognition.embedder, &config.models_dir)?,
+            detector: manifest.detector(detector, models_dir)?,
+            embedder: manifest.embedder(&settings.embedder, models_dir)?,
         };
         models.detector.verify()?;
         models.embedder.verify()?;
@@ -83,9 +83,8 @@ impl PipelineModels {
     }
 
     /// The threshold in force: the config's, else the embedder's manifest default.
-    pub fn threshold(&self, config: &Config) -> f32 {
-        config
-            .recognition
+    pub fn threshold(&self, settings: &RecognitionConfig) -> f32 {
+        settings
             .threshold
             .unwrap_or(self.embedder.contract.threshold)
     }
@@ -116,8 +115,7 @@ pub struct Recognizer {
 }
 
 impl Recognizer {
-    pub fn load(models: &PipelineModels, config: &Config) -> Result<Recognizer, VisionError> {
-        let r = &config.recognition;
+    pub fn load(models: &PipelineModels, r: &RecognitionConfig) -> Result<Recognizer, VisionError> {
         let settings = detect::DetectSettings {
             max_side: r.detect_max_side,
             score_threshold: r.detect_score_threshold,

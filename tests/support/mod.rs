@@ -8,15 +8,18 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::Instant;
+
+use chrono::Utc;
 
 use opencv::core::{self as cv, Mat, Scalar, Size, Vector};
 use opencv::prelude::*;
 use opencv::{imgcodecs, imgproc};
 
 use facegate::config::Config;
-use facegate::decision::{decide, Decision, Outcome, Status};
+use facegate::decision::{decide, Decision, Freshness, FreshnessRules, Outcome, Status};
 use facegate::enrollment::{self, Candidate, EnrolmentReport};
+use facegate::frame::CheckedImage;
 use facegate::gallery::{EmbedderId, Gallery};
 use facegate::recognition::{recognize_image, Recognition, RecognitionError};
 use facegate::vision::{PipelineModels, Recognizer};
@@ -175,13 +178,14 @@ impl Engine {
         static ENGINE: OnceLock<Engine> = OnceLock::new();
         ENGINE.get_or_init(|| {
             let config = config();
-            let models = PipelineModels::resolve(&config).unwrap_or_else(|err| {
-                panic!(
-                    "the models in {} are not usable: {err}. {FETCH_HINT}",
-                    config.models_dir.display()
-                )
-            });
-            let threshold = models.threshold(&config);
+            let models = PipelineModels::resolve(&config.recognition, &config.models_dir)
+                .unwrap_or_else(|err| {
+                    panic!(
+                        "the models in {} are not usable: {err}. {FETCH_HINT}",
+                        config.models_dir.display()
+                    )
+                });
+            let threshold = models.threshold(&config.recognition);
             Engine {
                 config,
                 models,
@@ -192,7 +196,7 @@ impl Engine {
 
     /// A fresh worker: its own detector and embedder.
     pub fn recognizer(&self) -> Recognizer {
-        Recognizer::load(&self.models, &self.config)
+        Recognizer::load(&self.models, &self.config.recognition)
             .unwrap_or_else(|err| panic!("the models did not load: {err}"))
     }
 
@@ -215,13 +219,9 @@ impl Engine {
         gallery: &Gallery,
         bytes: &[u8],
     ) -> Result<Recognition, RecognitionError> {
-        recognize_image(
-            recognizer,
-            gallery,
-            bytes,
-            &self.config.frame,
-            self.threshold,
-        )
+        let image = CheckedImage::check(bytes.to_vec(), &self.config.frame)
+            .map_err(|refused| RecognitionError::Frame(refused.error))?;
+        recognize_image(recognizer, gallery, &image, self.threshold)
     }
 
     /// As `try_recognize` on a pinned photo, which must decode.
@@ -308,10 +308,12 @@ impl Engine {
 
 /// The decision production takes on a fresh frame (age zero) with this outcome.
 pub fn decide_fresh(outcome: &Outcome) -> Decision {
+    let now = Instant::now();
+    let rules = FreshnessRules::of(&Config::default().door);
     decide(
         outcome,
-        Duration::ZERO,
-        Config::default().max_decision_age(),
+        Freshness::of_frame(now, Utc::now(), None, rules),
+        now,
     )
 }
 

@@ -1,0 +1,380 @@
+//! One typed record per request: what was asked, what was decided, what the door did. The answer, the
+//! log line, the audit line, the event and the snapshot sidecar are all rendered from it, so they
+//! cannot disagree, and the request id names every one of them.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::decision::{round_score, Status};
+
+/// The endpoints whose requests are recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Endpoint {
+    Image,
+    Save,
+    /// `facegate identify`, from the command line.
+    Identify,
+}
+
+impl Endpoint {
+    pub fn name(self) -> &'static str {
+        match self {
+            Endpoint::Image => "image",
+            Endpoint::Save => "save",
+            Endpoint::Identify => "identify",
+        }
+    }
+}
+
+/// Request ids name the answer, the log line, the audit line and the snapshot alike; they are
+/// safe as file names.
+#[derive(Default)]
+pub struct RequestIds {
+    counter: AtomicU64,
+}
+
+impl RequestIds {
+    pub fn next(&self) -> String {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        format!(
+            "{}-{:04x}",
+            Utc::now().format("%Y%m%dT%H%M%S%3f"),
+            n & 0xffff
+        )
+    }
+}
+
+/// Milliseconds spent in each stage, as the answer shows them (two decimals).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Timings {
+    pub queue_ms: f64,
+    pub decode_ms: f64,
+    pub detect_ms: f64,
+    pub align_ms: f64,
+    pub embed_ms: f64,
+    pub match_ms: f64,
+    pub total_ms: f64,
+}
+
+impl Timings {
+    /// The same timings rounded to two decimals.
+    pub fn rounded(&self) -> Timings {
+        let r = |ms: f64| (ms * 100.0).round() / 100.0;
+        Timings {
+            queue_ms: r(self.queue_ms),
+            decode_ms: r(self.decode_ms),
+            detect_ms: r(self.detect_ms),
+            align_ms: r(self.align_ms),
+            embed_ms: r(self.embed_ms),
+            match_ms: r(self.match_ms),
+            total_ms: r(self.total_ms),
+        }
+    }
+}
+
+/// A refused request: the HTTP status, a stable code and a sentence saying what to do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Refusal {
+    #[serde(skip)]
+    pub http: u16,
+    pub error: &'static str,
+    pub message: String,
+}
+
+/// What recognition saw, for a decision about a frame.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Recognised {
+    pub identity: Option<String>,
+    /// For the log and audit line only: the nearest person below the threshold, never answered.
+    pub nearest_below_threshold: Option<String>,
+    pub score: Option<f64>,
+    pub threshold: f64,
+    pub faces: usize,
+    pub age_ms: u64,
+    pub timings: Timings,
+}
+
+/// Everything known about one request once it is decided.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DecisionRecord {
+    pub request_id: String,
+    pub endpoint: Endpoint,
+    pub status: Status,
+    /// When the decision was made.
+    pub at: DateTime<Utc>,
+    pub frame_id: Option<String>,
+    pub captured_at: Option<DateTime<Utc>>,
+    /// What the relay did for this request.
+    pub door: &'static str,
+    #[serde(flatten)]
+    pub recognised: Option<Recognised>,
+    #[serde(flatten)]
+    pub refusal: Option<Refusal>,
+    /// A sentence for the tablet beside a non-error status (stale, busy).
+    pub message: Option<String>,
+    /// The stored snapshot, for `/save`.
+    pub snapshot_id: Option<String>,
+    /// Bytes of the stored frame, for `/save`.
+    pub bytes: Option<usize>,
+    /// The client's address, for the log and audit line.
+    pub remote: Option<String>,
+}
+
+impl DecisionRecord {
+    /// A record with the request's identity filled in and nothing decided yet: the door locked.
+    pub fn new(request_id: &str, endpoint: Endpoint, status: Status) -> DecisionRecord {
+        DecisionRecord {
+            request_id: request_id.to_string(),
+            endpoint,
+            status,
+            at: Utc::now(),
+            frame_id: None,
+            captured_at: None,
+            door: "locked",
+            recognised: None,
+            refusal: None,
+            message: None,
+            snapshot_id: None,
+            bytes: None,
+            remote: None,
+        }
+    }
+
+    /// A refused request (the door untouched).
+    pub fn refused(request_id: &str, endpoint: Endpoint, refusal: Refusal) -> DecisionRecord {
+        let mut record = DecisionRecord::new(request_id, endpoint, Status::Error);
+        record.refusal = Some(refusal);
+        record
+    }
+
+    /// The answer for a full queue.
+    pub fn busy(request_id: &str, endpoint: Endpoint) -> DecisionRecord {
+        let mut record = DecisionRecord::new(request_id, endpoint, Status::Busy);
+        record.message = Some("all workers are busy; send the next frame".into());
+        record
+    }
+
+    /// The HTTP status of the answer.
+    pub fn http_status(&self) -> u16 {
+        match (&self.refusal, self.status) {
+            (Some(refusal), _) => refusal.http,
+            (None, Status::Busy) => 503,
+            (None, _) => 200,
+        }
+    }
+
+    /// `decision` for a frame decided, `snapshot` for a frame stored by `/save`, `rejected` for a
+    /// refused request: the audit line's `kind`.
+    pub fn kind(&self) -> &'static str {
+        match self.status {
+            Status::Error | Status::Busy => "rejected",
+            Status::Saved => "snapshot",
+            _ => "decision",
+        }
+    }
+
+    /// The JSON the tablet gets. It never names the nearest person below the threshold, nor the
+    /// client's address.
+    pub fn answer(&self) -> Value {
+        let mut answer = json!({
+            "request_id": self.request_id,
+            "frame_id": self.frame_id,
+            "status": self.status,
+            "door": self.door,
+        });
+        let fields = answer.as_object_mut().expect("an object");
+        if let Some(refusal) = &self.refusal {
+            fields.insert("error".into(), json!(refusal.error));
+            fields.insert("message".into(), json!(refusal.message));
+        }
+        if let Some(message) = &self.message {
+            fields.insert("message".into(), json!(message));
+        }
+        if let Some(snapshot_id) = &self.snapshot_id {
+            fields.insert("snapshot_id".into(), json!(snapshot_id));
+        }
+        if let Some(recognised) = &self.recognised {
+            fields.insert("identity".into(), json!(recognised.identity));
+            fields.insert("score".into(), json!(recognised.score));
+            fields.insert("threshold".into(), json!(recognised.threshold));
+            fields.insert("faces".into(), json!(recognised.faces));
+            fields.insert("timings".into(), json!(recognised.timings));
+        }
+        answer
+    }
+
+    /// The audit line (also the event and, with a `reason`, the snapshot sidecar): every field,
+    /// with `kind` and the time of the decision.
+    pub fn audit_line(&self) -> Value {
+        let mut line = serde_json::to_value(self).expect("a record always serialises");
+        let fields = line.as_object_mut().expect("an object");
+        fields.insert("kind".into(), json!(self.kind()));
+        if let Some(refusal) = &self.refusal {
+            fields.insert("http".into(), json!(refusal.http));
+        }
+        fields.insert(
+            "at".into(),
+            json!(self.at.to_rfc3339_opts(SecondsFormat::Millis, true)),
+        );
+        fields.retain(|_, value| !value.is_null());
+        line
+    }
+
+    /// The snapshot's sidecar: the audit line plus why the frame was kept.
+    pub fn sidecar(&self, reason: &str) -> Value {
+        let mut sidecar = self.audit_line();
+        sidecar["reason"] = json!(reason);
+        sidecar
+    }
+
+    /// One log line with stable `key=value` fields, `request_id` first.
+    pub fn log_line(&self) -> String {
+        let mut line = format!(
+            "request_id={} endpoint={} status={} door={}",
+            self.request_id,
+            self.endpoint.name(),
+            self.status.as_str(),
+            self.door
+        );
+        if let Some(refusal) = &self.refusal {
+            line += &format!(
+                " error={} http={} message={:?}",
+                refusal.error, refusal.http, refusal.message
+            );
+        }
+        if let Some(r) = &self.recognised {
+            line += &format!(
+                " identity={:?} score={} threshold={} faces={} age_ms={} total_ms={:.1} nearest={:?}",
+                r.identity.as_deref().unwrap_or(""),
+                r.score.map_or("-".to_string(), |s| s.to_string()),
+                r.threshold,
+                r.faces,
+                r.age_ms,
+                r.timings.total_ms,
+                r.nearest_below_threshold.as_deref().unwrap_or(""),
+            );
+        }
+        if let Some(message) = self.message.as_ref().filter(|_| self.refusal.is_none()) {
+            line += &format!(" message={message:?}");
+        }
+        if let Some(bytes) = self.bytes {
+            line += &format!(" bytes={bytes}");
+        }
+        line += &format!(
+            " frame_id={:?} remote={}",
+            self.frame_id.as_deref().unwrap_or(""),
+            self.remote.as_deref().unwrap_or("-")
+        );
+        line
+    }
+
+    /// The level the log line is written at: errors the daemon caused are errors, refusals warnings.
+    pub fn log_level(&self) -> log::Level {
+        match self.http_status() {
+            500.. => log::Level::Error,
+            400.. => log::Level::Warn,
+            _ => log::Level::Info,
+        }
+    }
+}
+
+/// A similarity rounded as answers show it, for optional scores.
+pub fn rounded(score: Option<f32>) -> Option<f64> {
+    score.map(round_score)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recognised(identity: Option<&str>, nearest: Option<&str>) -> Recognised {
+        Recognised {
+            identity: identity.map(String::from),
+            nearest_below_threshold: nearest.map(String::from),
+            score: Some(0.31),
+            threshold: 0.45,
+            faces: 1,
+            age_ms: 40,
+            timings: Timings::default(),
+        }
+    }
+
+    #[test]
+    fn the_answer_never_names_the_nearest_person_but_the_audit_line_does() {
+        let mut record = DecisionRecord::new("r-1", Endpoint::Image, Status::Unknown);
+        record.recognised = Some(recognised(None, Some("bob")));
+        record.remote = Some("10.0.0.7".into());
+        let answer = record.answer().to_string();
+        assert!(!answer.contains("bob"), "{answer}");
+        assert!(!answer.contains("10.0.0.7"), "{answer}");
+        let audit = record.audit_line();
+        assert_eq!(audit["nearest_below_threshold"], "bob");
+        assert_eq!(audit["kind"], "decision");
+        assert_eq!(audit["remote"], "10.0.0.7");
+        assert!(record.log_line().starts_with("request_id=r-1 "));
+    }
+
+    #[test]
+    fn every_rendering_carries_the_same_request_id_and_status() {
+        let records = [
+            DecisionRecord::new("r-2", Endpoint::Image, Status::Granted),
+            DecisionRecord::busy("r-3", Endpoint::Image),
+            DecisionRecord::refused(
+                "r-4",
+                Endpoint::Save,
+                Refusal {
+                    http: 415,
+                    error: "unsupported_image",
+                    message: "only JPEG and PNG".into(),
+                },
+            ),
+        ];
+        for record in records {
+            let id = record.request_id.as_str();
+            let status = record.status.as_str();
+            for rendered in [record.answer(), record.audit_line(), record.sidecar("x")] {
+                assert_eq!(rendered["request_id"], id, "{rendered}");
+                assert_eq!(rendered["status"], status, "{rendered}");
+            }
+            assert!(record.log_line().contains(&format!("status={status}")));
+        }
+    }
+
+    #[test]
+    fn http_status_follows_the_record() {
+        let refused = DecisionRecord::refused(
+            "r",
+            Endpoint::Image,
+            Refusal {
+                http: 413,
+                error: "too_large",
+                message: String::new(),
+            },
+        );
+        assert_eq!(refused.http_status(), 413);
+        assert_eq!(refused.answer()["error"], "too_large");
+        assert_eq!(refused.audit_line()["http"], 413);
+        assert_eq!(
+            DecisionRecord::busy("r", Endpoint::Image).http_status(),
+            503
+        );
+        let granted = DecisionRecord::new("r", Endpoint::Image, Status::Granted);
+        assert_eq!(granted.http_status(), 200);
+    }
+
+    #[test]
+    fn request_ids_are_unique_and_safe_as_file_names() {
+        let ids = RequestIds::default();
+        let a = ids.next();
+        let b = ids.next();
+        assert_ne!(a, b);
+        assert!(
+            a.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'),
+            "{a}"
+        );
+    }
+}
