@@ -149,7 +149,10 @@ fn set_admin_password(config: &Config) -> Result<()> {
     let password = if std::io::stdin().is_terminal() {
         let first = read_hidden("New admin password: ")?;
         let second = read_hidden("Repeat it: ")?;
-        anyhow::ensure!(first == second, "the two passwords differ; nothing was changed");
+        anyhow::ensure!(
+            first == second,
+            "the two passwords differ; nothing was changed"
+        );
         first
     } else {
         let mut line = String::new();
@@ -171,7 +174,10 @@ fn read_hidden(prompt: &str) -> Result<String> {
     // SAFETY: termios is plain data; tcgetattr fills it for our own stdin, a terminal.
     let mut saved: libc::termios = unsafe { std::mem::zeroed() };
     // SAFETY: as above; stdin is our descriptor for the life of the process.
-    anyhow::ensure!(unsafe { libc::tcgetattr(fd, &mut saved) } == 0, "cannot read the terminal's settings");
+    anyhow::ensure!(
+        unsafe { libc::tcgetattr(fd, &mut saved) } == 0,
+        "cannot read the terminal's settings"
+    );
     let mut quiet = saved;
     quiet.c_lflag &= !libc::ECHO;
     // SAFETY: sets our own terminal's flags from a copy of its settings.
@@ -263,7 +269,8 @@ fn enroll(config: &Config, name: &str, images: &[PathBuf]) -> Result<()> {
             Verdict::Rejected { reason } => println!("rejected {source}: {reason}"),
         }
     }
-    for warning in enrollment::warnings(&report, name, engine.models.threshold(&config.recognition)) {
+    for warning in enrollment::warnings(&report, name, engine.models.threshold(&config.recognition))
+    {
         println!("warning: {warning}");
     }
     let thumbnails = enrollment::thumbnail_dir(&config.state_dir);

@@ -354,7 +354,10 @@ fn spawn_admin(
     models: &PipelineModels,
     embedder: &EmbedderId,
     threshold: f32,
-) -> Result<(crossbeam_channel::Sender<tiny_http::Request>, JoinHandle<()>)> {
+) -> Result<(
+    crossbeam_channel::Sender<tiny_http::Request>,
+    JoinHandle<()>,
+)> {
     let for_health = Arc::downgrade(service);
     let for_ids = Arc::downgrade(transport);
     let admin = Arc::new(Admin::new(AdminContext {

@@ -210,11 +210,7 @@ pub fn enroll(
     let inconsistent = accepted
         .iter()
         .enumerate()
-        .flat_map(|(i, (_, a, _))| {
-            accepted[i + 1..]
-                .iter()
-                .map(move |(_, b, _)| a.cosine(b))
-        })
+        .flat_map(|(i, (_, a, _))| accepted[i + 1..].iter().map(move |(_, b, _)| a.cosine(b)))
         .min_by(f32::total_cmp)
         .filter(|&lowest| lowest < lookalike_warning);
     let mut thumbnails = Vec::new();

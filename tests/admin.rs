@@ -61,7 +61,11 @@ impl<'a> Browser<'a> {
     }
 
     fn send(&mut self, method: &str, path: &str, content_type: Option<&str>, body: &[u8]) -> Reply {
-        let cookie: Vec<String> = self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let cookie: Vec<String> = self
+            .cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         let cookie = cookie.join("; ");
         let mut headers = vec![];
         if !cookie.is_empty() {
@@ -102,7 +106,12 @@ impl<'a> Browser<'a> {
         )
     }
 
-    fn post_files(&mut self, path: &str, fields: &[(&str, &str)], files: &[(&str, Vec<u8>)]) -> Reply {
+    fn post_files(
+        &mut self,
+        path: &str,
+        fields: &[(&str, &str)],
+        files: &[(&str, Vec<u8>)],
+    ) -> Reply {
         let boundary = "----facegate-test-boundary";
         let mut body = Vec::new();
         for (name, value) in fields {
@@ -155,7 +164,10 @@ fn csrf(page: &Reply) -> String {
 
 fn html(reply: &Reply) -> String {
     assert_eq!(reply.status, 200, "{}", reply.text());
-    assert_eq!(reply.header("Content-Type"), Some("text/html; charset=utf-8"));
+    assert_eq!(
+        reply.header("Content-Type"),
+        Some("text/html; charset=utf-8")
+    );
     assert!(reply.header("Content-Security-Policy").is_some());
     reply.text()
 }
@@ -188,7 +200,10 @@ fn audit_lines(daemon: &Daemon) -> Vec<Value> {
     let mut lines = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {
         let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
-        lines.extend(text.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()));
+        lines.extend(
+            text.lines()
+                .map(|l| serde_json::from_str::<Value>(l).unwrap()),
+        );
     }
     lines
 }
@@ -206,7 +221,10 @@ fn set_password_stores_an_argon2id_hash_read_from_stdin() {
     assert!(stored.starts_with("$argon2id$"), "{stored}");
     assert!(!stored.contains(PASSWORD));
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
 }
 
 #[test]
@@ -238,14 +256,20 @@ fn sign_in_pages_actions_and_sign_out_over_http() {
         .find(|(n, v)| n.eq_ignore_ascii_case("Set-Cookie") && v.starts_with("facegate_admin="))
         .map(|(_, v)| v.clone())
         .expect("a session cookie");
-    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/admin", "Max-Age=43200"] {
+    for attribute in [
+        "HttpOnly",
+        "SameSite=Strict",
+        "Path=/admin",
+        "Max-Age=43200",
+    ] {
         assert!(cookie.contains(attribute), "{cookie} lacks {attribute}");
     }
     assert!(!cookie.contains("Secure"), "plain HTTP: no Secure flag");
     let session = browser.cookies["facegate_admin"].clone();
 
     // An admin session does not post frames.
-    let frame = json!({ "image": base64::engine::general_purpose::STANDARD.encode(photo(GRANTED_PHOTO)) });
+    let frame =
+        json!({ "image": base64::engine::general_purpose::STANDARD.encode(photo(GRANTED_PHOTO)) });
     let as_admin = daemon.send(
         "POST",
         "/image",
@@ -281,12 +305,20 @@ fn sign_in_pages_actions_and_sign_out_over_http() {
     let csv = browser.get("/admin/events.csv?status=granted");
     assert_eq!(csv.status, 200);
     assert_eq!(csv.header("Content-Type"), Some("text/csv; charset=utf-8"));
-    assert!(csv.header("Content-Disposition").unwrap().starts_with("attachment"));
+    assert!(csv
+        .header("Content-Disposition")
+        .unwrap()
+        .starts_with("attachment"));
     let csv = csv.text();
     assert!(csv.starts_with("ts,request_id,kind,status,identity"));
-    assert!(csv.contains(&format!("{granted_id},decision,granted,obama")) && !csv.contains(&unknown_id));
+    assert!(
+        csv.contains(&format!("{granted_id},decision,granted,obama")) && !csv.contains(&unknown_id)
+    );
     let detail = html(&browser.get(&format!("/admin/events/{unknown_id}")));
-    assert!(detail.contains("&#34;reason&#34;: &#34;unknown&#34;"), "{detail}");
+    assert!(
+        detail.contains("&#34;reason&#34;: &#34;unknown&#34;"),
+        "{detail}"
+    );
     let image = browser.get(&format!("/admin/snapshots/{unknown_id}"));
     assert_eq!(image.status, 200);
     assert_eq!(image.body, stranger_image, "the frame as received");
@@ -313,10 +345,16 @@ fn sign_in_pages_actions_and_sign_out_over_http() {
     let enrolled = browser.post_files(
         "/admin/people/add",
         &[("csrf", &token), ("name", "rose")],
-        &[("img1.jpg", photo("rose_leslie/img1.jpg")), ("cat.jpg", photo(NO_FACE_PHOTO))],
+        &[
+            ("img1.jpg", photo("rose_leslie/img1.jpg")),
+            ("cat.jpg", photo(NO_FACE_PHOTO)),
+        ],
     );
     let page = html(&enrolled);
-    assert!(page.contains("Enrolled rose: 1 of 2 photos accepted"), "{page}");
+    assert!(
+        page.contains("Enrolled rose: 1 of 2 photos accepted"),
+        "{page}"
+    );
     assert!(page.contains("no acceptable face"), "{page}");
     assert!(gallery_names(&daemon).contains(&"rose".to_string()));
     let thumbnail = page
@@ -347,7 +385,10 @@ fn sign_in_pages_actions_and_sign_out_over_http() {
     assert!(html(&more).contains("Enrolled rose: 1 of 1"));
 
     // CSRF: a form without this session's token changes nothing.
-    let forged = browser.post("/admin/people/remove", &[("csrf", "forged"), ("name", "rose")]);
+    let forged = browser.post(
+        "/admin/people/remove",
+        &[("csrf", "forged"), ("name", "rose")],
+    );
     assert_eq!(forged.status, 403);
     let missing = browser.post("/admin/people/remove", &[("name", "rose")]);
     assert_eq!(missing.status, 403);
@@ -359,15 +400,24 @@ fn sign_in_pages_actions_and_sign_out_over_http() {
         &[("csrf", &token), ("name", "rose"), ("index", "0")],
     );
     assert!(html(&removed).contains("Removed the photo img1.jpg of rose"));
-    assert!(!daemon.state_dir().join("thumbnails").join(&thumbnail).exists());
-    let removed = browser.post("/admin/people/remove", &[("csrf", &token), ("name", "rose")]);
+    assert!(!daemon
+        .state_dir()
+        .join("thumbnails")
+        .join(&thumbnail)
+        .exists());
+    let removed = browser.post(
+        "/admin/people/remove",
+        &[("csrf", &token), ("name", "rose")],
+    );
     assert!(html(&removed).contains("Removed rose."));
     assert!(!gallery_names(&daemon).contains(&"rose".to_string()));
 
     // Door: the test pulse moves the relay and is audited with the admin as its cause.
     assert!(html(&browser.get("/admin/door")).contains("Test pulse"));
     let unlocks_before = daemon.journal().iter().filter(|a| a.is_unlocked()).count();
-    std::thread::sleep(Duration::from_millis(2_100)); // the grant above has relocked (hold 2 s)
+    wait_for("the door to lock again after the grants above", || {
+        (browser.get("/admin/status.json").json()["door"] == "locked").then_some(())
+    });
     let pulsed = html(&browser.post("/admin/door/pulse", &[("csrf", &token)]));
     assert!(pulsed.contains("Test pulse sent"), "{pulsed}");
     daemon.wait_for_journal("the test pulse", |j| {
@@ -379,18 +429,30 @@ fn sign_in_pages_actions_and_sign_out_over_http() {
         let id = test["request_id"].as_str()?.to_string();
         lines
             .iter()
-            .any(|l| l["kind"] == "door" && l["request_id"] == id.as_str() && l["identity"] == "admin")
+            .any(|l| {
+                l["kind"] == "door" && l["request_id"] == id.as_str() && l["identity"] == "admin"
+            })
             .then_some(test)
     });
     assert_eq!(audit["kind"], "admin");
     assert_eq!(audit["remote"], "127.0.0.1");
     let door = html(&browser.get("/admin/door"));
     assert!(door.contains(audit["request_id"].as_str().unwrap()));
-    assert!(audit_lines(&daemon).iter().any(|l| l["action"] == "enrol" && l["identity"] == "rose"));
+    assert!(audit_lines(&daemon)
+        .iter()
+        .any(|l| l["action"] == "enrol" && l["identity"] == "rose"));
 
     // Sign out: the session is gone on the server, not just in the browser.
-    redirects_to(&browser.post("/admin/logout", &[("csrf", &token)]), "/admin/login");
-    let stale = daemon.send("GET", "/admin/", &[("Cookie", &format!("facegate_admin={session}"))], b"");
+    redirects_to(
+        &browser.post("/admin/logout", &[("csrf", &token)]),
+        "/admin/login",
+    );
+    let stale = daemon.send(
+        "GET",
+        "/admin/",
+        &[("Cookie", &format!("facegate_admin={session}"))],
+        b"",
+    );
     redirects_to(&stale, "/admin/login");
 }
 
@@ -409,7 +471,24 @@ fn sessions_expire_and_wrong_passwords_lock_the_address_out() {
     }
     let locked = attacker.sign_in("guess");
     assert_eq!(locked.status, 429);
-    assert!(locked.header("Retry-After").unwrap().parse::<u64>().unwrap() > 0);
-    assert_eq!(attacker.sign_in(PASSWORD).status, 429, "even the right password");
-    assert!(audit_lines(&daemon).iter().filter(|l| l["action"] == "login_failed").count() >= 5);
+    assert!(
+        locked
+            .header("Retry-After")
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            > 0
+    );
+    assert_eq!(
+        attacker.sign_in(PASSWORD).status,
+        429,
+        "even the right password"
+    );
+    assert!(
+        audit_lines(&daemon)
+            .iter()
+            .filter(|l| l["action"] == "login_failed")
+            .count()
+            >= 5
+    );
 }

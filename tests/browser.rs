@@ -116,7 +116,10 @@ impl<'a> Browser<'a> {
         match answer {
             Ok(answer) => answer.into_json::<Value>().unwrap()["value"].take(),
             Err(ureq::Error::Status(code, answer)) => {
-                panic!("WebDriver {method} {path}: {code} {}", answer.into_string().unwrap())
+                panic!(
+                    "WebDriver {method} {path}: {code} {}",
+                    answer.into_string().unwrap()
+                )
             }
             Err(err) => panic!("WebDriver {method} {path}: {err}"),
         }
@@ -127,7 +130,11 @@ impl<'a> Browser<'a> {
     }
 
     fn size(&self, width: u32, height: u32) {
-        self.command("POST", "/window/rect", json!({"width": width, "height": height}));
+        self.command(
+            "POST",
+            "/window/rect",
+            json!({"width": width, "height": height}),
+        );
     }
 
     fn source(&self) -> String {
@@ -145,13 +152,21 @@ impl<'a> Browser<'a> {
     }
 
     fn find(&self, css: &str) -> String {
-        let found = self.command("POST", "/element", json!({"using": "css selector", "value": css}));
+        let found = self.command(
+            "POST",
+            "/element",
+            json!({"using": "css selector", "value": css}),
+        );
         found[ELEMENT].as_str().unwrap().to_string()
     }
 
     fn type_into(&self, css: &str, text: &str) {
         let element = self.find(css);
-        self.command("POST", &format!("/element/{element}/value"), json!({ "text": text }));
+        self.command(
+            "POST",
+            &format!("/element/{element}/value"),
+            json!({ "text": text }),
+        );
     }
 
     fn click(&self, css: &str) {
@@ -262,11 +277,21 @@ fn an_admin_enrols_a_person_in_chromium_and_sees_their_decision() {
     browser.wait_for_text("Sidecar JSON");
     browser.screenshots(&shots, "5-snapshot");
 
-    browser.go(&format!("{base}/admin/door"));
-    browser.wait_for_text("Test pulse");
-    browser.command("POST", "/execute/sync", json!({"script": "window.confirm = () => true;", "args": []}));
+    // The grant above holds the door open for 2 s: pulse once it has locked again.
+    wait_for("the door to lock again", || {
+        browser.go(&format!("{base}/admin/door"));
+        browser
+            .source()
+            .contains("class=\"door-locked\"")
+            .then_some(())
+    });
+    browser.command(
+        "POST",
+        "/execute/sync",
+        json!({"script": "window.confirm = () => true;", "args": []}),
+    );
     browser.click("form[action='/admin/door/pulse'] button");
-    browser.wait_for_text("Test pulse sent");
+    browser.wait_for_text("the door is unlocked for the hold time");
     browser.screenshots(&shots, "6-door");
 
     browser.click(".logout button");

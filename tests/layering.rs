@@ -103,7 +103,10 @@ fn layers_point_one_way() {
     // Nothing below the transport knows it; the pure decision knows no I/O edge.
     let rules: [(&str, &[&str]); 2] = [
         ("service", &["http", "daemon"]),
-        ("decision", &["http", "service", "daemon", "door", "audit", "snapshots"]),
+        (
+            "decision",
+            &["http", "service", "daemon", "door", "audit", "snapshots"],
+        ),
     ];
     for (module, forbidden) in &rules {
         for target in *forbidden {
@@ -114,7 +117,15 @@ fn layers_point_one_way() {
             );
         }
     }
-    for core in ["record", "frame", "vision", "gallery", "recognition", "body", "config"] {
+    for core in [
+        "record",
+        "frame",
+        "vision",
+        "gallery",
+        "recognition",
+        "body",
+        "config",
+    ] {
         for edge in ["http", "service", "daemon"] {
             assert!(
                 path_between(&graph, core, edge).is_none(),

@@ -116,7 +116,9 @@ pub fn multipart(body: &[u8], boundary: &str) -> Result<(Fields, Vec<Upload>), M
         if rest.starts_with(b"--") {
             return Ok((fields, uploads));
         }
-        rest = rest.strip_prefix(b"\r\n").ok_or(MultipartError::Malformed)?;
+        rest = rest
+            .strip_prefix(b"\r\n")
+            .ok_or(MultipartError::Malformed)?;
         let head_end = find(rest, b"\r\n\r\n").ok_or(MultipartError::Malformed)?;
         let head = String::from_utf8_lossy(&rest[..head_end]);
         let after_head = &rest[head_end + 4..];
@@ -196,7 +198,10 @@ mod tests {
             multipart_boundary("Multipart/Form-Data; charset=x; boundary=\"q q\""),
             Some("q q")
         );
-        assert_eq!(multipart_boundary("application/x-www-form-urlencoded"), None);
+        assert_eq!(
+            multipart_boundary("application/x-www-form-urlencoded"),
+            None
+        );
         assert_eq!(multipart_boundary("multipart/form-data"), None);
     }
 

@@ -208,8 +208,7 @@ fn cell(value: &str) -> String {
 }
 
 pub fn csv(entries: &[Entry]) -> String {
-    let mut out =
-        String::from("ts,request_id,kind,status,identity,score,door,frame_id,remote\r\n");
+    let mut out = String::from("ts,request_id,kind,status,identity,score,door,frame_id,remote\r\n");
     for e in entries {
         let fields = [
             e.ts.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
@@ -251,15 +250,19 @@ pub fn snapshot(snapshot_dir: &Path, id: &str) -> Option<SnapshotFiles> {
             if !sidecar.is_file() {
                 return None;
             }
-            [("jpg", "image/jpeg"), ("png", "image/png"), ("bin", "application/octet-stream")]
-                .into_iter()
-                .map(|(ext, content_type)| (dir.join(format!("{id}.{ext}")), content_type))
-                .find(|(image, _)| image.is_file())
-                .map(|(image, content_type)| SnapshotFiles {
-                    image,
-                    content_type,
-                    sidecar: sidecar.clone(),
-                })
+            [
+                ("jpg", "image/jpeg"),
+                ("png", "image/png"),
+                ("bin", "application/octet-stream"),
+            ]
+            .into_iter()
+            .map(|(ext, content_type)| (dir.join(format!("{id}.{ext}")), content_type))
+            .find(|(image, _)| image.is_file())
+            .map(|(image, content_type)| SnapshotFiles {
+                image,
+                content_type,
+                sidecar: sidecar.clone(),
+            })
         })
 }
 
@@ -355,8 +358,14 @@ mod tests {
         let (entries, _) = read(dir.path(), &one_day, 100);
         let text = csv(&entries);
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines[0], "ts,request_id,kind,status,identity,score,door,frame_id,remote");
-        assert_eq!(lines[1], "2026-03-02T11:00:00.000Z,b2,decision,granted,'=cmd,0.8,,,");
+        assert_eq!(
+            lines[0],
+            "ts,request_id,kind,status,identity,score,door,frame_id,remote"
+        );
+        assert_eq!(
+            lines[1],
+            "2026-03-02T11:00:00.000Z,b2,decision,granted,'=cmd,0.8,,,"
+        );
         assert_eq!(cell("a,\"b\""), "\"a,\"\"b\"\"\"");
     }
 
@@ -371,7 +380,13 @@ mod tests {
         let found = snapshot(dir.path(), id).unwrap();
         assert_eq!(found.content_type, "image/png");
         assert_eq!(found.image, next_day.join(format!("{id}.png")));
-        for bad in ["../2026-03-02/x", "20260301T235959999-00ff/..", "", "x", "20261399T000000000-0000"] {
+        for bad in [
+            "../2026-03-02/x",
+            "20260301T235959999-00ff/..",
+            "",
+            "x",
+            "20261399T000000000-0000",
+        ] {
             assert_eq!(snapshot(dir.path(), bad), None, "{bad}");
         }
     }

@@ -139,8 +139,16 @@ mod tests {
             l.locked_for(ip(1), t0 + Duration::from_secs(30)),
             Some(Duration::from_secs(110))
         );
-        assert_eq!(l.locked_for(ip(2), t0 + Duration::from_secs(30)), None, "per address");
-        assert_eq!(l.locked_for(ip(1), t0 + Duration::from_secs(140)), None, "it expires");
+        assert_eq!(
+            l.locked_for(ip(2), t0 + Duration::from_secs(30)),
+            None,
+            "per address"
+        );
+        assert_eq!(
+            l.locked_for(ip(1), t0 + Duration::from_secs(140)),
+            None,
+            "it expires"
+        );
     }
 
     #[test]

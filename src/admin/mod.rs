@@ -263,10 +263,8 @@ impl Admin {
             chrome,
             password_set,
         };
-        AdminResponse::page(status, &page).with(
-            "Set-Cookie",
-            self.cookie(csrf::LOGIN_COOKIE, &token, 3600),
-        )
+        AdminResponse::page(status, &page)
+            .with("Set-Cookie", self.cookie(csrf::LOGIN_COOKIE, &token, 3600))
     }
 
     fn login(&self, request: &AdminRequest, now: Instant) -> AdminResponse {
@@ -340,15 +338,30 @@ impl Admin {
         }
         if request.method != Method::Post {
             return self
-                .message(Some(session), 405, "Not allowed", "Use the page's forms.", "/admin/")
+                .message(
+                    Some(session),
+                    405,
+                    "Not allowed",
+                    "Use the page's forms.",
+                    "/admin/",
+                )
                 .with("Allow", "GET, POST");
         }
-        let (fields, uploads) = match request.content_type.as_deref().and_then(form::multipart_boundary)
+        let (fields, uploads) = match request
+            .content_type
+            .as_deref()
+            .and_then(form::multipart_boundary)
         {
             Some(boundary) => match form::multipart(&request.body, boundary) {
                 Ok(parsed) => parsed,
                 Err(err) => {
-                    return self.message(Some(session), 400, "Upload failed", &err.to_string(), "/admin/people")
+                    return self.message(
+                        Some(session),
+                        400,
+                        "Upload failed",
+                        &err.to_string(),
+                        "/admin/people",
+                    )
                 }
             },
             None => (
@@ -383,7 +396,13 @@ impl Admin {
     }
 
     fn not_found(&self, session: &Session) -> AdminResponse {
-        self.message(Some(session), 404, "Not found", "There is no such admin page.", "/admin/")
+        self.message(
+            Some(session),
+            404,
+            "Not found",
+            "There is no such admin page.",
+            "/admin/",
+        )
     }
 
     /// The recognizer for enrolment, loaded on first use.
@@ -393,7 +412,10 @@ impl Admin {
     ) -> Result<T, crate::vision::VisionError> {
         let mut slot = self.recognizer.lock().unwrap_or_else(|p| p.into_inner());
         if slot.is_none() {
-            *slot = Some(Recognizer::load(&self.ctx.models, &self.ctx.config.recognition)?);
+            *slot = Some(Recognizer::load(
+                &self.ctx.models,
+                &self.ctx.config.recognition,
+            )?);
         }
         Ok(work(slot.as_mut().expect("loaded above")))
     }

@@ -101,7 +101,10 @@ mod tests {
     fn stored_hashes_are_argon2id_private_and_verify_only_the_password() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(load(dir.path()).unwrap(), None);
-        assert!(matches!(store(dir.path(), "short"), Err(PasswordError::TooShort)));
+        assert!(matches!(
+            store(dir.path(), "short"),
+            Err(PasswordError::TooShort)
+        ));
         let path = store(dir.path(), "correct horse").unwrap();
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
@@ -110,6 +113,10 @@ mod tests {
         assert!(verify("correct horse", &stored));
         assert!(!verify("correct horsE", &stored));
         assert!(!verify("correct horse", "not a hash"));
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "no temp file left");
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temp file left"
+        );
     }
 }

@@ -13,6 +13,7 @@ use super::form::{Fields, Upload};
 use super::history::{self, Entry, Filter, Kinds};
 use super::pages::{self, Notice};
 use super::{Admin, AdminResponse, Session};
+use crate::door::GrantOutcome;
 use crate::enrollment::{self, Candidate, EnrolmentError, Verdict};
 use crate::gallery::{Gallery, GalleryError, Sample};
 
@@ -105,7 +106,9 @@ fn parse_event_query(query: &str) -> EventQuery {
         None => default,
         Some(Ok(day)) => day,
         Some(Err(text)) => {
-            problem = Some(format!("`{text}` is not a date (YYYY-MM-DD); showing the last seven days"));
+            problem = Some(format!(
+                "`{text}` is not a date (YYYY-MM-DD); showing the last seven days"
+            ));
             default
         }
     };
@@ -459,7 +462,12 @@ impl Admin {
         Ok(done)
     }
 
-    pub(super) fn remove_person(&self, session: &Session, fields: &Fields, peer: &str) -> AdminResponse {
+    pub(super) fn remove_person(
+        &self,
+        session: &Session,
+        fields: &Fields,
+        peer: &str,
+    ) -> AdminResponse {
         let name = fields.get("name").unwrap_or_default();
         match self.edit_gallery(|g| g.remove(name)) {
             Ok(person) => {
@@ -472,7 +480,12 @@ impl Admin {
         }
     }
 
-    pub(super) fn remove_sample(&self, session: &Session, fields: &Fields, peer: &str) -> AdminResponse {
+    pub(super) fn remove_sample(
+        &self,
+        session: &Session,
+        fields: &Fields,
+        peer: &str,
+    ) -> AdminResponse {
         let name = fields.get("name").unwrap_or_default();
         let Some(index) = fields.get("index").and_then(|i| i.parse::<usize>().ok()) else {
             return self.people_page(session, Notice::bad("No photo was chosen."), None);
@@ -480,7 +493,10 @@ impl Admin {
         match self.edit_gallery(|g| g.remove_sample(name, index)) {
             Ok(sample) => {
                 self.forget_thumbnails([&sample]);
-                log::info!("admin removed sample {index} ({}) of {name:?}", sample.source);
+                log::info!(
+                    "admin removed sample {index} ({}) of {name:?}",
+                    sample.source
+                );
                 self.audit(json!({
                     "action": "remove_sample",
                     "identity": name,
@@ -511,11 +527,8 @@ impl Admin {
             page,
             problem,
         } = parse_event_query(query);
-        let (entries, more) = history::read(
-            &self.ctx.config.audit_dir(),
-            &filter,
-            history::MAX_ENTRIES,
-        );
+        let (entries, more) =
+            history::read(&self.ctx.config.audit_dir(), &filter, history::MAX_ENTRIES);
         let pages_total = entries.len().div_ceil(PAGE_SIZE).max(1);
         let page = page.min(pages_total - 1);
         let shown = &entries[(page * PAGE_SIZE).min(entries.len())..]
@@ -533,7 +546,10 @@ impl Admin {
             filter.to
         );
         if more {
-            summary.push_str(&format!("; only the newest {} are listed", history::MAX_ENTRIES));
+            summary.push_str(&format!(
+                "; only the newest {} are listed",
+                history::MAX_ENTRIES
+            ));
         }
         if pages_total > 1 {
             summary.push_str(&format!(" · page {} of {pages_total}", page + 1));
@@ -572,19 +588,20 @@ impl Admin {
 
     fn events_csv(&self, query: &str) -> AdminResponse {
         let EventQuery { filter, .. } = parse_event_query(query);
-        let (entries, _) = history::read(
-            &self.ctx.config.audit_dir(),
-            &filter,
-            history::MAX_ENTRIES,
-        );
-        AdminResponse::new(200, "text/csv; charset=utf-8", history::csv(&entries).into_bytes())
-            .with(
-                "Content-Disposition",
-                format!(
-                    "attachment; filename=\"facegate-events-{}-{}.csv\"",
-                    filter.from, filter.to
-                ),
-            )
+        let (entries, _) =
+            history::read(&self.ctx.config.audit_dir(), &filter, history::MAX_ENTRIES);
+        AdminResponse::new(
+            200,
+            "text/csv; charset=utf-8",
+            history::csv(&entries).into_bytes(),
+        )
+        .with(
+            "Content-Disposition",
+            format!(
+                "attachment; filename=\"facegate-events-{}-{}.csv\"",
+                filter.from, filter.to
+            ),
+        )
     }
 
     fn event(&self, session: &Session, id: &str) -> AdminResponse {
@@ -638,8 +655,15 @@ impl Admin {
         let height = SNAPSHOT_THUMB_HEIGHT;
         let width = (image.cols() * height / image.rows().max(1)).max(1);
         let mut small = Mat::default();
-        imgproc::resize(image, &mut small, Size::new(width, height), 0.0, 0.0, imgproc::INTER_AREA)
-            .ok()?;
+        imgproc::resize(
+            image,
+            &mut small,
+            Size::new(width, height),
+            0.0,
+            0.0,
+            imgproc::INTER_AREA,
+        )
+        .ok()?;
         let mut jpeg = Vector::<u8>::new();
         let params = Vector::from_slice(&[imgcodecs::IMWRITE_JPEG_QUALITY, 80]);
         imgcodecs::imencode(".jpg", &small, &mut jpeg, &params).ok()?;
@@ -696,12 +720,16 @@ impl Admin {
             "remote": peer,
         }));
         let notice = match outcome {
-            crate::door::GrantOutcome::Opened => {
-                Notice::ok(format!("Test pulse sent ({request_id}): the door is unlocked for the hold time."))
-            }
-            other => Notice::bad(format!(
+            GrantOutcome::Opened => Notice::ok(format!(
+                "Test pulse sent ({request_id}): the door is unlocked for the hold time."
+            )),
+            GrantOutcome::Extended | GrantOutcome::AlreadyOpen => Notice::ok(format!(
+                "Test pulse sent ({request_id}): the door was already open ({}).",
+                outcome.as_str()
+            )),
+            GrantOutcome::CoolingDown | GrantOutcome::Unavailable => Notice::bad(format!(
                 "The door did not open for the test ({}); try again in a moment.",
-                other.as_str()
+                outcome.as_str()
             )),
         };
         self.door_page(session, notice)
@@ -729,17 +757,24 @@ mod tests {
 
     #[test]
     fn event_queries_default_to_the_last_week_and_report_bad_dates() {
-        let q = parse_event_query("status=granted&person=Ann+Lee&from=2026-03-05&to=2026-03-01&page=2");
+        let q =
+            parse_event_query("status=granted&person=Ann+Lee&from=2026-03-05&to=2026-03-01&page=2");
         assert_eq!(q.filter.status.as_deref(), Some("granted"));
         assert_eq!(q.filter.person.as_deref(), Some("Ann Lee"));
-        assert_eq!(q.filter.from.to_string(), "2026-03-01", "swapped into order");
+        assert_eq!(
+            q.filter.from.to_string(),
+            "2026-03-01",
+            "swapped into order"
+        );
         assert_eq!(q.filter.to.to_string(), "2026-03-05");
         assert_eq!(q.page, 2);
         let q = parse_event_query("from=yesterday");
         assert!(q.problem.is_some());
         assert_eq!((q.filter.to - q.filter.from).num_days(), 6);
         assert_eq!(
-            query_string(&filter_pairs(&parse_event_query("person=a%26b&from=2026-01-01&to=2026-01-02").filter)),
+            query_string(&filter_pairs(
+                &parse_event_query("person=a%26b&from=2026-01-01&to=2026-01-02").filter
+            )),
             "person=a%26b&from=2026-01-01&to=2026-01-02"
         );
     }

@@ -149,19 +149,26 @@ mod tests {
         let s = sessions(4);
         let t0 = Instant::now();
         let idle = s.create(t0);
-        assert!(s.check(&idle.secret, t0 + Duration::from_secs(59)).is_some());
+        assert!(s
+            .check(&idle.secret, t0 + Duration::from_secs(59))
+            .is_some());
         assert!(
-            s.check(&idle.secret, t0 + Duration::from_secs(118)).is_some(),
+            s.check(&idle.secret, t0 + Duration::from_secs(118))
+                .is_some(),
             "use keeps it alive"
         );
-        assert!(s.check(&idle.secret, t0 + Duration::from_secs(178)).is_none());
+        assert!(s
+            .check(&idle.secret, t0 + Duration::from_secs(178))
+            .is_none());
         let busy = s.create(t0);
         let mut now = t0;
         while now < t0 + Duration::from_secs(570) {
             now += Duration::from_secs(30);
             assert!(s.check(&busy.secret, now).is_some());
         }
-        assert!(s.check(&busy.secret, t0 + Duration::from_secs(600)).is_none());
+        assert!(s
+            .check(&busy.secret, t0 + Duration::from_secs(600))
+            .is_none());
         assert!(s.is_empty(), "expired sessions are dropped when seen");
     }
 

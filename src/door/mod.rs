@@ -138,7 +138,10 @@ mod tests {
             .expect("BCM 99 is never usable");
         let message = error.to_string();
         if std::path::Path::new("/dev/gpiomem").exists() {
-            assert!(matches!(error, DoorError::GpioPin { pin: 99, .. }), "{message}");
+            assert!(
+                matches!(error, DoorError::GpioPin { pin: 99, .. }),
+                "{message}"
+            );
             assert!(message.contains("door.gpio_pin"), "{message}");
         } else {
             assert!(message.starts_with("GPIO unavailable: "), "{message}");

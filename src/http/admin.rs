@@ -73,15 +73,13 @@ pub fn run(
             body,
             peer: peer.ip(),
         };
-        let answer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| admin.handle(&parsed)));
+        let answer =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| admin.handle(&parsed)));
         let response = match answer {
-            Ok(answer) => answer
-                .headers
-                .iter()
-                .fold(
-                    Response::from_data(answer.body).with_status_code(answer.status),
-                    |response, (name, value)| response.with_header(header(name, value)),
-                ),
+            Ok(answer) => answer.headers.iter().fold(
+                Response::from_data(answer.body).with_status_code(answer.status),
+                |response, (name, value)| response.with_header(header(name, value)),
+            ),
             Err(_) => Response::from_data(b"the admin page failed; see the log".to_vec())
                 .with_status_code(500),
         };
