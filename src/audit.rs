@@ -1,12 +1,20 @@
 //! Append-only audit trail of decisions and door actuations: one JSON line per event in one file
 //! per UTC day, bounded by age and total size, so an operator can answer "who opened the door when".
+//! One writer thread owns the files; everyone else queues lines without blocking.
 
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use serde::Serialize;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+
+use crate::ratelimit::RateLimitedLog;
 
 const FILE_PREFIX: &str = "audit-";
 const FILE_SUFFIX: &str = ".jsonl";
@@ -80,21 +88,33 @@ struct Stamped<'a, T: Serialize> {
     record: &'a T,
 }
 
+/// `record` (a struct or map) as one JSON line with `"ts"` (RFC 3339, milliseconds, UTC) as its
+/// first field, ending in a newline.
+pub fn stamp_line<T: Serialize>(now: DateTime<Utc>, record: &T) -> Result<String, AuditError> {
+    let stamped = Stamped {
+        ts: now.to_rfc3339_opts(SecondsFormat::Millis, true),
+        record,
+    };
+    let mut line = serde_json::to_string(&stamped).map_err(AuditError::Serialize)?;
+    line.push('\n');
+    Ok(line)
+}
+
 struct DayFile {
     day: NaiveDate,
     file: File,
 }
 
-/// The audit log. Thread-safe: appends from any thread are serialized by an internal mutex.
+/// The audit files on disk. Only the [`AuditWriter`] thread touches them in the daemon.
 pub struct AuditLog {
     dir: PathBuf,
     retention: AuditRetention,
-    current: Mutex<Option<DayFile>>,
+    current: Option<DayFile>,
 }
 
 impl AuditLog {
-    /// Creates `dir` if needed, opens today's file (so a permission problem shows at start-up)
-    /// and applies the retention once.
+    /// Creates `dir` if needed, opens today's file (so a permission problem shows at once) and
+    /// applies the retention once.
     pub fn open(
         dir: impl Into<PathBuf>,
         retention: AuditRetention,
@@ -104,22 +124,17 @@ impl AuditLog {
             path: dir.clone(),
             cause: source,
         })?;
-        let log = AuditLog {
+        let mut log = AuditLog {
             dir,
             retention,
-            current: Mutex::new(None),
+            current: None,
         };
         let now = Utc::now();
-        *log.lock_current() = Some(log.open_day(now.date_naive())?);
+        log.current = Some(log.open_day(now.date_naive())?);
         if let Err(error) = log.enforce_retention(now) {
             log::warn!("audit retention at start-up: {error}");
         }
         Ok(log)
-    }
-
-    /// The directory holding the day files.
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     /// The file holding the records of `day` (UTC).
@@ -127,37 +142,23 @@ impl AuditLog {
         self.dir.join(file_name(day))
     }
 
-    /// Appends `record` (a struct or map) as one JSON line with `"ts"` (RFC 3339, milliseconds,
-    /// UTC) as its first field. Never panics; on error the caller should log it rate-limited.
-    pub fn append<T: Serialize>(&self, record: &T) -> Result<(), AuditError> {
-        self.append_at(Utc::now(), record)
-    }
-
-    fn append_at<T: Serialize>(&self, now: DateTime<Utc>, record: &T) -> Result<(), AuditError> {
-        let stamped = Stamped {
-            ts: now.to_rfc3339_opts(SecondsFormat::Millis, true),
-            record,
-        };
-        let mut line = serde_json::to_string(&stamped).map_err(AuditError::Serialize)?;
-        line.push('\n');
-        let day = now.date_naive();
-        let mut current = self.lock_current();
-        let mut open = match current.take() {
+    /// Appends one stamped line (see [`stamp_line`]) to the file of `day`.
+    pub fn write_line(&mut self, day: NaiveDate, line: &str) -> Result<(), AuditError> {
+        let mut open = match self.current.take() {
             Some(open) if open.day == day => open,
             _ => self.open_day(day)?,
         };
         // One write of the whole line on an O_APPEND file: no interleaving, no buffering. After a
-        // failure the handle is dropped so the next append reopens (the file may have vanished).
+        // failure the handle is dropped so the next line reopens (the file may have vanished).
         open.file
             .write_all(line.as_bytes())
             .map_err(|source| AuditError::Write {
                 path: self.file_path(day),
                 cause: source,
             })?;
-        *current = Some(open);
+        self.current = Some(open);
         Ok(())
     }
-
     /// Deletes day files older than `max_age_days`, then the oldest files until the total size
     /// fits `max_total_bytes`; never today's file (UTC day of `now`). Returns how many files were
     /// deleted; on errors, keeps going and returns the first one.
@@ -210,11 +211,154 @@ impl AuditLog {
             })?;
         Ok(DayFile { day, file })
     }
+}
 
-    fn lock_current(&self) -> MutexGuard<'_, Option<DayFile>> {
-        self.current
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+/// Lines waiting for the audit writer thread; more are dropped and counted.
+const AUDIT_QUEUE: usize = 1024;
+/// After the audit log failed to open, lines are counted as failed until the next try.
+const REOPEN_INTERVAL: Duration = Duration::from_secs(10);
+const RETENTION_INTERVAL: Duration = Duration::from_secs(600);
+const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+enum Message {
+    Line { day: NaiveDate, line: String },
+    Stop,
+}
+
+/// What became of the lines handed to an [`AuditWriter`], for /metrics.
+#[derive(Debug, Default)]
+pub struct AuditCounters {
+    /// Lines dropped because the queue was full (the disk is slower than the decisions).
+    pub dropped: AtomicU64,
+    /// Lines that could not be written (the log could not be opened, or the write failed).
+    pub failed: AtomicU64,
+}
+
+/// The one place audit lines are written from: callers stamp and queue a line with
+/// [`AuditWriter::record`], which never blocks; the `audit-writer` thread opens the log (so a hung
+/// audit disk cannot hold up start-up), writes the lines in order and applies the retention.
+/// Cloneable; every clone feeds the same thread.
+#[derive(Clone)]
+pub struct AuditWriter {
+    lines: Sender<Message>,
+    counters: Arc<AuditCounters>,
+}
+
+/// The `audit-writer` thread, to let it finish the queued lines at shutdown.
+pub struct AuditWriterThread {
+    lines: Sender<Message>,
+    /// Disconnects when the thread ends.
+    done: Receiver<()>,
+}
+
+impl AuditWriter {
+    /// Starts the `audit-writer` thread for the log in `dir`. Returns at once; opening the log and
+    /// every later disk error happen on that thread and are logged (rate-limited) and counted.
+    pub fn start(
+        dir: PathBuf,
+        retention: AuditRetention,
+    ) -> std::io::Result<(AuditWriter, AuditWriterThread)> {
+        let (lines, queue) = crossbeam_channel::bounded(AUDIT_QUEUE);
+        let (done_tx, done) = crossbeam_channel::bounded::<()>(0);
+        let counters = Arc::new(AuditCounters::default());
+        let thread_counters = Arc::clone(&counters);
+        thread::Builder::new()
+            .name("audit-writer".to_owned())
+            .spawn(move || {
+                let _done = done_tx;
+                write_lines(&dir, retention, &queue, &thread_counters);
+            })?;
+        Ok((
+            AuditWriter {
+                lines: lines.clone(),
+                counters,
+            },
+            AuditWriterThread { lines, done },
+        ))
+    }
+
+    /// Stamps `record` (a struct or map) with the current time and queues it; never blocks. A
+    /// full queue drops the line and counts it.
+    pub fn record<T: Serialize>(&self, record: &T) {
+        let now = Utc::now();
+        match stamp_line(now, record) {
+            Ok(line) => {
+                let message = Message::Line {
+                    day: now.date_naive(),
+                    line,
+                };
+                if self.lines.try_send(message).is_err() {
+                    self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Err(error) => {
+                self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                log::error!("audit line not written: {error}");
+            }
+        }
+    }
+
+    /// Dropped and failed line counts.
+    pub fn counters(&self) -> Arc<AuditCounters> {
+        Arc::clone(&self.counters)
+    }
+}
+
+impl AuditWriterThread {
+    /// Lets the writer finish the lines queued so far, waiting at most `limit` (a hung disk must
+    /// not stop a shutdown). Returns whether it finished.
+    pub fn finish(self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        if self.lines.send_timeout(Message::Stop, limit).is_err() {
+            return false;
+        }
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        self.done.recv_timeout(remaining) != Err(RecvTimeoutError::Timeout)
+    }
+}
+
+/// The `audit-writer` thread's loop: open (retrying every [`REOPEN_INTERVAL`]), write, prune.
+fn write_lines(
+    dir: &Path,
+    retention: AuditRetention,
+    queue: &Receiver<Message>,
+    counters: &AuditCounters,
+) {
+    let errors = RateLimitedLog::new(ERROR_LOG_INTERVAL);
+    let mut log = None;
+    let mut next_open = Instant::now();
+    let mut next_retention = Instant::now() + RETENTION_INTERVAL;
+    loop {
+        if log.is_none() && Instant::now() >= next_open {
+            match AuditLog::open(dir, retention) {
+                Ok(opened) => log = Some(opened),
+                Err(error) => {
+                    errors.error(format!("audit lines are not written: {error}"));
+                    next_open = Instant::now() + REOPEN_INTERVAL;
+                }
+            }
+        }
+        let wait = next_retention.saturating_duration_since(Instant::now());
+        match queue.recv_timeout(wait) {
+            Ok(Message::Line { day, line }) => {
+                // Without an open log the line fails silently: opening already said why.
+                let written = log.as_mut().map(|log| log.write_line(day, &line));
+                if !matches!(written, Some(Ok(()))) {
+                    counters.failed.fetch_add(1, Ordering::Relaxed);
+                }
+                if let Some(Err(error)) = written {
+                    errors.error(format!("audit line not written: {error}"));
+                }
+            }
+            Ok(Message::Stop) | Err(RecvTimeoutError::Disconnected) => return,
+            Err(RecvTimeoutError::Timeout) => {
+                next_retention = Instant::now() + RETENTION_INTERVAL;
+                if let Some(Err(error)) = log.as_ref().map(|log| log.enforce_retention(Utc::now()))
+                {
+                    errors.error(format!("audit retention failed: {error}"));
+                }
+            }
+        }
     }
 }
 
@@ -261,6 +405,14 @@ mod tests {
         max_age_days: 30,
         max_total_bytes: u64::MAX,
     };
+
+    fn append_at<T: Serialize>(
+        log: &mut AuditLog,
+        now: DateTime<Utc>,
+        record: &T,
+    ) -> Result<(), AuditError> {
+        log.write_line(now.date_naive(), &stamp_line(now, record)?)
+    }
 
     fn day(text: &str) -> NaiveDate {
         NaiveDate::parse_from_str(text, "%Y-%m-%d").unwrap()
@@ -327,16 +479,15 @@ mod tests {
     #[test]
     fn append_writes_ts_first_one_line_per_record() {
         let dir = tempfile::tempdir().unwrap();
-        let log = AuditLog::open(dir.path(), ROOMY).unwrap();
+        let mut log = AuditLog::open(dir.path(), ROOMY).unwrap();
         let now = at("2025-03-10T08:09:10.123456Z");
         let decision = Decision {
             event: "decision",
             request_id: "r1",
             score: 0.5,
         };
-        log.append_at(now, &decision).unwrap();
-        log.append_at(now, &json!({"event": "door", "state": "locked"}))
-            .unwrap();
+        append_at(&mut log, now, &decision).unwrap();
+        append_at(&mut log, now, &json!({"event": "door", "state": "locked"})).unwrap();
         let lines = read_lines(&log.file_path(day("2025-03-10")));
         assert_eq!(
             lines[0],
@@ -351,46 +502,74 @@ mod tests {
     #[test]
     fn append_switches_file_when_the_utc_day_changes() {
         let dir = tempfile::tempdir().unwrap();
-        let log = AuditLog::open(dir.path(), ROOMY).unwrap();
-        log.append_at(at("2025-03-10T23:59:59.999Z"), &json!({"n": 1}))
-            .unwrap();
-        log.append_at(at("2025-03-11T00:00:00.000Z"), &json!({"n": 2}))
-            .unwrap();
+        let mut log = AuditLog::open(dir.path(), ROOMY).unwrap();
+        append_at(&mut log, at("2025-03-10T23:59:59.999Z"), &json!({"n": 1})).unwrap();
+        append_at(&mut log, at("2025-03-11T00:00:00.000Z"), &json!({"n": 2})).unwrap();
         assert_eq!(read_lines(&log.file_path(day("2025-03-10"))).len(), 1);
         assert_eq!(read_lines(&log.file_path(day("2025-03-11"))).len(), 1);
     }
 
     #[test]
     fn non_object_record_is_an_error_not_a_panic() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = AuditLog::open(dir.path(), ROOMY).unwrap();
-        assert!(matches!(log.append(&42), Err(AuditError::Serialize(_))));
-        assert!(matches!(log.append(&"text"), Err(AuditError::Serialize(_))));
+        for record in [json!(42), json!("text")] {
+            assert!(matches!(
+                stamp_line(Utc::now(), &record),
+                Err(AuditError::Serialize(_))
+            ));
+        }
     }
 
     #[test]
-    fn concurrent_appends_stay_whole_lines() {
+    fn concurrent_records_through_the_writer_stay_whole_lines() {
         let dir = tempfile::tempdir().unwrap();
-        let log = AuditLog::open(dir.path(), ROOMY).unwrap();
-        let now = at("2025-03-10T12:00:00Z");
+        let (writer, thread) = AuditWriter::start(dir.path().to_owned(), ROOMY).unwrap();
         std::thread::scope(|scope| {
             for thread in 0..4 {
-                let log = &log;
+                let writer = writer.clone();
                 scope.spawn(move || {
                     for n in 0..250 {
                         let padding = "x".repeat(300);
-                        log.append_at(now, &json!({"thread": thread, "n": n, "padding": padding}))
-                            .unwrap();
+                        writer.record(&json!({"thread": thread, "n": n, "padding": padding}));
                     }
                 });
             }
         });
-        let lines = read_lines(&log.file_path(day("2025-03-10")));
-        assert_eq!(lines.len(), 1000);
+        assert!(thread.finish(Duration::from_secs(30)));
+        let mut lines = Vec::new();
+        for entry in fs::read_dir(dir.path()).unwrap() {
+            lines.extend(read_lines(&entry.unwrap().path()));
+        }
+        let counters = writer.counters();
+        let dropped = counters.dropped.load(Ordering::Relaxed);
+        assert_eq!(lines.len() as u64 + dropped, 1000);
+        assert_eq!(counters.failed.load(Ordering::Relaxed), 0);
         for line in lines {
             let record: Value = serde_json::from_str(&line).unwrap();
+            assert!(record["ts"].is_string());
             assert!(record["n"].is_u64());
         }
+    }
+
+    /// Regression: today's audit file on a hung disk kept the daemon from starting at all. A FIFO
+    /// nobody reads is a file whose open never returns.
+    #[test]
+    fn a_hung_audit_file_blocks_neither_start_nor_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let today = dir.path().join(file_name(Utc::now().date_naive()));
+        let fifo = std::ffi::CString::new(today.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo(3) with a valid NUL-terminated path and a plain mode.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        let started = Instant::now();
+        let (writer, thread) = AuditWriter::start(dir.path().to_owned(), ROOMY).unwrap();
+        for n in 0..(AUDIT_QUEUE + 100) {
+            writer.record(&json!({ "n": n }));
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "recording waited on the disk"
+        );
+        assert!(writer.counters().dropped.load(Ordering::Relaxed) >= 100);
+        assert!(!thread.finish(Duration::from_millis(100)));
     }
 
     #[test]
@@ -407,11 +586,11 @@ mod tests {
     fn append_after_the_directory_vanished_returns_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let audit_dir = dir.path().join("audit");
-        let log = AuditLog::open(&audit_dir, ROOMY).unwrap();
+        let mut log = AuditLog::open(&audit_dir, ROOMY).unwrap();
         fs::remove_dir_all(&audit_dir).unwrap();
         let tomorrow = Utc::now() + chrono::Duration::days(1);
         assert!(matches!(
-            log.append_at(tomorrow, &json!({"n": 1})),
+            append_at(&mut log, tomorrow, &json!({"n": 1})),
             Err(AuditError::Open { .. })
         ));
     }

@@ -34,8 +34,8 @@ pub struct Cli {
     /// Overrides `state_dir` (gallery, snapshots, audit log)
     #[arg(long, global = true)]
     state_dir: Option<PathBuf>,
-    /// Overrides `models_dir`
-    #[arg(long, global = true)]
+    /// Overrides `models_dir`. Left at its default, models are also looked for in a checkout's assets/models
+    #[arg(long, global = true, env = "FACEGATE_MODELS_DIR")]
     models_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
@@ -83,6 +83,11 @@ enum Command {
         #[command(subcommand)]
         action: AdminAction,
     },
+    /// Visitor codes: generate them in advance, show the ones valid on a day, revoke one
+    Codes {
+        #[command(subcommand)]
+        action: CodesAction,
+    },
 }
 
 #[derive(Subcommand)]
@@ -90,6 +95,41 @@ enum AdminAction {
     /// Store the admin password (Argon2id hash in the state dir): prompted on a terminal, else one
     /// line read from stdin
     SetPassword,
+}
+
+#[derive(Subcommand)]
+enum CodesAction {
+    /// Make codes for every working day from --from to --to (replacing what those days had);
+    /// weekly codes are valid on every working day of their ISO week
+    Generate {
+        #[arg(long, value_parser = parse_date)]
+        from: chrono::NaiveDate,
+        #[arg(long, value_parser = parse_date)]
+        to: chrono::NaiveDate,
+        /// Codes valid on one day only, per day
+        #[arg(long, default_value_t = 3)]
+        daily: usize,
+        /// Codes valid all week, per ISO week
+        #[arg(long, default_value_t = 1)]
+        weekly: usize,
+        #[arg(long, default_value_t = 6)]
+        digits: u32,
+    },
+    /// Print the codes valid on a date, to hand out
+    Show {
+        /// YYYY-MM-DD [default: today, local time]
+        #[arg(long, value_parser = parse_date)]
+        date: Option<chrono::NaiveDate>,
+        /// Print {"date", "daily": [...], "weekly": [...]}
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a code from every day and week that has it
+    Revoke { code: String },
+}
+
+fn parse_date(value: &str) -> Result<chrono::NaiveDate, String> {
+    facegate::codes::book::parse_date(value).map_err(|err| err.to_string())
 }
 
 #[derive(Subcommand)]
@@ -129,6 +169,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Identify { images } => identify(&config, &images),
         Command::Gallery { action } => gallery(&config, action),
         Command::CheckConfig => {
+            // The holidays file is read as `serve` will read it.
+            facegate::codes::Calendar::from_config(&config.codes)?;
             println!("{config:#?}");
             println!("config is valid");
             Ok(())
@@ -140,6 +182,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Admin {
             action: AdminAction::SetPassword,
         } => set_admin_password(&config),
+        Command::Codes { action } => codes(&config, action),
     }
 }
 
@@ -390,5 +433,83 @@ fn check_models(config: &Config) -> Result<()> {
         engine.models.embedder.path.display(),
         engine.models.threshold(&config.recognition)
     );
+    Ok(())
+}
+
+fn codes(config: &Config, action: CodesAction) -> Result<()> {
+    use facegate::codes::book::{describe_date, os_random, GenerateSpec};
+    use facegate::codes::{Calendar, CodeStore};
+    let calendar = Calendar::from_config(&config.codes)?;
+    let store = CodeStore::new(config.codes_path());
+    match action {
+        CodesAction::Generate {
+            from,
+            to,
+            daily,
+            weekly,
+            digits,
+        } => {
+            let spec = GenerateSpec {
+                from,
+                to,
+                daily,
+                weekly,
+                digits,
+            };
+            let report = store.update(|book| book.generate(&calendar, spec, &mut os_random))?;
+            let dates = |dates: &[chrono::NaiveDate]| {
+                dates
+                    .iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            if !report.replaced_days.is_empty() {
+                println!(
+                    "replaced the daily codes of {}",
+                    dates(&report.replaced_days)
+                );
+            }
+            if !report.replaced_weeks.is_empty() {
+                println!(
+                    "replaced the weekly codes of {} (valid on every working day of the week)",
+                    report.replaced_weeks.join(", ")
+                );
+            }
+            println!(
+                "generated {daily} daily codes for each of {} working days and {weekly} weekly codes for each of {} weeks from {from} to {to} into {}; hand them out with facegate codes show --date YYYY-MM-DD",
+                report.days,
+                report.weeks,
+                store.path().display()
+            );
+        }
+        CodesAction::Show { date, json } => {
+            let date = date.unwrap_or_else(|| chrono::Local::now().date_naive());
+            let valid = store.load()?.valid_on(&calendar, date);
+            if json {
+                println!("{}", serde_json::to_string(&valid)?);
+                return Ok(());
+            }
+            println!("{}", describe_date(date));
+            if let Some(why) = calendar.closed_because(date) {
+                println!("{why}: no code is valid");
+                return Ok(());
+            }
+            println!("daily:  {}", valid.daily.join(" "));
+            println!("weekly: {}", valid.weekly.join(" "));
+            if valid.daily.is_empty() && valid.weekly.is_empty() {
+                println!("no codes stored for this day: run facegate codes generate");
+            }
+        }
+        CodesAction::Revoke { code } => {
+            let found = store.update(|book| Ok(book.revoke(&code)))?;
+            if found.is_empty() {
+                anyhow::bail!(
+                    "no stored code matches; check it with facegate codes show --date YYYY-MM-DD"
+                );
+            }
+            println!("revoked the code ({})", found.join(", "));
+        }
+    }
     Ok(())
 }

@@ -36,6 +36,7 @@ pub struct Config {
     pub audit: AuditConfig,
     pub snapshots: SnapshotConfig,
     pub admin: AdminConfig,
+    pub codes: CodesConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -124,8 +125,13 @@ pub struct DoorConfig {
     pub grant_while_open: GrantWhileOpenConfig,
     /// A decision about an older frame never moves the relay.
     pub max_decision_age_ms: u64,
+    /// How long a request waits for the relay thread to say what it did before answering `pending`.
+    pub report_wait_ms: u64,
     /// How far a frame's `captured_at` may lie ahead of the Pi's clock; further is answered stale.
     pub max_clock_skew_ms: u64,
+    /// After a grant, frames are answered `paused` while the door is open or cooling down, without
+    /// recognition; off keeps `grant_while_open` for them.
+    pub pause_while_open: bool,
     /// Sim backend only: append every actuation to this JSON-lines file.
     pub sim_journal: Option<PathBuf>,
 }
@@ -163,6 +169,50 @@ pub struct SnapshotConfig {
     pub max_age_days: u32,
 }
 
+/// Visitor codes: which days have codes, and the per-address lockout.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CodesConfig {
+    /// Weekdays with codes (`mon` .. `sun`).
+    pub working_days: Vec<String>,
+    /// Dates without codes, on top of `holidays_file`: TOML dates or `"YYYY-MM-DD"` strings.
+    #[serde(deserialize_with = "holiday_dates")]
+    pub holidays: Vec<chrono::NaiveDate>,
+    /// One `YYYY-MM-DD` date per line (`#` comments allowed), e.g. the country's public holidays.
+    pub holidays_file: Option<PathBuf>,
+    /// Wrong codes from one address within `failure_window_s` that start a lockout.
+    pub max_failures: u32,
+    pub failure_window_s: u64,
+    /// How long a locked-out address is refused, in seconds.
+    pub lockout_s: u64,
+    /// A code opens the door once, then is gone.
+    pub single_use: bool,
+}
+
+/// Reads `codes.holidays`, whose items may be TOML dates (`2026-12-25`) or strings (`"2026-12-25"`).
+fn holiday_dates<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<chrono::NaiveDate>, D::Error> {
+    let items = Vec::<toml::Value>::deserialize(deserializer)?;
+    items
+        .iter()
+        .map(|item| {
+            let text = match item {
+                toml::Value::String(text) => text.clone(),
+                toml::Value::Datetime(dt) if dt.time.is_none() && dt.date.is_some() => {
+                    dt.to_string()
+                }
+                other => other.to_string(),
+            };
+            chrono::NaiveDate::parse_from_str(&text, "%Y-%m-%d").map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "codes.holidays: `{text}` is not a date; write 2026-12-25"
+                ))
+            })
+        })
+        .collect()
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -175,6 +225,7 @@ impl Default for Config {
             audit: AuditConfig::default(),
             snapshots: SnapshotConfig::default(),
             admin: AdminConfig::default(),
+            codes: CodesConfig::default(),
         }
     }
 }
@@ -241,7 +292,9 @@ impl Default for DoorConfig {
             cooldown_ms: 1_000,
             grant_while_open: GrantWhileOpenConfig::Extend,
             max_decision_age_ms: 1_500,
+            report_wait_ms: 150,
             max_clock_skew_ms: 1_000,
+            pause_while_open: true,
             sim_journal: None,
         }
     }
@@ -267,6 +320,20 @@ impl Default for SnapshotConfig {
             max_count: 5_000,
             max_total_mb: 500,
             max_age_days: 30,
+        }
+    }
+}
+
+impl Default for CodesConfig {
+    fn default() -> Self {
+        CodesConfig {
+            working_days: ["mon", "tue", "wed", "thu", "fri"].map(String::from).into(),
+            holidays: Vec::new(),
+            holidays_file: None,
+            max_failures: 3,
+            failure_window_s: 60,
+            lockout_s: 60,
+            single_use: false,
         }
     }
 }
@@ -376,6 +443,12 @@ impl Config {
         if self.door.max_decision_age_ms == 0 {
             return Err(invalid("door.max_decision_age_ms", "must be above 0"));
         }
+        if self.door.report_wait_ms == 0 || self.door.report_wait_ms > 2_000 {
+            return Err(invalid(
+                "door.report_wait_ms",
+                "must be between 1 and 2000 milliseconds",
+            ));
+        }
         if self.door.gpio_pin > 27 {
             return Err(invalid(
                 "door.gpio_pin",
@@ -391,6 +464,34 @@ impl Config {
         if self.snapshots.max_count == 0 {
             return Err(invalid("snapshots.max_count", "must be at least 1"));
         }
+        let codes = &self.codes;
+        if let Some(day) = codes
+            .working_days
+            .iter()
+            .find(|d| d.trim().parse::<chrono::Weekday>().is_err())
+        {
+            return Err(invalid(
+                "codes.working_days",
+                format!(
+                    "has `{day}`, which is not a weekday: use mon, tue, wed, thu, fri, sat, sun"
+                ),
+            ));
+        }
+        if !(1..=100).contains(&codes.max_failures) {
+            return Err(invalid("codes.max_failures", "must be between 1 and 100"));
+        }
+        if !(1..=86_400).contains(&codes.failure_window_s) {
+            return Err(invalid(
+                "codes.failure_window_s",
+                "must be between 1 and 86400 seconds",
+            ));
+        }
+        if !(1..=86_400).contains(&codes.lockout_s) {
+            return Err(invalid(
+                "codes.lockout_s",
+                "must be between 1 and 86400 seconds",
+            ));
+        }
         Ok(())
     }
 
@@ -402,6 +503,11 @@ impl Config {
 
     pub fn gallery_path(&self) -> PathBuf {
         self.state_dir.join("gallery.json")
+    }
+
+    /// The visitor codes file (mode 0600).
+    pub fn codes_path(&self) -> PathBuf {
+        self.state_dir.join("codes.json")
     }
 
     pub fn audit_dir(&self) -> PathBuf {
@@ -442,6 +548,7 @@ mod tests {
         );
         assert_eq!(config.recognition, RecognitionConfig::default());
         assert_eq!(config.frame, FrameConfig::default());
+        assert_eq!(config.codes, CodesConfig::default());
     }
 
     #[test]
@@ -458,6 +565,13 @@ mod tests {
             ("[recognition]\nthreshold = 1.5", "recognition.threshold"),
             ("[door]\nhold_ms = 0", "door.hold_ms"),
             ("[door]\ngpio_pin = 40", "door.gpio_pin"),
+            (
+                "[codes]\nworking_days = [\"mon\", \"fr\"]",
+                "codes.working_days",
+            ),
+            ("[codes]\nmax_failures = 0", "codes.max_failures"),
+            ("[codes]\nlockout_s = 0", "codes.lockout_s"),
+            ("[door]\nreport_wait_ms = 0", "door.report_wait_ms"),
             ("[http]\nqueue_depth = 0", "http.queue_depth"),
             (
                 "[frame]\ndecode_target_side = 100",
@@ -467,6 +581,28 @@ mod tests {
         for (text, key) in cases {
             let err = Config::parse(text, Path::new("x")).unwrap_err().to_string();
             assert!(err.contains(key), "{text:?} gave {err}");
+        }
+    }
+
+    #[test]
+    fn holidays_are_toml_dates_or_strings() {
+        let config = Config::parse(
+            "[codes]\nholidays = [2026-12-25, \"2026-12-26\"]",
+            Path::new("x"),
+        )
+        .unwrap();
+        assert_eq!(
+            config.codes.holidays,
+            [
+                chrono::NaiveDate::from_ymd_opt(2026, 12, 25).unwrap(),
+                chrono::NaiveDate::from_ymd_opt(2026, 12, 26).unwrap()
+            ]
+        );
+        for bad in ["[\"25.12.2026\"]", "[2026-12-25T10:00:00]", "[1]"] {
+            let err = Config::parse(&format!("[codes]\nholidays = {bad}"), Path::new("x"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("codes.holidays"), "{bad}: {err}");
         }
     }
 

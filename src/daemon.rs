@@ -1,6 +1,7 @@
 //! `facegate serve`: wires config, models, gallery, door, audit log and snapshots to the HTTP front end,
 //! and owns the process's life: signals, panics, the watchdog and a fail-secure shutdown.
 
+use std::backtrace::BacktraceStatus;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,17 +14,16 @@ use sd_notify::NotifyState;
 use serde_json::json;
 
 use crate::admin::{Admin, AdminContext};
-use crate::audit::{AuditLog, AuditRetention};
+use crate::audit::{AuditRetention, AuditWriter, AuditWriterThread};
 use crate::config::{Config, DoorBackendName, GrantWhileOpenConfig};
 use crate::door::{
-    self, Actuation, BackendKind, DoorController, DoorSettings, GrantWhileOpen, RelayState,
+    self, BackendKind, DoorController, DoorEvent, DoorSettings, GrantWhileOpen, RelayState,
 };
 use crate::gallery::{EmbedderId, LiveGallery};
 use crate::http::{self, sockets};
 use crate::metrics::Metrics;
-use crate::ratelimit::RateLimitedLog;
 use crate::service::Service;
-use crate::snapshots::{SnapshotRetention, SnapshotStore};
+use crate::snapshots::{SnapshotRetention, SnapshotWriter};
 use crate::vision::{PipelineModels, Recognizer};
 
 /// How long the accepting loop waits before looking at the stop flags again.
@@ -35,7 +35,8 @@ const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
 const IDLE_CONNECTION_LIMIT: Duration = Duration::from_secs(60);
 /// Bytes beyond the largest body a connection may send without completing a request (headers).
 const FLOOD_ALLOWANCE: u64 = 1024 * 1024;
-const RETENTION_INTERVAL: Duration = Duration::from_secs(600);
+/// How long the audit writer may take to write its queue when the daemon stops.
+const AUDIT_FLUSH_LIMIT: Duration = Duration::from_secs(2);
 const GALLERY_RECHECK: Duration = Duration::from_secs(2);
 
 pub fn backend_kind(config: &Config) -> BackendKind {
@@ -55,6 +56,11 @@ pub fn lock_door(config: &Config) -> Result<()> {
     door::lock_once(&backend_kind(config)).context("the relay could not be driven locked")
 }
 
+/// The visitor code checker; a holidays file that cannot be read stops start-up.
+fn visitor_codes(config: &Config) -> Result<crate::codes::CodeChecker> {
+    crate::codes::CodeChecker::from_config(config).context("the visitor codes are not usable")
+}
+
 fn door_settings(config: &Config) -> DoorSettings {
     DoorSettings {
         hold: Duration::from_millis(config.door.hold_ms),
@@ -63,6 +69,7 @@ fn door_settings(config: &Config) -> DoorSettings {
             GrantWhileOpenConfig::Extend => GrantWhileOpen::Extend,
             GrantWhileOpenConfig::Ignore => GrantWhileOpen::Ignore,
         },
+        report_wait: Duration::from_millis(config.door.report_wait_ms),
     }
 }
 
@@ -90,24 +97,28 @@ pub fn run(config: Config) -> Result<()> {
         opencv::core::set_num_threads(config.recognition.opencv_threads)?;
     }
     let metrics = Arc::new(Metrics::default());
-    let audit_errors = Arc::new(RateLimitedLog::new(Duration::from_secs(60)));
-    let audit = open_audit(&config);
-    let door = Arc::new(start_door(&config, &metrics, audit.clone(), &audit_errors)?);
+    add_logging_metrics(&metrics);
+    let (audit, audit_thread) = start_audit(&config, &metrics)?;
+    let door = Arc::new(start_door(&config, &metrics, audit.clone())?);
     let stop = Arc::new(StopFlags::default());
-    install_panic_hook(door.lock_guard(), Arc::clone(&stop));
+    let panic_stop = Arc::clone(&stop);
+    install_panic_hook(door.lock_guard(), move || {
+        panic_stop.fatal.store(true, Ordering::SeqCst)
+    });
     // From here on the door is running: every early return must lock it first.
-    match serve(
+    let served = serve(
         config,
         token.is_some(),
         metrics,
         audit,
-        audit_errors,
         Arc::clone(&door),
         &stop,
-    ) {
-        Ok(()) => finish(door, None),
-        Err(err) => finish(door, Some(err)),
+    );
+    let stopped = finish(door, served.err());
+    if !audit_thread.finish(AUDIT_FLUSH_LIMIT) {
+        log::error!("the audit writer did not finish its queue within {AUDIT_FLUSH_LIMIT:?}; lines may be lost");
     }
+    stopped
 }
 
 fn finish(door: Arc<DoorController>, failure: Option<anyhow::Error>) -> Result<()> {
@@ -132,74 +143,106 @@ fn finish(door: Arc<DoorController>, failure: Option<anyhow::Error>) -> Result<(
     }
 }
 
-fn open_audit(config: &Config) -> Option<Arc<AuditLog>> {
+/// Starts the audit writer thread (which opens the log itself, so a hung audit disk cannot hold up
+/// start-up) and puts its counters on /metrics.
+fn start_audit(config: &Config, metrics: &Metrics) -> Result<(AuditWriter, AuditWriterThread)> {
     let retention = AuditRetention {
         max_age_days: config.audit.max_age_days,
         max_total_bytes: config.audit.max_total_mb * 1024 * 1024,
     };
-    match AuditLog::open(config.audit_dir(), retention) {
-        Ok(audit) => Some(Arc::new(audit)),
-        Err(err) => {
-            log::error!("audit log disabled: {err}");
-            None
-        }
-    }
+    let (audit, thread) = AuditWriter::start(config.audit_dir(), retention)
+        .context("cannot start the audit writer thread")?;
+    let counters = audit.counters();
+    let failed = Arc::clone(&counters);
+    metrics.add_source(
+        "facegate_audit_failures_total",
+        "counter",
+        "Audit lines that could not be written.",
+        move || failed.failed.load(Ordering::Relaxed),
+    );
+    metrics.add_source(
+        "facegate_audit_dropped_total",
+        "counter",
+        "Audit lines dropped because the audit writer fell behind (slow or hung disk).",
+        move || counters.dropped.load(Ordering::Relaxed),
+    );
+    Ok((audit, thread))
+}
+
+/// Puts the logger's state on /metrics.
+fn add_logging_metrics(metrics: &Metrics) {
+    metrics.add_source(
+        "facegate_log_lines_dropped_total",
+        "counter",
+        "Log lines dropped because stderr (the journal) did not take them.",
+        || crate::logging::health().dropped_lines,
+    );
+    metrics.add_source(
+        "facegate_logging_stalled",
+        "gauge",
+        "1 while writing to stderr is stalled and log lines are being lost.",
+        || u64::from(crate::logging::health().stalled),
+    );
 }
 
 fn start_door(
     config: &Config,
     metrics: &Arc<Metrics>,
-    audit: Option<Arc<AuditLog>>,
-    audit_errors: &Arc<RateLimitedLog>,
+    audit: AuditWriter,
 ) -> Result<DoorController> {
     let backend = door::build_backend(&backend_kind(config))
         .context("the door backend could not be started")?;
-    let metrics = Arc::clone(metrics);
-    let audit_errors = Arc::clone(audit_errors);
-    let observer = Box::new(move |actuation: &Actuation| {
-        if actuation.state == RelayState::Unlocked && actuation.error.is_none() {
-            metrics.count_door_opening();
-        }
-        log::info!(
-            "door state={} reason={} request_id={} identity={:?}{}",
-            actuation.state.as_str(),
-            actuation.reason.as_str(),
-            actuation.request_id.as_deref().unwrap_or("-"),
-            actuation.identity.as_deref().unwrap_or(""),
-            actuation
-                .error
-                .as_ref()
-                .map_or(String::new(), |e| format!(" error={e:?}")),
-        );
-        if let Some(audit) = &audit {
-            let record = json!({
-                "kind": "door",
-                "request_id": actuation.request_id,
-                "identity": actuation.identity,
-                "state": actuation.state,
-                "reason": actuation.reason,
-                "error": actuation.error,
-            });
-            if let Err(err) = audit.append(&record) {
-                audit_errors.error(format!("audit line not written: {err}"));
+    let observed = Arc::clone(metrics);
+    let observer = Box::new(move |event: &DoorEvent| {
+        if let DoorEvent::Actuation(actuation) = event {
+            if actuation.state == RelayState::Unlocked && actuation.error.is_none() {
+                observed.count_door_opening();
             }
         }
+        audit.record(event);
     });
-    Ok(DoorController::start(
-        backend,
-        door_settings(config),
-        observer,
-    )?)
+    let door = DoorController::start(backend, door_settings(config), observer)?;
+    let dropped = door.dropped_reports();
+    metrics.add_source(
+        "facegate_door_reports_dropped_total",
+        "counter",
+        "Door reports (log and audit) dropped because their thread fell behind.",
+        move || dropped.load(Ordering::Relaxed),
+    );
+    Ok(door)
 }
 
-/// A panic anywhere locks the door at once and stops the daemon (the door stays locked down until
-/// systemd starts a fresh process).
-fn install_panic_hook(guard: door::LockGuardHandle, stop: Arc<StopFlags>) {
-    let default_hook = std::panic::take_hook();
+/// The one panic policy: a panic anywhere drives the door locked first (latching the lockdown),
+/// then `on_panic` runs (the daemon stops for systemd to start a fresh process), then the panic
+/// is logged through the non-blocking logger (or, without it, by the previous hook). A panic on
+/// the relay thread itself is locked by that thread as it unwinds (see `door::DoorController`).
+pub fn install_panic_hook(
+    guard: door::LockGuardHandle,
+    on_panic: impl Fn() + Send + Sync + 'static,
+) {
+    let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         guard.emergency_lock();
-        stop.fatal.store(true, Ordering::SeqCst);
-        default_hook(info);
+        on_panic();
+        if !crate::logging::installed() {
+            return previous(info);
+        }
+        // Resolving the backtrace's symbols can take a second: another thread does it, so that a
+        // panic on the relay thread goes on unwinding to its lock at once.
+        let message = format!(
+            "thread {} panicked: {info}; the door is locked and facegate is stopping",
+            std::thread::current().name().unwrap_or("unnamed")
+        );
+        let backtrace = std::backtrace::Backtrace::capture();
+        let reported = std::thread::Builder::new()
+            .name("panic-report".into())
+            .spawn(move || match backtrace.status() {
+                BacktraceStatus::Captured => log::error!("{message}\n{backtrace}"),
+                _ => log::error!("{message} (RUST_BACKTRACE=1 adds a backtrace)"),
+            });
+        if let Err(err) = reported {
+            log::error!("a thread panicked and its report could not be logged: {err}");
+        }
     }));
 }
 
@@ -207,8 +250,7 @@ fn serve(
     config: Config,
     has_token: bool,
     metrics: Arc<Metrics>,
-    audit: Option<Arc<AuditLog>>,
-    audit_errors: Arc<RateLimitedLog>,
+    audit: AuditWriter,
     door: Arc<DoorController>,
     stop: &Arc<StopFlags>,
 ) -> Result<()> {
@@ -226,7 +268,8 @@ fn serve(
         .map(|_| Recognizer::load(&models, &config.recognition))
         .collect::<Result<Vec<_>, _>>()
         .context("the models did not load")?;
-    let snapshots = open_snapshots(&config);
+    let snapshots = start_snapshots(&config, &metrics);
+    let codes = visitor_codes(&config)?;
     let server = tiny_http::Server::http(config.http.listen)
         .map_err(|err| anyhow::anyhow!("cannot listen on {}: {err}", config.http.listen))?;
     let address = server
@@ -240,14 +283,7 @@ fn serve(
         ..http::Transport::default()
     });
     let service = Arc::new(Service::new(
-        config,
-        threshold,
-        metrics,
-        door,
-        gallery,
-        audit,
-        audit_errors,
-        snapshots,
+        config, threshold, metrics, door, gallery, audit, snapshots, codes,
     ));
     let admin = service
         .config
@@ -284,7 +320,6 @@ fn serve(
         Arc::clone(&sweeper_stop),
     )?;
     spawn_signal_thread(Arc::clone(stop))?;
-    spawn_retention_thread(Arc::clone(&service));
     spawn_watchdog(
         address,
         Duration::from_millis(service.config.http.self_probe_interval_ms),
@@ -389,19 +424,38 @@ fn spawn_admin(
     Ok((queue, thread))
 }
 
-fn open_snapshots(config: &Config) -> Option<SnapshotStore> {
+/// Starts the snapshot writer thread (which opens the store itself, so a hung snapshot disk cannot
+/// hold up start-up) and puts its counters on /metrics.
+fn start_snapshots(config: &Config, metrics: &Metrics) -> Option<SnapshotWriter> {
     let retention = SnapshotRetention {
         max_count: config.snapshots.max_count,
         max_bytes: config.snapshots.max_total_mb * 1024 * 1024,
         max_age: Duration::from_secs(u64::from(config.snapshots.max_age_days) * 86_400),
     };
-    match SnapshotStore::open(config.snapshot_dir(), retention) {
-        Ok(store) => Some(store),
+    let writer = match SnapshotWriter::start(config.snapshot_dir(), retention) {
+        Ok(writer) => writer,
         Err(err) => {
-            log::error!("failure snapshots disabled: {err}");
-            None
+            log::error!(
+                "failure snapshots disabled: the snapshot writer thread did not start: {err}"
+            );
+            return None;
         }
-    }
+    };
+    let failed = writer.counters();
+    metrics.add_source(
+        "facegate_snapshot_failures_total",
+        "counter",
+        "Snapshots that could not be written.",
+        move || failed.failed.load(Ordering::Relaxed),
+    );
+    let dropped = writer.counters();
+    metrics.add_source(
+        "facegate_snapshots_dropped_total",
+        "counter",
+        "Snapshots dropped because the snapshot writer fell behind (slow or hung disk).",
+        move || dropped.dropped.load(Ordering::Relaxed),
+    );
+    Some(writer)
 }
 
 fn spawn_signal_thread(stop: Arc<StopFlags>) -> Result<()> {
@@ -419,33 +473,6 @@ fn spawn_signal_thread(stop: Arc<StopFlags>) -> Result<()> {
             }
         })?;
     Ok(())
-}
-
-fn spawn_retention_thread(service: Arc<Service>) {
-    let weak = Arc::downgrade(&service);
-    drop(service);
-    let spawned = std::thread::Builder::new()
-        .name("retention".into())
-        .spawn(move || loop {
-            std::thread::sleep(RETENTION_INTERVAL);
-            let Some(service) = weak.upgrade() else {
-                return;
-            };
-            let now = chrono::Utc::now();
-            if let Some(audit) = &service.audit {
-                if let Err(err) = audit.enforce_retention(now) {
-                    service
-                        .audit_errors
-                        .error(format!("audit retention failed: {err}"));
-                }
-            }
-            if let Some(store) = &service.snapshots {
-                store.enforce_retention(now);
-            }
-        });
-    if let Err(err) = spawned {
-        log::error!("retention thread not started: {err}");
-    }
 }
 
 /// Asks our own port for /healthz, as the tablet would reach it.

@@ -23,6 +23,12 @@ pub enum Status {
     Busy,
     /// The request was refused; the record says why.
     Error,
+    /// `/code`: the code is wrong or not valid today.
+    Denied,
+    /// `/code`: too many wrong codes from this address; nothing is checked until the lockout ends.
+    LockedOut,
+    /// The door is open or cooling down after a grant; the frame was not looked at.
+    Paused,
 }
 
 impl Status {
@@ -35,6 +41,9 @@ impl Status {
             Status::Saved => "saved",
             Status::Busy => "busy",
             Status::Error => "error",
+            Status::Denied => "denied",
+            Status::LockedOut => "locked_out",
+            Status::Paused => "paused",
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The recent decisions kept in memory for GET /events, newest first, paged by sequence number.
 
+use crate::sync::lock_recovering;
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
@@ -27,7 +28,7 @@ impl EventRing {
 
     /// Stores an event; its sequence number is added as `seq`.
     pub fn push(&self, mut event: Value) {
-        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = lock_recovering(&self.inner);
         let (next_seq, events) = &mut *guard;
         *next_seq += 1;
         if let Value::Object(map) = &mut event {
@@ -41,7 +42,7 @@ impl EventRing {
 
     /// Up to `limit` events with a sequence number below `before` (all when `None`), newest first.
     pub fn page(&self, limit: usize, before: Option<u64>) -> Page {
-        let guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let guard = lock_recovering(&self.inner);
         let selected: Vec<&(u64, Value)> = guard
             .1
             .iter()

@@ -1,5 +1,6 @@
 //! The enrolled people: their embeddings, matched by cosine, stored as versioned JSON written atomically.
 
+use crate::sync::lock_recovering;
 use std::fs;
 
 use std::path::{Path, PathBuf};
@@ -339,7 +340,7 @@ impl LiveGallery {
 
     /// The gallery to match one request against.
     pub fn current(&self) -> std::sync::Arc<Gallery> {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = lock_recovering(&self.state);
         if state.checked.elapsed() >= self.recheck {
             state.checked = std::time::Instant::now();
             let modified = modified_time(&self.path);

@@ -1,5 +1,6 @@
 //! Counters and latency histograms for GET /metrics, rendered as Prometheus text.
 
+use crate::sync::lock_recovering;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
@@ -33,22 +34,26 @@ struct Inner {
     door_openings: u64,
     snapshot_count: u64,
     snapshot_bytes: u64,
-    snapshot_failures: u64,
-    audit_failures: u64,
+}
+
+/// A value kept elsewhere (an atomic counter of another thread), read when /metrics renders.
+struct Source {
+    name: &'static str,
+    kind: &'static str,
+    help: &'static str,
+    read: Box<dyn Fn() -> u64 + Send + Sync>,
 }
 
 /// Everything /metrics reports; shared by all threads.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Metrics {
     inner: Mutex<Inner>,
+    sources: Mutex<Vec<Source>>,
 }
 
 impl Metrics {
     fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
-        let mut inner = self
-            .inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut inner = lock_recovering(&self.inner);
         f(&mut inner)
     }
 
@@ -77,12 +82,20 @@ impl Metrics {
         });
     }
 
-    pub fn count_snapshot_failure(&self) {
-        self.with(|m| m.snapshot_failures += 1);
-    }
-
-    pub fn count_audit_failure(&self) {
-        self.with(|m| m.audit_failures += 1);
+    /// Reports `read()` as metric `name` of type `kind` (`counter` or `gauge`) from now on.
+    pub fn add_source(
+        &self,
+        name: &'static str,
+        kind: &'static str,
+        help: &'static str,
+        read: impl Fn() -> u64 + Send + Sync + 'static,
+    ) {
+        lock_recovering(&self.sources).push(Source {
+            name,
+            kind,
+            help,
+            read: Box::new(read),
+        });
     }
 
     /// The Prometheus text exposition of every metric.
@@ -94,11 +107,9 @@ impl Metrics {
                 m.door_openings,
                 m.snapshot_count,
                 m.snapshot_bytes,
-                m.snapshot_failures,
-                m.audit_failures,
             )
         });
-        let (requests, stages, openings, snap_count, snap_bytes, snap_failures, audit_failures) = m;
+        let (requests, stages, openings, snap_count, snap_bytes) = m;
         let mut out = String::new();
         out.push_str("# HELP facegate_requests_total Answered requests by endpoint and status.\n");
         out.push_str("# TYPE facegate_requests_total counter\n");
@@ -155,20 +166,10 @@ impl Metrics {
                 "Bytes used by failure snapshots.",
                 snap_bytes,
             ),
-            (
-                "facegate_snapshot_failures_total",
-                "counter",
-                "Snapshots that could not be written.",
-                snap_failures,
-            ),
-            (
-                "facegate_audit_failures_total",
-                "counter",
-                "Audit lines that could not be written.",
-                audit_failures,
-            ),
         ];
-        for (name, kind, help, value) in gauges {
+        let sources = lock_recovering(&self.sources);
+        let sourced = sources.iter().map(|s| (s.name, s.kind, s.help, (s.read)()));
+        for (name, kind, help, value) in gauges.into_iter().chain(sourced) {
             let _ = writeln!(
                 out,
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
@@ -202,5 +203,18 @@ mod tests {
             text.contains("facegate_stage_duration_seconds_bucket{stage=\"detect\",le=\"+Inf\"} 3")
         );
         assert!(text.contains("facegate_door_openings_total 1"));
+    }
+
+    #[test]
+    fn sources_are_read_at_render_time() {
+        let m = Metrics::default();
+        let counter = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let read = std::sync::Arc::clone(&counter);
+        m.add_source("facegate_things_total", "counter", "Things.", move || {
+            read.load(std::sync::atomic::Ordering::Relaxed)
+        });
+        counter.store(7, std::sync::atomic::Ordering::Relaxed);
+        let text = m.render();
+        assert!(text.contains("# TYPE facegate_things_total counter\nfacegate_things_total 7"));
     }
 }

@@ -27,6 +27,8 @@ pub enum ModelError {
         path: PathBuf,
         cause: std::io::Error,
     },
+    #[error("model file {files} is missing: searched {searched}. Run scripts/fetch-assets in the checkout (with FACEGATE_MIRROR=DIR on an offline machine), or point models_dir, --models-dir or FACEGATE_MODELS_DIR at the models")]
+    NotFound { files: String, searched: String },
     #[error("model file {path} has sha256 {actual}, the manifest pins {expected}: the file is corrupt or not the pinned model. Delete it and run scripts/fetch-assets again")]
     Checksum {
         path: PathBuf,
@@ -140,6 +142,67 @@ impl Manifest {
     }
 }
 
+/// Where `scripts/fetch-assets` puts the models in a checkout.
+const CHECKOUT_MODELS: &str = "assets/models";
+
+/// The directories searched for model files, in order. A `configured` directory other than the
+/// installed `default` is the user's explicit choice and the only one. Otherwise a checkout's
+/// `assets/models` comes next: under the current directory, then above the executable
+/// (`<checkout>/target/debug/facegate` finds `<checkout>/assets/models`).
+pub fn search_dirs(
+    configured: &Path,
+    default: &Path,
+    current_dir: Option<&Path>,
+    executable: Option<&Path>,
+) -> Vec<PathBuf> {
+    let mut dirs = vec![configured.to_path_buf()];
+    if configured != default {
+        return dirs;
+    }
+    let checkouts = current_dir.into_iter().chain(
+        executable
+            .into_iter()
+            .flat_map(|exe| exe.ancestors().skip(1).take(4)),
+    );
+    for checkout in checkouts {
+        let dir = checkout.join(CHECKOUT_MODELS);
+        if !dirs.contains(&dir) {
+            dirs.push(dir);
+        }
+    }
+    dirs
+}
+
+/// The first of `dirs` that holds every one of `files`; when none does, the error names the files
+/// missing from the first directory and every directory searched.
+pub fn locate(files: &[&str], dirs: &[PathBuf]) -> Result<PathBuf, ModelError> {
+    if let Some(dir) = dirs
+        .iter()
+        .find(|dir| files.iter().all(|file| dir.join(file).is_file()))
+    {
+        return Ok(dir.clone());
+    }
+    let first = dirs.first().map(PathBuf::as_path).unwrap_or(Path::new("."));
+    let missing: Vec<&str> = files
+        .iter()
+        .copied()
+        .filter(|file| !first.join(file).is_file())
+        .collect();
+    let shown = if missing.is_empty() {
+        files
+    } else {
+        &missing[..]
+    };
+    Err(ModelError::NotFound {
+        files: shown.join(", "),
+        searched: dirs
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+    })
+}
+
 fn wrong_role(name: &str, spec: &ModelSpec, wanted: &'static str) -> ModelError {
     ModelError::WrongRole {
         name: name.to_string(),
@@ -245,6 +308,57 @@ mod tests {
         assert!(err.to_string().contains("not a embedder") || err.to_string().contains("embedder"));
         let err = manifest.embedder("nope", Path::new("/m")).unwrap_err();
         assert!(err.to_string().contains("mobilefacenet"), "{err}");
+    }
+
+    #[test]
+    fn the_installed_default_also_searches_the_checkout() {
+        let default = Path::new("/usr/share/facegate/models");
+        let exe = Path::new("/home/me/facegate/target/debug/facegate");
+        let cwd = Path::new("/home/me/facegate");
+        let dirs = search_dirs(default, default, Some(cwd), Some(exe));
+        let shown: Vec<_> = dirs.iter().map(|d| d.to_str().unwrap()).collect();
+        assert_eq!(
+            shown,
+            [
+                "/usr/share/facegate/models",
+                "/home/me/facegate/assets/models",
+                "/home/me/facegate/target/debug/assets/models",
+                "/home/me/facegate/target/assets/models",
+                "/home/me/assets/models",
+            ]
+        );
+        let chosen = Path::new("/srv/models");
+        assert_eq!(search_dirs(chosen, default, Some(cwd), Some(exe)), [chosen]);
+    }
+
+    #[test]
+    fn the_first_directory_with_every_file_wins_and_a_miss_names_every_place() {
+        let root = tempfile::tempdir().unwrap();
+        let dirs: Vec<PathBuf> = ["installed", "half", "checkout"]
+            .iter()
+            .map(|name| root.path().join(name))
+            .collect();
+        std::fs::create_dir(&dirs[1]).unwrap();
+        std::fs::write(dirs[1].join("detector.onnx"), b"").unwrap();
+        let err = locate(&["detector.onnx", "embedder.onnx"], &dirs)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("detector.onnx, embedder.onnx is missing"),
+            "{err}"
+        );
+        for dir in &dirs {
+            assert!(err.contains(dir.to_str().unwrap()), "{err}");
+        }
+        assert!(err.contains("FACEGATE_MODELS_DIR") && err.contains("fetch-assets"));
+        std::fs::create_dir(&dirs[2]).unwrap();
+        for file in ["detector.onnx", "embedder.onnx"] {
+            std::fs::write(dirs[2].join(file), b"").unwrap();
+        }
+        assert_eq!(
+            locate(&["detector.onnx", "embedder.onnx"], &dirs).unwrap(),
+            dirs[2]
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Logs a recurring failure (full disk, dead relay) at most once per interval with a count of
 //! suppressed repeats, so one fault cannot flood the journal or slow down the decision path.
 
+use crate::sync::lock_recovering;
 use std::fmt::Display;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -50,32 +51,18 @@ impl RateLimitedLog {
     /// Logs `message` at error level unless a line was emitted less than `interval` ago.
     /// Returns whether the line was emitted.
     pub fn error(&self, message: impl Display) -> bool {
-        self.emit(log::Level::Error, message)
-    }
-
-    /// Logs `message` at warn level unless a line was emitted less than `interval` ago.
-    /// Returns whether the line was emitted.
-    pub fn warn(&self, message: impl Display) -> bool {
-        self.emit(log::Level::Warn, message)
-    }
-
-    fn emit(&self, level: log::Level, message: impl Display) -> bool {
         let admitted = {
-            let mut throttle = self
-                .throttle
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut throttle = lock_recovering(&self.throttle);
             throttle.admit(Instant::now(), self.interval)
         };
         match admitted {
             None => false,
             Some(0) => {
-                log::log!(level, "{message}");
+                log::error!("{message}");
                 true
             }
             Some(suppressed) => {
-                log::log!(
-                    level,
+                log::error!(
                     "{message} ({suppressed} similar messages suppressed in the previous {}s)",
                     self.interval.as_secs()
                 );
@@ -128,6 +115,5 @@ mod tests {
         let log = RateLimitedLog::new(Duration::from_secs(3600));
         assert!(log.error("disk full"));
         assert!(!log.error("disk full"));
-        assert!(!log.warn("disk full"));
     }
 }

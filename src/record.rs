@@ -16,6 +16,8 @@ use crate::decision::{round_score, Status};
 pub enum Endpoint {
     Image,
     Save,
+    /// A visitor code typed on the tablet.
+    Code,
     /// `facegate identify`, from the command line.
     Identify,
 }
@@ -25,6 +27,7 @@ impl Endpoint {
         match self {
             Endpoint::Image => "image",
             Endpoint::Save => "save",
+            Endpoint::Code => "code",
             Endpoint::Identify => "identify",
         }
     }
@@ -98,6 +101,20 @@ pub struct Recognised {
     pub timings: Timings,
 }
 
+/// What a `/code` request found. Names which stored code matched (kind and place in `codes show`),
+/// never the code itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct CodeCheck {
+    /// `daily` or `weekly`, for a grant.
+    pub code_kind: Option<&'static str>,
+    /// 1-based place of the matched code in `facegate codes show`, for a grant.
+    pub code_index: Option<usize>,
+    /// Wrong codes this address may still send before a lockout, for a denial.
+    pub attempts_left: Option<u32>,
+    /// Seconds until a lockout ends.
+    pub retry_after_s: Option<u64>,
+}
+
 /// Everything known about one request once it is decided.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DecisionRecord {
@@ -122,6 +139,13 @@ pub struct DecisionRecord {
     pub bytes: Option<usize>,
     /// The client's address, for the log and audit line.
     pub remote: Option<String>,
+    #[serde(flatten)]
+    pub code: Option<CodeCheck>,
+    /// Why the door moved or the frame was kept, where that is not the status: `code` for a code
+    /// grant, `code_failed` and `code_locked_out` for a code refused.
+    pub reason: Option<&'static str>,
+    /// For a `paused` answer: when the door is ready for the next frame.
+    pub retry_after_ms: Option<u64>,
 }
 
 impl DecisionRecord {
@@ -141,6 +165,9 @@ impl DecisionRecord {
             snapshot_id: None,
             bytes: None,
             remote: None,
+            code: None,
+            reason: None,
+            retry_after_ms: None,
         }
     }
 
@@ -163,6 +190,7 @@ impl DecisionRecord {
         match (&self.refusal, self.status) {
             (Some(refusal), _) => refusal.http,
             (None, Status::Busy) => 503,
+            (None, Status::LockedOut) => 429,
             (None, _) => 200,
         }
     }
@@ -173,6 +201,7 @@ impl DecisionRecord {
         match self.status {
             Status::Error | Status::Busy => "rejected",
             Status::Saved => "snapshot",
+            Status::Paused => "paused",
             _ => "decision",
         }
     }
@@ -196,6 +225,20 @@ impl DecisionRecord {
         }
         if let Some(snapshot_id) = &self.snapshot_id {
             fields.insert("snapshot_id".into(), json!(snapshot_id));
+        }
+        if let Some(code) = &self.code {
+            if let Some(kind) = code.code_kind {
+                fields.insert("kind".into(), json!(kind));
+            }
+            if let Some(left) = code.attempts_left {
+                fields.insert("attempts_left".into(), json!(left));
+            }
+            if let Some(seconds) = code.retry_after_s {
+                fields.insert("retry_after_s".into(), json!(seconds));
+            }
+        }
+        if let Some(ms) = self.retry_after_ms {
+            fields.insert("retry_after_ms".into(), json!(ms));
         }
         if let Some(recognised) = &self.recognised {
             fields.insert("identity".into(), json!(recognised.identity));
@@ -257,6 +300,19 @@ impl DecisionRecord {
                 r.timings.total_ms,
                 r.nearest_below_threshold.as_deref().unwrap_or(""),
             );
+        }
+        if let Some(code) = &self.code {
+            let field = |value: Option<String>| value.unwrap_or_else(|| "-".into());
+            line += &format!(
+                " code_kind={} code_index={} attempts_left={} retry_after_s={}",
+                code.code_kind.unwrap_or("-"),
+                field(code.code_index.map(|i| i.to_string())),
+                field(code.attempts_left.map(|n| n.to_string())),
+                field(code.retry_after_s.map(|s| s.to_string())),
+            );
+        }
+        if let Some(ms) = self.retry_after_ms {
+            line += &format!(" retry_after_ms={ms}");
         }
         if let Some(message) = self.message.as_ref().filter(|_| self.refusal.is_none()) {
             line += &format!(" message={message:?}");

@@ -9,19 +9,20 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
-use crate::audit::AuditLog;
-use crate::body::{parse_frame_post, BodyError, FramePost};
+use crate::audit::AuditWriter;
+use crate::body::{parse_code_post, parse_frame_post, BodyError, CodePost, FramePost};
+use crate::codes::{CodeChecker, Verdict};
 use crate::config::Config;
 use crate::decision::{decide, round_score, Decision, Freshness, FreshnessRules, Outcome, Status};
-use crate::door::{DoorController, GrantOutcome};
+use crate::door::{DoorController, OpenCause, OpenRequest};
 use crate::events::EventRing;
 use crate::frame::{self, CheckedImage, FrameError, RefusedImage};
 use crate::gallery::{Gallery, LiveGallery};
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimitedLog;
 use crate::recognition::{recognize_image, Recognition, RecognitionError};
-use crate::record::{rounded, DecisionRecord, Endpoint, Recognised, Refusal, Timings};
-use crate::snapshots::SnapshotStore;
+use crate::record::{rounded, CodeCheck, DecisionRecord, Endpoint, Recognised, Refusal, Timings};
+use crate::snapshots::SnapshotWriter;
 use crate::vision::Recognizer;
 
 /// How often a failing disk is logged.
@@ -35,10 +36,11 @@ pub struct Service {
     pub events: EventRing,
     pub door: Arc<DoorController>,
     pub gallery: LiveGallery,
-    pub audit: Option<Arc<AuditLog>>,
-    pub snapshots: Option<SnapshotStore>,
+    pub audit: AuditWriter,
+    pub snapshots: Option<SnapshotWriter>,
     pub started: Instant,
-    pub audit_errors: Arc<RateLimitedLog>,
+    /// Visitor codes and the per-address lockout.
+    pub codes: CodeChecker,
     freshness: FreshnessRules,
     snapshot_errors: RateLimitedLog,
 }
@@ -51,8 +53,10 @@ pub struct FrameRequest {
     pub received_at: Instant,
     pub received_wall: DateTime<Utc>,
     pub body: Vec<u8>,
-    /// The client's address, for the log and audit line.
-    pub remote: Option<String>,
+    /// The body's Content-Type, a hint for how to read it.
+    pub content_type: Option<String>,
+    /// The client's address, for the log and audit line and the code lockout.
+    pub remote: Option<std::net::IpAddr>,
 }
 
 /// The record the answer is rendered from, plus what is written after the answer is sent.
@@ -85,9 +89,9 @@ impl Service {
         metrics: Arc<Metrics>,
         door: Arc<DoorController>,
         gallery: LiveGallery,
-        audit: Option<Arc<AuditLog>>,
-        audit_errors: Arc<RateLimitedLog>,
-        snapshots: Option<SnapshotStore>,
+        audit: AuditWriter,
+        snapshots: Option<SnapshotWriter>,
+        codes: CodeChecker,
     ) -> Service {
         Service {
             events: EventRing::new(config.http.events_kept),
@@ -100,7 +104,7 @@ impl Service {
             audit,
             snapshots,
             started: Instant::now(),
-            audit_errors,
+            codes,
             snapshot_errors: RateLimitedLog::new(DISK_ERROR_LOG_INTERVAL),
         }
     }
@@ -110,6 +114,7 @@ impl Service {
         json!({
             "status": "ok",
             "door_available": self.door.is_available(),
+            "logging": crate::logging::health().as_str(),
             "people": gallery.people().len(),
             "uptime_s": self.started.elapsed().as_secs(),
         })
@@ -169,26 +174,134 @@ impl Service {
             received_at,
             received_wall,
             body,
+            content_type,
             remote,
         } = request;
-        let post = match parse_frame_post(&body, self.config.frame.max_image_bytes) {
+        let mut record = DecisionRecord::new(&request_id, endpoint, Status::Error);
+        record.remote = remote.map(|ip| ip.to_string());
+        let max_image_bytes = self.config.frame.max_image_bytes;
+        if endpoint == Endpoint::Code {
+            return match parse_code_post(&body, content_type.as_deref(), max_image_bytes) {
+                Ok(post) => {
+                    drop(body);
+                    self.check_code(record, post, remote, received_at, received_wall)
+                }
+                Err(err) => {
+                    record.refusal = Some(body_refusal(&err));
+                    self.conclude(record)
+                }
+            };
+        }
+        let post = match parse_frame_post(&body, content_type.as_deref(), max_image_bytes) {
             Ok(post) => post,
             Err(err) => {
-                let mut record = DecisionRecord::refused(&request_id, endpoint, body_refusal(&err));
-                record.remote = remote;
+                record.refusal = Some(body_refusal(&err));
                 return self.conclude(record);
             }
         };
         drop(body);
-        let mut record = DecisionRecord::new(&request_id, endpoint, Status::Error);
         record.frame_id = post.frame_id.clone();
         record.captured_at = post.captured_at;
-        record.remote = remote;
         match endpoint {
             Endpoint::Save => self.save_failed_pin(record, post),
-            Endpoint::Image | Endpoint::Identify => {
+            Endpoint::Image if self.config.door.pause_while_open => {
+                match self.door.busy_for(Instant::now()) {
+                    Some(busy) => self.paused(record, busy),
+                    None => self.decide_frame(recognizer, record, post, received_at, received_wall),
+                }
+            }
+            Endpoint::Image | Endpoint::Identify | Endpoint::Code => {
                 self.decide_frame(recognizer, record, post, received_at, received_wall)
             }
+        }
+    }
+
+    /// A frame while the door is open or cooling down after a grant: answered at once, not looked at.
+    fn paused(&self, mut record: DecisionRecord, busy: Duration) -> Handled {
+        record.status = Status::Paused;
+        record.retry_after_ms = Some(busy.as_micros().div_ceil(1000) as u64);
+        self.conclude(record)
+    }
+
+    /// POST /code: a locked-out address is refused before its code is looked at; a valid code opens
+    /// the door like a fresh grant; a failure or lockout keeps the frame, if one came, as evidence.
+    fn check_code(
+        &self,
+        mut record: DecisionRecord,
+        post: CodePost,
+        remote: Option<std::net::IpAddr>,
+        received_at: Instant,
+        received_wall: DateTime<Utc>,
+    ) -> Handled {
+        record.frame_id = post.frame_id.clone();
+        record.captured_at = post.captured_at;
+        let freshness =
+            Freshness::of_frame(received_at, received_wall, post.captured_at, self.freshness);
+        let now = Instant::now();
+        // Without a peer address (not on TCP), every such client shares one lockout.
+        let address = remote.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
+        let today = chrono::Local::now().date_naive();
+        let verdict = self
+            .codes
+            .check(address, &post.code, today, now, freshness.is_fresh_at(now));
+        let mut check = CodeCheck::default();
+        let snapshot_reason = match verdict {
+            Ok(Verdict::Granted(matched)) => {
+                record.status = Status::Granted;
+                record.reason = Some("code");
+                check.code_kind = Some(matched.kind.as_str());
+                check.code_index = Some(matched.index);
+                if let Some(not_after) = freshness.not_after() {
+                    let report = self.door.request_open(OpenRequest {
+                        request_id: record.request_id.clone(),
+                        cause: OpenCause::Code {
+                            code_kind: matched.kind.as_str(),
+                            code_index: matched.index,
+                        },
+                        not_after,
+                    });
+                    record.door = report.as_str();
+                }
+                None
+            }
+            Ok(Verdict::Denied { attempts_left }) => {
+                record.status = Status::Denied;
+                record.reason = Some("code_failed");
+                check.attempts_left = Some(attempts_left);
+                Some("code_failed")
+            }
+            Ok(Verdict::LockedOut { retry_after }) => {
+                record.status = Status::LockedOut;
+                record.reason = Some("code_locked_out");
+                check.retry_after_s = Some(retry_after.as_millis().div_ceil(1000).max(1) as u64);
+                Some("code_locked_out")
+            }
+            Ok(Verdict::Stale) => {
+                let stale = decide(&Outcome::NoFace, freshness, Instant::now()).stale;
+                record.status = Status::Stale;
+                record.message = stale.map(|cause| cause.message(self.freshness));
+                None
+            }
+            Err(err) => {
+                log::error!(
+                    "request_id={} visitor codes unusable: {err}",
+                    record.request_id
+                );
+                record.refusal = Some(Refusal {
+                    http: 503,
+                    error: "codes_unavailable",
+                    message: "the visitor codes could not be read; see the log".into(),
+                });
+                None
+            }
+        };
+        record.code = Some(check);
+        match (snapshot_reason, post.image) {
+            (Some(reason), Some(image)) => {
+                let ext = frame::file_extension(&image);
+                self.conclude_with_snapshot(record, image, ext, reason)
+            }
+            _ => self.conclude(record),
         }
     }
 
@@ -198,7 +311,7 @@ impl Service {
         let Some(store) = &self.snapshots else {
             record.status = Status::Error;
             record.refusal = Some(storage_unavailable(
-                "the snapshot store could not be opened at start-up; see the log".into(),
+                "the snapshot writer could not be started; see the log".into(),
             ));
             return self.conclude(record);
         };
@@ -214,7 +327,6 @@ impl Service {
         ) {
             Ok(_) => self.conclude(record),
             Err(err) => {
-                self.metrics.count_snapshot_failure();
                 self.snapshot_errors
                     .error(format!("snapshot {} not stored: {err}", record.request_id));
                 record.status = Status::Error;
@@ -273,8 +385,15 @@ impl Service {
                 );
             }
         };
-        if let (Some(_), Some(identity)) = (decision.open_until, &decision.identity) {
-            record.door = door_word(self.door.request_open(&record.request_id, identity));
+        if let (Some(not_after), Some(identity)) = (decision.open_until, &decision.identity) {
+            let report = self.door.request_open(OpenRequest {
+                request_id: record.request_id.clone(),
+                cause: OpenCause::Face {
+                    identity: identity.clone(),
+                },
+                not_after,
+            });
+            record.door = report.as_str();
         }
         let keep = match decision.status {
             Status::Unknown => self.config.snapshots.on_unknown,
@@ -348,32 +467,19 @@ impl Service {
         }
     }
 
-    /// Audit line, event and snapshot, after the answer went out. Disk trouble is logged (rate-limited)
-    /// and counted; it never reaches the tablet or the door.
+    /// Audit line, event and snapshot, after the answer went out: queued to their writer threads,
+    /// never waiting on a disk. Disk trouble is logged (rate-limited) and counted by the writers; it
+    /// never reaches the tablet or the door.
     pub fn follow_up(&self, handled: Handled) {
         let Handled { record, snapshot } = handled;
         let line = record.audit_line();
-        if let Some(audit) = &self.audit {
-            if let Err(err) = audit.append(&line) {
-                self.metrics.count_audit_failure();
-                self.audit_errors
-                    .error(format!("audit line not written: {err}"));
-            }
-        }
+        self.audit.record(&line);
         if record.kind() == "decision" {
             self.events.push(line);
         }
         if let (Some(snapshot), Some(store)) = (snapshot, &self.snapshots) {
-            if let Err(err) = store.save(
-                &record.request_id,
-                &snapshot.image,
-                snapshot.ext,
-                &record.sidecar(snapshot.reason),
-            ) {
-                self.metrics.count_snapshot_failure();
-                self.snapshot_errors
-                    .error(format!("snapshot {} not stored: {err}", record.request_id));
-            }
+            let sidecar = record.sidecar(snapshot.reason);
+            store.queue(&record.request_id, snapshot.image, snapshot.ext, &sidecar);
         }
     }
 }
@@ -416,16 +522,6 @@ pub fn judge(
     Ok(decision)
 }
 
-/// What the relay did, in the answer's words.
-fn door_word(outcome: GrantOutcome) -> &'static str {
-    match outcome {
-        GrantOutcome::Opened | GrantOutcome::AlreadyOpen => "opened",
-        GrantOutcome::Extended => "extended",
-        GrantOutcome::CoolingDown => "cooling_down",
-        GrantOutcome::Unavailable => "locked",
-    }
-}
-
 fn stage_timings(
     recognition: Option<&Recognition>,
     received_at: Instant,
@@ -465,6 +561,8 @@ fn body_refusal(err: &BodyError) -> Refusal {
         BodyError::Json(_) => (400, "bad_json"),
         BodyError::FrameId => (400, "bad_frame_id"),
         BodyError::CapturedAt(_) => (400, "bad_captured_at"),
+        BodyError::Code => (400, "bad_code"),
+        BodyError::Multipart(_) => (400, "bad_multipart"),
         BodyError::Frame(frame) => return frame_refusal(frame),
     };
     Refusal {

@@ -1,16 +1,22 @@
 //! Keeps the frames behind failed or refused decisions (image + JSON sidecar) for diagnosis,
-//! bounded by count, bytes and age; a full or unwritable disk yields an error, never a panic.
+//! bounded by count, bytes and age; a full or unwritable disk yields an error, never a panic, and a
+//! hung one never holds up start-up or a worker (one writer thread owns the directory).
 
 use crate::atomic_file::{self, TEMP_PREFIX};
 use crate::ratelimit::RateLimitedLog;
+use crate::sync::lock_recovering;
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use serde::Serialize;
 use std::collections::{BTreeMap, VecDeque};
 use std::fs;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 const MAX_ID_LEN: usize = 64;
 const MAX_EXT_LEN: usize = 8;
@@ -85,6 +91,11 @@ pub enum SnapshotError {
         path: PathBuf,
         cause: std::io::Error,
     },
+    #[error(
+        "the snapshot store is not answering: {cause}. Check the disk holding the snapshot \
+         directory (see the log for the error that disabled it)"
+    )]
+    Unavailable { cause: &'static str },
 }
 
 /// Checks that `id` is safe as a file name: 1–64 characters of `[A-Za-z0-9_-]`.
@@ -306,9 +317,183 @@ impl SnapshotStore {
     }
 
     fn lock_index(&self) -> MutexGuard<'_, Index> {
-        self.index
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock_recovering(&self.index)
+    }
+}
+
+/// Saves waiting for the snapshot writer thread; more are dropped and counted.
+const SNAPSHOT_QUEUE: usize = 16;
+/// How long [`SnapshotWriter::save`] waits for the disk before answering that it is unavailable.
+const SAVE_WAIT: Duration = Duration::from_secs(2);
+const RETENTION_INTERVAL: Duration = Duration::from_secs(600);
+/// After the store failed to open, saves fail until the next try.
+const REOPEN_INTERVAL: Duration = Duration::from_secs(10);
+
+struct SaveJob {
+    id: String,
+    image: Vec<u8>,
+    ext: &'static str,
+    sidecar: serde_json::Value,
+    /// Present when the caller waits for the outcome.
+    reply: Option<Sender<Result<SnapshotRef, SnapshotError>>>,
+}
+
+/// What the snapshot writer did, for /metrics.
+#[derive(Debug, Default)]
+pub struct SnapshotCounters {
+    /// Snapshots on disk and their bytes, from the store's index.
+    pub count: AtomicU64,
+    pub bytes: AtomicU64,
+    /// Snapshots that could not be written (including while the store could not be opened).
+    pub failed: AtomicU64,
+    /// Snapshots dropped because the writer fell behind (a slow or hung disk).
+    pub dropped: AtomicU64,
+}
+
+/// The one place snapshots are written from: the `snapshot-writer` thread opens the store (so a
+/// hung snapshot disk cannot hold up start-up), writes queued snapshots in order and applies the
+/// retention; callers queue without blocking ([`Self::queue`]) or wait a bounded time for the
+/// outcome ([`Self::save`]). Cloneable.
+#[derive(Clone)]
+pub struct SnapshotWriter {
+    jobs: Sender<SaveJob>,
+    counters: Arc<SnapshotCounters>,
+}
+
+impl SnapshotWriter {
+    /// Starts the `snapshot-writer` thread for the store in `dir`; returns at once.
+    pub fn start(dir: PathBuf, retention: SnapshotRetention) -> std::io::Result<SnapshotWriter> {
+        let (jobs, queue) = crossbeam_channel::bounded(SNAPSHOT_QUEUE);
+        let counters = Arc::new(SnapshotCounters::default());
+        let thread_counters = Arc::clone(&counters);
+        thread::Builder::new()
+            .name("snapshot-writer".to_owned())
+            .spawn(move || write_snapshots(&dir, retention, &queue, &thread_counters))?;
+        Ok(SnapshotWriter { jobs, counters })
+    }
+
+    /// Queues a snapshot written after the answer; never blocks. Failures are logged
+    /// (rate-limited) and counted by the writer.
+    pub fn queue<T: Serialize>(&self, id: &str, image: Vec<u8>, ext: &'static str, sidecar: &T) {
+        if let Ok(job) = self.job(id, image, ext, sidecar, None) {
+            if self.jobs.try_send(job).is_err() {
+                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Saves a snapshot and waits for the outcome, at most a couple of seconds: a hung disk is
+    /// answered [`SnapshotError::Unavailable`], it never holds a worker.
+    pub fn save<T: Serialize>(
+        &self,
+        id: &str,
+        image: &[u8],
+        ext: &'static str,
+        sidecar: &T,
+    ) -> Result<SnapshotRef, SnapshotError> {
+        let (reply, outcome) = crossbeam_channel::bounded(1);
+        let job = self.job(id, image.to_vec(), ext, sidecar, Some(reply))?;
+        if self.jobs.try_send(job).is_err() {
+            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            return Err(SnapshotError::Unavailable {
+                cause: "its queue is full",
+            });
+        }
+        outcome
+            .recv_timeout(SAVE_WAIT)
+            .unwrap_or(Err(SnapshotError::Unavailable {
+                cause: "the disk did not finish the write within 2 s",
+            }))
+    }
+
+    /// `(count, bytes)` of the stored snapshots.
+    pub fn usage(&self) -> (usize, u64) {
+        (
+            self.counters.count.load(Ordering::Relaxed) as usize,
+            self.counters.bytes.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Failed and dropped counts.
+    pub fn counters(&self) -> Arc<SnapshotCounters> {
+        Arc::clone(&self.counters)
+    }
+
+    fn job<T: Serialize>(
+        &self,
+        id: &str,
+        image: Vec<u8>,
+        ext: &'static str,
+        sidecar: &T,
+        reply: Option<Sender<Result<SnapshotRef, SnapshotError>>>,
+    ) -> Result<SaveJob, SnapshotError> {
+        let sidecar = serde_json::to_value(sidecar).map_err(|error| {
+            self.counters.failed.fetch_add(1, Ordering::Relaxed);
+            SnapshotError::Serialize(error)
+        })?;
+        Ok(SaveJob {
+            id: id.to_owned(),
+            image,
+            ext,
+            sidecar,
+            reply,
+        })
+    }
+}
+
+/// The `snapshot-writer` thread's loop: open (retrying every [`REOPEN_INTERVAL`]), save, prune.
+fn write_snapshots(
+    dir: &Path,
+    retention: SnapshotRetention,
+    queue: &Receiver<SaveJob>,
+    counters: &SnapshotCounters,
+) {
+    let errors = RateLimitedLog::new(CLEANUP_ERROR_LOG_INTERVAL);
+    let mut store = None;
+    let mut next_open = Instant::now();
+    let mut next_retention = Instant::now() + RETENTION_INTERVAL;
+    loop {
+        if store.is_none() && Instant::now() >= next_open {
+            match SnapshotStore::open(dir, retention) {
+                Ok(opened) => store = Some(opened),
+                Err(error) => {
+                    errors.error(format!("failure snapshots are not stored: {error}"));
+                    next_open = Instant::now() + REOPEN_INTERVAL;
+                }
+            }
+        }
+        let wait = next_retention.saturating_duration_since(Instant::now());
+        match queue.recv_timeout(wait) {
+            Ok(job) => {
+                let saved = match &store {
+                    Some(store) => store.save(&job.id, &job.image, job.ext, &job.sidecar),
+                    None => Err(SnapshotError::Unavailable {
+                        cause: "the snapshot directory could not be opened",
+                    }),
+                };
+                if let Err(error) = &saved {
+                    counters.failed.fetch_add(1, Ordering::Relaxed);
+                    if store.is_some() {
+                        errors.error(format!("snapshot {} not stored: {error}", job.id));
+                    }
+                }
+                if let Some(reply) = job.reply {
+                    let _ = reply.try_send(saved);
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+            Err(RecvTimeoutError::Timeout) => {
+                next_retention = Instant::now() + RETENTION_INTERVAL;
+                if let Some(store) = &store {
+                    store.enforce_retention(Utc::now());
+                }
+            }
+        }
+        if let Some(store) = &store {
+            let (count, bytes) = store.usage();
+            counters.count.store(count as u64, Ordering::Relaxed);
+            counters.bytes.store(bytes, Ordering::Relaxed);
+        }
     }
 }
 
@@ -648,5 +833,61 @@ mod tests {
         assert!(!day.join(".tmp-req-3.jpg").exists());
         assert!(!day.join("req-4.jpg").exists());
         assert!(day.join("README").exists());
+    }
+
+    #[test]
+    fn the_writer_saves_and_queues_snapshots_and_reports_usage() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = SnapshotWriter::start(dir.path().to_owned(), ROOMY).unwrap();
+        let saved = writer
+            .save(
+                "req-1",
+                b"jpeg bytes",
+                "jpg",
+                &json!({"reason": "pin_failed"}),
+            )
+            .unwrap();
+        assert_eq!(fs::read(&saved.image_path).unwrap(), b"jpeg bytes");
+        writer.queue(
+            "req-2",
+            b"more".to_vec(),
+            "jpg",
+            &json!({"reason": "unknown"}),
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while writer.usage().0 < 2 && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(writer.usage().0, 2);
+        assert_eq!(writer.counters().failed.load(Ordering::Relaxed), 0);
+    }
+
+    /// A hung snapshot disk must not hold a worker: a FIFO nobody reads, where the writer creates
+    /// its temporary file, is a write that never returns.
+    #[test]
+    fn a_hung_snapshot_disk_never_holds_the_caller() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = SnapshotWriter::start(dir.path().to_owned(), ROOMY).unwrap();
+        let saved = writer.save("first", b"x", "jpg", &json!({})).unwrap();
+        let fifo = saved.image_path.with_file_name(".tmp-hang.jpg");
+        let path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo(3) with a valid NUL-terminated path and a plain mode.
+        assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+        let asked = Instant::now();
+        let hung = writer.save("hang", b"x", "jpg", &json!({}));
+        assert!(
+            matches!(hung, Err(SnapshotError::Unavailable { .. })),
+            "{hung:?}"
+        );
+        assert!(asked.elapsed() < SAVE_WAIT + Duration::from_secs(3));
+        let queued_at = Instant::now();
+        for n in 0..(SNAPSHOT_QUEUE + 5) {
+            writer.queue(&format!("later-{n}"), b"x".to_vec(), "jpg", &json!({}));
+        }
+        assert!(
+            queued_at.elapsed() < Duration::from_secs(1),
+            "queueing waited"
+        );
+        assert!(writer.counters().dropped.load(Ordering::Relaxed) >= 5);
     }
 }

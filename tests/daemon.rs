@@ -12,8 +12,9 @@ use chrono::{TimeDelta, Utc};
 use serde_json::{json, Value};
 
 use harness::{
-    photo, read_reply, run_facegate, wait_for, Actuation, Daemon, Reply, Setup, GRANTED_PHOTO,
-    NO_FACE_PHOTO, STRANGER_PHOTO, TOKEN,
+    audit_lines, photo, read_reply, run_facegate, snapshot_files, wait_for, wait_for_audit,
+    wait_for_snapshot, Actuation, Daemon, Reply, Setup, GRANTED_PHOTO, NO_FACE_PHOTO,
+    STRANGER_PHOTO, TOKEN,
 };
 
 fn b64(bytes: &[u8]) -> String {
@@ -343,6 +344,115 @@ fn the_tablets_raw_base64_json_and_data_url_bodies_are_all_understood() {
     assert_eq!(answer["frame_id"], "7");
 }
 
+/// The original tablet app posts `imencode(".png")` of its camera crop as the raw body.
+fn as_png(jpeg: &[u8]) -> Vec<u8> {
+    use opencv::core::Vector;
+    use opencv::prelude::*;
+    let pixels = opencv::imgcodecs::imdecode(
+        &Vector::<u8>::from_slice(jpeg),
+        opencv::imgcodecs::IMREAD_COLOR,
+    )
+    .unwrap();
+    let mut png = Vector::<u8>::new();
+    opencv::imgcodecs::imencode(".png", &pixels, &mut png, &Vector::new()).unwrap();
+    png.to_vec()
+}
+
+fn multipart(image: &[u8], frame_id: &str) -> (Vec<u8>, String) {
+    let boundary = "----tablet7MA4YWxkTrZu0gW";
+    let mut body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"frame_id\"\r\n\r\n{frame_id}\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"frame.png\"\r\nContent-Type: image/png\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(image);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    (body, format!("multipart/form-data; boundary={boundary}"))
+}
+
+#[test]
+fn the_tablets_raw_png_jpeg_and_multipart_frames_are_understood() {
+    let daemon = Setup::new().serve();
+    let jpeg = photo(STRANGER_PHOTO);
+    let png = as_png(&jpeg);
+    let auth = harness::bearer();
+    let post = |path: &str, content_type: &str, body: &[u8]| {
+        daemon.send(
+            "POST",
+            path,
+            &[("Authorization", &auth), ("Content-Type", content_type)],
+            body,
+        )
+    };
+    for (what, content_type, body) in [
+        ("PNG as image/png", "image/png", &png),
+        ("JPEG as image/jpeg", "image/jpeg", &jpeg),
+        ("PNG as octet-stream", "application/octet-stream", &png),
+        ("JPEG labelled PNG", "image/png", &jpeg),
+    ] {
+        let answer = decision(&post("/image", content_type, body), "unknown");
+        assert_eq!(answer["faces"], 1, "{what}: {answer}");
+    }
+    let (form, content_type) = multipart(&png, "tablet-9");
+    let answer = decision(&post("/image", &content_type, &form), "unknown");
+    assert_eq!(answer["frame_id"], "tablet-9", "{answer}");
+
+    // A failed PIN entry posted as raw PNG is stored as it came.
+    let saved = decision(&post("/save", "image/png", &png), "saved");
+    let (image, _) = wait_for_snapshot(&daemon, &request_id(&saved));
+    assert_eq!(image.extension().unwrap(), "png");
+    assert_eq!(std::fs::read(&image).unwrap(), png);
+
+    let gif = b"GIF89a\x01\x00\x01\x00\x80\x00\x00";
+    assert_json_error(&post("/image", "image/png", gif), 415, "unsupported_image");
+    let (empty_form, content_type) = multipart(b"", "x");
+    assert_json_error(
+        &post("/image", &content_type, &empty_form),
+        400,
+        "empty_body",
+    );
+    let cut = &form[..form.len() - 20];
+    assert_json_error(&post("/image", &content_type, cut), 400, "bad_multipart");
+    assert_eq!(unlocks(&daemon.journal()), 0);
+}
+
+/// The old server skipped work for 2 s after a success; the tablet pauses 2.5 s.
+#[test]
+fn frames_after_a_grant_are_paused_while_the_door_is_open_and_cooling_down() {
+    let daemon = Setup::new()
+        .set("door.hold_ms", 1500)
+        .set("door.cooldown_ms", 500)
+        .serve();
+    let (first, _) = grant(&daemon);
+    assert_eq!(first["door"], "opened", "{first}");
+    for body in [b64(&photo(GRANTED_PHOTO)), b64(&photo(STRANGER_PHOTO))] {
+        let paused = decision(&daemon.post("/image", body.as_bytes()), "paused");
+        let retry = paused["retry_after_ms"].as_u64().unwrap();
+        assert!((1..=2000).contains(&retry), "{paused}");
+        assert!(paused["timings"].is_null(), "no recognition ran: {paused}");
+        assert_eq!(paused["door"], "locked", "{paused}");
+    }
+    let journal = daemon.wait_for_journal("the relock", |j| {
+        j.iter().any(|a| a.reason == "hold_elapsed")
+    });
+    assert_eq!(
+        unlocks(&journal),
+        1,
+        "paused frames never move the door: {journal:?}"
+    );
+    // Once the cooldown is over, frames are decided again.
+    let answer = wait_for("a decided frame after the cooldown", || {
+        let answer = daemon
+            .post("/image", b64(&photo(GRANTED_PHOTO)).as_bytes())
+            .json();
+        (answer["status"] != "paused").then_some(answer)
+    });
+    assert_eq!(
+        (answer["status"].as_str(), answer["door"].as_str()),
+        (Some("granted"), Some("opened")),
+        "{answer}"
+    );
+}
+
 #[test]
 fn the_token_guards_every_endpoint_but_healthz() {
     let daemon = Setup::new().serve();
@@ -455,69 +565,6 @@ fn a_huge_content_length_does_not_crash_the_daemon() {
     assert_eq!(daemon.send("GET", "/healthz", &[], b"").status, 200);
 }
 
-fn snapshot_files(daemon: &Daemon, id: &str) -> Vec<std::path::PathBuf> {
-    let Ok(days) = std::fs::read_dir(daemon.state_dir().join("snapshots")) else {
-        return Vec::new();
-    };
-    let mut files: Vec<_> = days
-        .flatten()
-        .filter_map(|day| std::fs::read_dir(day.path()).ok())
-        .flatten()
-        .flatten()
-        .map(|entry| entry.path())
-        .filter(|path| path.file_stem().and_then(|s| s.to_str()) == Some(id))
-        .collect();
-    files.sort();
-    files
-}
-
-/// Waits for the snapshot `id` (image + sidecar); returns (image path, sidecar JSON).
-fn wait_for_snapshot(daemon: &Daemon, id: &str) -> (std::path::PathBuf, Value) {
-    let files = wait_for(&format!("snapshot {id}"), || {
-        let files = snapshot_files(daemon, id);
-        (files.len() == 2).then_some(files)
-    });
-    let sidecar = files
-        .iter()
-        .find(|p| p.extension().unwrap() == "json")
-        .unwrap();
-    let image = files
-        .iter()
-        .find(|p| p.extension().unwrap() != "json")
-        .unwrap();
-    let sidecar: Value = serde_json::from_slice(&std::fs::read(sidecar).unwrap()).unwrap();
-    (image.clone(), sidecar)
-}
-
-fn audit_lines(daemon: &Daemon) -> Vec<Value> {
-    let Ok(files) = std::fs::read_dir(daemon.state_dir().join("audit")) else {
-        return Vec::new();
-    };
-    let mut lines = Vec::new();
-    for file in files.flatten() {
-        let name = file.file_name().into_string().unwrap();
-        assert!(
-            name.starts_with("audit-") && name.ends_with(".jsonl"),
-            "unexpected file {name} in the audit dir"
-        );
-        let text = std::fs::read_to_string(file.path()).unwrap();
-        lines.extend(
-            text.split_inclusive('\n')
-                .filter(|line| line.ends_with('\n'))
-                .map(|line| serde_json::from_str::<Value>(line).expect("audit line is JSON")),
-        );
-    }
-    lines
-}
-
-fn wait_for_audit(daemon: &Daemon, kind: &str, id: &str) -> Value {
-    wait_for(&format!("the audit line {kind} {id}"), || {
-        audit_lines(daemon)
-            .into_iter()
-            .find(|line| line["kind"] == kind && line["request_id"] == id)
-    })
-}
-
 #[test]
 fn one_request_id_names_the_answer_snapshot_audit_line_and_log() {
     let daemon = Setup::new().serve();
@@ -618,7 +665,8 @@ fn snapshot_retention_removes_the_oldest_first_in_a_batch() {
 
 #[test]
 fn metrics_and_events_report_the_decisions_newest_first() {
-    let daemon = Setup::new().serve();
+    // Frames after the grant are decided, not paused.
+    let daemon = Setup::new().set("door.pause_while_open", false).serve();
     let granted = decision(
         &daemon.post("/image", b64(&photo(GRANTED_PHOTO)).as_bytes()),
         "granted",
@@ -715,6 +763,7 @@ fn a_second_grant_during_the_pulse_extends_it_in_extend_mode() {
     let daemon = Setup::new()
         .set("door.hold_ms", HOLD_MS)
         .set("door.grant_while_open", "extend")
+        .set("door.pause_while_open", false)
         .serve();
     let (first, _) = grant(&daemon);
     assert_eq!(first["door"], "opened");
@@ -745,6 +794,7 @@ fn a_second_grant_during_the_pulse_is_ignored_in_ignore_mode_and_cooldown_refuse
         .set("door.hold_ms", HOLD_MS)
         .set("door.grant_while_open", "ignore")
         .set("door.cooldown_ms", 600_000)
+        .set("door.pause_while_open", false)
         .serve();
     let (first, _) = grant(&daemon);
     assert_eq!(first["door"], "opened");
@@ -752,12 +802,12 @@ fn a_second_grant_during_the_pulse_is_ignored_in_ignore_mode_and_cooldown_refuse
     std::thread::sleep(std::time::Duration::from_millis(500));
     let (second, second_sent) = grant(&daemon);
     assert_eq!(
-        second["door"], "opened",
+        second["door"], "already_open",
         "the door is open for them: {second}"
     );
     daemon.wait_for_log(&[
         &format!("request_id={} ", request_id(&second)),
-        "door=opened",
+        "door=already_open",
     ]);
 
     let journal = daemon.wait_for_journal("the relock", |j| {
@@ -877,6 +927,60 @@ fn a_missing_model_fails_start_with_the_door_locked() {
     assert_eq!(journal.last().unwrap().state, "locked");
 }
 
+/// Regression: in a fresh checkout, after `scripts/fetch-assets`, `facegate enroll` looked only in
+/// /usr/share/facegate/models and told the user to run the script they had just run.
+#[test]
+fn enroll_in_a_fresh_checkout_finds_the_fetched_models() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("facegate.toml");
+    let state = dir.path().join("state");
+    std::fs::write(
+        &config,
+        format!("state_dir = {:?}\n", state.to_str().unwrap()),
+    )
+    .unwrap();
+    let photo = harness::assets_dir().join("faces").join(GRANTED_PHOTO);
+    let enroll = |models_env: Option<&std::path::Path>| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_facegate"));
+        command
+            .args([
+                "--config",
+                config.to_str().unwrap(),
+                "enroll",
+                "--name",
+                "x",
+            ])
+            .arg(&photo)
+            // Away from the checkout: the binary finds it from where it lives.
+            .current_dir(dir.path())
+            .env_remove("FACEGATE_MODELS_DIR")
+            .env("RUST_LOG", "info");
+        if let Some(models) = models_env {
+            command.env("FACEGATE_MODELS_DIR", models);
+        }
+        command.output().expect("facegate runs")
+    };
+    let found = enroll(None);
+    let text = String::from_utf8_lossy(&found.stdout);
+    assert!(
+        found.status.success() && text.contains("enrolled x"),
+        "{found:?}"
+    );
+    let empty = dir.path().join("empty-models");
+    std::fs::create_dir(&empty).unwrap();
+    let refused = enroll(Some(&empty));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{refused:?}");
+    for needle in [
+        "missing",
+        "searched",
+        empty.to_str().unwrap(),
+        "FACEGATE_MODELS_DIR",
+    ] {
+        assert!(stderr.contains(needle), "no {needle:?} in {stderr}");
+    }
+}
+
 /// Regression: a socket timeout set after a worker's read had begun did not apply to it, so a client that
 /// announced a body and went silent held a worker until the 60 s idle limit.
 #[test]
@@ -894,4 +998,107 @@ fn a_silent_body_is_answered_408_at_its_deadline_and_frees_the_worker() {
         "granted",
         "the single worker is free again"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fail-secure under slow disks and busy threads
+
+/// The hold of the fail-secure tests, and how late their relock may come on a loaded machine.
+const SLOW_DISK_HOLD_MS: i64 = 1500;
+const RELOCK_MARGIN: TimeDelta = TimeDelta::milliseconds(1000);
+
+/// Grants a frame and checks that the answer says `opened` and the relay relocked after the hold,
+/// on time, by its own journal.
+fn assert_grant_relocks_on_time(daemon: &Daemon) {
+    let (answer, _) = grant(daemon);
+    assert_eq!(answer["door"], "opened", "{answer}");
+    let journal = daemon.wait_for_journal("the relock after the hold", |j| {
+        j.iter().any(|a| a.reason == "hold_elapsed")
+    });
+    let unlock = journal.iter().find(|a| a.is_unlocked()).unwrap();
+    let relock = journal.iter().find(|a| a.reason == "hold_elapsed").unwrap();
+    let pulse = relock.ts - unlock.ts;
+    let hold = TimeDelta::milliseconds(SLOW_DISK_HOLD_MS);
+    assert!(
+        pulse + STAMP_SLACK >= hold && pulse <= hold + RELOCK_MARGIN,
+        "hold {hold} but the relay stayed unlocked for {pulse}: {journal:?}"
+    );
+    assert_eq!(unlocks(&journal), 1, "{journal:?}");
+}
+
+/// Regression: with its stderr pipe full (a stalled journal), the daemon unlocked the relay, kept it
+/// unlocked until the pipe was read, never answered the tablet, and /healthz still said all was well.
+#[test]
+fn a_full_stderr_pipe_neither_holds_the_door_open_nor_the_answer_back() {
+    let mut daemon = Setup::new()
+        .set("door.hold_ms", SLOW_DISK_HOLD_MS)
+        .small_stderr_pipe()
+        .serve();
+    daemon.stop_reading_stderr();
+    // Every refused frame logs a line: soon the pipe is full and the log writer is stuck.
+    wait_for("/healthz to report that logging stalled", || {
+        let refused = daemon.post("/image", b"not an image at all");
+        assert_eq!(refused.status / 100, 4, "{}", refused.text());
+        let health = daemon.get("/healthz").json();
+        (health["logging"] == "stalled").then_some(())
+    });
+    assert_grant_relocks_on_time(&daemon);
+    let metrics = daemon.get("/metrics").text();
+    assert!(
+        metrics.contains("\nfacegate_logging_stalled 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("\nfacegate_log_lines_dropped_total "),
+        "{metrics}"
+    );
+    daemon.resume_reading_stderr();
+    assert_eq!(daemon.terminate().code(), Some(0), "{:#?}", daemon.logs());
+}
+
+/// Regression: today's audit file on a hung disk kept the daemon from starting. A FIFO that nobody
+/// reads is such a file: opening it for writing never returns.
+#[test]
+fn a_hung_audit_file_stops_neither_start_up_nor_decisions_nor_the_relock() {
+    let setup = Setup::new().set("door.hold_ms", SLOW_DISK_HOLD_MS);
+    let audit_dir = setup.state_dir().join("audit");
+    std::fs::create_dir_all(&audit_dir).unwrap();
+    let today = audit_dir.join(format!("audit-{}.jsonl", Utc::now().format("%Y-%m-%d")));
+    let path = std::ffi::CString::new(today.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo(3) with a valid NUL-terminated path and a plain mode.
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+    let mut daemon = setup.serve();
+    assert_grant_relocks_on_time(&daemon);
+    let stranger = decision(
+        &daemon.post("/image", b64(&photo(STRANGER_PHOTO)).as_bytes()),
+        "unknown",
+    );
+    assert_eq!(stranger["door"], "locked", "{stranger}");
+    assert_eq!(daemon.terminate().code(), Some(0), "{:#?}", daemon.logs());
+    assert_eq!(daemon.journal().last().unwrap().state, "locked");
+}
+
+/// Regression: a failed unlock left the door locked while the answer said `opened`.
+#[test]
+fn an_unlock_that_fails_is_answered_fault_not_opened() {
+    let daemon = Setup::new().env("FACEGATE_SIM_UNLOCK_FAILS", "1").serve();
+    let (answer, _) = grant(&daemon);
+    assert_eq!(answer["door"], "fault", "{answer}");
+    let id = request_id(&answer);
+    let journal = daemon.wait_for_journal("the lock after the failed unlock", |j| {
+        j.iter().any(|a| a.reason == "unlock_failed")
+    });
+    assert_eq!(unlocks(&journal), 0, "{journal:?}");
+    assert_eq!(journal.last().unwrap().state, "locked", "{journal:?}");
+    let failed = wait_for("the audit line of the failed unlock", || {
+        audit_lines(&daemon).into_iter().find(|line| {
+            line["kind"] == "door"
+                && line["request_id"] == id.as_str()
+                && line["state"] == "unlocked"
+        })
+    });
+    assert!(failed["error"].is_string(), "{failed}");
+    assert_eq!(failed["identity"], "obama", "{failed}");
+    let decided = wait_for_audit(&daemon, "decision", &id);
+    assert_eq!(decided["door"], "fault", "{decided}");
 }

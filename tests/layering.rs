@@ -124,6 +124,7 @@ fn layers_point_one_way() {
         "gallery",
         "recognition",
         "body",
+        "codes",
         "config",
     ] {
         for edge in ["http", "service", "daemon"] {

@@ -4,16 +4,30 @@
 
 use std::path::Path;
 
-use facegate::body::parse_frame_post;
+use facegate::body::{parse_code_post, parse_frame_post};
 use facegate::config::{Config, FrameConfig};
 use facegate::frame;
 use opencv::prelude::MatTraitConst;
 
-/// One request body as the daemon reads it (raw base64 or JSON), and the same bytes taken as an image.
+/// One request body as the daemon reads it (raw image, multipart, raw base64 or JSON, for `/image` and
+/// for `/code`), and the same bytes taken as an image.
 pub fn frame_body(data: &[u8]) {
     let limits = FrameConfig::default();
-    if let Ok(post) = parse_frame_post(data, limits.max_image_bytes) {
+    if let Ok(post) = parse_frame_post(data, None, limits.max_image_bytes) {
         image(&post.image, &limits);
+    }
+    let labels = [
+        None,
+        Some("image/png"),
+        Some("multipart/form-data; boundary=----facegateHostile"),
+    ];
+    for content_type in labels {
+        if let Ok(post) = parse_frame_post(data, content_type, limits.max_image_bytes) {
+            assert!(!post.image.is_empty() && post.image.len() <= limits.max_image_bytes);
+        }
+        if let Ok(post) = parse_code_post(data, content_type, limits.max_image_bytes) {
+            assert!(!post.code.trim().is_empty() && post.code.chars().count() <= 32);
+        }
     }
     if let Ok(decoded) = frame::decode_base64(data, limits.max_image_bytes) {
         assert!(

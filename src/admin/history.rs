@@ -32,6 +32,8 @@ pub struct Entry {
     pub remote: Option<String>,
     /// The relay state of a `door` line.
     pub state: Option<String>,
+    /// What asked for the door on a `door` line (`face`, `code`, `admin`).
+    pub by: Option<String>,
     pub error: Option<String>,
 }
 
@@ -68,6 +70,7 @@ impl Entry {
             frame_id: text(record, "frame_id"),
             remote: text(record, "remote"),
             state: text(record, "state"),
+            by: text(record, "by"),
             error: text(record, "error"),
             kind,
         })
@@ -77,7 +80,7 @@ impl Entry {
 /// Which kinds of audit line a view reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kinds {
-    /// Everything but relay actuations: decisions, refused requests, snapshots, admin actions.
+    /// Everything but the relay's own reports: decisions, refused requests, snapshots, admin actions.
     Requests,
     /// Decisions on faces and codes only.
     Decisions,
@@ -88,7 +91,7 @@ pub enum Kinds {
 impl Kinds {
     fn include(self, kind: &str) -> bool {
         match self {
-            Kinds::Requests => kind != "door",
+            Kinds::Requests => kind != "door" && kind != "door_request",
             Kinds::Decisions => kind == "decision" || kind == "code",
             Kinds::Door => kind == "door",
         }

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use askama::Template;
 use serde_json::{json, Value};
 
-use crate::audit::AuditLog;
+use crate::audit::AuditWriter;
 use crate::config::Config;
 use crate::door::DoorController;
 use crate::gallery::EmbedderId;
@@ -125,7 +125,7 @@ pub struct AdminContext {
     pub embedder: EmbedderId,
     pub threshold: f32,
     pub door: Arc<DoorController>,
-    pub audit: Option<Arc<AuditLog>>,
+    pub audit: AuditWriter,
     /// The daemon's `/healthz` answer.
     pub health: Box<dyn Fn() -> Value + Send + Sync>,
     /// A fresh request id from the daemon's sequence (for audited admin actions).
@@ -321,14 +321,10 @@ impl Admin {
             .with("Retry-After", seconds.to_string())
     }
 
-    /// Writes an `admin` audit line; disk trouble is logged, never shown as a failure of the action.
+    /// Queues an `admin` audit line (the audit writer logs and counts disk trouble).
     fn audit(&self, mut record: Value) {
         record["kind"] = json!("admin");
-        if let Some(audit) = &self.ctx.audit {
-            if let Err(err) = audit.append(&record) {
-                log::error!("admin audit line not written: {err}");
-            }
-        }
+        self.ctx.audit.record(&record);
     }
 
     fn signed_in(&self, request: &AdminRequest, path: &str, session: &Session) -> AdminResponse {

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use chrono::{Days, NaiveDate, Utc};
 use opencv::core::{Mat, MatTraitConst, Size, Vector, VectorToVec};
@@ -13,7 +14,7 @@ use super::form::{Fields, Upload};
 use super::history::{self, Entry, Filter, Kinds};
 use super::pages::{self, Notice};
 use super::{Admin, AdminResponse, Session};
-use crate::door::GrantOutcome;
+use crate::door::{DoorReport, OpenCause, OpenRequest};
 use crate::enrollment::{self, Candidate, EnrolmentError, Verdict};
 use crate::gallery::{Gallery, GalleryError, Sample};
 
@@ -695,7 +696,11 @@ impl Admin {
                             Some(error) => format!("{} (failed: {error})", e.status),
                             None => e.status.clone(),
                         },
-                        cause: e.identity.clone().unwrap_or_else(|| "—".into()),
+                        cause: e
+                            .identity
+                            .clone()
+                            .or_else(|| e.by.clone())
+                            .unwrap_or_else(|| "—".into()),
                         request_id: e.request_id.clone(),
                     }
                 })
@@ -707,30 +712,41 @@ impl Admin {
     /// The test pulse: the same relay path as a grant, audited with the admin as its cause.
     pub(super) fn pulse(&self, session: &Session, peer: &str) -> AdminResponse {
         let request_id = (self.ctx.next_id)();
-        let outcome = self.ctx.door.request_open(&request_id, "admin");
+        let report = self.ctx.door.request_open(OpenRequest {
+            request_id: request_id.clone(),
+            cause: OpenCause::Admin,
+            not_after: Instant::now()
+                + std::time::Duration::from_millis(self.ctx.config.door.max_decision_age_ms),
+        });
         log::info!(
-            "request_id={request_id} admin test pulse from {peer}: door_action={}",
-            outcome.as_str()
+            "request_id={request_id} admin test pulse from {peer}: door={}",
+            report.detail()
         );
         self.audit(json!({
             "action": "door_test",
             "request_id": request_id,
             "identity": "admin",
-            "door_action": outcome.as_str(),
+            "door": report,
+            "door_detail": report.detail(),
             "remote": peer,
         }));
-        let notice = match outcome {
-            GrantOutcome::Opened => Notice::ok(format!(
+        let notice = match report {
+            DoorReport::Opened => Notice::ok(format!(
                 "Test pulse sent ({request_id}): the door is unlocked for the hold time."
             )),
-            GrantOutcome::Extended | GrantOutcome::AlreadyOpen => Notice::ok(format!(
+            DoorReport::Extended | DoorReport::AlreadyOpen => Notice::ok(format!(
                 "Test pulse sent ({request_id}): the door was already open ({}).",
-                outcome.as_str()
+                report.as_str()
             )),
-            GrantOutcome::CoolingDown | GrantOutcome::Unavailable => Notice::bad(format!(
-                "The door did not open for the test ({}); try again in a moment.",
-                outcome.as_str()
+            DoorReport::Pending => Notice::ok(format!(
+                "Test pulse sent ({request_id}); the relay has not reported yet: see the actuations below."
             )),
+            DoorReport::CoolingDown | DoorReport::Locked(_) | DoorReport::Fault => {
+                Notice::bad(format!(
+                    "The door did not open for the test ({}); try again in a moment.",
+                    report.detail()
+                ))
+            }
         };
         self.door_page(session, notice)
     }

@@ -1,15 +1,22 @@
-//! Owns the relay on one thread: carries out grants decided by the pure policy without blocking the
-//! caller, re-locks after the hold, and drives the relay locked on every error, panic, emergency
-//! and shutdown (fail-secure, never relying on Drop).
+//! Owns the relay on one thread: carries out open requests with the pure policy, re-locks after the
+//! hold, and drives the relay locked on every error, panic, emergency and shutdown (fail-secure,
+//! never relying on Drop). Between an unlock and its relock the relay thread only drives the
+//! backend and hands reports to bounded channels; logging, audit and metrics happen on the
+//! `door-reports` thread, so a slow disk or a stalled journal cannot keep the door open.
 
-use super::policy::{on_grant, on_tick, DoorSettings, DoorState, GrantOutcome, TickAction};
+use super::policy::{
+    on_request, on_tick, DoorSettings, DoorState, GrantOutcome, LockedBecause, RelayGate,
+    TickAction,
+};
 use super::{Door, DoorError, RelayState};
 use crate::ratelimit::RateLimitedLog;
+use crate::sync::lock_recovering;
 use chrono::{DateTime, Utc};
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use serde::Serialize;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use serde::{Serialize, Serializer};
+use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, TryLockError};
 use std::thread::{self, JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
@@ -23,9 +30,15 @@ const LOCK_FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(10);
 const EMERGENCY_TRY_LOCK_ATTEMPTS: u32 = 200;
 const EMERGENCY_TRY_LOCK_PAUSE: Duration = Duration::from_millis(5);
 const EMERGENCY_LOCK_ATTEMPTS: u32 = 3;
-/// Lock attempts when stopping (shutdown, or the controller dropped without shutdown).
+/// Lock attempts when stopping (shutdown, panic, or the controller dropped without shutdown).
 const FINAL_LOCK_ATTEMPTS: u32 = 5;
 const FINAL_LOCK_PAUSE: Duration = Duration::from_millis(100);
+/// Open requests waiting for the relay thread; more are refused (`locked`, unavailable).
+const COMMAND_QUEUE: usize = 32;
+/// Reports waiting for the `door-reports` thread; more are dropped and counted.
+const REPORT_QUEUE: usize = 256;
+/// How long shutdown waits for the reports already queued to be handed to the observer.
+const REPORT_DRAIN_LIMIT: Duration = Duration::from_secs(1);
 
 /// Why the relay was driven.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -41,8 +54,8 @@ pub enum ActuationReason {
     UnlockFailed,
     /// Locked again after an earlier lock attempt failed.
     LockRetry,
-    /// Locked after the relay thread recovered from a panic.
-    RelayRecovered,
+    /// Locked by the relay thread after it panicked; the door stays locked down.
+    RelayPanicked,
     /// Locked by [`DoorController::shutdown`].
     Shutdown,
     /// Locked because the controller was dropped without [`DoorController::shutdown`].
@@ -62,7 +75,7 @@ impl ActuationReason {
             ActuationReason::HoldElapsed => "hold_elapsed",
             ActuationReason::UnlockFailed => "unlock_failed",
             ActuationReason::LockRetry => "lock_retry",
-            ActuationReason::RelayRecovered => "relay_recovered",
+            ActuationReason::RelayPanicked => "relay_panicked",
             ActuationReason::Shutdown => "shutdown",
             ActuationReason::ControllerDropped => "controller_dropped",
             ActuationReason::Emergency => "emergency",
@@ -71,12 +84,119 @@ impl ActuationReason {
     }
 }
 
-/// One attempt to drive the relay, reported to the [`ActuationObserver`].
+/// Who or what asks for the door; serialized flat into reports as `"by": "face", "identity": ...`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "by", rename_all = "snake_case")]
+pub enum OpenCause {
+    /// A recognised, enrolled person.
+    Face { identity: String },
+    /// A visitor code, named by kind and place in `facegate codes show`, never by its digits.
+    Code {
+        code_kind: &'static str,
+        code_index: usize,
+    },
+    /// The building admin's test pulse from the admin page.
+    Admin,
+}
+
+impl fmt::Display for OpenCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OpenCause::Face { identity } => write!(f, "face {identity:?}"),
+            OpenCause::Code {
+                code_kind,
+                code_index,
+            } => write!(f, "code {code_kind} {code_index}"),
+            OpenCause::Admin => write!(f, "admin test pulse"),
+        }
+    }
+}
+
+/// One request to open the door, as the relay thread receives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenRequest {
+    /// The request id of the decision, carried into every report about it.
+    pub request_id: String,
+    pub cause: OpenCause,
+    /// The relay thread drops the request (the door stays locked) once this instant has passed:
+    /// the time of the frame plus `door.max_decision_age_ms`.
+    pub not_after: Instant,
+}
+
+/// What the relay did with one open request, as far as the caller could learn in time.
+/// Serialized as its [`DoorReport::as_str`] word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DoorReport {
+    /// The relay thread unlocked the door for this request.
+    Opened,
+    /// The door was open; this request moved its relock later.
+    Extended,
+    /// The door was open and keeps its schedule (`grant_while_open = "ignore"`).
+    AlreadyOpen,
+    /// The door re-locked less than `cooldown_ms` ago and stays locked.
+    CoolingDown,
+    /// The door stays locked, for the reason given.
+    Locked(LockedBecause),
+    /// The unlock failed; the relay was driven locked again.
+    Fault,
+    /// The relay thread did not report within `door.report_wait_ms`; the outcome is reported
+    /// later (log and audit) under the request id.
+    Pending,
+}
+
+impl DoorReport {
+    /// The word the answer, the log and the audit line use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DoorReport::Opened => "opened",
+            DoorReport::Extended => "extended",
+            DoorReport::AlreadyOpen => "already_open",
+            DoorReport::CoolingDown => "cooling_down",
+            DoorReport::Locked(_) => "locked",
+            DoorReport::Fault => "fault",
+            DoorReport::Pending => "pending",
+        }
+    }
+
+    /// The reason behind [`DoorReport::Locked`].
+    pub fn locked_because(self) -> Option<LockedBecause> {
+        match self {
+            DoorReport::Locked(because) => Some(because),
+            _ => None,
+        }
+    }
+
+    /// The word, or for `locked` its reason: the detail logs and audit lines keep.
+    pub fn detail(self) -> &'static str {
+        self.locked_because()
+            .map_or(self.as_str(), LockedBecause::as_str)
+    }
+}
+
+impl From<GrantOutcome> for DoorReport {
+    fn from(outcome: GrantOutcome) -> Self {
+        match outcome {
+            GrantOutcome::Opened => DoorReport::Opened,
+            GrantOutcome::Extended => DoorReport::Extended,
+            GrantOutcome::AlreadyOpen => DoorReport::AlreadyOpen,
+            GrantOutcome::CoolingDown => DoorReport::CoolingDown,
+        }
+    }
+}
+
+impl Serialize for DoorReport {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+/// One attempt to drive the relay.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Actuation {
     /// The request that opened the door, for `Granted`, `HoldElapsed` and `UnlockFailed`.
     pub request_id: Option<String>,
-    pub identity: Option<String>,
+    #[serde(flatten)]
+    pub cause: Option<OpenCause>,
     /// The level the relay was driven (or asked) to.
     pub state: RelayState,
     pub at: DateTime<Utc>,
@@ -85,41 +205,81 @@ pub struct Actuation {
     pub error: Option<String>,
 }
 
-/// Called on the thread that drove the relay, after each attempt (successful or not), except on the
-/// emergency path, which may run inside a panic hook. Keep it short; a panic in it is caught and
-/// logged.
-pub type ActuationObserver = Box<dyn Fn(&Actuation) + Send + Sync>;
-
-#[derive(Debug, Clone)]
-struct Requester {
-    request_id: String,
-    identity: String,
+/// An open request the relay thread handled without unlocking for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RequestHandled {
+    pub request_id: String,
+    #[serde(flatten)]
+    pub cause: OpenCause,
+    pub at: DateTime<Utc>,
+    /// What became of the request (never `opened`: that is an [`Actuation`]).
+    pub door: DoorReport,
+    /// For `locked`, why (`expired`, `locked_down`, `unavailable`).
+    pub because: Option<LockedBecause>,
 }
 
+/// What the controller reports, in order, to the observer on the `door-reports` thread.
+/// Serialized with `"kind": "door"` (an actuation) or `"kind": "door_request"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind")]
+pub enum DoorEvent {
+    #[serde(rename = "door")]
+    Actuation(Actuation),
+    #[serde(rename = "door_request")]
+    Request(RequestHandled),
+}
+
+/// Called on the `door-reports` thread for each [`DoorEvent`] (never on the relay thread), except
+/// for the emergency path, which reports nothing. It may block: the relay does not wait for it;
+/// reports that find the queue full are dropped and counted ([`DoorController::dropped_reports`]).
+pub type DoorObserver = Box<dyn FnMut(&DoorEvent) + Send>;
+
 enum Command {
-    Open(Requester),
-    Shutdown,
+    Open {
+        request: OpenRequest,
+        reply: Sender<DoorReport>,
+    },
 }
 
 struct Shared {
     door: Mutex<Box<dyn Door>>,
-    state: Mutex<DoorState>,
     settings: DoorSettings,
-    /// Set by an emergency lock or shutdown: the relay must never be unlocked again.
+    /// Set by an emergency lock, a relay-thread panic or shutdown: the relay never unlocks again.
     locked_down: AtomicBool,
-    /// Set by shutdown: the relay thread must exit instead of restarting after a panic.
+    /// Set by shutdown, so that the relay thread ends without locking on its own.
     stopping: AtomicBool,
     /// Set while the last lock attempt failed: grants are refused until a lock succeeds.
     relay_fault: AtomicBool,
     relay_thread: OnceLock<ThreadId>,
-    observer: ActuationObserver,
-    lock_failures: RateLimitedLog,
+    /// Reports dropped because the `door-reports` queue was full.
+    dropped_reports: Arc<AtomicU64>,
+    /// A copy of the relay loop's state, for read-only queries (`busy_for`).
+    published_state: Mutex<DoorState>,
 }
 
-fn lock_recovering<T: ?Sized>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+/// The sending side of the report queue: never blocks.
+#[derive(Clone)]
+struct Reporter {
+    events: Sender<DoorEvent>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Reporter {
+    fn report(&self, event: DoorEvent) {
+        if let Err(TrySendError::Full(_)) = self.events.try_send(event) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn request_handled(&self, request: &OpenRequest, door: DoorReport) {
+        self.report(DoorEvent::Request(RequestHandled {
+            request_id: request.request_id.clone(),
+            cause: request.cause.clone(),
+            at: Utc::now(),
+            door,
+            because: door.locked_because(),
+        }));
+    }
 }
 
 /// Takes `mutex` within about a second, recovering a poisoned one; `None` if it stays busy.
@@ -141,7 +301,8 @@ impl Shared {
         &self,
         to: RelayState,
         reason: ActuationReason,
-        requester: Option<&Requester>,
+        request: Option<&OpenRequest>,
+        reporter: &Reporter,
     ) -> Result<(), DoorError> {
         let result = {
             let mut door = lock_recovering(&self.door);
@@ -153,49 +314,26 @@ impl Shared {
                 RelayState::Unlocked => door.set_unlocked(reason.as_str()),
             }
         };
-        self.notify(&Actuation {
-            request_id: requester.map(|r| r.request_id.clone()),
-            identity: requester.map(|r| r.identity.clone()),
+        reporter.report(DoorEvent::Actuation(Actuation {
+            request_id: request.map(|r| r.request_id.clone()),
+            cause: request.map(|r| r.cause.clone()),
             state: to,
             at: Utc::now(),
             reason,
             error: result.as_ref().err().map(ToString::to_string),
-        });
+        }));
         result
     }
 
-    fn notify(&self, actuation: &Actuation) {
-        if catch_unwind(AssertUnwindSafe(|| (self.observer)(actuation))).is_err() {
-            log::error!(
-                "door actuation observer panicked on {:?}; the relay keeps working",
-                actuation.reason
-            );
-        }
-    }
-
-    fn set_state(&self, state: DoorState) {
-        *lock_recovering(&self.state) = state;
-    }
-
     /// Locks with a few bounded retries; used when the relay thread or the controller stops.
-    fn final_lock(&self, reason: ActuationReason) -> Result<(), DoorError> {
-        self.set_state(DoorState::LOCKED);
+    /// Each failed attempt is reported; nothing here logs.
+    fn final_lock(&self, reason: ActuationReason, reporter: &Reporter) -> Result<(), DoorError> {
         let mut attempt = 1;
         loop {
-            match self.actuate(RelayState::Locked, reason, None) {
+            match self.actuate(RelayState::Locked, reason, None, reporter) {
                 Ok(()) => return Ok(()),
-                Err(error) if attempt >= FINAL_LOCK_ATTEMPTS => {
-                    log::error!(
-                        "door relay failed to lock ({}) after {attempt} attempts: {error}",
-                        reason.as_str()
-                    );
-                    return Err(error);
-                }
-                Err(error) => {
-                    log::error!(
-                        "door relay failed to lock ({}), attempt {attempt}: {error}; retrying",
-                        reason.as_str()
-                    );
+                Err(error) if attempt >= FINAL_LOCK_ATTEMPTS => return Err(error),
+                Err(_) => {
                     thread::sleep(FINAL_LOCK_PAUSE);
                     attempt += 1;
                 }
@@ -212,21 +350,18 @@ pub struct LockGuardHandle {
 }
 
 impl LockGuardHandle {
-    /// Locks the relay now and latches a lockdown: every later grant returns
-    /// [`GrantOutcome::Unavailable`] until the process restarts. Never blocks for more than about
-    /// a second per mutex; returns whether the backend confirmed the lock. Does not call the
-    /// observer (it may run inside a panic hook while the observer's own locks are held).
+    /// Locks the relay now and latches a lockdown: every later request is answered
+    /// `locked` (`locked_down`) until the process restarts. Never blocks for more than about a
+    /// second per attempt; returns whether the backend confirmed the lock. Reports nothing to the
+    /// observer (it may run inside a panic hook).
     pub fn emergency_lock(&self) -> bool {
         let shared = &self.shared;
         shared.locked_down.store(true, Ordering::SeqCst);
-        if let Some(mut state) = try_lock_bounded(&shared.state) {
-            *state = DoorState::LOCKED;
-        }
         if shared.relay_thread.get() == Some(&thread::current().id()) {
-            // Called from a panic hook on the relay thread, which may hold the door mutex: its
-            // panic recovery drives the relay locked as soon as the panic unwinds.
+            // A panic hook on the relay thread, which may hold the door mutex: the relay thread
+            // drives the relay locked as soon as the panic has unwound (see `run_relay_thread`).
             log::error!(
-                "emergency lock on the door relay thread: its panic recovery locks the relay"
+                "emergency lock on the door relay thread: it locks the relay as it unwinds"
             );
             return false;
         }
@@ -249,86 +384,128 @@ impl LockGuardHandle {
     }
 }
 
-/// The door: one relay thread owning the hardware, fed by non-blocking [`Self::request_open`].
+/// The door: one relay thread owning the hardware, fed by [`Self::request_open`], and one
+/// `door-reports` thread handing what the relay did to the observer.
 pub struct DoorController {
     shared: Arc<Shared>,
     commands: Sender<Command>,
+    reporter: Reporter,
     relay: JoinHandle<()>,
+    /// Disconnects when the `door-reports` thread ends.
+    reports_done: Receiver<()>,
 }
 
 impl DoorController {
-    /// Drives `door` locked (failing start-up if it cannot), then starts the relay thread.
+    /// Drives `door` locked (failing start-up if it cannot), then starts the relay and report
+    /// threads.
     pub fn start(
         mut door: Box<dyn Door>,
         settings: DoorSettings,
-        on_actuation: ActuationObserver,
+        observer: DoorObserver,
     ) -> Result<DoorController, DoorError> {
         door.set_locked(ActuationReason::Startup.as_str())?;
         log::info!("door: {} locked at start-up", door.describe());
         let shared = Arc::new(Shared {
             door: Mutex::new(door),
-            state: Mutex::new(DoorState::LOCKED),
             settings,
             locked_down: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             relay_fault: AtomicBool::new(false),
             relay_thread: OnceLock::new(),
-            observer: on_actuation,
-            lock_failures: RateLimitedLog::new(LOCK_FAILURE_LOG_INTERVAL),
+            dropped_reports: Arc::default(),
+            published_state: Mutex::new(DoorState::LOCKED),
         });
-        shared.notify(&Actuation {
+        let (events, received_events) = crossbeam_channel::bounded(REPORT_QUEUE);
+        let reporter = Reporter {
+            events,
+            dropped: Arc::clone(&shared.dropped_reports),
+        };
+        reporter.report(DoorEvent::Actuation(Actuation {
             request_id: None,
-            identity: None,
+            cause: None,
             state: RelayState::Locked,
             at: Utc::now(),
             reason: ActuationReason::Startup,
             error: None,
-        });
-        let (commands, received) = crossbeam_channel::unbounded();
+        }));
+        let (done, reports_done) = crossbeam_channel::bounded::<()>(0);
+        thread::Builder::new()
+            .name("door-reports".to_owned())
+            .spawn(move || {
+                let _done = done;
+                run_report_thread(received_events, observer);
+            })
+            .map_err(DoorError::Thread)?;
+        let (commands, received) = crossbeam_channel::bounded(COMMAND_QUEUE);
         let thread_shared = Arc::clone(&shared);
+        let thread_reporter = reporter.clone();
         let relay = thread::Builder::new()
             .name("door-relay".to_owned())
-            .spawn(move || run_relay_thread(thread_shared, received))
+            .spawn(move || run_relay_thread(thread_shared, received, thread_reporter))
             .map_err(DoorError::Thread)?;
         Ok(DoorController {
             shared,
             commands,
+            reporter,
             relay,
+            reports_done,
         })
     }
 
-    /// Applies a fresh granted decision and returns at once; the relay thread performs the
-    /// unlock and the timed relock. The outcome is the decision; actual relay activity (including
-    /// a failed unlock, which keeps the door locked) is reported to the observer.
-    pub fn request_open(&self, request_id: &str, identity: &str) -> GrantOutcome {
-        if !self.is_available() {
-            return GrantOutcome::Unavailable;
+    /// Hands a granted decision to the relay thread and waits at most `report_wait` for what the
+    /// relay did. Never blocks longer, and never answers [`DoorReport::Opened`] unless the relay
+    /// thread reported the unlock. A request that finds the relay thread's queue full or the
+    /// thread gone is refused (`locked`, unavailable) and reported.
+    pub fn request_open(&self, request: OpenRequest) -> DoorReport {
+        let refuse = |request: &OpenRequest, because| {
+            let report = DoorReport::Locked(because);
+            self.reporter.request_handled(request, report);
+            report
+        };
+        if self.shared.locked_down.load(Ordering::SeqCst) {
+            return refuse(&request, LockedBecause::LockedDown);
         }
-        let mut state = lock_recovering(&self.shared.state);
-        let (next, outcome) = on_grant(&state, Instant::now(), &self.shared.settings);
-        if outcome == GrantOutcome::Opened {
-            let command = Command::Open(Requester {
-                request_id: request_id.to_owned(),
-                identity: identity.to_owned(),
-            });
-            if self.commands.send(command).is_err() {
-                log::error!("door relay thread is gone; request {request_id} cannot open the door");
-                return GrantOutcome::Unavailable;
-            }
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        if let Err(refused) = self.commands.try_send(Command::Open { request, reply }) {
+            let Command::Open { request, .. } = refused.into_inner();
+            return refuse(&request, LockedBecause::Unavailable);
         }
-        *state = next;
-        outcome
+        match answer.recv_timeout(self.shared.settings.report_wait) {
+            Ok(report) => report,
+            Err(RecvTimeoutError::Timeout) => DoorReport::Pending,
+            // The relay thread ended without answering: it is not working.
+            Err(RecvTimeoutError::Disconnected) => DoorReport::Fault,
+        }
     }
 
-    /// Is the relay commanded unlocked right now? For status displays only.
+    /// How long the door stays open or cooling down after the last grant (read-only).
+    pub fn busy_for(&self, now: Instant) -> Option<Duration> {
+        super::policy::busy_for(
+            &lock_recovering(&self.shared.published_state),
+            now,
+            &self.shared.settings,
+        )
+    }
+
+    /// Is the relay commanded unlocked right now (as the relay thread last published)? For status
+    /// displays only.
     pub fn is_open(&self) -> bool {
-        matches!(*lock_recovering(&self.shared.state), DoorState::Open { .. })
+        matches!(
+            *lock_recovering(&self.shared.published_state),
+            DoorState::Open { .. }
+        )
     }
 
-    /// False after an emergency lock, and while a failed lock is being retried.
+    /// False after an emergency lock or a relay-thread panic, and while a failed lock is being
+    /// retried.
     pub fn is_available(&self) -> bool {
         !self.shared.locked_down.load(Ordering::SeqCst)
             && !self.shared.relay_fault.load(Ordering::SeqCst)
+    }
+
+    /// Reports dropped so far because the observer fell behind (for /metrics).
+    pub fn dropped_reports(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.shared.dropped_reports)
     }
 
     /// A handle for a panic hook or signal thread; see [`LockGuardHandle::emergency_lock`].
@@ -343,54 +520,105 @@ impl DoorController {
         self.lock_guard().emergency_lock()
     }
 
-    /// Stops the relay thread, then drives the relay locked explicitly (a few bounded retries).
-    /// Returns the last lock error if the relay could not be confirmed locked.
+    /// Stops the relay thread, drives the relay locked explicitly (a few bounded retries), then
+    /// gives the report thread up to a second to hand over what is queued. Returns the last lock
+    /// error if the relay could not be confirmed locked.
     pub fn shutdown(self) -> Result<(), DoorError> {
         let DoorController {
             shared,
             commands,
+            reporter,
             relay,
+            reports_done,
         } = self;
         shared.locked_down.store(true, Ordering::SeqCst);
         shared.stopping.store(true, Ordering::SeqCst);
-        // A send error means the thread is already gone; locking below covers it either way.
-        let _ = commands.send(Command::Shutdown);
         drop(commands);
         if relay.join().is_err() {
             log::error!("door relay thread ended with a panic");
         }
-        shared.final_lock(ActuationReason::Shutdown)
+        let locked = shared.final_lock(ActuationReason::Shutdown, &reporter);
+        drop(reporter);
+        if reports_done.recv_timeout(REPORT_DRAIN_LIMIT) == Err(RecvTimeoutError::Timeout) {
+            log::error!("door reports still queued at shutdown were not all handed over");
+        }
+        locked
     }
 }
 
-fn run_relay_thread(shared: Arc<Shared>, commands: Receiver<Command>) {
+/// The relay thread. One panic policy: a panic here latches the lockdown and drives the relay
+/// locked at once, then the thread ends (the daemon's panic hook stops the process for systemd to
+/// restart; requests meanwhile are answered `locked`).
+fn run_relay_thread(shared: Arc<Shared>, commands: Receiver<Command>, reporter: Reporter) {
     let _ = shared.relay_thread.set(thread::current().id());
-    let mut lock_confirmed = true;
-    let mut recovery_pause = Duration::ZERO;
-    loop {
-        let started = Instant::now();
-        let run = catch_unwind(AssertUnwindSafe(|| {
-            RelayLoop::new(&shared, &commands).run(lock_confirmed)
-        }));
-        if run.is_ok() {
-            return;
+    // The reply of the request being handled lives out here, so that a panic cannot answer it
+    // before the relay is locked.
+    let mut in_flight = None;
+    let run = catch_unwind(AssertUnwindSafe(|| {
+        RelayLoop::new(&shared, &commands, &reporter, &mut in_flight).run()
+    }));
+    if run.is_err() {
+        shared.locked_down.store(true, Ordering::SeqCst);
+        // Failures are reported; the relay stays latched either way.
+        let _ = shared.final_lock(ActuationReason::RelayPanicked, &reporter);
+        if let Some(reply) = in_flight.take() {
+            let _ = reply.try_send(DoorReport::Fault);
         }
-        log::error!(
-            "door relay thread panicked; driving the door locked and restarting the relay loop"
-        );
-        shared.set_state(DoorState::LOCKED);
-        shared.relay_fault.store(true, Ordering::SeqCst);
-        lock_confirmed = false;
-        if shared.stopping.load(Ordering::SeqCst) {
-            return;
+        for Command::Open { request, reply } in commands.try_iter() {
+            let report = DoorReport::Locked(LockedBecause::LockedDown);
+            reporter.request_handled(&request, report);
+            let _ = reply.try_send(report);
         }
-        // Back off only when panics repeat quickly, so one panic re-locks at once.
-        recovery_pause = if started.elapsed() > LOCK_RETRY_MAX {
-            Duration::ZERO
-        } else {
-            (recovery_pause * 2).clamp(LOCK_RETRY_INITIAL, LOCK_RETRY_MAX)
-        };
-        thread::sleep(recovery_pause);
+    }
+}
+
+/// Logs what the relay did and hands it to the observer; a panicking observer is logged and the
+/// thread carries on. Ends when every reporter is gone.
+fn run_report_thread(events: Receiver<DoorEvent>, mut observer: DoorObserver) {
+    let lock_failures = RateLimitedLog::new(LOCK_FAILURE_LOG_INTERVAL);
+    for event in events {
+        log_event(&event, &lock_failures);
+        if catch_unwind(AssertUnwindSafe(|| observer(&event))).is_err() {
+            log::error!("door observer panicked on {event:?}; the relay keeps working");
+        }
+    }
+}
+
+fn log_event(event: &DoorEvent, lock_failures: &RateLimitedLog) {
+    match event {
+        DoorEvent::Actuation(a) => {
+            let request_id = a.request_id.as_deref().unwrap_or("-");
+            let cause = a.cause.as_ref().map_or(String::new(), |c| format!(" {c}"));
+            let line = format!(
+                "door state={} reason={} request_id={request_id}{cause}",
+                a.state.as_str(),
+                a.reason.as_str(),
+            );
+            match (&a.error, a.state) {
+                (None, _) => log::info!("{line}"),
+                (Some(error), RelayState::Unlocked) => {
+                    log::error!("{line} failed: {error:?}; the door stays locked")
+                }
+                (Some(error), RelayState::Locked) => {
+                    lock_failures.error(format!(
+                        "{line} failed: {error:?}; retrying until it locks, grants are refused meanwhile"
+                    ));
+                }
+            }
+        }
+        DoorEvent::Request(r) => {
+            let level = match r.door {
+                DoorReport::Locked(_) => log::Level::Warn,
+                _ => log::Level::Info,
+            };
+            log::log!(
+                level,
+                "door request_id={} {}: {}",
+                r.request_id,
+                r.cause,
+                r.door.detail()
+            );
+        }
     }
 }
 
@@ -403,30 +631,39 @@ struct LockRetry {
 struct RelayLoop<'a> {
     shared: &'a Shared,
     commands: &'a Receiver<Command>,
+    reporter: &'a Reporter,
+    /// The reply to the request being handled.
+    in_flight: &'a mut Option<Sender<DoorReport>>,
+    state: DoorState,
     /// Who opened the current pulse, for the relock report.
-    pulse_requester: Option<Requester>,
+    pulse: Option<OpenRequest>,
     /// Present while the relay failed to lock and must be retried.
     lock_retry: Option<LockRetry>,
 }
 
 impl<'a> RelayLoop<'a> {
-    fn new(shared: &'a Shared, commands: &'a Receiver<Command>) -> Self {
+    fn new(
+        shared: &'a Shared,
+        commands: &'a Receiver<Command>,
+        reporter: &'a Reporter,
+        in_flight: &'a mut Option<Sender<DoorReport>>,
+    ) -> Self {
+        // A relay thread restarted after a panic starts from locked; so does what it publishes.
+        *lock_recovering(&shared.published_state) = DoorState::LOCKED;
         RelayLoop {
             shared,
             commands,
-            pulse_requester: None,
+            reporter,
+            in_flight,
+            state: DoorState::LOCKED,
+            pulse: None,
             lock_retry: None,
         }
     }
 
-    fn run(mut self, lock_confirmed: bool) {
-        if !lock_confirmed {
-            self.lock(ActuationReason::RelayRecovered, None);
-        }
+    fn run(mut self) {
         loop {
-            let policy_deadline = lock_recovering(&self.shared.state).next_deadline();
-            let retry_deadline = self.lock_retry.map(|retry| retry.at);
-            let deadline = match (policy_deadline, retry_deadline) {
+            let deadline = match (self.state.next_deadline(), self.lock_retry.map(|r| r.at)) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
@@ -440,13 +677,22 @@ impl<'a> RelayLoop<'a> {
                     .map_err(|_| RecvTimeoutError::Disconnected),
             };
             match received {
-                Ok(Command::Open(requester)) => self.open(requester),
-                Ok(Command::Shutdown) => return,
+                Ok(Command::Open { request, reply }) => {
+                    *self.in_flight = Some(reply);
+                    let report = self.open(request);
+                    if let Some(reply) = self.in_flight.take() {
+                        // A caller that stopped waiting has answered `pending`; the report went out.
+                        let _ = reply.try_send(report);
+                    }
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
-                    log::warn!("door controller dropped without shutdown; locking the relay");
-                    // Errors are logged inside; nothing else can be done on this path.
-                    let _ = self.shared.final_lock(ActuationReason::ControllerDropped);
+                    if !self.shared.stopping.load(Ordering::SeqCst) {
+                        // Dropped without shutdown; failures are reported.
+                        let _ = self
+                            .shared
+                            .final_lock(ActuationReason::ControllerDropped, self.reporter);
+                    }
                     return;
                 }
             }
@@ -456,62 +702,80 @@ impl<'a> RelayLoop<'a> {
 
     fn tick(&mut self) {
         let now = Instant::now();
-        let action = {
-            let mut state = lock_recovering(&self.shared.state);
-            let (next, action) = on_tick(&state, now, &self.shared.settings);
-            *state = next;
-            action
-        };
+        let (next, action) = on_tick(&self.state, now, &self.shared.settings);
+        self.set_state(next);
         if action == TickAction::Relock {
-            let requester = self.pulse_requester.take();
-            self.lock(ActuationReason::HoldElapsed, requester.as_ref());
+            let pulse = self.pulse.take();
+            self.lock(ActuationReason::HoldElapsed, pulse.as_ref());
         } else if self.lock_retry.is_some_and(|retry| now >= retry.at) {
             self.lock(ActuationReason::LockRetry, None);
         }
     }
 
-    fn open(&mut self, requester: Requester) {
-        if self.lock_retry.is_some() {
-            log::error!(
-                "request {} cannot open the door: the relay failed to lock and is being retried",
-                requester.request_id
-            );
-            self.shared.set_state(DoorState::LOCKED);
-            return;
-        }
-        match self.shared.actuate(
-            RelayState::Unlocked,
-            ActuationReason::Granted,
-            Some(&requester),
-        ) {
-            Ok(()) => self.pulse_requester = Some(requester),
-            Err(DoorError::LockedDown) => {
-                log::warn!(
-                    "request {} arrived during a lockdown; the door stays locked",
-                    requester.request_id
-                );
-                self.shared.set_state(DoorState::LOCKED);
-            }
-            Err(error) => {
-                log::error!(
-                    "door relay failed to unlock for request {}: {error}; keeping the door locked",
-                    requester.request_id
-                );
-                self.shared.set_state(DoorState::LOCKED);
-                self.lock(ActuationReason::UnlockFailed, Some(&requester));
-            }
+    fn set_state(&mut self, next: DoorState) {
+        self.state = next;
+        *lock_recovering(&self.shared.published_state) = next;
+    }
+
+    fn gate(&self) -> RelayGate {
+        if self.shared.locked_down.load(Ordering::SeqCst) {
+            RelayGate::LockedDown
+        } else if self.lock_retry.is_some() {
+            RelayGate::LockFailing
+        } else {
+            RelayGate::Ready
         }
     }
 
-    fn lock(&mut self, reason: ActuationReason, requester: Option<&Requester>) {
-        match self.shared.actuate(RelayState::Locked, reason, requester) {
-            Ok(()) => {
-                if self.lock_retry.take().is_some() {
-                    log::warn!("door relay locked again after failed attempts");
+    fn open(&mut self, request: OpenRequest) -> DoorReport {
+        let (next, verdict) = on_request(
+            &self.state,
+            Instant::now(),
+            request.not_after,
+            self.gate(),
+            &self.shared.settings,
+        );
+        let report = match verdict {
+            Ok(GrantOutcome::Opened) => {
+                let unlocked = self.shared.actuate(
+                    RelayState::Unlocked,
+                    ActuationReason::Granted,
+                    Some(&request),
+                    self.reporter,
+                );
+                match unlocked {
+                    Ok(()) => {
+                        self.set_state(next);
+                        self.pulse = Some(request);
+                        return DoorReport::Opened;
+                    }
+                    Err(DoorError::LockedDown) => DoorReport::Locked(LockedBecause::LockedDown),
+                    Err(_) => {
+                        self.lock(ActuationReason::UnlockFailed, Some(&request));
+                        return DoorReport::Fault;
+                    }
                 }
+            }
+            Ok(outcome) => {
+                self.set_state(next);
+                DoorReport::from(outcome)
+            }
+            Err(because) => DoorReport::Locked(because),
+        };
+        self.reporter.request_handled(&request, report);
+        report
+    }
+
+    fn lock(&mut self, reason: ActuationReason, request: Option<&OpenRequest>) {
+        match self
+            .shared
+            .actuate(RelayState::Locked, reason, request, self.reporter)
+        {
+            Ok(()) => {
+                self.lock_retry = None;
                 self.shared.relay_fault.store(false, Ordering::SeqCst);
             }
-            Err(error) => {
+            Err(_) => {
                 let delay = self.lock_retry.map_or(LOCK_RETRY_INITIAL, |retry| {
                     (retry.delay * 2).min(LOCK_RETRY_MAX)
                 });
@@ -520,15 +784,10 @@ impl<'a> RelayLoop<'a> {
                     delay,
                 });
                 self.shared.relay_fault.store(true, Ordering::SeqCst);
-                self.shared.lock_failures.error(format!(
-                    "door relay failed to lock ({}): {error}; retrying until it locks, grants are refused meanwhile",
-                    reason.as_str()
-                ));
             }
         }
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -538,26 +797,50 @@ mod tests {
     /// Liveness bound for waiting on the relay thread; never a performance assertion.
     const WAIT: Duration = Duration::from_secs(10);
     const LONG_HOLD: Duration = Duration::from_secs(600);
+    /// A relock counts as on time within this much of the hold, on a loaded two-core machine.
+    const RELOCK_MARGIN: Duration = Duration::from_millis(700);
 
-    type Reports = Arc<Mutex<Vec<Actuation>>>;
+    type Reports = Arc<Mutex<Vec<DoorEvent>>>;
 
     fn settings(hold: Duration, cooldown: Duration, mode: GrantWhileOpen) -> DoorSettings {
         DoorSettings {
             hold,
             cooldown,
             grant_while_open: mode,
+            report_wait: WAIT,
         }
     }
 
-    fn start_sim(settings: DoorSettings) -> (DoorController, SimLog, Reports) {
-        let door = SimDoor::new();
+    fn recording(reports: &Reports) -> DoorObserver {
+        let sink = Arc::clone(reports);
+        Box::new(move |event: &DoorEvent| lock_recovering(&sink).push(event.clone()))
+    }
+
+    fn start_with(door: SimDoor, settings: DoorSettings) -> (DoorController, SimLog, Reports) {
         let log = door.log();
         let reports: Reports = Arc::default();
-        let sink = Arc::clone(&reports);
-        let observer: ActuationObserver =
-            Box::new(move |a: &Actuation| lock_recovering(&sink).push(a.clone()));
-        let controller = DoorController::start(Box::new(door), settings, observer).unwrap();
+        let controller =
+            DoorController::start(Box::new(door), settings, recording(&reports)).unwrap();
         (controller, log, reports)
+    }
+
+    fn start_sim(settings: DoorSettings) -> (DoorController, SimLog, Reports) {
+        start_with(SimDoor::new(), settings)
+    }
+
+    fn request(id: &str, not_after: Instant) -> OpenRequest {
+        OpenRequest {
+            request_id: id.to_owned(),
+            cause: OpenCause::Face {
+                identity: "alice".to_owned(),
+            },
+            not_after,
+        }
+    }
+
+    /// A fresh request (a minute to live).
+    fn open(controller: &DoorController, id: &str) -> DoorReport {
+        controller.request_open(request(id, Instant::now() + Duration::from_secs(60)))
     }
 
     fn reasons(events: &[SimEvent]) -> Vec<(RelayState, &str)> {
@@ -582,6 +865,10 @@ mod tests {
             .count()
     }
 
+    fn relocked(events: &[SimEvent]) -> bool {
+        has_reason(events, ActuationReason::HoldElapsed)
+    }
+
     fn wait_until(condition: impl Fn() -> bool) -> bool {
         let deadline = Instant::now() + WAIT;
         while Instant::now() < deadline {
@@ -593,8 +880,32 @@ mod tests {
         false
     }
 
-    fn reported(reports: &Reports, condition: impl Fn(&Actuation) -> bool) -> bool {
-        lock_recovering(reports).iter().any(condition)
+    fn actuations(reports: &Reports) -> Vec<Actuation> {
+        lock_recovering(reports)
+            .iter()
+            .filter_map(|event| match event {
+                DoorEvent::Actuation(actuation) => Some(actuation.clone()),
+                DoorEvent::Request(_) => None,
+            })
+            .collect()
+    }
+
+    fn handled(reports: &Reports, id: &str) -> Option<RequestHandled> {
+        lock_recovering(reports)
+            .iter()
+            .find_map(|event| match event {
+                DoorEvent::Request(handled) if handled.request_id == id => Some(handled.clone()),
+                _ => None,
+            })
+    }
+
+    /// Time from the unlock to the relock after the hold, from the relay's own record.
+    fn pulse_length(events: &[SimEvent]) -> Duration {
+        let unlock = events.iter().find(|e| e.state == RelayState::Unlocked);
+        let relock = events
+            .iter()
+            .find(|e| e.reason == ActuationReason::HoldElapsed.as_str());
+        relock.unwrap().at.duration_since(unlock.unwrap().at)
     }
 
     #[test]
@@ -603,11 +914,8 @@ mod tests {
         let (controller, log, reports) =
             start_sim(settings(hold, Duration::ZERO, GrantWhileOpen::Extend));
         let requested_at = Instant::now();
-        assert_eq!(
-            controller.request_open("req-1", "alice"),
-            GrantOutcome::Opened
-        );
-        assert!(log.wait_for(WAIT, |e| has_reason(e, ActuationReason::HoldElapsed)));
+        assert_eq!(open(&controller, "req-1"), DoorReport::Opened);
+        assert!(log.wait_for(WAIT, relocked));
         let events = log.events();
         assert_eq!(
             reasons(&events),
@@ -622,25 +930,28 @@ mod tests {
             "relocked before the hold ended"
         );
         controller.shutdown().unwrap();
-        let reports = lock_recovering(&reports).clone();
+        let reports = actuations(&reports);
         let relock = &reports[2];
         assert_eq!(relock.reason, ActuationReason::HoldElapsed);
         assert_eq!(relock.request_id.as_deref(), Some("req-1"));
-        assert_eq!(relock.identity.as_deref(), Some("alice"));
+        assert_eq!(
+            relock.cause,
+            Some(OpenCause::Face {
+                identity: "alice".into()
+            })
+        );
         assert_eq!(relock.error, None);
         assert_eq!(reports.last().unwrap().reason, ActuationReason::Shutdown);
     }
 
     #[test]
-    fn request_open_returns_before_the_relock() {
+    fn request_open_reports_the_unlock_before_the_relock() {
         let (controller, log, _) =
             start_sim(settings(LONG_HOLD, Duration::ZERO, GrantWhileOpen::Extend));
-        assert_eq!(
-            controller.request_open("req-1", "alice"),
-            GrantOutcome::Opened
-        );
-        assert!(!has_reason(&log.events(), ActuationReason::HoldElapsed));
-        assert!(log.wait_for(WAIT, unlocked));
+        assert_eq!(open(&controller, "req-1"), DoorReport::Opened);
+        // `opened` means the relay already reported the unlock.
+        assert!(unlocked(&log.events()));
+        assert!(!relocked(&log.events()));
         controller.shutdown().unwrap();
         assert_eq!(log.current(), Some(RelayState::Locked));
     }
@@ -650,20 +961,13 @@ mod tests {
         let hold = Duration::from_secs(2);
         let (controller, log, _) =
             start_sim(settings(hold, Duration::ZERO, GrantWhileOpen::Extend));
-        assert_eq!(
-            controller.request_open("req-1", "alice"),
-            GrantOutcome::Opened
-        );
+        assert_eq!(open(&controller, "req-1"), DoorReport::Opened);
         thread::sleep(Duration::from_millis(150));
         let extended_at = Instant::now();
-        assert_eq!(
-            controller.request_open("req-2", "bob"),
-            GrantOutcome::Extended
-        );
-        assert!(log.wait_for(WAIT, |e| has_reason(e, ActuationReason::HoldElapsed)));
+        assert_eq!(open(&controller, "req-2"), DoorReport::Extended);
+        assert!(log.wait_for(WAIT, relocked));
         let events = log.events();
-        let unlocks = unlock_count(&events);
-        assert_eq!(unlocks, 1);
+        assert_eq!(unlock_count(&events), 1);
         assert!(events.last().unwrap().at >= extended_at + hold);
         controller.shutdown().unwrap();
     }
@@ -673,47 +977,62 @@ mod tests {
         let hold = Duration::from_secs(2);
         let (controller, log, _) =
             start_sim(settings(hold, Duration::ZERO, GrantWhileOpen::Ignore));
-        assert_eq!(
-            controller.request_open("req-1", "alice"),
-            GrantOutcome::Opened
-        );
-        assert_eq!(
-            controller.request_open("req-2", "bob"),
-            GrantOutcome::AlreadyOpen
-        );
-        assert!(log.wait_for(WAIT, |e| has_reason(e, ActuationReason::HoldElapsed)));
-        let unlocks = unlock_count(&log.events());
-        assert_eq!(unlocks, 1);
+        assert_eq!(open(&controller, "req-1"), DoorReport::Opened);
+        assert_eq!(open(&controller, "req-2"), DoorReport::AlreadyOpen);
+        assert!(log.wait_for(WAIT, relocked));
+        assert_eq!(unlock_count(&log.events()), 1);
         controller.shutdown().unwrap();
     }
 
     #[test]
-    fn cooldown_refuses_a_grant_right_after_the_relock() {
+    fn busy_for_follows_the_relay_through_hold_and_cooldown() {
         let (controller, log, _) = start_sim(settings(
             Duration::from_millis(50),
             LONG_HOLD,
             GrantWhileOpen::Extend,
         ));
-        assert_eq!(
-            controller.request_open("req-1", "alice"),
-            GrantOutcome::Opened
+        assert_eq!(controller.busy_for(Instant::now()), None, "locked at rest");
+        assert_eq!(open(&controller, "req-1"), DoorReport::Opened);
+        let open_for = controller.busy_for(Instant::now()).unwrap();
+        assert!(
+            open_for > LONG_HOLD - WAIT,
+            "hold plus cooldown: {open_for:?}"
         );
-        assert!(log.wait_for(WAIT, |e| has_reason(e, ActuationReason::HoldElapsed)));
+        assert!(log.wait_for(WAIT, relocked));
+        assert!(wait_until(|| controller
+            .busy_for(Instant::now())
+            .is_some_and(|d| d <= LONG_HOLD)));
         assert_eq!(
-            controller.request_open("req-2", "alice"),
-            GrantOutcome::CoolingDown
+            controller.busy_for(Instant::now() + LONG_HOLD),
+            None,
+            "after the cooldown"
         );
         controller.shutdown().unwrap();
-        let unlocks = unlock_count(&log.events());
-        assert_eq!(unlocks, 1);
+    }
+
+    #[test]
+    fn cooldown_refuses_a_grant_right_after_the_relock() {
+        let (controller, log, reports) = start_sim(settings(
+            Duration::from_millis(50),
+            LONG_HOLD,
+            GrantWhileOpen::Extend,
+        ));
+        assert_eq!(open(&controller, "req-1"), DoorReport::Opened);
+        assert!(log.wait_for(WAIT, relocked));
+        assert_eq!(open(&controller, "req-2"), DoorReport::CoolingDown);
+        controller.shutdown().unwrap();
+        assert_eq!(unlock_count(&log.events()), 1);
+        assert_eq!(
+            handled(&reports, "req-2").map(|h| h.door),
+            Some(DoorReport::CoolingDown)
+        );
     }
 
     #[test]
     fn shutdown_during_a_pulse_leaves_the_door_locked() {
         let (controller, log, _) =
             start_sim(settings(LONG_HOLD, Duration::ZERO, GrantWhileOpen::Extend));
-        controller.request_open("req-1", "alice");
-        assert!(log.wait_for(WAIT, unlocked));
+        assert_eq!(open(&controller, "req-1"), DoorReport::Opened);
         controller.shutdown().unwrap();
         let last = log.events().pop().unwrap();
         assert_eq!(
@@ -724,10 +1043,9 @@ mod tests {
 
     #[test]
     fn emergency_lock_during_a_pulse_locks_and_refuses_later_grants() {
-        let (controller, log, _) =
+        let (controller, log, reports) =
             start_sim(settings(LONG_HOLD, Duration::ZERO, GrantWhileOpen::Extend));
-        controller.request_open("req-1", "alice");
-        assert!(log.wait_for(WAIT, unlocked));
+        assert_eq!(open(&controller, "req-1"), DoorReport::Opened);
         let guard = controller.lock_guard();
         let from_signal_thread = thread::spawn(move || guard.emergency_lock());
         assert!(from_signal_thread.join().unwrap());
@@ -736,43 +1054,34 @@ mod tests {
             (last.state, last.reason.as_str()),
             (RelayState::Locked, "emergency")
         );
-        assert_eq!(
-            controller.request_open("req-2", "alice"),
-            GrantOutcome::Unavailable
-        );
+        let refused = DoorReport::Locked(LockedBecause::LockedDown);
+        assert_eq!(open(&controller, "req-2"), refused);
         assert!(!controller.is_available());
         controller.shutdown().unwrap();
-        let unlocks = unlock_count(&log.events());
-        assert_eq!(unlocks, 1);
+        assert_eq!(unlock_count(&log.events()), 1);
+        assert_eq!(handled(&reports, "req-2").map(|h| h.door), Some(refused));
     }
 
+    /// Regression: the answer said `opened` while a failed unlock left the door locked.
     #[test]
-    fn failed_unlock_keeps_the_door_locked() {
+    fn an_unlock_that_fails_is_reported_as_a_fault_not_opened() {
         let (controller, log, reports) =
             start_sim(settings(LONG_HOLD, Duration::ZERO, GrantWhileOpen::Extend));
         log.set_unlock_failing(true);
-        assert_eq!(
-            controller.request_open("req-1", "alice"),
-            GrantOutcome::Opened
-        );
-        assert!(wait_until(
-            || reported(&reports, |a| a.reason == ActuationReason::UnlockFailed)
-        ));
+        assert_eq!(open(&controller, "req-1"), DoorReport::Fault);
         assert!(!unlocked(&log.events()));
         assert_eq!(log.current(), Some(RelayState::Locked));
-        let failed_unlock = lock_recovering(&reports)
+        assert!(wait_until(|| actuations(&reports)
             .iter()
+            .any(|a| a.reason == ActuationReason::UnlockFailed)));
+        let failed_unlock = actuations(&reports)
+            .into_iter()
             .find(|a| a.state == RelayState::Unlocked)
-            .cloned()
             .unwrap();
         assert!(failed_unlock.error.is_some());
         assert_eq!(failed_unlock.request_id.as_deref(), Some("req-1"));
         log.set_unlock_failing(false);
-        assert_eq!(
-            controller.request_open("req-2", "alice"),
-            GrantOutcome::Opened
-        );
-        assert!(log.wait_for(WAIT, unlocked));
+        assert_eq!(open(&controller, "req-2"), DoorReport::Opened);
         controller.shutdown().unwrap();
     }
 
@@ -784,47 +1093,42 @@ mod tests {
             GrantWhileOpen::Extend,
         ));
         log.fail_next_locks(2);
-        assert_eq!(
-            controller.request_open("req-1", "alice"),
-            GrantOutcome::Opened
-        );
+        assert_eq!(open(&controller, "req-1"), DoorReport::Opened);
         assert!(log.wait_for(WAIT, |e| has_reason(e, ActuationReason::LockRetry)));
-        let failed_locks = lock_recovering(&reports)
+        assert!(wait_until(|| actuations(&reports)
             .iter()
             .filter(|a| a.state == RelayState::Locked && a.error.is_some())
-            .count();
-        assert_eq!(failed_locks, 2);
+            .count()
+            == 2));
         assert!(wait_until(|| controller.is_available()));
         controller.shutdown().unwrap();
     }
 
     #[test]
-    fn panic_in_the_relay_backend_is_recovered_and_the_door_relocked() {
+    fn a_relay_panic_locks_at_once_and_latches_the_lockdown() {
         let (controller, log, _) =
             start_sim(settings(LONG_HOLD, Duration::ZERO, GrantWhileOpen::Extend));
         log.panic_on_next_unlock();
-        assert_eq!(
-            controller.request_open("req-1", "alice"),
-            GrantOutcome::Opened
-        );
-        assert!(log.wait_for(WAIT, |e| has_reason(e, ActuationReason::RelayRecovered)));
+        assert_eq!(open(&controller, "req-1"), DoorReport::Fault);
+        // `fault` is answered only once the relay thread has locked.
+        let last = log.events().pop().unwrap();
+        assert_eq!(last.reason, ActuationReason::RelayPanicked.as_str());
         assert!(!unlocked(&log.events()));
-        // The recovered relay thread serves later grants again.
-        assert!(wait_until(|| controller.is_available()));
+        assert!(!controller.is_available());
         assert_eq!(
-            controller.request_open("req-2", "alice"),
-            GrantOutcome::Opened
+            open(&controller, "req-2"),
+            DoorReport::Locked(LockedBecause::LockedDown)
         );
-        assert!(log.wait_for(WAIT, unlocked));
         controller.shutdown().unwrap();
         assert_eq!(log.current(), Some(RelayState::Locked));
+        assert!(!unlocked(&log.events()));
     }
 
     #[test]
     fn panicking_observer_does_not_stop_the_relock() {
         let door = SimDoor::new();
         let log = door.log();
-        let observer: ActuationObserver = Box::new(|_| panic!("observer bug"));
+        let observer: DoorObserver = Box::new(|_| panic!("observer bug"));
         let controller = DoorController::start(
             Box::new(door),
             settings(
@@ -835,12 +1139,93 @@ mod tests {
             observer,
         )
         .unwrap();
-        assert_eq!(
-            controller.request_open("req-1", "alice"),
-            GrantOutcome::Opened
-        );
-        assert!(log.wait_for(WAIT, |e| has_reason(e, ActuationReason::HoldElapsed)));
+        assert_eq!(open(&controller, "req-1"), DoorReport::Opened);
+        assert!(log.wait_for(WAIT, relocked));
         controller.shutdown().unwrap();
+    }
+
+    /// Regression: a 2 s stall in the audit write kept the door unlocked for 2.0 s with a 300 ms hold.
+    #[test]
+    fn an_audit_sink_that_stalls_2_s_does_not_delay_the_relock() {
+        let hold = Duration::from_millis(300);
+        let door = SimDoor::new();
+        let log = door.log();
+        let stalling: DoorObserver = Box::new(|_| thread::sleep(Duration::from_secs(2)));
+        let controller = DoorController::start(
+            Box::new(door),
+            settings(hold, Duration::ZERO, GrantWhileOpen::Extend),
+            stalling,
+        )
+        .unwrap();
+        let asked_at = Instant::now();
+        assert_eq!(open(&controller, "req-1"), DoorReport::Opened);
+        assert!(
+            asked_at.elapsed() < Duration::from_secs(2),
+            "the answer waited on the sink"
+        );
+        assert!(log.wait_for(WAIT, relocked));
+        let pulse = pulse_length(&log.events());
+        assert!(
+            pulse >= hold && pulse < hold + RELOCK_MARGIN,
+            "hold {hold:?} but the door stayed unlocked for {pulse:?}"
+        );
+        controller.shutdown().unwrap();
+    }
+
+    /// Regression: a grant decided while the relay thread was busy unlocked 2.8 s later, past the
+    /// maximum decision age.
+    #[test]
+    fn a_relay_thread_held_busy_past_the_maximum_age_drops_the_late_open() {
+        let hold = Duration::from_millis(50);
+        let (controller, log, reports) = start_sim(DoorSettings {
+            report_wait: Duration::from_millis(100),
+            ..settings(hold, Duration::ZERO, GrantWhileOpen::Extend)
+        });
+        // The relock at the end of the first pulse keeps the relay thread busy for a second.
+        log.stall_next_lock(Duration::from_secs(1));
+        assert_eq!(open(&controller, "req-1"), DoorReport::Opened);
+        thread::sleep(hold * 2);
+        let max_age = Duration::from_millis(300);
+        let late = controller.request_open(request("req-2", Instant::now() + max_age));
+        assert_eq!(late, DoorReport::Pending, "the relay thread is busy");
+        assert!(wait_until(|| handled(&reports, "req-2").is_some()));
+        let dropped = handled(&reports, "req-2").unwrap();
+        assert_eq!(dropped.door, DoorReport::Locked(LockedBecause::Expired));
+        assert_eq!(dropped.because, Some(LockedBecause::Expired));
+        assert_eq!(unlock_count(&log.events()), 1, "{:?}", log.events());
+        controller.shutdown().unwrap();
+        assert_eq!(unlock_count(&log.events()), 1);
+    }
+
+    #[test]
+    fn door_reports_serialize_as_their_word_and_events_carry_their_kind() {
+        let words = [
+            (DoorReport::Opened, "opened"),
+            (DoorReport::Extended, "extended"),
+            (DoorReport::AlreadyOpen, "already_open"),
+            (DoorReport::CoolingDown, "cooling_down"),
+            (DoorReport::Locked(LockedBecause::Expired), "locked"),
+            (DoorReport::Fault, "fault"),
+            (DoorReport::Pending, "pending"),
+        ];
+        for (report, word) in words {
+            assert_eq!(serde_json::to_value(report).unwrap(), word);
+        }
+        let event = DoorEvent::Request(RequestHandled {
+            request_id: "r1".into(),
+            cause: OpenCause::Face {
+                identity: "alice".into(),
+            },
+            at: Utc::now(),
+            door: DoorReport::Locked(LockedBecause::Expired),
+            because: Some(LockedBecause::Expired),
+        });
+        let json = serde_json::to_value(&event).unwrap();
+        assert_eq!(json["kind"], "door_request");
+        assert_eq!(json["by"], "face");
+        assert_eq!(json["identity"], "alice");
+        assert_eq!(json["door"], "locked");
+        assert_eq!(json["because"], "expired");
     }
 
     #[test]
@@ -859,8 +1244,7 @@ mod tests {
     fn dropping_the_controller_without_shutdown_still_locks() {
         let (controller, log, _) =
             start_sim(settings(LONG_HOLD, Duration::ZERO, GrantWhileOpen::Extend));
-        controller.request_open("req-1", "alice");
-        assert!(log.wait_for(WAIT, unlocked));
+        assert_eq!(open(&controller, "req-1"), DoorReport::Opened);
         drop(controller);
         assert!(log.wait_for(WAIT, |e| has_reason(e, ActuationReason::ControllerDropped)));
         assert_eq!(log.current(), Some(RelayState::Locked));

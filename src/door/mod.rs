@@ -7,9 +7,10 @@ pub mod policy;
 pub mod sim;
 
 pub use controller::{
-    Actuation, ActuationObserver, ActuationReason, DoorController, LockGuardHandle,
+    Actuation, ActuationReason, DoorController, DoorEvent, DoorObserver, DoorReport,
+    LockGuardHandle, OpenCause, OpenRequest, RequestHandled,
 };
-pub use policy::{DoorSettings, DoorState, GrantOutcome, GrantWhileOpen};
+pub use policy::{DoorSettings, DoorState, GrantOutcome, GrantWhileOpen, LockedBecause};
 
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -86,10 +87,10 @@ pub enum DoorError {
 pub fn build_backend(kind: &BackendKind) -> Result<Box<dyn Door>, DoorError> {
     Ok(match kind {
         BackendKind::Gpio { pin, active_low } => Box::new(gpio::GpioDoor::open(*pin, *active_low)?),
-        BackendKind::Sim { journal: None } => Box::new(sim::SimDoor::new()),
+        BackendKind::Sim { journal: None } => Box::new(sim::SimDoor::new().with_faults_from_env()),
         BackendKind::Sim {
             journal: Some(path),
-        } => Box::new(sim::SimDoor::with_journal(path)?),
+        } => Box::new(sim::SimDoor::with_journal(path)?.with_faults_from_env()),
     })
 }
 

@@ -23,6 +23,9 @@ pub struct DoorSettings {
     pub cooldown: Duration,
     /// What a grant does while the door is open.
     pub grant_while_open: GrantWhileOpen,
+    /// How long a caller of `DoorController::request_open` waits for the relay thread's report
+    /// before answering `pending` (not used by the pure rules here).
+    pub report_wait: Duration,
 }
 
 /// The commanded state of the door, as the policy sees it.
@@ -49,11 +52,10 @@ impl DoorState {
     }
 }
 
-/// What a grant did to the door.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+/// What a grant does to the door.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GrantOutcome {
-    /// The door was locked and is now being unlocked.
+    /// The door was locked and must now be unlocked.
     Opened,
     /// The door was open; its relock time moved later.
     Extended,
@@ -61,21 +63,41 @@ pub enum GrantOutcome {
     AlreadyOpen,
     /// The door re-locked less than `cooldown` ago; it stays locked.
     CoolingDown,
-    /// The controller cannot open the door (emergency lock, shutdown, or a relay fault).
+}
+
+/// Why an open request left the door locked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LockedBecause {
+    /// The request reached the relay thread after its `not_after`.
+    Expired,
+    /// An emergency lock, a panic or shutdown latched the door locked until the process restarts.
+    LockedDown,
+    /// The relay is failing to lock (grants wait until a retry succeeds), or the relay thread
+    /// cannot take requests.
     Unavailable,
 }
 
-impl GrantOutcome {
-    /// Stable lower-case name for logs, metrics labels and JSON answers.
+impl LockedBecause {
+    /// Stable snake_case name, identical to the serialized form.
     pub fn as_str(self) -> &'static str {
         match self {
-            GrantOutcome::Opened => "opened",
-            GrantOutcome::Extended => "extended",
-            GrantOutcome::AlreadyOpen => "already_open",
-            GrantOutcome::CoolingDown => "cooling_down",
-            GrantOutcome::Unavailable => "unavailable",
+            LockedBecause::Expired => "expired",
+            LockedBecause::LockedDown => "locked_down",
+            LockedBecause::Unavailable => "unavailable",
         }
     }
+}
+
+/// What the relay thread knows about itself when a request arrives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayGate {
+    /// Ready to carry out grants.
+    Ready,
+    /// Latched locked by an emergency lock, a panic or shutdown.
+    LockedDown,
+    /// A lock attempt failed and is being retried.
+    LockFailing,
 }
 
 /// What the relay must do after time passed.
@@ -112,6 +134,31 @@ pub fn on_grant(state: &DoorState, now: Instant, s: &DoorSettings) -> (DoorState
     }
 }
 
+/// Applies an open request that reaches the relay thread at `now`: a latched or failing relay and a
+/// request past its `not_after` (the frame's time plus the maximum decision age) leave the door as
+/// it is; anything else is a grant ([`on_grant`]). A request exactly at `not_after` is still fresh.
+pub fn on_request(
+    state: &DoorState,
+    now: Instant,
+    not_after: Instant,
+    gate: RelayGate,
+    s: &DoorSettings,
+) -> (DoorState, Result<GrantOutcome, LockedBecause>) {
+    let refused = match gate {
+        RelayGate::LockedDown => Some(LockedBecause::LockedDown),
+        RelayGate::LockFailing => Some(LockedBecause::Unavailable),
+        RelayGate::Ready if now > not_after => Some(LockedBecause::Expired),
+        RelayGate::Ready => None,
+    };
+    match refused {
+        Some(because) => (*state, Err(because)),
+        None => {
+            let (next, outcome) = on_grant(state, now, s);
+            (next, Ok(outcome))
+        }
+    }
+}
+
 /// Applies the passing of time at `now`: ends the pulse when its hold has elapsed (starting the
 /// cooldown from this moment, when the relay re-locks) and forgets an expired cooldown.
 pub fn on_tick(state: &DoorState, now: Instant, s: &DoorSettings) -> (DoorState, TickAction) {
@@ -127,6 +174,23 @@ pub fn on_tick(state: &DoorState, now: Instant, s: &DoorSettings) -> (DoorState,
     }
 }
 
+/// How long the door stays busy with the last grant at `now`: open, then cooling down. `None` once
+/// a new grant could open it again. Frames in this time need no recognition (`door.pause_while_open`).
+pub fn busy_for(state: &DoorState, now: Instant, s: &DoorSettings) -> Option<Duration> {
+    match *state {
+        // Until the relay thread has re-locked, the door counts as open.
+        DoorState::Open { until } => Some(
+            (until + s.cooldown)
+                .saturating_duration_since(now)
+                .max(Duration::from_millis(1)),
+        ),
+        DoorState::Locked {
+            cooldown_until: Some(cooldown_until),
+        } if now < cooldown_until => Some(cooldown_until - now),
+        DoorState::Locked { .. } => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,6 +203,7 @@ mod tests {
             hold: Duration::from_millis(HOLD_MS),
             cooldown: Duration::from_millis(cooldown_ms),
             grant_while_open,
+            report_wait: Duration::ZERO,
         }
     }
 
@@ -188,6 +253,41 @@ mod tests {
     }
 
     #[test]
+    fn request_table() {
+        use GrantOutcome::{CoolingDown, Extended, Opened};
+        use LockedBecause::{Expired, LockedDown, Unavailable};
+        use RelayGate::{LockFailing, Ready};
+        let origin = Instant::now();
+        // (name, state before, now ms, not_after ms, gate, expected state, expected result)
+        #[rustfmt::skip]
+        let table = [
+            ("fresh request opens", At::Locked, 1_000, 1_500, Ready, At::OpenUntil(4_000), Ok(Opened)),
+            ("request at its not_after is still fresh", At::Locked, 1_500, 1_500, Ready, At::OpenUntil(4_500), Ok(Opened)),
+            ("expired request leaves the door locked", At::Locked, 1_501, 1_500, Ready, At::Locked, Err(Expired)),
+            ("expired request does not extend an open door", At::OpenUntil(3_000), 2_000, 1_000, Ready, At::OpenUntil(3_000), Err(Expired)),
+            ("expired request during cooldown says expired", At::CoolingUntil(5_000), 4_000, 1_000, Ready, At::CoolingUntil(5_000), Err(Expired)),
+            ("fresh request extends", At::OpenUntil(3_000), 2_000, 2_500, Ready, At::OpenUntil(5_000), Ok(Extended)),
+            ("fresh request in cooldown", At::CoolingUntil(5_000), 4_000, 4_500, Ready, At::CoolingUntil(5_000), Ok(CoolingDown)),
+            ("lockdown refuses a fresh request", At::Locked, 0, 1_000, RelayGate::LockedDown, At::Locked, Err(LockedDown)),
+            ("lockdown wins over expiry", At::Locked, 2_000, 1_000, RelayGate::LockedDown, At::Locked, Err(LockedDown)),
+            ("lockdown never extends", At::OpenUntil(3_000), 2_000, 2_500, RelayGate::LockedDown, At::OpenUntil(3_000), Err(LockedDown)),
+            ("failing lock refuses", At::Locked, 0, 1_000, LockFailing, At::Locked, Err(Unavailable)),
+        ];
+        for (name, before, now_ms, not_after_ms, gate, after, result) in table {
+            let ms = |n| origin + Duration::from_millis(n);
+            let s = settings(GrantWhileOpen::Extend, COOLDOWN_MS);
+            let got = on_request(
+                &state(origin, before),
+                ms(now_ms),
+                ms(not_after_ms),
+                gate,
+                &s,
+            );
+            assert_eq!(got, (state(origin, after), result), "{name}");
+        }
+    }
+
+    #[test]
     fn tick_table() {
         use TickAction::{Nothing, Relock};
         let origin = Instant::now();
@@ -207,6 +307,27 @@ mod tests {
             let s = settings(GrantWhileOpen::Extend, cooldown_ms);
             let got = on_tick(&state(origin, before), now, &s);
             assert_eq!(got, (state(origin, after), action), "{name}");
+        }
+    }
+
+    #[test]
+    fn busy_table() {
+        let origin = Instant::now();
+        let ms = Duration::from_millis;
+        // (name, state, now ms, cooldown ms, busy for)
+        #[rustfmt::skip]
+        let table = [
+            ("open: the hold left plus the cooldown", At::OpenUntil(3_000), 1_000, COOLDOWN_MS, Some(ms(3_000))),
+            ("open without cooldown", At::OpenUntil(3_000), 1_000, 0, Some(ms(2_000))),
+            ("open past its deadline, not yet relocked", At::OpenUntil(3_000), 5_000, 0, Some(ms(1))),
+            ("cooling down", At::CoolingUntil(4_000), 3_500, COOLDOWN_MS, Some(ms(500))),
+            ("cooldown over", At::CoolingUntil(4_000), 4_000, COOLDOWN_MS, None),
+            ("locked", At::Locked, 0, COOLDOWN_MS, None),
+        ];
+        for (name, at, now_ms, cooldown_ms, expected) in table {
+            let s = settings(GrantWhileOpen::Extend, cooldown_ms);
+            let got = busy_for(&state(origin, at), origin + ms(now_ms), &s);
+            assert_eq!(got, expected, "{name}");
         }
     }
 

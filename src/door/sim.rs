@@ -1,16 +1,25 @@
 //! Simulated relay for laptops and tests: records every actuation in memory and, optionally, as
 //! JSON lines in a journal file so a test driving the real binary in another process can see
 //! exactly what the relay did.
+//!
+//! Fault injection for a daemon under test: with `FACEGATE_SIM_UNLOCK_FAILS=1` in its environment,
+//! the sim backend built by `door::build_backend` fails every unlock (the start-up log says so).
+//! Only the simulated relay reads that variable.
 
 use super::{Door, DoorError, RelayState};
+use crate::sync::lock_recovering;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+/// Environment variable that makes every unlock of a [`SimDoor`] built by `door::build_backend`
+/// fail when set to `1`, so that tests of the real binary can see a failed unlock.
+pub const UNLOCK_FAILS_ENV: &str = "FACEGATE_SIM_UNLOCK_FAILS";
 
 /// One actuation performed by a [`SimDoor`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +49,8 @@ struct SimShared {
     lock_failures_left: AtomicUsize,
     unlock_failing: AtomicBool,
     panic_on_next_unlock: AtomicBool,
+    /// Milliseconds the next lock attempt takes before it happens (0: none).
+    next_lock_stall_ms: AtomicU64,
 }
 
 /// Shared view of a [`SimDoor`]'s actuations, plus fault injection for tests. Cloneable; stays
@@ -94,6 +105,14 @@ impl SimLog {
         self.shared.unlock_failing.store(failing, Ordering::SeqCst);
     }
 
+    /// Makes the next lock attempt take `stall` before it happens, as a slow relay driver would,
+    /// keeping the relay thread busy (fault injection for tests).
+    pub fn stall_next_lock(&self, stall: Duration) {
+        self.shared
+            .next_lock_stall_ms
+            .store(stall.as_millis() as u64, Ordering::SeqCst);
+    }
+
     /// Makes the next unlock attempt panic inside the backend (fault injection for tests).
     pub fn panic_on_next_unlock(&self) {
         self.shared
@@ -102,10 +121,7 @@ impl SimLog {
     }
 
     fn lock_events(&self) -> MutexGuard<'_, Vec<SimEvent>> {
-        self.shared
-            .events
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock_recovering(&self.shared.events)
     }
 
     fn record(&self, event: SimEvent) {
@@ -167,6 +183,14 @@ impl SimDoor {
         })
     }
 
+    /// Applies the fault injection asked for in the environment ([`UNLOCK_FAILS_ENV`]).
+    pub fn with_faults_from_env(self) -> Self {
+        if std::env::var_os(UNLOCK_FAILS_ENV).is_some_and(|value| value == "1") {
+            self.log.set_unlock_failing(true);
+        }
+        self
+    }
+
     /// A handle on this relay's actuation record.
     pub fn log(&self) -> SimLog {
         self.log.clone()
@@ -203,6 +227,8 @@ impl SimDoor {
 
 impl Door for SimDoor {
     fn set_locked(&mut self, reason: &str) -> Result<(), DoorError> {
+        let stall_ms = self.log.shared.next_lock_stall_ms.swap(0, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(stall_ms));
         if self.log.take_lock_failure() {
             return Err(DoorError::SimulatedFailure { action: "lock" });
         }
@@ -225,10 +251,14 @@ impl Door for SimDoor {
     }
 
     fn describe(&self) -> String {
-        match &self.journal {
+        let mut description = match &self.journal {
             Some(journal) => format!("simulated relay (journal {})", journal.path.display()),
             None => "simulated relay".to_owned(),
+        };
+        if self.log.shared.unlock_failing.load(Ordering::SeqCst) {
+            description.push_str(&format!(", every unlock fails ({UNLOCK_FAILS_ENV})"));
         }
+        description
     }
 }
 

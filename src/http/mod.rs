@@ -63,10 +63,16 @@ impl Answer {
 }
 
 fn json_response(answer: &Answer) -> Response<std::io::Cursor<Vec<u8>>> {
-    Response::from_string(answer.body.to_string())
+    let response = Response::from_string(answer.body.to_string())
         .with_status_code(answer.code)
         .with_header(header("Content-Type", "application/json"))
-        .with_header(header("Cache-Control", "no-store"))
+        .with_header(header("Cache-Control", "no-store"));
+    match answer.body.get("retry_after_s").and_then(Value::as_u64) {
+        Some(seconds) if answer.code == 429 => {
+            response.with_header(header("Retry-After", &seconds.to_string()))
+        }
+        _ => response,
+    }
 }
 
 /// Sends `answer` to a request whose body was read (or that had none).
@@ -247,8 +253,9 @@ pub fn route(method: &Method, url: &str) -> Route {
         (Method::Get, "/events") => Route::Events,
         (Method::Post, "/image") => Route::Frame(Endpoint::Image),
         (Method::Post, "/save") => Route::Frame(Endpoint::Save),
+        (Method::Post, "/code") => Route::Frame(Endpoint::Code),
         (_, "/healthz" | "/metrics" | "/events") => Route::WrongMethod("GET"),
-        (_, "/image" | "/save") => Route::WrongMethod("POST"),
+        (_, "/image" | "/save" | "/code") => Route::WrongMethod("POST"),
         (_, "/admin") => Route::Admin,
         (_, admin) if admin.starts_with("/admin/") => Route::Admin,
         _ => Route::NotFound,
@@ -370,7 +377,7 @@ pub fn dispatch(
             let answer = plain_error(
                 404,
                 "not_found",
-                "no such endpoint: use POST /image, POST /save, GET /healthz, /metrics or /events"
+                "no such endpoint: use POST /image, /save or /code, GET /healthz, /metrics or /events"
                     .into(),
             );
             return refuse(request, &answer);
@@ -432,13 +439,19 @@ pub fn run_worker(
         }
         match body {
             Ok(body) => {
+                let content_type = request
+                    .headers()
+                    .iter()
+                    .find(|h| h.field.equiv("Content-Type"))
+                    .map(|h| h.value.as_str().to_string());
                 let frame = FrameRequest {
                     request_id: request_id.clone(),
                     endpoint,
                     received_at,
                     received_wall,
                     body,
-                    remote: peer.map(|a| a.ip().to_string()),
+                    content_type,
+                    remote: peer.map(|a| a.ip()),
                 };
                 let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     service.handle(&mut recognizer, frame)
@@ -470,6 +483,8 @@ mod tests {
             (Method::Get, "/events?limit=5", Route::Events),
             (Method::Post, "/image", Route::Frame(Endpoint::Image)),
             (Method::Post, "/save", Route::Frame(Endpoint::Save)),
+            (Method::Post, "/code", Route::Frame(Endpoint::Code)),
+            (Method::Get, "/code", Route::WrongMethod("POST")),
             (Method::Get, "/image", Route::WrongMethod("POST")),
             (Method::Post, "/healthz", Route::WrongMethod("GET")),
             (Method::Get, "/open", Route::NotFound),

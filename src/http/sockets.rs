@@ -2,6 +2,7 @@
 //! daemon's accepted connections in /proc/self/fd, gives each a read/write timeout, and shuts down
 //! connections that have been silent too long (slow or half-open clients).
 
+use crate::sync::lock_recovering;
 use std::mem::{size_of, zeroed};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -115,7 +116,7 @@ impl BodyDeadlines {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(SocketAddr, std::time::Instant)>> {
-        self.reading.lock().unwrap_or_else(|p| p.into_inner())
+        lock_recovering(&self.reading)
     }
 }
 
@@ -185,7 +186,7 @@ impl HeaderFloodGuard {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, FloodState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        lock_recovering(&self.state)
     }
 }
 

@@ -73,9 +73,30 @@ impl PipelineModels {
             AUTO_DETECTOR => detector_for_opencv(opencv_version()),
             named => named,
         };
+        let embedder = settings.embedder.as_str();
+        // Resolved against an empty directory, the paths are the manifest's file names.
+        let files = [
+            manifest.detector(detector, Path::new(""))?.path,
+            manifest.embedder(embedder, Path::new(""))?.path,
+        ];
+        let files: Vec<&str> = files.iter().filter_map(|f| f.to_str()).collect();
+        let dirs = crate::models::search_dirs(
+            models_dir,
+            &crate::config::Config::default().models_dir,
+            std::env::current_dir().ok().as_deref(),
+            std::env::current_exe().ok().as_deref(),
+        );
+        let dir = crate::models::locate(&files, &dirs)?;
+        if dir != models_dir {
+            log::info!(
+                "models_dir {} has no models; using {} (a checkout's assets/models)",
+                models_dir.display(),
+                dir.display()
+            );
+        }
         let models = PipelineModels {
-            detector: manifest.detector(detector, models_dir)?,
-            embedder: manifest.embedder(&settings.embedder, models_dir)?,
+            detector: manifest.detector(detector, &dir)?,
+            embedder: manifest.embedder(embedder, &dir)?,
         };
         models.detector.verify()?;
         models.embedder.verify()?;

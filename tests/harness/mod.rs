@@ -9,6 +9,7 @@ use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
@@ -70,6 +71,7 @@ fn binary() -> Command {
     command
         .env_remove("FACEGATE_TOKEN")
         .env_remove("FACEGATE_CONFIG")
+        .env_remove("FACEGATE_MODELS_DIR")
         .env("RUST_LOG", "info")
         .stdin(Stdio::null());
     command
@@ -155,6 +157,10 @@ fn enrolled_gallery() -> &'static [u8] {
 pub struct Setup {
     dir: TempDir,
     config: toml::Table,
+    /// Extra environment of the daemon (fault injection).
+    env: Vec<(String, String)>,
+    /// Shrink the daemon's stderr pipe to one page, so a test can fill it with a few lines.
+    small_stderr_pipe: bool,
 }
 
 impl Setup {
@@ -173,6 +179,8 @@ impl Setup {
         let setup = Setup {
             dir,
             config: toml::Table::new(),
+            env: Vec::new(),
+            small_stderr_pipe: false,
         };
         let path = |p: PathBuf| p.to_str().expect("UTF-8 temp path").to_string();
         let state = path(setup.state_dir());
@@ -191,6 +199,8 @@ impl Setup {
             .set("door.cooldown_ms", 0)
             // A loaded machine must not turn a fresh grant stale; the stale test sends an old frame.
             .set("door.max_decision_age_ms", 60_000)
+            // Nor turn the relay's report into `pending`.
+            .set("door.report_wait_ms", 2000)
     }
 
     /// Sets a dotted key such as `"door.hold_ms"`, creating its table if needed.
@@ -206,6 +216,18 @@ impl Setup {
                 .unwrap_or_else(|| panic!("{part} in {key} is not a table"));
         }
         table.insert(last.into(), value.into());
+        self
+    }
+
+    /// Sets an environment variable for the daemon.
+    pub fn env(mut self, key: &str, value: &str) -> Setup {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Gives the daemon a stderr pipe of one page (4 KiB): a few dozen unread lines fill it.
+    pub fn small_stderr_pipe(mut self) -> Setup {
+        self.small_stderr_pipe = true;
         self
     }
 
@@ -318,6 +340,8 @@ pub struct Daemon {
     child: Option<Child>,
     pub addr: SocketAddr,
     logs: Arc<Mutex<Vec<String>>>,
+    /// While set, the drain thread stops reading the daemon's stderr (the pipe fills up).
+    stderr_paused: Arc<AtomicBool>,
     drain: Option<JoinHandle<()>>,
     exit: Option<ExitStatus>,
     setup: Setup,
@@ -329,15 +353,24 @@ impl Daemon {
         let mut child = binary()
             .args(["serve", "--config"])
             .arg(setup.config_path())
+            .envs(setup.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("the facegate binary starts");
         let stderr = child.stderr.take().expect("piped stderr");
+        if setup.small_stderr_pipe {
+            use std::os::fd::AsRawFd;
+            // SAFETY: fcntl(2) F_SETPIPE_SZ on the read end of a pipe this process owns.
+            let set = unsafe { libc::fcntl(stderr.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
+            assert!(set >= 4096, "the stderr pipe could not be resized");
+        }
         let logs = Arc::new(Mutex::new(Vec::new()));
+        let stderr_paused = Arc::new(AtomicBool::new(false));
         let (listening_tx, listening) = mpsc::channel();
         let drain = {
             let logs = Arc::clone(&logs);
+            let paused = Arc::clone(&stderr_paused);
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines() {
                     let Ok(line) = line else { break };
@@ -346,6 +379,9 @@ impl Daemon {
                         let _ = listening_tx.send(addr.to_string());
                     }
                     logs.lock().unwrap().push(line);
+                    while paused.load(Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
                 }
             })
         };
@@ -353,6 +389,7 @@ impl Daemon {
             child: Some(child),
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             logs,
+            stderr_paused,
             drain: Some(drain),
             exit: None,
             setup,
@@ -443,7 +480,18 @@ impl Daemon {
         }
     }
 
+    /// Stops reading the daemon's stderr, as a stalled journal would: its pipe fills up.
+    pub fn stop_reading_stderr(&self) {
+        self.stderr_paused.store(true, Ordering::SeqCst);
+    }
+
+    /// Reads the daemon's stderr again.
+    pub fn resume_reading_stderr(&self) {
+        self.stderr_paused.store(false, Ordering::SeqCst);
+    }
+
     fn finish_logs(&mut self) {
+        self.resume_reading_stderr();
         if let Some(drain) = self.drain.take() {
             let _ = drain.join();
         }
@@ -637,4 +685,67 @@ fn dechunk(mut raw: &[u8]) -> Vec<u8> {
         body.extend_from_slice(&raw[..size]);
         raw = &raw[size + 2..];
     }
+}
+
+pub fn snapshot_files(daemon: &Daemon, id: &str) -> Vec<std::path::PathBuf> {
+    let Ok(days) = std::fs::read_dir(daemon.state_dir().join("snapshots")) else {
+        return Vec::new();
+    };
+    let mut files: Vec<_> = days
+        .flatten()
+        .filter_map(|day| std::fs::read_dir(day.path()).ok())
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.file_stem().and_then(|s| s.to_str()) == Some(id))
+        .collect();
+    files.sort();
+    files
+}
+
+/// Waits for the snapshot `id` (image + sidecar); returns (image path, sidecar JSON).
+pub fn wait_for_snapshot(daemon: &Daemon, id: &str) -> (std::path::PathBuf, Value) {
+    let files = wait_for(&format!("snapshot {id}"), || {
+        let files = snapshot_files(daemon, id);
+        (files.len() == 2).then_some(files)
+    });
+    let sidecar = files
+        .iter()
+        .find(|p| p.extension().unwrap() == "json")
+        .unwrap();
+    let image = files
+        .iter()
+        .find(|p| p.extension().unwrap() != "json")
+        .unwrap();
+    let sidecar: Value = serde_json::from_slice(&std::fs::read(sidecar).unwrap()).unwrap();
+    (image.clone(), sidecar)
+}
+
+pub fn audit_lines(daemon: &Daemon) -> Vec<Value> {
+    let Ok(files) = std::fs::read_dir(daemon.state_dir().join("audit")) else {
+        return Vec::new();
+    };
+    let mut lines = Vec::new();
+    for file in files.flatten() {
+        let name = file.file_name().into_string().unwrap();
+        assert!(
+            name.starts_with("audit-") && name.ends_with(".jsonl"),
+            "unexpected file {name} in the audit dir"
+        );
+        let text = std::fs::read_to_string(file.path()).unwrap();
+        lines.extend(
+            text.split_inclusive('\n')
+                .filter(|line| line.ends_with('\n'))
+                .map(|line| serde_json::from_str::<Value>(line).expect("audit line is JSON")),
+        );
+    }
+    lines
+}
+
+pub fn wait_for_audit(daemon: &Daemon, kind: &str, id: &str) -> Value {
+    wait_for(&format!("the audit line {kind} {id}"), || {
+        audit_lines(daemon)
+            .into_iter()
+            .find(|line| line["kind"] == kind && line["request_id"] == id)
+    })
 }

@@ -1,0 +1,251 @@
+//! Visitor codes checked on the Pi: numbers made in advance for each working day (daily) and ISO week
+//! (weekly), kept in the state dir, verified in constant time, with a per-address lockout.
+
+pub mod book;
+pub mod calendar;
+pub mod lockout;
+pub mod store;
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use chrono::NaiveDate;
+
+pub use book::{CodeBook, CodeKind, CodeMatch};
+pub use calendar::Calendar;
+pub use lockout::{Gate, LockoutRules, Lockouts};
+pub use store::CodeStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CodeError {
+    #[error("`{0}` in codes.working_days is not a weekday: use mon, tue, wed, thu, fri, sat, sun")]
+    Weekday(String),
+    #[error("cannot use the holidays file {path} (codes.holidays_file): {problem}")]
+    HolidaysFile { path: PathBuf, problem: String },
+    #[error("cannot read the codes file {path}: {cause}. Check the state directory's permissions")]
+    Read {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
+    #[error("the codes file {path} is damaged ({message}); generate the codes again with facegate codes generate")]
+    Parse { path: PathBuf, message: String },
+    #[error(
+        "cannot write the codes file {path}: {cause}. Check that the state directory is writable"
+    )]
+    Write {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
+    #[error("{0}")]
+    Range(String),
+    #[error("the operating system's random generator failed ({0}); codes were not generated")]
+    Random(String),
+}
+
+/// The answer to one typed code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Granted(CodeMatch),
+    /// Wrong (or not valid today); `attempts_left` 0 means this failure started a lockout.
+    Denied {
+        attempts_left: u32,
+    },
+    /// The address is locked out; the code was not looked at.
+    LockedOut {
+        retry_after: Duration,
+    },
+    /// The request is too old to open the door; the code was not looked at or counted.
+    Stale,
+}
+
+/// What the daemon keeps to check codes: the store (reloaded when the CLI changes it), the
+/// calendar and the lockout table.
+pub struct CodeChecker {
+    store: CodeStore,
+    calendar: Calendar,
+    single_use: bool,
+    cached: Mutex<(Option<store::FileStamp>, Arc<CodeBook>)>,
+    lockouts: Mutex<Lockouts>,
+}
+
+fn unpoisoned<T>(lock: &Mutex<T>) -> MutexGuard<'_, T> {
+    lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl CodeChecker {
+    pub fn new(
+        store: CodeStore,
+        calendar: Calendar,
+        rules: LockoutRules,
+        single_use: bool,
+    ) -> CodeChecker {
+        CodeChecker {
+            store,
+            calendar,
+            single_use,
+            cached: Mutex::new((None, Arc::default())),
+            lockouts: Mutex::new(Lockouts::new(rules)),
+        }
+    }
+
+    /// The checker a config describes (`[codes]`, the codes file in `state_dir`).
+    pub fn from_config(config: &crate::config::Config) -> Result<CodeChecker, CodeError> {
+        let codes = &config.codes;
+        Ok(CodeChecker::new(
+            CodeStore::new(config.codes_path()),
+            Calendar::from_config(codes)?,
+            LockoutRules {
+                max_failures: codes.max_failures,
+                window: Duration::from_secs(codes.failure_window_s),
+                lockout: Duration::from_secs(codes.lockout_s),
+            },
+            codes.single_use,
+        ))
+    }
+
+    /// Checks `given` from `address` against the codes valid on `today`. A lockout is answered
+    /// before the code is looked at; with `codes.single_use` a matching code is consumed under the
+    /// store's lock, so two tablets cannot both use it.
+    pub fn check(
+        &self,
+        address: IpAddr,
+        given: &str,
+        today: NaiveDate,
+        now: Instant,
+        fresh: bool,
+    ) -> Result<Verdict, CodeError> {
+        let mut lockouts = unpoisoned(&self.lockouts);
+        if let Gate::LockedOut { retry_after } = lockouts.gate(address, now) {
+            return Ok(Verdict::LockedOut { retry_after });
+        }
+        if !fresh {
+            return Ok(Verdict::Stale);
+        }
+        let matched = if self.single_use {
+            self.store.update(|book| {
+                let matched = book.verify(&self.calendar, today, given);
+                if let Some(matched) = &matched {
+                    book.consume(matched);
+                }
+                Ok(matched)
+            })?
+        } else {
+            self.current()?.verify(&self.calendar, today, given)
+        };
+        Ok(match matched {
+            Some(matched) => {
+                lockouts.succeeded(address);
+                Verdict::Granted(matched)
+            }
+            None => match lockouts.failed(address, now) {
+                Gate::Open { attempts_left } => Verdict::Denied { attempts_left },
+                Gate::LockedOut { retry_after } => Verdict::LockedOut { retry_after },
+            },
+        })
+    }
+
+    /// The codes as the file holds them now, read again only when it changed.
+    fn current(&self) -> Result<Arc<CodeBook>, CodeError> {
+        let stamp = self.store.stamp();
+        let mut cached = unpoisoned(&self.cached);
+        if cached.0 != stamp || stamp.is_none() {
+            let book = self.store.load()?;
+            *cached = (stamp, Arc::new(book));
+        }
+        Ok(Arc::clone(&cached.1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Weekday;
+
+    fn checker(dir: &std::path::Path, single_use: bool) -> CodeChecker {
+        let store = CodeStore::new(dir.join("codes.json"));
+        store
+            .update(|book| {
+                book.daily
+                    .insert("2026-12-01".parse().unwrap(), vec!["111111".into()]);
+                book.weekly.insert("2026-W49".into(), vec!["222222".into()]);
+                Ok(())
+            })
+            .unwrap();
+        CodeChecker::new(
+            store,
+            Calendar::new([Weekday::Mon, Weekday::Tue], []),
+            LockoutRules {
+                max_failures: 3,
+                window: Duration::from_secs(60),
+                lockout: Duration::from_secs(60),
+            },
+            single_use,
+        )
+    }
+
+    #[test]
+    fn a_locked_out_address_is_refused_even_with_a_valid_code() {
+        let dir = tempfile::tempdir().unwrap();
+        let codes = checker(dir.path(), false);
+        let day = "2026-12-01".parse().unwrap();
+        let (tablet, other) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let now = Instant::now();
+        let check = |address, code| codes.check(address, code, day, now, true).unwrap();
+        assert_eq!(
+            check(tablet, "000000"),
+            Verdict::Denied { attempts_left: 2 }
+        );
+        assert_eq!(
+            check(tablet, "000000"),
+            Verdict::Denied { attempts_left: 1 }
+        );
+        assert_eq!(
+            check(tablet, "000000"),
+            Verdict::Denied { attempts_left: 0 }
+        );
+        assert!(matches!(check(tablet, "111111"), Verdict::LockedOut { .. }));
+        assert!(matches!(
+            check(other, "222222"),
+            Verdict::Granted(CodeMatch {
+                kind: CodeKind::Weekly,
+                index: 1,
+                ..
+            })
+        ));
+        assert_eq!(
+            codes.check(other, "111111", day, now, false).unwrap(),
+            Verdict::Stale
+        );
+    }
+
+    #[test]
+    fn single_use_codes_work_once_and_others_reload_from_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let day = "2026-12-01".parse().unwrap();
+        let tablet = "10.0.0.1".parse().unwrap();
+        let now = Instant::now();
+        let once = checker(dir.path(), true);
+        assert!(matches!(
+            once.check(tablet, "111111", day, now, true).unwrap(),
+            Verdict::Granted(_)
+        ));
+        assert_eq!(
+            once.check(tablet, "111111", day, now, true).unwrap(),
+            Verdict::Denied { attempts_left: 2 }
+        );
+        let reusable = checker(dir.path(), false);
+        assert!(matches!(
+            reusable.check(tablet, "111111", day, now, true).unwrap(),
+            Verdict::Granted(_)
+        ));
+        CodeStore::new(dir.path().join("codes.json"))
+            .update(|book| Ok(book.revoke("111111")))
+            .unwrap();
+        assert!(matches!(
+            reusable.check(tablet, "111111", day, now, true).unwrap(),
+            Verdict::Denied { .. }
+        ));
+    }
+}

@@ -1,0 +1,458 @@
+//! Visitor codes end to end: the `facegate codes` commands on a real state dir, and `POST /code` on the
+//! real daemon over loopback with the sim door journaling to a file.
+
+mod harness;
+
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use base64::Engine as _;
+use serde_json::{json, Value};
+
+use harness::{
+    audit_lines, bearer, photo, read_reply, run_facegate, wait_for_audit, wait_for_snapshot,
+    Daemon, Finished, Reply, Setup, GRANTED_PHOTO, STRANGER_PHOTO,
+};
+
+/// Runs `facegate codes ...` with a config whose week has a holiday on Christmas.
+fn codes(dir: &Path, args: &[&str]) -> Finished {
+    let config = dir.join("facegate.toml");
+    let state = dir.join("state");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = {:?}\n[codes]\nholidays = [2026-12-25]\n",
+            state.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let mut full = vec!["--config", config.to_str().unwrap(), "codes"];
+    full.extend_from_slice(args);
+    run_facegate(&full, dir)
+}
+
+fn shown(dir: &Path, date: &str) -> Value {
+    let finished = codes(dir, &["show", "--date", date, "--json"]);
+    assert!(finished.status.success(), "{finished:?}");
+    serde_json::from_str(&finished.stdout).unwrap_or_else(|err| panic!("{err}: {finished:?}"))
+}
+
+fn strings(value: &Value) -> Vec<String> {
+    value
+        .as_array()
+        .unwrap_or_else(|| panic!("{value} is not an array"))
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn generate_show_replace_and_revoke_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let generated = codes(
+        dir,
+        &[
+            "generate",
+            "--from",
+            "2026-12-21",
+            "--to",
+            "2027-01-08",
+            "--daily",
+            "3",
+            "--weekly",
+            "2",
+        ],
+    );
+    assert!(generated.status.success(), "{generated:?}");
+    assert!(
+        generated.stdout.contains("14 working days") && !generated.stdout.contains("replaced"),
+        "{generated:?}"
+    );
+    let path = dir.join("state").join("codes.json");
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the codes file must be private");
+
+    let thursday = shown(dir, "2026-12-31");
+    assert_eq!(thursday["date"], "2026-12-31");
+    let daily = strings(&thursday["daily"]);
+    let weekly = strings(&thursday["weekly"]);
+    assert_eq!((daily.len(), weekly.len()), (3, 2), "{thursday}");
+    for code in daily.iter().chain(&weekly) {
+        assert!(code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit()));
+    }
+    // Friday 2027-01-01 is in the same ISO week (2026-W53): same weekly codes, other daily ones.
+    let friday = shown(dir, "2027-01-01");
+    assert_eq!(strings(&friday["weekly"]), weekly);
+    assert_ne!(strings(&friday["daily"]), daily);
+    for closed in ["2026-12-25", "2026-12-26", "2027-01-10"] {
+        let day = shown(dir, closed);
+        assert_eq!(
+            (strings(&day["daily"]).len(), strings(&day["weekly"]).len()),
+            (0, 0),
+            "{closed}: {day}"
+        );
+    }
+    let text = codes(dir, &["show", "--date", "2026-12-25"]);
+    assert!(text.stdout.contains("holiday"), "{text:?}");
+
+    let again = codes(
+        dir,
+        &["generate", "--from", "2026-12-31", "--to", "2026-12-31"],
+    );
+    assert!(again.status.success(), "{again:?}");
+    assert!(
+        again
+            .stdout
+            .contains("replaced the daily codes of 2026-12-31")
+            && again
+                .stdout
+                .contains("replaced the weekly codes of 2026-W53"),
+        "{again:?}"
+    );
+    let replaced = shown(dir, "2026-12-31");
+    assert_ne!(strings(&replaced["daily"]), daily);
+
+    let victim = strings(&replaced["daily"])[0].clone();
+    let revoked = codes(dir, &["revoke", &victim]);
+    assert!(
+        revoked.status.success() && revoked.stdout.contains("daily 2026-12-31"),
+        "{revoked:?}"
+    );
+    assert!(!strings(&shown(dir, "2026-12-31")["daily"]).contains(&victim));
+    let unknown = codes(dir, &["revoke", &victim]);
+    assert!(
+        !unknown.status.success() && unknown.stderr.contains("no stored code"),
+        "{unknown:?}"
+    );
+    let backwards = codes(
+        dir,
+        &["generate", "--from", "2027-01-02", "--to", "2027-01-01"],
+    );
+    assert!(
+        !backwards.status.success() && backwards.stderr.contains("before"),
+        "{backwards:?}"
+    );
+}
+
+#[test]
+fn show_defaults_to_today_in_local_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let today = chrono::Local::now().date_naive();
+    let finished = codes(dir.path(), &["show", "--json"]);
+    assert!(finished.status.success(), "{finished:?}");
+    let answer: Value = serde_json::from_str(&finished.stdout).unwrap();
+    // Around midnight the command may have run on the next day.
+    let tomorrow = today.succ_opt().unwrap();
+    assert!(
+        [today.to_string(), tomorrow.to_string()]
+            .contains(&answer["date"].as_str().unwrap().into()),
+        "{answer}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// POST /code on the real daemon
+
+/// A daemon whose every weekday is a working day (so the test passes any day), with codes for
+/// yesterday to tomorrow made by `facegate codes generate`. Long codes, so that no timestamp or id
+/// in a log can contain one by chance.
+fn daemon_with_codes(setup: Setup) -> (Daemon, Vec<String>) {
+    let setup = setup.set(
+        "codes.working_days",
+        toml::Value::Array(
+            ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+                .map(|d| toml::Value::String(d.into()))
+                .into(),
+        ),
+    );
+    let today = chrono::Local::now().date_naive();
+    let (from, to) = (today.pred_opt().unwrap(), today.succ_opt().unwrap());
+    let generated = setup.run(&[
+        "codes",
+        "generate",
+        "--from",
+        &from.to_string(),
+        "--to",
+        &to.to_string(),
+        "--daily",
+        "3",
+        "--weekly",
+        "1",
+        "--digits",
+        "12",
+    ]);
+    assert!(generated.status.success(), "{generated:?}");
+    let shown = setup.run(&["codes", "show", "--json"]);
+    let valid: Value = serde_json::from_str(&shown.stdout).unwrap_or_else(|_| panic!("{shown:?}"));
+    let mut codes = strings(&valid["daily"]);
+    codes.extend(strings(&valid["weekly"]));
+    assert_eq!(codes.len(), 4, "{valid}");
+    (setup.serve(), codes)
+}
+
+/// POSTs from a chosen loopback source address (127.0.0.2 is a second tablet).
+fn post_from(daemon: &Daemon, source: &str, path: &str, body: &[u8]) -> Reply {
+    let stream = connect_from(source.parse().unwrap(), daemon.addr);
+    let mut stream = stream;
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nAuthorization: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        daemon.addr,
+        bearer(),
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(body).unwrap();
+    read_reply(&mut stream)
+}
+
+/// std cannot bind before connecting; libc can.
+fn connect_from(source: IpAddr, to: SocketAddr) -> TcpStream {
+    use std::os::fd::FromRawFd;
+    let (IpAddr::V4(source), SocketAddr::V4(to)) = (source, to) else {
+        panic!("IPv4 loopback only");
+    };
+    let address = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let length = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: a fresh socket this function owns until it hands it to TcpStream; the addresses are
+    // valid sockaddr_in values that live across the calls.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let stream = TcpStream::from_raw_fd(fd);
+        let local = address(source, 0);
+        let bound = libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), length);
+        assert_eq!(
+            bound,
+            0,
+            "bind {source}: {}",
+            std::io::Error::last_os_error()
+        );
+        let remote = address(*to.ip(), to.port());
+        let connected = libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), length);
+        assert_eq!(connected, 0, "connect: {}", std::io::Error::last_os_error());
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(60)))
+            .unwrap();
+        stream
+    }
+}
+
+fn code_body(code: &str, image: Option<&[u8]>) -> Vec<u8> {
+    let mut body = json!({ "code": code, "frame_id": "keypad-1" });
+    if let Some(image) = image {
+        body["image"] = json!(base64::engine::general_purpose::STANDARD.encode(image));
+    }
+    body.to_string().into_bytes()
+}
+
+fn answer(reply: &Reply, http: u16, status: &str) -> Value {
+    assert_eq!(reply.status, http, "{}", reply.text());
+    let answer = reply.json();
+    assert_eq!(answer["status"], status, "{answer}");
+    assert!(answer["request_id"].is_string(), "{answer}");
+    answer
+}
+
+fn unlocks(daemon: &Daemon) -> usize {
+    daemon.journal().iter().filter(|a| a.is_unlocked()).count()
+}
+
+const WRONG: &str = "000000000000";
+
+#[test]
+fn wrong_codes_lock_out_their_address_only_and_a_valid_code_opens_the_door() {
+    let (daemon, codes) = daemon_with_codes(Setup::new().set("door.hold_ms", 500));
+    let tablet = "127.0.0.1";
+    for left in [2, 1, 0] {
+        let denied = answer(
+            &post_from(&daemon, tablet, "/code", &code_body(WRONG, None)),
+            200,
+            "denied",
+        );
+        assert_eq!(denied["attempts_left"], left, "{denied}");
+        assert_eq!(denied["door"], "locked", "{denied}");
+    }
+    let reply = post_from(&daemon, tablet, "/code", &code_body(&codes[0], None));
+    let locked = answer(&reply, 429, "locked_out");
+    let retry = locked["retry_after_s"].as_u64().unwrap();
+    assert!((1..=60).contains(&retry), "{locked}");
+    assert_eq!(
+        reply.header("Retry-After"),
+        Some(retry.to_string().as_str())
+    );
+    assert_eq!(
+        unlocks(&daemon),
+        0,
+        "a lockout never moves the door, even with a valid code"
+    );
+
+    // Another tablet is not locked out: its valid code opens the door through the relay.
+    let granted = answer(
+        &post_from(&daemon, "127.0.0.2", "/code", &code_body(&codes[1], None)),
+        200,
+        "granted",
+    );
+    assert_eq!(
+        (granted["kind"].as_str(), granted["door"].as_str()),
+        (Some("daily"), Some("opened")),
+        "{granted}"
+    );
+    let id = granted["request_id"].as_str().unwrap().to_string();
+    daemon.wait_for_log(&["door state=unlocked", &format!("request_id={id} ")]);
+    let weekly = answer(
+        &post_from(&daemon, "127.0.0.2", "/code", &code_body(&codes[3], None)),
+        200,
+        "granted",
+    );
+    assert_eq!(weekly["kind"], "weekly", "{weekly}");
+
+    let audit = wait_for_audit(&daemon, "decision", &id);
+    assert_eq!(
+        (audit["reason"].as_str(), audit["code_kind"].as_str()),
+        (Some("code"), Some("daily")),
+        "{audit}"
+    );
+    assert_eq!(audit["code_index"], 2, "{audit}");
+    let lines = audit_lines(&daemon);
+    let refused: Vec<&str> = lines
+        .iter()
+        .filter(|l| l["endpoint"] == "code" && l["remote"] == tablet)
+        .map(|l| l["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        refused,
+        [
+            "code_failed",
+            "code_failed",
+            "code_failed",
+            "code_locked_out"
+        ]
+    );
+
+    // The codes themselves are nowhere but in the codes file.
+    let mut texts = daemon.logs();
+    texts.extend(lines.iter().map(Value::to_string));
+    for code in &codes {
+        assert!(
+            !texts.iter().any(|t| t.contains(code.as_str())),
+            "code {code} was written out"
+        );
+    }
+}
+
+#[test]
+fn one_request_id_names_the_refusal_its_audit_line_and_its_frame() {
+    let (daemon, codes) = daemon_with_codes(Setup::new().set("codes.max_failures", 2));
+    let frame = photo(STRANGER_PHOTO);
+    for (http, status, reason) in [
+        (200, "denied", "code_failed"),
+        (200, "denied", "code_failed"),
+        (429, "locked_out", "code_locked_out"),
+    ] {
+        let code = if status == "locked_out" {
+            &codes[0]
+        } else {
+            WRONG
+        };
+        let refused = answer(
+            &daemon.post("/code", &code_body(code, Some(&frame))),
+            http,
+            status,
+        );
+        let id = refused["request_id"].as_str().unwrap().to_string();
+        assert_eq!(refused["frame_id"], "keypad-1");
+        let audit = wait_for_audit(&daemon, "decision", &id);
+        assert_eq!(
+            (audit["status"].as_str(), audit["reason"].as_str()),
+            (Some(status), Some(reason)),
+            "{audit}"
+        );
+        let (image, sidecar) = wait_for_snapshot(&daemon, &id);
+        assert_eq!(
+            std::fs::read(&image).unwrap(),
+            frame,
+            "the frame as received"
+        );
+        assert_eq!(
+            (sidecar["request_id"].as_str(), sidecar["reason"].as_str()),
+            (Some(id.as_str()), Some(reason))
+        );
+        daemon.wait_for_log(&[
+            &format!("request_id={id} "),
+            "endpoint=code",
+            &format!("status={status}"),
+        ]);
+        let files = format!("{sidecar}{audit}");
+        assert!(!codes.iter().any(|c| files.contains(c.as_str())), "{files}");
+    }
+    assert_eq!(unlocks(&daemon), 0);
+}
+
+#[test]
+fn revoked_and_single_use_codes_stop_working_while_the_daemon_runs() {
+    let (daemon, codes) = daemon_with_codes(Setup::new().set("codes.single_use", true));
+    let revoked = daemon.setup().run(&["codes", "revoke", &codes[0]]);
+    assert!(revoked.status.success(), "{revoked:?}");
+    answer(
+        &daemon.post("/code", &code_body(&codes[0], None)),
+        200,
+        "denied",
+    );
+
+    // Two tablets type the same code at once: one of them gets in.
+    let body = code_body(&codes[1], None);
+    let (first, second) = std::thread::scope(|scope| {
+        let one = scope.spawn(|| post_from(&daemon, "127.0.0.2", "/code", &body));
+        let two = scope.spawn(|| post_from(&daemon, "127.0.0.3", "/code", &body));
+        (one.join().unwrap().json(), two.join().unwrap().json())
+    });
+    let statuses = [
+        first["status"].as_str().unwrap(),
+        second["status"].as_str().unwrap(),
+    ];
+    assert!(
+        statuses.contains(&"granted") && statuses.contains(&"denied"),
+        "{first} {second}"
+    );
+    answer(
+        &daemon.post("/code", &code_body(&codes[1], None)),
+        200,
+        "denied",
+    );
+    let shown = daemon.setup().run(&["codes", "show", "--json"]);
+    assert!(
+        !shown.stdout.contains(codes[1].as_str()),
+        "a used code is gone: {shown:?}"
+    );
+    assert!(shown.stdout.contains(codes[2].as_str()), "{shown:?}");
+}
+
+#[test]
+fn malformed_code_posts_are_refused_without_counting_as_failures() {
+    let (daemon, codes) = daemon_with_codes(Setup::new().set("codes.max_failures", 1));
+    for (body, error) in [
+        (&br#"{"code": 123456}"#[..], "bad_code"),
+        (br#"{"code": "1", "door": "open"}"#, "bad_json"),
+        (b"123456", "bad_json"),
+    ] {
+        let reply = daemon.post("/code", body);
+        assert_eq!(reply.status, 400, "{}", reply.text());
+        assert_eq!(reply.json()["error"], error, "{}", reply.text());
+    }
+    answer(
+        &daemon.post("/code", &code_body(&codes[2], Some(&photo(GRANTED_PHOTO)))),
+        200,
+        "granted",
+    );
+    assert_eq!(daemon.get("/code").status, 405);
+}
