@@ -441,6 +441,47 @@ fn sign_in_pages_actions_and_sign_out_over_http() {
         .iter()
         .any(|l| l["action"] == "enrol" && l["identity"] == "rose"));
 
+    // Visitor codes: generate a working week, show a day, revoke one code; no digits in the audit.
+    assert!(html(&browser.get("/admin/codes")).contains("Generate codes"));
+    let generated = browser.post(
+        "/admin/codes/generate",
+        &[
+            ("csrf", &token),
+            ("from", "2030-01-07"),
+            ("to", "2030-01-11"),
+            ("daily", "2"),
+            ("weekly", "1"),
+            ("digits", "6"),
+        ],
+    );
+    assert!(html(&generated).contains("Generated 2 daily codes for each of 5 working days"));
+    let monday = html(&browser.get("/admin/codes?date=2030-01-07"));
+    let codes: Vec<String> = monday
+        .split("<span class=\"code\">")
+        .skip(1)
+        .map(|rest| rest.split('<').next().unwrap().to_string())
+        .collect();
+    assert_eq!(codes.len(), 3, "two daily and one weekly code: {monday}");
+    assert!(html(&browser.get("/admin/codes?date=2030-01-05")).contains("no code is valid"));
+    let revoked = browser.post(
+        "/admin/codes/revoke",
+        &[
+            ("csrf", &token),
+            ("code", &codes[0]),
+            ("date", "2030-01-07"),
+        ],
+    );
+    assert!(html(&revoked).contains("Revoked the code (daily 2030-01-07)"));
+    assert!(!html(&browser.get("/admin/codes?date=2030-01-07")).contains(&codes[0]));
+    let forged = browser.post("/admin/codes/revoke", &[("csrf", "x"), ("code", &codes[1])]);
+    assert_eq!(forged.status, 403);
+    let audit_text = std::fs::read_dir(daemon.state_dir().join("audit"))
+        .unwrap()
+        .map(|f| std::fs::read_to_string(f.unwrap().path()).unwrap())
+        .collect::<String>();
+    assert!(audit_text.contains("codes_generate") && audit_text.contains("code_revoke"));
+    assert!(codes.iter().all(|code| !audit_text.contains(code.as_str())));
+
     // Sign out: the session is gone on the server, not just in the browser.
     redirects_to(
         &browser.post("/admin/logout", &[("csrf", &token)]),

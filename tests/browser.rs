@@ -294,6 +294,16 @@ fn an_admin_enrols_a_person_in_chromium_and_sees_their_decision() {
     browser.wait_for_text("the door is unlocked for the hold time");
     browser.screenshots(&shots, "6-door");
 
+    browser.go(&format!("{base}/admin/codes"));
+    browser.command(
+        "POST",
+        "/execute/sync",
+        json!({"script": "window.confirm = () => true;", "args": []}),
+    );
+    browser.click("form[action='/admin/codes/generate'] button");
+    browser.wait_for_text("Generated 3 daily codes");
+    browser.screenshots(&shots, "7-codes");
+
     browser.click(".logout button");
     browser.wait_for_text("Admin password");
     eprintln!(

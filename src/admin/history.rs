@@ -22,6 +22,8 @@ pub const MAX_DAYS: u64 = 366;
 pub struct Entry {
     pub ts: DateTime<Utc>,
     pub kind: String,
+    /// `image`, `code` or `save` for the tablet's requests.
+    pub endpoint: Option<String>,
     pub request_id: String,
     /// The decision's status, a refused request's error, a snapshot's reason or an admin's action.
     pub status: String,
@@ -51,10 +53,11 @@ impl Entry {
             .with_timezone(&Utc);
         let kind = text(record, "kind")?;
         // A door line's status is why the relay moved; its error is shown beside it.
-        let keys: &[&str] = if kind == "door" {
-            &["reason"]
-        } else {
-            &["status", "error", "reason", "action"]
+        // A refused request's status is `error`; its error name says more.
+        let keys: &[&str] = match kind.as_str() {
+            "door" => &["reason"],
+            "rejected" => &["error", "status"],
+            _ => &["status", "error", "reason", "action"],
         };
         let status = keys
             .iter()
@@ -63,6 +66,7 @@ impl Entry {
         Some(Entry {
             ts,
             request_id: text(record, "request_id").unwrap_or_default(),
+            endpoint: text(record, "endpoint"),
             status,
             identity: text(record, "identity"),
             score: record["score"].as_f64(),
@@ -82,7 +86,7 @@ impl Entry {
 pub enum Kinds {
     /// Everything but the relay's own reports: decisions, refused requests, snapshots, admin actions.
     Requests,
-    /// Decisions on faces and codes only.
+    /// Decisions on faces and visitor codes only.
     Decisions,
     /// Relay actuations only.
     Door,
@@ -91,8 +95,9 @@ pub enum Kinds {
 impl Kinds {
     fn include(self, kind: &str) -> bool {
         match self {
-            Kinds::Requests => kind != "door" && kind != "door_request",
-            Kinds::Decisions => kind == "decision" || kind == "code",
+            // Frames answered `paused` while the door is open are many and say nothing new.
+            Kinds::Requests => !matches!(kind, "door" | "door_request" | "paused"),
+            Kinds::Decisions => kind == "decision",
             Kinds::Door => kind == "door",
         }
     }
@@ -172,7 +177,7 @@ fn read_day(path: &Path, filter: &Filter) -> Vec<Entry> {
         .collect()
 }
 
-/// Today's decisions by outcome.
+/// Today's decisions by outcome; `codes` counts visitor codes that opened the door.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Counts {
     pub granted: usize,
@@ -185,8 +190,8 @@ pub struct Counts {
 pub fn count(entries: &[Entry]) -> Counts {
     let mut counts = Counts::default();
     for entry in entries {
-        match (entry.kind.as_str(), entry.status.as_str()) {
-            ("code", _) => counts.codes += 1,
+        match (entry.endpoint.as_deref(), entry.status.as_str()) {
+            (Some("code"), "granted") => counts.codes += 1,
             (_, "granted") => counts.granted += 1,
             (_, "unknown") => counts.unknown += 1,
             (_, "spoof") => counts.spoof += 1,
@@ -303,6 +308,8 @@ mod tests {
             &[
                 r#"{"ts":"2026-03-02T10:00:00.000Z","kind":"rejected","request_id":"b1","error":"bad_image","http":422}"#,
                 r#"{"ts":"2026-03-02T11:00:00.000Z","kind":"decision","request_id":"b2","status":"granted","identity":"=cmd","score":0.8}"#,
+                r#"{"ts":"2026-03-02T11:30:00.000Z","kind":"decision","endpoint":"code","request_id":"b3","status":"granted"}"#,
+                r#"{"ts":"2026-03-02T11:31:00.000Z","kind":"paused","request_id":"b4","status":"paused"}"#,
             ],
         );
         dir
@@ -314,11 +321,16 @@ mod tests {
         let all = Filter::days(day("2026-03-01"), day("2026-03-02"), Kinds::Requests);
         let (entries, more) = read(dir.path(), &all, 100);
         let ids: Vec<&str> = entries.iter().map(|e| e.request_id.as_str()).collect();
-        assert_eq!(ids, ["b2", "b1", "a2", "a1"]);
+        assert_eq!(
+            ids,
+            ["b3", "b2", "b1", "a2", "a1"],
+            "paused frames are left out"
+        );
         assert!(!more);
-        assert_eq!(entries[1].status, "bad_image");
+        assert_eq!(entries[2].status, "bad_image");
         let (first_two, more) = read(dir.path(), &all, 2);
         assert_eq!(first_two.len(), 2);
+        assert_eq!(first_two[0].endpoint.as_deref(), Some("code"));
         assert!(more);
         let granted_ann = Filter {
             status: Some("granted".into()),
@@ -329,7 +341,7 @@ mod tests {
         assert_eq!(entries.len(), 1);
         assert_eq!(entries[0].request_id, "a1");
         let one_day = Filter::days(day("2026-03-02"), day("2026-03-02"), Kinds::Requests);
-        assert_eq!(read(dir.path(), &one_day, 100).0.len(), 2);
+        assert_eq!(read(dir.path(), &one_day, 100).0.len(), 3);
         let door = Filter {
             kinds: Kinds::Door,
             ..all.clone()
@@ -342,7 +354,7 @@ mod tests {
             kinds: Kinds::Decisions,
             ..all
         };
-        assert_eq!(read(dir.path(), &decisions, 100).0.len(), 3);
+        assert_eq!(read(dir.path(), &decisions, 100).0.len(), 4);
     }
 
     #[test]
@@ -351,7 +363,7 @@ mod tests {
         let all = Filter::days(day("2026-03-01"), day("2026-03-02"), Kinds::Decisions);
         let (entries, _) = read(dir.path(), &all, 100);
         let counts = count(&entries);
-        assert_eq!((counts.granted, counts.unknown, counts.other), (2, 1, 0));
+        assert_eq!((counts.granted, counts.unknown, counts.codes), (2, 1, 1));
     }
 
     #[test]
@@ -366,7 +378,7 @@ mod tests {
             "ts,request_id,kind,status,identity,score,door,frame_id,remote"
         );
         assert_eq!(
-            lines[1],
+            lines[2],
             "2026-03-02T11:00:00.000Z,b2,decision,granted,'=cmd,0.8,,,"
         );
         assert_eq!(cell("a,\"b\""), "\"a,\"\"b\"\"\"");

@@ -7,11 +7,11 @@
 pub mod csrf;
 pub mod form;
 pub mod history;
-pub mod limiter;
 pub mod pages;
 pub mod password;
 mod routes;
 pub mod session;
+mod visitor_codes;
 
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -26,13 +26,21 @@ use crate::door::DoorController;
 use crate::gallery::EmbedderId;
 use crate::vision::{PipelineModels, Recognizer};
 
-use limiter::{LoginLimiter, LOGIN_LIMITS};
+use crate::codes::lockout::{Gate, LockoutRules, Lockouts};
 use session::{SessionLimits, Sessions};
 
 /// The session cookie's name.
 pub const SESSION_COOKIE: &str = "facegate_admin";
 /// At most this many admin sessions exist at once.
 const MAX_SESSIONS: usize = 16;
+/// Sign-in attempts per client address, with the visitor codes' bounded lockout table: five wrong
+/// passwords within five minutes lock the address out for five minutes.
+const LOGIN_RULES: LockoutRules = LockoutRules {
+    max_failures: 5,
+    window: Duration::from_secs(300),
+    lockout: Duration::from_secs(300),
+};
+const LOGIN_ADDRESSES: usize = 1024;
 
 const CSS: &str = include_str!("static/admin.css");
 const JS: &str = include_str!("static/admin.js");
@@ -137,7 +145,7 @@ pub struct AdminContext {
 pub struct Admin {
     ctx: AdminContext,
     sessions: Sessions,
-    logins: LoginLimiter,
+    logins: Mutex<Lockouts>,
     /// Loaded at the first enrolment from the page, then kept.
     recognizer: Mutex<Option<Recognizer>>,
     /// Serialises the page's read-modify-write of the gallery file.
@@ -160,7 +168,7 @@ impl Admin {
         Admin {
             ctx,
             sessions: Sessions::new(limits),
-            logins: LoginLimiter::new(LOGIN_LIMITS),
+            logins: Mutex::new(Lockouts::with_capacity(LOGIN_RULES, LOGIN_ADDRESSES)),
             recognizer: Mutex::new(None),
             gallery_edit: Mutex::new(()),
         }
@@ -269,8 +277,9 @@ impl Admin {
 
     fn login(&self, request: &AdminRequest, now: Instant) -> AdminResponse {
         let peer = request.peer;
-        if let Some(wait) = self.logins.locked_for(peer, now) {
-            return self.locked_out(wait);
+        let logins = || self.logins.lock().unwrap_or_else(|p| p.into_inner());
+        if let Gate::LockedOut { retry_after } = logins().gate(peer, now) {
+            return self.locked_out(retry_after);
         }
         let fields = form::Fields::urlencoded(&String::from_utf8_lossy(&request.body));
         let expected = form::cookie(request.cookie.as_deref(), csrf::LOGIN_COOKIE).unwrap_or("");
@@ -290,15 +299,17 @@ impl Admin {
         };
         let given = fields.get("password").unwrap_or_default();
         if !password::verify(given, &stored) {
-            let lockout = self.logins.failed(peer, now);
+            let gate = logins().failed(peer, now);
             log::warn!("admin sign-in failed from {peer}");
             self.audit(json!({"action": "login_failed", "remote": peer.to_string()}));
-            return match lockout {
-                Some(wait) => self.locked_out(wait),
-                None => self.login_page(401, pages::Notice::bad("Wrong password.")),
+            return match gate {
+                Gate::LockedOut { retry_after } => self.locked_out(retry_after),
+                // This failure started the lockout.
+                Gate::Open { attempts_left: 0 } => self.locked_out(LOGIN_RULES.lockout),
+                Gate::Open { .. } => self.login_page(401, pages::Notice::bad("Wrong password.")),
             };
         }
-        self.logins.succeeded(peer);
+        logins().succeeded(peer);
         // The hash check took a while: the session starts now, not when the request arrived.
         let new = self.sessions.create(Instant::now());
         log::info!("admin signed in from {peer}");
@@ -387,6 +398,8 @@ impl Admin {
             "/admin/people/remove" => self.remove_person(session, &fields, &peer),
             "/admin/people/remove-sample" => self.remove_sample(session, &fields, &peer),
             "/admin/door/pulse" => self.pulse(session, &peer),
+            "/admin/codes/generate" => self.generate_codes(session, &fields, &peer),
+            "/admin/codes/revoke" => self.revoke_code(session, &fields, &peer),
             _ => self.not_found(session),
         }
     }

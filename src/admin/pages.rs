@@ -164,3 +164,19 @@ pub struct Door {
     pub door_state: &'static str,
     pub actuations: Vec<ActuationRow>,
 }
+
+#[derive(Template)]
+#[template(path = "codes.html")]
+pub struct Codes {
+    pub chrome: Chrome,
+    /// The date shown, `YYYY-MM-DD`.
+    pub date: String,
+    /// The date with its weekday and ISO week.
+    pub heading: String,
+    /// Why no code is valid that day (weekend, holiday), if so.
+    pub closed: Option<String>,
+    /// `Daily` and `Weekly` codes valid that day (a group only when it has codes).
+    pub groups: Vec<(&'static str, Vec<String>)>,
+    /// The default end of a generated range.
+    pub week_end: String,
+}

@@ -23,17 +23,21 @@ const PAGE_SIZE: usize = 50;
 /// Height of the decision thumbnails made from snapshots.
 const SNAPSHOT_THUMB_HEIGHT: i32 = 96;
 /// Statuses the events filter offers.
-const STATUSES: [&str; 12] = [
+const STATUSES: [&str; 16] = [
     "granted",
     "unknown",
     "no_face",
     "stale",
     "spoof",
-    "pin_failed",
+    "denied",
+    "locked_out",
+    "saved",
     "bad_image",
     "too_large",
+    "unauthorized",
     "door_test",
     "enrol",
+    "codes_generate",
     "login",
     "login_failed",
 ];
@@ -48,7 +52,7 @@ fn valid_thumbnail(name: &str) -> bool {
 fn badge(status: &str) -> &'static str {
     match status {
         "granted" | "opened" | "unlocked" | "login" => "ok",
-        "unknown" | "spoof" | "login_failed" | "pin_failed" => "bad",
+        "unknown" | "spoof" | "denied" | "locked_out" | "login_failed" => "bad",
         "no_face" | "stale" | "busy" => "warn",
         _ => "",
     }
@@ -150,6 +154,7 @@ impl Admin {
             "/admin/events" => self.events(session, query),
             "/admin/events.csv" => self.events_csv(query),
             "/admin/door" => self.door_page(session, None),
+            "/admin/codes" => self.codes_view(session, query),
             _ => {
                 if let Some(name) = path.strip_prefix("/admin/thumbnails/") {
                     return self.thumbnail(session, name);
