@@ -149,6 +149,7 @@ pub struct Event {
 }
 
 pub struct ActuationRow {
+    pub date: String,
     pub time: String,
     pub state: String,
     pub badge: &'static str,

@@ -149,7 +149,7 @@ impl Admin {
     pub(super) fn get(&self, path: &str, query: &str, session: &Session) -> AdminResponse {
         match path {
             "/admin/" => self.dashboard(session),
-            "/admin/status.json" => AdminResponse::json(200, &self.status()),
+            super::STATUS_PATH => AdminResponse::json(200, &self.status()),
             "/admin/people" => self.people_page(session, None, None),
             "/admin/events" => self.events(session, query),
             "/admin/events.csv" => self.events_csv(query),
@@ -694,7 +694,8 @@ impl Admin {
                 .map(|e| {
                     let state = e.state.clone().unwrap_or_default();
                     pages::ActuationRow {
-                        time: e.ts.format("%Y-%m-%d %H:%M:%S%.3f").to_string(),
+                        date: e.ts.format("%Y-%m-%d").to_string(),
+                        time: e.ts.format("%H:%M:%S%.3f").to_string(),
                         badge: badge(&state),
                         state,
                         reason: match &e.error {

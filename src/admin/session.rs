@@ -88,6 +88,16 @@ impl Sessions {
 
     /// The CSRF token of the live session named by `secret`; the session counts as used now.
     pub fn check(&self, secret: &str, now: Instant) -> Option<String> {
+        self.find(secret, now, true)
+    }
+
+    /// As [`Sessions::check`], without counting as use: the page's own background polls must not
+    /// keep an unattended session alive.
+    pub fn peek(&self, secret: &str, now: Instant) -> Option<String> {
+        self.find(secret, now, false)
+    }
+
+    fn find(&self, secret: &str, now: Instant, used: bool) -> Option<String> {
         let key = hash(secret);
         let mut map = self.by_hash.lock().unwrap_or_else(|p| p.into_inner());
         let live = map.get(&key).is_some_and(|s| self.live(s, now));
@@ -96,7 +106,9 @@ impl Sessions {
             return None;
         }
         let session = map.get_mut(&key)?;
-        session.last_seen = now;
+        if used {
+            session.last_seen = now;
+        }
         Some(session.csrf.clone())
     }
 
@@ -170,6 +182,19 @@ mod tests {
             .check(&busy.secret, t0 + Duration::from_secs(600))
             .is_none());
         assert!(s.is_empty(), "expired sessions are dropped when seen");
+    }
+
+    #[test]
+    fn background_polls_do_not_keep_a_session_alive() {
+        let s = sessions(4);
+        let t0 = Instant::now();
+        let new = s.create(t0);
+        for second in [20, 40, 59] {
+            assert!(s
+                .peek(&new.secret, t0 + Duration::from_secs(second))
+                .is_some());
+        }
+        assert!(s.peek(&new.secret, t0 + Duration::from_secs(61)).is_none());
     }
 
     #[test]
