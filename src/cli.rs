@@ -88,6 +88,11 @@ enum Command {
         #[command(subcommand)]
         action: CodesAction,
     },
+    /// The tablet's TLS certificate
+    Tls {
+        #[command(subcommand)]
+        action: TlsAction,
+    },
 }
 
 #[derive(Subcommand)]
@@ -130,6 +135,12 @@ enum CodesAction {
 
 fn parse_date(value: &str) -> Result<chrono::NaiveDate, String> {
     facegate::codes::book::parse_date(value).map_err(|err| err.to_string())
+}
+
+#[derive(Subcommand)]
+enum TlsAction {
+    /// Print the certificate's public-key pin (sha256/<base64>), generating the self-signed pair if needed
+    Pin,
 }
 
 #[derive(Subcommand)]
@@ -183,6 +194,17 @@ pub fn run(cli: Cli) -> Result<()> {
             action: AdminAction::SetPassword,
         } => set_admin_password(&config),
         Command::Codes { action } => codes(&config, action),
+        Command::Tls {
+            action: TlsAction::Pin,
+        } => {
+            if !config.http.tls.enabled {
+                anyhow::bail!("http.tls.enabled is false in this config: the daemon serves plain HTTP, there is no certificate to pin. Set enabled = true under [http.tls] first");
+            }
+            let files = facegate::front::tls::TlsFiles::of(&config);
+            files.ensure(config.http.listen.ip())?;
+            println!("{}", files.pin()?);
+            Ok(())
+        }
     }
 }
 

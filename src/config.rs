@@ -93,6 +93,23 @@ pub struct HttpConfig {
     pub self_probe_interval_ms: u64,
     /// Decisions kept in memory for GET /events.
     pub events_kept: usize,
+    /// Open connections at most; more are closed at once and counted in /metrics.
+    pub max_connections: usize,
+    /// From accept (TLS handshake included), or from a request's first byte, to the end of its head.
+    pub head_timeout_ms: u64,
+    /// An idle keep-alive connection is closed after this.
+    pub idle_timeout_ms: u64,
+    pub tls: TlsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    pub enabled: bool,
+    /// PEM certificate chain; with `key` unset too, a self-signed pair is generated in `<state_dir>/tls`.
+    pub cert: Option<PathBuf>,
+    /// PEM private key.
+    pub key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -278,6 +295,10 @@ impl Default for HttpConfig {
             token: String::new(),
             self_probe_interval_ms: 5_000,
             events_kept: 1_000,
+            max_connections: 1_024,
+            head_timeout_ms: 5_000,
+            idle_timeout_ms: 60_000,
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -431,6 +452,21 @@ impl Config {
         if self.http.body_timeout_ms == 0 {
             return Err(invalid("http.body_timeout_ms", "must be above 0"));
         }
+        if self.http.max_connections == 0 {
+            return Err(invalid("http.max_connections", "must be at least 1"));
+        }
+        if self.http.head_timeout_ms == 0 {
+            return Err(invalid("http.head_timeout_ms", "must be above 0"));
+        }
+        if self.http.idle_timeout_ms == 0 {
+            return Err(invalid("http.idle_timeout_ms", "must be above 0"));
+        }
+        if self.http.tls.cert.is_some() != self.http.tls.key.is_some() {
+            return Err(invalid(
+                "http.tls.cert",
+                "and http.tls.key go together: set both, or neither to have a self-signed pair generated",
+            ));
+        }
         if self.http.events_kept == 0 {
             return Err(invalid("http.events_kept", "must be at least 1"));
         }
@@ -549,6 +585,7 @@ mod tests {
         assert_eq!(config.recognition, RecognitionConfig::default());
         assert_eq!(config.frame, FrameConfig::default());
         assert_eq!(config.codes, CodesConfig::default());
+        assert!(config.http.tls.enabled, "the shipped config must speak TLS");
     }
 
     #[test]
@@ -573,6 +610,8 @@ mod tests {
             ("[codes]\nlockout_s = 0", "codes.lockout_s"),
             ("[door]\nreport_wait_ms = 0", "door.report_wait_ms"),
             ("[http]\nqueue_depth = 0", "http.queue_depth"),
+            ("[http]\nmax_connections = 0", "http.max_connections"),
+            ("[http.tls]\ncert = \"c.pem\"", "http.tls.cert"),
             (
                 "[frame]\ndecode_target_side = 100",
                 "frame.decode_target_side",

@@ -3,7 +3,10 @@
 
 use std::backtrace::BacktraceStatus;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -19,8 +22,9 @@ use crate::config::{Config, DoorBackendName, GrantWhileOpenConfig};
 use crate::door::{
     self, BackendKind, DoorController, DoorEvent, DoorSettings, GrantWhileOpen, RelayState,
 };
+use crate::front;
 use crate::gallery::{EmbedderId, LiveGallery};
-use crate::http::{self, sockets};
+use crate::http;
 use crate::metrics::Metrics;
 use crate::service::Service;
 use crate::snapshots::{SnapshotRetention, SnapshotWriter};
@@ -30,11 +34,9 @@ use crate::vision::{PipelineModels, Recognizer};
 const ACCEPT_POLL: Duration = Duration::from_millis(250);
 /// Consecutive failed self-probes after which the daemon gives up and exits for systemd to restart it.
 const PROBE_FAILURES_FATAL: u32 = 3;
-const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
-/// Connections silent for this long are closed.
-const IDLE_CONNECTION_LIMIT: Duration = Duration::from_secs(60);
-/// Bytes beyond the largest body a connection may send without completing a request (headers).
-const FLOOD_ALLOWANCE: u64 = 1024 * 1024;
+/// Descriptors an open connection may use at once: its TCP socket, the registry's handle on it, and
+/// both ends of the Unix socket that carries its request to tiny_http.
+const DESCRIPTORS_PER_CONNECTION: u64 = 4;
 /// How long the audit writer may take to write its queue when the daemon stops.
 const AUDIT_FLUSH_LIMIT: Duration = Duration::from_secs(2);
 const GALLERY_RECHECK: Duration = Duration::from_secs(2);
@@ -270,16 +272,19 @@ fn serve(
         .context("the models did not load")?;
     let snapshots = start_snapshots(&config, &metrics);
     let codes = visitor_codes(&config)?;
-    let server = tiny_http::Server::http(config.http.listen)
-        .map_err(|err| anyhow::anyhow!("cannot listen on {}: {err}", config.http.listen))?;
-    let address = server
-        .server_addr()
-        .to_ip()
-        .context("the server is not listening on an IP address")?;
+    let descriptor_limit = raise_descriptor_limit();
+    let wanted = config.http.max_connections as u64 * DESCRIPTORS_PER_CONNECTION + 256;
+    if wanted > descriptor_limit {
+        log::warn!("http.max_connections = {} may need {wanted} descriptors but only {descriptor_limit} are allowed: raise LimitNOFILE or lower http.max_connections", config.http.max_connections);
+    }
+    let tls = start_tls(&config)?;
+    let listener = TcpListener::bind(config.http.listen)
+        .with_context(|| format!("cannot listen on {} (http.listen)", config.http.listen))?;
+    let address = listener.local_addr()?;
+    let (server, backend) = listen_for_front(&config)?;
     let people = gallery.current().people().len();
     let transport = Arc::new(http::Transport {
         token: config.token(),
-        port: address.port(),
         ..http::Transport::default()
     });
     let service = Arc::new(Service::new(
@@ -291,42 +296,51 @@ fn serve(
         .enabled
         .then(|| spawn_admin(&service, &transport, &models, &embedder, threshold))
         .transpose()?;
+    let front_settings = front::Settings {
+        max_connections: service.config.http.max_connections,
+        head_timeout: Duration::from_millis(service.config.http.head_timeout_ms),
+        idle_timeout: Duration::from_millis(service.config.http.idle_timeout_ms),
+        body_timeout: Duration::from_millis(service.config.http.body_timeout_ms),
+        max_body_bytes: service.config.http.max_body_bytes,
+        token: transport.token.clone(),
+        backend,
+        tls: tls.as_ref().map(|(server, _)| Arc::clone(server)),
+    };
+    let refusals = Arc::new(FrontRefusals {
+        service: Arc::downgrade(&service),
+        transport: Arc::clone(&transport),
+    });
+    front::start(
+        listener,
+        front_settings,
+        Arc::clone(&service.metrics),
+        refusals,
+    )
+    .context("the connection front did not start")?;
     let (jobs, queue) = crossbeam_channel::bounded(service.config.http.queue_depth);
     let worker_threads: Vec<JoinHandle<()>> = recognizers
         .into_iter()
         .enumerate()
         .map(|(i, recognizer)| {
             let service = Arc::clone(&service);
-            let transport = Arc::clone(&transport);
             let queue = queue.clone();
             std::thread::Builder::new()
                 .name(format!("worker-{i}"))
-                .spawn(move || http::run_worker(service, transport, recognizer, queue))
+                .spawn(move || http::run_worker(service, recognizer, queue))
         })
         .collect::<Result<_, _>>()?;
     drop(queue);
-    let sweeper_stop = Arc::new(AtomicBool::new(false));
-    let sweep = sockets::SweepSettings {
-        port: address.port(),
-        io_timeout: Duration::from_millis(service.config.http.body_timeout_ms),
-        idle_limit: IDLE_CONNECTION_LIMIT,
-        flood_limit: service.config.http.max_body_bytes as u64 + FLOOD_ALLOWANCE,
-    };
-    sockets::spawn_sweeper(
-        sweep,
-        SWEEP_INTERVAL,
-        Arc::clone(&transport.body_deadlines),
-        Arc::clone(&transport.header_floods),
-        Arc::clone(&sweeper_stop),
-    )?;
     spawn_signal_thread(Arc::clone(stop))?;
+    let probe_tls = tls.map(|(_, client)| client);
+    let scheme = if probe_tls.is_some() { "https" } else { "http" };
     spawn_watchdog(
         address,
         Duration::from_millis(service.config.http.self_probe_interval_ms),
+        probe_tls,
         Arc::clone(stop),
     )?;
     log::info!(
-        "facegate listening on http://{address} ({workers} workers, queue {}, {people} people enrolled, threshold {threshold}, door {:?}, token {})",
+        "facegate listening on {scheme}://{address} ({workers} workers, queue {}, {people} people enrolled, threshold {threshold}, door {:?}, token {})",
         service.config.http.queue_depth,
         service.config.door.backend,
         if has_token { "required" } else { "not required" },
@@ -335,14 +349,6 @@ fn serve(
 
     let mut accept_failure = None;
     while !stop.stopping() {
-        if http::parked_connections() > http::MAX_PARKED {
-            log::error!(
-                "more than {} connections parked after absurd bodies: restarting to release them",
-                http::MAX_PARKED
-            );
-            stop.fatal.store(true, Ordering::SeqCst);
-            break;
-        }
         match server.recv_timeout(ACCEPT_POLL) {
             Ok(Some(request)) => http::dispatch(
                 &service,
@@ -370,7 +376,6 @@ fn serve(
         drop(queue);
         let _ = thread.join();
     }
-    sweeper_stop.store(true, Ordering::SeqCst);
     drop(service);
     if let Some(err) = accept_failure {
         bail!("the HTTP server stopped accepting connections ({err}); exiting so that systemd restarts facegate");
@@ -412,15 +417,13 @@ fn spawn_admin(
                 .upgrade()
                 .map_or_else(|| "admin".to_string(), |t| t.ids.next())
         }),
-        // Plain HTTP until the daemon serves TLS (issue 9): then `Secure` follows http.tls.enabled.
-        secure_cookies: false,
+        secure_cookies: service.config.http.tls.enabled,
     }));
     let (queue, requests) = crossbeam_channel::bounded(http::admin::QUEUE_DEPTH);
-    let transport = Arc::clone(transport);
     let max_body_bytes = service.config.http.max_body_bytes;
     let thread = std::thread::Builder::new()
         .name("admin".into())
-        .spawn(move || http::admin::run(admin, transport, max_body_bytes, requests))?;
+        .spawn(move || http::admin::run(admin, max_body_bytes, requests))?;
     Ok((queue, thread))
 }
 
@@ -458,6 +461,79 @@ fn start_snapshots(config: &Config, metrics: &Metrics) -> Option<SnapshotWriter>
     Some(writer)
 }
 
+/// The front's refusals of frame posts go through the service, which records and audits them. The
+/// front outlives the service at shutdown, so it holds it weakly.
+struct FrontRefusals {
+    service: std::sync::Weak<Service>,
+    transport: Arc<http::Transport>,
+}
+
+impl front::Refusals for FrontRefusals {
+    fn request_id(&self) -> String {
+        self.transport.ids.next()
+    }
+
+    fn refuse_frame(
+        &self,
+        request_id: &str,
+        endpoint: crate::record::Endpoint,
+        refusal: crate::record::Refusal,
+    ) -> (serde_json::Value, Box<dyn FnOnce() + Send>) {
+        let Some(service) = self.service.upgrade() else {
+            let body = serde_json::json!({
+                "request_id": request_id,
+                "status": "error",
+                "error": refusal.error,
+                "message": refusal.message,
+                "door": "locked",
+            });
+            return (body, Box::new(|| {}));
+        };
+        let handled = service.refuse(request_id, endpoint, refusal);
+        let body = handled.record.answer();
+        (body, Box::new(move || service.follow_up(handled)))
+    }
+}
+
+/// The server TLS configuration, and a client configuration pinned to it for the self-probe.
+type TlsPair = (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>);
+
+fn start_tls(config: &Config) -> Result<Option<TlsPair>> {
+    if !config.http.tls.enabled {
+        return Ok(None);
+    }
+    let files = front::tls::TlsFiles::of(config);
+    files.ensure(config.http.listen.ip())?;
+    let server = files.server_config()?;
+    let pin = files.pin()?;
+    log::info!("TLS certificate {} (key pin {pin})", files.cert.display());
+    Ok(Some((server, front::tls::pinned_client_config(&pin))))
+}
+
+/// tiny_http on a Unix socket only the daemon's user can reach (`$RUNTIME_DIRECTORY` under systemd,
+/// else `<state_dir>/run`): the front is the only way in from the network.
+fn listen_for_front(config: &Config) -> Result<(tiny_http::Server, PathBuf)> {
+    let dir = std::env::var_os("RUNTIME_DIRECTORY")
+        .and_then(|dirs| std::env::split_paths(&dirs).next())
+        .unwrap_or_else(|| config.state_dir.join("run"));
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("cannot create the runtime directory {}", dir.display()))?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot make {} private", dir.display()))?;
+    let path = dir.join("http.sock");
+    match std::fs::remove_file(&path) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+            return Err(err).with_context(|| format!("cannot remove the old {}", path.display()))
+        }
+        _ => {}
+    }
+    let listener = UnixListener::bind(&path)
+        .with_context(|| format!("cannot listen on {}", path.display()))?;
+    let server = tiny_http::Server::from_listener(listener, None)
+        .map_err(|err| anyhow::anyhow!("tiny_http cannot serve {}: {err}", path.display()))?;
+    Ok((server, path))
+}
+
 fn spawn_signal_thread(stop: Arc<StopFlags>) -> Result<()> {
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
@@ -475,19 +551,34 @@ fn spawn_signal_thread(stop: Arc<StopFlags>) -> Result<()> {
     Ok(())
 }
 
-/// Asks our own port for /healthz, as the tablet would reach it.
-pub fn probe(address: SocketAddr, timeout: Duration) -> bool {
+/// Asks our own port for /healthz, as the tablet would reach it (over TLS with `tls`).
+pub fn probe(
+    address: SocketAddr,
+    timeout: Duration,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> bool {
     let target = if address.ip().is_unspecified() {
         SocketAddr::from(([127, 0, 0, 1], address.port()))
     } else {
         address
     };
     let attempt = || -> std::io::Result<bool> {
-        let mut stream = TcpStream::connect_timeout(&target, timeout)?;
+        let stream = TcpStream::connect_timeout(&target, timeout)?;
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
+        let mut stream: Box<dyn ReadWrite> = match tls {
+            Some(config) => {
+                let name =
+                    rustls::pki_types::ServerName::try_from("facegate").expect("a valid name");
+                let connection = rustls::ClientConnection::new(Arc::clone(config), name)
+                    .map_err(std::io::Error::other)?;
+                Box::new(rustls::StreamOwned::new(connection, stream))
+            }
+            None => Box::new(stream),
+        };
         stream
             .write_all(b"GET /healthz HTTP/1.1\r\nHost: facegate\r\nConnection: close\r\n\r\n")?;
+        stream.flush()?;
         let mut head = [0u8; 12];
         stream.read_exact(&mut head)?;
         Ok(head.starts_with(b"HTTP/1.1 200") || head.starts_with(b"HTTP/1.0 200"))
@@ -522,14 +613,17 @@ fn raise_descriptor_limit() -> u64 {
     }
 }
 
-fn open_descriptors() -> u64 {
-    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64)
-}
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
 
-/// Feeds the systemd watchdog only while the port answers and descriptors are not running out; after
-/// repeated probe failures, or when connections that tiny_http cannot release pile up, stops the daemon
-/// so that systemd starts a fresh one.
-fn spawn_watchdog(address: SocketAddr, interval: Duration, stop: Arc<StopFlags>) -> Result<()> {
+/// Feeds the systemd watchdog only while the port answers; after repeated probe failures, stops the
+/// daemon so that systemd starts a fresh one.
+fn spawn_watchdog(
+    address: SocketAddr,
+    interval: Duration,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    stop: Arc<StopFlags>,
+) -> Result<()> {
     let mut watchdog_usec = 0;
     let watchdog = sd_notify::watchdog_enabled(false, &mut watchdog_usec);
     let interval = if watchdog {
@@ -537,19 +631,11 @@ fn spawn_watchdog(address: SocketAddr, interval: Duration, stop: Arc<StopFlags>)
     } else {
         interval
     };
-    let descriptor_limit = raise_descriptor_limit();
-    let descriptor_alarm = descriptor_limit / 4 * 3;
     std::thread::Builder::new().name("self-probe".into()).spawn(move || {
         let mut failures = 0;
         while !stop.stopping() {
             std::thread::sleep(interval);
-            let open = open_descriptors();
-            if open > descriptor_alarm {
-                log::error!("{open} descriptors open of {descriptor_limit} allowed: connections are not being released; stopping so that facegate is restarted");
-                stop.fatal.store(true, Ordering::SeqCst);
-                break;
-            }
-            if probe(address, Duration::from_secs(2)) {
+            if probe(address, Duration::from_secs(2), tls.as_ref()) {
                 failures = 0;
                 if watchdog {
                     let _ = sd_notify::notify(false, &[NotifyState::Watchdog]);

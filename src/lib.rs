@@ -15,6 +15,7 @@ pub mod door;
 pub mod enrollment;
 pub mod events;
 pub mod frame;
+pub mod front;
 pub mod gallery;
 pub mod http;
 pub mod logging;

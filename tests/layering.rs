@@ -102,7 +102,7 @@ fn layers_point_one_way() {
     let graph = module_graph();
     // Nothing below the transport knows it; the pure decision knows no I/O edge.
     let rules: [(&str, &[&str]); 2] = [
-        ("service", &["http", "daemon"]),
+        ("service", &["http", "daemon", "front"]),
         (
             "decision",
             &["http", "service", "daemon", "door", "audit", "snapshots"],
@@ -127,7 +127,7 @@ fn layers_point_one_way() {
         "codes",
         "config",
     ] {
-        for edge in ["http", "service", "daemon"] {
+        for edge in ["http", "service", "daemon", "front"] {
             assert!(
                 path_between(&graph, core, edge).is_none(),
                 "`{core}` reaches `{edge}`: {:?}",

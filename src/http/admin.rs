@@ -1,5 +1,5 @@
-//! The admin pages' own thread: it reads each `/admin…` request's body (bounded by size and time),
-//! hands the request to [`crate::admin::Admin`] parsed, and sends back the answer. Admin work
+//! The admin pages' own thread: it takes each `/admin…` request (its body already read by the
+//! front), hands it to [`crate::admin::Admin`] parsed, and sends back the answer. Admin work
 //! (enrolment runs the models) never holds a recognition worker, so the tablet is never kept waiting.
 
 use std::sync::Arc;
@@ -8,13 +8,14 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 use tiny_http::{Method, Request, Response};
 
-use super::{header, read_body, respond_and_close, Answer, BodyReadError, Transport};
+use super::forwarded::Forwarded;
+use super::{header, read_body, respond, Answer};
 use crate::admin::{self, Admin, AdminRequest};
 
 /// Admin requests waiting for the admin thread; past this they are answered 503 at once.
 pub const QUEUE_DEPTH: usize = 8;
-/// Photo uploads come from phones over Wi-Fi: they get longer than a tablet frame.
-const BODY_TIMEOUT: Duration = Duration::from_secs(60);
+/// The front holds the whole body already; this only guards against a front gone missing.
+const BODY_WAIT: Duration = Duration::from_secs(5);
 
 fn header_value(request: &Request, name: &'static str) -> Option<String> {
     request
@@ -25,39 +26,24 @@ fn header_value(request: &Request, name: &'static str) -> Option<String> {
 }
 
 /// Answers admin requests until the queue closes.
-pub fn run(
-    admin: Arc<Admin>,
-    transport: Arc<Transport>,
-    max_body_bytes: usize,
-    requests: Receiver<Request>,
-) {
+pub fn run(admin: Arc<Admin>, max_body_bytes: usize, requests: Receiver<Request>) {
     for mut request in requests {
-        let Some(peer) = request.remote_addr().copied() else {
+        let Some(peer) = Forwarded::of(&request).peer else {
+            log::error!("an admin request came without the front's peer header; refused");
             continue;
         };
-        let deadline = Instant::now() + BODY_TIMEOUT;
-        transport.body_deadlines.watch(peer, deadline);
-        let body = read_body(&mut request, max_body_bytes, deadline);
-        transport.body_deadlines.done(peer);
-        let body = match body {
+        let body = match read_body(&mut request, max_body_bytes, Instant::now() + BODY_WAIT) {
             Ok(body) => body,
             Err(err) => {
-                let (code, message) = match err {
-                    BodyReadError::TooLarge => (
-                        413,
-                        format!(
-                            "the upload is larger than the {} bytes allowed: send fewer or smaller photos",
-                            max_body_bytes
-                        ),
-                    ),
-                    BodyReadError::Timeout => (408, "the upload took too long".to_string()),
-                    BodyReadError::Io(cause) => (400, cause),
-                };
                 let answer = Answer {
-                    code,
-                    body: serde_json::json!({"status": "error", "error": "upload_failed", "message": message}),
+                    code: 400,
+                    body: serde_json::json!({
+                        "status": "error",
+                        "error": "upload_failed",
+                        "message": format!("the upload could not be read: {err:?}"),
+                    }),
                 };
-                respond_and_close(request, &answer, transport.port);
+                respond(request, &answer);
                 continue;
             }
         };

@@ -3,9 +3,8 @@
 //! body and hand it to the service. Every request gets a JSON answer, rendered from its record.
 
 pub mod admin;
-pub mod sockets;
+pub mod forwarded;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,6 +14,7 @@ use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 use tiny_http::{Header, Method, Request, Response};
 
+use self::forwarded::Forwarded;
 use crate::record::{Endpoint, Refusal, RequestIds};
 use crate::service::{FrameRequest, Handled, Service};
 
@@ -27,18 +27,12 @@ pub struct Job {
     pub received_wall: DateTime<Utc>,
 }
 
-/// What the transport needs besides the service: request ids and the sockets it watches.
+/// What the transport needs besides the service: request ids and the token.
 #[derive(Default)]
 pub struct Transport {
     pub ids: RequestIds,
     /// The tablet's bearer token; `None` when none is required.
     pub token: Option<String>,
-    /// The port the daemon listens on, to find its own connections.
-    pub port: u16,
-    /// Bodies being read, for the socket sweeper to cut short when overdue.
-    pub body_deadlines: Arc<sockets::BodyDeadlines>,
-    /// Connections' traffic since their last request, for the sweeper to cut header floods.
-    pub header_floods: Arc<sockets::HeaderFloodGuard>,
 }
 
 /// A JSON answer with its HTTP status.
@@ -82,18 +76,6 @@ pub fn respond(request: Request, answer: &Answer) {
     }
 }
 
-/// Announced bodies up to this size are left to tiny_http to discard; it allocates a buffer of the
-/// unread size to do so.
-const MAX_DISCARDED_BODY: usize = 64 * 1024 * 1024;
-/// Connections given up with a larger unread body; past `MAX_PARKED` the daemon asks to be restarted.
-static PARKED: AtomicUsize = AtomicUsize::new(0);
-pub const MAX_PARKED: usize = 256;
-
-/// How many connections have been parked so far.
-pub fn parked_connections() -> usize {
-    PARKED.load(Ordering::Relaxed)
-}
-
 /// Could this request still have body bytes on the wire that we did not read?
 pub fn may_have_unread_body(request: &Request) -> bool {
     request.body_length().is_some_and(|n| n > 0)
@@ -101,33 +83,6 @@ pub fn may_have_unread_body(request: &Request) -> bool {
             .headers()
             .iter()
             .any(|h| h.field.equiv("Transfer-Encoding"))
-}
-
-/// Sends `answer` to a request whose body is left unread, then shuts the connection down.
-/// tiny_http 0.12 would otherwise wait for the whole announced body after the answer (holding the
-/// answering thread) and allocate a buffer of its size (aborting the process for an absurd one).
-pub fn respond_and_close(request: Request, answer: &Answer, port: u16) {
-    let body = answer.body.to_string();
-    let head = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
-        answer.code,
-        tiny_http::StatusCode(answer.code).default_reason_phrase(),
-        body.len()
-    );
-    let sent = request
-        .remote_addr()
-        .is_some_and(|&peer| sockets::answer_and_shut_down(port, peer, (head + &body).as_bytes()));
-    if !sent {
-        return respond(request, answer);
-    }
-    let unread = request.body_length().unwrap_or(0);
-    if unread > MAX_DISCARDED_BODY {
-        // Dropping the request would make tiny_http allocate `unread` bytes; leaking it costs the
-        // connection's descriptors and its tiny_http thread instead.
-        std::mem::forget(request);
-        let parked = PARKED.fetch_add(1, Ordering::Relaxed) + 1;
-        log::warn!("parked a connection that announced a {unread}-byte body ({parked} so far)");
-    }
 }
 
 fn header(name: &str, value: &str) -> Header {
@@ -201,8 +156,6 @@ pub fn read_body(
             return Err(BodyReadError::Timeout);
         }
         match reader.read(&mut chunk) {
-            // The sweeper shuts an overdue body's connection for reading, which ends the read here.
-            Ok(0) | Err(_) if Instant::now() > deadline => return Err(BodyReadError::Timeout),
             Ok(0) => {
                 if let Some(expected) = declared.filter(|&n| body.len() < n) {
                     return Err(BodyReadError::Io(format!(
@@ -231,6 +184,10 @@ pub fn read_body(
         }
     }
 }
+
+/// The 404 message, naming every endpoint.
+pub const NOT_FOUND: &str =
+    "no such endpoint: use POST /image, /save or /code, GET /healthz, /metrics or /events";
 
 /// Where a request goes, from its method and path alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -274,7 +231,9 @@ fn refusal_answer(
 }
 
 /// Answers what needs no worker and queues frame posts; a full queue is answered `busy` at once.
-/// Admin requests go to the admin thread's queue (`admin`, absent when the pages are disabled).
+/// The front has read every body completely before the request gets here, so an answer given without
+/// reading the body never waits on the client. Admin requests go to the admin thread's queue
+/// (`admin`, absent when the pages are disabled).
 pub fn dispatch(
     service: &Service,
     transport: &Transport,
@@ -282,23 +241,14 @@ pub fn dispatch(
     admin: Option<&Sender<Request>>,
     request: Request,
 ) {
-    let port = transport.port;
-    let refuse = |request: Request, answer: &Answer| {
-        if may_have_unread_body(&request) {
-            respond_and_close(request, answer, port);
-        } else {
-            respond(request, answer);
-        }
-    };
     let request_id = transport.ids.next();
-    let received_at = Instant::now();
-    let received_wall = Utc::now();
-    if let Some(peer) = request.remote_addr() {
-        transport.header_floods.dispatched(*peer);
-    }
+    // The request's age counts from its arrival at the front.
+    let received_at = Forwarded::of(&request).received_at;
+    let received_wall =
+        Utc::now() - chrono::TimeDelta::from_std(received_at.elapsed()).unwrap_or_default();
     let route = route(request.method(), request.url());
     if route == Route::Health {
-        return refuse(request, &Answer::ok(service.health()));
+        return respond(request, &Answer::ok(service.health()));
     }
     let plain_error = |code: u16, error: &str, message: String| Answer {
         code,
@@ -319,7 +269,7 @@ pub fn dispatch(
                 "busy",
                 "the admin pages are busy; reload in a moment".into(),
             );
-            refuse(request, &answer);
+            respond(request, &answer);
         }
         return;
     }
@@ -333,7 +283,7 @@ pub fn dispatch(
             Route::Frame(endpoint) => {
                 let (answer, handled) =
                     refusal_answer(service, &request_id, endpoint, unauthorized);
-                refuse(request, &answer);
+                respond(request, &answer);
                 service.follow_up(handled);
             }
             _ => {
@@ -343,7 +293,7 @@ pub fn dispatch(
                     _ => "other",
                 };
                 service.metrics.count_request(label, "unauthorized");
-                refuse(
+                respond(
                     request,
                     &plain_error(401, unauthorized.error, unauthorized.message),
                 );
@@ -354,7 +304,7 @@ pub fn dispatch(
         Route::Frame(endpoint) => endpoint,
         Route::Metrics if may_have_unread_body(&request) => {
             let answer = plain_error(400, "unexpected_body", "GET /metrics takes no body".into());
-            return refuse(request, &answer);
+            return respond(request, &answer);
         }
         Route::Metrics => return respond_text(request, service.metrics_text()),
         Route::Events => {
@@ -363,7 +313,7 @@ pub fn dispatch(
                 Ok(page) => Answer::ok(page),
                 Err(refusal) => plain_error(refusal.http, refusal.error, refusal.message),
             };
-            return refuse(request, &answer);
+            return respond(request, &answer);
         }
         Route::WrongMethod(allowed) => {
             let answer = plain_error(
@@ -371,23 +321,18 @@ pub fn dispatch(
                 "method_not_allowed",
                 format!("use {allowed} on this endpoint"),
             );
-            return refuse(request, &answer);
+            return respond(request, &answer);
         }
         Route::Health | Route::Admin | Route::NotFound => {
-            let answer = plain_error(
-                404,
-                "not_found",
-                "no such endpoint: use POST /image, /save or /code, GET /healthz, /metrics or /events"
-                    .into(),
-            );
-            return refuse(request, &answer);
+            let answer = plain_error(404, "not_found", NOT_FOUND.into());
+            return respond(request, &answer);
         }
     };
     let max_body_bytes = service.config.http.max_body_bytes;
     if request.body_length().is_some_and(|n| n > max_body_bytes) {
         let (answer, handled) =
             refusal_answer(service, &request_id, endpoint, too_large(max_body_bytes));
-        refuse(request, &answer);
+        respond(request, &answer);
         return service.follow_up(handled);
     }
     let job = Job {
@@ -399,7 +344,7 @@ pub fn dispatch(
     };
     if let Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) = jobs.try_send(job) {
         let handled = service.busy(&job.request_id, job.endpoint);
-        refuse(job.request, &Answer::of(&handled));
+        respond(job.request, &Answer::of(&handled));
         service.follow_up(handled);
     }
 }
@@ -416,7 +361,6 @@ fn respond_text(request: Request, text: String) {
 /// snapshots are written after it, so disk I/O never delays the tablet.
 pub fn run_worker(
     service: Arc<Service>,
-    transport: Arc<Transport>,
     mut recognizer: crate::vision::Recognizer,
     jobs: Receiver<Job>,
 ) {
@@ -428,15 +372,10 @@ pub fn run_worker(
             received_at,
             received_wall,
         } = job;
-        let deadline = received_at + Duration::from_millis(service.config.http.body_timeout_ms);
-        let peer = request.remote_addr().copied();
-        if let Some(peer) = peer {
-            transport.body_deadlines.watch(peer, deadline);
-        }
+        // The front holds the whole body already; this deadline only guards against a front gone missing.
+        let deadline = Instant::now() + Duration::from_millis(service.config.http.body_timeout_ms);
+        let peer = Forwarded::of(&request).peer;
         let body = read_body(&mut request, service.config.http.max_body_bytes, deadline);
-        if let Some(peer) = peer {
-            transport.body_deadlines.done(peer);
-        }
         match body {
             Ok(body) => {
                 let content_type = request
@@ -464,7 +403,7 @@ pub fn run_worker(
             Err(err) => {
                 let refusal = err.refusal(&service.config.http);
                 let handled = service.refuse(&request_id, endpoint, refusal);
-                respond_and_close(request, &Answer::of(&handled), transport.port);
+                respond(request, &Answer::of(&handled));
                 service.follow_up(handled);
             }
         }

@@ -173,6 +173,19 @@ impl Setup {
         setup
     }
 
+    /// The test config with only `name` (one of `ENROLLED`) in the gallery.
+    pub fn enrolling_only(name: &str) -> Setup {
+        let setup = Setup::new();
+        let path = setup.state_dir().join("gallery.json");
+        let mut gallery: Value =
+            serde_json::from_slice(&std::fs::read(&path).expect("gallery")).expect("JSON");
+        let people = gallery["people"].as_array_mut().expect("a people list");
+        people.retain(|person| person["name"] == name);
+        assert_eq!(people.len(), 1, "{name} is not one of ENROLLED");
+        std::fs::write(&path, gallery.to_string()).expect("gallery written");
+        setup
+    }
+
     /// The test config with nobody enrolled.
     fn bare() -> Setup {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -374,8 +387,9 @@ impl Daemon {
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines() {
                     let Ok(line) = line else { break };
-                    if let Some(rest) = line.split("facegate listening on http://").nth(1) {
-                        let addr = rest.split_whitespace().next().unwrap_or_default();
+                    if let Some(rest) = line.split("facegate listening on ").nth(1) {
+                        let url = rest.split_whitespace().next().unwrap_or_default();
+                        let addr = url.split("://").nth(1).unwrap_or_default();
                         let _ = listening_tx.send(addr.to_string());
                     }
                     logs.lock().unwrap().push(line);
@@ -452,6 +466,27 @@ impl Daemon {
 
     pub fn pid(&self) -> i32 {
         self.child.as_ref().expect("daemon running").id() as i32
+    }
+
+    /// The exit status if the daemon has exited by itself.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        let child = self.child.as_mut()?;
+        child.try_wait().expect("wait for the daemon")
+    }
+
+    /// Resident and peak memory of the daemon, in KiB (VmRSS, VmHWM).
+    pub fn memory_kib(&self) -> (u64, u64) {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        (field("VmRSS:"), field("VmHWM:"))
     }
 
     /// Sends SIGTERM and waits for the exit; the logs stay readable afterwards.
@@ -591,7 +626,7 @@ impl Reply {
 
 /// Reads one answer: up to its Content-Length, or to the connection's end when it has none. Does
 /// not wait for the server to close, so it also works when the server keeps the connection open.
-pub fn read_reply(stream: &mut TcpStream) -> Reply {
+pub fn read_reply(stream: &mut impl Read) -> Reply {
     let mut raw = Vec::new();
     let mut chunk = [0u8; 64 * 1024];
     loop {

@@ -1,0 +1,608 @@
+//! The connection front: the first code that reads bytes from the network. It owns the TCP listener
+//! and every accepted stream (plain or TLS), bounds the number of connections, reads each request head
+//! and body under byte caps and deadlines, answers what needs no worker (401/404/405/408/413/431/505)
+//! itself, and forwards each checked request, body complete, to tiny_http on a private Unix socket.
+//!
+//! Threads: one `front-accept` thread, and one thread per open connection, at most
+//! `http.max_connections` of them. A connection thread only ever waits on its own socket (with a
+//! deadline) or on tiny_http's answer, so slow or idle clients cost a bounded number of threads and never
+//! hold a recognition worker. When the limit is reached, a new connection takes the place of the
+//! connection that has waited longest for a request (`registry`); only when every connection is busy
+//! with a request is the new one closed at once. Both are counted in /metrics.
+
+pub mod body;
+pub mod conn;
+pub mod forward;
+pub mod head;
+mod registry;
+pub mod tls;
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use subtle::ConstantTimeEq;
+
+use self::body::BodyError;
+use self::conn::{Incoming, ReadError, Transport};
+use self::head::{Expectation, Framing, Head, HeadError, Parsed};
+use self::registry::{Admission, Registry};
+use crate::http::{route, Route};
+use crate::metrics::Metrics;
+use crate::record::Endpoint;
+
+/// The largest request head accepted (request line and headers).
+pub const MAX_HEAD_BYTES: usize = 32 * 1024;
+/// The least time an admin page's upload gets for its body.
+const ADMIN_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the front waits for tiny_http's answer once the body is handed over (recognition included).
+const ANSWER_WAIT: Duration = Duration::from_secs(60);
+/// Stack of a connection thread: enough for the TLS handshake, small enough for hundreds of them.
+const CONNECTION_STACK: usize = 256 * 1024;
+
+/// Everything a connection thread needs to know.
+pub struct Settings {
+    pub max_connections: usize,
+    /// From accept to the end of the first head (the TLS handshake included), and from the first byte
+    /// of a later request to the end of its head.
+    pub head_timeout: Duration,
+    /// An idle keep-alive connection is closed after this.
+    pub idle_timeout: Duration,
+    /// From the end of the head to the end of the body; also bounds each write to the client.
+    pub body_timeout: Duration,
+    pub max_body_bytes: usize,
+    pub token: Option<String>,
+    /// tiny_http's Unix socket.
+    pub backend: PathBuf,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+struct Shared {
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    refusals: Arc<dyn Refusals>,
+    registry: Arc<Registry>,
+}
+
+/// Accepts on `listener` in a thread of its own until the process ends.
+pub fn start(
+    listener: TcpListener,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    refusals: Arc<dyn Refusals>,
+) -> std::io::Result<()> {
+    crate::http::forwarded::start_clock();
+    let registry = Arc::new(Registry::new(settings.max_connections));
+    registry::report(&registry, &metrics);
+    let shared = Arc::new(Shared {
+        registry,
+        settings,
+        metrics,
+        refusals,
+    });
+    std::thread::Builder::new()
+        .name("front-accept".into())
+        .spawn(move || accept_loop(&listener, &shared))?;
+    Ok(())
+}
+
+fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
+    loop {
+        let (stream, peer) = match listener.accept() {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                // Out of descriptors or a connection reset before accept: both pass.
+                log::warn!("accept failed: {err}");
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        let Admission::Admitted(id) = shared.registry.admit(&stream) else {
+            continue;
+        };
+        let connection = Arc::clone(shared);
+        let spawned = std::thread::Builder::new()
+            .name("front-conn".into())
+            .stack_size(CONNECTION_STACK)
+            .spawn(move || {
+                serve_connection(stream, peer, id, &connection);
+                connection.registry.remove(id);
+            });
+        if let Err(err) = spawned {
+            shared.registry.refuse_admitted(id);
+            log::warn!("no thread for a connection from {peer}: {err}");
+        }
+    }
+}
+
+/// What to do with the connection after an exchange.
+#[derive(Debug, PartialEq, Eq)]
+enum Next {
+    KeepAlive,
+    Close,
+}
+
+fn serve_connection(stream: TcpStream, peer: SocketAddr, id: u64, shared: &Shared) {
+    let settings = &shared.settings;
+    let first_deadline = Instant::now() + settings.head_timeout;
+    let _ = stream.set_nodelay(true);
+    if stream
+        .set_write_timeout(Some(settings.body_timeout))
+        .is_err()
+    {
+        return;
+    }
+    let transport = match &settings.tls {
+        Some(config) => match Transport::accept_tls(stream, Arc::clone(config), first_deadline) {
+            Ok(transport) => transport,
+            Err(err) => {
+                log::debug!("TLS handshake with {peer} failed: {err:?}");
+                return;
+            }
+        },
+        None => Transport::Plain(stream),
+    };
+    let mut incoming = Incoming::new(transport);
+    let mut waits = (first_deadline, Some(first_deadline));
+    while exchange(&mut incoming, peer, id, waits, shared) == Next::KeepAlive {
+        shared.registry.waiting(id);
+        waits = (Instant::now() + settings.idle_timeout, None);
+    }
+    incoming.transport.close();
+}
+
+/// One request: wait for its first byte until `waits.0`, read its head (until `waits.1`, or
+/// `head_timeout` after the first byte), check it, read its body, forward it, answer.
+fn exchange(
+    incoming: &mut Incoming,
+    peer: SocketAddr,
+    id: u64,
+    waits: (Instant, Option<Instant>),
+    shared: &Shared,
+) -> Next {
+    let settings = &shared.settings;
+    if incoming.buffer.is_empty() && incoming.fill(waits.0).is_err() {
+        return Next::Close;
+    }
+    let head_deadline = waits
+        .1
+        .unwrap_or_else(|| Instant::now() + settings.head_timeout);
+    let (head, used) = loop {
+        match head::parse(&incoming.buffer, MAX_HEAD_BYTES) {
+            Parsed::Complete(head, used) => break (head, used),
+            Parsed::Refused(err) => return refuse(incoming, shared, refusal_for_head(&err)),
+            Parsed::Incomplete => match fill_head(incoming, head_deadline) {
+                Ok(()) => {}
+                Err(ReadError::Timeout) => {
+                    let refusal = Refusal::new(
+                        408,
+                        "head_timeout",
+                        format!(
+                            "the request head did not arrive within {} ms",
+                            settings.head_timeout.as_millis()
+                        ),
+                    );
+                    return refuse(incoming, shared, refusal);
+                }
+                Err(ReadError::Closed) => return Next::Close,
+            },
+        }
+    };
+    incoming.buffer.drain(..used);
+    let received_at = Instant::now();
+    let framing = match check(&head, settings) {
+        Ok(framing) => framing,
+        Err(refusal) => {
+            let body_pending = !matches!(head.framing(), Ok(Framing::None | Framing::Length(0)));
+            let next = refuse(incoming, shared, refusal.counted_as(&head));
+            return if body_pending || !head.keep_alive() {
+                Next::Close
+            } else {
+                next
+            };
+        }
+    };
+    // A checked request from a client that knows the token: no longer the first to make room.
+    shared.registry.working(id);
+    if head.expectation() == Expectation::Continue
+        && framing != Framing::None
+        && incoming
+            .transport
+            .send(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .is_err()
+    {
+        return Next::Close;
+    }
+    let body_deadline = received_at + body_timeout(&head, settings);
+    let body = match incoming.read_body(framing, settings.max_body_bytes, body_deadline) {
+        Ok(body) => body,
+        Err(err) => {
+            let refusal = refusal_for_body(err, settings).counted_as(&head);
+            log::info!(
+                "request from {peer} refused at the front: error={} http={} message={:?}",
+                refusal.error,
+                refusal.code,
+                refusal.message
+            );
+            refuse(incoming, shared, refusal);
+            return Next::Close;
+        }
+    };
+    let request = forward::request_bytes(&head, &body, peer, received_at);
+    drop(body);
+    let upstream = match forward::forward(&settings.backend, &request, ANSWER_WAIT) {
+        Ok(upstream) => upstream,
+        Err(err) => {
+            log::warn!("no answer from the request handler for {peer}: {err}");
+            let refusal = Refusal::new(
+                503,
+                "unavailable",
+                "the daemon could not handle the request (it may be stopping); send it again"
+                    .into(),
+            );
+            refuse(incoming, shared, refusal);
+            return Next::Close;
+        }
+    };
+    let keep_alive = head.keep_alive();
+    let bytes = answer_bytes(
+        upstream.status,
+        &upstream.headers,
+        &upstream.body,
+        keep_alive,
+    );
+    if incoming.transport.send(&bytes).is_err() || !keep_alive {
+        return Next::Close;
+    }
+    Next::KeepAlive
+}
+
+/// Reads until the buffered head may have changed its verdict: a new line ended, the first bytes
+/// (checked as a request line early) or the cap passed. A client sending its head a byte at a time then
+/// costs one parse per line, not one per byte.
+fn fill_head(incoming: &mut Incoming, deadline: Instant) -> Result<(), ReadError> {
+    loop {
+        let before = incoming.buffer.len();
+        incoming.fill(deadline)?;
+        let fresh = &incoming.buffer[before..];
+        let len = incoming.buffer.len();
+        if fresh.contains(&b'\n') || len <= EARLY_CHECK_BYTES || len > MAX_HEAD_BYTES {
+            return Ok(());
+        }
+    }
+}
+
+/// Bytes of a head parsed on every read, so that what cannot be HTTP is refused at once.
+const EARLY_CHECK_BYTES: usize = 1024;
+
+/// An answer the front gives itself, as JSON in the daemon's error shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Refusal {
+    code: u16,
+    error: &'static str,
+    message: String,
+    /// Where the request was going, when its head was read.
+    route: Option<Route>,
+}
+
+impl Refusal {
+    fn new(code: u16, error: &'static str, message: String) -> Refusal {
+        Refusal {
+            code,
+            error,
+            message,
+            route: None,
+        }
+    }
+
+    fn counted_as(mut self, head: &Head) -> Refusal {
+        let method = head.method.parse().unwrap_or(tiny_http::Method::Get);
+        self.route = Some(route(&method, &head.target));
+        self
+    }
+}
+
+/// The /metrics label of a route.
+fn route_label(route: Route) -> &'static str {
+    match route {
+        Route::Frame(endpoint) => endpoint.name(),
+        Route::Metrics => "metrics",
+        Route::Events => "events",
+        Route::Health => "healthz",
+        Route::Admin => "admin",
+        Route::WrongMethod(_) | Route::NotFound => "other",
+    }
+}
+
+/// Records what the front refuses, the way the rest of the daemon records refusals.
+pub trait Refusals: Send + Sync {
+    /// The next request id, from the same sequence as the requests tiny_http handles.
+    fn request_id(&self) -> String;
+    /// A refused frame post (`/image`, `/save`), recorded and audited like any refusal: returns the
+    /// answer's JSON, and the bookkeeping to run once the answer is sent.
+    fn refuse_frame(
+        &self,
+        request_id: &str,
+        endpoint: Endpoint,
+        refusal: crate::record::Refusal,
+    ) -> (serde_json::Value, Box<dyn FnOnce() + Send>);
+}
+
+fn refusal_for_head(err: &HeadError) -> Refusal {
+    match err {
+        HeadError::Malformed(why) => Refusal::new(
+            400,
+            "bad_request",
+            format!("this is not an HTTP/1.1 request: {why}"),
+        ),
+        HeadError::UnsupportedVersion(version) => Refusal::new(
+            505,
+            "http_version_not_supported",
+            format!("{version} is not spoken here: use HTTP/1.1 (or HTTP/1.0)"),
+        ),
+        HeadError::TooLarge => Refusal::new(
+            431,
+            "head_too_large",
+            format!(
+                "the request line and headers must fit in {MAX_HEAD_BYTES} bytes and {} header lines",
+                head::MAX_HEADERS
+            ),
+        ),
+    }
+}
+
+fn refusal_for_body(err: BodyError, settings: &Settings) -> Refusal {
+    match err {
+        BodyError::TooLarge => Refusal::new(
+            413,
+            "too_large",
+            format!(
+                "the body is larger than the {} bytes allowed",
+                settings.max_body_bytes
+            ),
+        ),
+        BodyError::Timeout => Refusal::new(
+            408,
+            "body_timeout",
+            format!(
+                "the body did not arrive within {} ms",
+                settings.body_timeout.as_millis()
+            ),
+        ),
+        BodyError::Cut(why) => Refusal::new(
+            400,
+            "body_unreadable",
+            format!("the body could not be read: {why}"),
+        ),
+        BodyError::Malformed(why) => Refusal::new(
+            400,
+            "body_unreadable",
+            format!("the chunked body could not be read: {why}"),
+        ),
+    }
+}
+
+/// How long the body may take: photo uploads to the admin pages come from phones over Wi-Fi and get
+/// at least `ADMIN_BODY_TIMEOUT`; everything else `http.body_timeout_ms`.
+fn body_timeout(head: &Head, settings: &Settings) -> Duration {
+    let admin = head
+        .method
+        .parse::<tiny_http::Method>()
+        .is_ok_and(|method| route(&method, &head.target) == Route::Admin);
+    if admin {
+        settings.body_timeout.max(ADMIN_BODY_TIMEOUT)
+    } else {
+        settings.body_timeout
+    }
+}
+
+/// What needs no body to answer: route, token, framing, size. `Ok` gives the body's framing.
+fn check(head: &Head, settings: &Settings) -> Result<Framing, Refusal> {
+    let method = head
+        .method
+        .parse::<tiny_http::Method>()
+        .map_err(|()| Refusal::new(400, "bad_request", "the method is not ASCII".into()))?;
+    let route = route(&method, &head.target);
+    // The admin pages have their own sign-in; the tablet's token does not open them.
+    if !matches!(route, Route::Health | Route::Admin)
+        && !authorized(head, settings.token.as_deref())
+    {
+        return Err(Refusal::new(
+            401,
+            "unauthorized",
+            "missing or wrong bearer token: send Authorization: Bearer <token>".into(),
+        ));
+    }
+    match route {
+        Route::WrongMethod(allowed) => {
+            return Err(Refusal::new(
+                405,
+                "method_not_allowed",
+                format!("use {allowed} on this endpoint"),
+            ))
+        }
+        Route::NotFound => {
+            return Err(Refusal::new(
+                404,
+                "not_found",
+                crate::http::NOT_FOUND.into(),
+            ))
+        }
+        _ => {}
+    }
+    let framing = head.framing().map_err(|why| {
+        Refusal::new(
+            400,
+            "bad_framing",
+            format!("the body's framing is refused: {why}"),
+        )
+    })?;
+    if let Framing::Length(length) = framing {
+        if length > settings.max_body_bytes as u64 {
+            return Err(Refusal::new(
+                413,
+                "too_large",
+                format!(
+                    "the body is larger than the {} bytes allowed",
+                    settings.max_body_bytes
+                ),
+            ));
+        }
+    }
+    if head.expectation() == Expectation::Unsupported {
+        return Err(Refusal::new(
+            417,
+            "expectation_failed",
+            "only `Expect: 100-continue` is understood".into(),
+        ));
+    }
+    Ok(framing)
+}
+
+/// Is the bearer token right? Compared in constant time.
+fn authorized(head: &Head, token: Option<&str>) -> bool {
+    let Some(token) = token else {
+        return true;
+    };
+    head.values("authorization")
+        .filter_map(|value| value.strip_prefix("Bearer "))
+        .any(|given| bool::from(given.trim().as_bytes().ct_eq(token.as_bytes())))
+}
+
+/// Answers `refusal` as JSON, counts it, and tells whether the connection may go on.
+fn refuse(incoming: &mut Incoming, shared: &Shared, refusal: Refusal) -> Next {
+    let request_id = shared.refusals.request_id();
+    let (body, after) = match refusal.route {
+        Some(Route::Frame(endpoint)) => {
+            let recorded = crate::record::Refusal {
+                http: refusal.code,
+                error: refusal.error,
+                message: refusal.message.clone(),
+            };
+            let (body, after) = shared
+                .refusals
+                .refuse_frame(&request_id, endpoint, recorded);
+            (body, Some(after))
+        }
+        route => {
+            if let Some(route) = route {
+                shared
+                    .metrics
+                    .count_request(route_label(route), refusal.error);
+            }
+            let body = json!({
+                "request_id": request_id,
+                "status": "error",
+                "error": refusal.error,
+                "message": refusal.message,
+            });
+            (body, None)
+        }
+    };
+    let next = send_refusal(incoming, &refusal, &body);
+    if let Some(after) = after {
+        after();
+    }
+    next
+}
+
+fn send_refusal(incoming: &mut Incoming, refusal: &Refusal, body: &serde_json::Value) -> Next {
+    let headers = [
+        ("Content-Type".to_string(), "application/json".to_string()),
+        ("Cache-Control".to_string(), "no-store".to_string()),
+    ];
+    let keep_alive = matches!(refusal.code, 401 | 404 | 405);
+    let bytes = answer_bytes(
+        refusal.code,
+        &headers,
+        body.to_string().as_bytes(),
+        keep_alive,
+    );
+    if incoming.transport.send(&bytes).is_err() || !keep_alive {
+        return Next::Close;
+    }
+    Next::KeepAlive
+}
+
+/// An HTTP/1.1 answer with an exact Content-Length and the front's own Connection header.
+fn answer_bytes(
+    status: u16,
+    headers: &[(String, String)],
+    body: &[u8],
+    keep_alive: bool,
+) -> Vec<u8> {
+    let mut head = format!(
+        "HTTP/1.1 {status} {}\r\n",
+        tiny_http::StatusCode(status).default_reason_phrase()
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str(&format!(
+        "Content-Length: {}\r\nConnection: {}\r\n\r\n",
+        body.len(),
+        if keep_alive { "keep-alive" } else { "close" }
+    ));
+    let mut bytes = head.into_bytes();
+    bytes.extend_from_slice(body);
+    bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> Settings {
+        Settings {
+            max_connections: 8,
+            head_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+            body_timeout: Duration::from_secs(1),
+            max_body_bytes: 1000,
+            token: Some("t".into()),
+            backend: PathBuf::from("/nonexistent"),
+            tls: None,
+        }
+    }
+
+    fn head(text: &str) -> Head {
+        match head::parse(text.as_bytes(), MAX_HEAD_BYTES) {
+            Parsed::Complete(head, _) => head,
+            other => panic!("{text:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_front_refuses_what_needs_no_body_in_the_daemons_order() {
+        let cases = [
+            ("GET /healthz HTTP/1.1\r\n\r\n", Ok(Framing::None)),
+            ("POST /image HTTP/1.1\r\nContent-Length: 999999999999\r\n\r\n", Err(401)),
+            ("GET /nope HTTP/1.1\r\n\r\n", Err(401)),
+            // The admin pages sign in on their own: no bearer token needed to reach them.
+            ("GET /admin/ HTTP/1.1\r\n\r\n", Ok(Framing::None)),
+            ("GET /nope HTTP/1.1\r\nAuthorization: Bearer t\r\n\r\n", Err(404)),
+            ("GET /image HTTP/1.1\r\nAuthorization: Bearer t\r\n\r\n", Err(405)),
+            ("POST /image HTTP/1.1\r\nAuthorization: Bearer t\r\nContent-Length: 1001\r\n\r\n", Err(413)),
+            ("POST /image HTTP/1.1\r\nAuthorization: Bearer t\r\nContent-Length: -1\r\n\r\n", Err(400)),
+            ("POST /image HTTP/1.1\r\nAuthorization: Bearer t\r\nExpect: 200-ok\r\nContent-Length: 4\r\n\r\n", Err(417)),
+            ("POST /image HTTP/1.1\r\nAuthorization: Bearer t\r\nContent-Length: 1000\r\n\r\n", Ok(Framing::Length(1000))),
+            ("POST /save HTTP/1.1\r\nAuthorization: Bearer t\r\nTransfer-Encoding: chunked\r\n\r\n", Ok(Framing::Chunked)),
+        ];
+        for (text, expected) in cases {
+            let got = check(&head(text), &settings()).map_err(|r| r.code);
+            assert_eq!(got, expected, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn answers_carry_an_exact_length_and_the_connection_decision() {
+        let bytes = answer_bytes(505, &[], b"{}", false);
+        let text = String::from_utf8(bytes).unwrap();
+        assert_eq!(
+            text,
+            "HTTP/1.1 505 HTTP Version Not Supported\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
+        );
+    }
+}
