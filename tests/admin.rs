@@ -537,3 +537,70 @@ fn sessions_expire_and_wrong_passwords_lock_the_address_out() {
             >= 5
     );
 }
+
+/// One request over TLS (the server key pinned), read to the connection's end.
+fn over_tls(daemon: &Daemon, pin: &str, request: &str) -> (String, String) {
+    use std::io::Read;
+    let config = facegate::front::tls::pinned_client_config(pin);
+    let name = rustls::pki_types::ServerName::try_from("facegate").unwrap();
+    let connection = rustls::ClientConnection::new(config, name).unwrap();
+    let tcp = std::net::TcpStream::connect(daemon.addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut stream = rustls::StreamOwned::new(connection, tcp);
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").expect("an answer");
+    (head.to_string(), body.to_string())
+}
+
+#[test]
+fn over_tls_the_session_cookie_is_secure() {
+    let setup = Setup::new().set("http.tls.enabled", true);
+    let pin = setup.run(&["tls", "pin"]).stdout.trim().to_string();
+    let daemon = admin_daemon(setup);
+    let (head, body) = over_tls(
+        &daemon,
+        &pin,
+        "GET /admin/login HTTP/1.1\r\nHost: facegate\r\nConnection: close\r\n\r\n",
+    );
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let cookie_line = head
+        .lines()
+        .find(|l| {
+            l.to_ascii_lowercase()
+                .starts_with("set-cookie: facegate_login=")
+        })
+        .expect("the sign-in form's cookie");
+    assert!(cookie_line.contains("; Secure"), "{cookie_line}");
+    let login_token = cookie_line
+        .split_once('=')
+        .unwrap()
+        .1
+        .split(';')
+        .next()
+        .unwrap();
+    let start = body.find("name=\"csrf\" value=\"").unwrap() + "name=\"csrf\" value=\"".len();
+    let csrf = body[start..].split('"').next().unwrap();
+    let form = format!("csrf={csrf}&password={PASSWORD}");
+    let (head, _) = over_tls(
+        &daemon,
+        &pin,
+        &format!(
+            "POST /admin/login HTTP/1.1\r\nHost: facegate\r\nConnection: close\r\nCookie: facegate_login={login_token}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
+            form.len()
+        ),
+    );
+    assert!(head.starts_with("HTTP/1.1 303"), "{head}");
+    let session = head
+        .lines()
+        .find(|l| {
+            l.to_ascii_lowercase()
+                .starts_with("set-cookie: facegate_admin=")
+        })
+        .expect("a session cookie");
+    for attribute in ["HttpOnly", "SameSite=Strict", "Secure"] {
+        assert!(session.contains(attribute), "{session} lacks {attribute}");
+    }
+}
