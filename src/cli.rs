@@ -430,6 +430,10 @@ fn gallery(config: &Config, action: GalleryAction) -> Result<()> {
         GalleryAction::Remove { name } => {
             let removed = gallery.remove(&name)?;
             gallery.save(&path)?;
+            enrollment::remove_thumbnails(
+                &enrollment::thumbnail_dir(&config.state_dir),
+                &removed.samples,
+            );
             println!(
                 "removed {} ({} samples)",
                 removed.name,

@@ -163,6 +163,25 @@ pub fn store_thumbnails(dir: &Path, report: &EnrolmentReport) -> std::io::Result
     Ok(())
 }
 
+/// Is `name` one of the thumbnail file names enrolment makes (24 hex digits + `.jpg`)?
+pub fn is_thumbnail_name(name: &str) -> bool {
+    name.strip_suffix(".jpg").is_some_and(|stem| {
+        stem.len() == 24 && stem.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    })
+}
+
+/// Deletes the thumbnails of removed samples from `dir` (only file names enrolment makes);
+/// a thumbnail that cannot be deleted is logged and left.
+pub fn remove_thumbnails<'a>(dir: &Path, samples: impl IntoIterator<Item = &'a Sample>) {
+    for file in samples.into_iter().filter_map(|s| s.thumbnail.as_deref()) {
+        if is_thumbnail_name(file) {
+            if let Err(err) = std::fs::remove_file(dir.join(file)) {
+                log::warn!("thumbnail {file} not removed: {err}");
+            }
+        }
+    }
+}
+
 /// Adds the accepted images of `name` to `gallery` (in memory; the caller saves it).
 pub fn enroll(
     recognizer: &mut Recognizer,

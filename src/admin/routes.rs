@@ -16,7 +16,7 @@ use super::pages::{self, Notice};
 use super::{Admin, AdminResponse, Session};
 use crate::door::{DoorReport, OpenCause, OpenRequest};
 use crate::enrollment::{self, Candidate, EnrolmentError, Verdict};
-use crate::gallery::{Gallery, GalleryError, Sample};
+use crate::gallery::{Gallery, GalleryError};
 
 /// Rows per page of the events list.
 const PAGE_SIZE: usize = 50;
@@ -41,13 +41,6 @@ const STATUSES: [&str; 16] = [
     "login",
     "login_failed",
 ];
-
-/// Is `name` one of our thumbnail file names (24 hex digits + `.jpg`)?
-fn valid_thumbnail(name: &str) -> bool {
-    name.strip_suffix(".jpg").is_some_and(|stem| {
-        stem.len() == 24 && stem.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-    })
-}
 
 fn badge(status: &str) -> &'static str {
     match status {
@@ -445,18 +438,6 @@ impl Admin {
         self.people_page(session, None, Some(result))
     }
 
-    /// Deletes the thumbnail files of removed samples (only names we made).
-    fn forget_thumbnails<'a>(&self, samples: impl IntoIterator<Item = &'a Sample>) {
-        let dir = self.thumbnail_dir();
-        for file in samples.into_iter().filter_map(|s| s.thumbnail.as_deref()) {
-            if valid_thumbnail(file) {
-                if let Err(err) = std::fs::remove_file(dir.join(file)) {
-                    log::warn!("thumbnail {file} not removed: {err}");
-                }
-            }
-        }
-    }
-
     fn edit_gallery<T>(
         &self,
         edit: impl FnOnce(&mut Gallery) -> Result<T, GalleryError>,
@@ -477,7 +458,7 @@ impl Admin {
         let name = fields.get("name").unwrap_or_default();
         match self.edit_gallery(|g| g.remove(name)) {
             Ok(person) => {
-                self.forget_thumbnails(&person.samples);
+                enrollment::remove_thumbnails(&self.thumbnail_dir(), &person.samples);
                 log::info!("admin removed {name:?} ({} samples)", person.samples.len());
                 self.audit(json!({"action": "remove_person", "identity": name, "remote": peer}));
                 self.people_page(session, Notice::ok(format!("Removed {name}.")), None)
@@ -498,7 +479,7 @@ impl Admin {
         };
         match self.edit_gallery(|g| g.remove_sample(name, index)) {
             Ok(sample) => {
-                self.forget_thumbnails([&sample]);
+                enrollment::remove_thumbnails(&self.thumbnail_dir(), [&sample]);
                 log::info!(
                     "admin removed sample {index} ({}) of {name:?}",
                     sample.source
@@ -517,7 +498,7 @@ impl Admin {
     }
 
     fn thumbnail(&self, session: &Session, name: &str) -> AdminResponse {
-        if !valid_thumbnail(name) {
+        if !enrollment::is_thumbnail_name(name) {
             return self.not_found(session);
         }
         match std::fs::read(self.thumbnail_dir().join(name)) {
@@ -764,6 +745,7 @@ mod tests {
 
     #[test]
     fn only_our_thumbnail_names_are_served() {
+        let valid_thumbnail = enrollment::is_thumbnail_name;
         assert!(valid_thumbnail("0123456789abcdef01234567.jpg"));
         for bad in [
             "../gallery.json",
