@@ -342,7 +342,13 @@ fn sign_in_pages_actions_and_sign_out_over_http() {
     // People: enrol from uploads (one accepted, one refused with its reason), thumbnails, reload.
     let people = browser.get("/admin/people");
     let token = csrf(&people);
-    assert!(html(&people).contains("obama") && html(&people).contains("biden"));
+    let listed = html(&people);
+    assert!(listed.contains("obama") && listed.contains("biden"));
+    assert_eq!(
+        listed.matches("src=\"/admin/thumbnails/").count(),
+        2,
+        "one thumbnail per photo enrolled with facegate enroll"
+    );
     let enrolled = browser.post_files(
         "/admin/people/add",
         &[("csrf", &token), ("name", "rose")],
@@ -359,10 +365,11 @@ fn sign_in_pages_actions_and_sign_out_over_http() {
     assert!(page.contains("no acceptable face"), "{page}");
     assert!(gallery_names(&daemon).contains(&"rose".to_string()));
     let thumbnail = page
-        .split("src=\"/admin/thumbnails/")
+        .split("data-person=\"rose\"")
         .nth(1)
+        .and_then(|card| card.split("src=\"/admin/thumbnails/").nth(1))
         .and_then(|rest| rest.split('"').next())
-        .expect("the new sample's thumbnail on the page")
+        .expect("the new sample's thumbnail on rose's card")
         .to_string();
     let thumb = browser.get(&format!("/admin/thumbnails/{thumbnail}"));
     assert_eq!(thumb.status, 200);
