@@ -200,10 +200,9 @@ fn audit_lines(daemon: &Daemon) -> Vec<Value> {
     let mut lines = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {
         let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
-        lines.extend(
-            text.lines()
-                .map(|l| serde_json::from_str::<Value>(l).unwrap()),
-        );
+        // Only whole lines: the audit writer may be appending right now.
+        let whole = text.split_inclusive('\n').filter(|l| l.ends_with('\n'));
+        lines.extend(whole.map(|l| serde_json::from_str::<Value>(l).unwrap()));
     }
     lines
 }
@@ -482,11 +481,13 @@ fn sign_in_pages_actions_and_sign_out_over_http() {
     assert!(!html(&browser.get("/admin/codes?date=2030-01-07")).contains(&codes[0]));
     let forged = browser.post("/admin/codes/revoke", &[("csrf", "x"), ("code", &codes[1])]);
     assert_eq!(forged.status, 403);
-    let audit_text = std::fs::read_dir(daemon.state_dir().join("audit"))
-        .unwrap()
-        .map(|f| std::fs::read_to_string(f.unwrap().path()).unwrap())
-        .collect::<String>();
-    assert!(audit_text.contains("codes_generate") && audit_text.contains("code_revoke"));
+    let audit_text = wait_for("the codes_generate and code_revoke audit lines", || {
+        let text = std::fs::read_dir(daemon.state_dir().join("audit"))
+            .unwrap()
+            .map(|f| std::fs::read_to_string(f.unwrap().path()).unwrap())
+            .collect::<String>();
+        (text.contains("codes_generate") && text.contains("code_revoke")).then_some(text)
+    });
     assert!(codes.iter().all(|code| !audit_text.contains(code.as_str())));
 
     // Sign out: the session is gone on the server, not just in the browser.
@@ -536,13 +537,14 @@ fn sessions_expire_and_wrong_passwords_lock_the_address_out() {
         429,
         "even the right password"
     );
-    assert!(
-        audit_lines(&daemon)
+    // Audit lines are written by their own thread, soon after.
+    wait_for("five login_failed audit lines", || {
+        let failed = audit_lines(&daemon)
             .iter()
             .filter(|l| l["action"] == "login_failed")
-            .count()
-            >= 5
-    );
+            .count();
+        (failed >= 5).then_some(())
+    });
 }
 
 /// One request over TLS (the server key pinned), read to the connection's end.
