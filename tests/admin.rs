@@ -402,9 +402,27 @@ fn sign_in_pages_actions_and_sign_out_over_http() {
     assert!(gallery_names(&daemon).contains(&"rose".to_string()));
 
     // Remove one sample, then the person; the thumbnail goes with it.
+    let stale = browser.post(
+        "/admin/people/remove-sample",
+        &[
+            ("csrf", &token),
+            ("name", "rose"),
+            ("index", "0"),
+            ("sample", "other.jpg"),
+        ],
+    );
+    assert!(
+        html(&stale).contains("reload the page"),
+        "a stale page removes nothing"
+    );
     let removed = browser.post(
         "/admin/people/remove-sample",
-        &[("csrf", &token), ("name", "rose"), ("index", "0")],
+        &[
+            ("csrf", &token),
+            ("name", "rose"),
+            ("index", "0"),
+            ("sample", &thumbnail),
+        ],
     );
     assert!(html(&removed).contains("Removed the photo img1.jpg of rose"));
     assert!(!daemon

@@ -87,6 +87,8 @@ pub struct Dashboard {
 
 pub struct SampleView {
     pub index: usize,
+    /// Names the sample beside its index, so a stale page cannot remove another one.
+    pub key: String,
     pub source: String,
     pub enrolled_at: String,
     pub thumbnail: Option<String>,

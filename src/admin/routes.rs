@@ -16,7 +16,7 @@ use super::pages::{self, Notice};
 use super::{Admin, AdminResponse, Session};
 use crate::door::{DoorReport, OpenCause, OpenRequest};
 use crate::enrollment::{self, Candidate, EnrolmentError, Verdict};
-use crate::gallery::{Gallery, GalleryError};
+use crate::gallery::{Gallery, GalleryError, Sample};
 
 /// Rows per page of the events list.
 const PAGE_SIZE: usize = 50;
@@ -41,6 +41,11 @@ const STATUSES: [&str; 16] = [
     "login",
     "login_failed",
 ];
+
+/// What names one sample on the page: its thumbnail file, else its source file name.
+fn sample_key(sample: &Sample) -> &str {
+    sample.thumbnail.as_deref().unwrap_or(&sample.source)
+}
 
 fn badge(status: &str) -> &'static str {
     match status {
@@ -288,6 +293,7 @@ impl Admin {
                         .enumerate()
                         .map(|(index, s)| pages::SampleView {
                             index,
+                            key: sample_key(s).to_string(),
                             source: s.source.clone(),
                             enrolled_at: s.enrolled_at.clone(),
                             thumbnail: s
@@ -477,7 +483,23 @@ impl Admin {
         let Some(index) = fields.get("index").and_then(|i| i.parse::<usize>().ok()) else {
             return self.people_page(session, Notice::bad("No photo was chosen."), None);
         };
-        match self.edit_gallery(|g| g.remove_sample(name, index)) {
+        let expected = fields.get("sample").unwrap_or_default();
+        let removed = self.edit_gallery(|g| {
+            let still_there = g
+                .people()
+                .iter()
+                .find(|p| p.name == name)
+                .and_then(|p| p.samples.get(index))
+                .is_some_and(|s| sample_key(s) == expected);
+            if !still_there {
+                return Err(GalleryError::NoSuchSample {
+                    name: name.to_string(),
+                    index,
+                });
+            }
+            g.remove_sample(name, index)
+        });
+        match removed {
             Ok(sample) => {
                 enrollment::remove_thumbnails(&self.thumbnail_dir(), [&sample]);
                 log::info!(
