@@ -7,7 +7,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// Prefix of the temporary files; a store may remove left-overs with it after a crash.
-pub const TEMP_PREFIX: &str = ".tmp-";
+pub(crate) const TEMP_PREFIX: &str = ".tmp-";
 
 /// Writes `bytes` to `path` atomically with permission bits `mode` (for a new file; umask applies).
 /// The directory must exist.

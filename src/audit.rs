@@ -29,7 +29,7 @@ pub struct AuditRetention {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum AuditError {
+pub(crate) enum AuditError {
     #[error(
         "cannot create the audit directory {}: {cause}. Create it, or point the audit directory \
          setting at a directory the facegate user can write",
@@ -90,7 +90,10 @@ struct Stamped<'a, T: Serialize> {
 
 /// `record` (a struct or map) as one JSON line with `"ts"` (RFC 3339, milliseconds, UTC) as its
 /// first field, ending in a newline.
-pub fn stamp_line<T: Serialize>(now: DateTime<Utc>, record: &T) -> Result<String, AuditError> {
+pub(crate) fn stamp_line<T: Serialize>(
+    now: DateTime<Utc>,
+    record: &T,
+) -> Result<String, AuditError> {
     let stamped = Stamped {
         ts: now.to_rfc3339_opts(SecondsFormat::Millis, true),
         record,
@@ -106,7 +109,7 @@ struct DayFile {
 }
 
 /// The audit files on disk. Only the [`AuditWriter`] thread touches them in the daemon.
-pub struct AuditLog {
+pub(crate) struct AuditLog {
     dir: PathBuf,
     retention: AuditRetention,
     current: Option<DayFile>,
@@ -138,12 +141,12 @@ impl AuditLog {
     }
 
     /// The file holding the records of `day` (UTC).
-    pub fn file_path(&self, day: NaiveDate) -> PathBuf {
+    pub(crate) fn file_path(&self, day: NaiveDate) -> PathBuf {
         self.dir.join(file_name(day))
     }
 
     /// Appends one stamped line (see [`stamp_line`]) to the file of `day`.
-    pub fn write_line(&mut self, day: NaiveDate, line: &str) -> Result<(), AuditError> {
+    pub(crate) fn write_line(&mut self, day: NaiveDate, line: &str) -> Result<(), AuditError> {
         let mut open = match self.current.take() {
             Some(open) if open.day == day => open,
             _ => self.open_day(day)?,
@@ -162,7 +165,7 @@ impl AuditLog {
     /// Deletes day files older than `max_age_days`, then the oldest files until the total size
     /// fits `max_total_bytes`; never today's file (UTC day of `now`). Returns how many files were
     /// deleted; on errors, keeps going and returns the first one.
-    pub fn enforce_retention(&self, now: DateTime<Utc>) -> Result<usize, AuditError> {
+    pub(crate) fn enforce_retention(&self, now: DateTime<Utc>) -> Result<usize, AuditError> {
         let list_error = |source| AuditError::List {
             path: self.dir.clone(),
             cause: source,
@@ -227,7 +230,7 @@ enum Message {
 
 /// What became of the lines handed to an [`AuditWriter`], for /metrics.
 #[derive(Debug, Default)]
-pub struct AuditCounters {
+pub(crate) struct AuditCounters {
     /// Lines dropped because the queue was full (the disk is slower than the decisions).
     pub dropped: AtomicU64,
     /// Lines that could not be written (the log could not be opened, or the write failed).
@@ -299,7 +302,7 @@ impl AuditWriter {
     }
 
     /// Dropped and failed line counts.
-    pub fn counters(&self) -> Arc<AuditCounters> {
+    pub(crate) fn counters(&self) -> Arc<AuditCounters> {
         Arc::clone(&self.counters)
     }
 }
@@ -307,7 +310,7 @@ impl AuditWriter {
 impl AuditWriterThread {
     /// Lets the writer finish the lines queued so far, waiting at most `limit` (a hung disk must
     /// not stop a shutdown). Returns whether it finished.
-    pub fn finish(self, limit: Duration) -> bool {
+    pub(crate) fn finish(self, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
         if self.lines.send_timeout(Message::Stop, limit).is_err() {
             return false;
@@ -376,7 +379,7 @@ fn parse_file_name(name: &str) -> Option<NaiveDate> {
 /// Chooses which day files to delete, oldest first: every file more than `max_age_days` before
 /// `today`, then the oldest remaining until the total of `(day, bytes)` fits `max_total_bytes`.
 /// Today's file is never chosen.
-pub fn files_to_delete(
+pub(crate) fn files_to_delete(
     files: &[(NaiveDate, u64)],
     today: NaiveDate,
     retention: &AuditRetention,

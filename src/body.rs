@@ -11,6 +11,8 @@ pub mod multipart;
 
 const MAX_FRAME_ID_CHARS: usize = 128;
 const MAX_CODE_CHARS: usize = 32;
+/// `tablet_id` names a tablet for the confirmation over several frames (`door.confirm_frames`).
+const MAX_TABLET_ID_CHARS: usize = 64;
 /// Longest text form field (`frame_id`, `captured_at`, `code`) read from a multipart body.
 const MAX_FORM_FIELD_BYTES: usize = 512;
 
@@ -20,6 +22,8 @@ pub struct FramePost {
     pub image: Vec<u8>,
     pub frame_id: Option<String>,
     pub captured_at: Option<DateTime<Utc>>,
+    /// Which tablet sent it, when several share one address.
+    pub tablet_id: Option<String>,
 }
 
 /// A visitor code post: the typed code, and the frame when the tablet sent one.
@@ -37,6 +41,8 @@ pub enum BodyError {
     Json(String),
     #[error("`frame_id` must be at most {MAX_FRAME_ID_CHARS} printable characters")]
     FrameId,
+    #[error("`tablet_id` must be a string of 1 to {MAX_TABLET_ID_CHARS} printable characters")]
+    TabletId,
     #[error("`captured_at` is not an RFC 3339 time (e.g. 2026-11-21T10:00:00.123Z): {0}")]
     CapturedAt(String),
     #[error("`code` must be a JSON string of 1 to {MAX_CODE_CHARS} characters, e.g. \"012345\" (a number would lose leading zeros)")]
@@ -134,6 +140,7 @@ struct Fields {
     code: Option<String>,
     frame_id: Option<String>,
     captured_at: Option<DateTime<Utc>>,
+    tablet_id: Option<String>,
 }
 
 fn check_frame_id(frame_id: Option<String>) -> Result<Option<String>, BodyError> {
@@ -143,6 +150,16 @@ fn check_frame_id(frame_id: Option<String>) -> Result<Option<String>, BodyError>
         }
     }
     Ok(frame_id)
+}
+
+fn check_tablet_id(tablet_id: Option<String>) -> Result<Option<String>, BodyError> {
+    if let Some(id) = &tablet_id {
+        let length = id.chars().count();
+        if !(1..=MAX_TABLET_ID_CHARS).contains(&length) || id.chars().any(char::is_control) {
+            return Err(BodyError::TabletId);
+        }
+    }
+    Ok(tablet_id)
 }
 
 fn parse_captured_at(text: Option<String>) -> Result<Option<DateTime<Utc>>, BodyError> {
@@ -168,6 +185,7 @@ struct JsonFrame {
     image: String,
     frame_id: Option<serde_json::Value>,
     captured_at: Option<String>,
+    tablet_id: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -228,6 +246,7 @@ fn form_fields(
         match part.name.as_str() {
             "frame_id" => fields.frame_id = check_frame_id(Some(text))?,
             "captured_at" => fields.captured_at = parse_captured_at(Some(text))?,
+            "tablet_id" => fields.tablet_id = check_tablet_id(Some(text))?,
             _ => fields.code = Some(check_code(text)?),
         }
     }
@@ -253,7 +272,7 @@ pub fn parse_frame_post(
         Shape::Multipart(boundary) => form_fields(
             body,
             &boundary,
-            &["image", "frame_id", "captured_at"],
+            &["image", "frame_id", "captured_at", "tablet_id"],
             max_image_bytes,
         )?,
         Shape::Json => {
@@ -269,6 +288,7 @@ pub fn parse_frame_post(
                 frame_id,
                 captured_at,
                 code: None,
+                tablet_id: check_tablet_id(post.tablet_id)?,
             }
         }
     };
@@ -281,6 +301,7 @@ pub fn parse_frame_post(
         image,
         frame_id: fields.frame_id,
         captured_at: fields.captured_at,
+        tablet_id: fields.tablet_id,
     })
 }
 
@@ -312,6 +333,7 @@ pub fn parse_code_post(
                     .transpose()?,
                 frame_id: json_frame_id(post.frame_id)?,
                 captured_at: parse_captured_at(post.captured_at)?,
+                tablet_id: None,
             }
         }
         Shape::RawImage | Shape::Base64 => {
@@ -378,6 +400,12 @@ mod tests {
         );
         let numeric = parse_frame_post(br#"{"image": "aGk=", "frame_id": 42}"#, None, 100).unwrap();
         assert_eq!(numeric.frame_id.as_deref(), Some("42"));
+        let tablet =
+            parse_frame_post(br#"{"image": "aGk=", "tablet_id": "front"}"#, None, 100).unwrap();
+        assert_eq!(tablet.tablet_id.as_deref(), Some("front"));
+        let (form_body, form_label) = form(&[("image", JPEG), ("tablet_id", b"back")]);
+        let form_post = parse_frame_post(&form_body, Some(form_label), 100).unwrap();
+        assert_eq!(form_post.tablet_id.as_deref(), Some("back"));
     }
 
     #[test]
@@ -468,7 +496,7 @@ mod tests {
         let (no_image, _) = form(&[("frame_id", b"x")]);
         let (twice, _) = form(&[("image", JPEG), ("image", JPEG)]);
         let (long_id, _) = form(&[("frame_id", &[b'x'; 600]), ("image", JPEG)]);
-        let cases: [(&[u8], Option<&str>, &str); 10] = [
+        let cases: [(&[u8], Option<&str>, &str); 12] = [
             (br#"{"image": "aGk=""#, None, "JSON"),
             (br#"{"frame_id": "x"}"#, None, "image"),
             (
@@ -487,6 +515,8 @@ mod tests {
             (&twice, Some(form_label), "twice"),
             (&long_id, Some(form_label), "longer than"),
             (b"aGk=", Some("multipart/form-data"), "boundary"),
+            (br#"{"image": "aGk=", "tablet_id": ""}"#, None, "tablet_id"),
+            (br#"{"image": "aGk=", "tablet_id": 7}"#, None, "JSON"),
         ];
         for (body, label, word) in cases {
             let err = parse_frame_post(body, label, 100).unwrap_err().to_string();

@@ -14,6 +14,7 @@ use facegate::decision::{Freshness, FreshnessRules, Status};
 use facegate::enrollment::{self, Candidate, Verdict};
 use facegate::frame::CheckedImage;
 use facegate::gallery::{EmbedderId, Gallery};
+use facegate::gallery_bundle;
 use facegate::recognition::RecognitionError;
 use facegate::record::{DecisionRecord, Endpoint, RequestIds};
 use facegate::service::{frame_refusal, judge};
@@ -64,7 +65,7 @@ enum Command {
         #[arg(required = true)]
         images: Vec<PathBuf>,
     },
-    /// List or remove enrolled people
+    /// List or remove enrolled people; export, sign and import the gallery of a building
     Gallery {
         #[command(subcommand)]
         action: GalleryAction,
@@ -82,6 +83,11 @@ enum Command {
     Admin {
         #[command(subcommand)]
         action: AdminAction,
+    },
+    /// MQTT helpers (see docs/mqtt.md)
+    Mqtt {
+        #[command(subcommand)]
+        action: MqttAction,
     },
     /// Visitor codes: generate them in advance, show the ones valid on a day, revoke one
     Codes {
@@ -146,7 +152,53 @@ enum TlsAction {
 #[derive(Subcommand)]
 enum GalleryAction {
     List,
-    Remove { name: String },
+    Remove {
+        name: String,
+    },
+    /// Write the gallery as a versioned export (`-` for stdout), signed with the building key if given
+    Export {
+        file: PathBuf,
+        /// Secret key file from `gallery keygen`
+        #[arg(long, value_name = "KEY")]
+        sign: Option<PathBuf>,
+    },
+    /// Load an export; refused if made for another embedder, older than this gallery, or unsigned
+    /// while mqtt.gallery_public_key is set
+    Import {
+        file: PathBuf,
+    },
+    /// Create a building key: the secret goes to FILE (mode 0600), the public key is printed
+    Keygen {
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum MqttAction {
+    /// Print a signed command for this door (mqtt.door_id, mqtt.command_secret) to publish on
+    /// <topic_prefix>/<door_id>/command, e.g. with mosquitto_pub -s
+    Command {
+        #[arg(value_parser = parse_action)]
+        action: facegate::mqtt::command::Action,
+        /// Who sends it, for the door's audit log
+        #[arg(long, default_value = "cli")]
+        origin: String,
+        /// The door it is for [default: mqtt.door_id]
+        #[arg(long)]
+        door: Option<String>,
+    },
+}
+
+fn parse_action(value: &str) -> Result<facegate::mqtt::command::Action, String> {
+    use facegate::mqtt::command::Action;
+    match value {
+        "lock" => Ok(Action::Lock),
+        "unlock" => Ok(Action::Unlock),
+        "clear" => Ok(Action::Clear),
+        other => Err(format!(
+            "`{other}` is not a command: use lock, unlock or clear"
+        )),
+    }
 }
 
 #[derive(Subcommand)]
@@ -182,7 +234,17 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::CheckConfig => {
             // The holidays file is read as `serve` will read it.
             facegate::codes::Calendar::from_config(&config.codes)?;
-            println!("{config:#?}");
+            let mut shown = config.clone();
+            for secret in [
+                &mut shown.http.token,
+                &mut shown.mqtt.password,
+                &mut shown.mqtt.command_secret,
+            ] {
+                if !secret.is_empty() {
+                    *secret = "(set, not shown)".into();
+                }
+            }
+            println!("{shown:#?}");
             println!("config is valid");
             Ok(())
         }
@@ -193,6 +255,14 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Admin {
             action: AdminAction::SetPassword,
         } => set_admin_password(&config),
+        Command::Mqtt {
+            action:
+                MqttAction::Command {
+                    action,
+                    origin,
+                    door,
+                },
+        } => mqtt_command(&config, action, &origin, door),
         Command::Codes { action } => codes(&config, action),
         Command::Tls {
             action: TlsAction::Pin,
@@ -281,6 +351,16 @@ fn load_engine(config: &Config) -> Result<Engine> {
     Ok(Engine { models, recognizer })
 }
 
+/// As `load_engine`, with the liveness models when `liveness.enabled`, for commands that decide.
+fn load_deciding_engine(config: &Config) -> Result<Engine> {
+    let models = PipelineModels::resolve(&config.recognition, &config.models_dir)
+        .and_then(|models| models.with_liveness(&config.liveness))
+        .context("the models are not usable")?;
+    let recognizer =
+        Recognizer::load(&models, &config.recognition).context("the models did not load")?;
+    Ok(Engine { models, recognizer })
+}
+
 fn embedder_id(models: &PipelineModels) -> EmbedderId {
     EmbedderId {
         name: models.embedder.name.clone(),
@@ -354,10 +434,10 @@ fn enroll(config: &Config, name: &str, images: &[PathBuf]) -> Result<()> {
 
 /// Prints, for each image, the record the daemon would make of it (as its audit line), with `file`.
 fn identify(config: &Config, images: &[PathBuf]) -> Result<()> {
-    let mut engine = load_engine(config)?;
+    let mut engine = load_deciding_engine(config)?;
     let gallery = Gallery::load(&config.gallery_path(), &embedder_id(&engine.models))?;
     let threshold = engine.models.threshold(&config.recognition);
-    let rules = FreshnessRules::of(&config.door);
+    let rules = FreshnessRules::FOR_FILES;
     let ids = RequestIds::default();
     let mut out = std::io::stdout().lock();
     for path in images {
@@ -371,10 +451,12 @@ fn identify(config: &Config, images: &[PathBuf]) -> Result<()> {
                     &mut engine.recognizer,
                     &gallery,
                     threshold,
+                    config.liveness.threshold,
                     &image,
                     freshness,
                     rules,
                     received_at,
+                    None,
                     &mut record,
                 );
                 match judged {
@@ -404,6 +486,19 @@ fn identify(config: &Config, images: &[PathBuf]) -> Result<()> {
 }
 
 fn gallery(config: &Config, action: GalleryAction) -> Result<()> {
+    if let GalleryAction::Keygen { file } = &action {
+        let key = gallery_bundle::generate_key()?;
+        gallery_bundle::write_secret_key(file, &key)?;
+        println!(
+            "secret key written to {} (keep it off the doors); put this in every door's [mqtt] section:",
+            file.display()
+        );
+        println!(
+            "gallery_public_key = \"{}\"",
+            gallery_bundle::public_key_text(&key.verifying_key())
+        );
+        return Ok(());
+    }
     let models = PipelineModels::resolve(&config.recognition, &config.models_dir)
         .context("the models are not usable")?;
     let path = config.gallery_path();
@@ -427,6 +522,54 @@ fn gallery(config: &Config, action: GalleryAction) -> Result<()> {
                 path.display()
             );
         }
+        GalleryAction::Export { file, sign } => {
+            let now = chrono::Utc::now();
+            let sequence =
+                gallery_bundle::next_sequence(&gallery, now.timestamp_millis().max(0) as u64);
+            let exported_at = now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            let mut bytes = gallery_bundle::export(&gallery, sequence, &exported_at);
+            if let Some(key) = &sign {
+                bytes = gallery_bundle::sign(&bytes, &gallery_bundle::read_secret_key(key)?);
+            }
+            if file.as_os_str() == "-" {
+                std::io::stdout()
+                    .write_all(&bytes)
+                    .context("cannot write the export")?;
+            } else {
+                std::fs::write(&file, &bytes)
+                    .with_context(|| format!("cannot write {}", file.display()))?;
+                eprintln!(
+                    "exported {} people as sequence {sequence}{} to {}",
+                    gallery.people().len(),
+                    if sign.is_some() { ", signed" } else { "" },
+                    file.display()
+                );
+            }
+        }
+        GalleryAction::Import { file } => {
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let key = config
+                .gallery_public_key()
+                .map_err(|problem| anyhow::anyhow!("mqtt.gallery_public_key: {problem}"))?;
+            match gallery_bundle::import_into(
+                &bytes,
+                key.as_ref(),
+                gallery.embedder(),
+                &file,
+                &path,
+            )? {
+                Some(opened) => println!(
+                    "imported sequence {} ({}): {} people into {}",
+                    opened.sequence,
+                    if opened.signed { "signed" } else { "unsigned" },
+                    opened.gallery.people().len(),
+                    path.display()
+                ),
+                None => println!("{} already holds this gallery", path.display()),
+            }
+        }
+        GalleryAction::Keygen { .. } => unreachable!("handled before the models are resolved"),
         GalleryAction::Remove { name } => {
             let removed = gallery.remove(&name)?;
             gallery.save(&path)?;
@@ -444,8 +587,31 @@ fn gallery(config: &Config, action: GalleryAction) -> Result<()> {
     Ok(())
 }
 
+fn mqtt_command(
+    config: &Config,
+    action: facegate::mqtt::command::Action,
+    origin: &str,
+    door: Option<String>,
+) -> Result<()> {
+    use facegate::mqtt::command::{sign, CommandBody};
+    let secret = config.mqtt_command_secret().context(
+        "no usable command secret: set mqtt.command_secret (16+ characters) or FACEGATE_MQTT_COMMAND_SECRET",
+    )?;
+    let mut nonce = [0u8; 12];
+    getrandom::fill(&mut nonce).map_err(|err| anyhow::anyhow!("no random source: {err}"))?;
+    let body = CommandBody {
+        action,
+        door_id: door.unwrap_or_else(|| config.mqtt.door_id.clone()),
+        issued_at_ms: chrono::Utc::now().timestamp_millis(),
+        nonce: nonce.iter().map(|b| format!("{b:02x}")).collect(),
+        origin: origin.to_string(),
+    };
+    println!("{}", sign(&body, secret.as_bytes()));
+    Ok(())
+}
+
 fn check_models(config: &Config) -> Result<()> {
-    let engine = load_engine(config)?;
+    let engine = load_deciding_engine(config)?;
     let (major, minor) = facegate::vision::opencv_version();
     println!("OpenCV {major}.{minor}");
     println!(
@@ -459,6 +625,23 @@ fn check_models(config: &Config) -> Result<()> {
         engine.models.embedder.path.display(),
         engine.models.threshold(&config.recognition)
     );
+    match &engine.models.liveness {
+        Some(liveness) => {
+            for model in &liveness.models {
+                println!(
+                    "liveness {} ok ({}), scale {}",
+                    model.name,
+                    model.path.display(),
+                    model.contract.scale
+                );
+            }
+            println!(
+                "liveness threshold {}, min_face_px {}",
+                config.liveness.threshold, liveness.min_face_px
+            );
+        }
+        None => println!("liveness off (liveness.enabled = false)"),
+    }
     Ok(())
 }
 

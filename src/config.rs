@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 /// `recognition.detector` value that picks the YuNet release the running OpenCV can execute.
-pub const AUTO_DETECTOR: &str = "auto";
+pub(crate) const AUTO_DETECTOR: &str = "auto";
 
 /// Why a configuration could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +22,9 @@ pub enum ConfigError {
     Invalid { key: &'static str, problem: String },
 }
 
+/// Shortest accepted `mqtt.command_secret`.
+pub(crate) const MIN_COMMAND_SECRET: usize = 16;
+
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -35,6 +38,8 @@ pub struct Config {
     pub door: DoorConfig,
     pub audit: AuditConfig,
     pub snapshots: SnapshotConfig,
+    pub liveness: LivenessConfig,
+    pub mqtt: MqttConfig,
     pub admin: AdminConfig,
     pub codes: CodesConfig,
 }
@@ -58,6 +63,19 @@ pub struct RecognitionConfig {
     pub lookalike_warning: f32,
     /// OpenCV's own thread pool size per process; 0 leaves OpenCV's default.
     pub opencv_threads: i32,
+    /// A face whose eye line is tilted more than this (degrees) is turned upright and detected again.
+    pub max_roll_deg: f32,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LivenessConfig {
+    /// Check recognised faces with the MiniFASNet anti-spoofing models before granting.
+    pub enabled: bool,
+    /// Liveness score (0 = spoof .. 1 = real) a recognised face needs; below it the answer is `spoof`.
+    pub threshold: f32,
+    /// Faces narrower than this, in pixels of the decoded frame, are too small to judge: never granted.
+    pub min_face_px: u32,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -151,6 +169,10 @@ pub struct DoorConfig {
     pub pause_while_open: bool,
     /// Sim backend only: append every actuation to this JSON-lines file.
     pub sim_journal: Option<PathBuf>,
+    /// Grants for the same person from the same tablet needed before the door opens (1: the first).
+    pub confirm_frames: u32,
+    /// Those grants must all fall within this many milliseconds.
+    pub confirm_window_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -180,6 +202,8 @@ pub struct SnapshotConfig {
     pub dir: Option<PathBuf>,
     pub on_unknown: bool,
     pub on_no_face: bool,
+    /// Store frames of recognised faces refused by liveness (`spoof`).
+    pub on_spoof: bool,
     pub on_error: bool,
     pub max_count: usize,
     pub max_total_mb: u64,
@@ -230,6 +254,45 @@ fn holiday_dates<'de, D: serde::Deserializer<'de>>(
         .collect()
 }
 
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttConfig {
+    /// `mqtt://host[:port]` or `mqtts://host[:port]`; MQTT is off when unset.
+    pub url: Option<String>,
+    /// Empty: `facegate-<door_id>`.
+    pub client_id: String,
+    pub username: String,
+    /// `FACEGATE_MQTT_PASSWORD` in the environment takes precedence.
+    pub password: String,
+    /// mqtts: PEM file of the CA(s) that signed the broker's certificate.
+    pub ca_file: PathBuf,
+    /// mqtts: PEM client certificate and key, for brokers that authenticate clients by certificate.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    /// This door's name in topics and in Home Assistant: letters, digits, `-` and `_`.
+    pub door_id: String,
+    pub topic_prefix: String,
+    /// Publish Home Assistant discovery configs under `discovery_prefix`.
+    pub discovery: bool,
+    pub discovery_prefix: String,
+    /// Act on signed `lock`, `unlock` and `clear` commands on `<prefix>/<door_id>/command`.
+    pub allow_commands: bool,
+    /// HMAC-SHA256 key of the commands; `FACEGATE_MQTT_COMMAND_SECRET` takes precedence.
+    pub command_secret: String,
+    /// Commands issued longer ago (or further ahead) than this are refused.
+    pub command_window_s: u64,
+    /// Building key (base64 Ed25519 public key): follow the signed gallery on `<prefix>/gallery`.
+    pub gallery_public_key: String,
+    /// Messages waiting for the broker; more are dropped and counted.
+    pub queue_size: usize,
+    pub keepalive_s: u64,
+    /// Reconnection backs off from `reconnect_min_ms`, doubling up to `reconnect_max_ms`.
+    pub reconnect_min_ms: u64,
+    pub reconnect_max_ms: u64,
+    /// Largest message accepted from the broker (the signed gallery is the big one).
+    pub max_message_bytes: usize,
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -241,6 +304,8 @@ impl Default for Config {
             door: DoorConfig::default(),
             audit: AuditConfig::default(),
             snapshots: SnapshotConfig::default(),
+            liveness: LivenessConfig::default(),
+            mqtt: MqttConfig::default(),
             admin: AdminConfig::default(),
             codes: CodesConfig::default(),
         }
@@ -268,6 +333,17 @@ impl Default for RecognitionConfig {
             min_face_px: 40,
             lookalike_warning: 0.40,
             opencv_threads: 0,
+            max_roll_deg: 15.0,
+        }
+    }
+}
+
+impl Default for LivenessConfig {
+    fn default() -> Self {
+        LivenessConfig {
+            enabled: true,
+            threshold: 0.8,
+            min_face_px: 64,
         }
     }
 }
@@ -317,6 +393,8 @@ impl Default for DoorConfig {
             max_clock_skew_ms: 1_000,
             pause_while_open: true,
             sim_journal: None,
+            confirm_frames: 1,
+            confirm_window_ms: 1_000,
         }
     }
 }
@@ -337,6 +415,7 @@ impl Default for SnapshotConfig {
             dir: None,
             on_unknown: true,
             on_no_face: false,
+            on_spoof: true,
             on_error: true,
             max_count: 5_000,
             max_total_mb: 500,
@@ -357,6 +436,107 @@ impl Default for CodesConfig {
             single_use: false,
         }
     }
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            url: None,
+            client_id: String::new(),
+            username: String::new(),
+            password: String::new(),
+            ca_file: PathBuf::from("/etc/ssl/certs/ca-certificates.crt"),
+            client_cert: None,
+            client_key: None,
+            door_id: "door".into(),
+            topic_prefix: "facegate".into(),
+            discovery: true,
+            discovery_prefix: "homeassistant".into(),
+            allow_commands: false,
+            command_secret: String::new(),
+            command_window_s: 30,
+            gallery_public_key: String::new(),
+            queue_size: 64,
+            keepalive_s: 30,
+            reconnect_min_ms: 500,
+            reconnect_max_ms: 30_000,
+            max_message_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// Where the broker is, from `mqtt.url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Broker {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+}
+
+impl Broker {
+    /// Parses `mqtt://host[:port]` (default port 1883) or `mqtts://host[:port]` (8883); an IPv6
+    /// address goes in brackets. Credentials belong in `mqtt.username`/`password`, not the URL.
+    pub fn parse(url: &str) -> Result<Broker, String> {
+        let (tls, rest) = if let Some(rest) = url.strip_prefix("mqtts://") {
+            (true, rest)
+        } else if let Some(rest) = url.strip_prefix("mqtt://") {
+            (false, rest)
+        } else {
+            return Err(format!("must start with mqtt:// or mqtts://, not {url:?}"));
+        };
+        let authority = rest.strip_suffix('/').unwrap_or(rest);
+        if authority.contains('@') {
+            return Err("must not carry credentials: use mqtt.username and mqtt.password".into());
+        }
+        if authority.contains(['/', '?', '#']) {
+            return Err(format!("must be scheme://host[:port] only, not {url:?}"));
+        }
+        let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
+            let (host, after) = bracketed
+                .split_once(']')
+                .ok_or_else(|| format!("has an unclosed IPv6 bracket: {url:?}"))?;
+            (host, after.strip_prefix(':'))
+        } else {
+            match authority.rsplit_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (authority, None),
+            }
+        };
+        if host.is_empty() {
+            return Err(format!("has no host: {url:?}"));
+        }
+        let port = match port {
+            Some(port) => port
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| format!("has a bad port {port:?}"))?,
+            None if tls => 8883,
+            None => 1883,
+        };
+        Ok(Broker {
+            tls,
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+/// Reads a building key (`mqtt.gallery_public_key`): the base64 of a 32-byte Ed25519 public key.
+pub(crate) fn parse_building_key(text: &str) -> Result<ed25519_dalek::VerifyingKey, String> {
+    use base64::Engine;
+    let bad = || {
+        format!(
+            "{:?} is not a building key: expected the base64 of 32 bytes, as printed by `facegate gallery keygen`",
+            text.trim()
+        )
+    };
+    let bytes: [u8; 32] = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(bad)?;
+    ed25519_dalek::VerifyingKey::from_bytes(&bytes).map_err(|_| bad())
 }
 
 /// Command-line values that replace what the file says.
@@ -497,6 +677,30 @@ impl Config {
                 "admin.session_idle_s and admin.session_max_s must be at least 1 second",
             ));
         }
+        if !(0.0..=90.0).contains(&r.max_roll_deg) {
+            return Err(invalid(
+                "recognition.max_roll_deg",
+                "must be between 0 and 90 degrees",
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.liveness.threshold) {
+            return Err(invalid("liveness.threshold", "must be between 0 and 1"));
+        }
+        if !(1..=crate::confirmation::MAX_CONFIRM_FRAMES).contains(&self.door.confirm_frames) {
+            return Err(invalid(
+                "door.confirm_frames",
+                format!(
+                    "must be between 1 and {}",
+                    crate::confirmation::MAX_CONFIRM_FRAMES
+                ),
+            ));
+        }
+        if self.door.confirm_frames > 1 && self.door.confirm_window_ms == 0 {
+            return Err(invalid(
+                "door.confirm_window_ms",
+                "must be above 0 when door.confirm_frames is above 1",
+            ));
+        }
         if self.snapshots.max_count == 0 {
             return Err(invalid("snapshots.max_count", "must be at least 1"));
         }
@@ -528,6 +732,73 @@ impl Config {
                 "must be between 1 and 86400 seconds",
             ));
         }
+        self.validate_mqtt()
+            .map_err(|(key, problem)| invalid(key, problem))
+    }
+
+    fn validate_mqtt(&self) -> Result<(), (&'static str, String)> {
+        let m = &self.mqtt;
+        // Checked even with MQTT off: `gallery import` relies on it.
+        self.gallery_public_key()
+            .map_err(|problem| ("mqtt.gallery_public_key", problem))?;
+        let Some(url) = &m.url else {
+            return Ok(());
+        };
+        Broker::parse(url).map_err(|problem| ("mqtt.url", problem))?;
+        let topic_word = |key, value: &str| {
+            let ok = !value.is_empty()
+                && value.len() <= 64
+                && value
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if ok {
+                Ok(())
+            } else {
+                Err((
+                    key,
+                    format!("must be 1 to 64 letters, digits, `-` or `_`, not {value:?}"),
+                ))
+            }
+        };
+        topic_word("mqtt.door_id", &m.door_id)?;
+        topic_word("mqtt.topic_prefix", &m.topic_prefix)?;
+        topic_word("mqtt.discovery_prefix", &m.discovery_prefix)?;
+        if m.client_cert.is_some() != m.client_key.is_some() {
+            return Err((
+                "mqtt.client_cert",
+                "and mqtt.client_key must be set together".into(),
+            ));
+        }
+        if m.allow_commands && self.mqtt_command_secret().is_none() {
+            return Err((
+                "mqtt.command_secret",
+                format!("must be at least {MIN_COMMAND_SECRET} characters when mqtt.allow_commands is on (or set FACEGATE_MQTT_COMMAND_SECRET)"),
+            ));
+        }
+        if !(1..=3600).contains(&m.command_window_s) {
+            return Err((
+                "mqtt.command_window_s",
+                "must be between 1 and 3600 seconds".into(),
+            ));
+        }
+        if m.queue_size == 0 {
+            return Err(("mqtt.queue_size", "must be at least 1".into()));
+        }
+        if !(1..=3600).contains(&m.keepalive_s) {
+            return Err((
+                "mqtt.keepalive_s",
+                "must be between 1 and 3600 seconds".into(),
+            ));
+        }
+        if m.reconnect_min_ms == 0 || m.reconnect_max_ms < m.reconnect_min_ms {
+            return Err((
+                "mqtt.reconnect_max_ms",
+                "must be at least mqtt.reconnect_min_ms, which must be above 0".into(),
+            ));
+        }
+        if m.max_message_bytes < 1024 {
+            return Err(("mqtt.max_message_bytes", "must be at least 1024".into()));
+        }
         Ok(())
     }
 
@@ -535,6 +806,28 @@ impl Config {
     pub fn token(&self) -> Option<String> {
         let token = std::env::var("FACEGATE_TOKEN").unwrap_or_else(|_| self.http.token.clone());
         (!token.is_empty()).then_some(token)
+    }
+
+    /// The MQTT password in force: `FACEGATE_MQTT_PASSWORD` wins over the file.
+    pub(crate) fn mqtt_password(&self) -> Option<String> {
+        let password =
+            std::env::var("FACEGATE_MQTT_PASSWORD").unwrap_or_else(|_| self.mqtt.password.clone());
+        (!password.is_empty()).then_some(password)
+    }
+
+    /// The command secret in force (`FACEGATE_MQTT_COMMAND_SECRET` wins), if long enough to use.
+    pub fn mqtt_command_secret(&self) -> Option<String> {
+        let secret = std::env::var("FACEGATE_MQTT_COMMAND_SECRET")
+            .unwrap_or_else(|_| self.mqtt.command_secret.clone());
+        (secret.len() >= MIN_COMMAND_SECRET).then_some(secret)
+    }
+
+    /// The building key that signs galleries, when `mqtt.gallery_public_key` is set.
+    pub fn gallery_public_key(&self) -> Result<Option<ed25519_dalek::VerifyingKey>, String> {
+        match self.mqtt.gallery_public_key.trim() {
+            "" => Ok(None),
+            text => parse_building_key(text).map(Some),
+        }
     }
 
     pub fn gallery_path(&self) -> PathBuf {
@@ -586,6 +879,18 @@ mod tests {
         assert_eq!(config.frame, FrameConfig::default());
         assert_eq!(config.codes, CodesConfig::default());
         assert!(config.http.tls.enabled, "the shipped config must speak TLS");
+        assert_eq!(config.liveness, LivenessConfig::default());
+        assert!(
+            config.liveness.enabled,
+            "the shipped config checks liveness"
+        );
+        assert_eq!(
+            (config.door.confirm_frames, config.door.confirm_window_ms),
+            (
+                DoorConfig::default().confirm_frames,
+                DoorConfig::default().confirm_window_ms
+            )
+        );
     }
 
     #[test]
@@ -602,6 +907,16 @@ mod tests {
             ("[recognition]\nthreshold = 1.5", "recognition.threshold"),
             ("[door]\nhold_ms = 0", "door.hold_ms"),
             ("[door]\ngpio_pin = 40", "door.gpio_pin"),
+            ("[door]\nconfirm_frames = 0", "door.confirm_frames"),
+            (
+                "[door]\nconfirm_frames = 3\nconfirm_window_ms = 0",
+                "door.confirm_window_ms",
+            ),
+            ("[liveness]\nthreshold = 1.2", "liveness.threshold"),
+            (
+                "[recognition]\nmax_roll_deg = 100",
+                "recognition.max_roll_deg",
+            ),
             (
                 "[codes]\nworking_days = [\"mon\", \"fr\"]",
                 "codes.working_days",
@@ -615,6 +930,23 @@ mod tests {
             (
                 "[frame]\ndecode_target_side = 100",
                 "frame.decode_target_side",
+            ),
+            ("[mqtt]\nurl = \"http://x\"", "mqtt.url"),
+            (
+                "[mqtt]\nurl = \"mqtt://x\"\ndoor_id = \"a/b\"",
+                "mqtt.door_id",
+            ),
+            (
+                "[mqtt]\nurl = \"mqtt://x\"\nallow_commands = true\ncommand_secret = \"short\"",
+                "mqtt.command_secret",
+            ),
+            (
+                "[mqtt]\ngallery_public_key = \"nope\"",
+                "mqtt.gallery_public_key",
+            ),
+            (
+                "[mqtt]\nurl = \"mqtt://x\"\nqueue_size = 0",
+                "mqtt.queue_size",
             ),
         ];
         for (text, key) in cases {
@@ -642,6 +974,41 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(err.contains("codes.holidays"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn broker_urls() {
+        let ok = [
+            ("mqtt://broker", false, "broker", 1883),
+            ("mqtts://broker.lan", true, "broker.lan", 8883),
+            ("mqtt://127.0.0.1:1884/", false, "127.0.0.1", 1884),
+            ("mqtts://[::1]:8884", true, "::1", 8884),
+            ("mqtt://[fe80::1]", false, "fe80::1", 1883),
+        ];
+        for (url, tls, host, port) in ok {
+            assert_eq!(
+                Broker::parse(url).unwrap(),
+                Broker {
+                    tls,
+                    host: host.into(),
+                    port
+                },
+                "{url}"
+            );
+        }
+        let bad = [
+            ("http://broker", "mqtt://"),
+            ("mqtt://user:pw@broker", "credentials"),
+            ("mqtt://", "no host"),
+            ("mqtt://broker:0", "port"),
+            ("mqtt://broker:99999", "port"),
+            ("mqtt://broker/topic", "host[:port] only"),
+            ("mqtt://[::1", "bracket"),
+        ];
+        for (url, problem) in bad {
+            let err = Broker::parse(url).unwrap_err();
+            assert!(err.contains(problem), "{url}: {err}");
         }
     }
 

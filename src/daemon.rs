@@ -26,6 +26,7 @@ use crate::front;
 use crate::gallery::{EmbedderId, LiveGallery};
 use crate::http;
 use crate::metrics::Metrics;
+use crate::mqtt::{Remote, RemoteParts};
 use crate::service::Service;
 use crate::snapshots::{SnapshotRetention, SnapshotWriter};
 use crate::vision::{PipelineModels, Recognizer};
@@ -41,7 +42,7 @@ const DESCRIPTORS_PER_CONNECTION: u64 = 4;
 const AUDIT_FLUSH_LIMIT: Duration = Duration::from_secs(2);
 const GALLERY_RECHECK: Duration = Duration::from_secs(2);
 
-pub fn backend_kind(config: &Config) -> BackendKind {
+pub(crate) fn backend_kind(config: &Config) -> BackendKind {
     match config.door.backend {
         DoorBackendName::Gpio => BackendKind::Gpio {
             pin: config.door.gpio_pin,
@@ -101,7 +102,8 @@ pub fn run(config: Config) -> Result<()> {
     let metrics = Arc::new(Metrics::default());
     add_logging_metrics(&metrics);
     let (audit, audit_thread) = start_audit(&config, &metrics)?;
-    let door = Arc::new(start_door(&config, &metrics, audit.clone())?);
+    let remote = Arc::new(Remote::default());
+    let door = Arc::new(start_door(&config, &metrics, audit.clone(), &remote)?);
     let stop = Arc::new(StopFlags::default());
     let panic_stop = Arc::clone(&stop);
     install_panic_hook(door.lock_guard(), move || {
@@ -114,9 +116,12 @@ pub fn run(config: Config) -> Result<()> {
         metrics,
         audit,
         Arc::clone(&door),
+        &remote,
         &stop,
     );
     let stopped = finish(door, served.err());
+    // The door is locked: now tell the broker this door is offline.
+    remote.shutdown();
     if !audit_thread.finish(AUDIT_FLUSH_LIMIT) {
         log::error!("the audit writer did not finish its queue within {AUDIT_FLUSH_LIMIT:?}; lines may be lost");
     }
@@ -191,15 +196,18 @@ fn start_door(
     config: &Config,
     metrics: &Arc<Metrics>,
     audit: AuditWriter,
+    remote: &Arc<Remote>,
 ) -> Result<DoorController> {
     let backend = door::build_backend(&backend_kind(config))
         .context("the door backend could not be started")?;
     let observed = Arc::clone(metrics);
+    let remote = Arc::clone(remote);
     let observer = Box::new(move |event: &DoorEvent| {
         if let DoorEvent::Actuation(actuation) = event {
             if actuation.state == RelayState::Unlocked && actuation.error.is_none() {
                 observed.count_door_opening();
             }
+            remote.on_actuation(actuation);
         }
         audit.record(event);
     });
@@ -254,9 +262,11 @@ fn serve(
     metrics: Arc<Metrics>,
     audit: AuditWriter,
     door: Arc<DoorController>,
+    remote: &Arc<Remote>,
     stop: &Arc<StopFlags>,
 ) -> Result<()> {
     let models = PipelineModels::resolve(&config.recognition, &config.models_dir)
+        .and_then(|models| models.with_liveness(&config.liveness))
         .context("the models are not usable")?;
     let threshold = models.threshold(&config.recognition);
     let embedder = EmbedderId {
@@ -265,6 +275,17 @@ fn serve(
         dim: models.embedder.contract.output_dim,
     };
     let gallery = LiveGallery::open(&config.gallery_path(), &embedder, GALLERY_RECHECK)?;
+    remote
+        .start(
+            &config,
+            RemoteParts {
+                metrics: Arc::clone(&metrics),
+                door: Arc::downgrade(&door),
+                audit: audit.clone(),
+                embedder: embedder.clone(),
+            },
+        )
+        .context("MQTT could not be started")?;
     let workers = config.worker_count();
     let recognizers = (0..workers)
         .map(|_| Recognizer::load(&models, &config.recognition))
@@ -288,7 +309,15 @@ fn serve(
         ..http::Transport::default()
     });
     let service = Arc::new(Service::new(
-        config, threshold, metrics, door, gallery, audit, snapshots, codes,
+        config,
+        threshold,
+        metrics,
+        door,
+        gallery,
+        audit,
+        snapshots,
+        codes,
+        Arc::clone(remote),
     ));
     let admin = service
         .config

@@ -1,5 +1,6 @@
-//! The decision, pure: what the face matched and how fresh the frame is → status and whether the relay
-//! may move. Freshness is worked out once per request, here, from the frame's arrival and capture times.
+//! The decision, pure: what the face matched, whether it looked live, how far the tablet's confirmation
+//! has got and how fresh the frame is → status and whether the relay may move. Freshness is worked out
+//! once per request, here, from the frame's arrival and capture times.
 
 use std::time::{Duration, Instant};
 
@@ -7,7 +8,9 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::config::DoorConfig;
+use crate::confirmation::Tally;
 use crate::gallery::BestMatch;
+use crate::vision::LivenessReading;
 
 /// The answer's `status` field, for every endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -16,6 +19,11 @@ pub enum Status {
     Granted,
     Unknown,
     NoFace,
+    /// Recognised, but the liveness score is below `liveness.threshold`: a print or a screen, as far as
+    /// the models can tell.
+    Spoof,
+    /// Recognised, but the face is too small in the frame for liveness to judge: come closer.
+    TooFar,
     Stale,
     /// `/save` stored the frame.
     Saved,
@@ -37,6 +45,8 @@ impl Status {
             Status::Granted => "granted",
             Status::Unknown => "unknown",
             Status::NoFace => "no_face",
+            Status::Spoof => "spoof",
+            Status::TooFar => "too_far",
             Status::Stale => "stale",
             Status::Saved => "saved",
             Status::Busy => "busy",
@@ -78,7 +88,7 @@ impl Outcome {
     }
 
     /// The nearest enrolled person below the threshold: for the log and audit line only.
-    pub fn nearest_below_threshold(&self) -> Option<&BestMatch> {
+    pub(crate) fn nearest_below_threshold(&self) -> Option<&BestMatch> {
         match self {
             Outcome::Unknown { best } => best.as_ref(),
             _ => None,
@@ -95,6 +105,13 @@ pub struct FreshnessRules {
 }
 
 impl FreshnessRules {
+    /// A photo file (`facegate identify`) has no age that matters: it stays fresh for a day, however
+    /// slowly it is recognised (under qemu a frame takes seconds).
+    pub const FOR_FILES: FreshnessRules = FreshnessRules {
+        max_age: Duration::from_secs(86_400),
+        max_clock_skew: Duration::ZERO,
+    };
+
     pub fn of(door: &DoorConfig) -> FreshnessRules {
         FreshnessRules {
             max_age: Duration::from_millis(door.max_decision_age_ms),
@@ -162,12 +179,12 @@ impl Freshness {
     }
 
     /// Is the frame still fresh at `now`?
-    pub fn is_fresh_at(self, now: Instant) -> bool {
+    pub(crate) fn is_fresh_at(self, now: Instant) -> bool {
         self.not_after().is_some_and(|not_after| now <= not_after)
     }
 
     /// The frame's age at `now`, for logs (zero for a frame from the future).
-    pub fn age_at(self, now: Instant) -> Duration {
+    pub(crate) fn age_at(self, now: Instant) -> Duration {
         match self {
             Freshness::Aged {
                 arrived,
@@ -203,16 +220,90 @@ impl StaleCause {
     }
 }
 
+/// What liveness found about a recognised face, as the decision needs it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Liveness {
+    /// `liveness.enabled = false`, or the face was not recognised (liveness only runs where it matters).
+    Off,
+    /// Too few pixels to judge: never granted.
+    TooSmall,
+    Scored(f32),
+}
+
+impl Liveness {
+    pub(crate) fn from_reading(reading: Option<&LivenessReading>) -> Liveness {
+        match reading {
+            None => Liveness::Off,
+            Some(LivenessReading::TooSmall { .. }) => Liveness::TooSmall,
+            Some(LivenessReading::Scored { score, .. }) => Liveness::Scored(*score),
+        }
+    }
+
+    pub fn score(self) -> Option<f32> {
+        match self {
+            Liveness::Scored(score) => Some(score),
+            Liveness::Off | Liveness::TooSmall => None,
+        }
+    }
+}
+
+/// Everything beyond recognition and freshness that a decision weighs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Checks {
+    pub liveness: Liveness,
+    pub liveness_threshold: f32,
+    /// The tablet's confirmation so far (`confirmation::Confirmations::grant`), for a frame that counts
+    /// towards it; `None` decides on this frame alone.
+    pub tally: Option<Tally>,
+}
+
+impl Checks {
+    /// Recognition alone: liveness off, one frame opens.
+    pub(crate) const NONE: Checks = Checks {
+        liveness: Liveness::Off,
+        liveness_threshold: 0.0,
+        tally: None,
+    };
+}
+
+/// The liveness a decision was made on, for the answer and the records.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LivenessVerdict {
+    /// This frame's score; `None` when the face was too small to judge.
+    pub score: Option<f32>,
+    /// With `door.confirm_frames` > 1, the mean over the confirming frames, once they are all in.
+    pub mean: Option<f32>,
+    pub threshold: f32,
+}
+
+/// As answers show it: `{"score": 0.9731, "threshold": 0.8}`, plus `"mean"` when several frames counted.
+impl Serialize for LivenessVerdict {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("score", &self.score.map(round_score))?;
+        if let Some(mean) = self.mean {
+            map.serialize_entry("mean", &round_score(mean))?;
+        }
+        map.serialize_entry("threshold", &round_score(self.threshold))?;
+        map.end()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
     pub status: Status,
     /// Only for a grant.
     pub identity: Option<String>,
     pub score: Option<f32>,
-    /// Set only for a fresh grant, the one case in which the relay may move: the moment after which
-    /// the relay must no longer act on it.
+    /// Set only for a fresh, live, confirmed grant, the one case in which the relay may move: the
+    /// moment after which the relay must no longer act on it.
     pub open_until: Option<Instant>,
     pub stale: Option<StaleCause>,
+    /// A grant still waiting for more frames: (grants so far, grants needed). The door stays locked.
+    pub confirming: Option<(u32, u32)>,
+    /// Only where liveness ran (a recognised face with liveness on).
+    pub liveness: Option<LivenessVerdict>,
 }
 
 impl Decision {
@@ -221,36 +312,120 @@ impl Decision {
     }
 }
 
-/// Decides at `now` on a frame of the given freshness. A frame that is no longer fresh is stale
-/// whatever it showed, and stale never opens.
+/// Decides at `now` on a frame of the given freshness by recognition alone (liveness off, one frame
+/// opens). A frame that is no longer fresh is stale whatever it showed, and stale never opens.
 pub fn decide(outcome: &Outcome, freshness: Freshness, now: Instant) -> Decision {
-    let score = outcome.score();
-    let stale = match freshness {
+    decide_with(outcome, &Checks::NONE, freshness, now)
+}
+
+fn stale_cause(freshness: Freshness, now: Instant) -> Option<StaleCause> {
+    match freshness {
         Freshness::ClockAhead { ahead } => Some(StaleCause::ClockAhead { ahead }),
         Freshness::Aged { .. } if !freshness.is_fresh_at(now) => Some(StaleCause::TooOld {
             age: freshness.age_at(now),
         }),
         Freshness::Aged { .. } => None,
-    };
-    let (status, identity, open_until) = match (stale, outcome) {
-        (Some(_), _) => (Status::Stale, None, None),
-        (None, Outcome::NoFace) => (Status::NoFace, None, None),
-        (None, Outcome::Unknown { .. }) => (Status::Unknown, None, None),
-        (None, Outcome::Recognised(m)) => {
-            (Status::Granted, Some(m.name.clone()), freshness.not_after())
+    }
+}
+
+/// The person a frame counts towards in the tablet's confirmation: a fresh recognised face that liveness
+/// could judge. Any other frame interrupts the tablet's streak.
+pub(crate) fn confirming_person(
+    outcome: &Outcome,
+    liveness: Liveness,
+    freshness: Freshness,
+    now: Instant,
+) -> Option<&str> {
+    match outcome {
+        Outcome::Recognised(m)
+            if stale_cause(freshness, now).is_none() && liveness != Liveness::TooSmall =>
+        {
+            Some(&m.name)
         }
-    };
-    Decision {
+        _ => None,
+    }
+}
+
+/// Decides at `now` on a frame of the given freshness. A frame that is no longer fresh is stale whatever
+/// it showed, and stale never opens. A recognised face opens only when liveness (if on) passes, over the
+/// mean of the confirming frames when several are asked for, and once the confirmation is complete.
+pub(crate) fn decide_with(
+    outcome: &Outcome,
+    checks: &Checks,
+    freshness: Freshness,
+    now: Instant,
+) -> Decision {
+    let stale = stale_cause(freshness, now);
+    let refused = |status| Decision {
         status,
-        identity,
-        score,
-        open_until,
+        identity: None,
+        score: outcome.score(),
+        open_until: None,
         stale,
+        confirming: None,
+        liveness: None,
+    };
+    let m = match (stale, outcome) {
+        (Some(_), _) => return refused(Status::Stale),
+        (None, Outcome::NoFace) => return refused(Status::NoFace),
+        (None, Outcome::Unknown { .. }) => return refused(Status::Unknown),
+        (None, Outcome::Recognised(m)) => m,
+    };
+    let verdict = |mean| LivenessVerdict {
+        score: checks.liveness.score(),
+        mean,
+        threshold: checks.liveness_threshold,
+    };
+    if checks.liveness == Liveness::TooSmall {
+        return Decision {
+            liveness: Some(verdict(None)),
+            ..refused(Status::TooFar)
+        };
+    }
+    let tally = checks
+        .tally
+        .unwrap_or_else(|| Tally::single(checks.liveness.score()));
+    let liveness = match checks.liveness {
+        Liveness::Off => None,
+        _ if tally.needed > 1 && tally.complete() => Some(verdict(tally.liveness_mean)),
+        _ => Some(verdict(None)),
+    };
+    let granted = Decision {
+        status: Status::Granted,
+        identity: Some(m.name.clone()),
+        score: Some(m.score),
+        open_until: None,
+        stale: None,
+        confirming: None,
+        liveness,
+    };
+    if !tally.complete() {
+        return Decision {
+            confirming: Some((tally.frames, tally.needed)),
+            ..granted
+        };
+    }
+    let live = match (checks.liveness, tally.liveness_mean) {
+        (Liveness::Off, _) => true,
+        (_, Some(mean)) => mean >= checks.liveness_threshold,
+        // Liveness on but no score reached the decision: never live.
+        (_, None) => false,
+    };
+    if live {
+        Decision {
+            open_until: freshness.not_after(),
+            ..granted
+        }
+    } else {
+        Decision {
+            liveness,
+            ..refused(Status::Spoof)
+        }
     }
 }
 
 /// A similarity as answers and logs show it: four decimals (0.7789, not 0.778914391994).
-pub fn round_score(score: f32) -> f64 {
+pub(crate) fn round_score(score: f32) -> f64 {
     (f64::from(score) * 10_000.0).round() / 10_000.0
 }
 
@@ -381,5 +556,235 @@ mod tests {
         assert_eq!((d.status, d.may_open()), (Status::Stale, false));
         let message = d.stale.unwrap().message(RULES);
         assert!(message.contains("clock"), "{message}");
+    }
+
+    #[test]
+    fn liveness_and_confirmation_gate_the_grant() {
+        let now = Instant::now() + Duration::from_secs(10);
+        let fresh = received_ago(now, Duration::from_millis(100));
+        let old = received_ago(now, Duration::from_millis(1501));
+        let ann_seen = Outcome::for_face(Some(ann(0.9)), 0.45);
+        let live = |score| Checks {
+            liveness: Liveness::Scored(score),
+            liveness_threshold: 0.8,
+            tally: None,
+        };
+        let tally = |frames, needed, mean| Tally {
+            frames,
+            needed,
+            liveness_mean: mean,
+        };
+        let with_tally = |checks: Checks, t| Checks {
+            tally: Some(t),
+            ..checks
+        };
+        let too_small = Checks {
+            liveness: Liveness::TooSmall,
+            ..live(0.0)
+        };
+        let stranger = Outcome::for_face(Some(ann(0.3)), 0.45);
+        // (case, outcome, checks, freshness) -> (status, may open, confirming)
+        let cases = [
+            (
+                "liveness off: as before",
+                &ann_seen,
+                Checks::NONE,
+                fresh,
+                Status::Granted,
+                true,
+                None,
+            ),
+            (
+                "live face",
+                &ann_seen,
+                live(0.95),
+                fresh,
+                Status::Granted,
+                true,
+                None,
+            ),
+            (
+                "exactly at the threshold",
+                &ann_seen,
+                live(0.8),
+                fresh,
+                Status::Granted,
+                true,
+                None,
+            ),
+            (
+                "a print",
+                &ann_seen,
+                live(0.2),
+                fresh,
+                Status::Spoof,
+                false,
+                None,
+            ),
+            (
+                "too small to judge",
+                &ann_seen,
+                too_small,
+                fresh,
+                Status::TooFar,
+                false,
+                None,
+            ),
+            (
+                "stale beats live",
+                &ann_seen,
+                live(0.99),
+                old,
+                Status::Stale,
+                false,
+                None,
+            ),
+            (
+                "strangers are unknown",
+                &stranger,
+                live(0.1),
+                fresh,
+                Status::Unknown,
+                false,
+                None,
+            ),
+            (
+                "no face",
+                &Outcome::NoFace,
+                live(0.1),
+                fresh,
+                Status::NoFace,
+                false,
+                None,
+            ),
+            (
+                "first of three frames",
+                &ann_seen,
+                with_tally(live(0.95), tally(1, 3, Some(0.95))),
+                fresh,
+                Status::Granted,
+                false,
+                Some((1, 3)),
+            ),
+            (
+                "a low frame inside a confirmation only counts in the mean",
+                &ann_seen,
+                with_tally(live(0.3), tally(2, 3, Some(0.6))),
+                fresh,
+                Status::Granted,
+                false,
+                Some((2, 3)),
+            ),
+            (
+                "third frame, mean passes",
+                &ann_seen,
+                with_tally(live(0.7), tally(3, 3, Some(0.85))),
+                fresh,
+                Status::Granted,
+                true,
+                None,
+            ),
+            (
+                "third frame is the lucky one, mean fails",
+                &ann_seen,
+                with_tally(live(0.99), tally(3, 3, Some(0.43))),
+                fresh,
+                Status::Spoof,
+                false,
+                None,
+            ),
+            (
+                "confirmation without liveness",
+                &ann_seen,
+                with_tally(Checks::NONE, tally(2, 2, None)),
+                fresh,
+                Status::Granted,
+                true,
+                None,
+            ),
+            (
+                "liveness on but no score reached the decision: refused",
+                &ann_seen,
+                with_tally(live(0.9), tally(2, 2, None)),
+                fresh,
+                Status::Spoof,
+                false,
+                None,
+            ),
+        ];
+        for (case, outcome, checks, freshness, status, may_open, confirming) in cases {
+            let d = decide_with(outcome, &checks, freshness, now);
+            assert_eq!(
+                (d.status, d.may_open(), d.confirming),
+                (status, may_open, confirming),
+                "{case}"
+            );
+            assert_eq!(d.identity.is_some(), status == Status::Granted, "{case}");
+            if checks.liveness != Liveness::Off && d.identity.is_some() {
+                let verdict = d.liveness.expect(case);
+                assert_eq!(verdict.score, checks.liveness.score(), "{case}");
+                assert_eq!(verdict.threshold, 0.8, "{case}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_liveness_verdict_is_shown_rounded_with_its_threshold() {
+        let verdict = LivenessVerdict {
+            score: Some(0.973_14),
+            mean: None,
+            threshold: 0.8,
+        };
+        assert_eq!(
+            serde_json::to_string(&verdict).unwrap(),
+            r#"{"score":0.9731,"threshold":0.8}"#
+        );
+        let too_small = LivenessVerdict {
+            score: None,
+            mean: Some(0.5),
+            ..verdict
+        };
+        assert_eq!(
+            serde_json::to_string(&too_small).unwrap(),
+            r#"{"score":null,"mean":0.5,"threshold":0.8}"#
+        );
+    }
+
+    #[test]
+    fn only_fresh_recognised_judgeable_frames_count_towards_confirmation() {
+        let now = Instant::now() + Duration::from_secs(10);
+        let fresh = received_ago(now, Duration::from_millis(100));
+        let old = received_ago(now, Duration::from_secs(2));
+        let ann_seen = Outcome::for_face(Some(ann(0.9)), 0.45);
+        let stranger = Outcome::for_face(Some(ann(0.3)), 0.45);
+        let cases = [
+            (&ann_seen, Liveness::Scored(0.2), fresh, Some("ann")),
+            (&ann_seen, Liveness::Off, fresh, Some("ann")),
+            (&ann_seen, Liveness::TooSmall, fresh, None),
+            (&ann_seen, Liveness::Scored(0.9), old, None),
+            (&stranger, Liveness::Off, fresh, None),
+            (&Outcome::NoFace, Liveness::Off, fresh, None),
+        ];
+        for (outcome, liveness, freshness, want) in cases {
+            assert_eq!(
+                confirming_person(outcome, liveness, freshness, now),
+                want,
+                "{outcome:?} {liveness:?} {freshness:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn regression_identify_under_qemu_is_not_stale() {
+        // `facegate identify` took 3.7 s per photo under qemu and answered `stale` for a file.
+        let now = Instant::now() + Duration::from_secs(10);
+        let freshness = Freshness::of_frame(
+            now - Duration::from_secs(7),
+            Utc::now(),
+            None,
+            FreshnessRules::FOR_FILES,
+        );
+        let d = decide(&Outcome::Recognised(ann(0.9)), freshness, now);
+        assert_eq!(d.status, Status::Granted);
     }
 }

@@ -91,7 +91,7 @@ pub fn warnings(report: &EnrolmentReport, name: &str, threshold: f32) -> Vec<Str
 }
 
 /// Checks one image: exactly one face that passes the detector's score and size limits.
-pub fn embed_single_face(
+pub(crate) fn embed_single_face(
     recognizer: &mut Recognizer,
     bytes: &[u8],
     limits: &FrameConfig,

@@ -6,14 +6,14 @@ use std::sync::Mutex;
 
 use serde_json::Value;
 
-pub struct EventRing {
+pub(crate) struct EventRing {
     capacity: usize,
     inner: Mutex<(u64, VecDeque<(u64, Value)>)>,
 }
 
 /// One page of events and the cursor for the next (older) page.
 #[derive(Debug, PartialEq)]
-pub struct Page {
+pub(crate) struct Page {
     pub events: Vec<Value>,
     pub next_before: Option<u64>,
 }

@@ -246,13 +246,13 @@ fn read_png_header(bytes: &[u8]) -> Result<ImageHeader, FrameError> {
 }
 
 /// The file extension a stored copy of these bytes gets: `jpg`, `png`, or `bin` for anything else.
-pub fn file_extension(bytes: &[u8]) -> &'static str {
+pub(crate) fn file_extension(bytes: &[u8]) -> &'static str {
     read_header(bytes).map_or("bin", |h| h.format.extension())
 }
 
 /// Chooses the JPEG reduction (1, 2, 4, 8): the largest that keeps the longer side at least
 /// `target_side`. PNG decoders cannot reduce, so PNGs always get 1.
-pub fn choose_reduction(header: &ImageHeader, target_side: u32) -> u32 {
+pub(crate) fn choose_reduction(header: &ImageHeader, target_side: u32) -> u32 {
     if header.format != ImageFormat::Jpeg {
         return 1;
     }

@@ -77,6 +77,9 @@ pub struct Person {
 struct StoredGallery {
     format: String,
     version: u32,
+    /// The building gallery's sequence this file was imported from (0: never imported).
+    #[serde(default)]
+    sequence: u64,
     embedder: EmbedderId,
     people: Vec<Person>,
 }
@@ -91,6 +94,7 @@ pub struct BestMatch {
 #[derive(Debug, Clone)]
 pub struct Gallery {
     embedder: EmbedderId,
+    sequence: u64,
     people: Vec<Person>,
     /// Every sample's vector, back to back, for a tight matching loop.
     matrix: Vec<f32>,
@@ -102,6 +106,7 @@ impl Gallery {
     pub fn new(embedder: EmbedderId) -> Gallery {
         Gallery {
             embedder,
+            sequence: 0,
             people: Vec::new(),
             matrix: Vec::new(),
             owners: Vec::new(),
@@ -147,6 +152,7 @@ impl Gallery {
             });
         }
         let mut gallery = Gallery::new(stored.embedder);
+        gallery.sequence = stored.sequence;
         gallery.people = stored.people;
         gallery.reindex();
         Ok(gallery)
@@ -170,6 +176,7 @@ impl Gallery {
         let stored = StoredGallery {
             format: FORMAT.into(),
             version: VERSION,
+            sequence: self.sequence,
             embedder: self.embedder.clone(),
             people: self.people.clone(),
         };
@@ -193,6 +200,15 @@ impl Gallery {
 
     pub fn embedder(&self) -> &EmbedderId {
         &self.embedder
+    }
+
+    /// The sequence of the building gallery this one came from; 0 if it never came from one.
+    pub fn sequence(&self) -> u64 {
+        self.sequence
+    }
+
+    pub(crate) fn set_sequence(&mut self, sequence: u64) {
+        self.sequence = sequence;
     }
 
     pub fn people(&self) -> &[Person] {
@@ -276,7 +292,7 @@ impl Gallery {
     }
 
     /// As `best_match`, ignoring one person (enrolment's look-alike check).
-    pub fn best_match_excluding(
+    pub(crate) fn best_match_excluding(
         &self,
         face: &Embedding,
         excluded: Option<&str>,
@@ -305,7 +321,7 @@ impl Gallery {
 
 /// The gallery as the daemon sees it: reloaded when `facegate enroll` or `gallery remove` rewrites the
 /// file, checked at most once per `recheck`. A reload that fails keeps the previous gallery.
-pub struct LiveGallery {
+pub(crate) struct LiveGallery {
     path: PathBuf,
     embedder: EmbedderId,
     recheck: std::time::Duration,

@@ -151,7 +151,7 @@ pub fn init() {
 }
 
 /// Whether [`init`] installed the non-blocking logger.
-pub fn installed() -> bool {
+pub(crate) fn installed() -> bool {
     PIPE.get().is_some()
 }
 

@@ -34,6 +34,8 @@ struct Inner {
     door_openings: u64,
     snapshot_count: u64,
     snapshot_bytes: u64,
+    /// (kind, result) → count: commands and galleries received over MQTT.
+    mqtt_received: BTreeMap<(&'static str, &'static str), u64>,
 }
 
 /// A value kept elsewhere (an atomic counter of another thread), read when /metrics renders.
@@ -58,7 +60,7 @@ impl Metrics {
     }
 
     /// One answered request on `endpoint` with `status` (granted, unknown, bad_request, ...).
-    pub fn count_request(&self, endpoint: &str, status: &'static str) {
+    pub(crate) fn count_request(&self, endpoint: &str, status: &'static str) {
         self.with(|m| {
             *m.requests
                 .entry((endpoint.to_string(), status))
@@ -67,23 +69,28 @@ impl Metrics {
     }
 
     /// Time spent in one stage (decode, detect, align, embed, match, total).
-    pub fn observe_stage(&self, stage: &'static str, ms: f64) {
+    pub(crate) fn observe_stage(&self, stage: &'static str, ms: f64) {
         self.with(|m| m.stages.entry(stage).or_default().observe(ms));
     }
 
-    pub fn count_door_opening(&self) {
+    pub(crate) fn count_door_opening(&self) {
         self.with(|m| m.door_openings += 1);
     }
 
-    pub fn set_snapshot_usage(&self, count: u64, bytes: u64) {
+    pub(crate) fn set_snapshot_usage(&self, count: u64, bytes: u64) {
         self.with(|m| {
             m.snapshot_count = count;
             m.snapshot_bytes = bytes;
         });
     }
 
+    /// A command or gallery received over MQTT (`kind`) and what became of it (`result`).
+    pub(crate) fn count_mqtt_received(&self, kind: &'static str, result: &'static str) {
+        self.with(|m| *m.mqtt_received.entry((kind, result)).or_default() += 1);
+    }
+
     /// Reports `read()` as metric `name` of type `kind` (`counter` or `gauge`) from now on.
-    pub fn add_source(
+    pub(crate) fn add_source(
         &self,
         name: &'static str,
         kind: &'static str,
@@ -99,7 +106,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of every metric.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let m = self.with(|m| {
             (
                 m.requests.clone(),
@@ -107,9 +114,10 @@ impl Metrics {
                 m.door_openings,
                 m.snapshot_count,
                 m.snapshot_bytes,
+                m.mqtt_received.clone(),
             )
         });
-        let (requests, stages, openings, snap_count, snap_bytes) = m;
+        let (requests, stages, openings, snap_count, snap_bytes, mqtt_received) = m;
         let mut out = String::new();
         out.push_str("# HELP facegate_requests_total Answered requests by endpoint and status.\n");
         out.push_str("# TYPE facegate_requests_total counter\n");
@@ -167,6 +175,16 @@ impl Metrics {
                 snap_bytes,
             ),
         ];
+        out.push_str(
+            "# HELP facegate_mqtt_received_total Commands and galleries received over MQTT, by result.\n",
+        );
+        out.push_str("# TYPE facegate_mqtt_received_total counter\n");
+        for ((kind, result), n) in &mqtt_received {
+            let _ = writeln!(
+                out,
+                "facegate_mqtt_received_total{{kind=\"{kind}\",result=\"{result}\"}} {n}"
+            );
+        }
         let sources = lock_recovering(&self.sources);
         let sourced = sources.iter().map(|s| (s.name, s.kind, s.help, (s.read)()));
         for (name, kind, help, value) in gauges.into_iter().chain(sourced) {

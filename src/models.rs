@@ -54,6 +54,7 @@ pub struct ModelSpec {
     pub derived_from: Option<String>,
     pub detector: Option<DetectorContract>,
     pub embedder: Option<EmbedderContract>,
+    pub liveness: Option<LivenessContract>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -83,6 +84,17 @@ pub struct EmbedderContract {
     pub threshold: f32,
 }
 
+/// How an anti-spoofing classifier wants its crop of the frame, and which output means "real".
+#[derive(Debug, Clone, Deserialize)]
+pub struct LivenessContract {
+    /// The detector's box is scaled about its centre by this before cropping.
+    pub scale: f64,
+    pub input_size: i32,
+    pub color: ChannelOrder,
+    /// Index of the "real face" class among the softmaxed outputs.
+    pub real_index: usize,
+}
+
 /// A model chosen from the manifest, with its file resolved and its contract checked to exist.
 #[derive(Debug, Clone)]
 pub struct ResolvedModel<C> {
@@ -103,7 +115,7 @@ impl Manifest {
     }
 
     /// The manifest this binary was built with: the pins travel with the code that relies on them.
-    pub fn builtin() -> Manifest {
+    pub(crate) fn builtin() -> Manifest {
         Manifest::parse(BUILTIN_MANIFEST, Path::new("models/manifest.toml"))
             .expect("models/manifest.toml is checked by the unit tests")
     }
@@ -140,6 +152,19 @@ impl Manifest {
             .ok_or_else(|| wrong_role(name, spec, "embedder"))?;
         Ok(resolve(name, spec, models_dir, contract))
     }
+
+    pub fn liveness(
+        &self,
+        name: &str,
+        models_dir: &Path,
+    ) -> Result<ResolvedModel<LivenessContract>, ModelError> {
+        let spec = self.spec(name)?;
+        let contract = spec
+            .liveness
+            .clone()
+            .ok_or_else(|| wrong_role(name, spec, "liveness model"))?;
+        Ok(resolve(name, spec, models_dir, contract))
+    }
 }
 
 /// Where `scripts/fetch-assets` puts the models in a checkout.
@@ -149,7 +174,7 @@ const CHECKOUT_MODELS: &str = "assets/models";
 /// installed `default` is the user's explicit choice and the only one. Otherwise a checkout's
 /// `assets/models` comes next: under the current directory, then above the executable
 /// (`<checkout>/target/debug/facegate` finds `<checkout>/assets/models`).
-pub fn search_dirs(
+pub(crate) fn search_dirs(
     configured: &Path,
     default: &Path,
     current_dir: Option<&Path>,
@@ -175,7 +200,7 @@ pub fn search_dirs(
 
 /// The first of `dirs` that holds every one of `files`; when none does, the error names the files
 /// missing from the first directory and every directory searched.
-pub fn locate(files: &[&str], dirs: &[PathBuf]) -> Result<PathBuf, ModelError> {
+pub(crate) fn locate(files: &[&str], dirs: &[PathBuf]) -> Result<PathBuf, ModelError> {
     if let Some(dir) = dirs
         .iter()
         .find(|dir| files.iter().all(|file| dir.join(file).is_file()))
@@ -223,7 +248,7 @@ fn resolve<C>(name: &str, spec: &ModelSpec, models_dir: &Path, contract: C) -> R
 
 impl<C> ResolvedModel<C> {
     /// Checks the file against the pinned sha256, so a corrupt or swapped model stops start-up.
-    pub fn verify(&self) -> Result<(), ModelError> {
+    pub(crate) fn verify(&self) -> Result<(), ModelError> {
         let actual = sha256_file(&self.path).map_err(|source| ModelError::Missing {
             path: self.path.clone(),
             cause: source,
@@ -262,7 +287,7 @@ impl<C> ResolvedModel<C> {
     }
 }
 
-pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+pub(crate) fn sha256_file(path: &Path) -> std::io::Result<String> {
     let mut file = std::fs::File::open(path)?;
     let mut hasher = Sha256::new();
     let mut buffer = vec![0u8; 64 * 1024];
@@ -297,6 +322,12 @@ mod tests {
             sface.sha256,
             "0ba9fbfa01b5270c96627c4ef784da859931e02f04419c829e83484087c34e79"
         );
+        let v2 = manifest.liveness("minifasnet_v2", dir).unwrap();
+        let v1se = manifest.liveness("minifasnet_v1se", dir).unwrap();
+        assert_eq!((v2.contract.scale, v1se.contract.scale), (2.7, 4.0));
+        assert_eq!(v2.contract.input_size, 80);
+        assert_eq!(v1se.contract.color, ChannelOrder::Bgr);
+        assert!(manifest.liveness("mobilefacenet", dir).is_err());
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 /// Pure bookkeeping behind [`RateLimitedLog`]: when the last line was emitted and how many
 /// messages were swallowed since.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Throttle {
+pub(crate) struct Throttle {
     last_emitted: Option<Instant>,
     suppressed: u64,
 }
@@ -17,7 +17,7 @@ pub struct Throttle {
 impl Throttle {
     /// Decides whether a message arriving at `now` may be emitted. Returns `Some(n)` with the
     /// number of messages suppressed since the previous emitted one, or `None` to stay silent.
-    pub fn admit(&mut self, now: Instant, interval: Duration) -> Option<u64> {
+    pub(crate) fn admit(&mut self, now: Instant, interval: Duration) -> Option<u64> {
         let due = match self.last_emitted {
             None => true,
             Some(last) => now.saturating_duration_since(last) >= interval,
@@ -34,7 +34,7 @@ impl Throttle {
 
 /// A log sink for one kind of recurring problem. Thread-safe; cheap when suppressing.
 #[derive(Debug)]
-pub struct RateLimitedLog {
+pub(crate) struct RateLimitedLog {
     interval: Duration,
     throttle: Mutex<Throttle>,
 }

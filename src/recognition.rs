@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::decision::Outcome;
 use crate::frame::{CheckedImage, FrameError, ImageHeader};
 use crate::gallery::Gallery;
-use crate::vision::{elapsed_ms, Recognizer, VisionError};
+use crate::vision::{elapsed_ms, LivenessReading, Recognizer, VisionError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecognitionError {
@@ -26,6 +26,8 @@ pub struct StageTimings {
     pub align_ms: f64,
     pub embed_ms: f64,
     pub match_ms: f64,
+    /// Zero unless liveness ran (only for a recognised face).
+    pub liveness_ms: f64,
 }
 
 #[derive(Debug, Clone)]
@@ -35,6 +37,8 @@ pub struct Recognition {
     pub faces: usize,
     pub header: ImageHeader,
     pub timings: StageTimings,
+    /// Only for a recognised face, and only with liveness enabled: nobody else can be granted anyway.
+    pub liveness: Option<LivenessReading>,
 }
 
 /// Recognises the largest face in a checked image.
@@ -54,6 +58,18 @@ pub fn recognize_image(
         Some(reading) => Outcome::for_face(gallery.best_match(&reading.embedding), threshold),
     };
     let match_ms = elapsed_ms(started);
+    let started = Instant::now();
+    let liveness = match (&outcome, &sighting.primary) {
+        (Outcome::Recognised(_), Some(reading)) => {
+            recognizer.check_liveness(&decoded.image, &reading.face)?
+        }
+        _ => None,
+    };
+    let liveness_ms = if liveness.is_some() {
+        elapsed_ms(started)
+    } else {
+        0.0
+    };
     Ok(Recognition {
         outcome,
         faces: sighting.faces,
@@ -64,6 +80,8 @@ pub fn recognize_image(
             align_ms: sighting.align_ms,
             embed_ms: sighting.embed_ms,
             match_ms,
+            liveness_ms,
         },
+        liveness,
     })
 }

@@ -8,7 +8,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::decision::{round_score, Status};
+use crate::decision::{round_score, LivenessVerdict, Status};
 
 /// The endpoints whose requests are recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -60,12 +60,14 @@ pub struct Timings {
     pub align_ms: f64,
     pub embed_ms: f64,
     pub match_ms: f64,
+    /// Zero unless liveness ran (a recognised face, liveness on).
+    pub liveness_ms: f64,
     pub total_ms: f64,
 }
 
 impl Timings {
     /// The same timings rounded to two decimals.
-    pub fn rounded(&self) -> Timings {
+    pub(crate) fn rounded(&self) -> Timings {
         let r = |ms: f64| (ms * 100.0).round() / 100.0;
         Timings {
             queue_ms: r(self.queue_ms),
@@ -74,6 +76,7 @@ impl Timings {
             align_ms: r(self.align_ms),
             embed_ms: r(self.embed_ms),
             match_ms: r(self.match_ms),
+            liveness_ms: r(self.liveness_ms),
             total_ms: r(self.total_ms),
         }
     }
@@ -99,6 +102,19 @@ pub struct Recognised {
     pub faces: usize,
     pub age_ms: u64,
     pub timings: Timings,
+    /// Where liveness ran: the score the decision used and the threshold.
+    pub liveness: Option<LivenessVerdict>,
+    /// For the audit line and sidecar only: each liveness model's probabilities (real is index 1).
+    pub liveness_models: Option<Vec<ModelLiveness>>,
+    /// A grant still waiting for more frames from the same tablet: (grants so far, needed).
+    pub confirming: Option<(u32, u32)>,
+}
+
+/// One liveness model's view of the face, as the audit line and the snapshot sidecar keep it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelLiveness {
+    pub model: String,
+    pub probabilities: [f64; 3],
 }
 
 /// What a `/code` request found. Names which stored code matched (kind and place in `codes show`),
@@ -186,7 +202,7 @@ impl DecisionRecord {
     }
 
     /// The HTTP status of the answer.
-    pub fn http_status(&self) -> u16 {
+    pub(crate) fn http_status(&self) -> u16 {
         match (&self.refusal, self.status) {
             (Some(refusal), _) => refusal.http,
             (None, Status::Busy) => 503,
@@ -246,6 +262,9 @@ impl DecisionRecord {
             fields.insert("threshold".into(), json!(recognised.threshold));
             fields.insert("faces".into(), json!(recognised.faces));
             fields.insert("timings".into(), json!(recognised.timings));
+            if let Some(liveness) = &recognised.liveness {
+                fields.insert("liveness".into(), json!(liveness));
+            }
         }
         answer
     }
@@ -275,7 +294,7 @@ impl DecisionRecord {
     }
 
     /// One log line with stable `key=value` fields, `request_id` first.
-    pub fn log_line(&self) -> String {
+    pub(crate) fn log_line(&self) -> String {
         let mut line = format!(
             "request_id={} endpoint={} status={} door={}",
             self.request_id,
@@ -300,6 +319,14 @@ impl DecisionRecord {
                 r.timings.total_ms,
                 r.nearest_below_threshold.as_deref().unwrap_or(""),
             );
+            if let Some(liveness) = &r.liveness {
+                line += &format!(
+                    " liveness={} liveness_threshold={}",
+                    rounded(liveness.mean.or(liveness.score))
+                        .map_or("-".to_string(), |s| s.to_string()),
+                    round_score(liveness.threshold)
+                );
+            }
         }
         if let Some(code) = &self.code {
             let field = |value: Option<String>| value.unwrap_or_else(|| "-".into());
@@ -329,7 +356,7 @@ impl DecisionRecord {
     }
 
     /// The level the log line is written at: errors the daemon caused are errors, refusals warnings.
-    pub fn log_level(&self) -> log::Level {
+    pub(crate) fn log_level(&self) -> log::Level {
         match self.http_status() {
             500.. => log::Level::Error,
             400.. => log::Level::Warn,
@@ -339,7 +366,7 @@ impl DecisionRecord {
 }
 
 /// A similarity rounded as answers show it, for optional scores.
-pub fn rounded(score: Option<f32>) -> Option<f64> {
+pub(crate) fn rounded(score: Option<f32>) -> Option<f64> {
     score.map(round_score)
 }
 
@@ -356,6 +383,9 @@ mod tests {
             faces: 1,
             age_ms: 40,
             timings: Timings::default(),
+            liveness: None,
+            liveness_models: None,
+            confirming: None,
         }
     }
 
@@ -431,6 +461,36 @@ mod tests {
         assert!(
             a.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'),
             "{a}"
+        );
+    }
+
+    #[test]
+    fn a_spoof_answer_carries_the_liveness_and_its_sidecar_both_models() {
+        let mut record = DecisionRecord::new("r-5", Endpoint::Image, Status::Spoof);
+        record.recognised = Some(Recognised {
+            liveness: Some(LivenessVerdict {
+                score: Some(0.1451),
+                mean: None,
+                threshold: 0.8,
+            }),
+            liveness_models: Some(vec![ModelLiveness {
+                model: "minifasnet_v2".into(),
+                probabilities: [0.3, 0.006, 0.694],
+            }]),
+            ..recognised(None, Some("ann"))
+        });
+        let answer = record.answer();
+        assert_eq!(answer["liveness"]["score"], 0.1451);
+        assert_eq!(answer["liveness"]["threshold"], 0.8);
+        assert!(answer.get("liveness_models").is_none(), "{answer}");
+        let sidecar = record.sidecar("spoof");
+        assert_eq!(sidecar["reason"], "spoof");
+        assert_eq!(sidecar["liveness_models"][0]["model"], "minifasnet_v2");
+        assert_eq!(sidecar["liveness"]["score"], 0.1451);
+        assert!(
+            record.log_line().contains("liveness=0.1451"),
+            "{}",
+            record.log_line()
         );
     }
 }

@@ -3,7 +3,8 @@
 //! the answer, the audit line, the event and the snapshot, all under the request's id. It knows
 //! nothing of HTTP: the transport hands it bytes and renders what it returns.
 
-use std::sync::Arc;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -13,23 +14,30 @@ use crate::audit::AuditWriter;
 use crate::body::{parse_code_post, parse_frame_post, BodyError, CodePost, FramePost};
 use crate::codes::{CodeChecker, Verdict};
 use crate::config::Config;
-use crate::decision::{decide, round_score, Decision, Freshness, FreshnessRules, Outcome, Status};
+use crate::confirmation::{Confirmations, TabletKey};
+use crate::decision::{
+    confirming_person, decide, decide_with, round_score, Checks, Decision, Freshness,
+    FreshnessRules, Liveness, Outcome, Status,
+};
 use crate::door::{DoorController, OpenCause, OpenRequest};
 use crate::events::EventRing;
 use crate::frame::{self, CheckedImage, FrameError, RefusedImage};
 use crate::gallery::{Gallery, LiveGallery};
 use crate::metrics::Metrics;
+use crate::mqtt::Remote;
 use crate::ratelimit::RateLimitedLog;
 use crate::recognition::{recognize_image, Recognition, RecognitionError};
-use crate::record::{rounded, CodeCheck, DecisionRecord, Endpoint, Recognised, Refusal, Timings};
+use crate::record::{
+    rounded, CodeCheck, DecisionRecord, Endpoint, ModelLiveness, Recognised, Refusal, Timings,
+};
 use crate::snapshots::SnapshotWriter;
-use crate::vision::Recognizer;
+use crate::vision::{LivenessReading, Recognizer};
 
 /// How often a failing disk is logged.
 const DISK_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Everything the workers share.
-pub struct Service {
+pub(crate) struct Service {
     pub config: Config,
     pub threshold: f32,
     pub metrics: Arc<Metrics>,
@@ -43,10 +51,20 @@ pub struct Service {
     pub codes: CodeChecker,
     freshness: FreshnessRules,
     snapshot_errors: RateLimitedLog,
+    /// Decisions go to the MQTT broker too (a no-op while MQTT is off).
+    pub remote: Arc<Remote>,
+    /// Each tablet's streak of grants (`door.confirm_frames`): the one recognition state across requests.
+    confirmations: Mutex<Confirmations>,
+}
+
+/// The tablet's confirmation a frame is judged within.
+pub struct Confirming<'a> {
+    pub table: &'a Mutex<Confirmations>,
+    pub tablet: TabletKey,
 }
 
 /// A request whose body has been read, as the transport hands it over.
-pub struct FrameRequest {
+pub(crate) struct FrameRequest {
     pub request_id: String,
     pub endpoint: Endpoint,
     /// When the request arrived, on the monotonic clock and on the wall clock.
@@ -60,7 +78,7 @@ pub struct FrameRequest {
 }
 
 /// The record the answer is rendered from, plus what is written after the answer is sent.
-pub struct Handled {
+pub(crate) struct Handled {
     pub record: DecisionRecord,
     snapshot: Option<Snapshot>,
 }
@@ -92,10 +110,15 @@ impl Service {
         audit: AuditWriter,
         snapshots: Option<SnapshotWriter>,
         codes: CodeChecker,
+        remote: Arc<Remote>,
     ) -> Service {
         Service {
             events: EventRing::new(config.http.events_kept),
             freshness: FreshnessRules::of(&config.door),
+            confirmations: Mutex::new(Confirmations::new(
+                config.door.confirm_frames,
+                Duration::from_millis(config.door.confirm_window_ms),
+            )),
             config,
             threshold,
             metrics,
@@ -106,6 +129,7 @@ impl Service {
             started: Instant::now(),
             codes,
             snapshot_errors: RateLimitedLog::new(DISK_ERROR_LOG_INTERVAL),
+            remote,
         }
     }
 
@@ -120,7 +144,7 @@ impl Service {
         })
     }
 
-    pub fn metrics_text(&self) -> String {
+    pub(crate) fn metrics_text(&self) -> String {
         if let Some(store) = &self.snapshots {
             let (count, bytes) = store.usage();
             self.metrics.set_snapshot_usage(count as u64, bytes);
@@ -129,7 +153,7 @@ impl Service {
     }
 
     /// GET /events?limit=N&before=SEQ, from the query string.
-    pub fn events_page(&self, query: &str) -> Result<Value, Refusal> {
+    pub(crate) fn events_page(&self, query: &str) -> Result<Value, Refusal> {
         let mut limit = 50usize;
         let mut before = None;
         for pair in query.split('&').filter(|p| !p.is_empty()) {
@@ -167,7 +191,7 @@ impl Service {
     }
 
     /// A frame post whose body has been read: one pass from the body to the record.
-    pub fn handle(&self, recognizer: &mut Recognizer, request: FrameRequest) -> Handled {
+    pub(crate) fn handle(&self, recognizer: &mut Recognizer, request: FrameRequest) -> Handled {
         let FrameRequest {
             request_id,
             endpoint,
@@ -207,11 +231,18 @@ impl Service {
             Endpoint::Image if self.config.door.pause_while_open => {
                 match self.door.busy_for(Instant::now()) {
                     Some(busy) => self.paused(record, busy),
-                    None => self.decide_frame(recognizer, record, post, received_at, received_wall),
+                    None => self.decide_frame(
+                        recognizer,
+                        record,
+                        post,
+                        remote,
+                        received_at,
+                        received_wall,
+                    ),
                 }
             }
             Endpoint::Image | Endpoint::Identify | Endpoint::Code => {
-                self.decide_frame(recognizer, record, post, received_at, received_wall)
+                self.decide_frame(recognizer, record, post, remote, received_at, received_wall)
             }
         }
     }
@@ -347,33 +378,49 @@ impl Service {
         recognizer: &mut Recognizer,
         mut record: DecisionRecord,
         post: FramePost,
+        remote: Option<IpAddr>,
         received_at: Instant,
         received_wall: DateTime<Utc>,
     ) -> Handled {
         let freshness =
             Freshness::of_frame(received_at, received_wall, post.captured_at, self.freshness);
+        // Unknown clients (none over HTTP) share the unspecified address.
+        let tablet = TabletKey {
+            address: remote.unwrap_or(IpAddr::from([0, 0, 0, 0])),
+            tablet_id: post.tablet_id.clone(),
+        };
         // Garbage is answered as such even when it is also too old to decide on.
         let image = match CheckedImage::check(post.image, &self.config.frame) {
             Ok(image) => image,
-            Err(refused) => return self.bad_image(record, refused),
+            Err(refused) => {
+                self.interrupt_confirmation(&tablet);
+                return self.bad_image(record, refused);
+            }
         };
         let judged = judge(
             recognizer,
             &self.gallery.current(),
             self.threshold,
+            self.config.liveness.threshold,
             &image,
             freshness,
             self.freshness,
             received_at,
+            Some(Confirming {
+                table: &self.confirmations,
+                tablet: tablet.clone(),
+            }),
             &mut record,
         );
         let decision = match judged {
             Ok(decision) => decision,
             Err(RecognitionError::Frame(error)) => {
+                self.interrupt_confirmation(&tablet);
                 let bytes = image.into_bytes();
                 return self.bad_image(record, RefusedImage { error, bytes });
             }
             Err(RecognitionError::Vision(err)) => {
+                self.interrupt_confirmation(&tablet);
                 log::error!("request_id={} recognition failed: {err}", record.request_id);
                 record.refusal = Some(internal_error());
                 let ext = image.header().format.extension();
@@ -398,6 +445,7 @@ impl Service {
         let keep = match decision.status {
             Status::Unknown => self.config.snapshots.on_unknown,
             Status::NoFace => self.config.snapshots.on_no_face,
+            Status::Spoof => self.config.snapshots.on_spoof,
             _ => false,
         };
         if keep {
@@ -407,6 +455,14 @@ impl Service {
         } else {
             self.conclude(record)
         }
+    }
+
+    /// A frame from `tablet` that cannot be a grant ends its streak.
+    fn interrupt_confirmation(&self, tablet: &TabletKey) {
+        self.confirmations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .interrupt(tablet);
     }
 
     fn bad_image(&self, mut record: DecisionRecord, refused: RefusedImage) -> Handled {
@@ -465,16 +521,21 @@ impl Service {
         ] {
             self.metrics.observe_stage(stage, value);
         }
+        // Liveness runs only on recognised faces: the others would fill its histogram with zeros.
+        if timings.liveness_ms > 0.0 {
+            self.metrics.observe_stage("liveness", timings.liveness_ms);
+        }
     }
 
     /// Audit line, event and snapshot, after the answer went out: queued to their writer threads,
     /// never waiting on a disk. Disk trouble is logged (rate-limited) and counted by the writers; it
     /// never reaches the tablet or the door.
-    pub fn follow_up(&self, handled: Handled) {
+    pub(crate) fn follow_up(&self, handled: Handled) {
         let Handled { record, snapshot } = handled;
         let line = record.audit_line();
         self.audit.record(&line);
         if record.kind() == "decision" {
+            self.remote.publish_decision(&record);
             self.events.push(line);
         }
         if let (Some(snapshot), Some(store)) = (snapshot, &self.snapshots) {
@@ -484,17 +545,20 @@ impl Service {
     }
 }
 
-/// Recognises a checked image (unless the frame is already too old), decides, and writes both into
+/// Recognises a checked image (unless the frame is already too old), checks liveness of a recognised
+/// face, counts the frame in the tablet's confirmation (when given), decides, and writes all of it into
 /// `record`. No door, no disk: the daemon and `facegate identify` share it.
 #[allow(clippy::too_many_arguments)]
 pub fn judge(
     recognizer: &mut Recognizer,
     gallery: &Gallery,
     threshold: f32,
+    liveness_threshold: f32,
     image: &CheckedImage,
     freshness: Freshness,
     rules: FreshnessRules,
     received_at: Instant,
+    confirmation: Option<Confirming<'_>>,
     record: &mut DecisionRecord,
 ) -> Result<Decision, RecognitionError> {
     let started = Instant::now();
@@ -506,10 +570,33 @@ pub fn judge(
     let outcome = recognition
         .as_ref()
         .map_or(Outcome::NoFace, |r| r.outcome.clone());
+    let reading = recognition.as_ref().and_then(|r| r.liveness.as_ref());
+    let liveness = Liveness::from_reading(reading);
     let now = Instant::now();
-    let decision = decide(&outcome, freshness, now);
+    let tally = confirmation.and_then(|Confirming { table, tablet }| {
+        let mut table = table.lock().unwrap_or_else(PoisonError::into_inner);
+        match confirming_person(&outcome, liveness, freshness, now) {
+            Some(person) => Some(table.grant(&tablet, person, liveness.score(), now)),
+            None => {
+                table.interrupt(&tablet);
+                None
+            }
+        }
+    });
+    let checks = Checks {
+        liveness,
+        liveness_threshold,
+        tally,
+    };
+    let decision = decide_with(&outcome, &checks, freshness, now);
     record.status = decision.status;
-    record.message = decision.stale.map(|cause| cause.message(rules));
+    record.message = decision
+        .stale
+        .map(|cause| cause.message(rules))
+        .or_else(|| reading.and_then(too_small_message));
+    if decision.confirming.is_some() {
+        record.door = "confirming";
+    }
     record.recognised = Some(Recognised {
         identity: decision.identity.clone(),
         nearest_below_threshold: outcome.nearest_below_threshold().map(|m| m.name.clone()),
@@ -518,8 +605,39 @@ pub fn judge(
         faces: recognition.as_ref().map_or(0, |r| r.faces),
         age_ms: freshness.age_at(now).as_millis() as u64,
         timings: stage_timings(recognition.as_ref(), received_at, started),
+        liveness: decision.liveness,
+        liveness_models: reading.and_then(model_liveness),
+        confirming: decision.confirming,
     });
     Ok(decision)
+}
+
+/// The tablet's message for a face liveness could not judge.
+fn too_small_message(reading: &LivenessReading) -> Option<String> {
+    match reading {
+        LivenessReading::TooSmall {
+            face_px,
+            min_face_px,
+        } => Some(format!(
+            "the face is {face_px} px wide, too small to check that it is a live person (liveness.min_face_px is {min_face_px}): come closer to the camera"
+        )),
+        LivenessReading::Scored { .. } => None,
+    }
+}
+
+fn model_liveness(reading: &LivenessReading) -> Option<Vec<ModelLiveness>> {
+    match reading {
+        LivenessReading::Scored { models, .. } => Some(
+            models
+                .iter()
+                .map(|m| ModelLiveness {
+                    model: m.model.clone(),
+                    probabilities: m.probabilities.map(round_score),
+                })
+                .collect(),
+        ),
+        LivenessReading::TooSmall { .. } => None,
+    }
 }
 
 fn stage_timings(
@@ -535,6 +653,7 @@ fn stage_timings(
         align_ms: stages.align_ms,
         embed_ms: stages.embed_ms,
         match_ms: stages.match_ms,
+        liveness_ms: stages.liveness_ms,
         total_ms: received_at.elapsed().as_secs_f64() * 1000.0,
     }
     .rounded()
@@ -560,6 +679,7 @@ fn body_refusal(err: &BodyError) -> Refusal {
     let (http, error) = match err {
         BodyError::Json(_) => (400, "bad_json"),
         BodyError::FrameId => (400, "bad_frame_id"),
+        BodyError::TabletId => (400, "bad_tablet_id"),
         BodyError::CapturedAt(_) => (400, "bad_captured_at"),
         BodyError::Code => (400, "bad_code"),
         BodyError::Multipart(_) => (400, "bad_multipart"),

@@ -27,7 +27,7 @@ const CLEANUP_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(60);
 /// Limits on the stored snapshots. When a save exceeds the count or byte limit, the oldest
 /// snapshots are deleted down to 90% of the limits, so cleanup runs in batches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SnapshotRetention {
+pub(crate) struct SnapshotRetention {
     pub max_count: usize,
     pub max_bytes: u64,
     pub max_age: Duration,
@@ -35,7 +35,7 @@ pub struct SnapshotRetention {
 
 /// Where a saved snapshot lives.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct SnapshotRef {
+pub(crate) struct SnapshotRef {
     pub id: String,
     pub image_path: PathBuf,
     pub sidecar_path: PathBuf,
@@ -44,7 +44,7 @@ pub struct SnapshotRef {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum SnapshotError {
+pub(crate) enum SnapshotError {
     #[error(
         "invalid snapshot id {id:?}: use 1 to {MAX_ID_LEN} characters from A-Z, a-z, 0-9, '_' \
          and '-'"
@@ -99,7 +99,7 @@ pub enum SnapshotError {
 }
 
 /// Checks that `id` is safe as a file name: 1–64 characters of `[A-Za-z0-9_-]`.
-pub fn validate_id(id: &str) -> Result<(), SnapshotError> {
+pub(crate) fn validate_id(id: &str) -> Result<(), SnapshotError> {
     let valid = !id.is_empty()
         && id.len() <= MAX_ID_LEN
         && id
@@ -129,7 +129,7 @@ fn validate_extension(ext: &str) -> Result<(), SnapshotError> {
 /// How many of `snapshots` (`(saved_at, bytes)`, oldest first) to delete, counted from the
 /// oldest: every one older than `max_age`, then, if the rest still exceeds the count or byte
 /// limit, enough more to get down to 90% of both limits.
-pub fn oldest_to_delete(
+pub(crate) fn oldest_to_delete(
     snapshots: &[(DateTime<Utc>, u64)],
     now: DateTime<Utc>,
     retention: &SnapshotRetention,
@@ -174,7 +174,7 @@ struct Index {
 }
 
 /// The snapshot directory: `<dir>/<YYYY-MM-DD>/<id>.<ext>` plus `<id>.json`. Thread-safe.
-pub struct SnapshotStore {
+pub(crate) struct SnapshotStore {
     dir: PathBuf,
     retention: SnapshotRetention,
     index: Mutex<Index>,
@@ -277,13 +277,13 @@ impl SnapshotStore {
 
     /// Deletes snapshots older than `max_age` and, when over the count or byte limit, the oldest
     /// down to 90% of the limits. Returns how many snapshots were deleted. Call periodically.
-    pub fn enforce_retention(&self, now: DateTime<Utc>) -> usize {
+    pub(crate) fn enforce_retention(&self, now: DateTime<Utc>) -> usize {
         let mut index = self.lock_index();
         self.trim(&mut index, now)
     }
 
     /// `(count, bytes)` of the stored snapshots, from the in-memory index.
-    pub fn usage(&self) -> (usize, u64) {
+    pub(crate) fn usage(&self) -> (usize, u64) {
         let index = self.lock_index();
         (index.snapshots.len(), index.bytes)
     }
@@ -340,7 +340,7 @@ struct SaveJob {
 
 /// What the snapshot writer did, for /metrics.
 #[derive(Debug, Default)]
-pub struct SnapshotCounters {
+pub(crate) struct SnapshotCounters {
     /// Snapshots on disk and their bytes, from the store's index.
     pub count: AtomicU64,
     pub bytes: AtomicU64,
@@ -355,7 +355,7 @@ pub struct SnapshotCounters {
 /// retention; callers queue without blocking ([`Self::queue`]) or wait a bounded time for the
 /// outcome ([`Self::save`]). Cloneable.
 #[derive(Clone)]
-pub struct SnapshotWriter {
+pub(crate) struct SnapshotWriter {
     jobs: Sender<SaveJob>,
     counters: Arc<SnapshotCounters>,
 }
@@ -407,7 +407,7 @@ impl SnapshotWriter {
     }
 
     /// `(count, bytes)` of the stored snapshots.
-    pub fn usage(&self) -> (usize, u64) {
+    pub(crate) fn usage(&self) -> (usize, u64) {
         (
             self.counters.count.load(Ordering::Relaxed) as usize,
             self.counters.bytes.load(Ordering::Relaxed),
@@ -415,7 +415,7 @@ impl SnapshotWriter {
     }
 
     /// Failed and dropped counts.
-    pub fn counters(&self) -> Arc<SnapshotCounters> {
+    pub(crate) fn counters(&self) -> Arc<SnapshotCounters> {
         Arc::clone(&self.counters)
     }
 

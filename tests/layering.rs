@@ -125,6 +125,7 @@ fn layers_point_one_way() {
         "recognition",
         "body",
         "codes",
+        "confirmation",
         "config",
     ] {
         for edge in ["http", "service", "daemon", "front"] {

@@ -81,8 +81,6 @@ pub struct Upload {
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum MultipartError {
-    #[error("the form is not multipart/form-data with a boundary")]
-    NoBoundary,
     #[error("the upload is cut short or malformed; send the form again")]
     Malformed,
 }

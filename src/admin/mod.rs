@@ -4,13 +4,13 @@
 //! internet. The HTTP layer hands each request over parsed ([`AdminRequest`]) and sends back the
 //! [`AdminResponse`]; nothing here touches a socket.
 
-pub mod csrf;
-pub mod form;
-pub mod history;
-pub mod pages;
+pub(crate) mod csrf;
+pub(crate) mod form;
+pub(crate) mod history;
+pub(crate) mod pages;
 pub mod password;
 mod routes;
-pub mod session;
+pub(crate) mod session;
 mod visitor_codes;
 
 use std::net::IpAddr;
@@ -30,7 +30,7 @@ use crate::codes::lockout::{Gate, LockoutRules, Lockouts};
 use session::{SessionLimits, Sessions};
 
 /// The session cookie's name.
-pub const SESSION_COOKIE: &str = "facegate_admin";
+pub(crate) const SESSION_COOKIE: &str = "facegate_admin";
 /// At most this many admin sessions exist at once.
 const MAX_SESSIONS: usize = 16;
 /// Sign-in attempts per client address, with the visitor codes' bounded lockout table: five wrong
@@ -57,7 +57,7 @@ const SECURITY_HEADERS: [(&str, &str); 4] = [
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Method {
+pub(crate) enum Method {
     Get,
     Post,
     Other,
@@ -65,7 +65,7 @@ pub enum Method {
 
 /// One request for `/admin…`, its body already read (within the daemon's size and time limits).
 #[derive(Debug, Clone)]
-pub struct AdminRequest {
+pub(crate) struct AdminRequest {
     pub method: Method,
     /// Path and query, as sent.
     pub url: String,
@@ -76,7 +76,7 @@ pub struct AdminRequest {
 }
 
 #[derive(Debug, Clone)]
-pub struct AdminResponse {
+pub(crate) struct AdminResponse {
     pub status: u16,
     pub headers: Vec<(&'static str, String)>,
     pub body: Vec<u8>,
@@ -129,7 +129,7 @@ impl AdminResponse {
 }
 
 /// What the daemon lends the admin pages.
-pub struct AdminContext {
+pub(crate) struct AdminContext {
     pub config: Config,
     pub models: PipelineModels,
     pub embedder: EmbedderId,
@@ -144,7 +144,7 @@ pub struct AdminContext {
     pub secure_cookies: bool,
 }
 
-pub struct Admin {
+pub(crate) struct Admin {
     ctx: AdminContext,
     sessions: Sessions,
     logins: Mutex<Lockouts>,

@@ -4,9 +4,9 @@
 use memchr::memmem;
 
 /// More parts than a frame post has fields is refused.
-pub const MAX_PARTS: usize = 16;
+pub(crate) const MAX_PARTS: usize = 16;
 /// Longest header block of one part.
-pub const MAX_PART_HEADER_BYTES: usize = 8 * 1024;
+pub(crate) const MAX_PART_HEADER_BYTES: usize = 8 * 1024;
 
 /// One form field: its name, the file name if it is a file, and its bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,10 +11,10 @@ use super::calendar::{week_key, Calendar};
 use super::CodeError;
 
 /// Most codes of one kind per day or week that one generation makes.
-pub const MAX_CODES_PER_KIND: usize = 100;
+pub(crate) const MAX_CODES_PER_KIND: usize = 100;
 /// Longest range one generation covers, in days.
-pub const MAX_RANGE_DAYS: i64 = 732;
-pub const DIGITS: std::ops::RangeInclusive<u32> = 4..=12;
+pub(crate) const MAX_RANGE_DAYS: i64 = 732;
+pub(crate) const DIGITS: std::ops::RangeInclusive<u32> = 4..=12;
 
 /// All codes: daily ones by date, weekly ones by ISO week (`YYYY-Www`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,7 +92,12 @@ impl CodeBook {
 
     /// Finds `given` among the codes valid on `date`. Every candidate is compared, in constant time,
     /// whether or not an earlier one matched, so the time taken says nothing about which one did.
-    pub fn verify(&self, calendar: &Calendar, date: NaiveDate, given: &str) -> Option<CodeMatch> {
+    pub(crate) fn verify(
+        &self,
+        calendar: &Calendar,
+        date: NaiveDate,
+        given: &str,
+    ) -> Option<CodeMatch> {
         let valid = self.valid_on(calendar, date);
         let given = given.trim().as_bytes();
         let mut found = subtle::Choice::from(0);
@@ -122,7 +127,7 @@ impl CodeBook {
     }
 
     /// Removes a matched code so that it cannot be used again (`codes.single_use`).
-    pub fn consume(&mut self, matched: &CodeMatch) {
+    pub(crate) fn consume(&mut self, matched: &CodeMatch) {
         let list = match matched.kind {
             CodeKind::Daily => self.daily.get_mut(&matched.date),
             CodeKind::Weekly => self.weekly.get_mut(&week_key(matched.date.iso_week())),

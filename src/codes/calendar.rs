@@ -15,7 +15,7 @@ pub struct Calendar {
 }
 
 /// Parses a weekday name as the config spells it: `mon`, `Monday`, `TUE`...
-pub fn parse_weekday(name: &str) -> Option<Weekday> {
+pub(crate) fn parse_weekday(name: &str) -> Option<Weekday> {
     name.trim().parse::<Weekday>().ok()
 }
 
@@ -48,7 +48,7 @@ impl Calendar {
         Ok(Calendar::new(weekdays, holidays))
     }
 
-    pub fn is_working_day(&self, date: NaiveDate) -> bool {
+    pub(crate) fn is_working_day(&self, date: NaiveDate) -> bool {
         self.working_days
             .contains(&date.weekday().num_days_from_monday())
             && !self.holidays.contains(&date)
@@ -66,7 +66,7 @@ impl Calendar {
     }
 
     /// The working days from `from` to `to`, both included.
-    pub fn working_days_between(&self, from: NaiveDate, to: NaiveDate) -> Vec<NaiveDate> {
+    pub(crate) fn working_days_between(&self, from: NaiveDate, to: NaiveDate) -> Vec<NaiveDate> {
         from.iter_days()
             .take_while(|d| *d <= to)
             .filter(|d| self.is_working_day(*d))
@@ -74,7 +74,7 @@ impl Calendar {
     }
 
     /// The working days of an ISO week.
-    pub fn working_days_of(&self, week: IsoWeek) -> Vec<NaiveDate> {
+    pub(crate) fn working_days_of(&self, week: IsoWeek) -> Vec<NaiveDate> {
         let monday = NaiveDate::from_isoywd_opt(week.year(), week.week(), Weekday::Mon)
             .expect("an IsoWeek always has a Monday");
         let sunday = monday + Days::new(6);
@@ -83,13 +83,13 @@ impl Calendar {
 }
 
 /// The `YYYY-Www` name of a date's ISO week, as codes are stored under.
-pub fn week_key(week: IsoWeek) -> String {
+pub(crate) fn week_key(week: IsoWeek) -> String {
     format!("{:04}-W{:02}", week.year(), week.week())
 }
 
 /// Reads a holidays file: one `YYYY-MM-DD` date per line; blank lines and `#` comments are skipped,
 /// and anything after the date on a line (a holiday's name) is ignored.
-pub fn read_holidays_file(path: &Path) -> Result<Vec<NaiveDate>, CodeError> {
+pub(crate) fn read_holidays_file(path: &Path) -> Result<Vec<NaiveDate>, CodeError> {
     let text = std::fs::read_to_string(path).map_err(|cause| CodeError::HolidaysFile {
         path: path.to_owned(),
         problem: cause.to_string(),

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 /// Addresses tracked at most. A door's LAN has a few tablets; past this, the entry closest to
 /// forgetting itself makes room, so a flood of addresses costs bounded memory.
-pub const MAX_TRACKED_ADDRESSES: usize = 4096;
+pub(crate) const MAX_TRACKED_ADDRESSES: usize = 4096;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LockoutRules {
@@ -78,12 +78,13 @@ impl Lockouts {
         }
     }
 
-    pub fn tracked(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn tracked(&self) -> usize {
         self.entries.len()
     }
 
     /// May `address` try a code now?
-    pub fn gate(&mut self, address: IpAddr, now: Instant) -> Gate {
+    pub(crate) fn gate(&mut self, address: IpAddr, now: Instant) -> Gate {
         let rules = self.rules;
         let Some(entry) = self.entries.get_mut(&address) else {
             return Gate::Open {

@@ -62,7 +62,7 @@ pub enum Verdict {
 
 /// What the daemon keeps to check codes: the store (reloaded when the CLI changes it), the
 /// calendar and the lockout table.
-pub struct CodeChecker {
+pub(crate) struct CodeChecker {
     store: CodeStore,
     calendar: Calendar,
     single_use: bool,

@@ -14,7 +14,7 @@ use super::CodeError;
 const FORMAT: &str = "facegate-codes";
 const VERSION: u32 = 1;
 /// Owner read/write only: the file holds the secrets that open the door.
-pub const MODE: u32 = 0o600;
+pub(crate) const MODE: u32 = 0o600;
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -27,7 +27,7 @@ struct Stored {
 
 /// Which version of the file was read: a replacement gets a new inode, an edit a new mtime.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FileStamp {
+pub(crate) struct FileStamp {
     inode: u64,
     modified_ns: i64,
     len: u64,
@@ -49,7 +49,7 @@ impl CodeStore {
     }
 
     /// The file's stamp now, `None` when it does not exist.
-    pub fn stamp(&self) -> Option<FileStamp> {
+    pub(crate) fn stamp(&self) -> Option<FileStamp> {
         fs::metadata(&self.path).ok().map(|m| FileStamp {
             inode: m.ino(),
             modified_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),

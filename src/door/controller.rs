@@ -64,6 +64,8 @@ pub enum ActuationReason {
     Emergency,
     /// Locked by [`super::lock_once`] (`facegate door lock`).
     LockCommand,
+    /// Locked by [`DoorController::hold_locked`] (a remote `lock` command).
+    Lockdown,
 }
 
 impl ActuationReason {
@@ -80,6 +82,7 @@ impl ActuationReason {
             ActuationReason::ControllerDropped => "controller_dropped",
             ActuationReason::Emergency => "emergency",
             ActuationReason::LockCommand => "lock_command",
+            ActuationReason::Lockdown => "lockdown",
         }
     }
 }
@@ -90,6 +93,8 @@ impl ActuationReason {
 pub enum OpenCause {
     /// A recognised, enrolled person.
     Face { identity: String },
+    /// A verified remote `unlock` command, and who sent it.
+    Command { origin: String },
     /// A visitor code, named by kind and place in `facegate codes show`, never by its digits.
     Code {
         code_kind: &'static str,
@@ -103,6 +108,7 @@ impl fmt::Display for OpenCause {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             OpenCause::Face { identity } => write!(f, "face {identity:?}"),
+            OpenCause::Command { origin } => write!(f, "command from {origin:?}"),
             OpenCause::Code {
                 code_kind,
                 code_index,
@@ -159,7 +165,7 @@ impl DoorReport {
     }
 
     /// The reason behind [`DoorReport::Locked`].
-    pub fn locked_because(self) -> Option<LockedBecause> {
+    pub(crate) fn locked_because(self) -> Option<LockedBecause> {
         match self {
             DoorReport::Locked(because) => Some(because),
             _ => None,
@@ -239,6 +245,8 @@ enum Command {
         request: OpenRequest,
         reply: Sender<DoorReport>,
     },
+    /// Lock now, ending any pulse ([`DoorController::hold_locked`]).
+    LockNow,
 }
 
 struct Shared {
@@ -246,6 +254,8 @@ struct Shared {
     settings: DoorSettings,
     /// Set by an emergency lock, a relay-thread panic or shutdown: the relay never unlocks again.
     locked_down: AtomicBool,
+    /// Set by [`DoorController::hold_locked`] until [`DoorController::release_hold`]: no unlocking.
+    held_locked: AtomicBool,
     /// Set by shutdown, so that the relay thread ends without locking on its own.
     stopping: AtomicBool,
     /// Set while the last lock attempt failed: grants are refused until a lock succeeds.
@@ -311,6 +321,9 @@ impl Shared {
                 RelayState::Unlocked if self.locked_down.load(Ordering::SeqCst) => {
                     return Err(DoorError::LockedDown)
                 }
+                RelayState::Unlocked if self.held_locked.load(Ordering::SeqCst) => {
+                    return Err(DoorError::HeldLocked)
+                }
                 RelayState::Unlocked => door.set_unlocked(reason.as_str()),
             }
         };
@@ -354,7 +367,7 @@ impl LockGuardHandle {
     /// `locked` (`locked_down`) until the process restarts. Never blocks for more than about a
     /// second per attempt; returns whether the backend confirmed the lock. Reports nothing to the
     /// observer (it may run inside a panic hook).
-    pub fn emergency_lock(&self) -> bool {
+    pub(crate) fn emergency_lock(&self) -> bool {
         let shared = &self.shared;
         shared.locked_down.store(true, Ordering::SeqCst);
         if shared.relay_thread.get() == Some(&thread::current().id()) {
@@ -409,6 +422,7 @@ impl DoorController {
             door: Mutex::new(door),
             settings,
             locked_down: AtomicBool::new(false),
+            held_locked: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             relay_fault: AtomicBool::new(false),
             relay_thread: OnceLock::new(),
@@ -465,9 +479,14 @@ impl DoorController {
         if self.shared.locked_down.load(Ordering::SeqCst) {
             return refuse(&request, LockedBecause::LockedDown);
         }
+        if self.shared.held_locked.load(Ordering::SeqCst) {
+            return refuse(&request, LockedBecause::HeldLocked);
+        }
         let (reply, answer) = crossbeam_channel::bounded(1);
         if let Err(refused) = self.commands.try_send(Command::Open { request, reply }) {
-            let Command::Open { request, .. } = refused.into_inner();
+            let Command::Open { request, .. } = refused.into_inner() else {
+                unreachable!("an open request was sent");
+            };
             return refuse(&request, LockedBecause::Unavailable);
         }
         match answer.recv_timeout(self.shared.settings.report_wait) {
@@ -479,7 +498,7 @@ impl DoorController {
     }
 
     /// How long the door stays open or cooling down after the last grant (read-only).
-    pub fn busy_for(&self, now: Instant) -> Option<Duration> {
+    pub(crate) fn busy_for(&self, now: Instant) -> Option<Duration> {
         super::policy::busy_for(
             &lock_recovering(&self.shared.published_state),
             now,
@@ -496,15 +515,40 @@ impl DoorController {
         )
     }
 
-    /// False after an emergency lock or a relay-thread panic, and while a failed lock is being
-    /// retried.
+    /// False after an emergency lock or a relay-thread panic, while held locked, and while a
+    /// failed lock is being retried.
     pub fn is_available(&self) -> bool {
         !self.shared.locked_down.load(Ordering::SeqCst)
+            && !self.shared.held_locked.load(Ordering::SeqCst)
             && !self.shared.relay_fault.load(Ordering::SeqCst)
     }
 
+    /// Locks now (ending a pulse) and keeps the door locked, every request answered `locked`
+    /// (`held_locked`), until [`Self::release_hold`]. Waits at most a second for room in the relay
+    /// thread's queue; unlocking is refused from the moment this is called either way.
+    pub(crate) fn hold_locked(&self) {
+        self.shared.held_locked.store(true, Ordering::SeqCst);
+        if self
+            .commands
+            .send_timeout(Command::LockNow, Duration::from_secs(1))
+            .is_err()
+        {
+            log::error!("the relay thread did not take the lock command; grants are refused, an open door relocks at the end of its hold");
+        }
+    }
+
+    /// Ends [`Self::hold_locked`]: the door stays locked and opens again on the next grant.
+    pub(crate) fn release_hold(&self) {
+        self.shared.held_locked.store(false, Ordering::SeqCst);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn is_held_locked(&self) -> bool {
+        self.shared.held_locked.load(Ordering::SeqCst)
+    }
+
     /// Reports dropped so far because the observer fell behind (for /metrics).
-    pub fn dropped_reports(&self) -> Arc<AtomicU64> {
+    pub(crate) fn dropped_reports(&self) -> Arc<AtomicU64> {
         Arc::clone(&self.shared.dropped_reports)
     }
 
@@ -516,7 +560,7 @@ impl DoorController {
     }
 
     /// Same as `self.lock_guard().emergency_lock()`.
-    pub fn emergency_lock(&self) -> bool {
+    pub(crate) fn emergency_lock(&self) -> bool {
         self.lock_guard().emergency_lock()
     }
 
@@ -564,7 +608,10 @@ fn run_relay_thread(shared: Arc<Shared>, commands: Receiver<Command>, reporter: 
         if let Some(reply) = in_flight.take() {
             let _ = reply.try_send(DoorReport::Fault);
         }
-        for Command::Open { request, reply } in commands.try_iter() {
+        for (request, reply) in commands.try_iter().filter_map(|command| match command {
+            Command::Open { request, reply } => Some((request, reply)),
+            Command::LockNow => None,
+        }) {
             let report = DoorReport::Locked(LockedBecause::LockedDown);
             reporter.request_handled(&request, report);
             let _ = reply.try_send(report);
@@ -685,6 +732,11 @@ impl<'a> RelayLoop<'a> {
                         let _ = reply.try_send(report);
                     }
                 }
+                Ok(Command::LockNow) => {
+                    self.set_state(DoorState::LOCKED);
+                    let pulse = self.pulse.take();
+                    self.lock(ActuationReason::Lockdown, pulse.as_ref());
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
                     if !self.shared.stopping.load(Ordering::SeqCst) {
@@ -720,6 +772,8 @@ impl<'a> RelayLoop<'a> {
     fn gate(&self) -> RelayGate {
         if self.shared.locked_down.load(Ordering::SeqCst) {
             RelayGate::LockedDown
+        } else if self.shared.held_locked.load(Ordering::SeqCst) {
+            RelayGate::HeldLocked
         } else if self.lock_retry.is_some() {
             RelayGate::LockFailing
         } else {
@@ -750,6 +804,7 @@ impl<'a> RelayLoop<'a> {
                         return DoorReport::Opened;
                     }
                     Err(DoorError::LockedDown) => DoorReport::Locked(LockedBecause::LockedDown),
+                    Err(DoorError::HeldLocked) => DoorReport::Locked(LockedBecause::HeldLocked),
                     Err(_) => {
                         self.lock(ActuationReason::UnlockFailed, Some(&request));
                         return DoorReport::Fault;
@@ -942,6 +997,32 @@ mod tests {
         );
         assert_eq!(relock.error, None);
         assert_eq!(reports.last().unwrap().reason, ActuationReason::Shutdown);
+    }
+
+    #[test]
+    fn hold_locked_ends_a_pulse_at_once_and_refuses_grants_until_released() {
+        let (controller, log, reports) =
+            start_sim(settings(LONG_HOLD, Duration::ZERO, GrantWhileOpen::Extend));
+        assert_eq!(open(&controller, "req-1"), DoorReport::Opened);
+        controller.hold_locked();
+        assert!(log.wait_for(WAIT, |e| has_reason(e, ActuationReason::Lockdown)));
+        assert_eq!(log.current(), Some(RelayState::Locked));
+        assert!(controller.is_held_locked() && !controller.is_available());
+        assert_eq!(
+            controller.busy_for(Instant::now()),
+            None,
+            "a held door is not open: frames are decided, not paused"
+        );
+        assert_eq!(
+            open(&controller, "req-2"),
+            DoorReport::Locked(LockedBecause::HeldLocked)
+        );
+        assert!(wait_until(|| handled(&reports, "req-2").is_some()));
+        controller.release_hold();
+        assert_eq!(open(&controller, "req-3"), DoorReport::Opened);
+        assert_eq!(unlock_count(&log.events()), 2);
+        controller.shutdown().unwrap();
+        assert_eq!(log.current(), Some(RelayState::Locked));
     }
 
     #[test]

@@ -6,7 +6,7 @@ use rppal::gpio::{Gpio, Level, OutputPin};
 
 /// The output level that keeps the door locked. An active-high relay is energised by a high pin,
 /// so locked = low; an active-low relay board is energised by a low pin, so locked = high.
-pub fn locked_level(active_low: bool) -> Level {
+pub(crate) fn locked_level(active_low: bool) -> Level {
     if active_low {
         Level::High
     } else {
@@ -15,12 +15,12 @@ pub fn locked_level(active_low: bool) -> Level {
 }
 
 /// The output level that unlocks the door: the opposite of [`locked_level`].
-pub fn unlocked_level(active_low: bool) -> Level {
+pub(crate) fn unlocked_level(active_low: bool) -> Level {
     !locked_level(active_low)
 }
 
 /// The GPIO relay backend (`door.backend = "gpio"`).
-pub struct GpioDoor {
+pub(crate) struct GpioDoor {
     pin: OutputPin,
     active_low: bool,
 }

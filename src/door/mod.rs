@@ -43,7 +43,7 @@ impl RelayState {
 
 /// Which relay backend to build; the configuration module maps `[door]` settings onto this.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BackendKind {
+pub(crate) enum BackendKind {
     /// A relay on BCM pin `pin`; `active_low` is true for relay boards energised by a low pin.
     Gpio { pin: u8, active_low: bool },
     /// The simulated relay, optionally journaling each actuation as a JSON line to `journal`.
@@ -78,13 +78,15 @@ pub enum DoorError {
          restart facegate to resume"
     )]
     LockedDown,
+    #[error("the door is held locked by a lock command; send `clear` to let it open again")]
+    HeldLocked,
     #[error("cannot start the door relay thread: {0}. The system may be out of memory or threads")]
     Thread(std::io::Error),
 }
 
 /// Builds the relay backend described by `kind`. A GPIO backend drives its pin to the locked
 /// level as part of construction.
-pub fn build_backend(kind: &BackendKind) -> Result<Box<dyn Door>, DoorError> {
+pub(crate) fn build_backend(kind: &BackendKind) -> Result<Box<dyn Door>, DoorError> {
     Ok(match kind {
         BackendKind::Gpio { pin, active_low } => Box::new(gpio::GpioDoor::open(*pin, *active_low)?),
         BackendKind::Sim { journal: None } => Box::new(sim::SimDoor::new().with_faults_from_env()),
@@ -96,7 +98,7 @@ pub fn build_backend(kind: &BackendKind) -> Result<Box<dyn Door>, DoorError> {
 
 /// Builds the backend and drives it locked once (`facegate door lock`, run by systemd
 /// `ExecStopPost` so the relay ends locked after any exit, even SIGKILL).
-pub fn lock_once(kind: &BackendKind) -> Result<(), DoorError> {
+pub(crate) fn lock_once(kind: &BackendKind) -> Result<(), DoorError> {
     let mut door = build_backend(kind)?;
     door.set_locked(ActuationReason::LockCommand.as_str())?;
     log::info!("{} driven locked", door.describe());

@@ -39,12 +39,12 @@ pub enum DoorState {
 
 impl DoorState {
     /// Locked with no cooldown running: the state at start-up and after an emergency.
-    pub const LOCKED: DoorState = DoorState::Locked {
+    pub(crate) const LOCKED: DoorState = DoorState::Locked {
         cooldown_until: None,
     };
 
     /// The instant at which [`on_tick`] has work to do, if any.
-    pub fn next_deadline(&self) -> Option<Instant> {
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
         match *self {
             DoorState::Open { until } => Some(until),
             DoorState::Locked { .. } => None,
@@ -76,6 +76,8 @@ pub enum LockedBecause {
     /// The relay is failing to lock (grants wait until a retry succeeds), or the relay thread
     /// cannot take requests.
     Unavailable,
+    /// A lock command holds the door locked until it is cleared.
+    HeldLocked,
 }
 
 impl LockedBecause {
@@ -85,24 +87,27 @@ impl LockedBecause {
             LockedBecause::Expired => "expired",
             LockedBecause::LockedDown => "locked_down",
             LockedBecause::Unavailable => "unavailable",
+            LockedBecause::HeldLocked => "held_locked",
         }
     }
 }
 
 /// What the relay thread knows about itself when a request arrives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RelayGate {
+pub(crate) enum RelayGate {
     /// Ready to carry out grants.
     Ready,
     /// Latched locked by an emergency lock, a panic or shutdown.
     LockedDown,
     /// A lock attempt failed and is being retried.
     LockFailing,
+    /// Held locked by a lock command until it is cleared.
+    HeldLocked,
 }
 
 /// What the relay must do after time passed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TickAction {
+pub(crate) enum TickAction {
     Nothing,
     Relock,
 }
@@ -111,7 +116,11 @@ pub enum TickAction {
 ///
 /// An `Open` state counts as open until the relay thread has re-locked it through [`on_tick`],
 /// even if `until` has just passed, so the door is never left unlocked without a pending relock.
-pub fn on_grant(state: &DoorState, now: Instant, s: &DoorSettings) -> (DoorState, GrantOutcome) {
+pub(crate) fn on_grant(
+    state: &DoorState,
+    now: Instant,
+    s: &DoorSettings,
+) -> (DoorState, GrantOutcome) {
     match *state {
         DoorState::Open { until } => match s.grant_while_open {
             GrantWhileOpen::Extend => (
@@ -137,7 +146,7 @@ pub fn on_grant(state: &DoorState, now: Instant, s: &DoorSettings) -> (DoorState
 /// Applies an open request that reaches the relay thread at `now`: a latched or failing relay and a
 /// request past its `not_after` (the frame's time plus the maximum decision age) leave the door as
 /// it is; anything else is a grant ([`on_grant`]). A request exactly at `not_after` is still fresh.
-pub fn on_request(
+pub(crate) fn on_request(
     state: &DoorState,
     now: Instant,
     not_after: Instant,
@@ -147,6 +156,7 @@ pub fn on_request(
     let refused = match gate {
         RelayGate::LockedDown => Some(LockedBecause::LockedDown),
         RelayGate::LockFailing => Some(LockedBecause::Unavailable),
+        RelayGate::HeldLocked => Some(LockedBecause::HeldLocked),
         RelayGate::Ready if now > not_after => Some(LockedBecause::Expired),
         RelayGate::Ready => None,
     };
@@ -161,7 +171,11 @@ pub fn on_request(
 
 /// Applies the passing of time at `now`: ends the pulse when its hold has elapsed (starting the
 /// cooldown from this moment, when the relay re-locks) and forgets an expired cooldown.
-pub fn on_tick(state: &DoorState, now: Instant, s: &DoorSettings) -> (DoorState, TickAction) {
+pub(crate) fn on_tick(
+    state: &DoorState,
+    now: Instant,
+    s: &DoorSettings,
+) -> (DoorState, TickAction) {
     match *state {
         DoorState::Open { until } if now >= until => {
             let cooldown_until = (!s.cooldown.is_zero()).then(|| now + s.cooldown);
@@ -176,7 +190,7 @@ pub fn on_tick(state: &DoorState, now: Instant, s: &DoorSettings) -> (DoorState,
 
 /// How long the door stays busy with the last grant at `now`: open, then cooling down. `None` once
 /// a new grant could open it again. Frames in this time need no recognition (`door.pause_while_open`).
-pub fn busy_for(state: &DoorState, now: Instant, s: &DoorSettings) -> Option<Duration> {
+pub(crate) fn busy_for(state: &DoorState, now: Instant, s: &DoorSettings) -> Option<Duration> {
     match *state {
         // Until the relay thread has re-locked, the door counts as open.
         DoorState::Open { until } => Some(
@@ -269,6 +283,7 @@ mod tests {
             ("fresh request extends", At::OpenUntil(3_000), 2_000, 2_500, Ready, At::OpenUntil(5_000), Ok(Extended)),
             ("fresh request in cooldown", At::CoolingUntil(5_000), 4_000, 4_500, Ready, At::CoolingUntil(5_000), Ok(CoolingDown)),
             ("lockdown refuses a fresh request", At::Locked, 0, 1_000, RelayGate::LockedDown, At::Locked, Err(LockedDown)),
+            ("a lock command refuses a fresh request", At::Locked, 0, 1_000, RelayGate::HeldLocked, At::Locked, Err(LockedBecause::HeldLocked)),
             ("lockdown wins over expiry", At::Locked, 2_000, 1_000, RelayGate::LockedDown, At::Locked, Err(LockedDown)),
             ("lockdown never extends", At::OpenUntil(3_000), 2_000, 2_500, RelayGate::LockedDown, At::OpenUntil(3_000), Err(LockedDown)),
             ("failing lock refuses", At::Locked, 0, 1_000, LockFailing, At::Locked, Err(Unavailable)),

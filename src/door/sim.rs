@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 /// Environment variable that makes every unlock of a [`SimDoor`] built by `door::build_backend`
 /// fail when set to `1`, so that tests of the real binary can see a failed unlock.
-pub const UNLOCK_FAILS_ENV: &str = "FACEGATE_SIM_UNLOCK_FAILS";
+pub(crate) const UNLOCK_FAILS_ENV: &str = "FACEGATE_SIM_UNLOCK_FAILS";
 
 /// One actuation performed by a [`SimDoor`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,7 +35,7 @@ pub struct SimEvent {
 /// One line of the journal written by [`SimDoor::with_journal`]:
 /// `{"ts":"2025-01-02T03:04:05.678Z","state":"unlocked","reason":"granted"}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SimJournalEntry {
+pub(crate) struct SimJournalEntry {
     /// RFC 3339 UTC timestamp with milliseconds.
     pub ts: String,
     pub state: RelayState,
@@ -93,21 +93,23 @@ impl SimLog {
         }
     }
 
+    #[cfg(test)]
     /// Makes the next `count` lock attempts fail (fault injection for tests).
-    pub fn fail_next_locks(&self, count: usize) {
+    pub(crate) fn fail_next_locks(&self, count: usize) {
         self.shared
             .lock_failures_left
             .store(count, Ordering::SeqCst);
     }
 
     /// Makes every unlock attempt fail while `failing` is true (fault injection for tests).
-    pub fn set_unlock_failing(&self, failing: bool) {
+    pub(crate) fn set_unlock_failing(&self, failing: bool) {
         self.shared.unlock_failing.store(failing, Ordering::SeqCst);
     }
 
+    #[cfg(test)]
     /// Makes the next lock attempt take `stall` before it happens, as a slow relay driver would,
     /// keeping the relay thread busy (fault injection for tests).
-    pub fn stall_next_lock(&self, stall: Duration) {
+    pub(crate) fn stall_next_lock(&self, stall: Duration) {
         self.shared
             .next_lock_stall_ms
             .store(stall.as_millis() as u64, Ordering::SeqCst);
@@ -167,7 +169,7 @@ impl SimDoor {
 
     /// A simulated relay that also appends one JSON line per actuation to `path` (created if
     /// missing, appended to otherwise).
-    pub fn with_journal(path: impl Into<PathBuf>) -> Result<Self, DoorError> {
+    pub(crate) fn with_journal(path: impl Into<PathBuf>) -> Result<Self, DoorError> {
         let path = path.into();
         let file = OpenOptions::new()
             .create(true)
@@ -184,7 +186,7 @@ impl SimDoor {
     }
 
     /// Applies the fault injection asked for in the environment ([`UNLOCK_FAILS_ENV`]).
-    pub fn with_faults_from_env(self) -> Self {
+    pub(crate) fn with_faults_from_env(self) -> Self {
         if std::env::var_os(UNLOCK_FAILS_ENV).is_some_and(|value| value == "1") {
             self.log.set_unlock_failing(true);
         }

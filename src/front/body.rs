@@ -29,7 +29,7 @@ enum State {
 
 /// Decodes `Transfer-Encoding: chunked` as bytes arrive.
 #[derive(Debug)]
-pub struct Chunked {
+pub(crate) struct Chunked {
     state: State,
     line: Vec<u8>,
     trailer_bytes: usize,
@@ -46,13 +46,13 @@ impl Chunked {
         }
     }
 
-    pub fn is_done(&self) -> bool {
+    pub(crate) fn is_done(&self) -> bool {
         self.state == State::Done
     }
 
     /// Decodes what it can of `input` into `body`; returns how many bytes of `input` it used. Stops
     /// right after the final empty line, so bytes of a pipelined next request stay unused.
-    pub fn feed(&mut self, input: &[u8], body: &mut Vec<u8>) -> Result<usize, BodyError> {
+    pub(crate) fn feed(&mut self, input: &[u8], body: &mut Vec<u8>) -> Result<usize, BodyError> {
         let mut used = 0;
         while used < input.len() && self.state != State::Done {
             let rest = &input[used..];

@@ -38,7 +38,7 @@ impl Transport {
     }
 
     /// Runs the TLS handshake on `stream`, all of it before `deadline`.
-    pub fn accept_tls(
+    pub(crate) fn accept_tls(
         stream: TcpStream,
         config: Arc<ServerConfig>,
         deadline: Instant,
@@ -133,7 +133,7 @@ impl Incoming {
     }
 
     /// Reads a whole body framed by `framing`, at most `limit` bytes, before `deadline`.
-    pub fn read_body(
+    pub(crate) fn read_body(
         &mut self,
         framing: Framing,
         limit: usize,

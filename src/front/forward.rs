@@ -30,7 +30,12 @@ pub struct Upstream {
 }
 
 /// The request as tiny_http receives it: HTTP/1.1, `Connection: close`, an exact Content-Length.
-pub fn request_bytes(head: &Head, body: &[u8], peer: SocketAddr, received_at: Instant) -> Vec<u8> {
+pub(crate) fn request_bytes(
+    head: &Head,
+    body: &[u8],
+    peer: SocketAddr,
+    received_at: Instant,
+) -> Vec<u8> {
     let mut out = format!("{} {} HTTP/1.1\r\n", head.method, head.target);
     let mut has_host = false;
     for (name, value) in head.forwardable_headers() {

@@ -46,7 +46,7 @@ pub enum Parsed {
 
 /// The client's `Expect` header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Expectation {
+pub(crate) enum Expectation {
     Nothing,
     /// `Expect: 100-continue`: answer `100 Continue` before reading the body.
     Continue,
@@ -56,14 +56,14 @@ pub enum Expectation {
 
 /// How the body after the head is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Framing {
+pub(crate) enum Framing {
     None,
     Length(u64),
     Chunked,
 }
 
 /// At most this many header lines.
-pub const MAX_HEADERS: usize = 100;
+pub(crate) const MAX_HEADERS: usize = 100;
 
 /// Parses `buffer` as a request head of at most `max_bytes`. Refuses early, before the head is
 /// complete, when the first bytes cannot start an HTTP/1.x request (a TLS ClientHello sent to a plain
@@ -238,7 +238,7 @@ impl Head {
 
     /// Content-Length or chunked; anything ambiguous (both, several lengths, other codings) is refused,
     /// since two parsers reading one request differently is how requests are smuggled.
-    pub fn framing(&self) -> Result<Framing, &'static str> {
+    pub(crate) fn framing(&self) -> Result<Framing, &'static str> {
         let codings: Vec<&str> = self
             .values("transfer-encoding")
             .flat_map(|v| v.split(','))
@@ -267,7 +267,7 @@ impl Head {
     }
 
     /// May the connection carry another request after this one?
-    pub fn keep_alive(&self) -> bool {
+    pub(crate) fn keep_alive(&self) -> bool {
         if self.has_token("connection", "close") {
             return false;
         }
@@ -275,7 +275,7 @@ impl Head {
     }
 
     /// What the client's `Expect` header asks for.
-    pub fn expectation(&self) -> Expectation {
+    pub(crate) fn expectation(&self) -> Expectation {
         let mut expects = self.values("expect").peekable();
         if expects.peek().is_none() {
             Expectation::Nothing
@@ -287,7 +287,7 @@ impl Head {
     }
 
     /// The headers passed on to tiny_http: all but hop-by-hop fields and those the front sets.
-    pub fn forwardable_headers(&self) -> impl Iterator<Item = &(String, String)> {
+    pub(crate) fn forwardable_headers(&self) -> impl Iterator<Item = &(String, String)> {
         self.headers.iter().filter(|(name, _)| {
             !NOT_FORWARDED.iter().any(|n| name.eq_ignore_ascii_case(n))
                 && !crate::http::forwarded::is_front_header(name)

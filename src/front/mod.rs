@@ -34,7 +34,7 @@ use crate::metrics::Metrics;
 use crate::record::Endpoint;
 
 /// The largest request head accepted (request line and headers).
-pub const MAX_HEAD_BYTES: usize = 32 * 1024;
+pub(crate) const MAX_HEAD_BYTES: usize = 32 * 1024;
 /// The least time an admin page's upload gets for its body.
 const ADMIN_BODY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the front waits for tiny_http's answer once the body is handed over (recognition included).

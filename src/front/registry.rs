@@ -25,12 +25,12 @@ struct Entry {
 }
 
 #[derive(Debug, PartialEq, Eq)]
-pub enum Admission {
+pub(crate) enum Admission {
     Admitted(u64),
     Refused,
 }
 
-pub struct Registry {
+pub(crate) struct Registry {
     limit: usize,
     inner: Mutex<(u64, HashMap<u64, Entry>)>,
     refused: AtomicU64,
@@ -77,7 +77,7 @@ impl Registry {
     }
 
     /// Takes `stream` in, making room by evicting the longest-waiting connection if needed.
-    pub fn admit(&self, stream: &TcpStream) -> Admission {
+    pub(crate) fn admit(&self, stream: &TcpStream) -> Admission {
         let Ok(socket) = stream.try_clone() else {
             self.refused.fetch_add(1, Ordering::Relaxed);
             return Admission::Refused;
@@ -112,7 +112,7 @@ impl Registry {
     }
 
     /// An admitted connection that could not be served after all (no thread for it).
-    pub fn refuse_admitted(&self, id: u64) {
+    pub(crate) fn refuse_admitted(&self, id: u64) {
         self.remove(id);
         self.refused.fetch_add(1, Ordering::Relaxed);
     }

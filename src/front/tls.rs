@@ -125,7 +125,7 @@ impl TlsFiles {
     }
 
     /// The rustls server configuration: TLS 1.2 and 1.3 with the ring provider, HTTP/1.1 only.
-    pub fn server_config(&self) -> Result<Arc<ServerConfig>, TlsError> {
+    pub(crate) fn server_config(&self) -> Result<Arc<ServerConfig>, TlsError> {
         let chain = self.certificate_chain()?;
         let key = PrivateKeyDer::from_pem_file(&self.key).map_err(|e| TlsError::Read {
             what: "the key",
@@ -195,7 +195,7 @@ fn certificate_names(listen: IpAddr) -> Vec<String> {
 
 /// `sha256/<base64>` of a DER certificate's SubjectPublicKeyInfo, as OkHttp's CertificatePinner
 /// writes it (curl's `--pinnedpubkey` takes the same hash after `sha256//`).
-pub fn spki_pin(certificate: &CertificateDer<'_>) -> Result<String, String> {
+pub(crate) fn spki_pin(certificate: &CertificateDer<'_>) -> Result<String, String> {
     let parsed = rustls::server::ParsedCertificate::try_from(certificate)
         .map_err(|e| format!("the certificate does not parse: {e}"))?;
     let spki = parsed.subject_public_key_info();

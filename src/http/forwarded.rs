@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use tiny_http::Request;
 
 /// The client's address, `ip:port`.
-pub const PEER_HEADER: &str = "X-Facegate-Peer";
+pub(crate) const PEER_HEADER: &str = "X-Facegate-Peer";
 /// When the request's head was complete at the front, in microseconds since `epoch()`.
-pub const RECEIVED_HEADER: &str = "X-Facegate-Received-Us";
+pub(crate) const RECEIVED_HEADER: &str = "X-Facegate-Received-Us";
 
 /// A monotonic origin shared by the front and the workers (same process). It must be fixed before the
 /// first request arrives, or that request's arrival would be before it: `start_clock`.
@@ -20,17 +20,17 @@ fn epoch() -> Instant {
 }
 
 /// Fixes the origin of `RECEIVED_HEADER`; the front calls it before it accepts a connection.
-pub fn start_clock() {
+pub(crate) fn start_clock() {
     epoch();
 }
 
 /// Is `name` one of the headers only the front may set?
-pub fn is_front_header(name: &str) -> bool {
+pub(crate) fn is_front_header(name: &str) -> bool {
     name.eq_ignore_ascii_case(PEER_HEADER) || name.eq_ignore_ascii_case(RECEIVED_HEADER)
 }
 
 /// The value of `RECEIVED_HEADER` for `at`.
-pub fn encode_instant(at: Instant) -> String {
+pub(crate) fn encode_instant(at: Instant) -> String {
     at.saturating_duration_since(epoch())
         .as_micros()
         .to_string()
@@ -43,7 +43,7 @@ fn decode_instant(value: &str) -> Option<Instant> {
 
 /// What the front said about a request.
 #[derive(Debug, Clone, Copy)]
-pub struct Forwarded {
+pub(crate) struct Forwarded {
     pub peer: Option<SocketAddr>,
     /// Falls back to now for a request that did not come through the front.
     pub received_at: Instant,

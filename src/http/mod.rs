@@ -2,7 +2,7 @@
 //! token and sheds load, a bounded queue, and worker threads that each own a recognizer, read the
 //! body and hand it to the service. Every request gets a JSON answer, rendered from its record.
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod forwarded;
 
 use std::sync::Arc;
@@ -19,7 +19,7 @@ use crate::record::{Endpoint, Refusal, RequestIds};
 use crate::service::{FrameRequest, Handled, Service};
 
 /// A request waiting for a worker.
-pub struct Job {
+pub(crate) struct Job {
     pub request: Request,
     pub request_id: String,
     pub endpoint: Endpoint,
@@ -37,7 +37,7 @@ pub struct Transport {
 
 /// A JSON answer with its HTTP status.
 #[derive(Debug, Clone)]
-pub struct Answer {
+pub(crate) struct Answer {
     pub code: u16,
     pub body: Value,
 }
@@ -70,14 +70,14 @@ fn json_response(answer: &Answer) -> Response<std::io::Cursor<Vec<u8>>> {
 }
 
 /// Sends `answer` to a request whose body was read (or that had none).
-pub fn respond(request: Request, answer: &Answer) {
+pub(crate) fn respond(request: Request, answer: &Answer) {
     if let Err(err) = request.respond(json_response(answer)) {
         log::debug!("could not send the answer: {err}");
     }
 }
 
 /// Could this request still have body bytes on the wire that we did not read?
-pub fn may_have_unread_body(request: &Request) -> bool {
+pub(crate) fn may_have_unread_body(request: &Request) -> bool {
     request.body_length().is_some_and(|n| n > 0)
         || request
             .headers()
@@ -90,7 +90,7 @@ fn header(name: &str, value: &str) -> Header {
 }
 
 /// Is the bearer token right? Compared in constant time.
-pub fn authorized(request: &Request, token: Option<&str>) -> bool {
+pub(crate) fn authorized(request: &Request, token: Option<&str>) -> bool {
     let Some(token) = token else {
         return true;
     };
@@ -103,7 +103,7 @@ pub fn authorized(request: &Request, token: Option<&str>) -> bool {
 }
 
 #[derive(Debug, PartialEq, Eq)]
-pub enum BodyReadError {
+pub(crate) enum BodyReadError {
     TooLarge,
     Timeout,
     Io(String),
@@ -139,7 +139,7 @@ fn too_large(max_body_bytes: usize) -> Refusal {
 }
 
 /// Reads the whole body, refusing more than `limit` bytes or a body that takes past `deadline`.
-pub fn read_body(
+pub(crate) fn read_body(
     request: &mut Request,
     limit: usize,
     deadline: Instant,
@@ -186,12 +186,12 @@ pub fn read_body(
 }
 
 /// The 404 message, naming every endpoint.
-pub const NOT_FOUND: &str =
+pub(crate) const NOT_FOUND: &str =
     "no such endpoint: use POST /image, /save or /code, GET /healthz, /metrics or /events";
 
 /// Where a request goes, from its method and path alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route {
+pub(crate) enum Route {
     Health,
     Metrics,
     Events,
@@ -202,7 +202,7 @@ pub enum Route {
     NotFound,
 }
 
-pub fn route(method: &Method, url: &str) -> Route {
+pub(crate) fn route(method: &Method, url: &str) -> Route {
     let path = url.split('?').next().unwrap_or("");
     match (method, path) {
         (Method::Get, "/healthz") => Route::Health,
@@ -234,7 +234,7 @@ fn refusal_answer(
 /// The front has read every body completely before the request gets here, so an answer given without
 /// reading the body never waits on the client. Admin requests go to the admin thread's queue
 /// (`admin`, absent when the pages are disabled).
-pub fn dispatch(
+pub(crate) fn dispatch(
     service: &Service,
     transport: &Transport,
     jobs: &Sender<Job>,
@@ -359,7 +359,7 @@ fn respond_text(request: Request, text: String) {
 
 /// Runs one worker: takes jobs until the queue closes. The answer goes out first; audit lines and
 /// snapshots are written after it, so disk I/O never delays the tablet.
-pub fn run_worker(
+pub(crate) fn run_worker(
     service: Arc<Service>,
     mut recognizer: crate::vision::Recognizer,
     jobs: Receiver<Job>,

@@ -7,7 +7,7 @@ use opencv::prelude::*;
 use crate::vision::VisionError;
 
 /// Where the five landmarks sit in a 112x112 ArcFace crop (the template every embedder here was trained on).
-pub const ARCFACE_TEMPLATE: [[f32; 2]; 5] = [
+pub(crate) const ARCFACE_TEMPLATE: [[f32; 2]; 5] = [
     [38.2946, 51.6963],
     [73.5318, 51.5014],
     [56.0252, 71.7366],
@@ -16,10 +16,10 @@ pub const ARCFACE_TEMPLATE: [[f32; 2]; 5] = [
 ];
 
 /// A 2x3 affine matrix `[a -b tx; b a ty]`: rotation, uniform scale and shift.
-pub type Similarity = [[f64; 3]; 2];
+pub(crate) type Similarity = [[f64; 3]; 2];
 
 /// Least-squares similarity transform from `from` to `to` (Umeyama, without reflection).
-pub fn estimate_similarity(from: &[[f32; 2]; 5], to: &[[f32; 2]; 5]) -> Option<Similarity> {
+pub(crate) fn estimate_similarity(from: &[[f32; 2]; 5], to: &[[f32; 2]; 5]) -> Option<Similarity> {
     let n = from.len() as f64;
     let mean = |points: &[[f32; 2]; 5]| {
         let (sx, sy) = points.iter().fold((0.0, 0.0), |(x, y), p| {

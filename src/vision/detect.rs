@@ -24,7 +24,7 @@ impl DetectedFace {
 }
 
 #[derive(Debug, Clone, Copy)]
-pub struct DetectSettings {
+pub(crate) struct DetectSettings {
     pub max_side: u32,
     pub score_threshold: f32,
     /// Minimum face width in pixels of the shrunk detection image.
@@ -34,7 +34,7 @@ pub struct DetectSettings {
 /// The smallest width and height the detector is given; smaller frames are padded up to it.
 const MIN_INPUT_SIDE: i32 = 64;
 
-pub struct Detector {
+pub(crate) struct Detector {
     yunet: Ptr<FaceDetectorYN>,
     settings: DetectSettings,
     /// The size YuNet's anchor priors were generated for: setting the size regenerates them, so it is

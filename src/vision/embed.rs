@@ -32,7 +32,7 @@ impl Embedding {
 }
 
 /// Dot product with eight independent sums, which lets the compiler vectorise it.
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut lanes = [0.0f32; 8];
     let (a_chunks, b_chunks) = (a.chunks_exact(8), b.chunks_exact(8));
     let tail: f32 = a_chunks
@@ -49,7 +49,7 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + tail
 }
 
-pub struct Embedder {
+pub(crate) struct Embedder {
     net: dnn::Net,
     contract: EmbedderContract,
     model_name: String,

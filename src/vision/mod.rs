@@ -1,19 +1,22 @@
-//! The face pipeline of one worker: detect → align → embed. It holds model weights and nothing else,
-//! so every call starts from the frame alone.
+//! The face pipeline of one worker: detect → (straighten) → align → embed, and liveness on request.
+//! It holds model weights and nothing else, so every call starts from the frame alone.
 
 pub mod align;
 pub mod detect;
 pub mod embed;
+pub mod liveness;
+pub mod tilt;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use opencv::core::Mat;
 
-use crate::config::{RecognitionConfig, AUTO_DETECTOR};
+use crate::config::{LivenessConfig, RecognitionConfig, AUTO_DETECTOR};
 use crate::models::{DetectorContract, EmbedderContract, Manifest, ModelError, ResolvedModel};
 pub use detect::DetectedFace;
 pub use embed::Embedding;
+pub use liveness::LivenessReading;
 
 /// Why the pipeline could not run. These are the daemon's faults (5xx), not the sender's.
 #[derive(Debug, thiserror::Error)]
@@ -41,7 +44,7 @@ pub enum VisionError {
 }
 
 /// YuNet 2022mar's outputs are what OpenCV before 4.8 decodes; 4.8 and later expect 2023mar's.
-pub fn detector_for_opencv((major, minor): (i32, i32)) -> &'static str {
+pub(crate) fn detector_for_opencv((major, minor): (i32, i32)) -> &'static str {
     if (major, minor) >= (4, 8) {
         "yunet_2023mar"
     } else {
@@ -56,11 +59,13 @@ pub fn opencv_version() -> (i32, i32) {
     )
 }
 
-/// Both models of the pipeline, resolved from the manifest and checked against their pins.
+/// The models of the pipeline, resolved from the manifest and checked against their pins.
 #[derive(Debug, Clone)]
 pub struct PipelineModels {
     pub detector: ResolvedModel<DetectorContract>,
     pub embedder: ResolvedModel<EmbedderContract>,
+    /// Only after `with_liveness` with `liveness.enabled`.
+    pub liveness: Option<liveness::LivenessModels>,
 }
 
 impl PipelineModels {
@@ -97,10 +102,27 @@ impl PipelineModels {
         let models = PipelineModels {
             detector: manifest.detector(detector, &dir)?,
             embedder: manifest.embedder(embedder, &dir)?,
+            liveness: None,
         };
         models.detector.verify()?;
         models.embedder.verify()?;
         Ok(models)
+    }
+
+    /// Adds the liveness models (resolved next to the detector, and verified) when `settings.enabled`;
+    /// recognition alone (enrolment, gallery tools) never needs them.
+    pub fn with_liveness(self, settings: &LivenessConfig) -> Result<PipelineModels, ModelError> {
+        let liveness = if settings.enabled {
+            let dir = self.detector.path.parent().unwrap_or(Path::new(""));
+            Some(liveness::LivenessModels::resolve(
+                &Manifest::builtin(),
+                dir,
+                settings.min_face_px,
+            )?)
+        } else {
+            None
+        };
+        Ok(PipelineModels { liveness, ..self })
     }
 
     /// The threshold in force: the config's, else the embedder's manifest default.
@@ -129,10 +151,12 @@ pub struct Sighting {
     pub embed_ms: f64,
 }
 
-/// One worker's detector and embedder.
+/// One worker's detector, embedder and (when its models were resolved) liveness classifiers.
 pub struct Recognizer {
     detector: detect::Detector,
+    straightener: tilt::Straightener,
     embedder: embed::Embedder,
+    liveness: Option<liveness::LivenessChecker>,
 }
 
 impl Recognizer {
@@ -142,9 +166,18 @@ impl Recognizer {
             score_threshold: r.detect_score_threshold,
             min_face_px: r.min_face_px,
         };
+        let upright_detector = detect::Detector::load(
+            &models.detector,
+            tilt::Straightener::settings(r.detect_score_threshold),
+        )?;
         Ok(Recognizer {
             detector: detect::Detector::load(&models.detector, settings)?,
+            straightener: tilt::Straightener::new(upright_detector, r.max_roll_deg),
             embedder: embed::Embedder::load(&models.embedder)?,
+            liveness: match &models.liveness {
+                Some(liveness_models) => Some(liveness::LivenessChecker::load(liveness_models)?),
+                None => None,
+            },
         })
     }
 
@@ -163,6 +196,7 @@ impl Recognizer {
             });
         };
         let started = Instant::now();
+        let largest = self.straightener.straighten(frame, &largest)?;
         let crop = align::align_face(frame, &largest.landmarks, self.embedder.input_size())?;
         let align_ms = elapsed_ms(started);
         let started = Instant::now();
@@ -185,14 +219,28 @@ impl Recognizer {
         self.detector.detect(frame)
     }
 
-    /// Aligns and embeds one chosen face.
+    /// Aligns (straightening a tilted head first) and embeds one chosen face.
     pub fn embed_face(
         &mut self,
         frame: &Mat,
         face: &DetectedFace,
     ) -> Result<Embedding, VisionError> {
+        let face = self.straightener.straighten(frame, face)?;
         let crop = align::align_face(frame, &face.landmarks, self.embedder.input_size())?;
         self.embedder.embed(&crop)
+    }
+
+    /// Judges whether `face` in `frame` (the decoded frame its coordinates refer to) is a live person;
+    /// `None` when liveness is off.
+    pub fn check_liveness(
+        &mut self,
+        frame: &Mat,
+        face: &DetectedFace,
+    ) -> Result<Option<LivenessReading>, VisionError> {
+        match &mut self.liveness {
+            Some(checker) => checker.check(frame, face).map(Some),
+            None => Ok(None),
+        }
     }
 }
 

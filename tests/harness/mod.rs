@@ -71,6 +71,8 @@ fn binary() -> Command {
     command
         .env_remove("FACEGATE_TOKEN")
         .env_remove("FACEGATE_CONFIG")
+        .env_remove("FACEGATE_MQTT_PASSWORD")
+        .env_remove("FACEGATE_MQTT_COMMAND_SECRET")
         .env_remove("FACEGATE_MODELS_DIR")
         .env("RUST_LOG", "info")
         .stdin(Stdio::null());
@@ -88,9 +90,24 @@ pub struct Finished {
 /// Runs `facegate <args>` to its exit; a process still running after a minute is killed and fails
 /// the test (e.g. a daemon that should have refused to start).
 pub fn run_facegate(args: &[&str], scratch: &Path) -> Finished {
+    run_facegate_in(binary(), args, scratch)
+}
+
+/// `facegate --config <setup's config> <args>` with extra environment variables.
+pub fn run_facegate_with_env(setup: &Setup, args: &[&str], env: &[(&str, &str)]) -> Finished {
+    setup.write_config();
+    let mut command = binary();
+    command.envs(env.iter().copied());
+    let config = setup.config_path();
+    let mut full = vec!["--config", config.to_str().unwrap()];
+    full.extend_from_slice(args);
+    run_facegate_in(command, &full, setup.dir())
+}
+
+fn run_facegate_in(mut command: Command, args: &[&str], scratch: &Path) -> Finished {
     let stdout_path = scratch.join("run.stdout");
     let stderr_path = scratch.join("run.stderr");
-    let mut child = binary()
+    let mut child = command
         .args(args)
         .stdout(std::fs::File::create(&stdout_path).expect("stdout file"))
         .stderr(std::fs::File::create(&stderr_path).expect("stderr file"))
@@ -230,6 +247,9 @@ impl Setup {
             .set("door.max_decision_age_ms", 60_000)
             // Nor turn the relay's report into `pending`.
             .set("door.report_wait_ms", 2000)
+            // The web photos are no fair liveness test (docs/accuracy.md); tests/liveness_daemon.rs
+            // turns it on with the `_liveness/` samples.
+            .set("liveness.enabled", false)
     }
 
     /// Sets a dotted key such as `"door.hold_ms"`, creating its table if needed.

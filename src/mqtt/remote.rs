@@ -1,0 +1,306 @@
+//! What the daemon does with the broker: door state and decisions out; signed commands to the door
+//! and signed building galleries to the gallery file in, each audited. Works as a no-op while MQTT is
+//! off, so the rest of the daemon calls it unconditionally.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use serde_json::{json, Value};
+
+use super::command::{Action, CommandBody, Verifier};
+use super::link::{Incoming, LinkError, MqttLink};
+use crate::audit::AuditWriter;
+use crate::config::Config;
+use crate::door::{Actuation, DoorController, OpenCause, OpenRequest};
+use crate::gallery::EmbedderId;
+use crate::gallery_bundle::{self, BundleError};
+use crate::metrics::Metrics;
+use crate::ratelimit::RateLimitedLog;
+use crate::record::{DecisionRecord, RequestIds};
+use crate::sync::lock_recovering;
+
+/// Marks a lockdown from a `lock` command, so a restart keeps the door locked until `clear`.
+const LOCKDOWN_MARKER: &str = "lockdown";
+
+/// The daemon's side of MQTT.
+#[derive(Default)]
+pub struct Remote {
+    link: OnceLock<Arc<MqttLink>>,
+    /// The door's latest state (from the relay observer), sent when the link starts.
+    door_state: Mutex<Option<Value>>,
+    lockdown: AtomicBool,
+}
+
+/// Everything the incoming side needs.
+pub struct RemoteParts {
+    pub metrics: Arc<Metrics>,
+    /// Weak, so that the daemon can still shut the controller down while the MQTT thread runs.
+    pub door: Weak<DoorController>,
+    pub audit: AuditWriter,
+    pub embedder: EmbedderId,
+}
+
+impl Remote {
+    /// The relay observer's report: published retained as the door's state.
+    pub(crate) fn on_actuation(&self, actuation: &Actuation) {
+        let mut state = serde_json::to_value(actuation).expect("an actuation always serialises");
+        state["at"] = json!(actuation
+            .at
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+        self.set_door_state(state);
+    }
+
+    fn set_door_state(&self, state: Value) {
+        // Queued under the lock, so that the door-reports and MQTT threads publish in order.
+        let mut latest = lock_recovering(&self.door_state);
+        *latest = Some(state);
+        self.republish_door_state(&mut latest);
+    }
+
+    fn set_lockdown(&self, on: bool) {
+        let mut latest = lock_recovering(&self.door_state);
+        self.lockdown.store(on, Ordering::SeqCst);
+        self.republish_door_state(&mut latest);
+    }
+
+    fn republish_door_state(&self, latest: &mut Option<Value>) {
+        if let Some(state) = latest {
+            state["lockdown"] = json!(self.lockdown.load(Ordering::SeqCst));
+            if let Some(link) = self.link.get() {
+                link.publish_door(state);
+            }
+        }
+    }
+
+    /// One decision for `<prefix>/<door_id>/event`, as its audit line.
+    pub(crate) fn publish_decision(&self, record: &DecisionRecord) {
+        if let Some(link) = self.link.get() {
+            link.publish_decision(record);
+        }
+    }
+
+    /// Starts MQTT when `mqtt.url` is set: restores a lockdown left by a `lock` command, connects, and
+    /// from then on publishes door state and decisions and acts on commands and galleries.
+    pub fn start(self: &Arc<Self>, config: &Config, parts: RemoteParts) -> Result<(), LinkError> {
+        if config.mqtt.url.is_none() {
+            return Ok(());
+        }
+        let marker = config.state_dir.join(LOCKDOWN_MARKER);
+        if let Some(door) = parts.door.upgrade() {
+            if config.mqtt.allow_commands && marker.exists() {
+                log::warn!(
+                    "the door is held locked by an earlier MQTT lock command ({}); send `clear` to end it",
+                    marker.display()
+                );
+                door.hold_locked();
+                self.set_lockdown(true);
+            }
+        }
+        let verifier = config
+            .mqtt
+            .allow_commands
+            .then(|| config.mqtt_command_secret())
+            .flatten()
+            .map(|secret| {
+                Verifier::new(
+                    &config.mqtt.door_id,
+                    secret.as_bytes(),
+                    Duration::from_secs(config.mqtt.command_window_s),
+                )
+            });
+        let gallery_key = config.gallery_public_key().map_err(LinkError::Key)?;
+        let mut incoming = IncomingSide {
+            remote: Arc::clone(self),
+            metrics: Arc::clone(&parts.metrics),
+            door: parts.door,
+            audit: parts.audit,
+            max_age: Duration::from_millis(config.door.max_decision_age_ms),
+            rejections: RateLimitedLog::new(Duration::from_secs(10)),
+            verifier,
+            gallery_key,
+            embedder: parts.embedder,
+            gallery_path: config.gallery_path(),
+            marker,
+            ids: RequestIds::default(),
+        };
+        let link = MqttLink::start(
+            config,
+            parts.metrics,
+            incoming.verifier.is_some(),
+            incoming.gallery_key.is_some(),
+            Box::new(move |message| incoming.handle(message)),
+        )?;
+        let _ = self.link.set(Arc::new(link));
+        self.republish_door_state(&mut lock_recovering(&self.door_state));
+        Ok(())
+    }
+
+    /// Says `offline` and disconnects (bounded); call after the door is locked.
+    pub fn shutdown(&self) {
+        if let Some(link) = self.link.get() {
+            link.shutdown();
+        }
+    }
+}
+
+struct IncomingSide {
+    remote: Arc<Remote>,
+    metrics: Arc<Metrics>,
+    door: Weak<DoorController>,
+    audit: AuditWriter,
+    /// A granted `unlock` is dropped by the relay thread if it has not reached it by then.
+    max_age: Duration,
+    rejections: RateLimitedLog,
+    verifier: Option<Verifier>,
+    gallery_key: Option<ed25519_dalek::VerifyingKey>,
+    embedder: EmbedderId,
+    gallery_path: PathBuf,
+    marker: PathBuf,
+    ids: RequestIds,
+}
+
+impl IncomingSide {
+    fn handle(&mut self, message: Incoming) {
+        match message {
+            Incoming::Command(payload) => self.command(&payload),
+            // An empty retained message is how a gallery is withdrawn from the broker: nothing to load.
+            Incoming::Gallery(payload) if payload.is_empty() => {}
+            Incoming::Gallery(payload) => self.gallery(&payload),
+        }
+    }
+
+    /// Audits what became of one incoming message, then counts it (a count seen in /metrics means
+    /// its audit line is queued); returns the audit record.
+    fn settle(&self, kind: &'static str, result: &'static str, mut record: Value) -> Value {
+        record["kind"] = json!(kind);
+        record["result"] = json!(result);
+        self.audit.record(&record);
+        self.metrics.count_mqtt_received(kind, result);
+        record
+    }
+
+    fn command(&mut self, payload: &[u8]) {
+        let Some(verifier) = &mut self.verifier else {
+            return;
+        };
+        let now_ms = Utc::now().timestamp_millis();
+        match verifier.verify(payload, now_ms) {
+            Ok(body) => self.execute(&body),
+            Err(rejected) => {
+                self.rejections
+                    .error(format!("mqtt: command refused: {rejected}"));
+                let record = json!({ "error": rejected.to_string() });
+                self.settle("command", rejected.label(), record);
+            }
+        }
+    }
+
+    fn execute(&self, body: &CommandBody) {
+        let Some(door) = self.door.upgrade() else {
+            return;
+        };
+        let request_id = format!("mqtt-{}", self.ids.next());
+        let door_action = match body.action {
+            Action::Unlock => door
+                .request_open(OpenRequest {
+                    request_id: request_id.clone(),
+                    cause: OpenCause::Command {
+                        origin: body.origin.clone(),
+                    },
+                    not_after: Instant::now() + self.max_age,
+                })
+                .detail(),
+            Action::Lock => {
+                door.hold_locked();
+                if let Err(err) = std::fs::write(&self.marker, now_text()) {
+                    log::error!(
+                        "the lockdown marker {} was not written ({err}); a restart would end the lockdown",
+                        self.marker.display()
+                    );
+                }
+                self.remote.set_lockdown(true);
+                "held_locked"
+            }
+            Action::Clear => {
+                door.release_hold();
+                remove_marker(&self.marker);
+                self.remote.set_lockdown(false);
+                "released"
+            }
+        };
+        log::info!(
+            "request_id={request_id} mqtt command={} origin={:?} door_action={door_action}",
+            body.action.as_str(),
+            body.origin
+        );
+        let record = json!({
+            "request_id": request_id,
+            "action": body.action,
+            "origin": body.origin,
+            "nonce": body.nonce,
+            "issued_at_ms": body.issued_at_ms,
+            "door_action": door_action,
+        });
+        let record = self.settle("command", "accepted", record);
+        if let Some(link) = self.remote.link.get() {
+            link.publish_event(&record);
+        }
+    }
+
+    fn gallery(&self, payload: &[u8]) {
+        let origin = Path::new("the MQTT gallery topic");
+        match gallery_bundle::import_into(
+            payload,
+            self.gallery_key.as_ref(),
+            &self.embedder,
+            origin,
+            &self.gallery_path,
+        ) {
+            Ok(Some(opened)) => {
+                let people = opened.gallery.people().len();
+                log::info!(
+                    "mqtt: building gallery {} loaded: {people} people",
+                    opened.sequence
+                );
+                let record = json!({ "sequence": opened.sequence, "people": people });
+                self.settle("gallery", "loaded", record);
+            }
+            Ok(None) => self.metrics.count_mqtt_received("gallery", "unchanged"),
+            Err(err) => {
+                log::warn!("mqtt: building gallery refused: {err}");
+                let record = json!({ "error": err.to_string() });
+                self.settle("gallery", gallery_refusal_label(&err), record);
+            }
+        }
+    }
+}
+
+fn gallery_refusal_label(err: &BundleError) -> &'static str {
+    match err {
+        BundleError::Unsigned | BundleError::NoKey | BundleError::BadSignature => "bad_signature",
+        BundleError::Older { .. } => "older",
+        BundleError::Gallery(crate::gallery::GalleryError::EmbedderMismatch { .. }) => {
+            "other_embedder"
+        }
+        BundleError::Gallery(crate::gallery::GalleryError::Write { .. }) => "write_failed",
+        _ => "malformed",
+    }
+}
+
+fn now_text() -> String {
+    Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn remove_marker(marker: &Path) {
+    match std::fs::remove_file(marker) {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => log::error!(
+            "the lockdown marker {} was not removed ({err}); a restart would lock the door down again",
+            marker.display()
+        ),
+    }
+}

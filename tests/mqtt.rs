@@ -1,0 +1,719 @@
+//! MQTT end to end: the real `facegate serve` and a real Mosquitto broker (started by each test on a
+//! free loopback port, with password authentication), observed with Mosquitto's own clients. Guards
+//! what a building sees: events with their request id, retained door state and discovery, the last
+//! will, signed commands (valid, invalid, replayed), the building gallery, and a broker outage.
+
+mod harness;
+
+use std::io::{BufRead, BufReader};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde_json::Value;
+
+use harness::{photo, wait_for, Daemon, Setup, GRANTED_PHOTO, STRANGER_PHOTO};
+
+const USER: &str = "facegate";
+const PASSWORD: &str = "broker-password-1";
+const SECRET: &str = "command-secret-0123456789";
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// A Mosquitto broker of our own: generated config, loopback only, clients authenticated by password
+/// (or, with TLS, by certificate).
+struct Broker {
+    dir: tempfile::TempDir,
+    port: u16,
+    process: Option<Child>,
+    tls: bool,
+    /// How Mosquitto's clients authenticate.
+    client_args: Vec<String>,
+}
+
+/// A broker directory Mosquitto can read after dropping root for its own user.
+fn broker_dir() -> (tempfile::TempDir, u16) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    make_readable(dir.path(), 0o755);
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    (dir, port)
+}
+
+/// Mosquitto drops root for its own user before it reads some files: these are throwaway test files.
+fn make_readable(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn path_text(path: &Path) -> String {
+    path.to_str().expect("UTF-8 temp path").to_string()
+}
+
+impl Broker {
+    fn start() -> Broker {
+        let (dir, port) = broker_dir();
+        let passwords = dir.path().join("passwd");
+        let made = Command::new("mosquitto_passwd")
+            .args(["-b", "-c"])
+            .arg(&passwords)
+            .args([USER, PASSWORD])
+            .status()
+            .expect("mosquitto_passwd runs: install Debian's mosquitto with scripts/install-deps");
+        assert!(made.success(), "mosquitto_passwd failed");
+        make_readable(&passwords, 0o644);
+        let config = format!(
+            "listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\npersistence false\n",
+            passwords.display()
+        );
+        let client_args = ["-u", USER, "-P", PASSWORD].map(String::from).to_vec();
+        Broker::launch(dir, port, &config, false, client_args)
+    }
+
+    /// A TLS listener that requires a client certificate (its CN is the user name), with a CA, a
+    /// server certificate for 127.0.0.1 and a client certificate made by openssl.
+    fn start_tls() -> Broker {
+        let (dir, port) = broker_dir();
+        let d = dir.path();
+        let openssl = |args: &[&str]| {
+            let output = Command::new("openssl")
+                .current_dir(d)
+                .args(args)
+                .output()
+                .expect("openssl runs");
+            assert!(output.status.success(), "openssl {args:?}: {output:?}");
+        };
+        let new_key = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+        let ca = format!(
+            "req -x509 {new_key} -keyout ca.key -out ca.crt -days 2 -subj /CN=facegate-test-ca \
+             -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign"
+        );
+        openssl(&ca.split_whitespace().collect::<Vec<_>>());
+        let roles = [
+            (
+                "server",
+                "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+            ),
+            ("client", "extendedKeyUsage=clientAuth\n"),
+        ];
+        for (who, extensions) in roles {
+            std::fs::write(d.join(format!("{who}.ext")), extensions).unwrap();
+            let request = format!("req {new_key} -keyout {who}.key -out {who}.csr -subj /CN={who}");
+            openssl(&request.split_whitespace().collect::<Vec<_>>());
+            let sign = format!(
+                "x509 -req -in {who}.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out {who}.crt \
+                 -days 2 -extfile {who}.ext"
+            );
+            openssl(&sign.split_whitespace().collect::<Vec<_>>());
+            make_readable(&d.join(format!("{who}.key")), 0o644);
+        }
+        let config = format!(
+            "listener {port} 127.0.0.1\ncafile {0}/ca.crt\ncertfile {0}/server.crt\n\
+             keyfile {0}/server.key\nrequire_certificate true\nuse_identity_as_username true\n\
+             allow_anonymous false\npersistence false\n",
+            d.display()
+        );
+        let client_args = vec![
+            "--cafile".into(),
+            path_text(&d.join("ca.crt")),
+            "--cert".into(),
+            path_text(&d.join("client.crt")),
+            "--key".into(),
+            path_text(&d.join("client.key")),
+        ];
+        Broker::launch(dir, port, &config, true, client_args)
+    }
+
+    fn launch(
+        dir: tempfile::TempDir,
+        port: u16,
+        config: &str,
+        tls: bool,
+        client_args: Vec<String>,
+    ) -> Broker {
+        std::fs::write(dir.path().join("mosquitto.conf"), config).expect("broker config");
+        let mut broker = Broker {
+            dir,
+            port,
+            process: None,
+            tls,
+            client_args,
+        };
+        broker.resume();
+        broker
+    }
+
+    /// Starts (again) on the same port and waits until it accepts connections.
+    fn resume(&mut self) {
+        let log = std::fs::File::create(self.dir.path().join("mosquitto.log")).expect("log");
+        // Debian installs the broker in /usr/sbin, which is not on a normal user's PATH.
+        let program = ["/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .unwrap_or("mosquitto");
+        let child = Command::new(program)
+            .arg("-c")
+            .arg(self.dir.path().join("mosquitto.conf"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("mosquitto runs: install Debian's mosquitto with scripts/install-deps");
+        self.process = Some(child);
+        wait_for("the broker to listen", || {
+            TcpStream::connect(("127.0.0.1", self.port)).ok()
+        });
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.process.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        let scheme = if self.tls { "mqtts" } else { "mqtt" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    fn client(&self, program: &str) -> Command {
+        let mut command = Command::new(program);
+        command
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(&self.client_args);
+        command
+    }
+
+    /// Publishes one message (QoS 1).
+    fn publish(&self, topic: &str, payload: &[u8], retain: bool) {
+        let file = self.dir.path().join("payload");
+        std::fs::write(&file, payload).expect("payload file");
+        let mut command = self.client("mosquitto_pub");
+        command.args(["-q", "1", "-t", topic, "-f"]).arg(&file);
+        if retain {
+            command.arg("-r");
+        }
+        assert!(command.status().expect("mosquitto_pub runs").success());
+    }
+
+    /// The retained message of `topic`, if any.
+    fn retained(&self, topic: &str) -> Option<String> {
+        let output = self
+            .client("mosquitto_sub")
+            .args([
+                "-t",
+                topic,
+                "--retained-only",
+                "-C",
+                "1",
+                "-W",
+                "2",
+                "-F",
+                "%p",
+            ])
+            .output()
+            .expect("mosquitto_sub runs");
+        let text = String::from_utf8_lossy(&output.stdout).trim().to_string();
+        (!text.is_empty()).then_some(text)
+    }
+
+    /// Records every message on `filters` from now on.
+    fn watch(&self, filters: &[&str]) -> Watch {
+        let mut command = self.client("mosquitto_sub");
+        for filter in filters {
+            command.args(["-t", filter]);
+        }
+        let mut child = command
+            .args(["-q", "1", "-F", "%t\t%p"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto_sub runs");
+        let stdout = child.stdout.take().expect("piped");
+        let messages = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&messages);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some((topic, payload)) = line.split_once('\t') {
+                    sink.lock()
+                        .unwrap()
+                        .push((topic.to_string(), payload.to_string()));
+                }
+            }
+        });
+        // Subscribed once a probe message comes back.
+        let probe = format!("{}/probe", filters[0].trim_end_matches("/#"));
+        let watch = Watch { child, messages };
+        wait_for("the watcher to subscribe", || {
+            self.publish(&probe, b"probe", false);
+            std::thread::sleep(Duration::from_millis(100));
+            watch.find(&probe, |_| true)
+        });
+        watch
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+struct Watch {
+    child: Child,
+    messages: Arc<Mutex<Vec<(String, String)>>>,
+}
+
+impl Watch {
+    fn find(&self, topic: &str, test: impl Fn(&str) -> bool) -> Option<String> {
+        self.messages
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(t, p)| t == topic && test(p))
+            .map(|(_, p)| p.clone())
+    }
+
+    /// Waits for a JSON message on `topic` that satisfies `test`.
+    fn wait_json(&self, topic: &str, what: &str, test: impl Fn(&Value) -> bool) -> Value {
+        let payload = wait_for(what, || {
+            self.find(topic, |p| serde_json::from_str(p).is_ok_and(|v| test(&v)))
+        });
+        serde_json::from_str(&payload).unwrap()
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The test config with MQTT on: short keepalive and backoff so outages are noticed quickly.
+fn mqtt_setup(broker: &Broker, door_id: &str) -> Setup {
+    Setup::new()
+        .set("mqtt.url", broker.url())
+        .set("mqtt.username", USER)
+        .set("mqtt.password", PASSWORD)
+        .set("mqtt.door_id", door_id)
+        .set("mqtt.keepalive_s", 1)
+        .set("mqtt.reconnect_min_ms", 100)
+        .set("mqtt.reconnect_max_ms", 400)
+}
+
+fn post_frame(daemon: &Daemon, relative: &str) -> Value {
+    let reply = daemon.post("/image", b64(&photo(relative)).as_bytes());
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    reply.json()
+}
+
+fn metric(daemon: &Daemon, line_start: &str) -> Option<u64> {
+    let text = daemon.get("/metrics").text();
+    text.lines()
+        .find_map(|line| line.strip_prefix(line_start))
+        .and_then(|rest| rest.trim().parse().ok())
+}
+
+fn wait_metric(daemon: &Daemon, line_start: &str, at_least: u64) {
+    wait_for(&format!("{line_start} >= {at_least}"), || {
+        metric(daemon, line_start).filter(|n| *n >= at_least)
+    });
+}
+
+fn audit_lines(daemon: &Daemon) -> Vec<Value> {
+    let dir = daemon.state_dir().join("audit");
+    let mut lines = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        lines.extend(text.lines().filter_map(|l| serde_json::from_str(l).ok()));
+    }
+    lines
+}
+
+#[test]
+fn events_door_state_discovery_and_the_last_will_after_kill_9() {
+    let broker = Broker::start();
+    let watch = broker.watch(&["facegate/#"]);
+    let daemon = mqtt_setup(&broker, "front").serve();
+    assert_eq!(
+        wait_for("online", || broker.retained("facegate/front/availability")),
+        "online"
+    );
+
+    // The stranger first: while the door is open, frames are answered `paused`, not decided.
+    let unknown = post_frame(&daemon, STRANGER_PHOTO);
+    let granted = post_frame(&daemon, GRANTED_PHOTO);
+    for answer in [&granted, &unknown] {
+        let id = answer["request_id"].as_str().unwrap();
+        let event = watch.wait_json("facegate/front/event", "the decision's event", |e| {
+            e["request_id"] == id
+        });
+        assert_eq!(event["kind"], "decision");
+        assert_eq!(event["status"], answer["status"], "{event}");
+        assert!(event.get("image").is_none(), "events carry no image");
+    }
+    // The door's state is retained, names the request that opened it, and ends locked.
+    let opened = watch.wait_json("facegate/front/door", "the door opening", |d| {
+        d["state"] == "unlocked"
+    });
+    assert_eq!(opened["request_id"], granted["request_id"]);
+    assert_eq!(opened["identity"], "obama");
+    wait_for("the retained door state to be locked again", || {
+        broker
+            .retained("facegate/front/door")
+            .filter(|d| d.contains("\"hold_elapsed\""))
+    });
+    let stats: Value =
+        serde_json::from_str(&broker.retained("facegate/front/stats").unwrap()).unwrap();
+    assert_eq!(stats["last_person"], "obama", "{stats}");
+    assert_eq!(
+        (stats["granted"].as_u64(), stats["refused"].as_u64()),
+        (Some(1), Some(1))
+    );
+
+    // Home Assistant finds the door: retained configs whose state topics are this door's.
+    let lock: Value = serde_json::from_str(
+        &broker
+            .retained("homeassistant/binary_sensor/facegate_front/lock/config")
+            .expect("lock discovery config"),
+    )
+    .unwrap();
+    assert_eq!(lock["state_topic"], "facegate/front/door");
+    assert_eq!(lock["availability_topic"], "facegate/front/availability");
+    let person: Value = serde_json::from_str(
+        &broker
+            .retained("homeassistant/sensor/facegate_front/last_person/config")
+            .expect("last person discovery config"),
+    )
+    .unwrap();
+    assert_eq!(person["state_topic"], "facegate/front/stats");
+
+    // SIGKILL: no goodbye from the daemon, the broker publishes the last will.
+    // SAFETY: kill(2) on our own child's pid, not reaped yet.
+    assert_eq!(unsafe { libc::kill(daemon.pid(), libc::SIGKILL) }, 0);
+    wait_for("the last will", || {
+        watch.find("facegate/front/availability", |p| p == "offline")
+    });
+    assert_eq!(
+        broker.retained("facegate/front/availability").as_deref(),
+        Some("offline")
+    );
+}
+
+/// `facegate mqtt command` with this setup's door and the given secret.
+fn signed_command(setup: &Setup, action: &str, secret: &str) -> Vec<u8> {
+    let finished = harness::run_facegate_with_env(
+        setup,
+        &["mqtt", "command", action, "--origin", "test-desk"],
+        &[("FACEGATE_MQTT_COMMAND_SECRET", secret)],
+    );
+    assert!(finished.status.success(), "{finished:?}");
+    finished.stdout.trim().as_bytes().to_vec()
+}
+
+#[test]
+fn commands_need_a_valid_signature_and_work_once() {
+    let broker = Broker::start();
+    let daemon = mqtt_setup(&broker, "side")
+        .set("mqtt.allow_commands", true)
+        .set("mqtt.command_secret", SECRET)
+        .set("door.hold_ms", 300)
+        .serve();
+    wait_metric(&daemon, "facegate_mqtt_connected ", 1);
+    wait_for("the command subscription", || {
+        broker.retained("facegate/side/availability")
+    });
+    let topic = "facegate/side/command";
+    let unlocks = |d: &Daemon| d.journal().iter().filter(|a| a.is_unlocked()).count();
+
+    let forged = signed_command(daemon.setup(), "unlock", "another-secret-0123456789");
+    broker.publish(topic, &forged, false);
+    wait_metric(
+        &daemon,
+        "facegate_mqtt_received_total{kind=\"command\",result=\"bad_signature\"}",
+        1,
+    );
+
+    let unlock = signed_command(daemon.setup(), "unlock", SECRET);
+    broker.publish(topic, &unlock, false);
+    daemon.wait_for_journal("the commanded unlock", |j| {
+        j.iter().any(|a| a.is_unlocked())
+    });
+    broker.publish(topic, &unlock, false);
+    wait_metric(
+        &daemon,
+        "facegate_mqtt_received_total{kind=\"command\",result=\"replayed\"}",
+        1,
+    );
+    assert_eq!(
+        unlocks(&daemon),
+        1,
+        "neither the forged nor the replayed command opened"
+    );
+    let audit = wait_for("the commands' audit lines", || {
+        let audit = audit_lines(&daemon);
+        let commands = ["accepted", "bad_signature", "replayed"].iter().all(|r| {
+            audit
+                .iter()
+                .any(|l| l["kind"] == "command" && l["result"] == *r)
+        });
+        let relay = audit
+            .iter()
+            .any(|l| l["kind"] == "door" && l["by"] == "command");
+        (commands && relay).then_some(audit)
+    });
+    let accepted = audit
+        .iter()
+        .find(|l| l["kind"] == "command" && l["result"] == "accepted")
+        .unwrap();
+    assert_eq!(accepted["origin"], "test-desk");
+    assert_eq!(accepted["action"], "unlock");
+    let opened_for = accepted["request_id"].as_str().unwrap();
+    assert!(
+        audit.iter().any(|l| l["kind"] == "door"
+            && l["state"] == "unlocked"
+            && l["request_id"] == opened_for
+            && l["origin"] == "test-desk"),
+        "the relay's audit line names the command: {audit:?}"
+    );
+
+    // lock: a face no longer opens the door, until clear.
+    daemon.wait_for_journal("the relock", |j| j.last().is_some_and(|a| !a.is_unlocked()));
+    broker.publish(
+        topic,
+        &signed_command(daemon.setup(), "lock", SECRET),
+        false,
+    );
+    daemon.wait_for_journal("the lockdown", |j| j.iter().any(|a| a.reason == "lockdown"));
+    let refused = post_frame(&daemon, GRANTED_PHOTO);
+    assert_eq!(
+        (refused["status"].as_str(), refused["door"].as_str()),
+        (Some("granted"), Some("locked"))
+    );
+    assert!(
+        broker
+            .retained("facegate/side/door")
+            .is_some_and(|d| d.contains("\"lockdown\":true")),
+        "the retained door state shows the lockdown"
+    );
+    assert_eq!(unlocks(&daemon), 1);
+    broker.publish(
+        topic,
+        &signed_command(daemon.setup(), "clear", SECRET),
+        false,
+    );
+    wait_for("the lockdown to end", || {
+        let answer = post_frame(&daemon, GRANTED_PHOTO);
+        (answer["door"] == "opened").then_some(())
+    });
+}
+
+#[test]
+fn a_signed_gallery_reaches_two_doors_and_unsigned_or_older_ones_do_not() {
+    let broker = Broker::start();
+    // The building's key and two exports of the enrolled gallery, the second newer than the first.
+    let office = Setup::new();
+    let key = office.dir().join("building.key");
+    let keygen = office.run(&["gallery", "keygen", key.to_str().unwrap()]);
+    assert!(keygen.status.success(), "{keygen:?}");
+    let public = keygen
+        .stdout
+        .split('"')
+        .nth(1)
+        .expect("the public key line")
+        .to_string();
+    let export = |name: &str, signed: bool| -> PathBuf {
+        let file = office.dir().join(name);
+        let mut args = vec!["gallery", "export", file.to_str().unwrap()];
+        if signed {
+            args.extend(["--sign", key.to_str().unwrap()]);
+        }
+        let finished = office.run(&args);
+        assert!(finished.status.success(), "{finished:?}");
+        std::thread::sleep(Duration::from_millis(5));
+        file
+    };
+    let older = export("older.json", true);
+    let unsigned = export("unsigned.json", false);
+    let newer = export("newer.json", true);
+
+    let doors: Vec<Daemon> = ["north", "south"]
+        .into_iter()
+        .map(|door| {
+            let setup = mqtt_setup(&broker, door).set("mqtt.gallery_public_key", public.as_str());
+            std::fs::remove_file(setup.state_dir().join("gallery.json")).unwrap();
+            setup.serve()
+        })
+        .collect();
+    let people = |d: &Daemon| d.get("/healthz").json()["people"].as_u64();
+    for door in &doors {
+        wait_metric(door, "facegate_mqtt_connected ", 1);
+        assert_eq!(post_frame(door, GRANTED_PHOTO)["status"], "unknown");
+    }
+
+    publish_file(&broker, &unsigned);
+    for door in &doors {
+        wait_metric(
+            door,
+            "facegate_mqtt_received_total{kind=\"gallery\",result=\"bad_signature\"}",
+            1,
+        );
+        assert_eq!(people(door), Some(0), "an unsigned gallery is never loaded");
+    }
+
+    publish_file(&broker, &newer);
+    for door in &doors {
+        wait_for("the building gallery", || {
+            (people(door) == Some(2)).then_some(())
+        });
+        assert_eq!(post_frame(door, GRANTED_PHOTO)["status"], "granted");
+    }
+
+    publish_file(&broker, &older);
+    for door in &doors {
+        wait_metric(
+            door,
+            "facegate_mqtt_received_total{kind=\"gallery\",result=\"older\"}",
+            1,
+        );
+        wait_for("the refusal's audit line", || {
+            audit_lines(door)
+                .iter()
+                .any(|l| l["kind"] == "gallery" && l["result"] == "older")
+                .then_some(())
+        });
+    }
+
+    // A door started later gets the retained gallery at once.
+    let late = mqtt_setup(&broker, "late").set("mqtt.gallery_public_key", public.as_str());
+    std::fs::remove_file(late.state_dir().join("gallery.json")).unwrap();
+    let late = late.serve();
+    wait_for("the retained gallery at a late door", || {
+        (people(&late) == Some(2)).then_some(())
+    });
+}
+
+fn publish_file(broker: &Broker, file: &Path) {
+    broker.publish("facegate/gallery", &std::fs::read(file).unwrap(), true);
+}
+
+#[test]
+fn decisions_keep_flowing_while_the_broker_is_stopped_and_started() {
+    let mut broker = Broker::start();
+    let mut daemon = mqtt_setup(&broker, "back")
+        .set("mqtt.queue_size", 2)
+        .serve();
+    wait_metric(&daemon, "facegate_mqtt_connected ", 1);
+
+    broker.stop();
+    wait_for("the daemon to notice the outage", || {
+        metric(&daemon, "facegate_mqtt_connected ").filter(|n| *n == 0)
+    });
+    for _ in 0..4 {
+        // Every frame is decided and answered while the broker is away.
+        assert_eq!(post_frame(&daemon, STRANGER_PHOTO)["status"], "unknown");
+    }
+    let dropped = metric(&daemon, "facegate_mqtt_dropped_total ").unwrap();
+    assert!(dropped > 0, "a full queue drops and counts");
+
+    broker.resume();
+    let watch = broker.watch(&["facegate/#"]);
+    wait_metric(&daemon, "facegate_mqtt_connected ", 1);
+    assert_eq!(
+        broker.retained("facegate/back/availability").as_deref(),
+        Some("online")
+    );
+    let answer = post_frame(&daemon, GRANTED_PHOTO);
+    let id = answer["request_id"].as_str().unwrap();
+    watch.wait_json(
+        "facegate/back/event",
+        "an event after the reconnection",
+        |e| e["request_id"] == id,
+    );
+    // With the broker gone again, the daemon still stops promptly and cleanly.
+    broker.stop();
+    assert!(daemon.terminate().success());
+}
+
+#[test]
+fn mqtts_with_a_client_certificate() {
+    let broker = Broker::start_tls();
+    let dir = broker.dir.path();
+    let watch = broker.watch(&["facegate/#"]);
+    let mut daemon = Setup::new()
+        .set("mqtt.url", broker.url())
+        .set("mqtt.door_id", "tls")
+        .set("mqtt.ca_file", path_text(&dir.join("ca.crt")))
+        .set("mqtt.client_cert", path_text(&dir.join("client.crt")))
+        .set("mqtt.client_key", path_text(&dir.join("client.key")))
+        .set("mqtt.keepalive_s", 1)
+        .serve();
+    wait_for("online over TLS", || {
+        broker
+            .retained("facegate/tls/availability")
+            .filter(|a| a == "online")
+    });
+    let answer = post_frame(&daemon, GRANTED_PHOTO);
+    let id = answer["request_id"].as_str().unwrap();
+    watch.wait_json("facegate/tls/event", "the event over TLS", |e| {
+        e["request_id"] == id
+    });
+    // A clean stop says `offline` itself.
+    assert!(daemon.terminate().success());
+    assert_eq!(
+        broker.retained("facegate/tls/availability").as_deref(),
+        Some("offline")
+    );
+}
+
+#[test]
+fn a_lockdown_left_by_a_lock_command_survives_a_restart_until_clear() {
+    let broker = Broker::start();
+    let setup = mqtt_setup(&broker, "kept")
+        .set("mqtt.allow_commands", true)
+        .set("mqtt.command_secret", SECRET);
+    // What a `lock` command leaves behind in the state directory before a crash or restart.
+    std::fs::write(setup.state_dir().join("lockdown"), "2026-12-01T00:00:00Z").unwrap();
+    let daemon = setup.serve();
+    let held = post_frame(&daemon, GRANTED_PHOTO);
+    assert_eq!(
+        (held["status"].as_str(), held["door"].as_str()),
+        (Some("granted"), Some("locked"))
+    );
+    assert!(wait_for("the retained lockdown", || broker
+        .retained("facegate/kept/door"))
+    .contains("\"lockdown\":true"));
+    wait_metric(&daemon, "facegate_mqtt_connected ", 1);
+    broker.publish(
+        "facegate/kept/command",
+        &signed_command(daemon.setup(), "clear", SECRET),
+        false,
+    );
+    wait_for("the door to open again", || {
+        (post_frame(&daemon, GRANTED_PHOTO)["door"] == "opened").then_some(())
+    });
+    assert!(!daemon.state_dir().join("lockdown").exists());
+}
+
+#[test]
+fn check_config_does_not_print_the_broker_password_or_the_command_secret() {
+    let setup = Setup::new()
+        .set("mqtt.url", "mqtt://127.0.0.1:1")
+        .set("mqtt.password", PASSWORD)
+        .set("mqtt.allow_commands", true)
+        .set("mqtt.command_secret", SECRET);
+    let finished = setup.run(&["check-config"]);
+    assert!(finished.status.success(), "{finished:?}");
+    for secret in [PASSWORD, SECRET, harness::TOKEN] {
+        assert!(!finished.stdout.contains(secret), "{}", finished.stdout);
+    }
+    assert!(finished.stdout.contains("(set, not shown)"));
+}
