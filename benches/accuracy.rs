@@ -7,7 +7,7 @@ mod support;
 
 use std::collections::BTreeMap;
 
-use facegate::frame;
+use facegate::frame::{self, CheckedImage};
 use facegate::gallery::{Gallery, Sample};
 use facegate::vision::{Embedding, Recognizer};
 
@@ -125,10 +125,13 @@ fn embed_people(engine: &Engine, recognizer: &mut Recognizer) -> (Vec<Embedded>,
     for (person, paths) in support::people() {
         for path in paths {
             let bytes = support::photo(&path);
-            let decoded = frame::decode_image(&bytes, &engine.config.frame)
+            let image = CheckedImage::check(bytes, &engine.config.frame)
+                .unwrap_or_else(|refused| panic!("{path} is refused: {}", refused.error));
+            let decoded = image
+                .decode()
                 .unwrap_or_else(|err| panic!("{path} does not decode: {err}"));
             let sighting = recognizer
-                .look(&decoded.image)
+                .look_finer(&decoded.image, || image.decode_finer())
                 .unwrap_or_else(|err| panic!("{path}: the pipeline failed: {err}"));
             match sighting.primary {
                 Some(reading) => embedded.push(Embedded {

@@ -4,6 +4,8 @@
 //! second look at a tilted head costs.
 //! Run: `cargo bench --bench liveness` (prints; asserts nothing).
 
+#[path = "../tests/harness/mod.rs"]
+mod harness;
 #[path = "../tests/support/mod.rs"]
 mod support;
 

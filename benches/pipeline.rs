@@ -2,8 +2,13 @@
 //! the production pipeline over the test photos made into camera-size (640x480) and 8K (7680x4320) JPEGs in
 //! memory; the floor — YuNet's detect call on the shrunk frame plus the embedder's forward pass, nothing
 //! else — on the same frames, with OpenCV's default threads and with one; and gallery matching at 10,
-//! 1,000 and 100,000 enrolled vectors. Run: `cargo bench --bench pipeline` (prints; asserts nothing).
+//! 1,000 and 100,000 enrolled vectors. Then the tablet's case (issue 10): 1280x720 door frames with a large
+//! face, as PNG and JPEG q90, through the pipeline with each speed lever switched on in turn (JPEG decoded
+//! reduced, smaller detection sizes), with what each does to the decisions; and what the PNG's zlib level
+//! costs to decode. Run: `cargo bench --bench pipeline` (prints; asserts nothing).
 
+#[path = "../tests/harness/mod.rs"]
+mod harness;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -12,11 +17,19 @@ mod common;
 use std::path::Path;
 use std::time::Instant;
 
+use opencv::core::{Vector, VectorToVec};
+use opencv::imgcodecs;
+
+use facegate::config::Config;
+use facegate::decision::Outcome;
+use facegate::frame::CheckedImage;
 use facegate::gallery::Gallery;
-use facegate::recognition::StageTimings;
+use facegate::recognition::{recognize_image, StageTimings};
 use facegate::vision::{Embedding, Recognizer};
 
-use common::{mean, median, percentile, FloorTiming, TestFrame, Xorshift, CAMERA, EIGHT_K};
+use common::{
+    mean, median, percentile, DoorFrame, FloorTiming, TestFrame, Xorshift, CAMERA, EIGHT_K,
+};
 use support::Engine;
 
 /// Timed passes over each camera-size frame, and over each 8K frame.
@@ -115,6 +128,211 @@ fn main() {
 
     println!();
     gallery_scaling(engine);
+
+    println!();
+    door_levers(engine, &mut recognizer, &gallery);
+    println!();
+    png_levels(engine, &mut recognizer);
+}
+
+/// Every n-th photo becomes a door frame; passes over them per lever.
+const DOOR_STEP: usize = 2;
+const DOOR_RUNS: usize = 2;
+
+/// A pipeline setting to measure on door frames: the config it changes.
+struct Lever {
+    label: &'static str,
+    change: fn(&mut Config),
+}
+
+const LEVERS: [Lever; 5] = [
+    Lever {
+        label: "before: decode 960, one pass 640",
+        change: |c| {
+            c.frame.decode_target_side = 960;
+            c.recognition.coarse_detect_side = 0;
+        },
+    },
+    Lever {
+        label: "JPEG reduced: decode 640",
+        change: |c| {
+            c.frame.decode_target_side = 640;
+            c.recognition.coarse_detect_side = 0;
+        },
+    },
+    Lever {
+        label: "+ quick pass 480",
+        change: |c| {
+            c.frame.decode_target_side = 640;
+            c.recognition.coarse_detect_side = 480;
+        },
+    },
+    Lever {
+        label: "+ quick pass 320",
+        change: |c| {
+            c.frame.decode_target_side = 640;
+            c.recognition.coarse_detect_side = 320;
+        },
+    },
+    Lever {
+        label: "one pass at 320 (min face 20)",
+        change: |c| {
+            c.frame.decode_target_side = 640;
+            c.recognition.coarse_detect_side = 0;
+            c.recognition.detect_max_side = 320;
+            c.recognition.min_face_px = 20;
+        },
+    },
+];
+
+/// Door frames through the pipeline under each lever: stage medians, and the decisions (granted as the
+/// pictured person, unknown, no face, granted as someone else) with the mean score of the best match.
+fn door_levers(engine: &Engine, recognizer: &mut Recognizer, gallery: &Gallery) {
+    let frames = common::door_frames(recognizer, DOOR_STEP);
+    println!(
+        "door frames (issue 10): {} photos made into 1280x720 frames, face box {:.0}% of the height; medians of {DOOR_RUNS} passes, ms",
+        frames.len(),
+        common::DOOR_FACE_SHARE * 100.0
+    );
+    println!(
+        "  {:<32} {:<5} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7}  {:<24} {:>6}",
+        "lever",
+        "fmt",
+        "decode",
+        "detect",
+        "align",
+        "embed",
+        "total",
+        "p90",
+        "ratio",
+        "own/unknown/none/other",
+        "score"
+    );
+    let mut baseline = [f64::NAN; 2];
+    for lever in &LEVERS {
+        let mut config = engine.config.clone();
+        (lever.change)(&mut config);
+        let mut worker =
+            Recognizer::load(&engine.models, &config.recognition).expect("models load");
+        for (slot, (format, pick)) in [
+            (
+                "PNG",
+                (|f: &DoorFrame| &f.png) as fn(&DoorFrame) -> &Vec<u8>,
+            ),
+            ("JPEG", |f: &DoorFrame| &f.jpeg),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut stages = Vec::new();
+            let mut totals = Vec::new();
+            let mut counts = [0usize; 4];
+            let mut scores = Vec::new();
+            for run in 0..=DOOR_RUNS {
+                for frame in &frames {
+                    let started = Instant::now();
+                    let image = CheckedImage::check(pick(frame).clone(), &config.frame)
+                        .expect("door frame passes the checks");
+                    let recognition =
+                        recognize_image(&mut worker, gallery, &image, engine.threshold)
+                            .expect("recognised");
+                    let took = common::elapsed_ms(started);
+                    // Pass 0 warms the worker up and counts the decisions.
+                    if run == 0 {
+                        let own = support::person_of(&frame.name);
+                        let slot = match &recognition.outcome {
+                            Outcome::Recognised(m) if m.name == own => 0,
+                            Outcome::Recognised(_) => 3,
+                            Outcome::Unknown { .. } => 1,
+                            Outcome::NoFace => 2,
+                        };
+                        counts[slot] += 1;
+                        scores.extend(recognition.outcome.score().map(f64::from));
+                    } else {
+                        totals.push(took);
+                        stages.push(recognition.timings);
+                    }
+                }
+            }
+            let stage = |pick: fn(&StageTimings) -> f64| {
+                median(&stages.iter().map(pick).collect::<Vec<_>>())
+            };
+            let total = median(&totals);
+            if baseline[slot].is_nan() {
+                baseline[slot] = total;
+            }
+            println!(
+                "  {:<32} {:<5} {:>7.2} {:>7.2} {:>7.2} {:>7.2} {:>7.2} {:>7.2} {:>7.2}  {:<24} {:>6.3}",
+                lever.label,
+                format,
+                stage(|t| t.decode_ms),
+                stage(|t| t.detect_ms),
+                stage(|t| t.align_ms),
+                stage(|t| t.embed_ms),
+                total,
+                percentile(&totals, 90.0),
+                total / baseline[slot],
+                format!("{}/{}/{}/{}", counts[0], counts[1], counts[2], counts[3]),
+                mean(&scores),
+            );
+        }
+    }
+    println!("  ratio: median total against the first row's; decisions from one pass at the default threshold {:.2}", engine.threshold);
+}
+
+/// What the tablet's PNG zlib level costs: size and decode time of the same door frames encoded at each
+/// level (OpenCV's `imencode(".png")` default is level 1 with the RLE strategy, what the tablet sends).
+fn png_levels(engine: &Engine, recognizer: &mut Recognizer) {
+    let frames = common::door_frames(recognizer, DOOR_STEP * 2);
+    println!(
+        "PNG zlib level of the tablet's frames: {} door frames re-encoded, decode medians of {DOOR_RUNS} passes",
+        frames.len()
+    );
+    println!(
+        "  {:<26} {:>9} {:>10} {:>10}",
+        "encoding", "KiB", "decode ms", "encode ms"
+    );
+    let levels: [(&str, Option<i32>); 5] = [
+        ("default (level 1, RLE)", None),
+        ("level 0 (stored)", Some(0)),
+        ("level 3", Some(3)),
+        ("level 6", Some(6)),
+        ("level 9", Some(9)),
+    ];
+    for (label, level) in levels {
+        let params = match level {
+            Some(level) => Vector::from_slice(&[imgcodecs::IMWRITE_PNG_COMPRESSION, level]),
+            None => Vector::new(),
+        };
+        let mut sizes = Vec::new();
+        let mut encodes = Vec::new();
+        let mut decodes = Vec::new();
+        for frame in &frames {
+            let pixels =
+                imgcodecs::imdecode(&Vector::from_slice(&frame.png), imgcodecs::IMREAD_COLOR)
+                    .expect("decode");
+            let mut encoded = Vector::<u8>::new();
+            let started = Instant::now();
+            imgcodecs::imencode(".png", &pixels, &mut encoded, &params).expect("encode");
+            encodes.push(common::elapsed_ms(started));
+            sizes.push(encoded.len() as f64 / 1024.0);
+            let encoded = encoded.to_vec();
+            for _ in 0..DOOR_RUNS {
+                let started = Instant::now();
+                let image =
+                    CheckedImage::check(encoded.clone(), &engine.config.frame).expect("checks");
+                image.decode().expect("decodes");
+                decodes.push(common::elapsed_ms(started));
+            }
+        }
+        println!(
+            "  {:<26} {:>9.0} {:>10.2} {:>10.2}",
+            label,
+            median(&sizes),
+            median(&decodes),
+            median(&encodes)
+        );
+    }
 }
 
 fn median_kib(frames: &[TestFrame]) -> f64 {

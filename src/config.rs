@@ -59,6 +59,11 @@ pub struct RecognitionConfig {
     pub detect_score_threshold: f32,
     /// Faces narrower than this (in pixels of the shrunk detection image) are ignored.
     pub min_face_px: u32,
+    /// A quick detection pass on the frame shrunk to this longer side runs first; 0 turns it off.
+    pub coarse_detect_side: u32,
+    /// When the quick pass finds a face at least this share of the frame's height (someone close to
+    /// the door camera), the full-size pass is skipped.
+    pub coarse_face_share: f32,
     /// Enrolment warns when a new person is at least this similar to an enrolled one.
     pub lookalike_warning: f32,
     /// OpenCV's own thread pool size per process; 0 leaves OpenCV's default.
@@ -331,6 +336,11 @@ impl Default for RecognitionConfig {
             detect_max_side: 640,
             detect_score_threshold: 0.9,
             min_face_px: 40,
+            // Off: on the web photos of tests/recognition.rs the quick pass's landmarks and its false
+            // faces change pinned results. For a door tablet's frames set it to 320 (docs/performance.md,
+            // "The tablet's frames").
+            coarse_detect_side: 0,
+            coarse_face_share: 0.25,
             lookalike_warning: 0.40,
             opencv_threads: 0,
             max_roll_deg: 15.0,
@@ -354,7 +364,7 @@ impl Default for FrameConfig {
             max_image_bytes: 12 * 1024 * 1024,
             max_dimension: 16_384,
             max_decoded_pixels: 16_000_000,
-            decode_target_side: 960,
+            decode_target_side: 640,
         }
     }
 }
@@ -612,6 +622,18 @@ impl Config {
             return Err(invalid(
                 "recognition.detect_max_side",
                 "must be between 64 and 4096 pixels",
+            ));
+        }
+        if r.coarse_detect_side != 0 && !(64..=4096).contains(&r.coarse_detect_side) {
+            return Err(invalid(
+                "recognition.coarse_detect_side",
+                "must be 0 (off) or between 64 and 4096 pixels",
+            ));
+        }
+        if !(r.coarse_face_share > 0.0 && r.coarse_face_share <= 1.0) {
+            return Err(invalid(
+                "recognition.coarse_face_share",
+                "must be above 0 and at most 1 (a share of the frame's height)",
             ));
         }
         if self.frame.max_image_bytes == 0 {
@@ -875,7 +897,14 @@ mod tests {
             config.http.require_token,
             "the shipped config must require a token"
         );
-        assert_eq!(config.recognition, RecognitionConfig::default());
+        assert_eq!(
+            config.recognition,
+            RecognitionConfig {
+                coarse_detect_side: 320,
+                ..RecognitionConfig::default()
+            },
+            "the shipped config is for a door tablet: the quick detection pass is on"
+        );
         assert_eq!(config.frame, FrameConfig::default());
         assert_eq!(config.codes, CodesConfig::default());
         assert!(config.http.tls.enabled, "the shipped config must speak TLS");
@@ -927,6 +956,14 @@ mod tests {
             ("[http]\nqueue_depth = 0", "http.queue_depth"),
             ("[http]\nmax_connections = 0", "http.max_connections"),
             ("[http.tls]\ncert = \"c.pem\"", "http.tls.cert"),
+            (
+                "[recognition]\ncoarse_detect_side = 10",
+                "recognition.coarse_detect_side",
+            ),
+            (
+                "[recognition]\ncoarse_face_share = 0",
+                "recognition.coarse_face_share",
+            ),
             (
                 "[frame]\ndecode_target_side = 100",
                 "frame.decode_target_side",

@@ -6,7 +6,7 @@ use opencv::core::{Mat, MatTraitConst, Rect, Size, Vector, VectorToVec};
 use opencv::{imgcodecs, imgproc};
 
 use crate::config::FrameConfig;
-use crate::frame;
+use crate::frame::CheckedImage;
 use crate::gallery::{BestMatch, Gallery, GalleryError, Sample};
 use crate::recognition::RecognitionError;
 use crate::vision::{DetectedFace, Embedding, Recognizer, VisionError};
@@ -96,7 +96,11 @@ pub(crate) fn embed_single_face(
     bytes: &[u8],
     limits: &FrameConfig,
 ) -> Result<Result<EnrolledFace, String>, RecognitionError> {
-    let decoded = match frame::decode_image(bytes, limits) {
+    let image = match CheckedImage::check(bytes.to_vec(), limits) {
+        Ok(image) => image,
+        Err(refused) => return Ok(Err(refused.error.to_string())),
+    };
+    let decoded = match image.decode() {
         Ok(decoded) => decoded,
         Err(err) => return Ok(Err(err.to_string())),
     };
@@ -106,7 +110,8 @@ pub(crate) fn embed_single_face(
             "no acceptable face (none found, or too small or too unsure): use a well-lit, frontal photo".into(),
         )),
         [face] => {
-            let embedding = recognizer.embed_face(&decoded.image, face)?;
+            let embedding =
+                recognizer.embed_face_finer(&decoded.image, face, || image.decode_finer())?;
             let thumbnail = face_thumbnail(&decoded.image, face).map_err(VisionError::from)?;
             Ok(Ok(EnrolledFace {
                 embedding,

@@ -1,7 +1,7 @@
 //! First stage of the data path: request body → base64 → image header check → bounded OpenCV decode.
 
 use base64::Engine;
-use opencv::core::{Mat, MatTraitConst, Vector};
+use opencv::core::{Mat, MatTraitConst};
 use opencv::imgcodecs;
 
 use crate::config::FrameConfig;
@@ -263,6 +263,18 @@ pub(crate) fn choose_reduction(header: &ImageHeader, target_side: u32) -> u32 {
         .unwrap_or(1)
 }
 
+/// The smallest JPEG reduction, at most `planned`, whose decoded image stays within `max_pixels`.
+fn finest_reduction(header: &ImageHeader, planned: u32, max_pixels: u64) -> u32 {
+    [1, 2, 4, 8]
+        .into_iter()
+        .filter(|&factor| factor <= planned)
+        .find(|&factor| {
+            u64::from(header.width.div_ceil(factor)) * u64::from(header.height.div_ceil(factor))
+                <= max_pixels
+        })
+        .unwrap_or(planned)
+}
+
 /// Checks the header against the limits and returns the reduction to decode with.
 pub fn plan_decode(header: &ImageHeader, limits: &FrameConfig) -> Result<u32, FrameError> {
     if header.width > limits.max_dimension || header.height > limits.max_dimension {
@@ -295,6 +307,8 @@ pub struct CheckedImage {
     header: ImageHeader,
     /// 1, 2, 4 or 8: the JPEG reduction the decode will use.
     reduction: u32,
+    /// The smallest reduction whose image still fits the pixel limit: what a finer decode may use.
+    finest: u32,
 }
 
 impl CheckedImage {
@@ -316,6 +330,7 @@ impl CheckedImage {
                 bytes,
                 header,
                 reduction,
+                finest: finest_reduction(&header, reduction, limits.max_decoded_pixels),
             }),
             Err(error) => Err(RefusedImage { error, bytes }),
         }
@@ -335,8 +350,22 @@ impl CheckedImage {
 
     /// Decodes to BGR pixels with the planned reduction.
     pub fn decode(&self) -> Result<Frame, FrameError> {
+        self.decode_reduced(self.reduction)
+    }
+
+    /// The pixels of a JPEG that was decoded reduced, decoded again as large as the pixel limit
+    /// allows, for a face too small to align well from the reduced image. `None` when no finer decode
+    /// is possible (or it fails, in which case the reduced image is all there is).
+    pub fn decode_finer(&self) -> Option<Mat> {
+        (self.finest < self.reduction)
+            .then(|| self.decode_reduced(self.finest).ok())
+            .flatten()
+            .map(|frame| frame.image)
+    }
+
+    fn decode_reduced(&self, reduction: u32) -> Result<Frame, FrameError> {
         let header = self.header;
-        let flags = match self.reduction {
+        let flags = match reduction {
             8 => imgcodecs::IMREAD_REDUCED_COLOR_8,
             4 => imgcodecs::IMREAD_REDUCED_COLOR_4,
             2 => imgcodecs::IMREAD_REDUCED_COLOR_2,
@@ -345,7 +374,8 @@ impl CheckedImage {
         let undecodable = || FrameError::Undecodable {
             format: header.format.name(),
         };
-        let buffer = Vector::<u8>::from_slice(&self.bytes);
+        // A Mat over the bytes themselves: no copy of the file for the decoder.
+        let buffer = Mat::from_slice(&self.bytes).map_err(|_| undecodable())?;
         let image = imgcodecs::imdecode(&buffer, flags).map_err(|_| undecodable())?;
         if image.empty() || image.channels() != 3 {
             return Err(undecodable());
@@ -353,7 +383,7 @@ impl CheckedImage {
         Ok(Frame {
             image,
             header,
-            reduction: self.reduction,
+            reduction,
         })
     }
 }
@@ -524,6 +554,29 @@ mod tests {
         let mut sof2 = jpeg_with_size(640, 480);
         sof2[3] = 0xC2;
         assert!(read_header(&sof2).unwrap().progressive);
+    }
+
+    #[test]
+    fn a_finer_decode_stays_within_the_pixel_limit() {
+        let header = |width, height| ImageHeader {
+            format: ImageFormat::Jpeg,
+            width,
+            height,
+            progressive: false,
+        };
+        let cases = [
+            (1280, 720, 2, 1),
+            (7680, 4320, 8, 2),
+            (16_000, 9_000, 8, 4),
+            (640, 480, 1, 1),
+        ];
+        for (width, height, planned, finest) in cases {
+            assert_eq!(
+                finest_reduction(&header(width, height), planned, 16_000_000),
+                finest,
+                "{width}x{height}"
+            );
+        }
     }
 
     #[test]

@@ -51,7 +51,7 @@ pub fn recognize_image(
     let started = Instant::now();
     let decoded = image.decode()?;
     let decode_ms = elapsed_ms(started);
-    let sighting = recognizer.look(&decoded.image)?;
+    let sighting = recognizer.look_finer(&decoded.image, || image.decode_finer())?;
     let started = Instant::now();
     let outcome = match &sighting.primary {
         None => Outcome::NoFace,

@@ -5,6 +5,8 @@
 // Each bench uses a different subset of these helpers.
 #![allow(dead_code)]
 
+pub mod http;
+
 use std::time::Instant;
 
 use opencv::core::{self as cv, Mat, Ptr, Scalar, Size, Vector, CV_32F};
@@ -48,6 +50,110 @@ pub fn frames(size: (i32, i32), step: usize) -> Vec<TestFrame> {
             name: path,
         })
         .collect()
+}
+
+/// A door tablet's frame: 1280x720, one person standing close, so that the face box is this share of
+/// the frame's height (about 50 cm from a tablet camera with a 43 degree vertical field of view).
+pub const DOOR: (i32, i32) = (1280, 720);
+pub const DOOR_FACE_SHARE: f64 = 0.45;
+/// Standard deviation of the sensor noise added to door frames, in 8-bit levels: web photos upscaled
+/// are smoother than a camera's frames, and PNG's size (so its decode time) depends on that.
+pub const DOOR_NOISE: f64 = 2.0;
+
+/// One photo made into a door frame, encoded as the tablet sends it (PNG, OpenCV's default
+/// `imencode(".png")`: zlib level 1, RLE strategy, SUB filter) and as a JPEG at quality 90.
+pub struct DoorFrame {
+    pub name: String,
+    pub png: Vec<u8>,
+    pub jpeg: Vec<u8>,
+    /// How much the photo was scaled to make the face large (above 1: enlarged).
+    pub scale: f64,
+}
+
+/// Every `step`-th photo of the 20 identities in which the detector finds a face, cut and scaled so that
+/// its largest face fills a door camera's view: face box height `DOOR_FACE_SHARE` of 720, face centred
+/// a little above the middle, the photo mirrored at its edges where it does not cover the frame.
+pub fn door_frames(recognizer: &mut Recognizer, step: usize) -> Vec<DoorFrame> {
+    let (width, height) = DOOR;
+    support::people()
+        .into_values()
+        .flatten()
+        .step_by(step)
+        .enumerate()
+        .filter_map(|(i, path)| {
+            let photo = support::photo_pixels(&path);
+            let faces = recognizer.detect_all(&photo).expect("detect");
+            let face = faces.first()?;
+            let [x, y, w, h] = face.bbox.map(f64::from);
+            let scale = DOOR_FACE_SHARE * f64::from(height) / h;
+            let (cx, cy) = (x + w / 2.0, y + h / 2.0);
+            let matrix = Mat::from_slice_2d(&[
+                [scale, 0.0, f64::from(width) / 2.0 - scale * cx],
+                [0.0, scale, 0.46 * f64::from(height) - scale * cy],
+            ])
+            .expect("matrix");
+            // Shrink large photos with area averaging first; warpAffine alone would alias.
+            let (source, matrix) = if scale < 0.5 {
+                let mut shrunk = Mat::default();
+                imgproc::resize(
+                    &photo,
+                    &mut shrunk,
+                    Size::new(0, 0),
+                    scale,
+                    scale,
+                    imgproc::INTER_AREA,
+                )
+                .expect("resize");
+                let shift = Mat::from_slice_2d(&[
+                    [1.0, 0.0, f64::from(width) / 2.0 - scale * cx],
+                    [0.0, 1.0, 0.46 * f64::from(height) - scale * cy],
+                ])
+                .expect("matrix");
+                (shrunk, shift)
+            } else {
+                (photo, matrix)
+            };
+            let mut framed = Mat::default();
+            imgproc::warp_affine(
+                &source,
+                &mut framed,
+                &matrix,
+                Size::new(width, height),
+                imgproc::INTER_LINEAR,
+                cv::BORDER_REFLECT_101,
+                Scalar::all(0.0),
+            )
+            .expect("warp");
+            let noisy = with_noise(&framed, 0x5eed + i as u64);
+            let mut png = Vector::<u8>::new();
+            imgcodecs::imencode(".png", &noisy, &mut png, &Vector::new()).expect("encode png");
+            Some(DoorFrame {
+                jpeg: jpeg(&noisy),
+                png: png.to_vec(),
+                name: path,
+                scale,
+            })
+        })
+        .collect()
+}
+
+/// Adds reproducible Gaussian sensor noise (`DOOR_NOISE`) to an 8-bit BGR image.
+fn with_noise(image: &Mat, seed: u64) -> Mat {
+    cv::set_rng_seed(seed as i32).expect("seed");
+    let mut noise =
+        Mat::new_rows_cols_with_default(image.rows(), image.cols(), cv::CV_16SC3, Scalar::all(0.0))
+            .expect("noise");
+    cv::randn(&mut noise, &Scalar::all(0.0), &Scalar::all(DOOR_NOISE)).expect("randn");
+    let mut wide = Mat::default();
+    image
+        .convert_to(&mut wide, cv::CV_16SC3, 1.0, 0.0)
+        .expect("widen");
+    let mut sum = Mat::default();
+    cv::add(&wide, &noise, &mut sum, &cv::no_array(), -1).expect("add");
+    let mut out = Mat::default();
+    sum.convert_to(&mut out, cv::CV_8UC3, 1.0, 0.0)
+        .expect("narrow");
+    out
 }
 
 /// The detector and the embedder as bare OpenCV objects, to time their own work and nothing around it.

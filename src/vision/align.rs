@@ -48,6 +48,15 @@ pub(crate) fn estimate_similarity(from: &[[f32; 2]; 5], to: &[[f32; 2]; 5]) -> O
     ])
 }
 
+/// Whether aligning these landmarks to a `size`x`size` crop would enlarge the face: its eyes are
+/// closer together than the template's. Enlarging invents no detail, so a larger image is better then.
+pub(crate) fn enlarges(landmarks: &[[f32; 2]; 5], size: i32) -> bool {
+    let template = ARCFACE_TEMPLATE[1][0] - ARCFACE_TEMPLATE[0][0];
+    let [right, left] = [landmarks[0], landmarks[1]];
+    let eyes = (left[0] - right[0]).hypot(left[1] - right[1]);
+    eyes < template * size as f32 / 112.0
+}
+
 /// Cuts the face out of the frame as a `size`x`size` crop in template position.
 pub fn align_face(frame: &Mat, landmarks: &[[f32; 2]; 5], size: i32) -> Result<Mat, VisionError> {
     let scale = size as f32 / 112.0;
@@ -109,6 +118,16 @@ mod tests {
                 "{got:?} vs {want:?}"
             );
         }
+    }
+
+    #[test]
+    fn only_faces_with_eyes_closer_than_the_templates_are_enlarged() {
+        let doubled = ARCFACE_TEMPLATE.map(|[x, y]| [x * 2.0, y * 2.0]);
+        let halved = ARCFACE_TEMPLATE.map(|[x, y]| [x * 0.5, y * 0.5]);
+        assert!(!enlarges(&doubled, 112));
+        assert!(!enlarges(&ARCFACE_TEMPLATE, 112));
+        assert!(enlarges(&halved, 112));
+        assert!(enlarges(&ARCFACE_TEMPLATE, 224));
     }
 
     #[test]

@@ -29,16 +29,30 @@ pub(crate) struct DetectSettings {
     pub score_threshold: f32,
     /// Minimum face width in pixels of the shrunk detection image.
     pub min_face_px: u32,
+    /// The quick first pass: longer side of its image, 0 for none.
+    pub coarse_side: u32,
+    /// A face found by the quick pass whose box is at least this share of the frame's height is taken
+    /// without the full-size pass.
+    pub coarse_face_share: f32,
 }
 
 /// The smallest width and height the detector is given; smaller frames are padded up to it.
 const MIN_INPUT_SIDE: i32 = 64;
 
 pub(crate) struct Detector {
-    yunet: Ptr<FaceDetectorYN>,
+    full: Pass,
+    /// The quick pass at `settings.coarse_side`, when it is smaller than the full one.
+    coarse: Option<Pass>,
     settings: DetectSettings,
+}
+
+/// One YuNet instance run at one size.
+struct Pass {
+    yunet: Ptr<FaceDetectorYN>,
+    max_side: u32,
     /// The size YuNet's anchor priors were generated for: setting the size regenerates them, so it is
-    /// only set when the frame size changes. A property of the model set-up, not of any result.
+    /// only set when the frame size changes (each pass has its own instance, so alternating passes do
+    /// not regenerate them). A property of the model set-up, not of any result.
     input_size: Size,
 }
 
@@ -47,6 +61,43 @@ impl Detector {
         model: &ResolvedModel<DetectorContract>,
         settings: DetectSettings,
     ) -> Result<Detector, VisionError> {
+        let coarse = (settings.coarse_side > 0 && settings.coarse_side < settings.max_side)
+            .then(|| Pass::load(model, &settings, settings.coarse_side))
+            .transpose()?;
+        Ok(Detector {
+            full: Pass::load(model, &settings, settings.max_side)?,
+            coarse,
+            settings,
+        })
+    }
+
+    /// Every face in the frame, largest first, from the full-size pass.
+    pub fn detect(&mut self, frame: &Mat) -> Result<Vec<DetectedFace>, VisionError> {
+        self.full
+            .detect(frame, &self.settings, self.settings.min_face_px)
+    }
+
+    /// Faces for a decision about the largest one, largest first: the quick pass alone when it finds a
+    /// face large enough (someone close to the door camera), else the full-size pass. Smaller faces
+    /// behind a large one may then go uncounted.
+    pub fn detect_for_largest(&mut self, frame: &Mat) -> Result<Vec<DetectedFace>, VisionError> {
+        if let Some(coarse) = &mut self.coarse {
+            let faces = coarse.detect(frame, &self.settings, 0)?;
+            let large = frame.rows() as f32 * self.settings.coarse_face_share;
+            if faces.first().is_some_and(|face| face.bbox[3] >= large) {
+                return Ok(faces);
+            }
+        }
+        self.detect(frame)
+    }
+}
+
+impl Pass {
+    fn load(
+        model: &ResolvedModel<DetectorContract>,
+        settings: &DetectSettings,
+        max_side: u32,
+    ) -> Result<Pass, VisionError> {
         let path = model.path.to_string_lossy();
         let yunet = FaceDetectorYN::create(
             &path,
@@ -63,17 +114,22 @@ impl Detector {
             path: model.path.clone(),
             cause: err.to_string(),
         })?;
-        Ok(Detector {
+        Ok(Pass {
             yunet,
-            settings,
+            max_side,
             input_size: Size::new(320, 320),
         })
     }
 
-    /// Faces in the frame, largest first.
-    pub fn detect(&mut self, frame: &Mat) -> Result<Vec<DetectedFace>, VisionError> {
+    /// Faces at least `min_face_px` wide in the shrunk image, in frame coordinates, largest first.
+    fn detect(
+        &mut self,
+        frame: &Mat,
+        settings: &DetectSettings,
+        min_face_px: u32,
+    ) -> Result<Vec<DetectedFace>, VisionError> {
         let (width, height) = (frame.cols(), frame.rows());
-        let scale = shrink_factor(width, height, self.settings.max_side);
+        let scale = shrink_factor(width, height, self.max_side);
         let shrunk;
         let input = if scale < 1.0 {
             let size = Size::new(
@@ -119,9 +175,7 @@ impl Detector {
             let value = |col: i32| rows.at_2d::<f32>(row, col).copied();
             let score = value(14)?;
             let face_width = value(2)?;
-            if score < self.settings.score_threshold
-                || face_width < self.settings.min_face_px as f32
-            {
+            if score < settings.score_threshold || face_width < min_face_px as f32 {
                 continue;
             }
             let back = |v: f32| v / scale;

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use opencv::core::Mat;
+use opencv::prelude::MatTraitConst;
 
 use crate::config::{LivenessConfig, RecognitionConfig, AUTO_DETECTOR};
 use crate::models::{DetectorContract, EmbedderContract, Manifest, ModelError, ResolvedModel};
@@ -165,6 +166,8 @@ impl Recognizer {
             max_side: r.detect_max_side,
             score_threshold: r.detect_score_threshold,
             min_face_px: r.min_face_px,
+            coarse_side: r.coarse_detect_side,
+            coarse_face_share: r.coarse_face_share,
         };
         let upright_detector = detect::Detector::load(
             &models.detector,
@@ -181,10 +184,24 @@ impl Recognizer {
         })
     }
 
-    /// Detects every face, then aligns and embeds the largest one.
+    /// Detects the faces of a frame decoded at full size and embeds the largest:
+    /// [`Recognizer::look_finer`] without a finer image.
     pub fn look(&mut self, frame: &Mat) -> Result<Sighting, VisionError> {
+        self.look_finer(frame, || None)
+    }
+
+    /// Detects the faces (a quick pass may do when one face is large: see
+    /// [`detect::Detector::detect_for_largest`]), then straightens, aligns and embeds the largest one.
+    /// When `frame` was decoded reduced and that face is too small to fill the embedder's crop without
+    /// enlarging it, `finer` is asked for the same frame decoded larger, and the face is aligned from
+    /// that (its time counts as align).
+    pub fn look_finer(
+        &mut self,
+        frame: &Mat,
+        finer: impl FnOnce() -> Option<Mat>,
+    ) -> Result<Sighting, VisionError> {
         let started = Instant::now();
-        let faces = self.detector.detect(frame)?;
+        let faces = self.detector.detect_for_largest(frame)?;
         let detect_ms = elapsed_ms(started);
         let Some(largest) = faces.first().cloned() else {
             return Ok(Sighting {
@@ -197,7 +214,7 @@ impl Recognizer {
         };
         let started = Instant::now();
         let largest = self.straightener.straighten(frame, &largest)?;
-        let crop = align::align_face(frame, &largest.landmarks, self.embedder.input_size())?;
+        let crop = self.align(frame, &largest, finer)?;
         let align_ms = elapsed_ms(started);
         let started = Instant::now();
         let embedding = self.embedder.embed(&crop)?;
@@ -219,15 +236,51 @@ impl Recognizer {
         self.detector.detect(frame)
     }
 
-    /// Aligns (straightening a tilted head first) and embeds one chosen face.
+    /// Aligns (straightening a tilted head first) and embeds one chosen face of a frame decoded at
+    /// full size.
     pub fn embed_face(
         &mut self,
         frame: &Mat,
         face: &DetectedFace,
     ) -> Result<Embedding, VisionError> {
+        self.embed_face_finer(frame, face, || None)
+    }
+
+    /// As [`Recognizer::embed_face`], for a frame that may have been decoded reduced: a face too
+    /// small for the crop is aligned from `finer()`, as [`Recognizer::look`] does.
+    pub fn embed_face_finer(
+        &mut self,
+        frame: &Mat,
+        face: &DetectedFace,
+        finer: impl FnOnce() -> Option<Mat>,
+    ) -> Result<Embedding, VisionError> {
         let face = self.straightener.straighten(frame, face)?;
-        let crop = align::align_face(frame, &face.landmarks, self.embedder.input_size())?;
+        let crop = self.align(frame, &face, finer)?;
         self.embedder.embed(&crop)
+    }
+
+    /// The embedder's crop of `face`, from `frame` or, when that would enlarge the face, from
+    /// `finer()` (the same frame decoded larger) if there is one.
+    fn align(
+        &self,
+        frame: &Mat,
+        face: &DetectedFace,
+        finer: impl FnOnce() -> Option<Mat>,
+    ) -> Result<Mat, VisionError> {
+        let side = self.embedder.input_size();
+        let larger = if align::enlarges(&face.landmarks, side) {
+            finer()
+        } else {
+            None
+        };
+        match larger {
+            Some(image) => {
+                let ratio = image.cols() as f32 / frame.cols().max(1) as f32;
+                let landmarks = face.landmarks.map(|[x, y]| [x * ratio, y * ratio]);
+                align::align_face(&image, &landmarks, side)
+            }
+            None => align::align_face(frame, &face.landmarks, side),
+        }
     }
 
     /// Judges whether `face` in `frame` (the decoded frame its coordinates refer to) is a live person;

@@ -84,6 +84,8 @@ impl Straightener {
             max_side: MAX_CANVAS_SIDE as u32,
             score_threshold,
             min_face_px: 0,
+            coarse_side: 0,
+            coarse_face_share: 1.0,
         }
     }
 

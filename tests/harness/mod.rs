@@ -219,8 +219,54 @@ impl Setup {
         setup
     }
 
+    /// A daemon for measurements (the benches): production defaults everywhere but for the test
+    /// token, the sim door, port 0 and the models from the assets, with `gallery` as the enrolled
+    /// people. Frames are recognised even while the door is open: benches measure recognition.
+    pub fn for_bench(gallery: &Path) -> Setup {
+        let setup = Setup::empty();
+        std::fs::create_dir_all(setup.state_dir()).expect("state dir");
+        std::fs::copy(gallery, setup.state_dir().join("gallery.json")).expect("gallery copied");
+        setup.set("door.pause_while_open", false)
+    }
+
+    /// Merges TOML text (keys and whole tables) into the config, key by key.
+    pub fn merge_toml(mut self, text: &str) -> Setup {
+        fn merge(into: &mut toml::Table, from: toml::Table) {
+            for (key, value) in from {
+                match (into.get_mut(&key), value) {
+                    (Some(toml::Value::Table(old)), toml::Value::Table(new)) => merge(old, new),
+                    (_, value) => {
+                        into.insert(key, value);
+                    }
+                }
+            }
+        }
+        let table: toml::Table = text
+            .parse()
+            .unwrap_or_else(|err| panic!("bad TOML {text:?}: {err}"));
+        merge(&mut self.config, table);
+        self
+    }
+
     /// The test config with nobody enrolled.
     fn bare() -> Setup {
+        Setup::empty()
+            .set("recognition.opencv_threads", 1)
+            .set("http.workers", 1)
+            .set("http.queue_depth", 4)
+            .set("door.hold_ms", 2000)
+            .set("door.cooldown_ms", 0)
+            // A loaded machine must not turn a fresh grant stale; the stale test sends an old frame.
+            .set("door.max_decision_age_ms", 60_000)
+            // Nor turn the relay's report into `pending`.
+            .set("door.report_wait_ms", 2000)
+            // The web photos are no fair liveness test (docs/accuracy.md); tests/liveness_daemon.rs
+            // turns it on with the `_liveness/` samples.
+            .set("liveness.enabled", false)
+    }
+
+    /// Only what every daemon run needs: state and models, port 0, the test token, the sim door.
+    fn empty() -> Setup {
         let dir = tempfile::tempdir().expect("temp dir");
         let setup = Setup {
             dir,
@@ -234,22 +280,10 @@ impl Setup {
         setup
             .set("state_dir", state)
             .set("models_dir", path(assets_dir().join("models")))
-            .set("recognition.opencv_threads", 1)
             .set("http.listen", "127.0.0.1:0")
             .set("http.token", TOKEN)
-            .set("http.workers", 1)
-            .set("http.queue_depth", 4)
             .set("door.backend", "sim")
             .set("door.sim_journal", journal)
-            .set("door.hold_ms", 2000)
-            .set("door.cooldown_ms", 0)
-            // A loaded machine must not turn a fresh grant stale; the stale test sends an old frame.
-            .set("door.max_decision_age_ms", 60_000)
-            // Nor turn the relay's report into `pending`.
-            .set("door.report_wait_ms", 2000)
-            // The web photos are no fair liveness test (docs/accuracy.md); tests/liveness_daemon.rs
-            // turns it on with the `_liveness/` samples.
-            .set("liveness.enabled", false)
     }
 
     /// Sets a dotted key such as `"door.hold_ms"`, creating its table if needed.
@@ -388,6 +422,9 @@ pub fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
 pub struct Daemon {
     child: Option<Child>,
     pub addr: SocketAddr,
+    /// When the process was started, and how long it took to listen (start-up time, for benches).
+    pub launched: Instant,
+    pub listening_after: Duration,
     logs: Arc<Mutex<Vec<String>>>,
     /// While set, the drain thread stops reading the daemon's stderr (the pipe fills up).
     stderr_paused: Arc<AtomicBool>,
@@ -399,6 +436,7 @@ pub struct Daemon {
 impl Daemon {
     fn start(setup: Setup) -> Daemon {
         setup.write_config();
+        let launched = Instant::now();
         let mut child = binary()
             .args(["serve", "--config"])
             .arg(setup.config_path())
@@ -438,6 +476,8 @@ impl Daemon {
         let mut daemon = Daemon {
             child: Some(child),
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            launched,
+            listening_after: Duration::ZERO,
             logs,
             stderr_paused,
             drain: Some(drain),
@@ -446,6 +486,7 @@ impl Daemon {
         };
         match listening.recv_timeout(STARTUP_LIMIT) {
             Ok(addr) => {
+                daemon.listening_after = launched.elapsed();
                 daemon.addr = addr
                     .parse()
                     .unwrap_or_else(|err| panic!("bad listening address {addr:?}: {err}"));
