@@ -369,6 +369,7 @@ fn gallery_of_everyone(engine: &Engine, embedded: &[Embedded]) -> Gallery {
                     source: support::file_name(&e.path).to_string(),
                     enrolled_at: ENROLLED_AT.to_string(),
                     vector: e.embedding.as_slice().to_vec(),
+                    thumbnail: None,
                 },
             )
             .expect("a valid sample");

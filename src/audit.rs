@@ -365,7 +365,8 @@ fn write_lines(
     }
 }
 
-fn file_name(day: NaiveDate) -> String {
+/// The name of the file holding the records of `day` (UTC).
+pub fn file_name(day: NaiveDate) -> String {
     format!("{FILE_PREFIX}{}{FILE_SUFFIX}", day.format("%Y-%m-%d"))
 }
 

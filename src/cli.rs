@@ -79,6 +79,11 @@ enum Command {
         #[command(subcommand)]
         action: DoorAction,
     },
+    /// The building admin's pages at /admin/
+    Admin {
+        #[command(subcommand)]
+        action: AdminAction,
+    },
     /// MQTT helpers (see docs/mqtt.md)
     Mqtt {
         #[command(subcommand)]
@@ -94,6 +99,13 @@ enum Command {
         #[command(subcommand)]
         action: TlsAction,
     },
+}
+
+#[derive(Subcommand)]
+enum AdminAction {
+    /// Store the admin password (Argon2id hash in the state dir): prompted on a terminal, else one
+    /// line read from stdin
+    SetPassword,
 }
 
 #[derive(Subcommand)]
@@ -240,6 +252,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Door {
             action: DoorAction::Lock,
         } => facegate::daemon::lock_door(&config),
+        Command::Admin {
+            action: AdminAction::SetPassword,
+        } => set_admin_password(&config),
         Command::Mqtt {
             action:
                 MqttAction::Command {
@@ -261,6 +276,54 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Reads the new admin password: twice without echo on a terminal, one line from a pipe.
+fn set_admin_password(config: &Config) -> Result<()> {
+    use std::io::IsTerminal;
+    let password = if std::io::stdin().is_terminal() {
+        let first = read_hidden("New admin password: ")?;
+        let second = read_hidden("Repeat it: ")?;
+        anyhow::ensure!(
+            first == second,
+            "the two passwords differ; nothing was changed"
+        );
+        first
+    } else {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .context("cannot read the password from stdin")?;
+        line.trim_end_matches(['\r', '\n']).to_string()
+    };
+    let path = facegate::admin::password::store(&config.state_dir, &password)?;
+    println!("admin password stored in {}", path.display());
+    Ok(())
+}
+
+/// One line from the terminal with echo switched off (restored even when reading fails).
+fn read_hidden(prompt: &str) -> Result<String> {
+    print!("{prompt}");
+    std::io::stdout().flush()?;
+    let fd = libc::STDIN_FILENO;
+    // SAFETY: termios is plain data; tcgetattr fills it for our own stdin, a terminal.
+    let mut saved: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; stdin is our descriptor for the life of the process.
+    anyhow::ensure!(
+        unsafe { libc::tcgetattr(fd, &mut saved) } == 0,
+        "cannot read the terminal's settings"
+    );
+    let mut quiet = saved;
+    quiet.c_lflag &= !libc::ECHO;
+    // SAFETY: sets our own terminal's flags from a copy of its settings.
+    unsafe { libc::tcsetattr(fd, libc::TCSANOW, &quiet) };
+    let mut line = String::new();
+    let read = std::io::stdin().read_line(&mut line);
+    // SAFETY: restores the settings read above.
+    unsafe { libc::tcsetattr(fd, libc::TCSANOW, &saved) };
+    println!();
+    read.context("cannot read the password")?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_string())
 }
 
 fn load_config(path: Option<&Path>, overrides: &Overrides) -> Result<Config> {
@@ -351,20 +414,13 @@ fn enroll(config: &Config, name: &str, images: &[PathBuf]) -> Result<()> {
             Verdict::Rejected { reason } => println!("rejected {source}: {reason}"),
         }
     }
-    if let Some(other) = &report.lookalike {
-        let kind = if other.score >= engine.models.threshold(&config.recognition) {
-            "would be taken for"
-        } else {
-            "looks like"
-        };
-        println!(
-            "warning: {name} {kind} {} (similarity {:.2}); check that this is not the same person enrolled twice",
-            other.name, other.score
-        );
+    for warning in enrollment::warnings(&report, name, engine.models.threshold(&config.recognition))
+    {
+        println!("warning: {warning}");
     }
-    if let Some(lowest) = report.inconsistent {
-        println!("warning: the accepted photos of {name} differ (lowest similarity {lowest:.2}); check that they all show {name}");
-    }
+    let thumbnails = enrollment::thumbnail_dir(&config.state_dir);
+    enrollment::store_thumbnails(&thumbnails, &report)
+        .with_context(|| format!("cannot store face thumbnails in {}", thumbnails.display()))?;
     gallery.save(&gallery_path)?;
     println!(
         "enrolled {name}: {} of {} images; gallery {} now holds {} people",
@@ -517,6 +573,10 @@ fn gallery(config: &Config, action: GalleryAction) -> Result<()> {
         GalleryAction::Remove { name } => {
             let removed = gallery.remove(&name)?;
             gallery.save(&path)?;
+            enrollment::remove_thumbnails(
+                &enrollment::thumbnail_dir(&config.state_dir),
+                &removed.samples,
+            );
             println!(
                 "removed {} ({} samples)",
                 removed.name,

@@ -40,6 +40,7 @@ pub struct Config {
     pub snapshots: SnapshotConfig,
     pub liveness: LivenessConfig,
     pub mqtt: MqttConfig,
+    pub admin: AdminConfig,
     pub codes: CodesConfig,
 }
 
@@ -188,6 +189,17 @@ pub struct AuditConfig {
     pub max_total_mb: u64,
 }
 
+/// The building admin's pages at `/admin/` (password: `facegate admin set-password`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    pub enabled: bool,
+    /// A session ends after this many seconds without a request...
+    pub session_idle_s: u64,
+    /// ...and at the latest this many seconds after sign-in.
+    pub session_max_s: u64,
+}
+
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct SnapshotConfig {
@@ -299,7 +311,18 @@ impl Default for Config {
             snapshots: SnapshotConfig::default(),
             liveness: LivenessConfig::default(),
             mqtt: MqttConfig::default(),
+            admin: AdminConfig::default(),
             codes: CodesConfig::default(),
+        }
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            enabled: true,
+            session_idle_s: 30 * 60,
+            session_max_s: 12 * 3600,
         }
     }
 }
@@ -668,6 +691,12 @@ impl Config {
             return Err(invalid(
                 "door.gpio_pin",
                 "must be a BCM pin number from 0 to 27",
+            ));
+        }
+        if self.admin.session_idle_s == 0 || self.admin.session_max_s == 0 {
+            return Err(invalid(
+                "admin.session_idle_s",
+                "admin.session_idle_s and admin.session_max_s must be at least 1 second",
             ));
         }
         if !(0.0..=90.0).contains(&r.max_roll_deg) {

@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use sd_notify::NotifyState;
+use serde_json::json;
 
+use crate::admin::{Admin, AdminContext};
 use crate::audit::{AuditRetention, AuditWriter, AuditWriterThread};
 use crate::config::{Config, DoorBackendName, GrantWhileOpenConfig};
 use crate::door::{
@@ -298,7 +300,7 @@ fn serve(
                 metrics: Arc::clone(&metrics),
                 door: Arc::downgrade(&door),
                 audit: audit.clone(),
-                embedder,
+                embedder: embedder.clone(),
             },
         )
         .context("MQTT could not be started")?;
@@ -335,6 +337,12 @@ fn serve(
         codes,
         Arc::clone(remote),
     ));
+    let admin = service
+        .config
+        .admin
+        .enabled
+        .then(|| spawn_admin(&service, &transport, &models, &embedder, threshold))
+        .transpose()?;
     let front_settings = front::Settings {
         max_connections: service.config.http.max_connections,
         head_timeout: Duration::from_millis(service.config.http.head_timeout_ms),
@@ -389,7 +397,13 @@ fn serve(
     let mut accept_failure = None;
     while !stop.stopping() {
         match server.recv_timeout(ACCEPT_POLL) {
-            Ok(Some(request)) => http::dispatch(&service, &transport, &jobs, request),
+            Ok(Some(request)) => http::dispatch(
+                &service,
+                &transport,
+                &jobs,
+                admin.as_ref().map(|(queue, _)| queue),
+                request,
+            ),
             Ok(None) => {}
             Err(err) => {
                 accept_failure = Some(err);
@@ -405,6 +419,10 @@ fn serve(
     for worker in worker_threads {
         let _ = worker.join();
     }
+    if let Some((queue, thread)) = admin {
+        drop(queue);
+        let _ = thread.join();
+    }
     drop(service);
     if let Some(err) = accept_failure {
         bail!("the HTTP server stopped accepting connections ({err}); exiting so that systemd restarts facegate");
@@ -414,6 +432,46 @@ fn serve(
     }
     log::info!("stop signal received: answered the requests in progress");
     Ok(())
+}
+
+/// The admin pages' thread and its queue.
+fn spawn_admin(
+    service: &Arc<Service>,
+    transport: &Arc<http::Transport>,
+    models: &PipelineModels,
+    embedder: &EmbedderId,
+    threshold: f32,
+) -> Result<(
+    crossbeam_channel::Sender<tiny_http::Request>,
+    JoinHandle<()>,
+)> {
+    let for_health = Arc::downgrade(service);
+    let for_ids = Arc::downgrade(transport);
+    let admin = Arc::new(Admin::new(AdminContext {
+        config: service.config.clone(),
+        models: models.clone(),
+        embedder: embedder.clone(),
+        threshold,
+        door: Arc::clone(&service.door),
+        audit: service.audit.clone(),
+        health: Box::new(move || {
+            for_health
+                .upgrade()
+                .map_or_else(|| json!({"status": "stopping"}), |s| s.health())
+        }),
+        next_id: Box::new(move || {
+            for_ids
+                .upgrade()
+                .map_or_else(|| "admin".to_string(), |t| t.ids.next())
+        }),
+        secure_cookies: service.config.http.tls.enabled,
+    }));
+    let (queue, requests) = crossbeam_channel::bounded(http::admin::QUEUE_DEPTH);
+    let max_body_bytes = service.config.http.max_body_bytes;
+    let thread = std::thread::Builder::new()
+        .name("admin".into())
+        .spawn(move || http::admin::run(admin, max_body_bytes, requests))?;
+    Ok((queue, thread))
 }
 
 /// Starts the snapshot writer thread (which opens the store itself, so a hung snapshot disk cannot

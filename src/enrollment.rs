@@ -1,10 +1,23 @@
 //! Enrolment: every image must show exactly one acceptable face; look-alikes of enrolled people are flagged.
 
+use std::path::{Path, PathBuf};
+
+use opencv::core::{Mat, MatTraitConst, Rect, Size, Vector, VectorToVec};
+use opencv::{imgcodecs, imgproc};
+
 use crate::config::FrameConfig;
 use crate::frame::CheckedImage;
 use crate::gallery::{BestMatch, Gallery, GalleryError, Sample};
 use crate::recognition::RecognitionError;
-use crate::vision::{Embedding, Recognizer};
+use crate::vision::{DetectedFace, Embedding, Recognizer, VisionError};
+
+/// Side of the square face thumbnail kept per sample for the admin page.
+const THUMBNAIL_SIDE: i32 = 96;
+
+/// Where the face thumbnails of enrolled samples live: next to the gallery.
+pub fn thumbnail_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("thumbnails")
+}
 
 /// One image offered for enrolment.
 pub struct Candidate<'a> {
@@ -25,6 +38,8 @@ pub struct EnrolmentReport {
     pub lookalike: Option<BestMatch>,
     /// The new samples disagree with each other: they may not all show the same person.
     pub inconsistent: Option<f32>,
+    /// JPEG face thumbnails of the accepted samples, by the file name their sample records.
+    pub thumbnails: Vec<(String, Vec<u8>)>,
 }
 
 impl EnrolmentReport {
@@ -46,12 +61,41 @@ pub enum EnrolmentError {
     Recognition(#[from] RecognitionError),
 }
 
+/// One acceptable face: its embedding, detector score and a JPEG thumbnail.
+pub struct EnrolledFace {
+    pub embedding: Embedding,
+    pub score: f32,
+    pub thumbnail: Vec<u8>,
+}
+
+/// The look-alike and consistency warnings of an enrolment, as sentences for the admin.
+pub fn warnings(report: &EnrolmentReport, name: &str, threshold: f32) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if let Some(other) = &report.lookalike {
+        let kind = if other.score >= threshold {
+            "would be taken for"
+        } else {
+            "looks like"
+        };
+        warnings.push(format!(
+            "{name} {kind} {} (similarity {:.2}); check that this is not the same person enrolled twice",
+            other.name, other.score
+        ));
+    }
+    if let Some(lowest) = report.inconsistent {
+        warnings.push(format!(
+            "the accepted photos of {name} differ (lowest similarity {lowest:.2}); check that they all show {name}"
+        ));
+    }
+    warnings
+}
+
 /// Checks one image: exactly one face that passes the detector's score and size limits.
 pub(crate) fn embed_single_face(
     recognizer: &mut Recognizer,
     bytes: &[u8],
     limits: &FrameConfig,
-) -> Result<Result<(Embedding, f32), String>, RecognitionError> {
+) -> Result<Result<EnrolledFace, String>, RecognitionError> {
     let image = match CheckedImage::check(bytes.to_vec(), limits) {
         Ok(image) => image,
         Err(refused) => return Ok(Err(refused.error.to_string())),
@@ -68,12 +112,78 @@ pub(crate) fn embed_single_face(
         [face] => {
             let embedding =
                 recognizer.embed_face_finer(&decoded.image, face, || image.decode_finer())?;
-            Ok(Ok((embedding, face.score)))
+            let thumbnail = face_thumbnail(&decoded.image, face).map_err(VisionError::from)?;
+            Ok(Ok(EnrolledFace {
+                embedding,
+                score: face.score,
+                thumbnail,
+            }))
         }
         many => Ok(Err(format!(
             "{} faces in the picture: enrolment needs a photo of one person alone",
             many.len()
         ))),
+    }
+}
+
+/// A square JPEG of the face with a margin around it, `THUMBNAIL_SIDE` pixels wide.
+pub fn face_thumbnail(image: &Mat, face: &DetectedFace) -> opencv::Result<Vec<u8>> {
+    let [x, y, w, h] = face.bbox;
+    let side = (w.max(h) * 1.4).max(1.0);
+    let (cx, cy) = (x + w / 2.0, y + h / 2.0);
+    let (cols, rows) = (image.cols(), image.rows());
+    let side = (side as i32).min(cols).min(rows).max(1);
+    let left = ((cx - side as f32 / 2.0) as i32).clamp(0, cols - side);
+    let top = ((cy - side as f32 / 2.0) as i32).clamp(0, rows - side);
+    let crop = Mat::roi(image, Rect::new(left, top, side, side))?;
+    let mut small = Mat::default();
+    imgproc::resize(
+        &crop,
+        &mut small,
+        Size::new(THUMBNAIL_SIDE, THUMBNAIL_SIDE),
+        0.0,
+        0.0,
+        imgproc::INTER_AREA,
+    )?;
+    let mut jpeg = Vector::<u8>::new();
+    let params = Vector::from_slice(&[imgcodecs::IMWRITE_JPEG_QUALITY, 85]);
+    imgcodecs::imencode(".jpg", &small, &mut jpeg, &params)?;
+    Ok(jpeg.to_vec())
+}
+
+/// A fresh thumbnail file name: random, so that no two samples ever share one.
+fn new_thumbnail_name() -> String {
+    let mut bytes = [0u8; 12];
+    getrandom::fill(&mut bytes).expect("the OS random source works");
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{hex}.jpg")
+}
+
+/// Writes the report's thumbnails into `dir` (before the gallery that names them is saved).
+pub fn store_thumbnails(dir: &Path, report: &EnrolmentReport) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for (name, jpeg) in &report.thumbnails {
+        std::fs::write(dir.join(name), jpeg)?;
+    }
+    Ok(())
+}
+
+/// Is `name` one of the thumbnail file names enrolment makes (24 hex digits + `.jpg`)?
+pub fn is_thumbnail_name(name: &str) -> bool {
+    name.strip_suffix(".jpg").is_some_and(|stem| {
+        stem.len() == 24 && stem.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    })
+}
+
+/// Deletes the thumbnails of removed samples from `dir` (only file names enrolment makes);
+/// a thumbnail that cannot be deleted is logged and left.
+pub fn remove_thumbnails<'a>(dir: &Path, samples: impl IntoIterator<Item = &'a Sample>) {
+    for file in samples.into_iter().filter_map(|s| s.thumbnail.as_deref()) {
+        if is_thumbnail_name(file) {
+            if let Err(err) = std::fs::remove_file(dir.join(file)) {
+                log::warn!("thumbnail {file} not removed: {err}");
+            }
+        }
     }
 }
 
@@ -91,9 +201,14 @@ pub fn enroll(
     let mut accepted = Vec::new();
     for candidate in candidates {
         match embed_single_face(recognizer, candidate.bytes, limits)? {
-            Ok((embedding, face_score)) => {
-                verdicts.push((candidate.source.clone(), Verdict::Accepted { face_score }));
-                accepted.push((candidate.source.clone(), embedding));
+            Ok(face) => {
+                verdicts.push((
+                    candidate.source.clone(),
+                    Verdict::Accepted {
+                        face_score: face.score,
+                    },
+                ));
+                accepted.push((candidate.source.clone(), face.embedding, face.thumbnail));
             }
             Err(reason) => verdicts.push((candidate.source.clone(), Verdict::Rejected { reason })),
         }
@@ -113,28 +228,33 @@ pub fn enroll(
     }
     let lookalike = accepted
         .iter()
-        .filter_map(|(_, e)| gallery.best_match_excluding(e, Some(name.trim())))
+        .filter_map(|(_, e, _)| gallery.best_match_excluding(e, Some(name.trim())))
         .max_by(|a, b| a.score.total_cmp(&b.score))
         .filter(|m| m.score >= lookalike_warning);
     let inconsistent = accepted
         .iter()
         .enumerate()
-        .flat_map(|(i, (_, a))| accepted[i + 1..].iter().map(move |(_, b)| a.cosine(b)))
+        .flat_map(|(i, (_, a, _))| accepted[i + 1..].iter().map(move |(_, b, _)| a.cosine(b)))
         .min_by(f32::total_cmp)
         .filter(|&lowest| lowest < lookalike_warning);
-    for (source, embedding) in accepted {
+    let mut thumbnails = Vec::new();
+    for (source, embedding, jpeg) in accepted {
+        let thumbnail = new_thumbnail_name();
         gallery.add_sample(
             name,
             Sample {
                 source,
                 enrolled_at: now.to_string(),
                 vector: embedding.as_slice().to_vec(),
+                thumbnail: Some(thumbnail.clone()),
             },
         )?;
+        thumbnails.push((thumbnail, jpeg));
     }
     Ok(EnrolmentReport {
         verdicts,
         lookalike,
         inconsistent,
+        thumbnails,
     })
 }

@@ -42,6 +42,8 @@ pub enum GalleryError {
     BadName(String),
     #[error("nobody called `{0}` is enrolled")]
     NotEnrolled(String),
+    #[error("`{name}` has no sample number {index}; reload the page and try again")]
+    NoSuchSample { name: String, index: usize },
     #[error("the embedding has {actual} values, the gallery holds {expected}-value vectors")]
     Dimension { expected: usize, actual: usize },
 }
@@ -60,6 +62,9 @@ pub struct Sample {
     pub source: String,
     pub enrolled_at: String,
     pub vector: Vec<f32>,
+    /// File name of the face thumbnail under `<state_dir>/thumbnails/`, when one was stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thumbnail: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -247,6 +252,28 @@ impl Gallery {
         Ok(person)
     }
 
+    /// Removes one sample of `name` (by its position); a person left without samples is removed.
+    pub fn remove_sample(&mut self, name: &str, index: usize) -> Result<Sample, GalleryError> {
+        let position = self
+            .people
+            .iter()
+            .position(|p| p.name == name)
+            .ok_or_else(|| GalleryError::NotEnrolled(name.to_string()))?;
+        let person = &mut self.people[position];
+        if index >= person.samples.len() {
+            return Err(GalleryError::NoSuchSample {
+                name: name.to_string(),
+                index,
+            });
+        }
+        let sample = person.samples.remove(index);
+        if person.samples.is_empty() {
+            self.people.remove(position);
+        }
+        self.reindex();
+        Ok(sample)
+    }
+
     fn reindex(&mut self) {
         self.matrix.clear();
         self.owners.clear();
@@ -375,6 +402,7 @@ mod tests {
             source: "x.jpg".into(),
             enrolled_at: "2026-01-01T00:00:00Z".into(),
             vector: Embedding::from_raw(v.to_vec()).unwrap().as_slice().to_vec(),
+            thumbnail: None,
         }
     }
 
@@ -477,5 +505,25 @@ mod tests {
         assert_eq!(g.remove("ann").unwrap().samples.len(), 1);
         assert!(matches!(g.remove("ann"), Err(GalleryError::NotEnrolled(_))));
         assert_eq!(g.sample_count(), 0);
+    }
+
+    #[test]
+    fn removing_the_last_sample_removes_the_person() {
+        let mut g = Gallery::new(id());
+        g.add_sample("ann", sample([1.0, 0.0, 0.0])).unwrap();
+        g.add_sample("ann", sample([0.0, 1.0, 0.0])).unwrap();
+        assert!(matches!(
+            g.remove_sample("ann", 2),
+            Err(GalleryError::NoSuchSample { index: 2, .. })
+        ));
+        g.remove_sample("ann", 0).unwrap();
+        assert_eq!(g.people()[0].samples.len(), 1);
+        assert_eq!(g.sample_count(), 1);
+        g.remove_sample("ann", 0).unwrap();
+        assert!(g.people().is_empty());
+        assert!(matches!(
+            g.remove_sample("ann", 0),
+            Err(GalleryError::NotEnrolled(_))
+        ));
     }
 }

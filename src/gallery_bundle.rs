@@ -240,6 +240,7 @@ mod tests {
                 source: "ann.jpg".into(),
                 enrolled_at: "2026-01-01T00:00:00Z".into(),
                 vector: vec![0.6, 0.8],
+                thumbnail: None,
             },
         )
         .unwrap();

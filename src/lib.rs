@@ -3,6 +3,7 @@
 //! gallery (match) → decision (pure) → record → answer, then door, audit, events, snapshots;
 //! `daemon` and the binary's `cli` wire them together.
 
+pub mod admin;
 pub mod atomic_file;
 pub mod audit;
 pub mod body;

@@ -100,6 +100,8 @@ pub enum OpenCause {
         code_kind: &'static str,
         code_index: usize,
     },
+    /// The building admin's test pulse from the admin page.
+    Admin,
 }
 
 impl fmt::Display for OpenCause {
@@ -111,6 +113,7 @@ impl fmt::Display for OpenCause {
                 code_kind,
                 code_index,
             } => write!(f, "code {code_kind} {code_index}"),
+            OpenCause::Admin => write!(f, "admin test pulse"),
         }
     }
 }
@@ -500,6 +503,15 @@ impl DoorController {
             &lock_recovering(&self.shared.published_state),
             now,
             &self.shared.settings,
+        )
+    }
+
+    /// Is the relay commanded unlocked right now (as the relay thread last published)? For status
+    /// displays only.
+    pub fn is_open(&self) -> bool {
+        matches!(
+            *lock_recovering(&self.shared.published_state),
+            DoorState::Open { .. }
         )
     }
 

@@ -35,6 +35,8 @@ use crate::record::Endpoint;
 
 /// The largest request head accepted (request line and headers).
 pub(crate) const MAX_HEAD_BYTES: usize = 32 * 1024;
+/// The least time an admin page's upload gets for its body.
+const ADMIN_BODY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the front waits for tiny_http's answer once the body is handed over (recognition included).
 const ANSWER_WAIT: Duration = Duration::from_secs(60);
 /// Stack of a connection thread: enough for the TLS handshake, small enough for hundreds of them.
@@ -213,7 +215,7 @@ fn exchange(
     {
         return Next::Close;
     }
-    let body_deadline = received_at + settings.body_timeout;
+    let body_deadline = received_at + body_timeout(&head, settings);
     let body = match incoming.read_body(framing, settings.max_body_bytes, body_deadline) {
         Ok(body) => body,
         Err(err) => {
@@ -309,6 +311,7 @@ fn route_label(route: Route) -> &'static str {
         Route::Metrics => "metrics",
         Route::Events => "events",
         Route::Health => "healthz",
+        Route::Admin => "admin",
         Route::WrongMethod(_) | Route::NotFound => "other",
     }
 }
@@ -381,6 +384,20 @@ fn refusal_for_body(err: BodyError, settings: &Settings) -> Refusal {
     }
 }
 
+/// How long the body may take: photo uploads to the admin pages come from phones over Wi-Fi and get
+/// at least `ADMIN_BODY_TIMEOUT`; everything else `http.body_timeout_ms`.
+fn body_timeout(head: &Head, settings: &Settings) -> Duration {
+    let admin = head
+        .method
+        .parse::<tiny_http::Method>()
+        .is_ok_and(|method| route(&method, &head.target) == Route::Admin);
+    if admin {
+        settings.body_timeout.max(ADMIN_BODY_TIMEOUT)
+    } else {
+        settings.body_timeout
+    }
+}
+
 /// What needs no body to answer: route, token, framing, size. `Ok` gives the body's framing.
 fn check(head: &Head, settings: &Settings) -> Result<Framing, Refusal> {
     let method = head
@@ -388,7 +405,10 @@ fn check(head: &Head, settings: &Settings) -> Result<Framing, Refusal> {
         .parse::<tiny_http::Method>()
         .map_err(|()| Refusal::new(400, "bad_request", "the method is not ASCII".into()))?;
     let route = route(&method, &head.target);
-    if route != Route::Health && !authorized(head, settings.token.as_deref()) {
+    // The admin pages have their own sign-in; the tablet's token does not open them.
+    if !matches!(route, Route::Health | Route::Admin)
+        && !authorized(head, settings.token.as_deref())
+    {
         return Err(Refusal::new(
             401,
             "unauthorized",
@@ -560,6 +580,8 @@ mod tests {
             ("GET /healthz HTTP/1.1\r\n\r\n", Ok(Framing::None)),
             ("POST /image HTTP/1.1\r\nContent-Length: 999999999999\r\n\r\n", Err(401)),
             ("GET /nope HTTP/1.1\r\n\r\n", Err(401)),
+            // The admin pages sign in on their own: no bearer token needed to reach them.
+            ("GET /admin/ HTTP/1.1\r\n\r\n", Ok(Framing::None)),
             ("GET /nope HTTP/1.1\r\nAuthorization: Bearer t\r\n\r\n", Err(404)),
             ("GET /image HTTP/1.1\r\nAuthorization: Bearer t\r\n\r\n", Err(405)),
             ("POST /image HTTP/1.1\r\nAuthorization: Bearer t\r\nContent-Length: 1001\r\n\r\n", Err(413)),

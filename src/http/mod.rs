@@ -2,6 +2,7 @@
 //! token and sheds load, a bounded queue, and worker threads that each own a recognizer, read the
 //! body and hand it to the service. Every request gets a JSON answer, rendered from its record.
 
+pub(crate) mod admin;
 pub mod forwarded;
 
 use std::sync::Arc;
@@ -85,7 +86,7 @@ pub(crate) fn may_have_unread_body(request: &Request) -> bool {
 }
 
 fn header(name: &str, value: &str) -> Header {
-    Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("static header is valid")
+    Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("header values we set are valid")
 }
 
 /// Is the bearer token right? Compared in constant time.
@@ -195,6 +196,8 @@ pub(crate) enum Route {
     Metrics,
     Events,
     Frame(Endpoint),
+    /// The admin pages: their own thread, their own sign-in (the bearer token does not open them).
+    Admin,
     WrongMethod(&'static str),
     NotFound,
 }
@@ -210,6 +213,8 @@ pub(crate) fn route(method: &Method, url: &str) -> Route {
         (Method::Post, "/code") => Route::Frame(Endpoint::Code),
         (_, "/healthz" | "/metrics" | "/events") => Route::WrongMethod("GET"),
         (_, "/image" | "/save" | "/code") => Route::WrongMethod("POST"),
+        (_, "/admin") => Route::Admin,
+        (_, admin) if admin.starts_with("/admin/") => Route::Admin,
         _ => Route::NotFound,
     }
 }
@@ -227,11 +232,13 @@ fn refusal_answer(
 
 /// Answers what needs no worker and queues frame posts; a full queue is answered `busy` at once.
 /// The front has read every body completely before the request gets here, so an answer given without
-/// reading the body never waits on the client.
+/// reading the body never waits on the client. Admin requests go to the admin thread's queue
+/// (`admin`, absent when the pages are disabled).
 pub(crate) fn dispatch(
     service: &Service,
     transport: &Transport,
     jobs: &Sender<Job>,
+    admin: Option<&Sender<Request>>,
     request: Request,
 ) {
     let request_id = transport.ids.next();
@@ -253,6 +260,19 @@ pub(crate) fn dispatch(
             "door": "locked",
         }),
     };
+    if let (Route::Admin, Some(admin)) = (route, admin) {
+        if let Err(TrySendError::Full(request) | TrySendError::Disconnected(request)) =
+            admin.try_send(request)
+        {
+            let answer = plain_error(
+                503,
+                "busy",
+                "the admin pages are busy; reload in a moment".into(),
+            );
+            respond(request, &answer);
+        }
+        return;
+    }
     if !authorized(&request, transport.token.as_deref()) {
         let unauthorized = Refusal {
             http: 401,
@@ -303,7 +323,7 @@ pub(crate) fn dispatch(
             );
             return respond(request, &answer);
         }
-        Route::Health | Route::NotFound => {
+        Route::Health | Route::Admin | Route::NotFound => {
             let answer = plain_error(404, "not_found", NOT_FOUND.into());
             return respond(request, &answer);
         }
@@ -408,6 +428,9 @@ mod tests {
             (Method::Post, "/healthz", Route::WrongMethod("GET")),
             (Method::Get, "/open", Route::NotFound),
             (Method::Post, "/", Route::NotFound),
+            (Method::Get, "/admin", Route::Admin),
+            (Method::Post, "/admin/login", Route::Admin),
+            (Method::Get, "/administrator", Route::NotFound),
         ];
         for (method, url, expected) in cases {
             assert_eq!(route(&method, url), expected, "{method} {url}");

@@ -146,9 +146,10 @@ fn kill_hard(child: &mut Child) {
     let _ = child.wait();
 }
 
-/// The gallery (gallery.json) of `ENROLLED`, made once per test binary with `facegate enroll`.
-fn enrolled_gallery() -> &'static [u8] {
-    static GALLERY: OnceLock<Vec<u8>> = OnceLock::new();
+/// The gallery of `ENROLLED`, made once per test binary with `facegate enroll`: `gallery.json` and
+/// the face thumbnails enrolment stored, as (path under the state dir, bytes).
+fn enrolled_gallery() -> &'static [(PathBuf, Vec<u8>)] {
+    static GALLERY: OnceLock<Vec<(PathBuf, Vec<u8>)>> = OnceLock::new();
     GALLERY.get_or_init(|| {
         let setup = Setup::bare();
         setup.write_config();
@@ -165,7 +166,20 @@ fn enrolled_gallery() -> &'static [u8] {
                 "`facegate enroll --name {name} {relative}` failed: {finished:?}"
             );
         }
-        std::fs::read(setup.state_dir().join("gallery.json")).expect("enroll wrote gallery.json")
+        let state = setup.state_dir();
+        let thumbnails =
+            std::fs::read_dir(state.join("thumbnails")).expect("enroll stored thumbnails");
+        let mut files: Vec<PathBuf> = thumbnails
+            .map(|entry| Path::new("thumbnails").join(entry.unwrap().file_name()))
+            .collect();
+        files.push(PathBuf::from("gallery.json"));
+        files
+            .into_iter()
+            .map(|file| {
+                let bytes = std::fs::read(state.join(&file)).expect("an enrolment file");
+                (file, bytes)
+            })
+            .collect()
     })
 }
 
@@ -185,8 +199,10 @@ impl Setup {
     pub fn new() -> Setup {
         let setup = Setup::bare();
         std::fs::create_dir_all(setup.state_dir()).expect("state dir");
-        std::fs::write(setup.state_dir().join("gallery.json"), enrolled_gallery())
-            .expect("gallery written");
+        std::fs::create_dir_all(setup.state_dir().join("thumbnails")).expect("thumbnails dir");
+        for (file, bytes) in enrolled_gallery() {
+            std::fs::write(setup.state_dir().join(file), bytes).expect("gallery written");
+        }
         setup
     }
 

@@ -1,0 +1,437 @@
+//! The building admin's pages at `/admin/`: sign-in with one Argon2id password, then the dashboard,
+//! people (enrol from uploaded photos, remove), events with snapshots and CSV export, and the door.
+//! Server-rendered HTML from templates compiled into the binary, one small script, nothing from the
+//! internet. The HTTP layer hands each request over parsed ([`AdminRequest`]) and sends back the
+//! [`AdminResponse`]; nothing here touches a socket.
+
+pub(crate) mod csrf;
+pub(crate) mod form;
+pub(crate) mod history;
+pub(crate) mod pages;
+pub mod password;
+mod routes;
+pub(crate) mod session;
+mod visitor_codes;
+
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use askama::Template;
+use serde_json::{json, Value};
+
+use crate::audit::AuditWriter;
+use crate::config::Config;
+use crate::door::DoorController;
+use crate::gallery::EmbedderId;
+use crate::vision::{PipelineModels, Recognizer};
+
+use crate::codes::lockout::{Gate, LockoutRules, Lockouts};
+use session::{SessionLimits, Sessions};
+
+/// The session cookie's name.
+pub(crate) const SESSION_COOKIE: &str = "facegate_admin";
+/// At most this many admin sessions exist at once.
+const MAX_SESSIONS: usize = 16;
+/// Sign-in attempts per client address, with the visitor codes' bounded lockout table: five wrong
+/// passwords within five minutes lock the address out for five minutes.
+const LOGIN_RULES: LockoutRules = LockoutRules {
+    max_failures: 5,
+    window: Duration::from_secs(300),
+    lockout: Duration::from_secs(300),
+};
+const LOGIN_ADDRESSES: usize = 1024;
+
+/// What the pages poll for the door's state; polling does not keep a session alive.
+const STATUS_PATH: &str = "/admin/status.json";
+const CSS: &str = include_str!("static/admin.css");
+const JS: &str = include_str!("static/admin.js");
+const SECURITY_HEADERS: [(&str, &str); 4] = [
+    (
+        "Content-Security-Policy",
+        "default-src 'none'; img-src 'self'; style-src 'self'; script-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    ),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "no-referrer"),
+    ("X-Frame-Options", "DENY"),
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Method {
+    Get,
+    Post,
+    Other,
+}
+
+/// One request for `/admin…`, its body already read (within the daemon's size and time limits).
+#[derive(Debug, Clone)]
+pub(crate) struct AdminRequest {
+    pub method: Method,
+    /// Path and query, as sent.
+    pub url: String,
+    pub cookie: Option<String>,
+    pub content_type: Option<String>,
+    pub body: Vec<u8>,
+    pub peer: IpAddr,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct AdminResponse {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Vec<u8>,
+}
+
+impl AdminResponse {
+    fn new(status: u16, content_type: &str, body: Vec<u8>) -> AdminResponse {
+        AdminResponse {
+            status,
+            headers: vec![("Content-Type", content_type.to_string())],
+            body,
+        }
+    }
+
+    fn page(status: u16, page: &impl Template) -> AdminResponse {
+        match page.render() {
+            Ok(html) => AdminResponse::new(status, "text/html; charset=utf-8", html.into_bytes()),
+            Err(err) => {
+                log::error!("admin page not rendered: {err}");
+                AdminResponse::new(
+                    500,
+                    "text/plain; charset=utf-8",
+                    b"the page could not be rendered; see the log".to_vec(),
+                )
+            }
+        }
+    }
+
+    fn redirect(location: &str) -> AdminResponse {
+        let mut response = AdminResponse::new(303, "text/plain; charset=utf-8", Vec::new());
+        response.headers.push(("Location", location.to_string()));
+        response
+    }
+
+    fn json(status: u16, value: &Value) -> AdminResponse {
+        AdminResponse::new(status, "application/json", value.to_string().into_bytes())
+    }
+
+    fn with(mut self, name: &'static str, value: impl Into<String>) -> AdminResponse {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// What the daemon lends the admin pages.
+pub(crate) struct AdminContext {
+    pub config: Config,
+    pub models: PipelineModels,
+    pub embedder: EmbedderId,
+    pub threshold: f32,
+    pub door: Arc<DoorController>,
+    pub audit: AuditWriter,
+    /// The daemon's `/healthz` answer.
+    pub health: Box<dyn Fn() -> Value + Send + Sync>,
+    /// A fresh request id from the daemon's sequence (for audited admin actions).
+    pub next_id: Box<dyn Fn() -> String + Send + Sync>,
+    /// Cookies get `Secure` when the daemon serves TLS.
+    pub secure_cookies: bool,
+}
+
+pub(crate) struct Admin {
+    ctx: AdminContext,
+    sessions: Sessions,
+    logins: Mutex<Lockouts>,
+    /// Loaded at the first enrolment from the page, then kept.
+    recognizer: Mutex<Option<Recognizer>>,
+    /// Serialises the page's read-modify-write of the gallery file.
+    gallery_edit: Mutex<()>,
+}
+
+/// A signed-in request: the session's secret and CSRF token.
+struct Session {
+    secret: String,
+    csrf: String,
+}
+
+impl Admin {
+    pub fn new(ctx: AdminContext) -> Admin {
+        let limits = SessionLimits {
+            idle: Duration::from_secs(ctx.config.admin.session_idle_s),
+            max_age: Duration::from_secs(ctx.config.admin.session_max_s),
+            capacity: MAX_SESSIONS,
+        };
+        Admin {
+            ctx,
+            sessions: Sessions::new(limits),
+            logins: Mutex::new(Lockouts::with_capacity(LOGIN_RULES, LOGIN_ADDRESSES)),
+            recognizer: Mutex::new(None),
+            gallery_edit: Mutex::new(()),
+        }
+    }
+
+    /// Answers one `/admin…` request.
+    pub fn handle(&self, request: &AdminRequest) -> AdminResponse {
+        let now = Instant::now();
+        let path = request.url.split('?').next().unwrap_or_default();
+        let mut response = match (request.method, path) {
+            (_, "/admin") => AdminResponse::redirect("/admin/"),
+            (Method::Get, "/admin/static/admin.css") => {
+                AdminResponse::new(200, "text/css; charset=utf-8", CSS.into())
+                    .with("Cache-Control", "max-age=300")
+            }
+            (Method::Get, "/admin/static/admin.js") => {
+                AdminResponse::new(200, "text/javascript; charset=utf-8", JS.into())
+                    .with("Cache-Control", "max-age=300")
+            }
+            (Method::Get, "/admin/login") => match self.session(request, now) {
+                Some(_) => AdminResponse::redirect("/admin/"),
+                None => self.login_page(200, None),
+            },
+            (Method::Post, "/admin/login") => self.login(request, now),
+            _ => match self.session(request, now) {
+                Some(session) => self.signed_in(request, path, &session),
+                None if request.method == Method::Get && !path.ends_with(".json") => {
+                    AdminResponse::redirect("/admin/login")
+                }
+                None => self.message(
+                    None,
+                    401,
+                    "Signed out",
+                    "Your session has ended. Sign in again.",
+                    "/admin/login",
+                ),
+            },
+        };
+        for (name, value) in SECURITY_HEADERS {
+            response.headers.push((name, value.to_string()));
+        }
+        if response.header("Cache-Control").is_none() {
+            response.headers.push(("Cache-Control", "no-store".into()));
+        }
+        response
+    }
+
+    fn session(&self, request: &AdminRequest, now: Instant) -> Option<Session> {
+        let secret = form::cookie(request.cookie.as_deref(), SESSION_COOKIE)?;
+        let csrf = if request.url.starts_with(STATUS_PATH) {
+            self.sessions.peek(secret, now)?
+        } else {
+            self.sessions.check(secret, now)?
+        };
+        Some(Session {
+            secret: secret.to_string(),
+            csrf,
+        })
+    }
+
+    fn cookie(&self, name: &str, value: &str, max_age: u64) -> String {
+        let secure = if self.ctx.secure_cookies {
+            "; Secure"
+        } else {
+            ""
+        };
+        format!("{name}={value}; Path=/admin; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}")
+    }
+
+    fn chrome(&self, session: Option<&Session>, page: &'static str) -> pages::Chrome {
+        pages::Chrome {
+            signed_in: session.is_some(),
+            page,
+            csrf: session.map(|s| s.csrf.clone()).unwrap_or_default(),
+            notice: None,
+        }
+    }
+
+    fn message(
+        &self,
+        session: Option<&Session>,
+        status: u16,
+        heading: &str,
+        text: &str,
+        back: &str,
+    ) -> AdminResponse {
+        let page = pages::Message {
+            chrome: self.chrome(session, ""),
+            heading: heading.into(),
+            text: text.into(),
+            back: back.into(),
+        };
+        AdminResponse::page(status, &page)
+    }
+
+    /// The sign-in form, with a fresh pre-login token in a cookie and in the form.
+    fn login_page(&self, status: u16, notice: Option<pages::Notice>) -> AdminResponse {
+        let token = session::random_token();
+        let password_set = matches!(password::load(&self.ctx.config.state_dir), Ok(Some(_)));
+        let mut chrome = self.chrome(None, "login");
+        chrome.csrf = token.clone();
+        chrome.notice = notice;
+        let page = pages::Login {
+            chrome,
+            password_set,
+        };
+        AdminResponse::page(status, &page)
+            .with("Set-Cookie", self.cookie(csrf::LOGIN_COOKIE, &token, 3600))
+    }
+
+    fn login(&self, request: &AdminRequest, now: Instant) -> AdminResponse {
+        let peer = request.peer;
+        let logins = || self.logins.lock().unwrap_or_else(|p| p.into_inner());
+        if let Gate::LockedOut { retry_after } = logins().gate(peer, now) {
+            return self.locked_out(retry_after);
+        }
+        let fields = form::Fields::urlencoded(&String::from_utf8_lossy(&request.body));
+        let expected = form::cookie(request.cookie.as_deref(), csrf::LOGIN_COOKIE).unwrap_or("");
+        if !csrf::matches(expected, fields.get("csrf")) {
+            return self.login_page(
+                403,
+                pages::Notice::bad("The sign-in form had expired. Please sign in again."),
+            );
+        }
+        let stored = match password::load(&self.ctx.config.state_dir) {
+            Ok(Some(stored)) => stored,
+            Ok(None) => return self.login_page(403, None),
+            Err(err) => {
+                log::error!("admin sign-in impossible: {err}");
+                return self.login_page(500, pages::Notice::bad(err.to_string()));
+            }
+        };
+        let given = fields.get("password").unwrap_or_default();
+        if !password::verify(given, &stored) {
+            let gate = logins().failed(peer, now);
+            log::warn!("admin sign-in failed from {peer}");
+            self.audit(json!({"action": "login_failed", "remote": peer.to_string()}));
+            return match gate {
+                Gate::LockedOut { retry_after } => self.locked_out(retry_after),
+                // This failure started the lockout.
+                Gate::Open { attempts_left: 0 } => self.locked_out(LOGIN_RULES.lockout),
+                Gate::Open { .. } => self.login_page(401, pages::Notice::bad("Wrong password.")),
+            };
+        }
+        logins().succeeded(peer);
+        // The hash check took a while: the session starts now, not when the request arrived.
+        let new = self.sessions.create(Instant::now());
+        log::info!("admin signed in from {peer}");
+        self.audit(json!({"action": "login", "remote": peer.to_string()}));
+        AdminResponse::redirect("/admin/")
+            .with(
+                "Set-Cookie",
+                self.cookie(SESSION_COOKIE, &new.secret, self.sessions.cookie_max_age()),
+            )
+            .with("Set-Cookie", self.cookie(csrf::LOGIN_COOKIE, "", 0))
+    }
+
+    fn locked_out(&self, wait: Duration) -> AdminResponse {
+        let seconds = wait.as_secs().max(1);
+        let text = format!(
+            "Too many wrong passwords from this address. Try again in {} minutes.",
+            seconds.div_ceil(60)
+        );
+        self.message(None, 429, "Locked out", &text, "/admin/login")
+            .with("Retry-After", seconds.to_string())
+    }
+
+    /// Queues an `admin` audit line (the audit writer logs and counts disk trouble).
+    fn audit(&self, mut record: Value) {
+        record["kind"] = json!("admin");
+        self.ctx.audit.record(&record);
+    }
+
+    fn signed_in(&self, request: &AdminRequest, path: &str, session: &Session) -> AdminResponse {
+        let query = request.url.split_once('?').map_or("", |(_, q)| q);
+        if request.method == Method::Get {
+            return self.get(path, query, session);
+        }
+        if request.method != Method::Post {
+            return self
+                .message(
+                    Some(session),
+                    405,
+                    "Not allowed",
+                    "Use the page's forms.",
+                    "/admin/",
+                )
+                .with("Allow", "GET, POST");
+        }
+        let (fields, uploads) = match request
+            .content_type
+            .as_deref()
+            .and_then(form::multipart_boundary)
+        {
+            Some(boundary) => match form::multipart(&request.body, boundary) {
+                Ok(parsed) => parsed,
+                Err(err) => {
+                    return self.message(
+                        Some(session),
+                        400,
+                        "Upload failed",
+                        &err.to_string(),
+                        "/admin/people",
+                    )
+                }
+            },
+            None => (
+                form::Fields::urlencoded(&String::from_utf8_lossy(&request.body)),
+                Vec::new(),
+            ),
+        };
+        if !csrf::matches(&session.csrf, fields.get("csrf")) {
+            log::warn!("admin form refused: wrong CSRF token from {}", request.peer);
+            return self.message(
+                Some(session),
+                403,
+                "Form expired",
+                "The form did not carry this session's token. Reload the page and try again.",
+                "/admin/",
+            );
+        }
+        let peer = request.peer.to_string();
+        match path {
+            "/admin/logout" => {
+                self.sessions.end(&session.secret);
+                self.audit(json!({"action": "logout", "remote": peer}));
+                AdminResponse::redirect("/admin/login")
+                    .with("Set-Cookie", self.cookie(SESSION_COOKIE, "", 0))
+            }
+            "/admin/people/add" => self.enrol(session, &fields, &uploads, &peer),
+            "/admin/people/remove" => self.remove_person(session, &fields, &peer),
+            "/admin/people/remove-sample" => self.remove_sample(session, &fields, &peer),
+            "/admin/door/pulse" => self.pulse(session, &peer),
+            "/admin/codes/generate" => self.generate_codes(session, &fields, &peer),
+            "/admin/codes/revoke" => self.revoke_code(session, &fields, &peer),
+            _ => self.not_found(session),
+        }
+    }
+
+    fn not_found(&self, session: &Session) -> AdminResponse {
+        self.message(
+            Some(session),
+            404,
+            "Not found",
+            "There is no such admin page.",
+            "/admin/",
+        )
+    }
+
+    /// The recognizer for enrolment, loaded on first use.
+    fn with_recognizer<T>(
+        &self,
+        work: impl FnOnce(&mut Recognizer) -> T,
+    ) -> Result<T, crate::vision::VisionError> {
+        let mut slot = self.recognizer.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            *slot = Some(Recognizer::load(
+                &self.ctx.models,
+                &self.ctx.config.recognition,
+            )?);
+        }
+        Ok(work(slot.as_mut().expect("loaded above")))
+    }
+}

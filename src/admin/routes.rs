@@ -1,0 +1,807 @@
+//! The signed-in admin routes: each page's data gathered from the daemon's state dir, audit log,
+//! snapshots and door, and each action carried out (enrol, remove, test pulse).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use chrono::{Days, NaiveDate, Utc};
+use opencv::core::{Mat, MatTraitConst, Size, Vector, VectorToVec};
+use opencv::{imgcodecs, imgproc};
+use serde_json::{json, Value};
+
+use super::form::{Fields, Upload};
+use super::history::{self, Entry, Filter, Kinds};
+use super::pages::{self, Notice};
+use super::{Admin, AdminResponse, Session};
+use crate::door::{DoorReport, OpenCause, OpenRequest};
+use crate::enrollment::{self, Candidate, EnrolmentError, Verdict};
+use crate::gallery::{Gallery, GalleryError, Sample};
+
+/// Rows per page of the events list.
+const PAGE_SIZE: usize = 50;
+/// Height of the decision thumbnails made from snapshots.
+const SNAPSHOT_THUMB_HEIGHT: i32 = 96;
+/// Statuses the events filter offers.
+const STATUSES: [&str; 16] = [
+    "granted",
+    "unknown",
+    "no_face",
+    "stale",
+    "spoof",
+    "denied",
+    "locked_out",
+    "saved",
+    "bad_image",
+    "too_large",
+    "unauthorized",
+    "door_test",
+    "enrol",
+    "codes_generate",
+    "login",
+    "login_failed",
+];
+
+/// What names one sample on the page: its thumbnail file, else its source file name.
+fn sample_key(sample: &Sample) -> &str {
+    sample.thumbnail.as_deref().unwrap_or(&sample.source)
+}
+
+fn badge(status: &str) -> &'static str {
+    match status {
+        "granted" | "opened" | "unlocked" | "login" => "ok",
+        "unknown" | "spoof" | "denied" | "locked_out" | "login_failed" => "bad",
+        "no_face" | "stale" | "busy" => "warn",
+        _ => "",
+    }
+}
+
+fn today() -> NaiveDate {
+    Utc::now().date_naive()
+}
+
+fn uptime(seconds: u64) -> String {
+    match seconds {
+        s if s < 120 => format!("{s} s"),
+        s if s < 7200 => format!("{} min", s / 60),
+        s if s < 172_800 => format!("{} h", s / 3600),
+        s => format!("{} days", s / 86_400),
+    }
+}
+
+/// A query string from key/value pairs (values percent-encoded).
+fn query_string(pairs: &[(&str, String)]) -> String {
+    pairs
+        .iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| {
+            let encoded: String = v
+                .bytes()
+                .map(|b| match b {
+                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {
+                        (b as char).to_string()
+                    }
+                    _ => format!("%{b:02X}"),
+                })
+                .collect();
+            format!("{k}={encoded}")
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// The events filter read from a query; unreadable dates fall back to the last seven days.
+struct EventQuery {
+    filter: Filter,
+    page: usize,
+    problem: Option<String>,
+}
+
+fn parse_event_query(query: &str) -> EventQuery {
+    let fields = Fields::urlencoded(query);
+    let date = |key: &str| {
+        fields
+            .get(key)
+            .map(|text| NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|_| text.to_string()))
+    };
+    let mut problem = None;
+    let mut take = |key: &str, default: NaiveDate| match date(key) {
+        None => default,
+        Some(Ok(day)) => day,
+        Some(Err(text)) => {
+            problem = Some(format!(
+                "`{text}` is not a date (YYYY-MM-DD); showing the last seven days"
+            ));
+            default
+        }
+    };
+    let to = take("to", today());
+    let from = take("from", to.checked_sub_days(Days::new(6)).unwrap_or(to));
+    let (from, to) = if from > to { (to, from) } else { (from, to) };
+    let filter = Filter {
+        status: fields.get("status").map(str::to_string),
+        person: fields.get("person").map(str::to_string),
+        ..Filter::days(from, to, Kinds::Requests)
+    };
+    let page = fields
+        .get("page")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0usize);
+    EventQuery {
+        filter,
+        page,
+        problem,
+    }
+}
+
+fn filter_pairs(filter: &Filter) -> Vec<(&'static str, String)> {
+    vec![
+        ("status", filter.status.clone().unwrap_or_default()),
+        ("person", filter.person.clone().unwrap_or_default()),
+        ("from", filter.from.to_string()),
+        ("to", filter.to.to_string()),
+    ]
+}
+
+impl Admin {
+    pub(super) fn get(&self, path: &str, query: &str, session: &Session) -> AdminResponse {
+        match path {
+            "/admin/" => self.dashboard(session),
+            super::STATUS_PATH => AdminResponse::json(200, &self.status()),
+            "/admin/people" => self.people_page(session, None, None),
+            "/admin/events" => self.events(session, query),
+            "/admin/events.csv" => self.events_csv(query),
+            "/admin/door" => self.door_page(session, None),
+            "/admin/codes" => self.codes_view(session, query),
+            _ => {
+                if let Some(name) = path.strip_prefix("/admin/thumbnails/") {
+                    return self.thumbnail(session, name);
+                }
+                if let Some(id) = path.strip_prefix("/admin/events/") {
+                    return self.event(session, id);
+                }
+                if let Some(rest) = path.strip_prefix("/admin/snapshots/") {
+                    return self.snapshot(session, rest);
+                }
+                self.not_found(session)
+            }
+        }
+    }
+
+    fn door_state(&self) -> &'static str {
+        let door = &self.ctx.door;
+        if !door.is_available() {
+            "unavailable"
+        } else if door.is_open() {
+            "open"
+        } else {
+            "locked"
+        }
+    }
+
+    fn status(&self) -> Value {
+        json!({
+            "door": self.door_state(),
+            "door_available": self.ctx.door.is_available(),
+            "health": (self.ctx.health)(),
+        })
+    }
+
+    fn gallery(&self) -> Result<Gallery, GalleryError> {
+        Gallery::load(&self.ctx.config.gallery_path(), &self.ctx.embedder)
+    }
+
+    fn thumbnail_dir(&self) -> PathBuf {
+        enrollment::thumbnail_dir(&self.ctx.config.state_dir)
+    }
+
+    /// Table rows for audit entries: a snapshot's thumbnail when one was stored, else the
+    /// recognised person's first enrolled thumbnail.
+    fn rows(&self, entries: &[Entry]) -> Vec<pages::DecisionRow> {
+        let faces: HashMap<String, String> = self
+            .gallery()
+            .map(|g| {
+                g.people()
+                    .iter()
+                    .filter_map(|p| {
+                        let first = p.samples.iter().find_map(|s| s.thumbnail.clone())?;
+                        Some((p.name.clone(), first))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let snapshot_dir = self.ctx.config.snapshot_dir();
+        entries
+            .iter()
+            .map(|e| {
+                let has_snapshot = history::snapshot(&snapshot_dir, &e.request_id).is_some();
+                let thumbnail = if has_snapshot {
+                    Some(format!("/admin/snapshots/{}/thumb", e.request_id))
+                } else {
+                    e.identity
+                        .as_ref()
+                        .and_then(|name| faces.get(name))
+                        .map(|file| format!("/admin/thumbnails/{file}"))
+                };
+                pages::DecisionRow {
+                    thumbnail,
+                    date: e.ts.format("%Y-%m-%d").to_string(),
+                    time: e.ts.format("%H:%M:%S").to_string(),
+                    badge: badge(&e.status),
+                    status: e.status.clone(),
+                    person: e.identity.clone().unwrap_or_else(|| "—".into()),
+                    score: e.score.map_or(String::new(), |s| format!("{s:.2}")),
+                    door: e.door.clone().unwrap_or_default(),
+                    request_id: e.request_id.clone(),
+                    has_snapshot,
+                }
+            })
+            .collect()
+    }
+
+    fn dashboard(&self, session: &Session) -> AdminResponse {
+        let audit_dir = self.ctx.config.audit_dir();
+        let today = today();
+        let (of_today, _) = history::read(
+            &audit_dir,
+            &Filter::days(today, today, Kinds::Decisions),
+            history::MAX_ENTRIES,
+        );
+        let counted = history::count(&of_today);
+        let yesterday = today.pred_opt().unwrap_or(today);
+        let (latest, _) = history::read(
+            &audit_dir,
+            &Filter::days(yesterday, today, Kinds::Decisions),
+            20,
+        );
+        let health = (self.ctx.health)();
+        let page = pages::Dashboard {
+            chrome: self.chrome(Some(session), "dashboard"),
+            door_state: self.door_state(),
+            door_available: self.ctx.door.is_available(),
+            health_status: health["status"].as_str().unwrap_or("unknown").to_string(),
+            uptime: uptime(health["uptime_s"].as_u64().unwrap_or(0)),
+            people: health["people"].as_u64().unwrap_or(0) as usize,
+            counts: pages::Counts {
+                granted: counted.granted,
+                unknown: counted.unknown,
+                spoof: counted.spoof,
+                codes: counted.codes,
+            },
+            decisions: self.rows(&latest),
+        };
+        AdminResponse::page(200, &page)
+    }
+
+    fn people_page(
+        &self,
+        session: &Session,
+        notice: Option<Notice>,
+        result: Option<pages::EnrolResult>,
+    ) -> AdminResponse {
+        let mut chrome = self.chrome(Some(session), "people");
+        let thumbnails = self.thumbnail_dir();
+        let people = match self.gallery() {
+            Ok(gallery) => gallery
+                .people()
+                .iter()
+                .map(|person| pages::PersonView {
+                    name: person.name.clone(),
+                    samples: person
+                        .samples
+                        .iter()
+                        .enumerate()
+                        .map(|(index, s)| pages::SampleView {
+                            index,
+                            key: sample_key(s).to_string(),
+                            source: s.source.clone(),
+                            enrolled_at: s.enrolled_at.clone(),
+                            thumbnail: s
+                                .thumbnail
+                                .as_ref()
+                                .filter(|file| thumbnails.join(file).is_file())
+                                .map(|file| format!("/admin/thumbnails/{file}")),
+                        })
+                        .collect(),
+                })
+                .collect(),
+            Err(err) => {
+                chrome.notice = Notice::bad(err.to_string());
+                Vec::new()
+            }
+        };
+        if notice.is_some() {
+            chrome.notice = notice;
+        }
+        let page = pages::People {
+            chrome,
+            people,
+            result,
+        };
+        AdminResponse::page(200, &page)
+    }
+
+    pub(super) fn enrol(
+        &self,
+        session: &Session,
+        fields: &Fields,
+        uploads: &[Upload],
+        peer: &str,
+    ) -> AdminResponse {
+        let Some(name) = fields.get("name") else {
+            return self.people_page(session, Notice::bad("Give the person a name."), None);
+        };
+        let photos: Vec<&Upload> = uploads.iter().filter(|u| u.field == "photos").collect();
+        if photos.is_empty() {
+            return self.people_page(session, Notice::bad("Choose at least one photo."), None);
+        }
+        let candidates: Vec<Candidate> = photos
+            .iter()
+            .map(|u| Candidate {
+                source: if u.file_name.is_empty() {
+                    "photo".into()
+                } else {
+                    u.file_name.clone()
+                },
+                bytes: &u.bytes,
+            })
+            .collect();
+        let _editing = self.gallery_edit.lock().unwrap_or_else(|p| p.into_inner());
+        let mut gallery = match self.gallery() {
+            Ok(gallery) => gallery,
+            Err(err) => return self.people_page(session, Notice::bad(err.to_string()), None),
+        };
+        let now = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let config = &self.ctx.config;
+        let enrolled = self.with_recognizer(|recognizer| {
+            enrollment::enroll(
+                recognizer,
+                &mut gallery,
+                name,
+                &candidates,
+                &config.frame,
+                config.recognition.lookalike_warning,
+                &now,
+            )
+        });
+        let report = match enrolled {
+            Ok(Ok(report)) => report,
+            Ok(Err(EnrolmentError::NothingAccepted { reasons, .. })) => {
+                let result = pages::EnrolResult {
+                    headline: format!("Nothing enrolled for {name}"),
+                    verdicts: reasons
+                        .into_iter()
+                        .map(|reason| {
+                            let (source, text) = reason
+                                .split_once(": ")
+                                .map_or((String::new(), reason.clone()), |(s, t)| {
+                                    (s.to_string(), format!("refused: {t}"))
+                                });
+                            pages::VerdictView {
+                                source,
+                                accepted: false,
+                                text,
+                            }
+                        })
+                        .collect(),
+                    warnings: Vec::new(),
+                };
+                return self.people_page(session, None, Some(result));
+            }
+            Ok(Err(err)) => return self.people_page(session, Notice::bad(err.to_string()), None),
+            Err(err) => {
+                log::error!("admin enrolment: the models did not load: {err}");
+                return self.people_page(session, Notice::bad(err.to_string()), None);
+            }
+        };
+        let stored = enrollment::store_thumbnails(&self.thumbnail_dir(), &report)
+            .map_err(|err| format!("the face thumbnails could not be stored: {err}"))
+            .and_then(|()| {
+                gallery
+                    .save(&config.gallery_path())
+                    .map_err(|err| err.to_string())
+            });
+        if let Err(problem) = stored {
+            log::error!("admin enrolment of {name:?} not saved: {problem}");
+            return self.people_page(session, Notice::bad(problem), None);
+        }
+        log::info!(
+            "admin enrolled {name:?}: {} of {} photos accepted",
+            report.accepted(),
+            photos.len()
+        );
+        self.audit(json!({
+            "action": "enrol",
+            "identity": name,
+            "accepted": report.accepted(),
+            "refused": photos.len() - report.accepted(),
+            "remote": peer,
+        }));
+        let result = pages::EnrolResult {
+            headline: format!(
+                "Enrolled {name}: {} of {} photos accepted",
+                report.accepted(),
+                photos.len()
+            ),
+            verdicts: report
+                .verdicts
+                .iter()
+                .map(|(source, verdict)| match verdict {
+                    Verdict::Accepted { face_score } => pages::VerdictView {
+                        source: source.clone(),
+                        accepted: true,
+                        text: format!("accepted (face score {face_score:.2})"),
+                    },
+                    Verdict::Rejected { reason } => pages::VerdictView {
+                        source: source.clone(),
+                        accepted: false,
+                        text: format!("refused: {reason}"),
+                    },
+                })
+                .collect(),
+            warnings: enrollment::warnings(&report, name, self.ctx.threshold),
+        };
+        self.people_page(session, None, Some(result))
+    }
+
+    fn edit_gallery<T>(
+        &self,
+        edit: impl FnOnce(&mut Gallery) -> Result<T, GalleryError>,
+    ) -> Result<T, GalleryError> {
+        let _editing = self.gallery_edit.lock().unwrap_or_else(|p| p.into_inner());
+        let mut gallery = self.gallery()?;
+        let done = edit(&mut gallery)?;
+        gallery.save(&self.ctx.config.gallery_path())?;
+        Ok(done)
+    }
+
+    pub(super) fn remove_person(
+        &self,
+        session: &Session,
+        fields: &Fields,
+        peer: &str,
+    ) -> AdminResponse {
+        let name = fields.get("name").unwrap_or_default();
+        match self.edit_gallery(|g| g.remove(name)) {
+            Ok(person) => {
+                enrollment::remove_thumbnails(&self.thumbnail_dir(), &person.samples);
+                log::info!("admin removed {name:?} ({} samples)", person.samples.len());
+                self.audit(json!({"action": "remove_person", "identity": name, "remote": peer}));
+                self.people_page(session, Notice::ok(format!("Removed {name}.")), None)
+            }
+            Err(err) => self.people_page(session, Notice::bad(err.to_string()), None),
+        }
+    }
+
+    pub(super) fn remove_sample(
+        &self,
+        session: &Session,
+        fields: &Fields,
+        peer: &str,
+    ) -> AdminResponse {
+        let name = fields.get("name").unwrap_or_default();
+        let Some(index) = fields.get("index").and_then(|i| i.parse::<usize>().ok()) else {
+            return self.people_page(session, Notice::bad("No photo was chosen."), None);
+        };
+        let expected = fields.get("sample").unwrap_or_default();
+        let removed = self.edit_gallery(|g| {
+            let still_there = g
+                .people()
+                .iter()
+                .find(|p| p.name == name)
+                .and_then(|p| p.samples.get(index))
+                .is_some_and(|s| sample_key(s) == expected);
+            if !still_there {
+                return Err(GalleryError::NoSuchSample {
+                    name: name.to_string(),
+                    index,
+                });
+            }
+            g.remove_sample(name, index)
+        });
+        match removed {
+            Ok(sample) => {
+                enrollment::remove_thumbnails(&self.thumbnail_dir(), [&sample]);
+                log::info!(
+                    "admin removed sample {index} ({}) of {name:?}",
+                    sample.source
+                );
+                self.audit(json!({
+                    "action": "remove_sample",
+                    "identity": name,
+                    "source": sample.source,
+                    "remote": peer,
+                }));
+                let text = format!("Removed the photo {} of {name}.", sample.source);
+                self.people_page(session, Notice::ok(text), None)
+            }
+            Err(err) => self.people_page(session, Notice::bad(err.to_string()), None),
+        }
+    }
+
+    fn thumbnail(&self, session: &Session, name: &str) -> AdminResponse {
+        if !enrollment::is_thumbnail_name(name) {
+            return self.not_found(session);
+        }
+        match std::fs::read(self.thumbnail_dir().join(name)) {
+            Ok(bytes) => AdminResponse::new(200, "image/jpeg", bytes)
+                .with("Cache-Control", "private, max-age=86400"),
+            Err(_) => self.not_found(session),
+        }
+    }
+
+    fn events(&self, session: &Session, query: &str) -> AdminResponse {
+        let EventQuery {
+            filter,
+            page,
+            problem,
+        } = parse_event_query(query);
+        let (entries, more) =
+            history::read(&self.ctx.config.audit_dir(), &filter, history::MAX_ENTRIES);
+        let pages_total = entries.len().div_ceil(PAGE_SIZE).max(1);
+        let page = page.min(pages_total - 1);
+        let shown = &entries[(page * PAGE_SIZE).min(entries.len())..]
+            [..PAGE_SIZE.min(entries.len().saturating_sub(page * PAGE_SIZE))];
+        let pairs = filter_pairs(&filter);
+        let link = |to_page: usize| {
+            let mut with_page = pairs.clone();
+            with_page.push(("page", to_page.to_string()));
+            format!("/admin/events?{}", query_string(&with_page))
+        };
+        let mut summary = format!(
+            "{} events from {} to {} (UTC)",
+            entries.len(),
+            filter.from,
+            filter.to
+        );
+        if more {
+            summary.push_str(&format!(
+                "; only the newest {} are listed",
+                history::MAX_ENTRIES
+            ));
+        }
+        if pages_total > 1 {
+            summary.push_str(&format!(" · page {} of {pages_total}", page + 1));
+        }
+        let mut chrome = self.chrome(Some(session), "events");
+        chrome.notice = problem.and_then(Notice::bad);
+        let names = self
+            .gallery()
+            .map(|g| g.people().iter().map(|p| p.name.clone()).collect())
+            .unwrap_or_default();
+        let selected = filter.status.clone().unwrap_or_default();
+        let mut statuses: Vec<(String, bool)> = STATUSES
+            .iter()
+            .map(|s| (s.to_string(), *s == selected))
+            .collect();
+        if !selected.is_empty() && !STATUSES.contains(&selected.as_str()) {
+            statuses.push((selected.clone(), true));
+        }
+        let view = pages::Events {
+            chrome,
+            filter: pages::FilterView {
+                person: filter.person.clone().unwrap_or_default(),
+                from: filter.from.to_string(),
+                to: filter.to.to_string(),
+            },
+            statuses,
+            names,
+            query: query_string(&pairs),
+            summary,
+            decisions: self.rows(shown),
+            newer: (page > 0).then(|| link(page - 1)),
+            older: (page + 1 < pages_total).then(|| link(page + 1)),
+        };
+        AdminResponse::page(200, &view)
+    }
+
+    fn events_csv(&self, query: &str) -> AdminResponse {
+        let EventQuery { filter, .. } = parse_event_query(query);
+        let (entries, _) =
+            history::read(&self.ctx.config.audit_dir(), &filter, history::MAX_ENTRIES);
+        AdminResponse::new(
+            200,
+            "text/csv; charset=utf-8",
+            history::csv(&entries).into_bytes(),
+        )
+        .with(
+            "Content-Disposition",
+            format!(
+                "attachment; filename=\"facegate-events-{}-{}.csv\"",
+                filter.from, filter.to
+            ),
+        )
+    }
+
+    fn event(&self, session: &Session, id: &str) -> AdminResponse {
+        let Some(files) = history::snapshot(&self.ctx.config.snapshot_dir(), id) else {
+            return self.not_found(session);
+        };
+        let sidecar = std::fs::read_to_string(&files.sidecar)
+            .ok()
+            .and_then(|text| serde_json::from_str::<Value>(&text).ok())
+            .and_then(|value| serde_json::to_string_pretty(&value).ok())
+            .unwrap_or_else(|| "(the sidecar could not be read)".into());
+        let page = pages::Event {
+            chrome: self.chrome(Some(session), "events"),
+            id: id.to_string(),
+            sidecar,
+        };
+        AdminResponse::page(200, &page)
+    }
+
+    /// `/admin/snapshots/<id>` (the image as stored), `<id>.json` (the sidecar), `<id>/thumb`.
+    fn snapshot(&self, session: &Session, rest: &str) -> AdminResponse {
+        let (id, part) = if let Some(id) = rest.strip_suffix(".json") {
+            (id, "sidecar")
+        } else if let Some(id) = rest.strip_suffix("/thumb") {
+            (id, "thumb")
+        } else {
+            (rest, "image")
+        };
+        let Some(files) = history::snapshot(&self.ctx.config.snapshot_dir(), id) else {
+            return self.not_found(session);
+        };
+        let read = |path: &Path| std::fs::read(path).ok();
+        let answer = match part {
+            "sidecar" => read(&files.sidecar).map(|b| ("application/json", b)),
+            "thumb" => read(&files.image)
+                .and_then(|bytes| self.small_jpeg(&bytes))
+                .map(|b| ("image/jpeg", b)),
+            _ => read(&files.image).map(|b| (files.content_type, b)),
+        };
+        match answer {
+            Some((content_type, bytes)) => AdminResponse::new(200, content_type, bytes)
+                .with("Cache-Control", "private, max-age=86400"),
+            None => self.not_found(session),
+        }
+    }
+
+    /// A small JPEG of a stored frame, for the decision tables.
+    fn small_jpeg(&self, bytes: &[u8]) -> Option<Vec<u8>> {
+        let decoded = crate::frame::decode_image(bytes, &self.ctx.config.frame).ok()?;
+        let image: &Mat = &decoded.image;
+        let height = SNAPSHOT_THUMB_HEIGHT;
+        let width = (image.cols() * height / image.rows().max(1)).max(1);
+        let mut small = Mat::default();
+        imgproc::resize(
+            image,
+            &mut small,
+            Size::new(width, height),
+            0.0,
+            0.0,
+            imgproc::INTER_AREA,
+        )
+        .ok()?;
+        let mut jpeg = Vector::<u8>::new();
+        let params = Vector::from_slice(&[imgcodecs::IMWRITE_JPEG_QUALITY, 80]);
+        imgcodecs::imencode(".jpg", &small, &mut jpeg, &params).ok()?;
+        Some(jpeg.to_vec())
+    }
+
+    fn door_page(&self, session: &Session, notice: Option<Notice>) -> AdminResponse {
+        let today = today();
+        let yesterday = today.pred_opt().unwrap_or(today);
+        let (lines, _) = history::read(
+            &self.ctx.config.audit_dir(),
+            &Filter::days(yesterday, today, Kinds::Door),
+            20,
+        );
+        let mut chrome = self.chrome(Some(session), "door");
+        chrome.notice = notice;
+        let page = pages::Door {
+            chrome,
+            door_state: self.door_state(),
+            actuations: lines
+                .iter()
+                .map(|e| {
+                    let state = e.state.clone().unwrap_or_default();
+                    pages::ActuationRow {
+                        date: e.ts.format("%Y-%m-%d").to_string(),
+                        time: e.ts.format("%H:%M:%S%.3f").to_string(),
+                        badge: badge(&state),
+                        state,
+                        reason: match &e.error {
+                            Some(error) => format!("{} (failed: {error})", e.status),
+                            None => e.status.clone(),
+                        },
+                        cause: e
+                            .identity
+                            .clone()
+                            .or_else(|| e.by.clone())
+                            .unwrap_or_else(|| "—".into()),
+                        request_id: e.request_id.clone(),
+                    }
+                })
+                .collect(),
+        };
+        AdminResponse::page(200, &page)
+    }
+
+    /// The test pulse: the same relay path as a grant, audited with the admin as its cause.
+    pub(super) fn pulse(&self, session: &Session, peer: &str) -> AdminResponse {
+        let request_id = (self.ctx.next_id)();
+        let report = self.ctx.door.request_open(OpenRequest {
+            request_id: request_id.clone(),
+            cause: OpenCause::Admin,
+            not_after: Instant::now()
+                + std::time::Duration::from_millis(self.ctx.config.door.max_decision_age_ms),
+        });
+        log::info!(
+            "request_id={request_id} admin test pulse from {peer}: door={}",
+            report.detail()
+        );
+        self.audit(json!({
+            "action": "door_test",
+            "request_id": request_id,
+            "identity": "admin",
+            "door": report,
+            "door_detail": report.detail(),
+            "remote": peer,
+        }));
+        let notice = match report {
+            DoorReport::Opened => Notice::ok(format!(
+                "Test pulse sent ({request_id}): the door is unlocked for the hold time."
+            )),
+            DoorReport::Extended | DoorReport::AlreadyOpen => Notice::ok(format!(
+                "Test pulse sent ({request_id}): the door was already open ({}).",
+                report.as_str()
+            )),
+            DoorReport::Pending => Notice::ok(format!(
+                "Test pulse sent ({request_id}); the relay has not reported yet: see the actuations below."
+            )),
+            DoorReport::CoolingDown | DoorReport::Locked(_) | DoorReport::Fault => {
+                Notice::bad(format!(
+                    "The door did not open for the test ({}); try again in a moment.",
+                    report.detail()
+                ))
+            }
+        };
+        self.door_page(session, notice)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_our_thumbnail_names_are_served() {
+        let valid_thumbnail = enrollment::is_thumbnail_name;
+        assert!(valid_thumbnail("0123456789abcdef01234567.jpg"));
+        for bad in [
+            "../gallery.json",
+            "0123456789abcdef0123456.jpg",
+            "0123456789ABCDEF01234567.jpg",
+            "0123456789abcdef01234567.png",
+            "0123456789abcdef01234567.jpg/..",
+            "",
+        ] {
+            assert!(!valid_thumbnail(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn event_queries_default_to_the_last_week_and_report_bad_dates() {
+        let q =
+            parse_event_query("status=granted&person=Ann+Lee&from=2026-03-05&to=2026-03-01&page=2");
+        assert_eq!(q.filter.status.as_deref(), Some("granted"));
+        assert_eq!(q.filter.person.as_deref(), Some("Ann Lee"));
+        assert_eq!(
+            q.filter.from.to_string(),
+            "2026-03-01",
+            "swapped into order"
+        );
+        assert_eq!(q.filter.to.to_string(), "2026-03-05");
+        assert_eq!(q.page, 2);
+        let q = parse_event_query("from=yesterday");
+        assert!(q.problem.is_some());
+        assert_eq!((q.filter.to - q.filter.from).num_days(), 6);
+        assert_eq!(
+            query_string(&filter_pairs(
+                &parse_event_query("person=a%26b&from=2026-01-01&to=2026-01-02").filter
+            )),
+            "person=a%26b&from=2026-01-01&to=2026-01-02"
+        );
+    }
+}

@@ -1,0 +1,633 @@
+//! The admin pages over real HTTP: the real binary on loopback, real models and photos. Sign-in,
+//! sign-out, expiry, lockout, CSRF refusal, every page and every action, and the rule that the
+//! tablet's token and the admin's session never open each other's doors.
+
+mod harness;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde_json::{json, Value};
+
+use harness::{
+    bearer, photo, wait_for, Daemon, Reply, Setup, GRANTED_PHOTO, NO_FACE_PHOTO, STRANGER_PHOTO,
+};
+
+const PASSWORD: &str = "door-admin-secret";
+
+/// Runs `facegate admin set-password` with `input` on its stdin (not a terminal).
+fn set_password(setup: &Setup, input: &str) -> std::process::Output {
+    setup.write_config();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_facegate"))
+        .arg("--config")
+        .arg(setup.config_path())
+        .args(["admin", "set-password"])
+        .env_remove("FACEGATE_CONFIG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("facegate runs");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn admin_daemon(setup: Setup) -> Daemon {
+    let out = set_password(&setup, &format!("{PASSWORD}\n"));
+    assert!(out.status.success(), "{out:?}");
+    setup.serve()
+}
+
+/// A browser's memory: cookies by name, sent back on every request.
+struct Browser<'a> {
+    daemon: &'a Daemon,
+    cookies: BTreeMap<String, String>,
+}
+
+impl<'a> Browser<'a> {
+    fn new(daemon: &'a Daemon) -> Browser<'a> {
+        Browser {
+            daemon,
+            cookies: BTreeMap::new(),
+        }
+    }
+
+    fn send(&mut self, method: &str, path: &str, content_type: Option<&str>, body: &[u8]) -> Reply {
+        let cookie: Vec<String> = self
+            .cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let cookie = cookie.join("; ");
+        let mut headers = vec![];
+        if !cookie.is_empty() {
+            headers.push(("Cookie", cookie.as_str()));
+        }
+        if let Some(content_type) = content_type {
+            headers.push(("Content-Type", content_type));
+        }
+        let reply = self.daemon.send(method, path, &headers, body);
+        for (name, value) in &reply.headers {
+            if name.eq_ignore_ascii_case("Set-Cookie") {
+                let pair = value.split(';').next().unwrap();
+                let (k, v) = pair.split_once('=').unwrap();
+                if v.is_empty() {
+                    self.cookies.remove(k);
+                } else {
+                    self.cookies.insert(k.to_string(), v.to_string());
+                }
+            }
+        }
+        reply
+    }
+
+    fn get(&mut self, path: &str) -> Reply {
+        self.send("GET", path, None, b"")
+    }
+
+    fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> Reply {
+        let body: Vec<String> = fields
+            .iter()
+            .map(|(k, v)| format!("{k}={}", encode(v)))
+            .collect();
+        self.send(
+            "POST",
+            path,
+            Some("application/x-www-form-urlencoded"),
+            body.join("&").as_bytes(),
+        )
+    }
+
+    fn post_files(
+        &mut self,
+        path: &str,
+        fields: &[(&str, &str)],
+        files: &[(&str, Vec<u8>)],
+    ) -> Reply {
+        let boundary = "----facegate-test-boundary";
+        let mut body = Vec::new();
+        for (name, value) in fields {
+            body.extend_from_slice(
+                format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n")
+                    .as_bytes(),
+            );
+        }
+        for (file_name, bytes) in files {
+            body.extend_from_slice(
+                format!("--{boundary}\r\nContent-Disposition: form-data; name=\"photos\"; filename=\"{file_name}\"\r\nContent-Type: image/jpeg\r\n\r\n")
+                    .as_bytes(),
+            );
+            body.extend_from_slice(bytes);
+            body.extend_from_slice(b"\r\n");
+        }
+        body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+        let content_type = format!("multipart/form-data; boundary={boundary}");
+        self.send("POST", path, Some(&content_type), &body)
+    }
+
+    /// Signs in through the form, as a person would.
+    fn sign_in(&mut self, password: &str) -> Reply {
+        let form = self.get("/admin/login");
+        assert_eq!(form.status, 200, "{}", form.text());
+        let token = csrf(&form);
+        self.post("/admin/login", &[("csrf", &token), ("password", password)])
+    }
+}
+
+fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The CSRF token of the first form on a page.
+fn csrf(page: &Reply) -> String {
+    let text = page.text();
+    let start = text
+        .find("name=\"csrf\" value=\"")
+        .unwrap_or_else(|| panic!("no CSRF field in {text}"))
+        + "name=\"csrf\" value=\"".len();
+    text[start..].split('"').next().unwrap().to_string()
+}
+
+fn html(reply: &Reply) -> String {
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(
+        reply.header("Content-Type"),
+        Some("text/html; charset=utf-8")
+    );
+    assert!(reply.header("Content-Security-Policy").is_some());
+    reply.text()
+}
+
+fn redirects_to(reply: &Reply, location: &str) {
+    assert_eq!(reply.status, 303, "{}", reply.text());
+    assert_eq!(reply.header("Location"), Some(location));
+}
+
+fn tablet_frame(daemon: &Daemon, image: &[u8]) -> Value {
+    let body = json!({ "image": base64::engine::general_purpose::STANDARD.encode(image) });
+    let reply = daemon.post("/image", body.to_string().as_bytes());
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    reply.json()
+}
+
+fn gallery_names(daemon: &Daemon) -> Vec<String> {
+    let text = std::fs::read_to_string(daemon.state_dir().join("gallery.json")).unwrap();
+    let gallery: Value = serde_json::from_str(&text).unwrap();
+    gallery["people"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn audit_lines(daemon: &Daemon) -> Vec<Value> {
+    let dir = daemon.state_dir().join("audit");
+    let mut lines = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        // Only whole lines: the audit writer may be appending right now.
+        let whole = text.split_inclusive('\n').filter(|l| l.ends_with('\n'));
+        lines.extend(whole.map(|l| serde_json::from_str::<Value>(l).unwrap()));
+    }
+    lines
+}
+
+#[test]
+fn set_password_stores_an_argon2id_hash_read_from_stdin() {
+    let setup = Setup::new();
+    let short = set_password(&setup, "short\n");
+    assert!(!short.status.success());
+    assert!(String::from_utf8_lossy(&short.stderr).contains("shorter than 8"));
+    let out = set_password(&setup, &format!("{PASSWORD}\n"));
+    assert!(out.status.success(), "{out:?}");
+    let path = setup.state_dir().join("admin-password");
+    let stored = std::fs::read_to_string(&path).unwrap();
+    assert!(stored.starts_with("$argon2id$"), "{stored}");
+    assert!(!stored.contains(PASSWORD));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+}
+
+#[test]
+fn sign_in_pages_actions_and_sign_out_over_http() {
+    let daemon = admin_daemon(Setup::new());
+    let mut browser = Browser::new(&daemon);
+
+    // Signed out: pages send to the sign-in form; the tablet's token opens nothing.
+    redirects_to(&browser.get("/admin"), "/admin/");
+    redirects_to(&browser.get("/admin/"), "/admin/login");
+    let with_token = daemon.send("GET", "/admin/people", &[("Authorization", &bearer())], b"");
+    redirects_to(&with_token, "/admin/login");
+    assert_eq!(browser.get("/admin/status.json").status, 401);
+    let form = browser.get("/admin/login");
+    assert!(html(&form).contains("type=\"password\""));
+    let login_cookie = form.header("Set-Cookie").unwrap();
+    assert!(login_cookie.contains("HttpOnly") && login_cookie.contains("SameSite=Strict"));
+
+    // Wrong password, missing CSRF token, then the right password.
+    assert_eq!(browser.sign_in("wrong password").status, 401);
+    let no_csrf = browser.post("/admin/login", &[("password", PASSWORD)]);
+    assert_eq!(no_csrf.status, 403);
+    assert!(!browser.cookies.contains_key("facegate_admin"));
+    let signed_in = browser.sign_in(PASSWORD);
+    redirects_to(&signed_in, "/admin/");
+    let cookie = signed_in
+        .headers
+        .iter()
+        .find(|(n, v)| n.eq_ignore_ascii_case("Set-Cookie") && v.starts_with("facegate_admin="))
+        .map(|(_, v)| v.clone())
+        .expect("a session cookie");
+    for attribute in [
+        "HttpOnly",
+        "SameSite=Strict",
+        "Path=/admin",
+        "Max-Age=43200",
+    ] {
+        assert!(cookie.contains(attribute), "{cookie} lacks {attribute}");
+    }
+    assert!(!cookie.contains("Secure"), "plain HTTP: no Secure flag");
+    let session = browser.cookies["facegate_admin"].clone();
+
+    // An admin session does not post frames.
+    let frame =
+        json!({ "image": base64::engine::general_purpose::STANDARD.encode(photo(GRANTED_PHOTO)) });
+    let as_admin = daemon.send(
+        "POST",
+        "/image",
+        &[("Cookie", &format!("facegate_admin={session}"))],
+        frame.to_string().as_bytes(),
+    );
+    assert_eq!(as_admin.status, 401);
+
+    // Dashboard: live door state, counts and the new decisions.
+    // The stranger first: after a grant, frames are answered `paused` while the door is busy.
+    let stranger_image = photo(STRANGER_PHOTO);
+    let unknown = tablet_frame(&daemon, &stranger_image);
+    assert_eq!(unknown["status"], "unknown");
+    let granted = tablet_frame(&daemon, &photo(GRANTED_PHOTO));
+    assert_eq!(granted["status"], "granted");
+    let unknown_id = unknown["request_id"].as_str().unwrap().to_string();
+    let granted_id = granted["request_id"].as_str().unwrap().to_string();
+    let dashboard = wait_for("both decisions on the dashboard", || {
+        let page = html(&browser.get("/admin/"));
+        let thumb = format!("/admin/snapshots/{unknown_id}/thumb");
+        (page.contains(&thumb) && page.contains(&granted_id)).then_some(page)
+    });
+    assert!(dashboard.contains("obama"));
+    let status = browser.get("/admin/status.json");
+    assert_eq!(status.status, 200);
+    assert!(["open", "locked"].contains(&status.json()["door"].as_str().unwrap()));
+    assert_eq!(status.json()["health"]["status"], "ok");
+
+    // Events: filter, CSV, the snapshot page, its image, sidecar and thumbnail.
+    let unknowns = html(&browser.get("/admin/events?status=unknown"));
+    assert!(unknowns.contains(&unknown_id) && !unknowns.contains(&granted_id));
+    let obama = html(&browser.get("/admin/events?person=obama"));
+    assert!(obama.contains(&granted_id) && !obama.contains(&unknown_id));
+    let csv = browser.get("/admin/events.csv?status=granted");
+    assert_eq!(csv.status, 200);
+    assert_eq!(csv.header("Content-Type"), Some("text/csv; charset=utf-8"));
+    assert!(csv
+        .header("Content-Disposition")
+        .unwrap()
+        .starts_with("attachment"));
+    let csv = csv.text();
+    assert!(csv.starts_with("ts,request_id,kind,status,identity"));
+    assert!(
+        csv.contains(&format!("{granted_id},decision,granted,obama")) && !csv.contains(&unknown_id)
+    );
+    let detail = html(&browser.get(&format!("/admin/events/{unknown_id}")));
+    assert!(
+        detail.contains("&#34;reason&#34;: &#34;unknown&#34;"),
+        "{detail}"
+    );
+    let image = browser.get(&format!("/admin/snapshots/{unknown_id}"));
+    assert_eq!(image.status, 200);
+    assert_eq!(image.body, stranger_image, "the frame as received");
+    let sidecar = browser.get(&format!("/admin/snapshots/{unknown_id}.json"));
+    assert_eq!(sidecar.json()["request_id"], unknown_id.as_str());
+    let thumb = browser.get(&format!("/admin/snapshots/{unknown_id}/thumb"));
+    assert_eq!(thumb.header("Content-Type"), Some("image/jpeg"));
+    for hostile in [
+        "/admin/snapshots/..%2F..%2Fgallery.json".to_string(),
+        "/admin/snapshots/../../gallery.json".to_string(),
+        "/admin/thumbnails/..%2Fgallery.json".to_string(),
+        "/admin/thumbnails/../admin-password".to_string(),
+        format!("/admin/events/{unknown_id}%00"),
+    ] {
+        assert_eq!(browser.get(&hostile).status, 404, "{hostile}");
+    }
+    let outsider = daemon.send("GET", &format!("/admin/snapshots/{unknown_id}"), &[], b"");
+    redirects_to(&outsider, "/admin/login");
+
+    // People: enrol from uploads (one accepted, one refused with its reason), thumbnails, reload.
+    let people = browser.get("/admin/people");
+    let token = csrf(&people);
+    let listed = html(&people);
+    assert!(listed.contains("obama") && listed.contains("biden"));
+    assert_eq!(
+        listed.matches("src=\"/admin/thumbnails/").count(),
+        2,
+        "one thumbnail per photo enrolled with facegate enroll"
+    );
+    let enrolled = browser.post_files(
+        "/admin/people/add",
+        &[("csrf", &token), ("name", "rose")],
+        &[
+            ("img1.jpg", photo("rose_leslie/img1.jpg")),
+            ("cat.jpg", photo(NO_FACE_PHOTO)),
+        ],
+    );
+    let page = html(&enrolled);
+    assert!(
+        page.contains("Enrolled rose: 1 of 2 photos accepted"),
+        "{page}"
+    );
+    assert!(page.contains("no acceptable face"), "{page}");
+    assert!(gallery_names(&daemon).contains(&"rose".to_string()));
+    let thumbnail = page
+        .split("data-person=\"rose\"")
+        .nth(1)
+        .and_then(|card| card.split("src=\"/admin/thumbnails/").nth(1))
+        .and_then(|rest| rest.split('"').next())
+        .expect("the new sample's thumbnail on rose's card")
+        .to_string();
+    let thumb = browser.get(&format!("/admin/thumbnails/{thumbnail}"));
+    assert_eq!(thumb.status, 200);
+    assert_eq!(thumb.header("Content-Type"), Some("image/jpeg"));
+    let recognised = wait_for("the daemon to reload the gallery", || {
+        let answer = tablet_frame(&daemon, &photo("rose_leslie/img2.jpg"));
+        (answer["identity"] == "rose").then_some(answer)
+    });
+    assert_eq!(recognised["status"], "granted");
+    let refused = browser.post_files(
+        "/admin/people/add",
+        &[("csrf", &token), ("name", "nobody")],
+        &[("cat.jpg", photo(NO_FACE_PHOTO))],
+    );
+    assert!(html(&refused).contains("Nothing enrolled for nobody"));
+    let more = browser.post_files(
+        "/admin/people/add",
+        &[("csrf", &token), ("name", "rose")],
+        &[("img2.jpg", photo("rose_leslie/img2.jpg"))],
+    );
+    assert!(html(&more).contains("Enrolled rose: 1 of 1"));
+
+    // CSRF: a form without this session's token changes nothing.
+    let forged = browser.post(
+        "/admin/people/remove",
+        &[("csrf", "forged"), ("name", "rose")],
+    );
+    assert_eq!(forged.status, 403);
+    let missing = browser.post("/admin/people/remove", &[("name", "rose")]);
+    assert_eq!(missing.status, 403);
+    assert!(gallery_names(&daemon).contains(&"rose".to_string()));
+
+    // Remove one sample, then the person; the thumbnail goes with it.
+    let stale = browser.post(
+        "/admin/people/remove-sample",
+        &[
+            ("csrf", &token),
+            ("name", "rose"),
+            ("index", "0"),
+            ("sample", "other.jpg"),
+        ],
+    );
+    assert!(
+        html(&stale).contains("reload the page"),
+        "a stale page removes nothing"
+    );
+    let removed = browser.post(
+        "/admin/people/remove-sample",
+        &[
+            ("csrf", &token),
+            ("name", "rose"),
+            ("index", "0"),
+            ("sample", &thumbnail),
+        ],
+    );
+    assert!(html(&removed).contains("Removed the photo img1.jpg of rose"));
+    assert!(!daemon
+        .state_dir()
+        .join("thumbnails")
+        .join(&thumbnail)
+        .exists());
+    let removed = browser.post(
+        "/admin/people/remove",
+        &[("csrf", &token), ("name", "rose")],
+    );
+    assert!(html(&removed).contains("Removed rose."));
+    assert!(!gallery_names(&daemon).contains(&"rose".to_string()));
+
+    // Door: the test pulse moves the relay and is audited with the admin as its cause.
+    assert!(html(&browser.get("/admin/door")).contains("Test pulse"));
+    let unlocks_before = daemon.journal().iter().filter(|a| a.is_unlocked()).count();
+    wait_for("the door to lock again after the grants above", || {
+        (browser.get("/admin/status.json").json()["door"] == "locked").then_some(())
+    });
+    let pulsed = html(&browser.post("/admin/door/pulse", &[("csrf", &token)]));
+    assert!(pulsed.contains("Test pulse sent"), "{pulsed}");
+    daemon.wait_for_journal("the test pulse", |j| {
+        j.iter().filter(|a| a.is_unlocked()).count() > unlocks_before
+    });
+    let audit = wait_for("the door_test and door lines", || {
+        let lines = audit_lines(&daemon);
+        let test = lines.iter().find(|l| l["action"] == "door_test")?.clone();
+        let id = test["request_id"].as_str()?.to_string();
+        lines
+            .iter()
+            .any(|l| l["kind"] == "door" && l["request_id"] == id.as_str() && l["by"] == "admin")
+            .then_some(test)
+    });
+    assert_eq!(audit["kind"], "admin");
+    assert_eq!(audit["remote"], "127.0.0.1");
+    let door = html(&browser.get("/admin/door"));
+    assert!(door.contains(audit["request_id"].as_str().unwrap()));
+    assert!(audit_lines(&daemon)
+        .iter()
+        .any(|l| l["action"] == "enrol" && l["identity"] == "rose"));
+
+    // Visitor codes: generate a working week, show a day, revoke one code; no digits in the audit.
+    assert!(html(&browser.get("/admin/codes")).contains("Generate codes"));
+    let generated = browser.post(
+        "/admin/codes/generate",
+        &[
+            ("csrf", &token),
+            ("from", "2030-01-07"),
+            ("to", "2030-01-11"),
+            ("daily", "2"),
+            ("weekly", "1"),
+            ("digits", "6"),
+        ],
+    );
+    assert!(html(&generated).contains("Generated 2 daily codes for each of 5 working days"));
+    let monday = html(&browser.get("/admin/codes?date=2030-01-07"));
+    let codes: Vec<String> = monday
+        .split("<span class=\"code\">")
+        .skip(1)
+        .map(|rest| rest.split('<').next().unwrap().to_string())
+        .collect();
+    assert_eq!(codes.len(), 3, "two daily and one weekly code: {monday}");
+    assert!(html(&browser.get("/admin/codes?date=2030-01-05")).contains("no code is valid"));
+    let revoked = browser.post(
+        "/admin/codes/revoke",
+        &[
+            ("csrf", &token),
+            ("code", &codes[0]),
+            ("date", "2030-01-07"),
+        ],
+    );
+    assert!(html(&revoked).contains("Revoked the code (daily 2030-01-07)"));
+    assert!(!html(&browser.get("/admin/codes?date=2030-01-07")).contains(&codes[0]));
+    let forged = browser.post("/admin/codes/revoke", &[("csrf", "x"), ("code", &codes[1])]);
+    assert_eq!(forged.status, 403);
+    let audit_text = wait_for("the codes_generate and code_revoke audit lines", || {
+        let text = std::fs::read_dir(daemon.state_dir().join("audit"))
+            .unwrap()
+            .map(|f| std::fs::read_to_string(f.unwrap().path()).unwrap())
+            .collect::<String>();
+        (text.contains("codes_generate") && text.contains("code_revoke")).then_some(text)
+    });
+    assert!(codes.iter().all(|code| !audit_text.contains(code.as_str())));
+
+    // Sign out: the session is gone on the server, not just in the browser.
+    redirects_to(
+        &browser.post("/admin/logout", &[("csrf", &token)]),
+        "/admin/login",
+    );
+    let stale = daemon.send(
+        "GET",
+        "/admin/",
+        &[("Cookie", &format!("facegate_admin={session}"))],
+        b"",
+    );
+    redirects_to(&stale, "/admin/login");
+}
+
+#[test]
+fn sessions_expire_and_wrong_passwords_lock_the_address_out() {
+    let daemon = admin_daemon(Setup::new().set("admin.session_idle_s", 1));
+    let mut browser = Browser::new(&daemon);
+    redirects_to(&browser.sign_in(PASSWORD), "/admin/");
+    assert_eq!(browser.get("/admin/people").status, 200);
+    // The dashboard's door poll does not count as use: the idle session still ends.
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(500));
+        let _ = browser.get("/admin/status.json");
+    }
+    redirects_to(&browser.get("/admin/people"), "/admin/login");
+    assert_eq!(browser.get("/admin/status.json").status, 401);
+
+    let mut attacker = Browser::new(&daemon);
+    for _ in 0..4 {
+        assert_eq!(attacker.sign_in("guess").status, 401);
+    }
+    let locked = attacker.sign_in("guess");
+    assert_eq!(locked.status, 429);
+    assert!(
+        locked
+            .header("Retry-After")
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            > 0
+    );
+    assert_eq!(
+        attacker.sign_in(PASSWORD).status,
+        429,
+        "even the right password"
+    );
+    // Audit lines are written by their own thread, soon after.
+    wait_for("five login_failed audit lines", || {
+        let failed = audit_lines(&daemon)
+            .iter()
+            .filter(|l| l["action"] == "login_failed")
+            .count();
+        (failed >= 5).then_some(())
+    });
+}
+
+/// One request over TLS (the server key pinned), read to the connection's end.
+fn over_tls(daemon: &Daemon, pin: &str, request: &str) -> (String, String) {
+    use std::io::Read;
+    let config = facegate::front::tls::pinned_client_config(pin);
+    let name = rustls::pki_types::ServerName::try_from("facegate").unwrap();
+    let connection = rustls::ClientConnection::new(config, name).unwrap();
+    let tcp = std::net::TcpStream::connect(daemon.addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut stream = rustls::StreamOwned::new(connection, tcp);
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").expect("an answer");
+    (head.to_string(), body.to_string())
+}
+
+#[test]
+fn over_tls_the_session_cookie_is_secure() {
+    let setup = Setup::new().set("http.tls.enabled", true);
+    let pin = setup.run(&["tls", "pin"]).stdout.trim().to_string();
+    let daemon = admin_daemon(setup);
+    let (head, body) = over_tls(
+        &daemon,
+        &pin,
+        "GET /admin/login HTTP/1.1\r\nHost: facegate\r\nConnection: close\r\n\r\n",
+    );
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let cookie_line = head
+        .lines()
+        .find(|l| {
+            l.to_ascii_lowercase()
+                .starts_with("set-cookie: facegate_login=")
+        })
+        .expect("the sign-in form's cookie");
+    assert!(cookie_line.contains("; Secure"), "{cookie_line}");
+    let login_token = cookie_line
+        .split_once('=')
+        .unwrap()
+        .1
+        .split(';')
+        .next()
+        .unwrap();
+    let start = body.find("name=\"csrf\" value=\"").unwrap() + "name=\"csrf\" value=\"".len();
+    let csrf = body[start..].split('"').next().unwrap();
+    let form = format!("csrf={csrf}&password={PASSWORD}");
+    let (head, _) = over_tls(
+        &daemon,
+        &pin,
+        &format!(
+            "POST /admin/login HTTP/1.1\r\nHost: facegate\r\nConnection: close\r\nCookie: facegate_login={login_token}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
+            form.len()
+        ),
+    );
+    assert!(head.starts_with("HTTP/1.1 303"), "{head}");
+    let session = head
+        .lines()
+        .find(|l| {
+            l.to_ascii_lowercase()
+                .starts_with("set-cookie: facegate_admin=")
+        })
+        .expect("a session cookie");
+    for attribute in ["HttpOnly", "SameSite=Strict", "Secure"] {
+        assert!(session.contains(attribute), "{session} lacks {attribute}");
+    }
+}
