@@ -112,15 +112,7 @@ fn shape(body: &[u8], content_type: Option<&str>) -> Result<Shape, BodyError> {
 
 /// Raw bytes, held to the image size limit.
 fn raw_image(bytes: &[u8], max_image_bytes: usize) -> Result<Vec<u8>, FrameError> {
-    if bytes.is_empty() {
-        return Err(FrameError::Empty);
-    }
-    if bytes.len() > max_image_bytes {
-        return Err(FrameError::TooLarge {
-            actual: bytes.len(),
-            limit: max_image_bytes,
-        });
-    }
+    frame::check_image_size(bytes, max_image_bytes)?;
     Ok(bytes.to_vec())
 }
 

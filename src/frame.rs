@@ -81,6 +81,20 @@ pub struct Frame {
     pub reduction: u32,
 }
 
+/// Refuses image bytes that are empty or larger than `max_image_bytes`, before anything reads them.
+pub(crate) fn check_image_size(bytes: &[u8], max_image_bytes: usize) -> Result<(), FrameError> {
+    if bytes.is_empty() {
+        return Err(FrameError::Empty);
+    }
+    if bytes.len() > max_image_bytes {
+        return Err(FrameError::TooLarge {
+            actual: bytes.len(),
+            limit: max_image_bytes,
+        });
+    }
+    Ok(())
+}
+
 /// Decodes base64 in the forms tablets send: standard or URL-safe alphabet, padded or not,
 /// with an optional `data:image/...;base64,` prefix and line breaks or spaces anywhere.
 pub fn decode_base64(body: &[u8], max_image_bytes: usize) -> Result<Vec<u8>, FrameError> {
@@ -118,15 +132,7 @@ pub fn decode_base64(body: &[u8], max_image_bytes: usize) -> Result<Vec<u8>, Fra
     let bytes = base64::engine::general_purpose::STANDARD_NO_PAD
         .decode(&compact)
         .map_err(|err| FrameError::Base64(err.to_string()))?;
-    if bytes.is_empty() {
-        return Err(FrameError::Empty);
-    }
-    if bytes.len() > max_image_bytes {
-        return Err(FrameError::TooLarge {
-            actual: bytes.len(),
-            limit: max_image_bytes,
-        });
-    }
+    check_image_size(&bytes, max_image_bytes)?;
     Ok(bytes)
 }
 
@@ -316,12 +322,7 @@ impl CheckedImage {
     /// image larger than the limits allow. A refused image's bytes come back with the error.
     pub fn check(bytes: Vec<u8>, limits: &FrameConfig) -> Result<CheckedImage, RefusedImage> {
         let plan = (|| {
-            if bytes.len() > limits.max_image_bytes {
-                return Err(FrameError::TooLarge {
-                    actual: bytes.len(),
-                    limit: limits.max_image_bytes,
-                });
-            }
+            check_image_size(&bytes, limits.max_image_bytes)?;
             let header = read_header(&bytes)?;
             Ok((header, plan_decode(&header, limits)?))
         })();

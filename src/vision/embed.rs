@@ -5,7 +5,7 @@ use opencv::dnn;
 use opencv::prelude::*;
 
 use crate::models::{ChannelOrder, EmbedderContract, ResolvedModel};
-use crate::vision::VisionError;
+use crate::vision::{grey_probe, load_error, load_onnx, VisionError};
 
 /// A unit-length face vector; the dot product of two is their cosine similarity.
 #[derive(Debug, Clone, PartialEq)]
@@ -57,26 +57,15 @@ pub(crate) struct Embedder {
 
 impl Embedder {
     pub fn load(model: &ResolvedModel<EmbedderContract>) -> Result<Embedder, VisionError> {
-        let load_error = |cause: String| VisionError::ModelLoad {
-            model: model.name.clone(),
-            path: model.path.clone(),
-            cause,
-        };
-        let mut net = dnn::read_net_from_onnx(&model.path.to_string_lossy())
-            .map_err(|err| load_error(err.to_string()))?;
-        net.set_preferable_backend(dnn::DNN_BACKEND_OPENCV)?;
-        net.set_preferable_target(dnn::DNN_TARGET_CPU)?;
         let mut embedder = Embedder {
-            net,
+            net: load_onnx(model)?,
             contract: model.contract.clone(),
             model_name: model.name.clone(),
         };
-        let side = embedder.input_size();
-        let probe =
-            Mat::new_rows_cols_with_default(side, side, opencv::core::CV_8UC3, Scalar::all(128.0))?;
+        let probe = grey_probe(embedder.input_size())?;
         embedder
             .embed_raw(&probe)
-            .map_err(|err| load_error(format!("a test inference failed: {err}")))?;
+            .map_err(|err| load_error(model, format!("a test inference failed: {err}")))?;
         Ok(embedder)
     }
 

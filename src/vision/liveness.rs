@@ -9,7 +9,7 @@ use opencv::imgproc;
 use opencv::prelude::*;
 
 use crate::models::{ChannelOrder, LivenessContract, Manifest, ModelError, ResolvedModel};
-use crate::vision::{DetectedFace, VisionError};
+use crate::vision::{grey_probe, load_error, load_onnx, DetectedFace, VisionError};
 
 /// Manifest keys of the two classifiers, in the order their scores are reported.
 pub(crate) const LIVENESS_MODELS: [&str; 2] = ["minifasnet_v2", "minifasnet_v1se"];
@@ -159,30 +159,15 @@ impl LivenessChecker {
             min_face_px: models.min_face_px,
         };
         for model in &models.models {
-            let load_error = |cause: String| VisionError::ModelLoad {
-                model: model.name.clone(),
-                path: model.path.clone(),
-                cause,
-            };
-            let mut net = dnn::read_net_from_onnx(&model.path.to_string_lossy())
-                .map_err(|err| load_error(err.to_string()))?;
-            net.set_preferable_backend(dnn::DNN_BACKEND_OPENCV)?;
-            net.set_preferable_target(dnn::DNN_TARGET_CPU)?;
             let mut classifier = Classifier {
-                net,
+                net: load_onnx(model)?,
                 contract: model.contract.clone(),
                 name: model.name.clone(),
             };
-            let side = classifier.contract.input_size;
-            let probe = Mat::new_rows_cols_with_default(
-                side,
-                side,
-                opencv::core::CV_8UC3,
-                Scalar::all(128.0),
-            )?;
+            let probe = grey_probe(classifier.contract.input_size)?;
             classifier
                 .logits(&probe)
-                .map_err(|err| load_error(format!("a test inference failed: {err}")))?;
+                .map_err(|err| load_error(model, format!("a test inference failed: {err}")))?;
             checker.classifiers.push(classifier);
         }
         Ok(checker)

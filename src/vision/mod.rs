@@ -297,6 +297,35 @@ impl Recognizer {
     }
 }
 
+/// Loads an ONNX model onto OpenCV's CPU backend.
+pub(crate) fn load_onnx<C>(model: &ResolvedModel<C>) -> Result<opencv::dnn::Net, VisionError> {
+    use opencv::dnn::{self, NetTrait};
+    let mut net = dnn::read_net_from_onnx(&model.path.to_string_lossy())
+        .map_err(|err| load_error(model, err.to_string()))?;
+    net.set_preferable_backend(dnn::DNN_BACKEND_OPENCV)?;
+    net.set_preferable_target(dnn::DNN_TARGET_CPU)?;
+    Ok(net)
+}
+
+/// A mid-grey BGR square for the test inference every network gets at load.
+pub(crate) fn grey_probe(side: i32) -> Result<Mat, VisionError> {
+    Ok(Mat::new_rows_cols_with_default(
+        side,
+        side,
+        opencv::core::CV_8UC3,
+        opencv::core::Scalar::all(128.0),
+    )?)
+}
+
+/// `model` could not be loaded (or failed its test inference) for `cause`.
+pub(crate) fn load_error<C>(model: &ResolvedModel<C>, cause: String) -> VisionError {
+    VisionError::ModelLoad {
+        model: model.name.clone(),
+        path: model.path.clone(),
+        cause,
+    }
+}
+
 pub fn elapsed_ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1000.0
 }
