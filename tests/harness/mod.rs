@@ -556,6 +556,16 @@ impl Daemon {
         memory_kib(self.pid())
     }
 
+    /// Stops the daemon (SIGTERM) and starts it again with the same config and state directory.
+    pub fn restart(&mut self) {
+        assert!(
+            self.terminate().success(),
+            "a clean stop before the restart"
+        );
+        let setup = std::mem::replace(&mut self.setup, Setup::empty());
+        *self = Daemon::start(setup);
+    }
+
     /// Sends SIGTERM and waits for the exit; the logs stay readable afterwards.
     pub fn terminate(&mut self) -> ExitStatus {
         // SAFETY: kill(2) on our own child's pid; the child is not reaped yet, so the pid is still ours.
