@@ -576,7 +576,7 @@ pub fn judge(
     let now = Instant::now();
     let tally = confirmation.and_then(|Confirming { table, tablet }| {
         let mut table = table.lock().unwrap_or_else(PoisonError::into_inner);
-        match confirming_person(&outcome, liveness, freshness, now) {
+        match confirming_person(&outcome, liveness, liveness_threshold, freshness, now) {
             Some(person) => Some(table.grant(&tablet, person, liveness.score(), now)),
             None => {
                 table.interrupt(&tablet);
