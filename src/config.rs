@@ -974,9 +974,15 @@ mod tests {
             ),
             ("[codes]\nmax_failures = 0", "codes.max_failures"),
             ("[codes]\nlockout_s = 0", "codes.lockout_s"),
-            ("[codes]\nbuilding_max_failures = 2", "codes.building_max_failures"),
+            (
+                "[codes]\nbuilding_max_failures = 2",
+                "codes.building_max_failures",
+            ),
             ("[codes]\nbuilding_window_s = 0", "codes.building_window_s"),
-            ("[codes]\nbuilding_pause_s = 86401", "codes.building_pause_s"),
+            (
+                "[codes]\nbuilding_pause_s = 86401",
+                "codes.building_pause_s",
+            ),
             ("[door]\nreport_wait_ms = 0", "door.report_wait_ms"),
             ("[http]\nqueue_depth = 0", "http.queue_depth"),
             ("[http]\nmax_connections = 0", "http.max_connections"),

@@ -331,13 +331,13 @@ fn stale_cause(freshness: Freshness, now: Instant) -> Option<StaleCause> {
 /// The person a frame counts towards in the tablet's confirmation: a fresh recognised face that liveness
 /// could judge and passed (every confirming frame must reach `liveness_threshold` itself). Any other
 /// frame interrupts the tablet's streak.
-pub(crate) fn confirming_person<'a>(
-    outcome: &'a Outcome,
+pub(crate) fn confirming_person(
+    outcome: &Outcome,
     liveness: Liveness,
     liveness_threshold: f32,
     freshness: Freshness,
     now: Instant,
-) -> Option<&'a str> {
+) -> Option<&str> {
     let judged_live = match liveness {
         Liveness::Off => true,
         Liveness::TooSmall => false,
