@@ -521,39 +521,15 @@ fn commands_need_a_valid_signature_and_work_once() {
 #[test]
 fn a_signed_gallery_reaches_two_doors_and_unsigned_or_older_ones_do_not() {
     let broker = Broker::start();
-    // The building's key and two exports of the enrolled gallery, the second newer than the first.
-    let office = Setup::new();
-    let key = office.dir().join("building.key");
-    let keygen = office.run(&["gallery", "keygen", key.to_str().unwrap()]);
-    assert!(keygen.status.success(), "{keygen:?}");
-    let public = keygen
-        .stdout
-        .split('"')
-        .nth(1)
-        .expect("the public key line")
-        .to_string();
-    let export = |name: &str, signed: bool| -> PathBuf {
-        let file = office.dir().join(name);
-        let mut args = vec!["gallery", "export", file.to_str().unwrap()];
-        if signed {
-            args.extend(["--sign", key.to_str().unwrap()]);
-        }
-        let finished = office.run(&args);
-        assert!(finished.status.success(), "{finished:?}");
-        std::thread::sleep(Duration::from_millis(5));
-        file
-    };
-    let older = export("older.json", true);
-    let unsigned = export("unsigned.json", false);
-    let newer = export("newer.json", true);
+    // The building's key and exports of the enrolled gallery, each newer than the one before.
+    let office = Office::new();
+    let older = office.export("older.json", true);
+    let unsigned = office.export("unsigned.json", false);
+    let newer = office.export("newer.json", true);
 
     let doors: Vec<Daemon> = ["north", "south"]
         .into_iter()
-        .map(|door| {
-            let setup = mqtt_setup(&broker, door).set("mqtt.gallery_public_key", public.as_str());
-            std::fs::remove_file(setup.state_dir().join("gallery.json")).unwrap();
-            setup.serve()
-        })
+        .map(|door| office.door(&broker, door).serve())
         .collect();
     let people = |d: &Daemon| d.get("/healthz").json()["people"].as_u64();
     for door in &doors {
@@ -595,9 +571,7 @@ fn a_signed_gallery_reaches_two_doors_and_unsigned_or_older_ones_do_not() {
     }
 
     // A door started later gets the retained gallery at once.
-    let late = mqtt_setup(&broker, "late").set("mqtt.gallery_public_key", public.as_str());
-    std::fs::remove_file(late.state_dir().join("gallery.json")).unwrap();
-    let late = late.serve();
+    let late = office.door(&broker, "late").serve();
     wait_for("the retained gallery at a late door", || {
         (people(&late) == Some(2)).then_some(())
     });
