@@ -292,11 +292,12 @@ async function frameLoop() {
   }
 }
 
-// Shows what an answer to a frame means; returns how long to wait before the next frame. During a
-// code lockout only a welcome replaces the countdown.
+// Shows what an answer to a frame means; returns how long to wait before the next frame. Over the
+// keypad (a frame may have been on its way when it opened) and a lockout's countdown, only a welcome
+// is shown.
 function judge(answer) {
-  const locked = performance.now() < lockedUntil;
-  if (locked && answer.status !== "granted") {
+  const busyElsewhere = performance.now() < lockedUntil || document.body.dataset.state === "code";
+  if (busyElsewhere && answer.status !== "granted") {
     return answer.status === "paused" || answer.status === "busy"
       ? (answer.retry_after_ms ?? BUSY_WAIT_MS)
       : FRAME_INTERVAL_MS;
