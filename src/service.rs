@@ -313,6 +313,10 @@ impl Service {
                 record.status = Status::Denied;
                 record.reason = Some("code_failed");
                 check.attempts_left = Some(attempts_left);
+                // The failure that starts a lockout says how long it lasts, so the tablet can count down.
+                if attempts_left == 0 {
+                    check.retry_after_s = Some(self.config.codes.lockout_s);
+                }
                 Some("code_failed")
             }
             Ok(Verdict::LockedOut { retry_after }) => {
