@@ -1065,6 +1065,11 @@ mod tests {
                 DoorConfig::default().confirm_window_ms
             )
         );
+        assert_eq!(
+            config.door,
+            DoorConfig::default(),
+            "the shipped [door] documents the defaults"
+        );
     }
 
     #[test]
