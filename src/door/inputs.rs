@@ -445,6 +445,16 @@ mod tests {
         }
     }
 
+    /// One scenario: (name, relock_on, steps, expected actions, contact at the end, alarm at the end).
+    type Scenario = (
+        &'static str,
+        RelockOn,
+        Vec<(u64, Step)>,
+        Vec<&'static str>,
+        ContactState,
+        Option<Alarm>,
+    );
+
     /// A step of a scenario, at a millisecond offset from its start.
     #[derive(Debug, Clone)]
     enum Step {
@@ -527,9 +537,8 @@ mod tests {
     fn input_table() {
         use RelockOn::{Close, Timer};
         use Step::*;
-        // (name, relock_on, steps, expected actions, contact at the end, alarm at the end)
         #[rustfmt::skip]
-        let table: Vec<(&str, RelockOn, Vec<(u64, Step)>, Vec<&str>, ContactState, Option<Alarm>)> = vec![
+        let table: Vec<Scenario> = vec![
             ("opening while locked is forced", Timer,
                 vec![(0, Contact(Open)), (60, Tick)],
                 vec!["forced"], ContactState::Open, Some(Alarm::Forced)),

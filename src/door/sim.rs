@@ -199,9 +199,9 @@ fn follow_inputs(path: &Path, wiring: InputWiring, sink: &InputSink) -> std::io:
     if wiring.contact.is_some() {
         let last_contact = history
             .lines()
+            .rev()
             .filter_map(|line| parse_input_line(line).ok().flatten())
-            .filter(|signal| matches!(signal, InputSignal::Contact(_)))
-            .last();
+            .find(|signal| matches!(signal, InputSignal::Contact(_)));
         sink.send(last_contact.unwrap_or(InputSignal::Contact(ContactLevel::Closed)));
     }
     let mut partial = Vec::new();
