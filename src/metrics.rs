@@ -38,6 +38,8 @@ struct Inner {
     mqtt_received: BTreeMap<(&'static str, &'static str), u64>,
     /// event → count: the door's input events (opened, forced, held, exit, ...).
     door_inputs: BTreeMap<&'static str, u64>,
+    /// alarm → times raised.
+    alarms: BTreeMap<&'static str, u64>,
 }
 
 /// A value kept elsewhere (an atomic counter of another thread), read when /metrics renders.
@@ -96,6 +98,11 @@ impl Metrics {
         self.with(|m| *m.mqtt_received.entry((kind, result)).or_default() += 1);
     }
 
+    /// An alarm raised (`code_entry_paused`, ...).
+    pub(crate) fn count_alarm(&self, alarm: &'static str) {
+        self.with(|m| *m.alarms.entry(alarm).or_default() += 1);
+    }
+
     /// Reports `read()` as metric `name` of type `kind` (`counter` or `gauge`) from now on.
     pub(crate) fn add_source(
         &self,
@@ -123,9 +130,19 @@ impl Metrics {
                 m.snapshot_bytes,
                 m.mqtt_received.clone(),
                 m.door_inputs.clone(),
+                m.alarms.clone(),
             )
         });
-        let (requests, stages, openings, snap_count, snap_bytes, mqtt_received, door_inputs) = m;
+        let (
+            requests,
+            stages,
+            openings,
+            snap_count,
+            snap_bytes,
+            mqtt_received,
+            door_inputs,
+            alarms,
+        ) = m;
         let mut out = String::new();
         out.push_str("# HELP facegate_requests_total Answered requests by endpoint and status.\n");
         out.push_str("# TYPE facegate_requests_total counter\n");
@@ -202,6 +219,11 @@ impl Metrics {
                 out,
                 "facegate_door_input_events_total{{event=\"{event}\"}} {n}"
             );
+        }
+        out.push_str("# HELP facegate_alarms_total Alarms raised, by alarm.\n");
+        out.push_str("# TYPE facegate_alarms_total counter\n");
+        for (alarm, n) in &alarms {
+            let _ = writeln!(out, "facegate_alarms_total{{alarm=\"{alarm}\"}} {n}");
         }
         let sources = lock_recovering(&self.sources);
         let sourced = sources.iter().map(|s| (s.name, s.kind, s.help, (s.read)()));
