@@ -166,7 +166,7 @@ fn an_untokened_flood_is_summarised_and_a_grant_during_it_keeps_its_lines() {
             .filter(|line| line["kind"] == "door" && line["request_id"] == id)
             .collect();
         let states: Vec<&str> = lines.iter().filter_map(|l| l["state"].as_str()).collect();
-        (states.contains(&"unlocked") && states.contains(&"locked")).then(|| states.len())
+        (states.contains(&"unlocked") && states.contains(&"locked")).then_some(states.len())
     });
     assert!(door >= 2);
 
