@@ -23,6 +23,7 @@ use crate::door::{DoorController, OpenCause, OpenRequest};
 use crate::events::EventRing;
 use crate::frame::{self, CheckedImage, FrameError, RefusedImage};
 use crate::gallery::{Gallery, LiveGallery};
+use crate::gallery_bundle;
 use crate::metrics::Metrics;
 use crate::mqtt::Remote;
 use crate::ratelimit::RateLimitedLog;
@@ -143,6 +144,8 @@ impl Service {
             "door_available": self.door.is_available(),
             "logging": crate::logging::health().as_str(),
             "people": gallery.people().len(),
+            "gallery_sequence": gallery.sequence(),
+            "gallery_age_s": gallery_bundle::age_s(&gallery, Utc::now()),
             "uptime_s": self.started.elapsed().as_secs(),
             "code_entry": "open",
         });
@@ -151,6 +154,11 @@ impl Service {
             health["code_entry_retry_after_s"] = json!(whole_seconds(paused));
         }
         health
+    }
+
+    /// Seconds since the building gallery in use was exported (`None`: not from a building gallery).
+    pub(crate) fn gallery_age_s(&self) -> Option<u64> {
+        gallery_bundle::age_s(&self.gallery.current(), Utc::now())
     }
 
     pub(crate) fn metrics_text(&self) -> String {
@@ -329,6 +337,10 @@ impl Service {
                 record.status = Status::Denied;
                 record.reason = Some("code_failed");
                 check.attempts_left = Some(attempts_left);
+                // The failure that starts a lockout says how long it lasts, so the tablet can count down.
+                if attempts_left == 0 {
+                    check.retry_after_s = Some(self.config.codes.lockout_s);
+                }
                 Some("code_failed")
             }
             Ok(Verdict::LockedOut { retry_after }) => {

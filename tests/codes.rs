@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use harness::{
     audit_lines, bearer, photo, read_reply, run_facegate, wait_for_audit, wait_for_snapshot,
-    Daemon, Finished, Reply, Setup, GRANTED_PHOTO, STRANGER_PHOTO,
+    with_visitor_codes, Daemon, Finished, Reply, Setup, GRANTED_PHOTO, STRANGER_PHOTO,
 };
 
 /// Runs `facegate codes ...` with a config whose week has a holiday on Christmas.
@@ -156,40 +156,9 @@ fn show_defaults_to_today_in_local_time() {
 // ---------------------------------------------------------------------------------------------
 // POST /code on the real daemon
 
-/// A daemon whose every weekday is a working day (so the test passes any day), with codes for
-/// yesterday to tomorrow made by `facegate codes generate`. Long codes, so that no timestamp or id
-/// in a log can contain one by chance.
+/// A daemon with visitor codes valid today (see `harness::with_visitor_codes`).
 fn daemon_with_codes(setup: Setup) -> (Daemon, Vec<String>) {
-    let setup = setup.set(
-        "codes.working_days",
-        toml::Value::Array(
-            ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
-                .map(|d| toml::Value::String(d.into()))
-                .into(),
-        ),
-    );
-    let today = chrono::Local::now().date_naive();
-    let (from, to) = (today.pred_opt().unwrap(), today.succ_opt().unwrap());
-    let generated = setup.run(&[
-        "codes",
-        "generate",
-        "--from",
-        &from.to_string(),
-        "--to",
-        &to.to_string(),
-        "--daily",
-        "3",
-        "--weekly",
-        "1",
-        "--digits",
-        "12",
-    ]);
-    assert!(generated.status.success(), "{generated:?}");
-    let shown = setup.run(&["codes", "show", "--json"]);
-    let valid: Value = serde_json::from_str(&shown.stdout).unwrap_or_else(|_| panic!("{shown:?}"));
-    let mut codes = strings(&valid["daily"]);
-    codes.extend(strings(&valid["weekly"]));
-    assert_eq!(codes.len(), 4, "{valid}");
+    let (setup, codes) = with_visitor_codes(setup);
     (setup.serve(), codes)
 }
 
