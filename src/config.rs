@@ -861,6 +861,11 @@ impl Config {
         self.state_dir.join("codes.json")
     }
 
+    /// The paired tablets file (mode 0600).
+    pub fn tablets_path(&self) -> PathBuf {
+        self.state_dir.join("tablets.json")
+    }
+
     pub fn audit_dir(&self) -> PathBuf {
         self.audit
             .dir

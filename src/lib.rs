@@ -30,4 +30,5 @@ pub mod record;
 pub mod service;
 pub mod snapshots;
 pub mod sync;
+pub mod tablets;
 pub mod vision;
