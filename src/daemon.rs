@@ -29,6 +29,7 @@ use crate::metrics::Metrics;
 use crate::mqtt::{Remote, RemoteParts};
 use crate::service::Service;
 use crate::snapshots::{SnapshotRetention, SnapshotWriter};
+use crate::tablets::{LiveTablets, TabletStore};
 use crate::vision::{PipelineModels, Recognizer};
 
 /// How long the accepting loop waits before looking at the stop flags again.
@@ -322,8 +323,12 @@ fn serve(
     let address = listener.local_addr()?;
     let (server, backend) = listen_for_front(&config)?;
     let people = gallery.current().people().len();
+    let tablets = Arc::new(LiveTablets::new(TabletStore::new(config.tablets_path())));
+    let kiosk = http::kiosk::Kiosk::start(Arc::clone(&tablets), audit.clone())
+        .context("the kiosk pairing thread did not start")?;
     let transport = Arc::new(http::Transport {
         token: config.token(),
+        kiosk: Some(kiosk),
         ..http::Transport::default()
     });
     let service = Arc::new(Service::new(
@@ -350,6 +355,7 @@ fn serve(
         body_timeout: Duration::from_millis(service.config.http.body_timeout_ms),
         max_body_bytes: service.config.http.max_body_bytes,
         token: transport.token.clone(),
+        tablets,
         backend,
         tls: tls.as_ref().map(|(server, _)| Arc::clone(server)),
     };

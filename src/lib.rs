@@ -19,6 +19,7 @@ pub mod frame;
 pub mod front;
 pub mod gallery;
 pub mod gallery_bundle;
+pub mod host;
 pub mod http;
 pub mod logging;
 pub mod metrics;

@@ -345,7 +345,10 @@ mod tests {
         book.seen("front", at(2), Some("10.0.0.7".into()));
         book.seen("gone", at(2), None);
         assert_eq!(book.tablets["front"].last_seen, Some(at(2)));
-        assert_eq!(book.tablets["front"].last_address.as_deref(), Some("10.0.0.7"));
+        assert_eq!(
+            book.tablets["front"].last_address.as_deref(),
+            Some("10.0.0.7")
+        );
         assert_eq!(book.tablets.len(), 1);
     }
 }

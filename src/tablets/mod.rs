@@ -4,6 +4,7 @@
 //! whenever it changes, so a new link or a revocation takes effect at the next request.
 
 pub mod book;
+pub mod link;
 pub mod store;
 
 use std::collections::HashMap;
@@ -35,14 +36,20 @@ pub enum TabletError {
     Full,
     #[error("this pairing link is unknown, used or expired: make a new one with facegate tablets add NAME")]
     PairingInvalid,
-    #[error("cannot read the tablets file {path}: {cause}. Check the state directory's permissions")]
+    #[error(
+        "cannot read the tablets file {path}: {cause}. Check the state directory's permissions"
+    )]
     Read {
         path: PathBuf,
         cause: std::io::Error,
     },
-    #[error("the tablets file {path} is damaged ({message}); remove it and pair the tablets again")]
+    #[error(
+        "the tablets file {path} is damaged ({message}); remove it and pair the tablets again"
+    )]
     Parse { path: PathBuf, message: String },
-    #[error("cannot write the tablets file {path}: {cause}. Check that the state directory is writable")]
+    #[error(
+        "cannot write the tablets file {path}: {cause}. Check that the state directory is writable"
+    )]
     Write {
         path: PathBuf,
         cause: std::io::Error,

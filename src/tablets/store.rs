@@ -95,11 +95,12 @@ impl TabletStore {
         &self,
         change: impl FnOnce(&mut TabletBook) -> Result<T, TabletError>,
     ) -> Result<T, TabletError> {
-        let _lock =
-            crate::atomic_file::lock_beside(&self.path, MODE).map_err(|cause| TabletError::Write {
+        let _lock = crate::atomic_file::lock_beside(&self.path, MODE).map_err(|cause| {
+            TabletError::Write {
                 path: crate::atomic_file::lock_path(&self.path),
                 cause,
-            })?;
+            }
+        })?;
         let mut book = self.load()?;
         let before = book.clone();
         let result = change(&mut book)?;
