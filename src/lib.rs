@@ -21,6 +21,7 @@ pub mod gallery;
 pub mod gallery_bundle;
 pub mod host;
 pub mod http;
+pub mod kiosk;
 pub mod logging;
 pub mod metrics;
 pub mod models;

@@ -129,6 +129,12 @@ fn a_tablet_pairs_posts_frames_under_its_name_and_stops_at_once_when_revoked() {
     );
     assert_eq!(shared.status, 200, "{}", shared.text());
     assert!(shared.json().get("tablet").is_none(), "{}", shared.text());
+    // The shared token passes hello too, as no tablet.
+    let shared_hello = daemon.get("/kiosk/hello");
+    assert_eq!(
+        (shared_hello.status, shared_hello.json()),
+        (200, json!({"tablet": null}))
+    );
     // A device token opens the tablet's endpoints only.
     let bearer_token = format!("Bearer {token}");
     let metrics = daemon.send("GET", "/metrics", &[("Authorization", &bearer_token)], b"");

@@ -316,6 +316,7 @@ fn route_label(route: Route) -> &'static str {
         Route::Admin => "admin",
         Route::KioskPair => "kiosk_pair",
         Route::KioskHello => "kiosk_hello",
+        Route::Kiosk => "kiosk",
         Route::WrongMethod(_) | Route::NotFound => "other",
     }
 }
@@ -506,7 +507,8 @@ fn credential(head: &Head, settings: &Settings) -> Credential {
 }
 
 /// May a request with `credential` go to `route`? A tablet's device token opens the frame posts and
-/// `/kiosk/hello`; the shared token the rest; the admin pages and pairing need neither.
+/// `/kiosk/hello`; the shared token all but the admin pages; the admin pages, the kiosk page's files
+/// and pairing need neither.
 fn admit(route: Route, credential: &Credential, token_required: bool) -> Result<(), Refusal> {
     let unauthorized = || {
         Refusal::new(
@@ -523,8 +525,8 @@ fn admit(route: Route, credential: &Credential, token_required: bool) -> Result<
         )
     };
     match (route, credential) {
-        (Route::Health | Route::Admin | Route::KioskPair, _) => Ok(()),
-        (Route::KioskHello, Credential::Tablet(_)) => Ok(()),
+        (Route::Health | Route::Admin | Route::Kiosk | Route::KioskPair, _) => Ok(()),
+        (Route::KioskHello, Credential::Tablet(_) | Credential::Shared) => Ok(()),
         (Route::KioskHello, _) | (_, Credential::Unpaired) => Err(unpaired()),
         (_, Credential::Shared) => Ok(()),
         (Route::Metrics | Route::Events, Credential::Tablet(_)) => Err(unauthorized()),
@@ -648,6 +650,7 @@ mod tests {
             ("GET /nope HTTP/1.1\r\n\r\n", Err(401)),
             // The admin pages sign in on their own: no bearer token needed to reach them.
             ("GET /admin/ HTTP/1.1\r\n\r\n", Ok(Framing::None)),
+            ("GET /kiosk/kiosk.js HTTP/1.1\r\n\r\n", Ok(Framing::None)),
             ("GET /nope HTTP/1.1\r\nAuthorization: Bearer t\r\n\r\n", Err(404)),
             ("GET /image HTTP/1.1\r\nAuthorization: Bearer t\r\n\r\n", Err(405)),
             ("POST /image HTTP/1.1\r\nAuthorization: Bearer t\r\nContent-Length: 1001\r\n\r\n", Err(413)),
@@ -682,7 +685,7 @@ mod tests {
             (image, Credential::Nothing, true, Err("unauthorized")),
             (image, Credential::Nothing, false, Ok(())),
             (Route::KioskHello, tablet.clone(), true, Ok(())),
-            (Route::KioskHello, Credential::Shared, true, Err("unpaired")),
+            (Route::KioskHello, Credential::Shared, true, Ok(())),
             (
                 Route::KioskHello,
                 Credential::Nothing,

@@ -91,8 +91,9 @@ impl Kiosk {
     }
 }
 
-/// `GET /kiosk/hello` from a paired tablet (the front checked its token).
-pub(crate) fn hello(tablet: &str) -> Answer {
+/// `GET /kiosk/hello` from a paired tablet (the front checked its token), or `null` for a client
+/// with the shared `http.token`, which every endpoint but the admin pages accepts too.
+pub(crate) fn hello(tablet: Option<&str>) -> Answer {
     Answer::ok(json!({ "tablet": tablet }))
 }
 

@@ -207,6 +207,8 @@ pub(crate) enum Route {
     KioskPair,
     /// `GET /kiosk/hello`: is this device token paired, and as which tablet?
     KioskHello,
+    /// The kiosk page's static files (`GET /kiosk/...`): no credential, they hold no secret.
+    Kiosk,
     WrongMethod(&'static str),
     NotFound,
 }
@@ -225,6 +227,8 @@ pub(crate) fn route(method: &Method, url: &str) -> Route {
         (_, "/healthz" | "/metrics" | "/events") => Route::WrongMethod("GET"),
         (_, "/image" | "/save" | "/code" | "/kiosk/pair") => Route::WrongMethod("POST"),
         (_, "/kiosk/hello") => Route::WrongMethod("GET"),
+        (Method::Get, "/kiosk") => Route::Kiosk,
+        (Method::Get, kiosk) if kiosk.starts_with("/kiosk/") => Route::Kiosk,
         (_, "/admin") => Route::Admin,
         (_, admin) if admin.starts_with("/admin/") => Route::Admin,
         _ => Route::NotFound,
@@ -266,6 +270,10 @@ pub(crate) fn dispatch(
     if route == Route::Health {
         return respond(request, &Answer::ok(service.health()));
     }
+    if route == Route::Kiosk {
+        service.metrics.count_request("kiosk", "ok");
+        return respond_kiosk(request);
+    }
     let plain_error = |code: u16, error: &str, message: String| Answer {
         code,
         body: json!({
@@ -294,8 +302,10 @@ pub(crate) fn dispatch(
     }
     match (route, &tablet, &transport.kiosk) {
         (Route::KioskPair, _, Some(kiosk)) => return kiosk.pair(request, request_id),
-        (Route::KioskHello, Some(tablet), _) => return respond(request, &kiosk::hello(tablet)),
-        (Route::KioskHello, None, _) => {
+        (Route::KioskHello, tablet, _) => {
+            if tablet.is_some() || authorized(&request, transport.token.as_deref()) {
+                return respond(request, &kiosk::hello(tablet.as_deref()));
+            }
             let message = "this tablet is not paired (or was revoked): pair it again".into();
             return respond(request, &plain_error(401, "unpaired", message));
         }
@@ -353,7 +363,12 @@ pub(crate) fn dispatch(
             );
             return respond(request, &answer);
         }
-        Route::Health | Route::Admin | Route::KioskPair | Route::KioskHello | Route::NotFound => {
+        Route::Health
+        | Route::Admin
+        | Route::Kiosk
+        | Route::KioskPair
+        | Route::KioskHello
+        | Route::NotFound => {
             let answer = plain_error(404, "not_found", NOT_FOUND.into());
             return respond(request, &answer);
         }
@@ -377,6 +392,35 @@ pub(crate) fn dispatch(
         let handled = service.busy(&job.request_id, job.endpoint);
         respond(job.request, &Answer::of(&handled));
         service.follow_up(handled);
+    }
+}
+
+/// A file of the kiosk page from the binary; `/kiosk` itself moves to `/kiosk/`, where the page's
+/// relative links resolve.
+fn respond_kiosk(request: Request) {
+    let path = request.url().split('?').next().unwrap_or("");
+    let response = match path.strip_prefix("/kiosk/").map(crate::kiosk::asset) {
+        Some(Some(asset)) => crate::kiosk::headers(&asset).iter().fold(
+            Response::from_data(asset.body.to_vec()),
+            |response, (name, value)| response.with_header(header(name, value)),
+        ),
+        Some(None) => {
+            let answer = Answer {
+                code: 404,
+                body: json!({
+                    "status": "error",
+                    "error": "not_found",
+                    "message": "no such file of the kiosk page: open /kiosk/",
+                }),
+            };
+            return respond(request, &answer);
+        }
+        None => Response::from_data(Vec::new())
+            .with_status_code(308)
+            .with_header(header("Location", "/kiosk/")),
+    };
+    if let Err(err) = request.respond(response) {
+        log::debug!("could not send the kiosk page: {err}");
     }
 }
 
@@ -468,6 +512,11 @@ mod tests {
             (Method::Get, "/kiosk/hello", Route::KioskHello),
             (Method::Get, "/kiosk/pair", Route::WrongMethod("POST")),
             (Method::Post, "/kiosk/hello", Route::WrongMethod("GET")),
+            (Method::Get, "/kiosk", Route::Kiosk),
+            (Method::Get, "/kiosk/", Route::Kiosk),
+            (Method::Get, "/kiosk/kiosk.js?v=1", Route::Kiosk),
+            (Method::Post, "/kiosk/", Route::NotFound),
+            (Method::Get, "/kiosks", Route::NotFound),
         ];
         for (method, url, expected) in cases {
             assert_eq!(route(&method, url), expected, "{method} {url}");

@@ -82,6 +82,13 @@ impl Remote {
         }
     }
 
+    /// An alarm for `<prefix>/<door_id>/event`, as its audit line (`kind: "alarm"`).
+    pub(crate) fn publish_alarm(&self, line: &Value) {
+        if let Some(link) = self.link.get() {
+            link.publish_event(line);
+        }
+    }
+
     /// Starts MQTT when `mqtt.url` is set: restores a lockdown left by a `lock` command, connects, and
     /// from then on publishes door state and decisions and acts on commands and galleries.
     pub fn start(self: &Arc<Self>, config: &Config, parts: RemoteParts) -> Result<(), LinkError> {
