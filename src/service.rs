@@ -23,6 +23,7 @@ use crate::door::{DoorController, OpenCause, OpenRequest};
 use crate::events::EventRing;
 use crate::frame::{self, CheckedImage, FrameError, RefusedImage};
 use crate::gallery::{Gallery, LiveGallery};
+use crate::gallery_bundle;
 use crate::metrics::Metrics;
 use crate::mqtt::Remote;
 use crate::ratelimit::RateLimitedLog;
@@ -137,11 +138,16 @@ impl Service {
 
     pub fn health(&self) -> Value {
         let gallery = self.gallery.current();
+        let inputs = self.door.input_status();
         let mut health = json!({
             "status": "ok",
             "door_available": self.door.is_available(),
+            "contact": inputs.contact,
+            "alarm": inputs.alarm,
             "logging": crate::logging::health().as_str(),
             "people": gallery.people().len(),
+            "gallery_sequence": gallery.sequence(),
+            "gallery_age_s": gallery_bundle::age_s(&gallery, Utc::now()),
             "uptime_s": self.started.elapsed().as_secs(),
             "code_entry": "open",
         });
@@ -150,6 +156,11 @@ impl Service {
             health["code_entry_retry_after_s"] = json!(whole_seconds(paused));
         }
         health
+    }
+
+    /// Seconds since the building gallery in use was exported (`None`: not from a building gallery).
+    pub(crate) fn gallery_age_s(&self) -> Option<u64> {
+        gallery_bundle::age_s(&self.gallery.current(), Utc::now())
     }
 
     pub(crate) fn metrics_text(&self) -> String {

@@ -407,6 +407,7 @@ impl Admin {
             "/admin/people/remove" => self.remove_person(session, &fields, &peer),
             "/admin/people/remove-sample" => self.remove_sample(session, &fields, &peer),
             "/admin/door/pulse" => self.pulse(session, &peer),
+            "/admin/door/acknowledge" => self.acknowledge_alarm(&fields, &peer),
             "/admin/codes/generate" => self.generate_codes(session, &fields, &peer),
             "/admin/codes/revoke" => self.revoke_code(session, &fields, &peer),
             _ => self.not_found(session),
