@@ -20,8 +20,8 @@ use crate::admin::{Admin, AdminContext};
 use crate::audit::{AuditRetention, AuditWriter, AuditWriterThread};
 use crate::config::{Config, DoorBackendName, GrantWhileOpenConfig, LineLevel, RelockOnConfig};
 use crate::door::{
-    self, BackendKind, DoorController, DoorEvent, DoorSettings, GrantWhileOpen, InputLine,
-    InputSettings, InputWiring, RelayState, RelockOn,
+    self, BackendKind, ContactState, DoorController, DoorEvent, DoorSettings, GrantWhileOpen,
+    InputLine, InputSettings, InputStatus, InputWiring, RelayState, RelockOn,
 };
 use crate::front;
 use crate::gallery::{EmbedderId, LiveGallery};
@@ -282,42 +282,42 @@ fn start_door(
         door_settings(config),
         observer,
     )?);
-    let dropped = door.dropped_reports();
-    metrics.add_source(
-        "facegate_door_reports_dropped_total",
-        "counter",
-        "Door reports (log and audit) dropped because their thread fell behind.",
-        move || dropped.load(Ordering::Relaxed),
-    );
-    let dropped = door.dropped_inputs();
-    metrics.add_source(
-        "facegate_door_inputs_dropped_total",
-        "counter",
-        "Door input readings dropped because the relay thread fell behind (a chattering line).",
-        move || dropped.load(Ordering::Relaxed),
-    );
-    let status = Arc::downgrade(&door);
-    metrics.add_source(
-        "facegate_door_contact_open",
-        "gauge",
-        "1 while the door contact reads open, 0 while closed or unknown.",
-        move || {
-            status.upgrade().map_or(0, |door| {
-                u64::from(door.input_status().contact == door::ContactState::Open)
-            })
-        },
-    );
-    let status = Arc::downgrade(&door);
-    metrics.add_source(
-        "facegate_door_alarm_active",
-        "gauge",
-        "1 while a forced or held-open alarm waits for the admin.",
-        move || {
-            status
-                .upgrade()
-                .map_or(0, |door| u64::from(door.input_status().alarm.is_some()))
-        },
-    );
+    for (name, help, dropped) in [
+        (
+            "facegate_door_reports_dropped_total",
+            "Door reports (log and audit) dropped because their thread fell behind.",
+            door.dropped_reports(),
+        ),
+        (
+            "facegate_door_inputs_dropped_total",
+            "Door input readings dropped because the relay thread fell behind (a chattering line).",
+            door.dropped_inputs(),
+        ),
+    ] {
+        metrics.add_source(name, "counter", help, move || {
+            dropped.load(Ordering::Relaxed)
+        });
+    }
+    type Holds = fn(&InputStatus) -> bool;
+    let gauges: [(&str, &str, Holds); 2] = [
+        (
+            "facegate_door_contact_open",
+            "1 while the door contact reads open, 0 while closed or unknown.",
+            |status| status.contact == ContactState::Open,
+        ),
+        (
+            "facegate_door_alarm_active",
+            "1 while a forced or held-open alarm waits for the admin.",
+            |status| status.alarm.is_some(),
+        ),
+    ];
+    for (name, help, holds) in gauges {
+        let door = Arc::downgrade(&door);
+        metrics.add_source(name, "gauge", help, move || {
+            door.upgrade()
+                .map_or(0, |door| u64::from(holds(&door.input_status())))
+        });
+    }
     Ok(door)
 }
 
