@@ -974,6 +974,11 @@ impl Config {
         self.state_dir.join("codes.json")
     }
 
+    /// The paired tablets file (mode 0600).
+    pub fn tablets_path(&self) -> PathBuf {
+        self.state_dir.join("tablets.json")
+    }
+
     /// The sim backend's inputs file (`door.sim_inputs`).
     pub fn sim_inputs_path(&self) -> PathBuf {
         self.door

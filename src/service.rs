@@ -76,6 +76,8 @@ pub(crate) struct FrameRequest {
     pub content_type: Option<String>,
     /// The client's address, for the log and audit line and the code lockout.
     pub remote: Option<std::net::IpAddr>,
+    /// The paired tablet that sent it (its device token checked by the front).
+    pub tablet: Option<String>,
 }
 
 /// The record the answer is rendered from, plus what is written after the answer is sent.
@@ -235,9 +237,11 @@ impl Service {
             body,
             content_type,
             remote,
+            tablet,
         } = request;
         let mut record = DecisionRecord::new(&request_id, endpoint, Status::Error);
         record.remote = remote.map(|ip| ip.to_string());
+        record.tablet = tablet;
         let max_image_bytes = self.config.frame.max_image_bytes;
         if endpoint == Endpoint::Code {
             return match parse_code_post(&body, content_type.as_deref(), max_image_bytes) {
@@ -462,10 +466,14 @@ impl Service {
     ) -> Handled {
         let freshness =
             Freshness::of_frame(received_at, received_wall, post.captured_at, self.freshness);
-        // Unknown clients (none over HTTP) share the unspecified address.
-        let tablet = TabletKey {
-            address: remote.unwrap_or(IpAddr::from([0, 0, 0, 0])),
-            tablet_id: post.tablet_id.clone(),
+        // A paired tablet is known by its name; unknown clients (none over HTTP) share the
+        // unspecified address.
+        let tablet = match &record.tablet {
+            Some(name) => TabletKey::Paired(name.clone()),
+            None => TabletKey::Address {
+                address: remote.unwrap_or(IpAddr::from([0, 0, 0, 0])),
+                tablet_id: post.tablet_id.clone(),
+            },
         };
         // Garbage is answered as such even when it is also too old to decide on.
         let image = match CheckedImage::check(post.image, &self.config.frame) {
