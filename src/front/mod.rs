@@ -325,13 +325,15 @@ fn route_label(route: Route) -> &'static str {
 pub trait Refusals: Send + Sync {
     /// The next request id, from the same sequence as the requests tiny_http handles.
     fn request_id(&self) -> String;
-    /// A refused frame post (`/image`, `/save`), recorded and audited like any refusal: returns the
-    /// answer's JSON, and the bookkeeping to run once the answer is sent.
+    /// A refused frame post (`/image`, `/save`, `/code`) from `peer`, counted and summarised per
+    /// address like every refusal before a worker: returns the answer's JSON, and the bookkeeping to
+    /// run once the answer is sent.
     fn refuse_frame(
         &self,
         request_id: &str,
         endpoint: Endpoint,
         refusal: crate::record::Refusal,
+        peer: Option<std::net::IpAddr>,
     ) -> (serde_json::Value, Box<dyn FnOnce() + Send>);
 }
 
@@ -546,9 +548,10 @@ fn refuse(incoming: &mut Incoming, shared: &Shared, refusal: Refusal) -> Next {
                 error: refusal.error,
                 message: refusal.message.clone(),
             };
+            let peer = incoming.transport.peer_ip();
             let (body, after) = shared
                 .refusals
-                .refuse_frame(&request_id, endpoint, recorded);
+                .refuse_frame(&request_id, endpoint, recorded, peer);
             (body, Some(after))
         }
         route => {

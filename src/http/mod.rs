@@ -321,9 +321,10 @@ pub(crate) fn dispatch(
         };
         return match route {
             Route::Frame(endpoint) => {
-                let (answer, handled) =
-                    refusal_answer(service, &request_id, endpoint, unauthorized);
-                respond(request, &answer);
+                let peer = Forwarded::of(&request).peer.map(|peer| peer.ip());
+                let handled =
+                    service.refuse_before_worker(&request_id, endpoint, unauthorized, peer);
+                respond(request, &Answer::of(&handled));
                 service.follow_up(handled);
             }
             _ => {
