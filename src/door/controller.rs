@@ -898,14 +898,16 @@ impl<'a> RelayLoop<'a> {
     fn tick(&mut self) {
         self.feed(Happening::Tick);
         let now = Instant::now();
-        if self
+        // `relock_on = "close"`: the closing relocks this pulse, not the hold's end. A lock retry
+        // still happens on time.
+        let (next, action) = if self
             .input_state
             .keeps_unlocked(&self.shared.settings.inputs)
         {
-            // `relock_on = "close"`: the closing relocks this pulse.
-            return;
-        }
-        let (next, action) = on_tick(&self.state, now, &self.shared.settings);
+            (self.state, TickAction::Nothing)
+        } else {
+            on_tick(&self.state, now, &self.shared.settings)
+        };
         self.set_state(next);
         if action == TickAction::Relock {
             let pulse = self.pulse.take();
@@ -1556,6 +1558,48 @@ mod tests {
         assert_eq!(json["identity"], "alice");
         assert_eq!(json["door"], "locked");
         assert_eq!(json["because"], "expired");
+    }
+
+    /// Regression: with `relock_on = "close"` and the opened door still open, a failed lock (a lock
+    /// command) was never retried and the relay thread spun on the passed retry deadline.
+    #[test]
+    fn a_failed_lock_is_retried_while_relock_on_close_waits_for_the_closing() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("inputs");
+        let contact = crate::door::InputLine {
+            gpio_pin: 0,
+            active_high: true,
+            debounce: Duration::ZERO,
+        };
+        let wiring = crate::door::InputWiring {
+            contact: Some(contact),
+            exit_button: None,
+        };
+        let door = SimDoor::new().with_inputs(wiring, file.clone());
+        let inputs = crate::door::InputSettings {
+            relock_on: crate::door::RelockOn::Close,
+            ..crate::door::InputSettings::default()
+        };
+        let (controller, log, _) = start_with(
+            door,
+            DoorSettings {
+                inputs,
+                ..settings(LONG_HOLD, Duration::ZERO, GrantWhileOpen::Extend)
+            },
+        );
+        assert!(wait_until(
+            || controller.input_status().contact == ContactState::Closed
+        ));
+        assert_eq!(open(&controller, "req-1"), DoorReport::Opened);
+        std::fs::write(&file, "contact open\n").unwrap();
+        assert!(wait_until(
+            || controller.input_status().contact == ContactState::Open
+        ));
+        log.fail_next_locks(1);
+        controller.hold_locked();
+        assert!(log.wait_for(WAIT, |e| has_reason(e, ActuationReason::LockRetry)));
+        assert_eq!(log.current(), Some(RelayState::Locked));
+        controller.shutdown().unwrap();
     }
 
     #[test]
