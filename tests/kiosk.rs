@@ -9,16 +9,15 @@
 mod harness;
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Mutex;
 
-use opencv::imgproc;
+use opencv::core::Mat;
 use opencv::prelude::*;
-use serde_json::json;
 
-use harness::chromium::{screenshot_dir, Browser, Driver, PHONE, TABLET};
-use harness::{with_visitor_codes, Daemon, Setup, TOKEN};
+use harness::chromium::{at_the_door, pair_kiosk, screenshot_dir, Browser, Driver, PHONE, TABLET};
+use harness::{with_visitor_codes, Daemon, Setup};
 
 /// The screen sizes every state is photographed at.
 const SIZES: [(&str, u32, u32); 2] = [TABLET, PHONE];
@@ -26,92 +25,34 @@ const SIZES: [(&str, u32, u32); 2] = [TABLET, PHONE];
 const CAMERA: (i32, i32) = (1280, 720);
 const ENROLLED_FACE: &str = harness::GRANTED_PHOTO;
 const STRANGER_FACE: &str = harness::STRANGER_PHOTO;
+/// A printed photo held up to the camera (enrolled in the liveness test: the attacker's best case).
+const PRINTED_FACE: &str = "_liveness/spoof_image_F1.jpg";
 const EMPTY_HALL: &str = "_noface/HDRtoneMapping_memorialSample.jpg";
-/// Not one of the 12-digit codes `with_visitor_codes` makes (they never start with three zeros and
-/// end the same way by chance in a test run).
+/// Not one of the 12-digit codes `with_visitor_codes` makes (one in a trillion by chance).
 const WRONG_CODE: &str = "000111000111";
-/// The page's own key for its device token (kiosk.js).
-const TOKEN_KEY: &str = "facegate.kiosk.token";
 
 /// One browser test at a time: each runs a daemon and a Chromium, and the machine has two cores.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-/// Writes a Y4M clip (YUV4MPEG2, 4:2:0) of `photo` letterboxed into a camera frame: what Chromium's
-/// fake capture device plays, in a loop, as the front camera.
-fn camera_clip(dir: &Path, photo: &str) -> PathBuf {
-    let frame = support::letterbox(&support::photo_pixels(photo), CAMERA);
-    let mut i420 = Mat::default();
-    imgproc::cvt_color(&frame, &mut i420, imgproc::COLOR_BGR2YUV_I420, 0).expect("BGR to I420");
-    let planes = i420.data_bytes().expect("a continuous I420 frame");
-    let mut clip = format!(
-        "YUV4MPEG2 W{} H{} F10:1 Ip A1:1 C420jpeg\n",
-        CAMERA.0, CAMERA.1
-    )
-    .into_bytes();
-    for _ in 0..2 {
-        clip.extend_from_slice(b"FRAME\n");
-        clip.extend_from_slice(planes);
-    }
-    let name = photo.replace(['/', '.'], "_");
-    let path = dir.join(format!("{name}.y4m"));
-    std::fs::write(&path, clip).expect("clip written");
-    path
-}
-
-/// A Chromium whose front camera shows `clip`, speaking `language`.
-fn kiosk_browser<'a>(driver: &'a Driver, clip: &Path, language: &str) -> Browser<'a> {
-    Browser::open_with(
-        driver,
-        &[
-            "--use-fake-ui-for-media-stream".into(),
-            "--use-fake-device-for-media-stream".into(),
-            format!("--use-file-for-fake-video-capture={}", clip.display()),
-            format!("--lang={language}"),
-            format!("--accept-lang={language}"),
-        ],
-    )
-}
-
-/// Gives the page its credential the way a tablet gets it.
-fn pair(browser: &Browser, base: &str) {
-    browser.go(&format!("{base}/kiosk/"));
-    browser.execute(
-        "localStorage.setItem(arguments[0], arguments[1]);",
-        json!([TOKEN_KEY, TOKEN]),
-    );
-    browser.go(&format!("{base}/kiosk/"));
+/// A Chromium at the door, its camera showing `view`, paired with `daemon` as the tablet `name`, its
+/// viewport tablet-sized.
+fn kiosk_at<'a>(
+    driver: &'a Driver,
+    daemon: &Daemon,
+    base: &str,
+    (name, view, language): (&str, &Mat, &str),
+    clips: &Path,
+) -> Browser<'a> {
+    let clip = support::camera_clip(clips, name, view);
+    let browser = Browser::open_with(driver, &at_the_door(&clip, language));
+    pair_kiosk(&browser, daemon, base, name);
     browser.size(TABLET.1, TABLET.2);
+    browser
 }
 
-/// Waits (for an event in the page, not a fixed time) until `document.body.dataset.state` is one of
-/// `states`; returns the state and the words on screen.
-fn wait_for_state(browser: &Browser, states: &[&str]) -> (String, String) {
-    let seen = browser.execute_async(
-        r#"
-        const [wanted, done] = [arguments[0], arguments[arguments.length - 1]];
-        const now = () => [document.body.dataset.state,
-            document.getElementById("headline").textContent + " | " +
-            document.getElementById("detail").textContent];
-        if (wanted.includes(document.body.dataset.state)) return done(now());
-        const observer = new MutationObserver(() => {
-            if (!wanted.includes(document.body.dataset.state)) return;
-            observer.disconnect();
-            done(now());
-        });
-        observer.observe(document.body, { attributes: true, attributeFilter: ["data-state"] });
-        setTimeout(() => { observer.disconnect(); done(["gave up", now().join(" ")]); }, 60000);
-        "#,
-        json!(states),
-    );
-    let (state, words) = (
-        seen[0].as_str().unwrap().to_string(),
-        seen[1].as_str().unwrap().to_string(),
-    );
-    assert!(
-        states.contains(&state.as_str()),
-        "the page never showed {states:?}; it shows {words:?}"
-    );
-    (state, words)
+/// `photo` as the door camera sees it.
+fn seeing(photo: &str) -> Mat {
+    support::door_view(photo, CAMERA)
 }
 
 fn unlocks(daemon: &Daemon) -> usize {
@@ -156,8 +97,13 @@ fn the_kiosk_page_opens_for_faces_and_codes_and_recovers_from_a_lost_door() {
 
     // An empty hall: the page stays idle and keeps asking, slowly.
     {
-        let browser = kiosk_browser(&driver, &camera_clip(clips.path(), EMPTY_HALL), "en-US");
-        pair(&browser, &base);
+        let browser = kiosk_at(
+            &driver,
+            &daemon,
+            &base,
+            ("hall", &seeing(EMPTY_HALL), "en-US"),
+            clips.path(),
+        );
         harness::wait_for("the page's frames of the empty hall", || {
             let seen = harness::audit_lines(&daemon)
                 .iter()
@@ -165,7 +111,7 @@ fn the_kiosk_page_opens_for_faces_and_codes_and_recovers_from_a_lost_door() {
                 .count();
             (seen >= 3).then_some(())
         });
-        let (_, words) = wait_for_state(&browser, &["idle"]);
+        let (_, words) = browser.wait_for_kiosk_state(&["idle"]);
         assert!(words.starts_with("Look at the camera"), "{words}");
         browser.screenshots(&shots, "1-idle", &SIZES);
         assert_only_the_door_was_asked(&browser, &base);
@@ -173,9 +119,14 @@ fn the_kiosk_page_opens_for_faces_and_codes_and_recovers_from_a_lost_door() {
 
     // An enrolled face: the door opens and the page greets them by name.
     {
-        let browser = kiosk_browser(&driver, &camera_clip(clips.path(), ENROLLED_FACE), "en-US");
-        pair(&browser, &base);
-        let (_, words) = wait_for_state(&browser, &["granted"]);
+        let browser = kiosk_at(
+            &driver,
+            &daemon,
+            &base,
+            ("front", &seeing(ENROLLED_FACE), "en-US"),
+            clips.path(),
+        );
+        let (_, words) = browser.wait_for_kiosk_state(&["granted"]);
         assert_eq!(words, "Welcome, obama | Door open");
         daemon.wait_for_journal("the door to unlock", |j| j.iter().any(|a| a.is_unlocked()));
         browser.screenshots(&shots, "2-granted", &SIZES);
@@ -186,20 +137,25 @@ fn the_kiosk_page_opens_for_faces_and_codes_and_recovers_from_a_lost_door() {
     let opened_by_face = unlocks(&daemon);
 
     // A stranger: denied, the door stays shut; a visitor code typed on the page opens it.
-    let browser = kiosk_browser(&driver, &camera_clip(clips.path(), STRANGER_FACE), "en-US");
-    pair(&browser, &base);
-    let (_, words) = wait_for_state(&browser, &["denied"]);
+    let browser = kiosk_at(
+        &driver,
+        &daemon,
+        &base,
+        ("lobby", &seeing(STRANGER_FACE), "en-US"),
+        clips.path(),
+    );
+    let (_, words) = browser.wait_for_kiosk_state(&["denied"]);
     assert!(words.starts_with("Not recognised"), "{words}");
     browser.screenshots(&shots, "3-denied", &SIZES);
     assert_eq!(unlocks(&daemon), opened_by_face, "a stranger never opens");
 
     browser.click("#open-keypad");
-    wait_for_state(&browser, &["code"]);
+    browser.wait_for_kiosk_state(&["code"]);
     type_code(&browser, &codes[0][..4]);
     browser.screenshots(&shots, "4-code", &SIZES);
     type_code(&browser, &codes[0][4..]);
     browser.click("#submit-code");
-    let (_, words) = wait_for_state(&browser, &["granted"]);
+    let (_, words) = browser.wait_for_kiosk_state(&["granted"]);
     assert_eq!(words, "Welcome | Door open");
     daemon.wait_for_journal("the code to open the door", |j| {
         j.iter().filter(|a| a.is_unlocked()).count() > opened_by_face
@@ -207,9 +163,9 @@ fn the_kiosk_page_opens_for_faces_and_codes_and_recovers_from_a_lost_door() {
     let opened = unlocks(&daemon);
 
     // Three wrong codes: entry locks, with a countdown, and the door never moves.
-    wait_for_state(&browser, &["denied"]);
+    browser.wait_for_kiosk_state(&["denied"]);
     browser.click("#open-keypad");
-    wait_for_state(&browser, &["code"]);
+    browser.wait_for_kiosk_state(&["code"]);
     for left in ["2", "1"] {
         type_code(&browser, WRONG_CODE);
         browser.click("#submit-code");
@@ -217,7 +173,7 @@ fn the_kiosk_page_opens_for_faces_and_codes_and_recovers_from_a_lost_door() {
     }
     type_code(&browser, WRONG_CODE);
     browser.click("#submit-code");
-    let (_, words) = wait_for_state(&browser, &["locked_out"]);
+    let (_, words) = browser.wait_for_kiosk_state(&["locked_out"]);
     assert!(
         words.starts_with("Code entry locked | Too many wrong codes. Try again in "),
         "{words}"
@@ -227,19 +183,17 @@ fn the_kiosk_page_opens_for_faces_and_codes_and_recovers_from_a_lost_door() {
 
     // The door goes away: the page says so, and comes back by itself when the door does.
     daemon.terminate();
-    let (_, words) = wait_for_state(&browser, &["offline"]);
+    let (_, words) = browser.wait_for_kiosk_state(&["offline"]);
     assert_eq!(words, "No connection to the door | Trying again by itself…");
     browser.screenshots(&shots, "6-offline", &SIZES);
     daemon.start_again();
-    wait_for_state(&browser, &["denied", "locked_out", "idle"]);
+    browser.wait_for_kiosk_state(&["denied", "locked_out", "idle"]);
     assert_only_the_door_was_asked(&browser, &base);
 
-    // A tablet whose credential the door no longer takes says it is not paired.
-    browser.execute(
-        "localStorage.setItem(arguments[0], 'no-longer-valid'); location.reload();",
-        json!([TOKEN_KEY]),
-    );
-    let (_, words) = wait_for_state(&browser, &["unpaired"]);
+    // A revoked tablet says it is not paired, at once.
+    let revoked = daemon.setup().run(&["tablets", "revoke", "lobby"]);
+    assert!(revoked.status.success(), "{revoked:?}");
+    let (_, words) = browser.wait_for_kiosk_state(&["unpaired"]);
     assert_eq!(
         words,
         "This tablet is not paired | Ask the building admin for a pairing link"
@@ -257,9 +211,14 @@ fn a_korean_tablet_over_tls_trusts_the_doors_certificate_and_reads_korean() {
     trust_in_nss(home.path(), &daemon.state_dir().join("tls/cert.pem"));
     let driver = Driver::start_with_home(Some(home.path()));
     let base = format!("https://localhost:{}", daemon.addr.port());
-    let browser = kiosk_browser(&driver, &camera_clip(clips.path(), ENROLLED_FACE), "ko-KR");
-    pair(&browser, &base);
-    let (_, words) = wait_for_state(&browser, &["granted"]);
+    let browser = kiosk_at(
+        &driver,
+        &daemon,
+        &base,
+        ("front", &seeing(ENROLLED_FACE), "ko-KR"),
+        clips.path(),
+    );
+    let (_, words) = browser.wait_for_kiosk_state(&["granted"]);
     assert_eq!(words, "obama님, 환영합니다 | 문이 열렸습니다");
     daemon.wait_for_journal("the door to unlock", |j| j.iter().any(|a| a.is_unlocked()));
     browser.screenshots(
@@ -268,6 +227,85 @@ fn a_korean_tablet_over_tls_trusts_the_doors_certificate_and_reads_korean() {
         &SIZES,
     );
     assert_only_the_door_was_asked(&browser, &base);
+}
+
+#[test]
+fn liveness_verdicts_read_as_come_closer_and_not_accepted() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let clips = tempfile::tempdir().unwrap();
+    // A face narrower than 130 px is too small to judge: the print held up close is wider, the
+    // enrolled face a few steps back is not.
+    let setup = Setup::new()
+        .set("liveness.enabled", true)
+        .set("liveness.min_face_px", 130);
+    let print = harness::assets_dir().join("faces").join(PRINTED_FACE);
+    let enrolled = setup.run(&["enroll", "--name", "printed", print.to_str().unwrap()]);
+    assert!(enrolled.status.success(), "{enrolled:?}");
+    let daemon = setup.serve();
+    let driver = Driver::start();
+    let shots = screenshot_dir("kiosk-screenshots");
+    let base = format!("http://{}", daemon.addr);
+    {
+        let print = close_up(PRINTED_FACE);
+        let browser = kiosk_at(
+            &driver,
+            &daemon,
+            &base,
+            ("print", &print, "en-US"),
+            clips.path(),
+        );
+        let (_, words) = browser.wait_for_kiosk_state(&["spoof"]);
+        assert_eq!(
+            words,
+            "Not accepted | Please face the camera yourself and try again"
+        );
+        browser.screenshots(&shots, "9-spoof", &SIZES);
+    }
+    let far = far_away(ENROLLED_FACE);
+    let browser = kiosk_at(
+        &driver,
+        &daemon,
+        &base,
+        ("far", &far, "en-US"),
+        clips.path(),
+    );
+    let (_, words) = browser.wait_for_kiosk_state(&["too_far"]);
+    assert_eq!(words, "Come closer | Your face is too far from the camera");
+    browser.screenshots(&shots, "10-too_far", &SIZES);
+    assert!(
+        !daemon.journal().iter().any(|a| a.is_unlocked()),
+        "neither a print nor a face too small to judge opens"
+    );
+}
+
+/// `photo` held up close to the camera: the middle two thirds of the door's view, filling the frame.
+fn close_up(photo: &str) -> Mat {
+    let large = support::door_view(photo, (CAMERA.0 * 3 / 2, CAMERA.1 * 3 / 2));
+    let middle = opencv::core::Rect::new(CAMERA.0 / 4, CAMERA.1 / 4, CAMERA.0, CAMERA.1);
+    large
+        .roi(middle)
+        .expect("the middle")
+        .try_clone()
+        .expect("a copy")
+}
+
+/// `photo` a few steps back from the camera: half the frame's height, in a dark hall.
+fn far_away(photo: &str) -> Mat {
+    let small = support::door_view(photo, (CAMERA.0 / 2, CAMERA.1 / 2));
+    let (across, down) = ((CAMERA.0 - small.cols()) / 2, (CAMERA.1 - small.rows()) / 2);
+    let mut view = Mat::default();
+    opencv::core::copy_make_border(
+        &small,
+        &mut view,
+        down,
+        CAMERA.1 - small.rows() - down,
+        across,
+        CAMERA.0 - small.cols() - across,
+        opencv::core::BORDER_CONSTANT,
+        opencv::core::Scalar::all(0.0),
+    )
+    .expect("pad");
+    view
 }
 
 /// Makes `home/.pki/nssdb`, the store Chromium on Linux reads, and trusts `cert` there as a server
