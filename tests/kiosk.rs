@@ -34,20 +34,39 @@ const WRONG_CODE: &str = "000111000111";
 /// One browser test at a time: each runs a daemon and a Chromium, and the machine has two cores.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-/// A Chromium at the door, its camera showing `view`, paired with `daemon` as the tablet `name`, its
-/// viewport tablet-sized.
-fn kiosk_at<'a>(
-    driver: &'a Driver,
-    daemon: &Daemon,
-    base: &str,
-    (name, view, language): (&str, &Mat, &str),
-    clips: &Path,
-) -> Browser<'a> {
-    let clip = support::camera_clip(clips, name, view);
-    let browser = Browser::open_with(driver, &at_the_door(&clip, language));
-    pair_kiosk(&browser, daemon, base, name);
-    browser.size(TABLET.1, TABLET.2);
-    browser
+/// A daemon under test and what its kiosks need: the base URL, a place for camera clips.
+struct Door {
+    daemon: Daemon,
+    base: String,
+    clips: tempfile::TempDir,
+}
+
+impl Door {
+    fn new(daemon: Daemon, scheme_and_host: &str) -> Door {
+        Door {
+            base: format!("{scheme_and_host}:{}", daemon.addr.port()),
+            daemon,
+            clips: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// A Chromium at the door, its camera showing `view`, paired as the tablet `name`, its viewport
+    /// tablet-sized.
+    fn kiosk<'a>(&self, driver: &'a Driver, name: &str, view: &Mat, language: &str) -> Browser<'a> {
+        let clip = support::camera_clip(self.clips.path(), name, view);
+        let browser = Browser::open_with(driver, &at_the_door(&clip, language));
+        pair_kiosk(&browser, &self.daemon, &self.base, name);
+        browser.size(TABLET.1, TABLET.2);
+        browser
+    }
+
+    fn unlocks(&self) -> usize {
+        self.daemon
+            .journal()
+            .iter()
+            .filter(|a| a.is_unlocked())
+            .count()
+    }
 }
 
 /// `photo` as the door camera sees it.
@@ -55,14 +74,22 @@ fn seeing(photo: &str) -> Mat {
     support::door_view(photo, CAMERA)
 }
 
-fn unlocks(daemon: &Daemon) -> usize {
-    daemon.journal().iter().filter(|a| a.is_unlocked()).count()
+/// Waits for the page to show `state`, photographs it as `shot` at every size, and returns its words.
+fn shows(browser: &Browser, state: &str, shot: &str) -> String {
+    let (_, words) = browser.wait_for_kiosk_state(&[state]);
+    browser.screenshots(&screenshot_dir("kiosk-screenshots"), shot, &SIZES);
+    words
 }
 
 fn type_code(browser: &Browser, code: &str) {
     for digit in code.chars() {
         browser.click(&format!("#keypad [data-digit=\"{digit}\"]"));
     }
+}
+
+fn submit_code(browser: &Browser, code: &str) {
+    type_code(browser, code);
+    browser.click("#submit-code");
 }
 
 /// What the browser has done so far: every request that could leave the machine (any scheme but
@@ -88,151 +115,115 @@ fn assert_only_the_door_was_asked(browser: &Browser, origin: &str) {
 #[test]
 fn the_kiosk_page_opens_for_faces_and_codes_and_recovers_from_a_lost_door() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let clips = tempfile::tempdir().unwrap();
     let (setup, codes) = with_visitor_codes(Setup::new());
-    let mut daemon = setup.serve();
+    let mut door = Door::new(setup.serve(), "http://127.0.0.1");
     let driver = Driver::start();
-    let shots = screenshot_dir("kiosk-screenshots");
-    let base = format!("http://{}", daemon.addr);
 
     // An empty hall: the page stays idle and keeps asking, slowly.
     {
-        let browser = kiosk_at(
-            &driver,
-            &daemon,
-            &base,
-            ("hall", &seeing(EMPTY_HALL), "en-US"),
-            clips.path(),
-        );
+        let browser = door.kiosk(&driver, "hall", &seeing(EMPTY_HALL), "en-US");
         harness::wait_for("the page's frames of the empty hall", || {
-            let seen = harness::audit_lines(&daemon)
-                .iter()
-                .filter(|line| line["status"] == "no_face")
-                .count();
+            let audit = harness::audit_lines(&door.daemon);
+            let seen = audit.iter().filter(|l| l["status"] == "no_face").count();
             (seen >= 3).then_some(())
         });
-        let (_, words) = browser.wait_for_kiosk_state(&["idle"]);
-        assert!(words.starts_with("Look at the camera"), "{words}");
-        browser.screenshots(&shots, "1-idle", &SIZES);
-        assert_only_the_door_was_asked(&browser, &base);
+        let words = shows(&browser, "idle", "1-idle");
+        assert_eq!(
+            words,
+            "Look at the camera | Stand still in front of the tablet"
+        );
+        assert_only_the_door_was_asked(&browser, &door.base);
     }
 
     // An enrolled face: the door opens and the page greets them by name.
     {
-        let browser = kiosk_at(
-            &driver,
-            &daemon,
-            &base,
-            ("front", &seeing(ENROLLED_FACE), "en-US"),
-            clips.path(),
+        let browser = door.kiosk(&driver, "front", &seeing(ENROLLED_FACE), "en-US");
+        assert_eq!(
+            shows(&browser, "granted", "2-granted"),
+            "Welcome, obama | Door open"
         );
-        let (_, words) = browser.wait_for_kiosk_state(&["granted"]);
-        assert_eq!(words, "Welcome, obama | Door open");
-        daemon.wait_for_journal("the door to unlock", |j| j.iter().any(|a| a.is_unlocked()));
-        browser.screenshots(&shots, "2-granted", &SIZES);
+        door.daemon
+            .wait_for_journal("the door to unlock", |j| j.iter().any(|a| a.is_unlocked()));
     }
-    daemon.wait_for_journal("the door to lock again", |j| {
+    door.daemon.wait_for_journal("the door to lock again", |j| {
         j.last().is_some_and(|a| !a.is_unlocked())
     });
-    let opened_by_face = unlocks(&daemon);
+    let opened_by_face = door.unlocks();
 
     // A stranger: denied, the door stays shut; a visitor code typed on the page opens it.
-    let browser = kiosk_at(
-        &driver,
-        &daemon,
-        &base,
-        ("lobby", &seeing(STRANGER_FACE), "en-US"),
-        clips.path(),
-    );
-    let (_, words) = browser.wait_for_kiosk_state(&["denied"]);
-    assert!(words.starts_with("Not recognised"), "{words}");
-    browser.screenshots(&shots, "3-denied", &SIZES);
-    assert_eq!(unlocks(&daemon), opened_by_face, "a stranger never opens");
-
+    let browser = door.kiosk(&driver, "lobby", &seeing(STRANGER_FACE), "en-US");
+    let words = shows(&browser, "denied", "3-denied");
+    assert!(words.starts_with("Not recognised | "), "{words}");
+    assert_eq!(door.unlocks(), opened_by_face, "a stranger never opens");
     browser.click("#open-keypad");
     browser.wait_for_kiosk_state(&["code"]);
     type_code(&browser, &codes[0][..4]);
-    browser.screenshots(&shots, "4-code", &SIZES);
-    type_code(&browser, &codes[0][4..]);
-    browser.click("#submit-code");
+    shows(&browser, "code", "4-code");
+    submit_code(&browser, &codes[0][4..]);
     let (_, words) = browser.wait_for_kiosk_state(&["granted"]);
     assert_eq!(words, "Welcome | Door open");
-    daemon.wait_for_journal("the code to open the door", |j| {
-        j.iter().filter(|a| a.is_unlocked()).count() > opened_by_face
-    });
-    let opened = unlocks(&daemon);
+    door.daemon
+        .wait_for_journal("the code to open the door", |j| {
+            j.iter().filter(|a| a.is_unlocked()).count() > opened_by_face
+        });
+    let opened = door.unlocks();
 
     // Three wrong codes: entry locks, with a countdown, and the door never moves.
     browser.wait_for_kiosk_state(&["denied"]);
     browser.click("#open-keypad");
     browser.wait_for_kiosk_state(&["code"]);
     for left in ["2", "1"] {
-        type_code(&browser, WRONG_CODE);
-        browser.click("#submit-code");
+        submit_code(&browser, WRONG_CODE);
         browser.wait_for_text(&format!("Attempts left: {left}"));
     }
-    type_code(&browser, WRONG_CODE);
-    browser.click("#submit-code");
-    let (_, words) = browser.wait_for_kiosk_state(&["locked_out"]);
+    submit_code(&browser, WRONG_CODE);
+    let words = shows(&browser, "locked_out", "5-locked_out");
     assert!(
         words.starts_with("Code entry locked | Too many wrong codes. Try again in "),
         "{words}"
     );
-    browser.screenshots(&shots, "5-locked_out", &SIZES);
-    assert_eq!(unlocks(&daemon), opened, "wrong codes never open");
+    assert_eq!(door.unlocks(), opened, "wrong codes never open");
 
     // The door goes away: the page says so, and comes back by itself when the door does.
-    daemon.terminate();
-    let (_, words) = browser.wait_for_kiosk_state(&["offline"]);
+    door.daemon.terminate();
+    let words = shows(&browser, "offline", "6-offline");
     assert_eq!(words, "No connection to the door | Trying again by itself…");
-    browser.screenshots(&shots, "6-offline", &SIZES);
-    daemon.start_again();
+    door.daemon.start_again();
     browser.wait_for_kiosk_state(&["denied", "locked_out", "idle"]);
-    assert_only_the_door_was_asked(&browser, &base);
+    assert_only_the_door_was_asked(&browser, &door.base);
 
     // A revoked tablet says it is not paired, at once.
-    let revoked = daemon.setup().run(&["tablets", "revoke", "lobby"]);
+    let revoked = door.daemon.setup().run(&["tablets", "revoke", "lobby"]);
     assert!(revoked.status.success(), "{revoked:?}");
-    let (_, words) = browser.wait_for_kiosk_state(&["unpaired"]);
     assert_eq!(
-        words,
+        shows(&browser, "unpaired", "7-unpaired"),
         "This tablet is not paired | Ask the building admin for a pairing link"
     );
-    browser.screenshots(&shots, "7-unpaired", &SIZES);
-    eprintln!("kiosk screenshots in {}", shots.display());
 }
 
 #[test]
 fn a_korean_tablet_over_tls_trusts_the_doors_certificate_and_reads_korean() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let clips = tempfile::tempdir().unwrap();
-    let daemon = Setup::new().set("http.tls.enabled", true).serve();
+    let door = Door::new(
+        Setup::new().set("http.tls.enabled", true).serve(),
+        "https://localhost",
+    );
     let home = tempfile::tempdir().unwrap();
-    trust_in_nss(home.path(), &daemon.state_dir().join("tls/cert.pem"));
+    trust_in_nss(home.path(), &door.daemon.state_dir().join("tls/cert.pem"));
     let driver = Driver::start_with_home(Some(home.path()));
-    let base = format!("https://localhost:{}", daemon.addr.port());
-    let browser = kiosk_at(
-        &driver,
-        &daemon,
-        &base,
-        ("front", &seeing(ENROLLED_FACE), "ko-KR"),
-        clips.path(),
+    let browser = door.kiosk(&driver, "front", &seeing(ENROLLED_FACE), "ko-KR");
+    assert_eq!(
+        shows(&browser, "granted", "8-granted-ko-tls"),
+        "obama님, 환영합니다 | 문이 열렸습니다"
     );
-    let (_, words) = browser.wait_for_kiosk_state(&["granted"]);
-    assert_eq!(words, "obama님, 환영합니다 | 문이 열렸습니다");
-    daemon.wait_for_journal("the door to unlock", |j| j.iter().any(|a| a.is_unlocked()));
-    browser.screenshots(
-        &screenshot_dir("kiosk-screenshots"),
-        "8-granted-ko-tls",
-        &SIZES,
-    );
-    assert_only_the_door_was_asked(&browser, &base);
+    door.daemon
+        .wait_for_journal("the door to unlock", |j| j.iter().any(|a| a.is_unlocked()));
+    assert_only_the_door_was_asked(&browser, &door.base);
 }
 
 #[test]
 fn liveness_verdicts_read_as_come_closer_and_not_accepted() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let clips = tempfile::tempdir().unwrap();
     // A face narrower than 130 px is too small to judge: the print held up close is wider, the
     // enrolled face a few steps back is not.
     let setup = Setup::new()
@@ -241,39 +232,23 @@ fn liveness_verdicts_read_as_come_closer_and_not_accepted() {
     let print = harness::assets_dir().join("faces").join(PRINTED_FACE);
     let enrolled = setup.run(&["enroll", "--name", "printed", print.to_str().unwrap()]);
     assert!(enrolled.status.success(), "{enrolled:?}");
-    let daemon = setup.serve();
+    let door = Door::new(setup.serve(), "http://127.0.0.1");
     let driver = Driver::start();
-    let shots = screenshot_dir("kiosk-screenshots");
-    let base = format!("http://{}", daemon.addr);
     {
-        let print = close_up(PRINTED_FACE);
-        let browser = kiosk_at(
-            &driver,
-            &daemon,
-            &base,
-            ("print", &print, "en-US"),
-            clips.path(),
-        );
-        let (_, words) = browser.wait_for_kiosk_state(&["spoof"]);
+        let browser = door.kiosk(&driver, "print", &close_up(PRINTED_FACE), "en-US");
         assert_eq!(
-            words,
+            shows(&browser, "spoof", "9-spoof"),
             "Not accepted | Please face the camera yourself and try again"
         );
-        browser.screenshots(&shots, "9-spoof", &SIZES);
     }
-    let far = far_away(ENROLLED_FACE);
-    let browser = kiosk_at(
-        &driver,
-        &daemon,
-        &base,
-        ("far", &far, "en-US"),
-        clips.path(),
+    let browser = door.kiosk(&driver, "far", &far_away(ENROLLED_FACE), "en-US");
+    assert_eq!(
+        shows(&browser, "too_far", "10-too_far"),
+        "Come closer | Your face is too far from the camera"
     );
-    let (_, words) = browser.wait_for_kiosk_state(&["too_far"]);
-    assert_eq!(words, "Come closer | Your face is too far from the camera");
-    browser.screenshots(&shots, "10-too_far", &SIZES);
-    assert!(
-        !daemon.journal().iter().any(|a| a.is_unlocked()),
+    assert_eq!(
+        door.unlocks(),
+        0,
         "neither a print nor a face too small to judge opens"
     );
 }
