@@ -144,6 +144,14 @@ fn the_kiosk_page_opens_for_faces_and_codes_and_recovers_from_a_lost_door() {
         );
         door.daemon
             .wait_for_journal("the door to unlock", |j| j.iter().any(|a| a.is_unlocked()));
+        let grant = harness::wait_for("the grant's audit line", || {
+            let audit = harness::audit_lines(&door.daemon);
+            audit.into_iter().find(|line| line["status"] == "granted")
+        });
+        assert_eq!(
+            grant["tablet"], "front",
+            "the decision names the tablet: {grant}"
+        );
     }
     door.daemon.wait_for_journal("the door to lock again", |j| {
         j.last().is_some_and(|a| !a.is_unlocked())
