@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use opencv::core::Vector;
 use opencv::imgcodecs;
+use opencv::prelude::*;
 
 use common::{load_average, mean, median, percentile};
 use harness::chromium::{at_the_door, pair_kiosk, Browser, Driver};
