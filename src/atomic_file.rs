@@ -1,5 +1,6 @@
 //! The one way facegate replaces a file on disk: a crash at any point leaves either the old file or
-//! the new one, never a mix (temporary sibling, fsync, rename, fsync of the directory).
+//! the new one, never a mix (temporary sibling, fsync, rename, fsync of the directory); and the one
+//! lock that keeps two writers of such a file (CLI, admin page, daemon) from losing each other's change.
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
@@ -36,6 +37,26 @@ pub fn write(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
         let _ = fs::remove_file(&temp);
     }
     result
+}
+
+/// An exclusive advisory lock (`flock`) on `lock_path` (created with `mode`, with its directory if
+/// needed), held until the returned file is closed. It waits for another holder to finish.
+pub fn lock_exclusive(lock_path: &Path, mode: u32) -> io::Result<fs::File> {
+    use std::os::unix::io::AsRawFd;
+    if let Some(dir) = lock_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir)?;
+    }
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(mode)
+        .open(lock_path)?;
+    // SAFETY: flock on a descriptor this function owns for the lifetime of `file`.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(file)
 }
 
 #[cfg(test)]

@@ -156,7 +156,7 @@ pub(crate) fn is_newer(have: u64, offered: u64) -> Result<bool, BundleError> {
 
 /// Loads an export into the gallery file at `path` if it passes [`open`] and is newer than the file's
 /// own sequence; returns the new sequence, or `None` when the file already holds this one. The file is
-/// replaced atomically; a running daemon reloads it.
+/// replaced atomically under the gallery's lock; a running daemon reloads it.
 pub fn import_into(
     bytes: &[u8],
     key: Option<&VerifyingKey>,
@@ -165,6 +165,7 @@ pub fn import_into(
     path: &Path,
 ) -> Result<Option<Opened>, BundleError> {
     let opened = open(bytes, key, wanted, origin)?;
+    let _lock = crate::gallery::lock(path)?;
     let current = Gallery::load(path, wanted)?;
     if !is_newer(current.sequence(), opened.sequence)? {
         return Ok(None);
@@ -370,6 +371,35 @@ mod tests {
             })
         ));
         assert_eq!(import(11).unwrap().unwrap().gallery.people().len(), 1);
+    }
+
+    #[test]
+    fn a_signed_bundle_carries_permissions_and_groups() {
+        use crate::permission::{Permissions, WeeklyHours};
+        let mut g = gallery();
+        let hours = WeeklyHours::parse("mon-fri 18:00-22:00").unwrap();
+        g.set_group("cleaners", hours.clone()).unwrap();
+        let permissions = Permissions {
+            valid_until: Some(jiff::civil::date(2026, 12, 31)),
+            suspended: true,
+            groups: vec!["cleaners".into()],
+            ..Permissions::default()
+        };
+        g.set_permissions("ann", permissions.clone()).unwrap();
+        let building = key(3);
+        let bytes = sign(&export(&g, 5, "t"), &building);
+        let opened = open(
+            &bytes,
+            Some(&building.verifying_key()),
+            &id("test"),
+            Path::new("x"),
+        )
+        .unwrap();
+        assert_eq!(
+            opened.gallery.person("ann").unwrap().permissions,
+            permissions
+        );
+        assert_eq!(opened.gallery.groups()["cleaners"].schedule, hours);
     }
 
     #[test]

@@ -150,8 +150,6 @@ pub(crate) struct Admin {
     logins: Mutex<Lockouts>,
     /// Loaded at the first enrolment from the page, then kept.
     recognizer: Mutex<Option<Recognizer>>,
-    /// Serialises the page's read-modify-write of the gallery file.
-    gallery_edit: Mutex<()>,
 }
 
 /// A signed-in request: the session's secret and CSRF token.
@@ -172,7 +170,6 @@ impl Admin {
             sessions: Sessions::new(limits),
             logins: Mutex::new(Lockouts::with_capacity(LOGIN_RULES, LOGIN_ADDRESSES)),
             recognizer: Mutex::new(None),
-            gallery_edit: Mutex::new(()),
         }
     }
 

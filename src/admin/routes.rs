@@ -16,7 +16,7 @@ use super::pages::{self, Notice};
 use super::{Admin, AdminResponse, Session};
 use crate::door::{DoorReport, OpenCause, OpenRequest};
 use crate::enrollment::{self, Candidate, EnrolmentError, Verdict};
-use crate::gallery::{Gallery, GalleryError, Sample};
+use crate::gallery::{Gallery, GalleryError, GalleryFile, Sample};
 
 /// Rows per page of the events list.
 const PAGE_SIZE: usize = 50;
@@ -187,8 +187,12 @@ impl Admin {
         })
     }
 
+    fn gallery_file(&self) -> GalleryFile {
+        GalleryFile::of(&self.ctx.config, &self.ctx.embedder)
+    }
+
     fn gallery(&self) -> Result<Gallery, GalleryError> {
-        Gallery::load(&self.ctx.config.gallery_path(), &self.ctx.embedder)
+        self.gallery_file().load()
     }
 
     fn thumbnail_dir(&self) -> PathBuf {
@@ -346,7 +350,11 @@ impl Admin {
                 bytes: &u.bytes,
             })
             .collect();
-        let _editing = self.gallery_edit.lock().unwrap_or_else(|p| p.into_inner());
+        // Held until the enrolment is saved, so that no other change to the gallery is lost.
+        let _editing = match self.gallery_file().lock_for_edit() {
+            Ok(lock) => lock,
+            Err(err) => return self.people_page(session, Notice::bad(err.to_string()), None),
+        };
         let mut gallery = match self.gallery() {
             Ok(gallery) => gallery,
             Err(err) => return self.people_page(session, Notice::bad(err.to_string()), None),
@@ -448,11 +456,7 @@ impl Admin {
         &self,
         edit: impl FnOnce(&mut Gallery) -> Result<T, GalleryError>,
     ) -> Result<T, GalleryError> {
-        let _editing = self.gallery_edit.lock().unwrap_or_else(|p| p.into_inner());
-        let mut gallery = self.gallery()?;
-        let done = edit(&mut gallery)?;
-        gallery.save(&self.ctx.config.gallery_path())?;
-        Ok(done)
+        self.gallery_file().edit(edit)
     }
 
     pub(super) fn remove_person(

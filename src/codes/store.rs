@@ -3,7 +3,6 @@
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -126,28 +125,10 @@ impl CodeStore {
     /// An exclusive advisory lock on `<file>.lock`, released when the returned file is closed.
     fn lock(&self) -> Result<fs::File, CodeError> {
         let lock_path = self.path.with_extension("json.lock");
-        let write_error = |cause| CodeError::Write {
+        crate::atomic_file::lock_exclusive(&lock_path, MODE).map_err(|cause| CodeError::Write {
             path: lock_path.clone(),
             cause,
-        };
-        if let Some(dir) = lock_path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            fs::create_dir_all(dir).map_err(write_error)?;
-        }
-        let file = {
-            use std::os::unix::fs::OpenOptionsExt;
-            fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .mode(MODE)
-                .open(&lock_path)
-                .map_err(write_error)?
-        };
-        // SAFETY: flock on a descriptor this function owns for the lifetime of `file`.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(write_error(std::io::Error::last_os_error()));
-        }
-        Ok(file)
+        })
     }
 }
 

@@ -81,11 +81,15 @@ impl Reason {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
     Allowed,
-    Denied {
-        reason: Reason,
-        /// When access resumes by itself, if it will (never for a suspension or an expiry).
-        resumes_at: Option<Timestamp>,
-    },
+    Denied(Denial),
+}
+
+/// Why a person may not enter now, and until when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Denial {
+    pub reason: Reason,
+    /// When access resumes by itself, if it will (never for a suspension or an expiry).
+    pub resumes_at: Option<Timestamp>,
 }
 
 /// The weekly hours that apply to a person: their own, else the union of their groups' (an unknown
@@ -115,7 +119,7 @@ pub fn effective_hours<'a>(
 pub fn access_at(permissions: &Permissions, groups: &Groups, now: &Zoned) -> Access {
     let today = now.date();
     let hours = effective_hours(permissions, groups);
-    let denied = |reason, resumes_at| Access::Denied { reason, resumes_at };
+    let denied = |reason, resumes_at| Access::Denied(Denial { reason, resumes_at });
     if permissions.suspended {
         return denied(Reason::Suspended, None);
     }
@@ -170,6 +174,16 @@ fn within_validity(permissions: &Permissions, zone: &TimeZone, at: DateTime) -> 
     zone.to_zoned(at).ok().map(|zoned| zoned.timestamp())
 }
 
+/// The same calendar day as chrono counts it (the visitor codes' calendar).
+pub fn chrono_date(date: Date) -> chrono::NaiveDate {
+    chrono::NaiveDate::from_ymd_opt(
+        i32::from(date.year()),
+        u32::from(date.month() as u8),
+        u32::from(date.day() as u8),
+    )
+    .expect("every civil date is a chrono date")
+}
+
 /// `YYYY-MM-DD`, as the CLI, the admin page and the gallery write validity dates.
 pub fn parse_date(text: &str) -> Result<Date, String> {
     text.trim()
@@ -206,7 +220,7 @@ mod tests {
     fn reason(access: Access) -> Option<Reason> {
         match access {
             Access::Allowed => None,
-            Access::Denied { reason, .. } => Some(reason),
+            Access::Denied(denial) => Some(denial.reason),
         }
     }
 
@@ -349,7 +363,7 @@ mod tests {
         ];
         for (now, resumes, what) in table {
             match access_at(&staff, &Groups::new(), &seoul(now)) {
-                Access::Denied { resumes_at, .. } => assert_eq!(resumes_at, resumes, "{what}"),
+                Access::Denied(denial) => assert_eq!(denial.resumes_at, resumes, "{what}"),
                 Access::Allowed => panic!("{what}: allowed"),
             }
         }
@@ -433,8 +447,11 @@ mod tests {
         // A window starting in the skipped hour opens just after the change.
         let saturday_evening = instant("2026-03-28T20:00:00Z");
         match access_at(&early, &Groups::new(), &saturday_evening) {
-            Access::Denied { resumes_at, .. } => {
-                assert_eq!(resumes_at, Some("2026-03-29T01:30:00Z".parse().unwrap()))
+            Access::Denied(denial) => {
+                assert_eq!(
+                    denial.resumes_at,
+                    Some("2026-03-29T01:30:00Z".parse().unwrap())
+                )
             }
             Access::Allowed => panic!("allowed on saturday evening"),
         }
