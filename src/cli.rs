@@ -892,7 +892,7 @@ fn codes(config: &Config, action: CodesAction) -> Result<()> {
             );
         }
         CodesAction::Show { date, json } => {
-            let date = date.unwrap_or_else(|| chrono::Local::now().date_naive());
+            let date = date.unwrap_or_else(|| config.local_today());
             let valid = store.load()?.valid_on(&calendar, date);
             if json {
                 println!("{}", serde_json::to_string(&valid)?);
