@@ -6,29 +6,13 @@
 mod harness;
 
 use base64::Engine as _;
-use chrono::{DateTime, Duration, FixedOffset, Utc};
+use chrono::{Duration, Utc};
 use serde_json::{json, Value};
 
-use harness::{photo, wait_for, wait_for_audit, Daemon, Setup, GRANTED_PHOTO};
-
-/// A zone without daylight saving, so that the test can work out local times with a fixed offset.
-const ZONE: &str = "Asia/Seoul";
-
-fn seoul(at: DateTime<Utc>) -> DateTime<FixedOffset> {
-    at.with_timezone(&FixedOffset::east_opt(9 * 3600).unwrap())
-}
-
-/// Weekly hours of one window from `start` (Seoul time) lasting `minutes`, e.g. `thu 21:40-00:40`.
-fn window(start: DateTime<Utc>, minutes: i64) -> String {
-    let start = seoul(start);
-    let end = start + Duration::minutes(minutes);
-    format!(
-        "{} {}-{}",
-        start.format("%a").to_string().to_lowercase(),
-        start.format("%H:%M"),
-        end.format("%H:%M")
-    )
-}
+use harness::{
+    photo, seoul, seoul_window as window, wait_for, wait_for_audit, Daemon, Setup, GRANTED_PHOTO,
+    SEOUL as ZONE,
+};
 
 fn gallery_set(daemon: &Daemon, args: &[&str]) -> String {
     let mut full = vec!["gallery", "set", "obama"];

@@ -400,6 +400,8 @@ impl Admin {
             "/admin/people/add" => self.enrol(session, &fields, &uploads, &peer),
             "/admin/people/remove" => self.remove_person(session, &fields, &peer),
             "/admin/people/remove-sample" => self.remove_sample(session, &fields, &peer),
+            "/admin/people/access" => self.set_access(session, &fields, &peer),
+            "/admin/groups/set" => self.set_group(session, &fields, &peer),
             "/admin/door/pulse" => self.pulse(session, &peer),
             "/admin/codes/generate" => self.generate_codes(session, &fields, &peer),
             "/admin/codes/revoke" => self.revoke_code(session, &fields, &peer),

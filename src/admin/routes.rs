@@ -17,14 +17,16 @@ use super::{Admin, AdminResponse, Session};
 use crate::door::{DoorReport, OpenCause, OpenRequest};
 use crate::enrollment::{self, Candidate, EnrolmentError, Verdict};
 use crate::gallery::{Gallery, GalleryError, GalleryFile, Sample};
+use crate::permission::{self, Access, Groups, Permissions, WeeklyHours};
 
 /// Rows per page of the events list.
 const PAGE_SIZE: usize = 50;
 /// Height of the decision thumbnails made from snapshots.
 const SNAPSHOT_THUMB_HEIGHT: i32 = 96;
 /// Statuses the events filter offers.
-const STATUSES: [&str; 16] = [
+const STATUSES: [&str; 17] = [
     "granted",
+    "not_allowed",
     "unknown",
     "no_face",
     "stale",
@@ -42,6 +44,73 @@ const STATUSES: [&str; 16] = [
     "login_failed",
 ];
 
+/// A person's permissions from the people page's form: empty fields clear, the checkbox suspends.
+fn permissions_from_form(fields: &Fields) -> Result<Permissions, String> {
+    let day = |key: &str| {
+        fields
+            .get(key)
+            .map(str::trim)
+            .filter(|text| !text.is_empty())
+            .map(permission::parse_date)
+            .transpose()
+    };
+    let schedule = fields
+        .get("schedule")
+        .map(str::trim)
+        .filter(|text| !text.is_empty())
+        .map(WeeklyHours::parse)
+        .transpose()
+        .map_err(|err| err.to_string())?;
+    Ok(Permissions {
+        valid_from: day("valid_from")?,
+        valid_until: day("valid_until")?,
+        schedule,
+        suspended: fields.get("suspended").is_some(),
+        groups: fields
+            .get("groups")
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|g| !g.is_empty())
+            .map(String::from)
+            .collect(),
+    })
+}
+
+/// The form's values and what they mean at `now`.
+fn access_view(permissions: &Permissions, groups: &Groups, now: &jiff::Zoned) -> pages::AccessView {
+    let day = |d: Option<jiff::civil::Date>| d.map(|d| d.to_string()).unwrap_or_default();
+    let (allowed, text) = match permission::access_at(permissions, groups, now) {
+        Access::Allowed => (true, "Allowed now.".to_string()),
+        Access::Denied(denial) => {
+            let until = denial.resumes_at.map_or(String::new(), |at| {
+                format!(
+                    " until {}",
+                    at.to_zoned(now.time_zone().clone())
+                        .strftime("%a %Y-%m-%d %H:%M")
+                )
+            });
+            (
+                false,
+                format!("Not allowed now ({}){until}.", denial.reason.as_str()),
+            )
+        }
+    };
+    pages::AccessView {
+        valid_from: day(permissions.valid_from),
+        valid_until: day(permissions.valid_until),
+        schedule: permissions
+            .schedule
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        suspended: permissions.suspended,
+        groups: permissions.groups.join(", "),
+        now: text,
+        allowed,
+    }
+}
+
 /// What names one sample on the page: its thumbnail file, else its source file name.
 fn sample_key(sample: &Sample) -> &str {
     sample.thumbnail.as_deref().unwrap_or(&sample.source)
@@ -50,7 +119,7 @@ fn sample_key(sample: &Sample) -> &str {
 fn badge(status: &str) -> &'static str {
     match status {
         "granted" | "opened" | "unlocked" | "login" => "ok",
-        "unknown" | "spoof" | "denied" | "locked_out" | "login_failed" => "bad",
+        "unknown" | "spoof" | "denied" | "locked_out" | "login_failed" | "not_allowed" => "bad",
         "no_face" | "stale" | "busy" => "warn",
         _ => "",
     }
@@ -148,7 +217,10 @@ impl Admin {
         match path {
             "/admin/" => self.dashboard(session),
             super::STATUS_PATH => AdminResponse::json(200, &self.status()),
-            "/admin/people" => self.people_page(session, None, None),
+            "/admin/people" => {
+                let notice = self.saved_notice(query);
+                self.people_page(session, notice, None)
+            }
             "/admin/events" => self.events(session, query),
             "/admin/events.csv" => self.events_csv(query),
             "/admin/door" => self.door_page(session, None),
@@ -271,6 +343,7 @@ impl Admin {
                 unknown: counted.unknown,
                 spoof: counted.spoof,
                 codes: counted.codes,
+                not_allowed: counted.not_allowed,
             },
             decisions: self.rows(&latest),
         };
@@ -285,11 +358,33 @@ impl Admin {
     ) -> AdminResponse {
         let mut chrome = self.chrome(Some(session), "people");
         let thumbnails = self.thumbnail_dir();
-        let people = match self.gallery() {
+        let zone = self.zone();
+        let now = jiff::Timestamp::now().to_zoned(zone.clone());
+        let gallery = self.gallery();
+        let groups = gallery.as_ref().map_or_else(
+            |_| Vec::new(),
+            |gallery| {
+                gallery
+                    .groups()
+                    .iter()
+                    .map(|(name, group)| pages::GroupView {
+                        name: name.clone(),
+                        schedule: group.schedule.to_string(),
+                        members: gallery
+                            .people()
+                            .iter()
+                            .filter(|p| p.permissions.groups.contains(name))
+                            .count(),
+                    })
+                    .collect()
+            },
+        );
+        let people = match &gallery {
             Ok(gallery) => gallery
                 .people()
                 .iter()
                 .map(|person| pages::PersonView {
+                    access: access_view(&person.permissions, gallery.groups(), &now),
                     name: person.name.clone(),
                     samples: person
                         .samples
@@ -320,6 +415,8 @@ impl Admin {
         let page = pages::People {
             chrome,
             people,
+            groups,
+            zone: zone.iana_name().unwrap_or("the system's zone").to_string(),
             result,
         };
         AdminResponse::page(200, &page)
@@ -457,6 +554,97 @@ impl Admin {
         edit: impl FnOnce(&mut Gallery) -> Result<T, GalleryError>,
     ) -> Result<T, GalleryError> {
         self.gallery_file().edit(edit)
+    }
+
+    /// The configured `timezone` (checked when the config was loaded).
+    fn zone(&self) -> jiff::tz::TimeZone {
+        self.ctx
+            .config
+            .time_zone()
+            .unwrap_or(jiff::tz::TimeZone::UTC)
+    }
+
+    /// The notice after a saved form (Post/Redirect/Get): `?updated=NAME` or `?group=NAME`, shown only
+    /// for a person or group that exists, so that a link cannot put words on the page.
+    fn saved_notice(&self, query: &str) -> Option<Notice> {
+        let fields = Fields::urlencoded(query);
+        let gallery = self.gallery().ok()?;
+        if let Some(name) = fields
+            .get("updated")
+            .filter(|n| gallery.person(n).is_some())
+        {
+            return Notice::ok(format!("Saved the access of {name}."));
+        }
+        let group = fields.get("group")?;
+        gallery
+            .groups()
+            .contains_key(group)
+            .then(|| Notice::ok(format!("Saved the group {group}.")))?
+    }
+
+    /// POST /admin/people/access: a person's dates, hours, groups and suspension, all at once.
+    pub(super) fn set_access(
+        &self,
+        session: &Session,
+        fields: &Fields,
+        peer: &str,
+    ) -> AdminResponse {
+        let name = fields.get("name").unwrap_or_default();
+        let permissions = match permissions_from_form(fields) {
+            Ok(permissions) => permissions,
+            Err(problem) => {
+                return self.people_page(session, Notice::bad(format!("{name}: {problem}")), None)
+            }
+        };
+        let summary = json!({
+            "action": "set_access",
+            "identity": name,
+            "valid_from": permissions.valid_from,
+            "valid_until": permissions.valid_until,
+            "schedule": permissions.schedule,
+            "suspended": permissions.suspended,
+            "groups": permissions.groups,
+            "remote": peer,
+        });
+        match self.edit_gallery(|g| g.set_permissions(name, permissions)) {
+            Ok(()) => {
+                log::info!("admin changed the access of {name:?}");
+                self.audit(summary);
+                AdminResponse::redirect(&format!(
+                    "/admin/people?{}",
+                    query_string(&[("updated", name.to_string())])
+                ))
+            }
+            Err(err) => self.people_page(session, Notice::bad(err.to_string()), None),
+        }
+    }
+
+    /// POST /admin/groups/set: creates a group or changes its hours.
+    pub(super) fn set_group(
+        &self,
+        session: &Session,
+        fields: &Fields,
+        peer: &str,
+    ) -> AdminResponse {
+        let name = fields.get("group").unwrap_or_default().trim();
+        let schedule = match WeeklyHours::parse(fields.get("schedule").unwrap_or_default()) {
+            Ok(schedule) => schedule,
+            Err(err) => return self.people_page(session, Notice::bad(err.to_string()), None),
+        };
+        let spec = schedule.to_string();
+        match self.edit_gallery(|g| g.set_group(name, schedule)) {
+            Ok(()) => {
+                log::info!("admin set the group {name:?} to {spec:?}");
+                self.audit(
+                    json!({"action": "set_group", "group": name, "schedule": spec, "remote": peer}),
+                );
+                AdminResponse::redirect(&format!(
+                    "/admin/people?{}",
+                    query_string(&[("group", name.to_string())])
+                ))
+            }
+            Err(err) => self.people_page(session, Notice::bad(err.to_string()), None),
+        }
     }
 
     pub(super) fn remove_person(
