@@ -18,9 +18,10 @@ use serde_json::json;
 
 use crate::admin::{Admin, AdminContext};
 use crate::audit::{AuditRetention, AuditWriter, AuditWriterThread};
-use crate::config::{Config, DoorBackendName, GrantWhileOpenConfig};
+use crate::config::{Config, DoorBackendName, GrantWhileOpenConfig, LineLevel, RelockOnConfig};
 use crate::door::{
-    self, BackendKind, DoorController, DoorEvent, DoorSettings, GrantWhileOpen, RelayState,
+    self, BackendKind, DoorController, DoorEvent, DoorSettings, GrantWhileOpen, InputLine,
+    InputSettings, InputWiring, RelayState, RelockOn,
 };
 use crate::front;
 use crate::gallery::{EmbedderId, LiveGallery};
@@ -47,10 +48,39 @@ pub(crate) fn backend_kind(config: &Config) -> BackendKind {
         DoorBackendName::Gpio => BackendKind::Gpio {
             pin: config.door.gpio_pin,
             active_low: config.door.active_low,
+            inputs: input_wiring(config),
         },
         DoorBackendName::Sim => BackendKind::Sim {
             journal: config.door.sim_journal.clone(),
+            inputs: input_wiring(config),
+            inputs_file: config.sim_inputs_path(),
         },
+    }
+}
+
+/// The door's input lines from `[door.contact]` and `[door.exit_button]`.
+fn input_wiring(config: &Config) -> InputWiring {
+    let line = |enabled: bool, gpio_pin, level, debounce_ms| {
+        enabled.then_some(InputLine {
+            gpio_pin,
+            active_high: level == LineLevel::High,
+            debounce: Duration::from_millis(debounce_ms),
+        })
+    };
+    let (contact, exit) = (&config.door.contact, &config.door.exit_button);
+    InputWiring {
+        contact: line(
+            contact.enabled,
+            contact.gpio_pin,
+            contact.open_level,
+            contact.debounce_ms,
+        ),
+        exit_button: line(
+            exit.enabled,
+            exit.gpio_pin,
+            exit.pressed_level,
+            exit.debounce_ms,
+        ),
     }
 }
 
@@ -73,6 +103,16 @@ fn door_settings(config: &Config) -> DoorSettings {
             GrantWhileOpenConfig::Ignore => GrantWhileOpen::Ignore,
         },
         report_wait: Duration::from_millis(config.door.report_wait_ms),
+        inputs: InputSettings {
+            contact_debounce: Duration::from_millis(config.door.contact.debounce_ms),
+            exit_debounce: Duration::from_millis(config.door.exit_button.debounce_ms),
+            relock_on: match config.door.relock_on {
+                RelockOnConfig::Timer => RelockOn::Timer,
+                RelockOnConfig::Open => RelockOn::Open,
+                RelockOnConfig::Close => RelockOn::Close,
+            },
+            held_after: Duration::from_secs(config.door.held_open_alarm_s),
+        },
     }
 }
 
@@ -121,7 +161,7 @@ pub fn run(config: Config) -> Result<()> {
     add_logging_metrics(&metrics);
     let (audit, audit_thread) = start_audit(&config, &metrics)?;
     let remote = Arc::new(Remote::default());
-    let door = Arc::new(start_door(&config, &metrics, audit.clone(), &remote)?);
+    let door = start_door(&config, &metrics, audit.clone(), &remote)?;
     let stop = Arc::new(StopFlags::default());
     let panic_stop = Arc::clone(&stop);
     install_panic_hook(door.lock_guard(), move || {
@@ -215,27 +255,67 @@ fn start_door(
     metrics: &Arc<Metrics>,
     audit: AuditWriter,
     remote: &Arc<Remote>,
-) -> Result<DoorController> {
+) -> Result<Arc<DoorController>> {
     let backend = door::build_backend(&backend_kind(config))
         .context("the door backend could not be started")?;
     let observed = Arc::clone(metrics);
     let remote = Arc::clone(remote);
     let observer = Box::new(move |event: &DoorEvent| {
-        if let DoorEvent::Actuation(actuation) = event {
-            if actuation.state == RelayState::Unlocked && actuation.error.is_none() {
-                observed.count_door_opening();
+        match event {
+            DoorEvent::Actuation(actuation) => {
+                if actuation.state == RelayState::Unlocked && actuation.error.is_none() {
+                    observed.count_door_opening();
+                }
+                remote.on_actuation(actuation);
             }
-            remote.on_actuation(actuation);
+            DoorEvent::Input(input) => {
+                observed.count_door_input(input.event.as_str());
+                remote.on_door_input(input);
+            }
+            DoorEvent::Request(_) => {}
         }
         audit.record(event);
     });
-    let door = DoorController::start(backend, door_settings(config), observer)?;
+    let door = Arc::new(DoorController::start(
+        backend,
+        door_settings(config),
+        observer,
+    )?);
     let dropped = door.dropped_reports();
     metrics.add_source(
         "facegate_door_reports_dropped_total",
         "counter",
         "Door reports (log and audit) dropped because their thread fell behind.",
         move || dropped.load(Ordering::Relaxed),
+    );
+    let dropped = door.dropped_inputs();
+    metrics.add_source(
+        "facegate_door_inputs_dropped_total",
+        "counter",
+        "Door input readings dropped because the relay thread fell behind (a chattering line).",
+        move || dropped.load(Ordering::Relaxed),
+    );
+    let status = Arc::downgrade(&door);
+    metrics.add_source(
+        "facegate_door_contact_open",
+        "gauge",
+        "1 while the door contact reads open, 0 while closed or unknown.",
+        move || {
+            status.upgrade().map_or(0, |door| {
+                u64::from(door.input_status().contact == door::ContactState::Open)
+            })
+        },
+    );
+    let status = Arc::downgrade(&door);
+    metrics.add_source(
+        "facegate_door_alarm_active",
+        "gauge",
+        "1 while a forced or held-open alarm waits for the admin.",
+        move || {
+            status
+                .upgrade()
+                .map_or(0, |door| u64::from(door.input_status().alarm.is_some()))
+        },
     );
     Ok(door)
 }

@@ -143,9 +143,12 @@ impl Service {
 
     pub fn health(&self) -> Value {
         let gallery = self.gallery.current();
+        let inputs = self.door.input_status();
         let mut health = json!({
             "status": "ok",
             "door_available": self.door.is_available(),
+            "contact": inputs.contact,
+            "alarm": inputs.alarm,
             "logging": crate::logging::health().as_str(),
             "people": gallery.people().len(),
             "gallery_sequence": gallery.sequence(),

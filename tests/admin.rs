@@ -745,3 +745,57 @@ fn the_people_page_edits_a_persons_hours_groups_and_suspension() {
         (count >= 2).then_some(())
     });
 }
+
+#[test]
+fn the_dashboard_shows_a_forced_door_and_only_a_signed_in_admin_acknowledges_it() {
+    let daemon = admin_daemon(Setup::new().set("door.contact.enabled", true));
+    daemon.wait_for_contact("closed", None);
+    let mut browser = Browser::new(&daemon);
+    redirects_to(&browser.sign_in(PASSWORD), "/admin/");
+    let calm = html(&browser.get("/admin/"));
+    assert!(calm.contains("id=\"door-contact\">closed<") && calm.contains("no alarm"));
+
+    daemon.door_input("contact open");
+    daemon.wait_for_contact("open", Some("forced"));
+    let dashboard = browser.get("/admin/");
+    let alarmed = html(&dashboard);
+    assert!(
+        alarmed.contains("badge bad\">forced<") && alarmed.contains("/admin/door/acknowledge"),
+        "{alarmed}"
+    );
+    let token = csrf(&dashboard);
+
+    // Neither a forged form nor a request without a session acknowledges anything.
+    let forged = browser.post("/admin/door/acknowledge", &[("csrf", "forged")]);
+    assert_eq!(forged.status, 403);
+    let mut stranger = Browser::new(&daemon);
+    let signed_out = stranger.post("/admin/door/acknowledge", &[("csrf", &token)]);
+    assert_eq!(signed_out.status, 401);
+    assert_eq!(daemon.get("/healthz").json()["alarm"], "forced");
+
+    // Post/Redirect/Get: the acknowledgement answers with a redirect to the dashboard.
+    let acknowledged = browser.post(
+        "/admin/door/acknowledge",
+        &[("csrf", &token), ("alarm", "forced")],
+    );
+    redirects_to(&acknowledged, "/admin/");
+    daemon.wait_for_contact("open", None);
+    assert!(html(&browser.get("/admin/")).contains("no alarm"));
+    let audit = wait_for("the acknowledgement's audit lines", || {
+        let lines = audit_lines(&daemon);
+        let admin = lines
+            .iter()
+            .find(|l| l["action"] == "alarm_acknowledged")?
+            .clone();
+        lines
+            .iter()
+            .any(|l| {
+                l["kind"] == "door_input" && l["event"] == "acknowledged" && l["alarm"] == "forced"
+            })
+            .then_some(admin)
+    });
+    assert_eq!(
+        (&audit["kind"], &audit["alarm"]),
+        (&json!("admin"), &json!("forced"))
+    );
+}

@@ -406,6 +406,7 @@ impl Admin {
             "/admin/people/access" => self.set_access(session, &fields, &peer),
             "/admin/groups/set" => self.set_group(session, &fields, &peer),
             "/admin/door/pulse" => self.pulse(session, &peer),
+            "/admin/door/acknowledge" => self.acknowledge_alarm(&fields, &peer),
             "/admin/codes/generate" => self.generate_codes(session, &fields, &peer),
             "/admin/codes/revoke" => self.revoke_code(session, &fields, &peer),
             _ => self.not_found(session),

@@ -331,10 +331,17 @@ impl Admin {
             20,
         );
         let health = (self.ctx.health)();
+        let inputs = self.ctx.door.input_status();
         let page = pages::Dashboard {
             chrome: self.chrome(Some(session), "dashboard"),
             door_state: self.door_state(),
             door_available: self.ctx.door.is_available(),
+            contact: if self.ctx.config.door.contact.enabled {
+                inputs.contact.as_str()
+            } else {
+                "not fitted"
+            },
+            alarm: inputs.alarm.map_or("", |alarm| alarm.as_str()),
             health_status: health["status"].as_str().unwrap_or("unknown").to_string(),
             uptime: uptime(health["uptime_s"].as_u64().unwrap_or(0)),
             people: health["people"].as_u64().unwrap_or(0) as usize,
@@ -914,6 +921,25 @@ impl Admin {
                 .collect(),
         };
         AdminResponse::page(200, &page)
+    }
+
+    /// Acknowledges the door's active alarm (forced or held open), audited, then back to the
+    /// dashboard (Post/Redirect/Get).
+    pub(super) fn acknowledge_alarm(&self, fields: &Fields, peer: &str) -> AdminResponse {
+        let alarm = self.ctx.door.input_status().alarm;
+        let taken = self.ctx.door.acknowledge_alarm();
+        log::info!(
+            "admin from {peer} acknowledged the door alarm {:?} (shown: {:?})",
+            alarm.map(|a| a.as_str()),
+            fields.get("alarm")
+        );
+        self.audit(json!({
+            "action": "alarm_acknowledged",
+            "alarm": alarm,
+            "taken": taken,
+            "remote": peer,
+        }));
+        AdminResponse::redirect("/admin/")
     }
 
     /// The test pulse: the same relay path as a grant, audited with the admin as its cause.
