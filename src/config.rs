@@ -250,6 +250,8 @@ pub struct AuditConfig {
     pub dir: Option<PathBuf>,
     pub max_age_days: u32,
     pub max_total_mb: u64,
+    /// Refused requests and paused frames: one summary line per address per this many seconds.
+    pub summary_interval_s: u64,
 }
 
 /// The building admin's pages at `/admin/` (password: `facegate admin set-password`).
@@ -513,6 +515,7 @@ impl Default for AuditConfig {
             dir: None,
             max_age_days: 90,
             max_total_mb: 200,
+            summary_interval_s: 60,
         }
     }
 }
@@ -840,6 +843,12 @@ impl Config {
                 ),
             ));
         }
+        if !(1..=3600).contains(&self.audit.summary_interval_s) {
+            return Err(invalid(
+                "audit.summary_interval_s",
+                "must be between 1 and 3600 seconds",
+            ));
+        }
         if !(1..=100).contains(&codes.max_failures) {
             return Err(invalid("codes.max_failures", "must be between 1 and 100"));
         }
@@ -1009,6 +1018,11 @@ impl Config {
         self.state_dir.join("codes.json")
     }
 
+    /// The paired tablets file (mode 0600).
+    pub fn tablets_path(&self) -> PathBuf {
+        self.state_dir.join("tablets.json")
+    }
+
     /// The sim backend's inputs file (`door.sim_inputs`).
     pub fn sim_inputs_path(&self) -> PathBuf {
         self.door
@@ -1167,6 +1181,10 @@ mod tests {
                 "codes.working_days",
             ),
             ("[codes]\nmax_failures = 0", "codes.max_failures"),
+            (
+                "[audit]\nsummary_interval_s = 0",
+                "audit.summary_interval_s",
+            ),
             ("[codes]\nlockout_s = 0", "codes.lockout_s"),
             (
                 "[codes]\nbuilding_max_failures = 2",

@@ -17,11 +17,11 @@ use sd_notify::NotifyState;
 use serde_json::json;
 
 use crate::admin::{Admin, AdminContext};
-use crate::audit::{AuditRetention, AuditWriter, AuditWriterThread};
+use crate::audit::{AuditRetention, AuditSettings, AuditWriter, AuditWriterThread};
 use crate::config::{Config, DoorBackendName, GrantWhileOpenConfig, LineLevel, RelockOnConfig};
 use crate::door::{
-    self, BackendKind, DoorController, DoorEvent, DoorSettings, GrantWhileOpen, InputLine,
-    InputSettings, InputWiring, RelayState, RelockOn,
+    self, BackendKind, ContactState, DoorController, DoorEvent, DoorSettings, GrantWhileOpen,
+    InputLine, InputSettings, InputStatus, InputWiring, RelayState, RelockOn,
 };
 use crate::front;
 use crate::gallery::{EmbedderId, LiveGallery};
@@ -30,6 +30,7 @@ use crate::metrics::Metrics;
 use crate::mqtt::{Remote, RemoteParts};
 use crate::service::Service;
 use crate::snapshots::{SnapshotRetention, SnapshotWriter};
+use crate::tablets::{LiveTablets, TabletStore};
 use crate::vision::{PipelineModels, Recognizer};
 
 /// How long the accepting loop waits before looking at the stop flags again.
@@ -215,7 +216,11 @@ fn start_audit(config: &Config, metrics: &Metrics) -> Result<(AuditWriter, Audit
         max_age_days: config.audit.max_age_days,
         max_total_bytes: config.audit.max_total_mb * 1024 * 1024,
     };
-    let (audit, thread) = AuditWriter::start(config.audit_dir(), retention)
+    let settings = AuditSettings {
+        retention,
+        summary_interval: Duration::from_secs(config.audit.summary_interval_s),
+    };
+    let (audit, thread) = AuditWriter::start(config.audit_dir(), settings)
         .context("cannot start the audit writer thread")?;
     let counters = audit.counters();
     let failed = Arc::clone(&counters);
@@ -225,11 +230,18 @@ fn start_audit(config: &Config, metrics: &Metrics) -> Result<(AuditWriter, Audit
         "Audit lines that could not be written.",
         move || failed.failed.load(Ordering::Relaxed),
     );
+    let dropped = Arc::clone(&counters);
     metrics.add_source(
         "facegate_audit_dropped_total",
         "counter",
-        "Audit lines dropped because the audit writer fell behind (slow or hung disk).",
-        move || counters.dropped.load(Ordering::Relaxed),
+        "Audit lines dropped because the audit writer fell behind (slow or hung disk) or today's file reached its cap.",
+        move || dropped.dropped.load(Ordering::Relaxed),
+    );
+    metrics.add_source(
+        "facegate_audit_summarised_total",
+        "counter",
+        "Requests (refused before a worker, or answered paused) counted into a summary line instead of a line each.",
+        move || counters.summarised.load(Ordering::Relaxed),
     );
     Ok((audit, thread))
 }
@@ -281,42 +293,42 @@ fn start_door(
         door_settings(config),
         observer,
     )?);
-    let dropped = door.dropped_reports();
-    metrics.add_source(
-        "facegate_door_reports_dropped_total",
-        "counter",
-        "Door reports (log and audit) dropped because their thread fell behind.",
-        move || dropped.load(Ordering::Relaxed),
-    );
-    let dropped = door.dropped_inputs();
-    metrics.add_source(
-        "facegate_door_inputs_dropped_total",
-        "counter",
-        "Door input readings dropped because the relay thread fell behind (a chattering line).",
-        move || dropped.load(Ordering::Relaxed),
-    );
-    let status = Arc::downgrade(&door);
-    metrics.add_source(
-        "facegate_door_contact_open",
-        "gauge",
-        "1 while the door contact reads open, 0 while closed or unknown.",
-        move || {
-            status.upgrade().map_or(0, |door| {
-                u64::from(door.input_status().contact == door::ContactState::Open)
-            })
-        },
-    );
-    let status = Arc::downgrade(&door);
-    metrics.add_source(
-        "facegate_door_alarm_active",
-        "gauge",
-        "1 while a forced or held-open alarm waits for the admin.",
-        move || {
-            status
-                .upgrade()
-                .map_or(0, |door| u64::from(door.input_status().alarm.is_some()))
-        },
-    );
+    for (name, help, dropped) in [
+        (
+            "facegate_door_reports_dropped_total",
+            "Door reports (log and audit) dropped because their thread fell behind.",
+            door.dropped_reports(),
+        ),
+        (
+            "facegate_door_inputs_dropped_total",
+            "Door input readings dropped because the relay thread fell behind (a chattering line).",
+            door.dropped_inputs(),
+        ),
+    ] {
+        metrics.add_source(name, "counter", help, move || {
+            dropped.load(Ordering::Relaxed)
+        });
+    }
+    type Holds = fn(&InputStatus) -> bool;
+    let gauges: [(&str, &str, Holds); 2] = [
+        (
+            "facegate_door_contact_open",
+            "1 while the door contact reads open, 0 while closed or unknown.",
+            |status| status.contact == ContactState::Open,
+        ),
+        (
+            "facegate_door_alarm_active",
+            "1 while a forced or held-open alarm waits for the admin.",
+            |status| status.alarm.is_some(),
+        ),
+    ];
+    for (name, help, holds) in gauges {
+        let door = Arc::downgrade(&door);
+        metrics.add_source(name, "gauge", help, move || {
+            door.upgrade()
+                .map_or(0, |door| u64::from(holds(&door.input_status())))
+        });
+    }
     Ok(door)
 }
 
@@ -402,8 +414,12 @@ fn serve(
     let address = listener.local_addr()?;
     let (server, backend) = listen_for_front(&config)?;
     let people = gallery.current().people().len();
+    let tablets = Arc::new(LiveTablets::new(TabletStore::new(config.tablets_path())));
+    let kiosk = http::kiosk::Kiosk::start(Arc::clone(&tablets), audit.clone())
+        .context("the kiosk pairing thread did not start")?;
     let transport = Arc::new(http::Transport {
         token: config.token(),
+        kiosk: Some(kiosk),
         ..http::Transport::default()
     });
     let service = Arc::new(Service::new(
@@ -437,6 +453,7 @@ fn serve(
         body_timeout: Duration::from_millis(service.config.http.body_timeout_ms),
         max_body_bytes: service.config.http.max_body_bytes,
         token: transport.token.clone(),
+        tablets,
         backend,
         tls: tls.as_ref().map(|(server, _)| Arc::clone(server)),
     };
@@ -595,8 +612,8 @@ fn start_snapshots(config: &Config, metrics: &Metrics) -> Option<SnapshotWriter>
     Some(writer)
 }
 
-/// The front's refusals of frame posts go through the service, which records and audits them. The
-/// front outlives the service at shutdown, so it holds it weakly.
+/// The front's refusals of frame posts go through the service, which counts them and summarises them
+/// per address. The front outlives the service at shutdown, so it holds it weakly.
 struct FrontRefusals {
     service: std::sync::Weak<Service>,
     transport: Arc<http::Transport>,
@@ -612,6 +629,7 @@ impl front::Refusals for FrontRefusals {
         request_id: &str,
         endpoint: crate::record::Endpoint,
         refusal: crate::record::Refusal,
+        peer: Option<std::net::IpAddr>,
     ) -> (serde_json::Value, Box<dyn FnOnce() + Send>) {
         let Some(service) = self.service.upgrade() else {
             let body = serde_json::json!({
@@ -623,7 +641,7 @@ impl front::Refusals for FrontRefusals {
             });
             return (body, Box::new(|| {}));
         };
-        let handled = service.refuse(request_id, endpoint, refusal);
+        let handled = service.refuse_before_worker(request_id, endpoint, refusal, peer);
         let body = handled.record.answer();
         (body, Box::new(move || service.follow_up(handled)))
     }

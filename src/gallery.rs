@@ -464,11 +464,10 @@ impl GalleryFile {
     }
 }
 
-/// The gallery file's lock, held until the returned file is closed.
+/// The gallery file's lock (`gallery.json.lock`), held until the returned file is closed.
 pub(crate) fn lock(path: &Path) -> Result<fs::File, GalleryError> {
-    let lock_path = path.with_extension("json.lock");
-    atomic_file::lock_exclusive(&lock_path, 0o644).map_err(|cause| GalleryError::Write {
-        path: lock_path,
+    atomic_file::lock_beside(path, 0o644).map_err(|cause| GalleryError::Write {
+        path: atomic_file::lock_path(path),
         cause,
     })
 }

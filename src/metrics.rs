@@ -210,20 +210,25 @@ impl Metrics {
                 "facegate_mqtt_received_total{{kind=\"{kind}\",result=\"{result}\"}} {n}"
             );
         }
-        out.push_str(
-            "# HELP facegate_door_input_events_total Events of the door contact and exit button.\n",
-        );
-        out.push_str("# TYPE facegate_door_input_events_total counter\n");
-        for (event, n) in &door_inputs {
-            let _ = writeln!(
-                out,
-                "facegate_door_input_events_total{{event=\"{event}\"}} {n}"
-            );
-        }
-        out.push_str("# HELP facegate_alarms_total Alarms raised, by alarm.\n");
-        out.push_str("# TYPE facegate_alarms_total counter\n");
-        for (alarm, n) in &alarms {
-            let _ = writeln!(out, "facegate_alarms_total{{alarm=\"{alarm}\"}} {n}");
+        let by_label = [
+            (
+                "facegate_door_input_events_total",
+                "Events of the door contact and exit button.",
+                "event",
+                &door_inputs,
+            ),
+            (
+                "facegate_alarms_total",
+                "Alarms raised, by alarm.",
+                "alarm",
+                &alarms,
+            ),
+        ];
+        for (name, help, label, counts) in by_label {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (value, n) in counts {
+                let _ = writeln!(out, "{name}{{{label}=\"{value}\"}} {n}");
+            }
         }
         let sources = lock_recovering(&self.sources);
         let sourced = sources.iter().map(|s| (s.name, s.kind, s.help, (s.read)()));

@@ -163,3 +163,49 @@ fn a_grant_then_an_opening_is_audited_under_the_grant_and_relock_on_open_relocks
         .iter()
         .all(|line| line["event"] != "forced"));
 }
+
+#[test]
+fn relock_on_close_holds_the_unlock_while_the_door_is_open_and_a_fault_makes_the_contact_unknown() {
+    let hold_ms = 300;
+    let daemon = with_inputs()
+        .set("door.relock_on", "close")
+        .set("door.hold_ms", hold_ms)
+        .set("door.held_open_alarm_s", 1)
+        .serve();
+    daemon.wait_for_contact("closed", None);
+
+    daemon.door_input("exit pressed");
+    let journal = daemon.wait_for_journal("the exit's unlock", |j| {
+        j.iter().any(|a| a.is_unlocked() && a.reason == "exit")
+    });
+    let unlock = journal.iter().find(|a| a.is_unlocked()).unwrap().clone();
+    daemon.door_input("contact open");
+    wait_for_event(&daemon, "opened", 1);
+    // Well past the hold by the daemon's own clock (the held alarm, a second after the opening),
+    // the relay is still unlocked: the closing relocks, not the timer.
+    let held = wait_for_event(&daemon, "held", 1);
+    let held_at = ts(&held["at"]);
+    assert!(held_at - unlock.ts > chrono::Duration::milliseconds(hold_ms));
+    assert!(
+        !daemon
+            .journal()
+            .iter()
+            .any(|a| !a.is_unlocked() && a.ts > unlock.ts && a.ts < held_at),
+        "relocked while the opened door was still open: {:?}",
+        daemon.journal()
+    );
+
+    daemon.door_input("contact closed");
+    let journal = daemon.wait_for_journal("the relock on the closing", |j| {
+        j.iter().any(|a| a.reason == "relock_on_close")
+    });
+    assert!(
+        !journal.iter().any(|a| a.reason == "hold_elapsed"),
+        "{journal:?}"
+    );
+
+    // A contact that cannot be read: audited, and /healthz says unknown.
+    daemon.door_input("contact fault");
+    wait_for_event(&daemon, "contact_fault", 1);
+    daemon.wait_for_contact("unknown", None);
+}

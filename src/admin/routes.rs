@@ -19,6 +19,8 @@ use crate::enrollment::{self, Candidate, EnrolmentError, Verdict};
 use crate::gallery::{Gallery, GalleryError, GalleryFile, Sample};
 use crate::permission::{self, Access, Groups, Permissions, WeeklyHours};
 
+/// Where the people forms redirect to.
+const PEOPLE: &str = "/admin/people";
 /// Rows per page of the events list.
 const PAGE_SIZE: usize = 50;
 /// Height of the decision thumbnails made from snapshots.
@@ -218,13 +220,13 @@ impl Admin {
             "/admin/" => self.dashboard(session),
             super::STATUS_PATH => AdminResponse::json(200, &self.status()),
             "/admin/people" => {
-                let notice = self.saved_notice(query);
-                self.people_page(session, notice, None)
+                let (notice, enrolled) = self.take_flash(session);
+                self.people_page(session, notice, enrolled)
             }
             "/admin/events" => self.events(session, query),
             "/admin/events.csv" => self.events_csv(query),
-            "/admin/door" => self.door_page(session, None),
-            "/admin/codes" => self.codes_view(session, query),
+            "/admin/door" => self.door_page(session, self.take_flash(session).0),
+            "/admin/codes" => self.codes_view(session, query, self.take_flash(session).0),
             _ => {
                 if let Some(name) = path.strip_prefix("/admin/thumbnails/") {
                     return self.thumbnail(session, name);
@@ -443,11 +445,21 @@ impl Admin {
         peer: &str,
     ) -> AdminResponse {
         let Some(name) = fields.get("name") else {
-            return self.people_page(session, Notice::bad("Give the person a name."), None);
+            return self.after_post(
+                session,
+                PEOPLE,
+                Notice::bad("Give the person a name."),
+                None,
+            );
         };
         let photos: Vec<&Upload> = uploads.iter().filter(|u| u.field == "photos").collect();
         if photos.is_empty() {
-            return self.people_page(session, Notice::bad("Choose at least one photo."), None);
+            return self.after_post(
+                session,
+                PEOPLE,
+                Notice::bad("Choose at least one photo."),
+                None,
+            );
         }
         let candidates: Vec<Candidate> = photos
             .iter()
@@ -463,11 +475,15 @@ impl Admin {
         // Held until the enrolment is saved, so that no other change to the gallery is lost.
         let _editing = match self.gallery_file().lock_for_edit() {
             Ok(lock) => lock,
-            Err(err) => return self.people_page(session, Notice::bad(err.to_string()), None),
+            Err(err) => {
+                return self.after_post(session, PEOPLE, Notice::bad(err.to_string()), None)
+            }
         };
         let mut gallery = match self.gallery() {
             Ok(gallery) => gallery,
-            Err(err) => return self.people_page(session, Notice::bad(err.to_string()), None),
+            Err(err) => {
+                return self.after_post(session, PEOPLE, Notice::bad(err.to_string()), None)
+            }
         };
         let now = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let config = &self.ctx.config;
@@ -504,12 +520,14 @@ impl Admin {
                         .collect(),
                     warnings: Vec::new(),
                 };
-                return self.people_page(session, None, Some(result));
+                return self.after_post(session, PEOPLE, None, Some(result));
             }
-            Ok(Err(err)) => return self.people_page(session, Notice::bad(err.to_string()), None),
+            Ok(Err(err)) => {
+                return self.after_post(session, PEOPLE, Notice::bad(err.to_string()), None)
+            }
             Err(err) => {
                 log::error!("admin enrolment: the models did not load: {err}");
-                return self.people_page(session, Notice::bad(err.to_string()), None);
+                return self.after_post(session, PEOPLE, Notice::bad(err.to_string()), None);
             }
         };
         let stored = enrollment::store_thumbnails(&self.thumbnail_dir(), &report)
@@ -521,7 +539,7 @@ impl Admin {
             });
         if let Err(problem) = stored {
             log::error!("admin enrolment of {name:?} not saved: {problem}");
-            return self.people_page(session, Notice::bad(problem), None);
+            return self.after_post(session, PEOPLE, Notice::bad(problem), None);
         }
         log::info!(
             "admin enrolled {name:?}: {} of {} photos accepted",
@@ -559,7 +577,7 @@ impl Admin {
                 .collect(),
             warnings: enrollment::warnings(&report, name, self.ctx.threshold),
         };
-        self.people_page(session, None, Some(result))
+        self.after_post(session, PEOPLE, None, Some(result))
     }
 
     fn edit_gallery<T>(
@@ -577,24 +595,6 @@ impl Admin {
             .unwrap_or(jiff::tz::TimeZone::UTC)
     }
 
-    /// The notice after a saved form (Post/Redirect/Get): `?updated=NAME` or `?group=NAME`, shown only
-    /// for a person or group that exists, so that a link cannot put words on the page.
-    fn saved_notice(&self, query: &str) -> Option<Notice> {
-        let fields = Fields::urlencoded(query);
-        let gallery = self.gallery().ok()?;
-        if let Some(name) = fields
-            .get("updated")
-            .filter(|n| gallery.person(n).is_some())
-        {
-            return Notice::ok(format!("Saved the access of {name}."));
-        }
-        let group = fields.get("group")?;
-        gallery
-            .groups()
-            .contains_key(group)
-            .then(|| Notice::ok(format!("Saved the group {group}.")))?
-    }
-
     /// POST /admin/people/access: a person's dates, hours, groups and suspension, all at once.
     pub(super) fn set_access(
         &self,
@@ -606,7 +606,12 @@ impl Admin {
         let permissions = match permissions_from_form(fields) {
             Ok(permissions) => permissions,
             Err(problem) => {
-                return self.people_page(session, Notice::bad(format!("{name}: {problem}")), None)
+                return self.after_post(
+                    session,
+                    PEOPLE,
+                    Notice::bad(format!("{name}: {problem}")),
+                    None,
+                )
             }
         };
         let summary = json!({
@@ -623,12 +628,10 @@ impl Admin {
             Ok(()) => {
                 log::info!("admin changed the access of {name:?}");
                 self.audit(summary);
-                AdminResponse::redirect(&format!(
-                    "/admin/people?{}",
-                    query_string(&[("updated", name.to_string())])
-                ))
+                let saved = Notice::ok(format!("Saved the access of {name}."));
+                self.after_post(session, PEOPLE, saved, None)
             }
-            Err(err) => self.people_page(session, Notice::bad(err.to_string()), None),
+            Err(err) => self.after_post(session, PEOPLE, Notice::bad(err.to_string()), None),
         }
     }
 
@@ -642,7 +645,9 @@ impl Admin {
         let name = fields.get("group").unwrap_or_default().trim();
         let schedule = match WeeklyHours::parse(fields.get("schedule").unwrap_or_default()) {
             Ok(schedule) => schedule,
-            Err(err) => return self.people_page(session, Notice::bad(err.to_string()), None),
+            Err(err) => {
+                return self.after_post(session, PEOPLE, Notice::bad(err.to_string()), None)
+            }
         };
         let spec = schedule.to_string();
         match self.edit_gallery(|g| g.set_group(name, schedule)) {
@@ -651,12 +656,10 @@ impl Admin {
                 self.audit(
                     json!({"action": "set_group", "group": name, "schedule": spec, "remote": peer}),
                 );
-                AdminResponse::redirect(&format!(
-                    "/admin/people?{}",
-                    query_string(&[("group", name.to_string())])
-                ))
+                let saved = Notice::ok(format!("Saved the group {name}."));
+                self.after_post(session, PEOPLE, saved, None)
             }
-            Err(err) => self.people_page(session, Notice::bad(err.to_string()), None),
+            Err(err) => self.after_post(session, PEOPLE, Notice::bad(err.to_string()), None),
         }
     }
 
@@ -672,9 +675,14 @@ impl Admin {
                 enrollment::remove_thumbnails(&self.thumbnail_dir(), &person.samples);
                 log::info!("admin removed {name:?} ({} samples)", person.samples.len());
                 self.audit(json!({"action": "remove_person", "identity": name, "remote": peer}));
-                self.people_page(session, Notice::ok(format!("Removed {name}.")), None)
+                self.after_post(
+                    session,
+                    PEOPLE,
+                    Notice::ok(format!("Removed {name}.")),
+                    None,
+                )
             }
-            Err(err) => self.people_page(session, Notice::bad(err.to_string()), None),
+            Err(err) => self.after_post(session, PEOPLE, Notice::bad(err.to_string()), None),
         }
     }
 
@@ -686,7 +694,7 @@ impl Admin {
     ) -> AdminResponse {
         let name = fields.get("name").unwrap_or_default();
         let Some(index) = fields.get("index").and_then(|i| i.parse::<usize>().ok()) else {
-            return self.people_page(session, Notice::bad("No photo was chosen."), None);
+            return self.after_post(session, PEOPLE, Notice::bad("No photo was chosen."), None);
         };
         let expected = fields.get("sample").unwrap_or_default();
         let removed = self.edit_gallery(|g| {
@@ -718,9 +726,9 @@ impl Admin {
                     "remote": peer,
                 }));
                 let text = format!("Removed the photo {} of {name}.", sample.source);
-                self.people_page(session, Notice::ok(text), None)
+                self.after_post(session, PEOPLE, Notice::ok(text), None)
             }
-            Err(err) => self.people_page(session, Notice::bad(err.to_string()), None),
+            Err(err) => self.after_post(session, PEOPLE, Notice::bad(err.to_string()), None),
         }
     }
 
@@ -981,7 +989,7 @@ impl Admin {
                 ))
             }
         };
-        self.door_page(session, notice)
+        self.after_post(session, "/admin/door", notice, None)
     }
 }
 

@@ -60,7 +60,8 @@ fn watch_line(
         .get(line.gpio_pin)
         .map_err(|error| error.to_string())?
         .into_input_pullup();
-    pin.set_async_interrupt(trigger, Some(line.debounce), callback)
+    let debounce = (!line.debounce.is_zero()).then_some(line.debounce);
+    pin.set_async_interrupt(trigger, debounce, callback)
         .map_err(|error| error.to_string())?;
     Ok(pin)
 }
