@@ -146,7 +146,7 @@ pub(crate) struct AdminContext {
 
 pub(crate) struct Admin {
     ctx: AdminContext,
-    sessions: Sessions,
+    sessions: Arc<Sessions>,
     logins: Mutex<Lockouts>,
     /// Loaded at the first enrolment from the page, then kept.
     recognizer: Mutex<Option<Recognizer>>,
@@ -169,11 +169,16 @@ impl Admin {
         };
         Admin {
             ctx,
-            sessions: Sessions::new(limits),
+            sessions: Arc::new(Sessions::new(limits)),
             logins: Mutex::new(Lockouts::with_capacity(LOGIN_RULES, LOGIN_ADDRESSES)),
             recognizer: Mutex::new(None),
             gallery_edit: Mutex::new(()),
         }
+    }
+
+    /// The session store, for the front to tell a signed-in browser from a stranger.
+    pub fn sessions(&self) -> Arc<Sessions> {
+        Arc::clone(&self.sessions)
     }
 
     /// Answers one `/admin…` request.

@@ -6,12 +6,19 @@
 //! Threads: one `front-accept` thread, and one thread per open connection, at most
 //! `http.max_connections` of them. A connection thread only ever waits on its own socket (with a
 //! deadline) or on tiny_http's answer, so slow or idle clients cost a bounded number of threads and never
-//! hold a recognition worker. When the limit is reached, a new connection takes the place of the
-//! connection that has waited longest for a request (`registry`); only when every connection is busy
-//! with a request is the new one closed at once. Both are counted in /metrics.
+//! hold a recognition worker.
+//!
+//! Credentials first: until a request head shows a valid credential (`credentials`: the tablet's
+//! token, an admin session, the self-probe's source address), its connection shares a small budget
+//! of slots with every other stranger's and is evicted first (`registry`), its body may hold at most
+//! `STRANGER_BODY_BYTES` and must arrive within the head deadline. All bodies in flight together stay
+//! under `http.max_body_bytes_in_flight` (`budget`). Refusals, evictions and the budget are counted in
+//! /metrics.
 
 pub mod body;
+mod budget;
 pub mod conn;
+pub mod credentials;
 pub mod forward;
 pub mod head;
 mod registry;
@@ -23,12 +30,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use subtle::ConstantTimeEq;
 
 use self::body::BodyError;
+use self::budget::BodyBudget;
 use self::conn::{Incoming, ReadError, Transport};
+use self::credentials::{CredentialSet, Shown};
 use self::head::{Expectation, Framing, Head, HeadError, Parsed};
-use self::registry::{Admission, Registry};
+use self::registry::{Admission, Limits, Registry};
 use crate::http::{route, Route};
 use crate::metrics::Metrics;
 use crate::record::Endpoint;
@@ -41,10 +49,15 @@ const ADMIN_BODY_TIMEOUT: Duration = Duration::from_secs(60);
 const ANSWER_WAIT: Duration = Duration::from_secs(60);
 /// Stack of a connection thread: enough for the TLS handshake, small enough for hundreds of them.
 const CONNECTION_STACK: usize = 256 * 1024;
+pub use crate::config::BODY_BYTES_WITHOUT_CREDENTIAL as STRANGER_BODY_BYTES;
+/// What a 503 for a full body budget asks the client to wait, in seconds.
+const RETRY_AFTER_S: u32 = 1;
 
 /// Everything a connection thread needs to know.
 pub struct Settings {
     pub max_connections: usize,
+    /// Of those, connections whose last request showed no valid credential at most.
+    pub max_connections_without_credential: usize,
     /// From accept to the end of the first head (the TLS handshake included), and from the first byte
     /// of a later request to the end of its head.
     pub head_timeout: Duration,
@@ -53,7 +66,10 @@ pub struct Settings {
     /// From the end of the head to the end of the body; also bounds each write to the client.
     pub body_timeout: Duration,
     pub max_body_bytes: usize,
-    pub token: Option<String>,
+    /// All bodies held at the front at once, together.
+    pub max_body_bytes_in_flight: usize,
+    /// Who may use the tablet's endpoints, and whose connections are not a stranger's.
+    pub credentials: CredentialSet,
     /// tiny_http's Unix socket.
     pub backend: PathBuf,
     pub tls: Option<Arc<rustls::ServerConfig>>,
@@ -64,6 +80,20 @@ struct Shared {
     metrics: Arc<Metrics>,
     refusals: Arc<dyn Refusals>,
     registry: Arc<Registry>,
+    budget: Arc<BodyBudget>,
+}
+
+/// How the daemon's self-probe presents itself: it binds its socket first and names the address it
+/// will connect from. That connection is admitted over the limit, is never evicted and counts as
+/// credentialed, so no client can crowd the probe out and make the daemon restart itself.
+#[derive(Clone)]
+pub struct ProbeEntrance(Arc<Registry>);
+
+impl ProbeEntrance {
+    /// The self-probe's next connection comes from `from`.
+    pub fn expect(&self, from: SocketAddr) {
+        self.0.expect_probe(from);
+    }
 }
 
 /// Accepts on `listener` in a thread of its own until the process ends.
@@ -72,12 +102,19 @@ pub fn start(
     settings: Settings,
     metrics: Arc<Metrics>,
     refusals: Arc<dyn Refusals>,
-) -> std::io::Result<()> {
+) -> std::io::Result<ProbeEntrance> {
     crate::http::forwarded::start_clock();
-    let registry = Arc::new(Registry::new(settings.max_connections));
+    let registry = Arc::new(Registry::new(Limits {
+        total: settings.max_connections,
+        strangers: settings.max_connections_without_credential,
+        strangers_per_address: registry::STRANGER_CONNECTIONS_PER_ADDRESS,
+    }));
     registry::report(&registry, &metrics);
+    let budget = Arc::new(BodyBudget::new(settings.max_body_bytes_in_flight));
+    budget::report(&budget, &metrics);
     let shared = Arc::new(Shared {
-        registry,
+        registry: Arc::clone(&registry),
+        budget,
         settings,
         metrics,
         refusals,
@@ -85,7 +122,7 @@ pub fn start(
     std::thread::Builder::new()
         .name("front-accept".into())
         .spawn(move || accept_loop(&listener, &shared))?;
-    Ok(())
+    Ok(ProbeEntrance(registry))
 }
 
 fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
@@ -99,7 +136,7 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
                 continue;
             }
         };
-        let Admission::Admitted(id) = shared.registry.admit(&stream) else {
+        let Admission::Admitted(id) = shared.registry.admit(&stream, peer) else {
             continue;
         };
         let connection = Arc::clone(shared);
@@ -128,12 +165,6 @@ fn serve_connection(stream: TcpStream, peer: SocketAddr, id: u64, shared: &Share
     let settings = &shared.settings;
     let first_deadline = Instant::now() + settings.head_timeout;
     let _ = stream.set_nodelay(true);
-    if stream
-        .set_write_timeout(Some(settings.body_timeout))
-        .is_err()
-    {
-        return;
-    }
     let transport = match &settings.tls {
         Some(config) => match Transport::accept_tls(stream, Arc::clone(config), first_deadline) {
             Ok(transport) => transport,
@@ -192,7 +223,12 @@ fn exchange(
     };
     incoming.buffer.drain(..used);
     let received_at = Instant::now();
-    let framing = match check(&head, settings) {
+    let shown = settings
+        .credentials
+        .shown(&head, crate::admin::SESSION_COOKIE);
+    // From here until its next request, the connection's standing is what this head showed.
+    shared.registry.working(id, shown.any());
+    let framing = match check(&head, settings, shown) {
         Ok(framing) => framing,
         Err(refusal) => {
             let body_pending = !matches!(head.framing(), Ok(Framing::None | Framing::Length(0)));
@@ -204,22 +240,22 @@ fn exchange(
             };
         }
     };
-    // A checked request from a client that knows the token: no longer the first to make room.
-    shared.registry.working(id);
     if head.expectation() == Expectation::Continue
         && framing != Framing::None
         && incoming
             .transport
-            .send(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .send(b"HTTP/1.1 100 Continue\r\n\r\n", send_deadline(settings))
             .is_err()
     {
         return Next::Close;
     }
-    let body_deadline = received_at + body_timeout(&head, settings);
-    let body = match incoming.read_body(framing, settings.max_body_bytes, body_deadline) {
+    let (limit, body_deadline) = body_limits(&head, settings, shown, received_at);
+    let mut reservation = shared.budget.reserve();
+    let body = match incoming.read_body(framing, limit, body_deadline, &mut reservation) {
         Ok(body) => body,
         Err(err) => {
-            let refusal = refusal_for_body(err, settings).counted_as(&head);
+            let refusal =
+                refusal_for_body(err, settings, shown, shared.budget.limit()).counted_as(&head);
             log::info!(
                 "request from {peer} refused at the front: error={} http={} message={:?}",
                 refusal.error,
@@ -232,7 +268,9 @@ fn exchange(
     };
     let request = forward::request_bytes(&head, &body, peer, received_at);
     drop(body);
-    let upstream = match forward::forward(&settings.backend, &request, ANSWER_WAIT) {
+    let forwarded = forward::forward(&settings.backend, &request, ANSWER_WAIT);
+    drop((request, reservation));
+    let upstream = match forwarded {
         Ok(upstream) => upstream,
         Err(err) => {
             log::warn!("no answer from the request handler for {peer}: {err}");
@@ -253,10 +291,20 @@ fn exchange(
         &upstream.body,
         keep_alive,
     );
-    if incoming.transport.send(&bytes).is_err() || !keep_alive {
+    if incoming
+        .transport
+        .send(&bytes, send_deadline(settings))
+        .is_err()
+        || !keep_alive
+    {
         return Next::Close;
     }
     Next::KeepAlive
+}
+
+/// An answer must have left within `http.body_timeout_ms` of starting.
+fn send_deadline(settings: &Settings) -> Instant {
+    Instant::now() + settings.body_timeout
 }
 
 /// Reads until the buffered head may have changed its verdict: a new line ended, the first bytes
@@ -353,14 +401,23 @@ fn refusal_for_head(err: &HeadError) -> Refusal {
     }
 }
 
-fn refusal_for_body(err: BodyError, settings: &Settings) -> Refusal {
+fn refusal_for_body(err: BodyError, settings: &Settings, shown: Shown, budget: usize) -> Refusal {
     match err {
-        BodyError::TooLarge => Refusal::new(
-            413,
-            "too_large",
+        BodyError::TooLarge => too_large(settings, shown),
+        BodyError::OverBudget => Refusal::new(
+            503,
+            "busy",
             format!(
-                "the body is larger than the {} bytes allowed",
-                settings.max_body_bytes
+                "the request bodies in flight would pass the {budget} bytes allowed together \
+                 (http.max_body_bytes_in_flight); send it again in a moment"
+            ),
+        ),
+        BodyError::Timeout if !shown.any() => Refusal::new(
+            408,
+            "body_timeout",
+            format!(
+                "without a credential, the body must arrive within {} ms",
+                stranger_body_timeout(settings).as_millis()
             ),
         ),
         BodyError::Timeout => Refusal::new(
@@ -384,31 +441,71 @@ fn refusal_for_body(err: BodyError, settings: &Settings) -> Refusal {
     }
 }
 
-/// How long the body may take: photo uploads to the admin pages come from phones over Wi-Fi and get
-/// at least `ADMIN_BODY_TIMEOUT`; everything else `http.body_timeout_ms`.
-fn body_timeout(head: &Head, settings: &Settings) -> Duration {
+fn too_large(settings: &Settings, shown: Shown) -> Refusal {
+    let message = if shown.any() {
+        format!(
+            "the body is larger than the {} bytes allowed",
+            settings.max_body_bytes
+        )
+    } else {
+        format!(
+            "without a credential, a body may hold at most {} bytes",
+            body_cap(settings, shown)
+        )
+    };
+    Refusal::new(413, "too_large", message)
+}
+
+/// The largest body a request may carry: `http.max_body_bytes` with a credential, far less without.
+fn body_cap(settings: &Settings, shown: Shown) -> usize {
+    if shown.any() {
+        settings.max_body_bytes
+    } else {
+        settings.max_body_bytes.min(STRANGER_BODY_BYTES)
+    }
+}
+
+/// A stranger's body must come as fast as a head.
+fn stranger_body_timeout(settings: &Settings) -> Duration {
+    settings.head_timeout.min(settings.body_timeout)
+}
+
+/// The body's size cap and deadline. Without a credential: `STRANGER_BODY_BYTES`, within the head
+/// deadline. With one: `http.max_body_bytes`, within `http.body_timeout_ms`; photo uploads to the
+/// admin pages come from phones over Wi-Fi and get at least `ADMIN_BODY_TIMEOUT`.
+fn body_limits(
+    head: &Head,
+    settings: &Settings,
+    shown: Shown,
+    received_at: Instant,
+) -> (usize, Instant) {
+    if !shown.any() {
+        return (
+            body_cap(settings, shown),
+            received_at + stranger_body_timeout(settings),
+        );
+    }
     let admin = head
         .method
         .parse::<tiny_http::Method>()
         .is_ok_and(|method| route(&method, &head.target) == Route::Admin);
-    if admin {
+    let timeout = if admin {
         settings.body_timeout.max(ADMIN_BODY_TIMEOUT)
     } else {
         settings.body_timeout
-    }
+    };
+    (settings.max_body_bytes, received_at + timeout)
 }
 
-/// What needs no body to answer: route, token, framing, size. `Ok` gives the body's framing.
-fn check(head: &Head, settings: &Settings) -> Result<Framing, Refusal> {
+/// What needs no body to answer: route, credential, framing, size. `Ok` gives the body's framing.
+fn check(head: &Head, settings: &Settings, shown: Shown) -> Result<Framing, Refusal> {
     let method = head
         .method
         .parse::<tiny_http::Method>()
         .map_err(|()| Refusal::new(400, "bad_request", "the method is not ASCII".into()))?;
     let route = route(&method, &head.target);
     // The admin pages have their own sign-in; the tablet's token does not open them.
-    if !matches!(route, Route::Health | Route::Admin)
-        && !authorized(head, settings.token.as_deref())
-    {
+    if !matches!(route, Route::Health | Route::Admin) && !shown.tablet {
         return Err(Refusal::new(
             401,
             "unauthorized",
@@ -440,15 +537,8 @@ fn check(head: &Head, settings: &Settings) -> Result<Framing, Refusal> {
         )
     })?;
     if let Framing::Length(length) = framing {
-        if length > settings.max_body_bytes as u64 {
-            return Err(Refusal::new(
-                413,
-                "too_large",
-                format!(
-                    "the body is larger than the {} bytes allowed",
-                    settings.max_body_bytes
-                ),
-            ));
+        if length > body_cap(settings, shown) as u64 {
+            return Err(too_large(settings, shown));
         }
     }
     if head.expectation() == Expectation::Unsupported {
@@ -459,16 +549,6 @@ fn check(head: &Head, settings: &Settings) -> Result<Framing, Refusal> {
         ));
     }
     Ok(framing)
-}
-
-/// Is the bearer token right? Compared in constant time.
-fn authorized(head: &Head, token: Option<&str>) -> bool {
-    let Some(token) = token else {
-        return true;
-    };
-    head.values("authorization")
-        .filter_map(|value| value.strip_prefix("Bearer "))
-        .any(|given| bool::from(given.trim().as_bytes().ct_eq(token.as_bytes())))
 }
 
 /// Answers `refusal` as JSON, counts it, and tells whether the connection may go on.
@@ -501,18 +581,26 @@ fn refuse(incoming: &mut Incoming, shared: &Shared, refusal: Refusal) -> Next {
             (body, None)
         }
     };
-    let next = send_refusal(incoming, &refusal, &body);
+    let next = send_refusal(incoming, shared, &refusal, &body);
     if let Some(after) = after {
         after();
     }
     next
 }
 
-fn send_refusal(incoming: &mut Incoming, refusal: &Refusal, body: &serde_json::Value) -> Next {
-    let headers = [
+fn send_refusal(
+    incoming: &mut Incoming,
+    shared: &Shared,
+    refusal: &Refusal,
+    body: &serde_json::Value,
+) -> Next {
+    let mut headers = vec![
         ("Content-Type".to_string(), "application/json".to_string()),
         ("Cache-Control".to_string(), "no-store".to_string()),
     ];
+    if refusal.code == 503 {
+        headers.push(("Retry-After".to_string(), RETRY_AFTER_S.to_string()));
+    }
     let keep_alive = matches!(refusal.code, 401 | 404 | 405);
     let bytes = answer_bytes(
         refusal.code,
@@ -520,7 +608,8 @@ fn send_refusal(incoming: &mut Incoming, refusal: &Refusal, body: &serde_json::V
         body.to_string().as_bytes(),
         keep_alive,
     );
-    if incoming.transport.send(&bytes).is_err() || !keep_alive {
+    let deadline = send_deadline(&shared.settings);
+    if incoming.transport.send(&bytes, deadline).is_err() || !keep_alive {
         return Next::Close;
     }
     Next::KeepAlive
@@ -557,11 +646,13 @@ mod tests {
     fn settings() -> Settings {
         Settings {
             max_connections: 8,
+            max_connections_without_credential: 4,
             head_timeout: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(1),
             body_timeout: Duration::from_secs(1),
             max_body_bytes: 1000,
-            token: Some("t".into()),
+            max_body_bytes_in_flight: 2000,
+            credentials: CredentialSet::new(Some("t".into())),
             backend: PathBuf::from("/nonexistent"),
             tls: None,
         }
@@ -590,8 +681,11 @@ mod tests {
             ("POST /image HTTP/1.1\r\nAuthorization: Bearer t\r\nContent-Length: 1000\r\n\r\n", Ok(Framing::Length(1000))),
             ("POST /save HTTP/1.1\r\nAuthorization: Bearer t\r\nTransfer-Encoding: chunked\r\n\r\n", Ok(Framing::Chunked)),
         ];
+        let settings = settings();
         for (text, expected) in cases {
-            let got = check(&head(text), &settings()).map_err(|r| r.code);
+            let head = head(text);
+            let shown = settings.credentials.shown(&head, "facegate_admin");
+            let got = check(&head, &settings, shown).map_err(|r| r.code);
             assert_eq!(got, expected, "{text:?}");
         }
     }
