@@ -1,11 +1,16 @@
 //! The open connections, bounded, and who makes room for whom. Each connection is waiting (TLS
-//! handshake, request head, or idle between requests) or working on a request, and it is either
-//! credentialed (its last request showed a valid credential, or it is the daemon's own self-probe) or
-//! a stranger's. Strangers share a small budget of their own, in total and per client address (IPv6
-//! by /64), and are evicted first, longest-standing first, whatever they are doing; a credentialed
-//! connection is evicted only while it waits, and only when no stranger is left to evict. Only when
-//! every connection is credentialed and working is a new one refused. So no number of clients
-//! without a credential can keep the tablet from being answered.
+//! handshake, request head, or idle between requests) or working on a request, and it stands as
+//! unread (no head read yet), a stranger's (its last head showed no valid credential) or
+//! credentialed (its last head showed one, or it is the daemon's own self-probe).
+//!
+//! Strangers share a small budget of their own (`http.max_connections_without_credential`): past it,
+//! the longest-standing stranger makes room, whatever it is doing. Unread and stranger connections
+//! together hold at most `STRANGER_CONNECTIONS_PER_ADDRESS` per client address (IPv6 by /64). At the
+//! limit, a new connection evicts the longest-standing stranger, then the longest-standing unread
+//! connection, then the credentialed connection that has waited longest; only when every connection
+//! is credentialed and working is it refused. A tablet's fresh connection thus competes only with
+//! other unread ones, and only once every stranger is gone: no number of clients without a
+//! credential keeps a tablet from being answered.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
@@ -28,12 +33,20 @@ pub(crate) struct Limits {
     pub strangers_per_address: usize,
 }
 
+/// What the connection's last request head showed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Standing {
+    Unread,
+    Stranger,
+    Credentialed,
+}
+
 struct Entry {
     /// A handle on the connection's own socket (a duplicate descriptor), to shut it down on eviction.
     socket: TcpStream,
     /// The client's address group.
     group: IpAddr,
-    credentialed: bool,
+    standing: Standing,
     /// The daemon's own self-probe: credentialed from its first byte, and admitted over the limit.
     probe: bool,
     working: bool,
@@ -69,8 +82,8 @@ pub fn report(registry: &Arc<Registry>, metrics: &Metrics) {
     metrics.add_source(
         "facegate_connections_without_credential",
         "gauge",
-        "Open connections whose last request showed no valid credential (evicted first).",
-        move || strangers.strangers() as u64,
+        "Open connections whose last request head showed no valid credential (evicted first).",
+        move || strangers.count(|e| e.standing == Standing::Stranger) as u64,
     );
     let refused = Arc::clone(registry);
     metrics.add_source(
@@ -142,13 +155,7 @@ impl Registry {
             if !probe {
                 match self.victim(entries, group) {
                     Ok(None) => {}
-                    Ok(Some(victim)) => {
-                        if let Some(entry) = entries.remove(&victim) {
-                            // Its thread's read ends at once; the thread then finds itself gone.
-                            let _ = entry.socket.shutdown(Shutdown::Both);
-                        }
-                        self.evicted.fetch_add(1, Ordering::Relaxed);
-                    }
+                    Ok(Some(victim)) => self.evict(entries, victim),
                     Err(()) => {
                         self.refused.fetch_add(1, Ordering::Relaxed);
                         return Admission::Refused;
@@ -159,7 +166,11 @@ impl Registry {
             let entry = Entry {
                 socket,
                 group,
-                credentialed: probe,
+                standing: if probe {
+                    Standing::Credentialed
+                } else {
+                    Standing::Unread
+                },
                 probe,
                 working: false,
                 since: Instant::now(),
@@ -169,37 +180,35 @@ impl Registry {
         })
     }
 
-    /// Which connection makes room for a new stranger's from `group`: `Ok(None)` if none need to,
-    /// `Err` if none may.
+    /// Which connection makes room for a new one from `group`: `Ok(None)` if none need to, `Err` if
+    /// none may.
     fn victim(&self, entries: &HashMap<u64, Entry>, group: IpAddr) -> Result<Option<u64>, ()> {
-        let limits = &self.limits;
-        let longest_standing = |keep: &dyn Fn(&Entry) -> bool| {
-            entries
-                .iter()
-                .filter(|(_, e)| !e.probe && keep(e))
-                .map(|(id, e)| (e.since, *id))
-                .min()
-                .map(|(_, id)| id)
-        };
+        let uncredentialed = |e: &Entry| e.standing != Standing::Credentialed;
         let from_group = entries
             .values()
-            .filter(|e| !e.credentialed && e.group == group)
+            .filter(|e| uncredentialed(e) && e.group == group)
             .count();
-        if from_group >= limits.strangers_per_address {
-            return Ok(longest_standing(&|e| !e.credentialed && e.group == group));
-        }
-        let strangers = entries.values().filter(|e| !e.credentialed).count();
-        if strangers >= limits.strangers {
-            return Ok(longest_standing(&|e| !e.credentialed));
+        if from_group >= self.limits.strangers_per_address {
+            return Ok(first_to_go(entries, |e| {
+                uncredentialed(e) && e.group == group
+            }));
         }
         let counted = entries.values().filter(|e| !e.probe).count();
-        if counted < limits.total {
+        if counted < self.limits.total {
             return Ok(None);
         }
-        longest_standing(&|e| !e.credentialed)
-            .or_else(|| longest_standing(&|e| !e.working))
+        first_to_go(entries, uncredentialed)
+            .or_else(|| first_to_go(entries, |e| !e.working))
             .map(Some)
             .ok_or(())
+    }
+
+    fn evict(&self, entries: &mut HashMap<u64, Entry>, victim: u64) {
+        if let Some(entry) = entries.remove(&victim) {
+            // Its thread's read ends at once; the thread then finds itself gone.
+            let _ = entry.socket.shutdown(Shutdown::Both);
+        }
+        self.evicted.fetch_add(1, Ordering::Relaxed);
     }
 
     /// An admitted connection that could not be served after all (no thread for it).
@@ -213,11 +222,31 @@ impl Registry {
         self.set(id, |entry| entry.working = false);
     }
 
-    /// The connection carries a request whose head showed a valid credential, or did not.
+    /// The connection carries a request whose head showed a valid credential, or did not. A new
+    /// stranger past the strangers' budget makes the longest-standing other stranger go.
     pub fn working(&self, id: u64, credentialed: bool) {
         self.set(id, |entry| {
             entry.working = true;
-            entry.credentialed = credentialed || entry.probe;
+            entry.standing = if credentialed || entry.probe {
+                Standing::Credentialed
+            } else {
+                Standing::Stranger
+            };
+        });
+        if credentialed {
+            return;
+        }
+        self.with(|(_, entries)| {
+            let strangers = entries
+                .values()
+                .filter(|e| e.standing == Standing::Stranger)
+                .count();
+            if strangers > self.limits.strangers {
+                let others = |e: &Entry| e.standing == Standing::Stranger;
+                if let Some(victim) = first_to_go(entries, others).filter(|&v| v != id) {
+                    self.evict(entries, victim);
+                }
+            }
         });
     }
 
@@ -238,9 +267,25 @@ impl Registry {
         self.with(|(_, entries)| entries.len())
     }
 
-    fn strangers(&self) -> usize {
-        self.with(|(_, entries)| entries.values().filter(|e| !e.credentialed).count())
+    fn count(&self, keep: impl Fn(&Entry) -> bool) -> usize {
+        self.with(|(_, entries)| entries.values().filter(|e| keep(e)).count())
     }
+}
+
+/// Of the connections `eligible` (never the self-probe), the one to evict first: a stranger before an
+/// unread connection before a credentialed one, and within each, the longest-standing.
+fn first_to_go(entries: &HashMap<u64, Entry>, eligible: impl Fn(&Entry) -> bool) -> Option<u64> {
+    let rank = |standing: Standing| match standing {
+        Standing::Stranger => 0,
+        Standing::Unread => 1,
+        Standing::Credentialed => 2,
+    };
+    entries
+        .iter()
+        .filter(|(_, e)| !e.probe && eligible(e))
+        .map(|(id, e)| (rank(e.standing), e.since, *id))
+        .min()
+        .map(|(_, _, id)| id)
 }
 
 #[cfg(test)]
@@ -302,11 +347,16 @@ mod tests {
         let _idle = bench.admitted("10.0.0.3");
         let login = bench.admitted("10.0.0.4");
         bench.registry.working(login, false);
-        // Full: the longest-standing stranger goes, though the login is working.
+        // Full: the stranger goes first, though it is working...
         let _next = bench.admitted("10.0.0.5");
-        assert!(bench.closed(1), "the idle stranger made room");
+        assert!(
+            bench.closed(2),
+            "the sign-in without a credential made room"
+        );
+        assert!(!bench.closed(1), "a connection not read yet waits its turn");
+        // ...then the longest-standing connection not read yet.
         let _again = bench.admitted("10.0.0.6");
-        assert!(bench.closed(2), "then the working stranger");
+        assert!(bench.closed(1));
         assert!(!bench.closed(0), "the tablet's request is kept");
         assert_eq!(bench.registry.evicted.load(Ordering::Relaxed), 2);
     }
@@ -331,8 +381,12 @@ mod tests {
         let mut bench = Bench::new(10, 4, 2);
         let tablet = bench.admitted("10.0.0.9");
         bench.registry.working(tablet, true);
+        let stranger = |bench: &mut Bench, from: &str| {
+            let id = bench.admitted(from);
+            bench.registry.working(id, false);
+        };
         for _ in 0..5 {
-            bench.admitted("10.0.0.2");
+            stranger(&mut bench, "10.0.0.2");
         }
         assert_eq!(
             bench.registry.len(),
@@ -340,9 +394,10 @@ mod tests {
             "two from one address, and the tablet"
         );
         for from in ["10.0.0.3", "10.0.0.4", "10.0.0.5", "10.0.0.6"] {
-            bench.admitted(from);
+            stranger(&mut bench, from);
         }
-        assert_eq!(bench.registry.strangers(), 4);
+        let strangers = bench.registry.count(|e| e.standing == Standing::Stranger);
+        assert_eq!(strangers, 4);
         assert_eq!(bench.registry.len(), 5);
         assert!(!bench.closed(0), "the tablet stays");
         // One IPv6 host with many addresses in its /64 counts as one address.
