@@ -161,6 +161,10 @@ enum GalleryAction {
         /// Secret key file from `gallery keygen`
         #[arg(long, value_name = "KEY")]
         sign: Option<PathBuf>,
+        /// Days the export stays valid: doors refuse it afterwards, so export again before then
+        #[arg(long, value_name = "DAYS", default_value_t = gallery_bundle::DEFAULT_VALID_DAYS,
+              value_parser = clap::value_parser!(u32).range(1..=3650))]
+        valid_days: u32,
     },
     /// Load an export; refused if made for another embedder, older than this gallery, or unsigned
     /// while mqtt.gallery_public_key is set
@@ -522,12 +526,19 @@ fn gallery(config: &Config, action: GalleryAction) -> Result<()> {
                 path.display()
             );
         }
-        GalleryAction::Export { file, sign } => {
+        GalleryAction::Export {
+            file,
+            sign,
+            valid_days,
+        } => {
             let now = chrono::Utc::now();
             let sequence =
                 gallery_bundle::next_sequence(&gallery, now.timestamp_millis().max(0) as u64);
             let exported_at = now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-            let mut bytes = gallery_bundle::export(&gallery, sequence, &exported_at);
+            let valid_until = (now + chrono::Duration::days(i64::from(valid_days)))
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            let mut bytes =
+                gallery_bundle::export(&gallery, sequence, &exported_at, Some(&valid_until));
             if let Some(key) = &sign {
                 bytes = gallery_bundle::sign(&bytes, &gallery_bundle::read_secret_key(key)?);
             }
@@ -539,7 +550,7 @@ fn gallery(config: &Config, action: GalleryAction) -> Result<()> {
                 std::fs::write(&file, &bytes)
                     .with_context(|| format!("cannot write {}", file.display()))?;
                 eprintln!(
-                    "exported {} people as sequence {sequence}{} to {}",
+                    "exported {} people as sequence {sequence}{}, valid until {valid_until}, to {}",
                     gallery.people().len(),
                     if sign.is_some() { ", signed" } else { "" },
                     file.display()
@@ -558,6 +569,8 @@ fn gallery(config: &Config, action: GalleryAction) -> Result<()> {
                 gallery.embedder(),
                 &file,
                 &path,
+                &config.state_dir.join(gallery_bundle::DOOR_STATE),
+                chrono::Utc::now(),
             )? {
                 Some(opened) => println!(
                     "imported sequence {} ({}): {} people into {}",

@@ -241,6 +241,11 @@ pub struct CodesConfig {
     pub failure_window_s: u64,
     /// How long a locked-out address is refused, in seconds.
     pub lockout_s: u64,
+    /// Wrong codes from all addresses together within `building_window_s` that pause code entry for
+    /// everyone for `building_pause_s` and raise an alarm.
+    pub building_max_failures: u32,
+    pub building_window_s: u64,
+    pub building_pause_s: u64,
     /// A code opens the door once, then is gone.
     pub single_use: bool,
 }
@@ -455,6 +460,9 @@ impl Default for CodesConfig {
             max_failures: 3,
             failure_window_s: 60,
             lockout_s: 60,
+            building_max_failures: 20,
+            building_window_s: 600,
+            building_pause_s: 600,
             single_use: false,
         }
     }
@@ -783,6 +791,20 @@ impl Config {
                 "must be between 1 and 86400 seconds",
             ));
         }
+        if !(codes.max_failures..=10_000).contains(&codes.building_max_failures) {
+            return Err(invalid(
+                "codes.building_max_failures",
+                "must be between codes.max_failures and 10000: the budget of all addresses together",
+            ));
+        }
+        for (key, value) in [
+            ("codes.building_window_s", codes.building_window_s),
+            ("codes.building_pause_s", codes.building_pause_s),
+        ] {
+            if !(1..=86_400).contains(&value) {
+                return Err(invalid(key, "must be between 1 and 86400 seconds"));
+            }
+        }
         self.validate_mqtt()
             .map_err(|(key, problem)| invalid(key, problem))
     }
@@ -981,6 +1003,15 @@ mod tests {
             ),
             ("[codes]\nmax_failures = 0", "codes.max_failures"),
             ("[codes]\nlockout_s = 0", "codes.lockout_s"),
+            (
+                "[codes]\nbuilding_max_failures = 2",
+                "codes.building_max_failures",
+            ),
+            ("[codes]\nbuilding_window_s = 0", "codes.building_window_s"),
+            (
+                "[codes]\nbuilding_pause_s = 86401",
+                "codes.building_pause_s",
+            ),
             ("[door]\nreport_wait_ms = 0", "door.report_wait_ms"),
             ("[http]\nqueue_depth = 0", "http.queue_depth"),
             ("[http]\nmax_connections = 0", "http.max_connections"),

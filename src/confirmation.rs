@@ -29,8 +29,9 @@ pub struct Tally {
     /// Grants for this person within the window, this frame included (at most `needed`).
     pub frames: u32,
     pub needed: u32,
-    /// Mean liveness score of those frames; `None` when liveness is off.
-    pub liveness_mean: Option<f32>,
+    /// The lowest liveness score of those frames (each must pass on its own); `None` when liveness
+    /// is off.
+    pub liveness_lowest: Option<f32>,
 }
 
 impl Tally {
@@ -39,7 +40,7 @@ impl Tally {
         Tally {
             frames: 1,
             needed: 1,
-            liveness_mean: liveness,
+            liveness_lowest: liveness,
         }
     }
 
@@ -112,7 +113,7 @@ impl Confirmations {
         let tally = Tally {
             frames: streak.grants.len() as u32,
             needed: self.needed,
-            liveness_mean: mean_liveness(&streak.grants),
+            liveness_lowest: lowest_liveness(&streak.grants),
         };
         if tally.complete() {
             self.streaks.remove(tablet);
@@ -150,11 +151,17 @@ impl Confirmations {
     }
 }
 
-/// The mean of the scores, `None` if any frame has none (liveness off).
-fn mean_liveness(grants: &VecDeque<(Instant, Option<f32>)>) -> Option<f32> {
-    let scores: Option<Vec<f32>> = grants.iter().map(|(_, score)| *score).collect();
-    let scores = scores?;
-    (!scores.is_empty()).then(|| scores.iter().sum::<f32>() / scores.len() as f32)
+/// The lowest of the scores, `None` if any frame has none (liveness off). A mean would let a frame
+/// below the threshold complete a streak of high ones.
+fn lowest_liveness(grants: &VecDeque<(Instant, Option<f32>)>) -> Option<f32> {
+    grants
+        .iter()
+        .map(|(_, score)| *score)
+        .try_fold(None, |lowest: Option<f32>, score| {
+            let score = score?;
+            Some(Some(lowest.map_or(score, |lowest| lowest.min(score))))
+        })
+        .flatten()
 }
 
 #[cfg(test)]
@@ -274,29 +281,34 @@ mod tests {
     }
 
     #[test]
-    fn the_liveness_of_the_frames_counts_together() {
+    fn the_tally_keeps_the_lowest_liveness_of_its_frames() {
+        // (scores of three frames in a row) -> the lowest, which the decision holds to the threshold
+        let table: [([f32; 3], f32); 3] = [
+            ([0.95, 0.95, 0.5], 0.5),
+            ([0.1, 0.99, 0.2], 0.1),
+            ([0.9, 0.85, 0.97], 0.85),
+        ];
         let start = Instant::now();
-        let mut confirmations = Confirmations::new(3, WINDOW);
         let key = tablet(1, None);
-        // A screen with one lucky frame: the mean of the three stays low.
-        for (at, score) in [(0, 0.1), (150, 0.99)] {
-            let tally = confirmations.grant(&key, "ann", Some(score), ms(start, at));
-            assert!(!tally.complete());
+        for (scores, lowest) in table {
+            let mut confirmations = Confirmations::new(3, WINDOW);
+            let mut tally = None;
+            for (i, score) in scores.iter().enumerate() {
+                tally =
+                    Some(confirmations.grant(&key, "ann", Some(*score), ms(start, i as u64 * 150)));
+            }
+            let tally = tally.unwrap();
+            assert!(tally.complete());
+            assert_eq!(tally.liveness_lowest, Some(lowest), "{scores:?}");
         }
-        let tally = confirmations.grant(&key, "ann", Some(0.2), ms(start, 300));
-        assert!(tally.complete());
-        assert!(
-            (tally.liveness_mean.unwrap() - 0.43).abs() < 1e-6,
-            "{tally:?}"
-        );
-        // With liveness off there is no mean to judge.
+        // With liveness off there is no score to judge.
         let mut off = Confirmations::new(2, WINDOW);
         off.grant(&key, "ann", None, start);
         assert_eq!(
-            off.grant(&key, "ann", None, ms(start, 10)).liveness_mean,
+            off.grant(&key, "ann", None, ms(start, 10)).liveness_lowest,
             None
         );
-        assert_eq!(Tally::single(Some(0.9)).liveness_mean, Some(0.9));
+        assert_eq!(Tally::single(Some(0.9)).liveness_lowest, Some(0.9));
     }
 
     #[test]

@@ -337,6 +337,13 @@ fn serve(
         codes,
         Arc::clone(remote),
     ));
+    let weak = Arc::downgrade(&service);
+    service.metrics.add_source(
+        "facegate_gallery_age_seconds",
+        "gauge",
+        "Seconds since the building gallery in use was exported (0: the gallery is not a building gallery).",
+        move || weak.upgrade().and_then(|s| s.gallery_age_s()).unwrap_or(0),
+    );
     let admin = service
         .config
         .admin

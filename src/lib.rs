@@ -20,6 +20,7 @@ pub mod front;
 pub mod gallery;
 pub mod gallery_bundle;
 pub mod http;
+pub mod kiosk;
 pub mod logging;
 pub mod metrics;
 pub mod models;

@@ -36,6 +36,8 @@ struct Inner {
     snapshot_bytes: u64,
     /// (kind, result) → count: commands and galleries received over MQTT.
     mqtt_received: BTreeMap<(&'static str, &'static str), u64>,
+    /// alarm → times raised.
+    alarms: BTreeMap<&'static str, u64>,
 }
 
 /// A value kept elsewhere (an atomic counter of another thread), read when /metrics renders.
@@ -89,6 +91,11 @@ impl Metrics {
         self.with(|m| *m.mqtt_received.entry((kind, result)).or_default() += 1);
     }
 
+    /// An alarm raised (`code_entry_paused`, ...).
+    pub(crate) fn count_alarm(&self, alarm: &'static str) {
+        self.with(|m| *m.alarms.entry(alarm).or_default() += 1);
+    }
+
     /// Reports `read()` as metric `name` of type `kind` (`counter` or `gauge`) from now on.
     pub(crate) fn add_source(
         &self,
@@ -115,9 +122,10 @@ impl Metrics {
                 m.snapshot_count,
                 m.snapshot_bytes,
                 m.mqtt_received.clone(),
+                m.alarms.clone(),
             )
         });
-        let (requests, stages, openings, snap_count, snap_bytes, mqtt_received) = m;
+        let (requests, stages, openings, snap_count, snap_bytes, mqtt_received, alarms) = m;
         let mut out = String::new();
         out.push_str("# HELP facegate_requests_total Answered requests by endpoint and status.\n");
         out.push_str("# TYPE facegate_requests_total counter\n");
@@ -184,6 +192,11 @@ impl Metrics {
                 out,
                 "facegate_mqtt_received_total{{kind=\"{kind}\",result=\"{result}\"}} {n}"
             );
+        }
+        out.push_str("# HELP facegate_alarms_total Alarms raised, by alarm.\n");
+        out.push_str("# TYPE facegate_alarms_total counter\n");
+        for (alarm, n) in &alarms {
+            let _ = writeln!(out, "facegate_alarms_total{{alarm=\"{alarm}\"}} {n}");
         }
         let sources = lock_recovering(&self.sources);
         let sourced = sources.iter().map(|s| (s.name, s.kind, s.help, (s.read)()));

@@ -322,7 +322,7 @@ impl DecisionRecord {
             if let Some(liveness) = &r.liveness {
                 line += &format!(
                     " liveness={} liveness_threshold={}",
-                    rounded(liveness.mean.or(liveness.score))
+                    rounded(liveness.lowest.or(liveness.score))
                         .map_or("-".to_string(), |s| s.to_string()),
                     round_score(liveness.threshold)
                 );
@@ -470,7 +470,7 @@ mod tests {
         record.recognised = Some(Recognised {
             liveness: Some(LivenessVerdict {
                 score: Some(0.1451),
-                mean: None,
+                lowest: None,
                 threshold: 0.8,
             }),
             liveness_models: Some(vec![ModelLiveness {

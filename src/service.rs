@@ -23,6 +23,7 @@ use crate::door::{DoorController, OpenCause, OpenRequest};
 use crate::events::EventRing;
 use crate::frame::{self, CheckedImage, FrameError, RefusedImage};
 use crate::gallery::{Gallery, LiveGallery};
+use crate::gallery_bundle;
 use crate::metrics::Metrics;
 use crate::mqtt::Remote;
 use crate::ratelimit::RateLimitedLog;
@@ -135,13 +136,26 @@ impl Service {
 
     pub fn health(&self) -> Value {
         let gallery = self.gallery.current();
-        json!({
+        let mut health = json!({
             "status": "ok",
             "door_available": self.door.is_available(),
             "logging": crate::logging::health().as_str(),
             "people": gallery.people().len(),
+            "gallery_sequence": gallery.sequence(),
+            "gallery_age_s": gallery_bundle::age_s(&gallery, Utc::now()),
             "uptime_s": self.started.elapsed().as_secs(),
-        })
+            "code_entry": "open",
+        });
+        if let Some(paused) = self.codes.paused(Instant::now()) {
+            health["code_entry"] = json!("paused");
+            health["code_entry_retry_after_s"] = json!(whole_seconds(paused));
+        }
+        health
+    }
+
+    /// Seconds since the building gallery in use was exported (`None`: not from a building gallery).
+    pub(crate) fn gallery_age_s(&self) -> Option<u64> {
+        gallery_bundle::age_s(&self.gallery.current(), Utc::now())
     }
 
     pub(crate) fn metrics_text(&self) -> String {
@@ -299,13 +313,26 @@ impl Service {
                 record.status = Status::Denied;
                 record.reason = Some("code_failed");
                 check.attempts_left = Some(attempts_left);
+                // The failure that starts a lockout says how long it lasts, so the tablet can count down.
+                if attempts_left == 0 {
+                    check.retry_after_s = Some(self.config.codes.lockout_s);
+                }
                 Some("code_failed")
             }
             Ok(Verdict::LockedOut { retry_after }) => {
                 record.status = Status::LockedOut;
                 record.reason = Some("code_locked_out");
-                check.retry_after_s = Some(retry_after.as_millis().div_ceil(1000).max(1) as u64);
+                check.retry_after_s = Some(whole_seconds(retry_after));
                 Some("code_locked_out")
+            }
+            Ok(Verdict::Paused { retry_after, alarm }) => {
+                record.status = Status::LockedOut;
+                record.reason = Some("code_entry_paused");
+                check.retry_after_s = Some(whole_seconds(retry_after));
+                if alarm {
+                    self.raise_code_entry_paused(&record.request_id, retry_after);
+                }
+                None
             }
             Ok(Verdict::Stale) => {
                 let stale = decide(&Outcome::NoFace, freshness, Instant::now()).stale;
@@ -334,6 +361,30 @@ impl Service {
             }
             _ => self.conclude(record),
         }
+    }
+
+    /// The building's code failure budget is spent: code entry pauses for everyone. Raised once per
+    /// pause: an audit line (kept like a decision), an MQTT event, a warning and a count; the admin page
+    /// and /healthz show the pause while it lasts.
+    fn raise_code_entry_paused(&self, request_id: &str, pause: Duration) {
+        let codes = &self.config.codes;
+        log::warn!(
+            "request_id={request_id} alarm: {} wrong visitor codes within {} s from all addresses together; code entry is paused for everyone for {} s",
+            codes.building_max_failures,
+            codes.building_window_s,
+            pause.as_secs()
+        );
+        let line = json!({
+            "kind": "alarm",
+            "alarm": "code_entry_paused",
+            "request_id": request_id,
+            "failures": codes.building_max_failures,
+            "window_s": codes.building_window_s,
+            "pause_s": whole_seconds(pause),
+        });
+        self.metrics.count_alarm("code_entry_paused");
+        self.audit.record(&line);
+        self.remote.publish_alarm(&line);
     }
 
     /// POST /save: the tablet reports a failed PIN entry with the frame; stored before the answer,
@@ -576,7 +627,7 @@ pub fn judge(
     let now = Instant::now();
     let tally = confirmation.and_then(|Confirming { table, tablet }| {
         let mut table = table.lock().unwrap_or_else(PoisonError::into_inner);
-        match confirming_person(&outcome, liveness, freshness, now) {
+        match confirming_person(&outcome, liveness, liveness_threshold, freshness, now) {
             Some(person) => Some(table.grant(&tablet, person, liveness.score(), now)),
             None => {
                 table.interrupt(&tablet);
@@ -652,6 +703,11 @@ fn stage_timings(
         total_ms: received_at.elapsed().as_secs_f64() * 1000.0,
     }
     .rounded()
+}
+
+/// A wait as the answers give it: whole seconds, rounded up, at least 1.
+fn whole_seconds(wait: Duration) -> u64 {
+    wait.as_millis().div_ceil(1000).max(1) as u64
 }
 
 fn internal_error() -> Refusal {

@@ -350,7 +350,7 @@ fn strangers_trickling_admin_logins_never_shut_out_the_tablet_or_the_self_probe(
             // As measured: 100 kB declared (now refused 413 at once); and what a stranger may still
             // try, 10 kB under the 16 KiB cap, trickled.
             let head = |n: usize| {
-                let declared = if n % 2 == 0 { 100_000 } else { 10_000 };
+                let declared = if n.is_multiple_of(2) { 100_000 } else { 10_000 };
                 format!("POST /admin/login HTTP/1.1\r\nHost: facegate\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {declared}\r\n\r\n")
             };
             let open = |n: usize| {
@@ -384,6 +384,13 @@ fn strangers_trickling_admin_logins_never_shut_out_the_tablet_or_the_self_probe(
             assert_eq!(answer["status"], "unknown", "frame {n}: {answer}");
         }
         let metrics = metrics_of(&daemon);
+        eprintln!(
+            "{SLOT_ATTACK_FRAMES} of {SLOT_ATTACK_FRAMES} frames answered; {} connections open, {} without a credential, {} evicted, {} attacker reconnections",
+            counter(&metrics, "facegate_connections_open"),
+            counter(&metrics, "facegate_connections_without_credential"),
+            counter(&metrics, "facegate_connections_evicted_total"),
+            reconnects.load(Ordering::Relaxed)
+        );
         assert!(
             counter(&metrics, "facegate_connections_without_credential") <= 32,
             "{metrics}"
@@ -468,6 +475,7 @@ fn large_bodies_one_byte_short_never_pass_the_budget_for_bodies_in_flight() {
     assert_eq!(answer.status, 200, "{}", answer.text());
     let metrics = metrics_of(&daemon);
     let peak = counter(&metrics, "facegate_body_bytes_in_flight_peak");
+    eprintln!("bodies in flight peaked at {peak} bytes (budget {BODY_BUDGET})");
     assert!(
         (900_000..=BODY_BUDGET).contains(&peak),
         "peak {peak}:\n{metrics}"

@@ -1673,13 +1673,16 @@ fn generated_hostile_requests(tls: bool, stride: usize) {
         "the daemon panicked:\n{}",
         tail(&log, 60)
     );
+    // A failed-PIN snapshot that a loaded machine's disk did not take in time is answered 507 about
+    // the disk, which is fair; any other 5xx is a defect.
+    let server_errors: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" http=5") && !l.contains("error=storage_unavailable http=507"))
+        .collect();
     assert!(
-        !log.contains(" http=5"),
+        server_errors.is_empty(),
         "a hostile request was answered 5xx:\n{}",
-        log.lines()
-            .filter(|l| l.contains(" http=5"))
-            .collect::<Vec<_>>()
-            .join("\n")
+        server_errors.join("\n")
     );
 }
 

@@ -1,7 +1,9 @@
 //! MQTT end to end: the real `facegate serve` and a real Mosquitto broker (started by each test on a
 //! free loopback port, with password authentication), observed with Mosquitto's own clients. Guards
 //! what a building sees: events with their request id, retained door state and discovery, the last
-//! will, signed commands (valid, invalid, replayed), the building gallery, and a broker outage.
+//! will, signed commands (valid, invalid, replayed, replayed after a restart), the building gallery
+//! (signed, older, expired, after a deleted gallery file), an oversized retained message, and a broker
+//! outage.
 
 mod harness;
 
@@ -519,39 +521,15 @@ fn commands_need_a_valid_signature_and_work_once() {
 #[test]
 fn a_signed_gallery_reaches_two_doors_and_unsigned_or_older_ones_do_not() {
     let broker = Broker::start();
-    // The building's key and two exports of the enrolled gallery, the second newer than the first.
-    let office = Setup::new();
-    let key = office.dir().join("building.key");
-    let keygen = office.run(&["gallery", "keygen", key.to_str().unwrap()]);
-    assert!(keygen.status.success(), "{keygen:?}");
-    let public = keygen
-        .stdout
-        .split('"')
-        .nth(1)
-        .expect("the public key line")
-        .to_string();
-    let export = |name: &str, signed: bool| -> PathBuf {
-        let file = office.dir().join(name);
-        let mut args = vec!["gallery", "export", file.to_str().unwrap()];
-        if signed {
-            args.extend(["--sign", key.to_str().unwrap()]);
-        }
-        let finished = office.run(&args);
-        assert!(finished.status.success(), "{finished:?}");
-        std::thread::sleep(Duration::from_millis(5));
-        file
-    };
-    let older = export("older.json", true);
-    let unsigned = export("unsigned.json", false);
-    let newer = export("newer.json", true);
+    // The building's key and exports of the enrolled gallery, each newer than the one before.
+    let office = Office::new();
+    let older = office.export("older.json", true);
+    let unsigned = office.export("unsigned.json", false);
+    let newer = office.export("newer.json", true);
 
     let doors: Vec<Daemon> = ["north", "south"]
         .into_iter()
-        .map(|door| {
-            let setup = mqtt_setup(&broker, door).set("mqtt.gallery_public_key", public.as_str());
-            std::fs::remove_file(setup.state_dir().join("gallery.json")).unwrap();
-            setup.serve()
-        })
+        .map(|door| office.door(&broker, door).serve())
         .collect();
     let people = |d: &Daemon| d.get("/healthz").json()["people"].as_u64();
     for door in &doors {
@@ -593,11 +571,203 @@ fn a_signed_gallery_reaches_two_doors_and_unsigned_or_older_ones_do_not() {
     }
 
     // A door started later gets the retained gallery at once.
-    let late = mqtt_setup(&broker, "late").set("mqtt.gallery_public_key", public.as_str());
-    std::fs::remove_file(late.state_dir().join("gallery.json")).unwrap();
-    let late = late.serve();
+    let late = office.door(&broker, "late").serve();
     wait_for("the retained gallery at a late door", || {
         (people(&late) == Some(2)).then_some(())
+    });
+}
+
+/// Issue 16, attack 4: a signed `unlock` captured from the broker and republished after a restart,
+/// inside `command_window_s`, opened the door again (the nonces lived only in RAM).
+#[test]
+fn a_signed_unlock_captured_before_a_restart_is_refused_after_it() {
+    let broker = Broker::start();
+    let mut daemon = mqtt_setup(&broker, "east")
+        .set("mqtt.allow_commands", true)
+        .set("mqtt.command_secret", SECRET)
+        // Far longer than the restart takes on a loaded machine: the replay is inside the window.
+        .set("mqtt.command_window_s", 600)
+        .set("door.hold_ms", 300)
+        .serve();
+    wait_metric(&daemon, "facegate_mqtt_connected ", 1);
+    let topic = "facegate/east/command";
+    let captured = signed_command(daemon.setup(), "unlock", SECRET);
+    broker.publish(topic, &captured, false);
+    daemon.wait_for_journal("the commanded unlock", |j| {
+        j.iter().any(|a| a.is_unlocked())
+    });
+    daemon.wait_for_journal("the relock", |j| j.last().is_some_and(|a| !a.is_unlocked()));
+    let unlocks = |d: &Daemon| d.journal().iter().filter(|a| a.is_unlocked()).count();
+    let before = unlocks(&daemon);
+
+    daemon.restart();
+    wait_metric(&daemon, "facegate_mqtt_connected ", 1);
+    broker.publish(topic, &captured, false);
+    wait_metric(
+        &daemon,
+        "facegate_mqtt_received_total{kind=\"command\",result=\"replayed\"}",
+        1,
+    );
+    wait_for("the replay's audit line", || {
+        audit_lines(&daemon)
+            .iter()
+            .any(|l| l["kind"] == "command" && l["result"] == "replayed")
+            .then_some(())
+    });
+    assert_eq!(unlocks(&daemon), before, "the replay did not open the door");
+    // A fresh command still works after the restart.
+    broker.publish(
+        topic,
+        &signed_command(daemon.setup(), "unlock", SECRET),
+        false,
+    );
+    daemon.wait_for_journal("a fresh unlock", |j| {
+        j.iter().filter(|a| a.is_unlocked()).count() > before
+    });
+}
+
+/// The building's key (secret file, public text) and a way to export the office's gallery.
+struct Office {
+    setup: Setup,
+    key: PathBuf,
+    public: String,
+}
+
+impl Office {
+    fn new() -> Office {
+        let setup = Setup::new();
+        let key = setup.dir().join("building.key");
+        let keygen = setup.run(&["gallery", "keygen", key.to_str().unwrap()]);
+        assert!(keygen.status.success(), "{keygen:?}");
+        let public = keygen
+            .stdout
+            .split('"')
+            .nth(1)
+            .expect("the public key line")
+            .to_string();
+        Office { setup, key, public }
+    }
+
+    /// `facegate gallery export` (signed unless `signed` is false); each export has a newer sequence.
+    fn export(&self, name: &str, signed: bool) -> PathBuf {
+        let file = self.setup.dir().join(name);
+        let mut args = vec!["gallery", "export", file.to_str().unwrap()];
+        if signed {
+            args.extend(["--sign", self.key.to_str().unwrap()]);
+        }
+        let finished = self.setup.run(&args);
+        assert!(finished.status.success(), "{finished:?}");
+        std::thread::sleep(Duration::from_millis(5));
+        file
+    }
+
+    /// An export whose `valid_until` is in the past, but with the newest sequence, signed with the
+    /// building key: what a building published long ago looks like when it carries a later sequence.
+    fn expired_export(&self) -> Vec<u8> {
+        let unsigned = self.export("to-expire.json", false);
+        let mut bundle: Value = serde_json::from_slice(&std::fs::read(unsigned).unwrap()).unwrap();
+        bundle["valid_until"] = Value::from("2020-01-01T00:00:00Z");
+        bundle["sequence"] = Value::from(bundle["sequence"].as_u64().unwrap() + 1_000_000);
+        let key = facegate::gallery_bundle::read_secret_key(&self.key).unwrap();
+        facegate::gallery_bundle::sign(&serde_json::to_vec(&bundle).unwrap(), &key)
+    }
+
+    /// A door following the building gallery, with no gallery of its own.
+    fn door(&self, broker: &Broker, door_id: &str) -> Setup {
+        let setup =
+            mqtt_setup(broker, door_id).set("mqtt.gallery_public_key", self.public.as_str());
+        std::fs::remove_file(setup.state_dir().join("gallery.json")).unwrap();
+        setup
+    }
+}
+
+/// Issue 16: signed galleries never expired, and a door whose gallery file was deleted accepted any
+/// old signed bundle (people removed since came back).
+#[test]
+fn expired_galleries_and_old_ones_after_a_deleted_gallery_file_are_refused() {
+    let broker = Broker::start();
+    let office = Office::new();
+    let older = office.export("older.json", true);
+    let newer = office.export("newer.json", true);
+    let expired = office.expired_export();
+    let daemon = office.door(&broker, "west").serve();
+    let health = |d: &Daemon| d.get("/healthz").json();
+    wait_metric(&daemon, "facegate_mqtt_connected ", 1);
+
+    publish_file(&broker, &older);
+    wait_for("the older gallery", || {
+        (health(&daemon)["people"] == 2).then_some(())
+    });
+    publish_file(&broker, &newer);
+    let newer_sequence = wait_for("the newer gallery", || {
+        let sequence = health(&daemon)["gallery_sequence"].as_u64()?;
+        (sequence > 0
+            && metric(
+                &daemon,
+                "facegate_mqtt_received_total{kind=\"gallery\",result=\"loaded\"}",
+            ) == Some(2))
+        .then_some(sequence)
+    });
+    let age = health(&daemon)["gallery_age_s"].as_u64();
+    assert!(
+        age.is_some_and(|a| a < 3_600),
+        "the gallery's age on /healthz: {age:?}"
+    );
+    assert!(metric(&daemon, "facegate_gallery_age_seconds ").is_some_and(|a| a < 3_600));
+
+    broker.publish("facegate/gallery", &expired, true);
+    wait_metric(
+        &daemon,
+        "facegate_mqtt_received_total{kind=\"gallery\",result=\"expired\"}",
+        1,
+    );
+    assert_eq!(health(&daemon)["gallery_sequence"], newer_sequence);
+
+    // The gallery file goes; the door's own state still knows the newest sequence it accepted.
+    std::fs::remove_file(daemon.state_dir().join("gallery.json")).unwrap();
+    wait_for("the daemon to reload the empty gallery", || {
+        (health(&daemon)["people"] == 0).then_some(())
+    });
+    publish_file(&broker, &older);
+    wait_metric(
+        &daemon,
+        "facegate_mqtt_received_total{kind=\"gallery\",result=\"older\"}",
+        1,
+    );
+    assert_eq!(
+        health(&daemon)["people"],
+        0,
+        "the old bundle was not loaded"
+    );
+    assert_eq!(post_frame(&daemon, GRANTED_PHOTO)["status"], "unknown");
+    publish_file(&broker, &newer);
+    wait_for("the newest gallery again", || {
+        (health(&daemon)["people"] == 2).then_some(())
+    });
+}
+
+/// Issue 16: a retained message over `mqtt.max_message_bytes` broke every reconnection.
+#[test]
+fn an_oversized_retained_message_is_skipped_and_the_link_keeps_working() {
+    let broker = Broker::start();
+    let office = Office::new();
+    broker.publish("facegate/gallery", &vec![b'x'; 10_000], true);
+    let daemon = office
+        .door(&broker, "north")
+        .set("mqtt.max_message_bytes", 4096)
+        .set("mqtt.allow_commands", true)
+        .set("mqtt.command_secret", SECRET)
+        .set("door.hold_ms", 300)
+        .serve();
+    daemon.wait_for_log(&["skipped a 10000-byte retained message on facegate/gallery"]);
+    wait_metric(&daemon, "facegate_mqtt_connected ", 1);
+    broker.publish(
+        "facegate/north/command",
+        &signed_command(daemon.setup(), "unlock", SECRET),
+        false,
+    );
+    daemon.wait_for_journal("the commanded unlock", |j| {
+        j.iter().any(|a| a.is_unlocked())
     });
 }
 

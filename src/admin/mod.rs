@@ -289,7 +289,9 @@ impl Admin {
     fn login(&self, request: &AdminRequest, now: Instant) -> AdminResponse {
         let peer = request.peer;
         let logins = || self.logins.lock().unwrap_or_else(|p| p.into_inner());
-        if let Gate::LockedOut { retry_after } = logins().gate(peer, now) {
+        if let Gate::LockedOut { retry_after } | Gate::Paused { retry_after } =
+            logins().gate(peer, now)
+        {
             return self.locked_out(retry_after);
         }
         let fields = form::Fields::urlencoded(&String::from_utf8_lossy(&request.body));
@@ -310,17 +312,18 @@ impl Admin {
         };
         let given = fields.get("password").unwrap_or_default();
         if !password::verify(given, &stored) {
-            let gate = logins().failed(peer, now);
+            let gate = logins().failed(peer, now).gate;
             log::warn!("admin sign-in failed from {peer}");
             self.audit(json!({"action": "login_failed", "remote": peer.to_string()}));
             return match gate {
-                Gate::LockedOut { retry_after } => self.locked_out(retry_after),
+                Gate::LockedOut { retry_after } | Gate::Paused { retry_after } => {
+                    self.locked_out(retry_after)
+                }
                 // This failure started the lockout.
                 Gate::Open { attempts_left: 0 } => self.locked_out(LOGIN_RULES.lockout),
                 Gate::Open { .. } => self.login_page(401, pages::Notice::bad("Wrong password.")),
             };
         }
-        logins().succeeded(peer);
         // The hash check took a while: the session starts now, not when the request arrived.
         let new = self.sessions.create(Instant::now());
         log::info!("admin signed in from {peer}");

@@ -81,6 +81,8 @@ pub struct Dashboard {
     pub health_status: String,
     pub uptime: String,
     pub people: usize,
+    /// The alarm while code entry is paused for everyone (the building's failure budget is spent).
+    pub code_entry_alarm: Option<String>,
     pub counts: Counts,
     pub decisions: Vec<DecisionRow>,
 }

@@ -262,6 +262,12 @@ impl Admin {
             health_status: health["status"].as_str().unwrap_or("unknown").to_string(),
             uptime: uptime(health["uptime_s"].as_u64().unwrap_or(0)),
             people: health["people"].as_u64().unwrap_or(0) as usize,
+            code_entry_alarm: health["code_entry_retry_after_s"].as_u64().map(|seconds| {
+                format!(
+                    "Alarm: too many wrong visitor codes from the network. Code entry is paused for everyone for {} more minutes; the audit log lists the attempts.",
+                    seconds.div_ceil(60)
+                )
+            }),
             counts: pages::Counts {
                 granted: counted.granted,
                 unknown: counted.unknown,

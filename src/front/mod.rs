@@ -360,6 +360,7 @@ fn route_label(route: Route) -> &'static str {
         Route::Events => "events",
         Route::Health => "healthz",
         Route::Admin => "admin",
+        Route::Kiosk => "kiosk",
         Route::WrongMethod(_) | Route::NotFound => "other",
     }
 }
@@ -504,8 +505,9 @@ fn check(head: &Head, settings: &Settings, shown: Shown) -> Result<Framing, Refu
         .parse::<tiny_http::Method>()
         .map_err(|()| Refusal::new(400, "bad_request", "the method is not ASCII".into()))?;
     let route = route(&method, &head.target);
-    // The admin pages have their own sign-in; the tablet's token does not open them.
-    if !matches!(route, Route::Health | Route::Admin) && !shown.tablet {
+    // The admin pages have their own sign-in; the tablet's token does not open them. The kiosk page's
+    // files are public: the page asks for its credential only once it runs.
+    if !matches!(route, Route::Health | Route::Admin | Route::Kiosk) && !shown.tablet {
         return Err(Refusal::new(
             401,
             "unauthorized",
@@ -673,6 +675,7 @@ mod tests {
             ("GET /nope HTTP/1.1\r\n\r\n", Err(401)),
             // The admin pages sign in on their own: no bearer token needed to reach them.
             ("GET /admin/ HTTP/1.1\r\n\r\n", Ok(Framing::None)),
+            ("GET /kiosk/kiosk.js HTTP/1.1\r\n\r\n", Ok(Framing::None)),
             ("GET /nope HTTP/1.1\r\nAuthorization: Bearer t\r\n\r\n", Err(404)),
             ("GET /image HTTP/1.1\r\nAuthorization: Bearer t\r\n\r\n", Err(405)),
             ("POST /image HTTP/1.1\r\nAuthorization: Bearer t\r\nContent-Length: 1001\r\n\r\n", Err(413)),

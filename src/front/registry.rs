@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use crate::codes::lockout::client_group as address_group;
 use crate::metrics::Metrics;
 use crate::sync::lock_recovering;
 
@@ -99,18 +100,6 @@ pub fn report(registry: &Arc<Registry>, metrics: &Metrics) {
         "Connections closed to make room for a new one (those without a credential first).",
         move || evicted.evicted.load(Ordering::Relaxed),
     );
-}
-
-/// The address a client's connections are counted under: IPv4 as is, IPv6 by its /64 (one host on
-/// a LAN holds a whole /64), an IPv4-mapped IPv6 address as the IPv4 address.
-pub(crate) fn address_group(address: IpAddr) -> IpAddr {
-    match address.to_canonical() {
-        IpAddr::V6(v6) => {
-            let bits = u128::from(v6) & !((1u128 << 64) - 1);
-            IpAddr::V6(bits.into())
-        }
-        v4 => v4,
-    }
 }
 
 impl Registry {
@@ -426,14 +415,5 @@ mod tests {
         bench.registry.waiting(tablet);
         bench.admitted("10.0.0.3");
         assert!(bench.closed(0) && !bench.closed(1));
-    }
-
-    #[test]
-    fn ipv6_addresses_are_grouped_by_their_slash_64() {
-        let group = |a: &str| address_group(a.parse().unwrap()).to_string();
-        assert_eq!(group("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::");
-        assert_eq!(group("2001:db8:1:2:bbbb::9"), "2001:db8:1:2::");
-        assert_eq!(group("::ffff:10.0.0.7"), "10.0.0.7");
-        assert_eq!(group("10.0.0.7"), "10.0.0.7");
     }
 }

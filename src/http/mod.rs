@@ -198,6 +198,8 @@ pub(crate) enum Route {
     Frame(Endpoint),
     /// The admin pages: their own thread, their own sign-in (the bearer token does not open them).
     Admin,
+    /// The kiosk page's static files (`GET /kiosk/...`): no credential, they hold no secret.
+    Kiosk,
     WrongMethod(&'static str),
     NotFound,
 }
@@ -213,6 +215,8 @@ pub(crate) fn route(method: &Method, url: &str) -> Route {
         (Method::Post, "/code") => Route::Frame(Endpoint::Code),
         (_, "/healthz" | "/metrics" | "/events") => Route::WrongMethod("GET"),
         (_, "/image" | "/save" | "/code") => Route::WrongMethod("POST"),
+        (Method::Get, "/kiosk") => Route::Kiosk,
+        (Method::Get, kiosk) if kiosk.starts_with("/kiosk/") => Route::Kiosk,
         (_, "/admin") => Route::Admin,
         (_, admin) if admin.starts_with("/admin/") => Route::Admin,
         _ => Route::NotFound,
@@ -249,6 +253,10 @@ pub(crate) fn dispatch(
     let route = route(request.method(), request.url());
     if route == Route::Health {
         return respond(request, &Answer::ok(service.health()));
+    }
+    if route == Route::Kiosk {
+        service.metrics.count_request("kiosk", "ok");
+        return respond_kiosk(request);
     }
     let plain_error = |code: u16, error: &str, message: String| Answer {
         code,
@@ -323,7 +331,7 @@ pub(crate) fn dispatch(
             );
             return respond(request, &answer);
         }
-        Route::Health | Route::Admin | Route::NotFound => {
+        Route::Health | Route::Admin | Route::Kiosk | Route::NotFound => {
             let answer = plain_error(404, "not_found", NOT_FOUND.into());
             return respond(request, &answer);
         }
@@ -346,6 +354,35 @@ pub(crate) fn dispatch(
         let handled = service.busy(&job.request_id, job.endpoint);
         respond(job.request, &Answer::of(&handled));
         service.follow_up(handled);
+    }
+}
+
+/// A file of the kiosk page from the binary; `/kiosk` itself moves to `/kiosk/`, where the page's
+/// relative links resolve.
+fn respond_kiosk(request: Request) {
+    let path = request.url().split('?').next().unwrap_or("");
+    let response = match path.strip_prefix("/kiosk/").map(crate::kiosk::asset) {
+        Some(Some(asset)) => crate::kiosk::headers(&asset).iter().fold(
+            Response::from_data(asset.body.to_vec()),
+            |response, (name, value)| response.with_header(header(name, value)),
+        ),
+        Some(None) => {
+            let answer = Answer {
+                code: 404,
+                body: json!({
+                    "status": "error",
+                    "error": "not_found",
+                    "message": "no such file of the kiosk page: open /kiosk/",
+                }),
+            };
+            return respond(request, &answer);
+        }
+        None => Response::from_data(Vec::new())
+            .with_status_code(308)
+            .with_header(header("Location", "/kiosk/")),
+    };
+    if let Err(err) = request.respond(response) {
+        log::debug!("could not send the kiosk page: {err}");
     }
 }
 
@@ -431,6 +468,11 @@ mod tests {
             (Method::Get, "/admin", Route::Admin),
             (Method::Post, "/admin/login", Route::Admin),
             (Method::Get, "/administrator", Route::NotFound),
+            (Method::Get, "/kiosk", Route::Kiosk),
+            (Method::Get, "/kiosk/", Route::Kiosk),
+            (Method::Get, "/kiosk/kiosk.js?v=1", Route::Kiosk),
+            (Method::Post, "/kiosk/", Route::NotFound),
+            (Method::Get, "/kiosks", Route::NotFound),
         ];
         for (method, url, expected) in cases {
             assert_eq!(route(&method, url), expected, "{method} {url}");
