@@ -3,10 +3,10 @@
 //! unread (no head read yet), a stranger's (its last head showed no valid credential) or
 //! credentialed (its last head showed one, or it is the daemon's own self-probe).
 //!
-//! Strangers share a small budget of their own (`http.max_connections_without_credential`): past it,
-//! the longest-standing stranger makes room, whatever it is doing. Unread and stranger connections
-//! together hold at most `STRANGER_CONNECTIONS_PER_ADDRESS` per client address (IPv6 by /64). At the
-//! limit, a new connection evicts the longest-standing stranger, then the longest-standing unread
+//! Strangers share a small budget of their own (`http.max_connections_without_credential`, and at
+//! most `STRANGER_CONNECTIONS_PER_ADDRESS` per client address, IPv6 by /64): a connection that turns
+//! out a stranger past either makes the longest-standing other stranger go, whatever it is doing. At
+//! the limit, a new connection evicts the longest-standing stranger, then the longest-standing unread
 //! connection, then the credentialed connection that has waited longest; only when every connection
 //! is credentialed and working is it refused. A tablet's fresh connection thus competes only with
 //! other unread ones, and only once every stranger is gone: no number of clients without a
@@ -142,7 +142,7 @@ impl Registry {
         let group = address_group(peer.ip());
         self.with(|(next, entries)| {
             if !probe {
-                match self.victim(entries, group) {
+                match self.victim(entries) {
                     Ok(None) => {}
                     Ok(Some(victim)) => self.evict(entries, victim),
                     Err(()) => {
@@ -169,19 +169,9 @@ impl Registry {
         })
     }
 
-    /// Which connection makes room for a new one from `group`: `Ok(None)` if none need to, `Err` if
-    /// none may.
-    fn victim(&self, entries: &HashMap<u64, Entry>, group: IpAddr) -> Result<Option<u64>, ()> {
+    /// Which connection makes room for a new one: `Ok(None)` if none need to, `Err` if none may.
+    fn victim(&self, entries: &HashMap<u64, Entry>) -> Result<Option<u64>, ()> {
         let uncredentialed = |e: &Entry| e.standing != Standing::Credentialed;
-        let from_group = entries
-            .values()
-            .filter(|e| uncredentialed(e) && e.group == group)
-            .count();
-        if from_group >= self.limits.strangers_per_address {
-            return Ok(first_to_go(entries, |e| {
-                uncredentialed(e) && e.group == group
-            }));
-        }
         let counted = entries.values().filter(|e| !e.probe).count();
         if counted < self.limits.total {
             return Ok(None);
@@ -211,8 +201,9 @@ impl Registry {
         self.set(id, |entry| entry.working = false);
     }
 
-    /// The connection carries a request whose head showed a valid credential, or did not. A new
-    /// stranger past the strangers' budget makes the longest-standing other stranger go.
+    /// The connection carries a request whose head showed a valid credential, or did not. A stranger
+    /// past the strangers' budget, in total or from its address, makes the longest-standing other
+    /// stranger (from its address, or from anywhere) go.
     pub fn working(&self, id: u64, credentialed: bool) {
         self.set(id, |entry| {
             entry.working = true;
@@ -226,15 +217,24 @@ impl Registry {
             return;
         }
         self.with(|(_, entries)| {
-            let strangers = entries
-                .values()
-                .filter(|e| e.standing == Standing::Stranger)
-                .count();
-            if strangers > self.limits.strangers {
-                let others = |e: &Entry| e.standing == Standing::Stranger;
-                if let Some(victim) = first_to_go(entries, others).filter(|&v| v != id) {
-                    self.evict(entries, victim);
-                }
+            let Some(group) = entries.get(&id).map(|e| e.group) else {
+                return;
+            };
+            let stranger = |e: &Entry| e.standing == Standing::Stranger;
+            let from_group = |e: &Entry| stranger(e) && e.group == group;
+            let over_address = entries.values().filter(|e| from_group(e)).count()
+                > self.limits.strangers_per_address;
+            let over_total =
+                entries.values().filter(|e| stranger(e)).count() > self.limits.strangers;
+            let victim = if over_address {
+                first_to_go(entries, from_group)
+            } else if over_total {
+                first_to_go(entries, stranger)
+            } else {
+                None
+            };
+            if let Some(victim) = victim.filter(|&v| v != id) {
+                self.evict(entries, victim);
             }
         });
     }
@@ -390,9 +390,9 @@ mod tests {
         assert_eq!(bench.registry.len(), 5);
         assert!(!bench.closed(0), "the tablet stays");
         // One IPv6 host with many addresses in its /64 counts as one address.
-        bench.admitted("fd00::1");
-        bench.admitted("fd00::2");
-        bench.admitted("fd00::3");
+        for from in ["fd00::1", "fd00::2", "fd00::3"] {
+            stranger(&mut bench, from);
+        }
         let from_host = bench.registry.with(|(_, e)| {
             e.values()
                 .filter(|e| e.group == address_group("fd00::9".parse().unwrap()))
