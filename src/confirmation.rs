@@ -15,12 +15,17 @@ pub(crate) const MAX_CONFIRM_FRAMES: u32 = 10;
 /// only ever delays an opening.
 pub(crate) const MAX_TABLETS: usize = 64;
 
-/// Who is sending frames: the client address, refined by the `tablet_id` the tablet sends, if any.
-/// Both count, so a client elsewhere that claims another tablet's id never joins that tablet's streak.
+/// Who is sending frames.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct TabletKey {
-    pub address: IpAddr,
-    pub tablet_id: Option<String>,
+pub enum TabletKey {
+    /// A paired tablet, by the name its device token proves: its streak follows it from any address.
+    Paired(String),
+    /// Any other client: its address, refined by the `tablet_id` it sends, if any. Both count, so a
+    /// client elsewhere that claims another tablet's id never joins that tablet's streak.
+    Address {
+        address: IpAddr,
+        tablet_id: Option<String>,
+    },
 }
 
 /// How far the tablet's current streak has got, including the frame just counted.
@@ -171,7 +176,7 @@ mod tests {
     const WINDOW: Duration = Duration::from_millis(1000);
 
     fn tablet(last_octet: u8, id: Option<&str>) -> TabletKey {
-        TabletKey {
+        TabletKey::Address {
             address: IpAddr::from([192, 168, 1, last_octet]),
             tablet_id: id.map(str::to_string),
         }
@@ -331,6 +336,21 @@ mod tests {
     }
 
     #[test]
+    fn a_paired_tablet_keeps_its_streak_and_no_one_can_claim_it() {
+        let start = Instant::now();
+        let mut confirmations = Confirmations::new(2, WINDOW);
+        let front = TabletKey::Paired("front".into());
+        let same_address_claiming_front = tablet(1, Some("front"));
+        assert!(!confirmations.grant(&front, "ann", None, start).complete());
+        assert!(!confirmations
+            .grant(&same_address_claiming_front, "ann", None, ms(start, 10))
+            .complete());
+        assert!(confirmations
+            .grant(&front, "ann", None, ms(start, 20))
+            .complete());
+    }
+
+    #[test]
     fn a_restart_forgets_everything() {
         let start = Instant::now();
         let key = tablet(1, None);
@@ -348,7 +368,7 @@ mod tests {
         let start = Instant::now();
         let mut confirmations = Confirmations::new(2, WINDOW);
         for i in 0..MAX_TABLETS + 10 {
-            let key = TabletKey {
+            let key = TabletKey::Address {
                 address: IpAddr::from([10, 0, (i / 256) as u8, (i % 256) as u8]),
                 tablet_id: None,
             };

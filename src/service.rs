@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
-use crate::audit::AuditWriter;
+use crate::audit::{AuditWriter, Tally};
 use crate::body::{parse_code_post, parse_frame_post, BodyError, CodePost, FramePost};
 use crate::codes::{CodeChecker, Verdict};
 use crate::config::Config;
@@ -76,12 +76,16 @@ pub(crate) struct FrameRequest {
     pub content_type: Option<String>,
     /// The client's address, for the log and audit line and the code lockout.
     pub remote: Option<std::net::IpAddr>,
+    /// The paired tablet that sent it (its device token checked by the front).
+    pub tablet: Option<String>,
 }
 
 /// The record the answer is rendered from, plus what is written after the answer is sent.
 pub(crate) struct Handled {
     pub record: DecisionRecord,
     snapshot: Option<Snapshot>,
+    /// Counted into the client's summary (`audit::Tally`) instead of an audit line of its own.
+    summary: Option<(Tally, Option<IpAddr>)>,
 }
 
 impl Handled {
@@ -89,6 +93,7 @@ impl Handled {
         Handled {
             record,
             snapshot: None,
+            summary: None,
         }
     }
 }
@@ -136,9 +141,12 @@ impl Service {
 
     pub fn health(&self) -> Value {
         let gallery = self.gallery.current();
+        let inputs = self.door.input_status();
         let mut health = json!({
             "status": "ok",
             "door_available": self.door.is_available(),
+            "contact": inputs.contact,
+            "alarm": inputs.alarm,
             "logging": crate::logging::health().as_str(),
             "people": gallery.people().len(),
             "gallery_sequence": gallery.sequence(),
@@ -188,10 +196,25 @@ impl Service {
         Ok(json!({ "events": page.events, "next_before": page.next_before }))
     }
 
-    /// A request refused before it reached a decision (bad body, wrong token, full queue, ...):
-    /// logged, counted and audited like a decision, the door untouched.
+    /// A request refused before it reached a decision (bad body, full queue, ...): logged, counted
+    /// and audited like a decision, the door untouched.
     pub fn refuse(&self, request_id: &str, endpoint: Endpoint, refusal: Refusal) -> Handled {
         self.conclude(DecisionRecord::refused(request_id, endpoint, refusal))
+    }
+
+    /// A request refused before any worker saw it (no token, a head or body the front will not
+    /// take): counted in /metrics and summarised per client address, never a log or audit line each,
+    /// so that a flood without a credential cannot push the door's history out.
+    pub fn refuse_before_worker(
+        &self,
+        request_id: &str,
+        endpoint: Endpoint,
+        refusal: Refusal,
+        remote: Option<IpAddr>,
+    ) -> Handled {
+        let mut record = DecisionRecord::refused(request_id, endpoint, refusal);
+        record.remote = remote.map(|ip| ip.to_string());
+        self.conclude_summarised(record, Tally::Refused, remote)
     }
 
     /// Every worker busy and the queue full.
@@ -214,9 +237,11 @@ impl Service {
             body,
             content_type,
             remote,
+            tablet,
         } = request;
         let mut record = DecisionRecord::new(&request_id, endpoint, Status::Error);
         record.remote = remote.map(|ip| ip.to_string());
+        record.tablet = tablet;
         let max_image_bytes = self.config.frame.max_image_bytes;
         if endpoint == Endpoint::Code {
             return match parse_code_post(&body, content_type.as_deref(), max_image_bytes) {
@@ -244,7 +269,7 @@ impl Service {
             Endpoint::Save => self.save_failed_pin(record, post),
             Endpoint::Image if self.config.door.pause_while_open => {
                 match self.door.busy_for(Instant::now()) {
-                    Some(busy) => self.paused(record, busy),
+                    Some(busy) => self.paused(record, busy, remote),
                     None => self.decide_frame(
                         recognizer,
                         record,
@@ -261,11 +286,17 @@ impl Service {
         }
     }
 
-    /// A frame while the door is open or cooling down after a grant: answered at once, not looked at.
-    fn paused(&self, mut record: DecisionRecord, busy: Duration) -> Handled {
+    /// A frame while the door is open or cooling down after a grant: answered at once, not looked at,
+    /// and counted into the tablet's summary rather than audited one by one.
+    fn paused(
+        &self,
+        mut record: DecisionRecord,
+        busy: Duration,
+        remote: Option<IpAddr>,
+    ) -> Handled {
         record.status = Status::Paused;
         record.retry_after_ms = Some(busy.as_micros().div_ceil(1000) as u64);
-        self.conclude(record)
+        self.conclude_summarised(record, Tally::Paused, remote)
     }
 
     /// POST /code: a locked-out address is refused before its code is looked at; a valid code opens
@@ -435,10 +466,14 @@ impl Service {
     ) -> Handled {
         let freshness =
             Freshness::of_frame(received_at, received_wall, post.captured_at, self.freshness);
-        // Unknown clients (none over HTTP) share the unspecified address.
-        let tablet = TabletKey {
-            address: remote.unwrap_or(IpAddr::from([0, 0, 0, 0])),
-            tablet_id: post.tablet_id.clone(),
+        // A paired tablet is known by its name; unknown clients (none over HTTP) share the
+        // unspecified address.
+        let tablet = match &record.tablet {
+            Some(name) => TabletKey::Paired(name.clone()),
+            None => TabletKey::Address {
+                address: remote.unwrap_or(IpAddr::from([0, 0, 0, 0])),
+                tablet_id: post.tablet_id.clone(),
+            },
         };
         // Garbage is answered as such even when it is also too old to decide on.
         let image = match CheckedImage::check(post.image, &self.config.frame) {
@@ -541,7 +576,34 @@ impl Service {
     }
 
     /// The record is complete: count it and write its log line (the answer follows at once).
-    fn conclude(&self, mut record: DecisionRecord) -> Handled {
+    fn conclude(&self, record: DecisionRecord) -> Handled {
+        let record = self.count(record);
+        if let Some(recognised) = &record.recognised {
+            if recognised.timings.stages.detect_ms > 0.0 || record.status != Status::Stale {
+                self.observe(&recognised.timings);
+            }
+        }
+        log::log!(record.log_level(), "{}", record.log_line());
+        Handled::without_snapshot(record)
+    }
+
+    /// The record of a request that is summarised, not audited: counted, logged only at debug level.
+    fn conclude_summarised(
+        &self,
+        record: DecisionRecord,
+        tally: Tally,
+        remote: Option<IpAddr>,
+    ) -> Handled {
+        let record = self.count(record);
+        log::debug!("{}", record.log_line());
+        Handled {
+            summary: Some((tally, remote)),
+            ..Handled::without_snapshot(record)
+        }
+    }
+
+    /// Stamps the record and counts it in /metrics by endpoint and status (or error).
+    fn count(&self, mut record: DecisionRecord) -> DecisionRecord {
         record.at = Utc::now();
         if record.refusal.is_some() {
             record.status = Status::Error;
@@ -552,13 +614,7 @@ impl Service {
         };
         self.metrics
             .count_request(record.endpoint.name(), status_label);
-        if let Some(recognised) = &record.recognised {
-            if recognised.timings.stages.detect_ms > 0.0 || record.status != Status::Stale {
-                self.observe(&recognised.timings);
-            }
-        }
-        log::log!(record.log_level(), "{}", record.log_line());
-        Handled::without_snapshot(record)
+        record
     }
 
     fn observe(&self, timings: &Timings) {
@@ -583,7 +639,18 @@ impl Service {
     /// never waiting on a disk. Disk trouble is logged (rate-limited) and counted by the writers; it
     /// never reaches the tablet or the door.
     pub(crate) fn follow_up(&self, handled: Handled) {
-        let Handled { record, snapshot } = handled;
+        let Handled {
+            record,
+            snapshot,
+            summary,
+        } = handled;
+        if let Some((tally, remote)) = summary {
+            let label = match &record.refusal {
+                Some(refusal) => refusal.error,
+                None => record.endpoint.name(),
+            };
+            return self.audit.count(tally, remote, label, &record.request_id);
+        }
         let line = record.audit_line();
         self.audit.record(&line);
         if record.kind() == "decision" {

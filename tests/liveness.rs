@@ -179,7 +179,7 @@ fn over_several_frames_every_frame_must_look_live() {
     let mut recognizer = engine.recognizer();
     let gallery = gallery_of_samples(engine, &mut recognizer);
     let table = Mutex::new(Confirmations::new(3, Duration::from_millis(5_000)));
-    let tablet = TabletKey {
+    let tablet = TabletKey::Address {
         address: IpAddr::from([127, 0, 0, 1]),
         tablet_id: None,
     };

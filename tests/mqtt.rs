@@ -874,6 +874,66 @@ fn a_lockdown_left_by_a_lock_command_survives_a_restart_until_clear() {
 }
 
 #[test]
+fn door_input_events_reach_the_broker_and_the_exit_button_opens_in_a_lockdown() {
+    let broker = Broker::start();
+    let watch = broker.watch(&["facegate/#"]);
+    let setup = mqtt_setup(&broker, "side")
+        .set("door.contact.enabled", true)
+        .set("door.exit_button.enabled", true)
+        .set("mqtt.allow_commands", true)
+        .set("mqtt.command_secret", SECRET);
+    // Held locked by an earlier `lock` command.
+    std::fs::write(setup.state_dir().join("lockdown"), "2026-12-01T00:00:00Z").unwrap();
+    let daemon = setup.serve();
+    daemon.wait_for_contact("closed", None);
+
+    // Home Assistant finds the door contact and its problem sensor (forced or held open).
+    let discovered = |object: &str| -> Value {
+        let topic = format!("homeassistant/binary_sensor/facegate_side/{object}/config");
+        serde_json::from_str(&wait_for(&topic, || broker.retained(&topic))).unwrap()
+    };
+    let contact = discovered("contact");
+    assert_eq!(
+        (&contact["device_class"], &contact["state_topic"]),
+        (&"door".into(), &"facegate/side/door".into())
+    );
+    assert_eq!(discovered("door_alarm")["device_class"], "problem");
+
+    // A forced door: the event, and the retained state Home Assistant reads.
+    daemon.door_input("contact open");
+    let forced = watch.wait_json("facegate/side/event", "the forced event", |e| {
+        e["kind"] == "door_input" && e["event"] == "forced"
+    });
+    assert_eq!(forced["alarm"], "forced", "{forced}");
+    wait_for(
+        "the retained door state with the contact open and the alarm",
+        || {
+            broker.retained("facegate/side/door").filter(|d| {
+                d.contains("\"contact\":\"open\"") && d.contains("\"alarm\":\"forced\"")
+            })
+        },
+    );
+    daemon.door_input("contact closed");
+    watch.wait_json("facegate/side/event", "the closed event", |e| {
+        e["kind"] == "door_input" && e["event"] == "closed"
+    });
+
+    // Free egress: the lockdown refuses faces and commands, never the exit button.
+    daemon.door_input("exit pressed");
+    let exit = watch.wait_json("facegate/side/event", "the exit event", |e| {
+        e["kind"] == "door_input" && e["event"] == "exit"
+    });
+    let unlocked = watch.wait_json("facegate/side/door", "the exit's unlock", |d| {
+        d["state"] == "unlocked" && d["by"] == "exit"
+    });
+    assert_eq!(unlocked["request_id"], exit["request_id"]);
+    assert_eq!(unlocked["lockdown"], true, "{unlocked}");
+    daemon.wait_for_journal("the exit's unlock in the lockdown", |j| {
+        j.iter().any(|a| a.is_unlocked() && a.reason == "exit")
+    });
+}
+
+#[test]
 fn check_config_does_not_print_the_broker_password_or_the_command_secret() {
     let setup = Setup::new()
         .set("mqtt.url", "mqtt://127.0.0.1:1")

@@ -144,9 +144,19 @@ pub(crate) struct AdminContext {
     pub secure_cookies: bool,
 }
 
+/// What a form that changed something leaves for the page it redirects to (Post/Redirect/Get): a
+/// reload of that page shows it once and repeats nothing.
+pub(crate) struct Flash {
+    notice: Option<pages::Notice>,
+    enrolled: Option<pages::EnrolResult>,
+}
+
 pub(crate) struct Admin {
     ctx: AdminContext,
-    sessions: Arc<Sessions>,
+    sessions: Arc<Sessions<Flash>>,
+    /// The stored password hash the sessions were made under: when `facegate admin set-password`
+    /// changes the file, every session ends.
+    password_seen: Mutex<Option<String>>,
     logins: Mutex<Lockouts>,
     /// Loaded at the first enrolment from the page, then kept.
     recognizer: Mutex<Option<Recognizer>>,
@@ -167,9 +177,11 @@ impl Admin {
             max_age: Duration::from_secs(ctx.config.admin.session_max_s),
             capacity: MAX_SESSIONS,
         };
+        let password_seen = Mutex::new(password::load(&ctx.config.state_dir).ok().flatten());
         Admin {
             ctx,
             sessions: Arc::new(Sessions::new(limits)),
+            password_seen,
             logins: Mutex::new(Lockouts::with_capacity(LOGIN_RULES, LOGIN_ADDRESSES)),
             recognizer: Mutex::new(None),
             gallery_edit: Mutex::new(()),
@@ -177,7 +189,7 @@ impl Admin {
     }
 
     /// The session store, for the front to tell a signed-in browser from a stranger.
-    pub fn sessions(&self) -> Arc<Sessions> {
+    pub fn sessions(&self) -> Arc<Sessions<Flash>> {
         Arc::clone(&self.sessions)
     }
 
@@ -223,7 +235,29 @@ impl Admin {
         response
     }
 
+    /// Ends every session if the password file changed since the sessions were made (`facegate admin
+    /// set-password` while the daemon runs). An unreadable file counts as changed.
+    fn end_sessions_if_the_password_changed(&self) {
+        let current = match password::load(&self.ctx.config.state_dir) {
+            Ok(current) => current,
+            Err(err) => {
+                log::error!("admin password file unreadable, signing everyone out: {err}");
+                Some(String::new())
+            }
+        };
+        let mut seen = self.password_seen.lock().unwrap_or_else(|p| p.into_inner());
+        if *seen != current {
+            self.sessions.end_all();
+            if seen.is_some() {
+                log::warn!("the admin password changed: every admin session ended");
+                self.audit(json!({"action": "sessions_ended", "why": "password_changed"}));
+            }
+            *seen = current;
+        }
+    }
+
     fn session(&self, request: &AdminRequest, now: Instant) -> Option<Session> {
+        self.end_sessions_if_the_password_changed();
         let secret = form::cookie(request.cookie.as_deref(), SESSION_COOKIE)?;
         let csrf = if request.url.starts_with(STATUS_PATH) {
             self.sessions.peek(secret, now)?
@@ -324,6 +358,8 @@ impl Admin {
                 Gate::Open { .. } => self.login_page(401, pages::Notice::bad("Wrong password.")),
             };
         }
+        // Sessions from before a password change end now, not this new one later.
+        self.end_sessions_if_the_password_changed();
         // The hash check took a while: the session starts now, not when the request arrived.
         let new = self.sessions.create(Instant::now());
         log::info!("admin signed in from {peer}");
@@ -412,10 +448,32 @@ impl Admin {
             "/admin/people/remove" => self.remove_person(session, &fields, &peer),
             "/admin/people/remove-sample" => self.remove_sample(session, &fields, &peer),
             "/admin/door/pulse" => self.pulse(session, &peer),
+            "/admin/door/acknowledge" => self.acknowledge_alarm(&fields, &peer),
             "/admin/codes/generate" => self.generate_codes(session, &fields, &peer),
             "/admin/codes/revoke" => self.revoke_code(session, &fields, &peer),
             _ => self.not_found(session),
         }
+    }
+
+    /// Post/Redirect/Get: a form that changed something redirects (303) to `to`, which shows `notice`
+    /// (and an enrolment's result) once; reloading it repeats nothing.
+    fn after_post(
+        &self,
+        session: &Session,
+        to: &str,
+        notice: Option<pages::Notice>,
+        enrolled: Option<pages::EnrolResult>,
+    ) -> AdminResponse {
+        self.sessions
+            .set_flash(&session.secret, Flash { notice, enrolled });
+        AdminResponse::redirect(to)
+    }
+
+    /// The flash a form left for this session's next page: its notice and enrolment result.
+    fn take_flash(&self, session: &Session) -> (Option<pages::Notice>, Option<pages::EnrolResult>) {
+        self.sessions
+            .take_flash(&session.secret)
+            .map_or((None, None), |flash| (flash.notice, flash.enrolled))
     }
 
     fn not_found(&self, session: &Session) -> AdminResponse {

@@ -72,7 +72,7 @@ pub(crate) struct CodeChecker {
     store: CodeStore,
     calendar: Calendar,
     single_use: bool,
-    cached: Mutex<(Option<store::FileStamp>, Arc<CodeBook>)>,
+    cached: Mutex<(Option<crate::atomic_file::FileStamp>, Arc<CodeBook>)>,
     lockouts: Mutex<Lockouts>,
 }
 

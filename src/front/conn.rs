@@ -105,6 +105,11 @@ impl Transport {
         }
         let _ = self.tcp().shutdown(std::net::Shutdown::Both);
     }
+
+    /// The client's address, for the summary of what the front refused from it.
+    pub fn peer_ip(&self) -> Option<std::net::IpAddr> {
+        self.tcp().peer_addr().ok().map(|peer| peer.ip())
+    }
 }
 
 /// How long the close_notify alert may take to leave.

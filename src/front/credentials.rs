@@ -1,8 +1,9 @@
 //! The one question the front asks of a request before it gives it more than a stranger's share:
-//! does its head show a valid credential? Each source of credentials (the tablet's configured token,
-//! the admin sessions, paired tablets) answers through one small trait, and `CredentialSet` asks them
-//! all. The answer decides whether the connection may be evicted (`registry`), how large and how slow
-//! its body may be, and whether a tablet endpoint is open to it.
+//! does its head show a valid credential? The shared tablet token (`http.token`) is compared here;
+//! every other source (paired tablets' device tokens, admin sessions) answers through one small
+//! trait, and `CredentialSet` asks them all. The answer decides which endpoints open
+//! (`front::admit`), whether the connection may be evicted (`registry`), and how large and how slow
+//! its body may be.
 
 use std::sync::Arc;
 
@@ -10,12 +11,13 @@ use subtle::ConstantTimeEq;
 
 use super::head::Head;
 use crate::admin::session::Sessions;
+use crate::tablets::{looks_like_device_token, LiveTablets};
 
 /// A source of credentials. Each answers only for what it knows; the defaults say "not mine".
 pub trait Credentials: Send + Sync {
-    /// Is `token`, sent as `Authorization: Bearer <token>`, a valid tablet credential?
-    fn tablet_bearer(&self, _token: &str) -> bool {
-        false
+    /// The paired tablet whose device token `token` (from `Authorization: Bearer`) is.
+    fn tablet_of(&self, _token: &str) -> Option<String> {
+        None
     }
     /// Is `secret`, the admin session cookie's value, a live admin session?
     fn admin_session(&self, _secret: &str) -> bool {
@@ -23,83 +25,117 @@ pub trait Credentials: Send + Sync {
     }
 }
 
-/// The tablet token from the configuration (`http.token` or `FACEGATE_TOKEN`), compared in constant
-/// time.
-pub struct TabletToken(pub String);
-
-impl Credentials for TabletToken {
-    fn tablet_bearer(&self, token: &str) -> bool {
-        bool::from(token.as_bytes().ct_eq(self.0.as_bytes()))
+impl Credentials for LiveTablets {
+    fn tablet_of(&self, token: &str) -> Option<String> {
+        LiveTablets::tablet_of(self, token)
     }
 }
 
 /// The admin pages' session store. The front only looks (`peek`): a look does not keep a session
-/// alive, the admin pages themselves do that when they answer.
-impl Credentials for Sessions {
+/// alive; the admin pages themselves do that when they answer (and end every session after a
+/// password change).
+impl<F: Send> Credentials for Sessions<F> {
     fn admin_session(&self, secret: &str) -> bool {
         self.peek(secret, std::time::Instant::now()).is_some()
     }
 }
 
+/// What the request's bearer shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    /// No bearer, or one that is no credential of ours and not shaped like a device token.
+    Nothing,
+    /// The shared `http.token` (the original app, scripts).
+    Shared,
+    /// The device token of this paired tablet.
+    Tablet(String),
+    /// A device token no tablet holds (revoked, or never paired).
+    Unpaired,
+}
+
 /// What a request head showed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Shown {
-    /// A bearer token a tablet credential source accepted (or no token is required at all).
-    pub tablet: bool,
+    pub bearer: Credential,
     /// A live admin session cookie.
     pub admin: bool,
+    /// No token is configured (`http.require_token = false`): there is nothing to show, and every
+    /// request counts as credentialed.
+    pub open: bool,
 }
 
 impl Shown {
     /// Any valid credential: the connection is no longer a stranger's.
-    pub fn any(self) -> bool {
-        self.tablet || self.admin
+    pub fn any(&self) -> bool {
+        self.open || self.admin || matches!(self.bearer, Credential::Shared | Credential::Tablet(_))
     }
 }
 
-/// Every credential source the front accepts.
+/// Every credential the front accepts.
 pub struct CredentialSet {
-    /// No tablet token configured (`http.require_token = false`): the tablet endpoints are open.
-    open_tablet_endpoints: bool,
+    /// The shared tablet token; `None`: none is required.
+    token: Option<String>,
     sources: Vec<Arc<dyn Credentials>>,
 }
 
 impl CredentialSet {
-    /// With `token` (the configured tablet token; `None`: the tablet endpoints need none).
+    /// With `token` (the configured shared token; `None`: the tablet endpoints need none).
     pub fn new(token: Option<String>) -> CredentialSet {
-        let mut set = CredentialSet {
-            open_tablet_endpoints: token.is_none(),
+        CredentialSet {
+            token,
             sources: Vec::new(),
-        };
-        if let Some(token) = token {
-            set.sources.push(Arc::new(TabletToken(token)));
         }
-        set
     }
 
-    /// Adds a source (the admin sessions; paired tablets).
+    /// Adds a source (paired tablets, admin sessions).
     pub fn with(mut self, source: Arc<dyn Credentials>) -> CredentialSet {
         self.sources.push(source);
         self
     }
 
-    /// What `head` shows: every `Authorization: Bearer` value and the admin session cookie are tried.
+    pub fn token_required(&self) -> bool {
+        self.token.is_some()
+    }
+
+    /// What `head` shows: every `Authorization: Bearer` value (the shared token in constant time,
+    /// then device tokens) and the admin session cookie named `session_cookie`.
     pub fn shown(&self, head: &Head, session_cookie: &str) -> Shown {
-        let tablet = self.open_tablet_endpoints
-            || head
-                .values("authorization")
-                .filter_map(|value| value.strip_prefix("Bearer "))
-                .any(|token| {
-                    let token = token.trim();
-                    self.sources.iter().any(|s| s.tablet_bearer(token))
-                });
         let admin = head
             .values("cookie")
             .flat_map(|value| value.split(';'))
             .filter_map(|pair| pair.trim().split_once('='))
             .filter(|(name, _)| *name == session_cookie)
             .any(|(_, secret)| self.sources.iter().any(|s| s.admin_session(secret.trim())));
-        Shown { tablet, admin }
+        Shown {
+            bearer: self.bearer(head),
+            admin,
+            open: self.token.is_none(),
+        }
+    }
+
+    fn bearer(&self, head: &Head) -> Credential {
+        let bearers = || {
+            head.values("authorization")
+                .filter_map(|value| value.strip_prefix("Bearer "))
+                .map(str::trim)
+        };
+        if let Some(token) = self.token.as_deref() {
+            if bearers().any(|given| bool::from(given.as_bytes().ct_eq(token.as_bytes()))) {
+                return Credential::Shared;
+            }
+        }
+        let mut unpaired = false;
+        for given in bearers().filter(|given| looks_like_device_token(given)) {
+            match self.sources.iter().find_map(|s| s.tablet_of(given)) {
+                Some(name) => return Credential::Tablet(name),
+                None => unpaired = true,
+            }
+        }
+        if unpaired {
+            Credential::Unpaired
+        } else {
+            Credential::Nothing
+        }
     }
 }
 
@@ -119,7 +155,7 @@ mod tests {
 
     #[test]
     fn a_request_shows_a_credential_only_with_a_valid_token_or_a_live_session() {
-        let sessions = Arc::new(Sessions::new(SessionLimits {
+        let sessions: Arc<Sessions<()>> = Arc::new(Sessions::new(SessionLimits {
             idle: Duration::from_secs(60),
             max_age: Duration::from_secs(600),
             capacity: 4,
@@ -127,35 +163,21 @@ mod tests {
         let live = sessions.create(Instant::now());
         let set = CredentialSet::new(Some("t".into())).with(sessions);
         let shown = |text: &str| set.shown(&head(text), "facegate_admin");
-        let none = Shown {
-            tablet: false,
-            admin: false,
-        };
-        assert_eq!(shown("GET /healthz HTTP/1.1\r\n\r\n"), none);
-        assert_eq!(
-            shown("GET /healthz HTTP/1.1\r\nAuthorization: Bearer x\r\n\r\n"),
-            none
-        );
-        assert!(
-            shown("GET / HTTP/1.1\r\nAuthorization: Bearer x\r\nAuthorization: Bearer t\r\n\r\n")
-                .tablet
-        );
+        assert!(!shown("GET /healthz HTTP/1.1\r\n\r\n").any());
+        let wrong = shown("GET /healthz HTTP/1.1\r\nAuthorization: Bearer x\r\n\r\n");
+        assert_eq!(wrong.bearer, Credential::Nothing);
+        assert!(!wrong.any());
+        let shared =
+            shown("GET / HTTP/1.1\r\nAuthorization: Bearer x\r\nAuthorization: Bearer t\r\n\r\n");
+        assert_eq!(shared.bearer, Credential::Shared);
         let cookie = format!(
             "GET /admin/ HTTP/1.1\r\nCookie: a=b; facegate_admin={}\r\n\r\n",
             live.secret
         );
-        assert_eq!(
-            shown(&cookie),
-            Shown {
-                tablet: false,
-                admin: true
-            }
-        );
-        assert_eq!(
-            shown("GET /admin/ HTTP/1.1\r\nCookie: facegate_admin=guess\r\n\r\n"),
-            none
-        );
+        let admin = shown(&cookie);
+        assert!(admin.admin && admin.any());
+        assert!(!shown("GET /admin/ HTTP/1.1\r\nCookie: facegate_admin=guess\r\n\r\n").any());
         let open = CredentialSet::new(None);
-        assert!(open.shown(&head("GET / HTTP/1.1\r\n\r\n"), "c").tablet);
+        assert!(open.shown(&head("GET / HTTP/1.1\r\n\r\n"), "c").any());
     }
 }

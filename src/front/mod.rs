@@ -34,7 +34,7 @@ use serde_json::json;
 use self::body::BodyError;
 use self::budget::BodyBudget;
 use self::conn::{Incoming, ReadError, Transport};
-use self::credentials::{CredentialSet, Shown};
+use self::credentials::{Credential, CredentialSet, Shown};
 use self::head::{Expectation, Framing, Head, HeadError, Parsed};
 use self::registry::{Admission, Limits, Registry};
 use crate::http::{route, Route};
@@ -228,8 +228,8 @@ fn exchange(
         .shown(&head, crate::admin::SESSION_COOKIE);
     // From here until its next request, the connection's standing is what this head showed.
     shared.registry.working(id, shown.any());
-    let framing = match check(&head, settings, shown) {
-        Ok(framing) => framing,
+    let (framing, tablet) = match check(&head, settings, &shown) {
+        Ok(checked) => checked,
         Err(refusal) => {
             let body_pending = !matches!(head.framing(), Ok(Framing::None | Framing::Length(0)));
             let next = refuse(incoming, shared, refusal.counted_as(&head));
@@ -249,13 +249,13 @@ fn exchange(
     {
         return Next::Close;
     }
-    let (limit, body_deadline) = body_limits(&head, settings, shown, received_at);
+    let (limit, body_deadline) = body_limits(&head, settings, &shown, received_at);
     let mut reservation = shared.budget.reserve();
     let body = match incoming.read_body(framing, limit, body_deadline, &mut reservation) {
         Ok(body) => body,
         Err(err) => {
-            let refusal =
-                refusal_for_body(err, settings, shown, shared.budget.limit()).counted_as(&head);
+            let refusal = refusal_for_body(err, settings, &shown, limit, shared.budget.limit())
+                .counted_as(&head);
             log::info!(
                 "request from {peer} refused at the front: error={} http={} message={:?}",
                 refusal.error,
@@ -266,7 +266,7 @@ fn exchange(
             return Next::Close;
         }
     };
-    let request = forward::request_bytes(&head, &body, peer, received_at);
+    let request = forward::request_bytes(&head, &body, peer, received_at, tablet.as_deref());
     drop(body);
     let forwarded = forward::forward(&settings.backend, &request, ANSWER_WAIT);
     drop((request, reservation));
@@ -360,6 +360,8 @@ fn route_label(route: Route) -> &'static str {
         Route::Events => "events",
         Route::Health => "healthz",
         Route::Admin => "admin",
+        Route::KioskPair => "kiosk_pair",
+        Route::KioskHello => "kiosk_hello",
         Route::Kiosk => "kiosk",
         Route::WrongMethod(_) | Route::NotFound => "other",
     }
@@ -369,13 +371,15 @@ fn route_label(route: Route) -> &'static str {
 pub trait Refusals: Send + Sync {
     /// The next request id, from the same sequence as the requests tiny_http handles.
     fn request_id(&self) -> String;
-    /// A refused frame post (`/image`, `/save`), recorded and audited like any refusal: returns the
-    /// answer's JSON, and the bookkeeping to run once the answer is sent.
+    /// A refused frame post (`/image`, `/save`, `/code`) from `peer`, counted and summarised per
+    /// address like every refusal before a worker: returns the answer's JSON, and the bookkeeping to
+    /// run once the answer is sent.
     fn refuse_frame(
         &self,
         request_id: &str,
         endpoint: Endpoint,
         refusal: crate::record::Refusal,
+        peer: Option<std::net::IpAddr>,
     ) -> (serde_json::Value, Box<dyn FnOnce() + Send>);
 }
 
@@ -402,9 +406,15 @@ fn refusal_for_head(err: &HeadError) -> Refusal {
     }
 }
 
-fn refusal_for_body(err: BodyError, settings: &Settings, shown: Shown, budget: usize) -> Refusal {
+fn refusal_for_body(
+    err: BodyError,
+    settings: &Settings,
+    shown: &Shown,
+    cap: usize,
+    budget: usize,
+) -> Refusal {
     match err {
-        BodyError::TooLarge => too_large(settings, shown),
+        BodyError::TooLarge => too_large(cap, shown),
         BodyError::OverBudget => Refusal::new(
             503,
             "busy",
@@ -442,27 +452,26 @@ fn refusal_for_body(err: BodyError, settings: &Settings, shown: Shown, budget: u
     }
 }
 
-fn too_large(settings: &Settings, shown: Shown) -> Refusal {
+fn too_large(cap: usize, shown: &Shown) -> Refusal {
     let message = if shown.any() {
-        format!(
-            "the body is larger than the {} bytes allowed",
-            settings.max_body_bytes
-        )
+        format!("the body is larger than the {cap} bytes allowed")
     } else {
-        format!(
-            "without a credential, a body may hold at most {} bytes",
-            body_cap(settings, shown)
-        )
+        format!("without a credential, a body may hold at most {cap} bytes")
     };
     Refusal::new(413, "too_large", message)
 }
 
-/// The largest body a request may carry: `http.max_body_bytes` with a credential, far less without.
-fn body_cap(settings: &Settings, shown: Shown) -> usize {
-    if shown.any() {
+/// The largest body a request to `route` may carry: `http.max_body_bytes` with a credential, far less
+/// without (`STRANGER_BODY_BYTES`), and a pairing request's small JSON in any case.
+fn body_cap(route: Route, settings: &Settings, shown: &Shown) -> usize {
+    let cap = if shown.any() {
         settings.max_body_bytes
     } else {
         settings.max_body_bytes.min(STRANGER_BODY_BYTES)
+    };
+    match route {
+        Route::KioskPair | Route::KioskHello => cap.min(MAX_PAIRING_BODY_BYTES),
+        _ => cap,
     }
 }
 
@@ -471,49 +480,43 @@ fn stranger_body_timeout(settings: &Settings) -> Duration {
     settings.head_timeout.min(settings.body_timeout)
 }
 
-/// The body's size cap and deadline. Without a credential: `STRANGER_BODY_BYTES`, within the head
-/// deadline. With one: `http.max_body_bytes`, within `http.body_timeout_ms`; photo uploads to the
-/// admin pages come from phones over Wi-Fi and get at least `ADMIN_BODY_TIMEOUT`.
+/// The body's size cap (`body_cap`) and deadline: without a credential, within the head deadline;
+/// with one, within `http.body_timeout_ms`, and photo uploads to the admin pages, which come from
+/// phones over Wi-Fi, get at least `ADMIN_BODY_TIMEOUT`.
 fn body_limits(
     head: &Head,
     settings: &Settings,
-    shown: Shown,
+    shown: &Shown,
     received_at: Instant,
 ) -> (usize, Instant) {
-    if !shown.any() {
-        return (
-            body_cap(settings, shown),
-            received_at + stranger_body_timeout(settings),
-        );
-    }
-    let admin = head
+    let route = head
         .method
         .parse::<tiny_http::Method>()
-        .is_ok_and(|method| route(&method, &head.target) == Route::Admin);
-    let timeout = if admin {
+        .map_or(Route::NotFound, |method| route(&method, &head.target));
+    let cap = body_cap(route, settings, shown);
+    let timeout = if !shown.any() {
+        stranger_body_timeout(settings)
+    } else if route == Route::Admin {
         settings.body_timeout.max(ADMIN_BODY_TIMEOUT)
     } else {
         settings.body_timeout
     };
-    (settings.max_body_bytes, received_at + timeout)
+    (cap, received_at + timeout)
 }
 
-/// What needs no body to answer: route, credential, framing, size. `Ok` gives the body's framing.
-fn check(head: &Head, settings: &Settings, shown: Shown) -> Result<Framing, Refusal> {
+/// What needs no body to answer: route, credential, framing, size. `Ok` gives the body's framing and
+/// the paired tablet the request's device token belongs to.
+fn check(
+    head: &Head,
+    settings: &Settings,
+    shown: &Shown,
+) -> Result<(Framing, Option<String>), Refusal> {
     let method = head
         .method
         .parse::<tiny_http::Method>()
         .map_err(|()| Refusal::new(400, "bad_request", "the method is not ASCII".into()))?;
     let route = route(&method, &head.target);
-    // The admin pages have their own sign-in; the tablet's token does not open them. The kiosk page's
-    // files are public: the page asks for its credential only once it runs.
-    if !matches!(route, Route::Health | Route::Admin | Route::Kiosk) && !shown.tablet {
-        return Err(Refusal::new(
-            401,
-            "unauthorized",
-            "missing or wrong bearer token: send Authorization: Bearer <token>".into(),
-        ));
-    }
+    admit(route, &shown.bearer, settings.credentials.token_required())?;
     match route {
         Route::WrongMethod(allowed) => {
             return Err(Refusal::new(
@@ -539,8 +542,9 @@ fn check(head: &Head, settings: &Settings, shown: Shown) -> Result<Framing, Refu
         )
     })?;
     if let Framing::Length(length) = framing {
-        if length > body_cap(settings, shown) as u64 {
-            return Err(too_large(settings, shown));
+        let cap = body_cap(route, settings, shown);
+        if length > cap as u64 {
+            return Err(too_large(cap, shown));
         }
     }
     if head.expectation() == Expectation::Unsupported {
@@ -550,7 +554,44 @@ fn check(head: &Head, settings: &Settings, shown: Shown) -> Result<Framing, Refu
             "only `Expect: 100-continue` is understood".into(),
         ));
     }
-    Ok(framing)
+    let tablet = match &shown.bearer {
+        Credential::Tablet(name) => Some(name.clone()),
+        _ => None,
+    };
+    Ok((framing, tablet))
+}
+
+/// The largest body of a pairing request (`{"secret": "..."}`).
+const MAX_PAIRING_BODY_BYTES: usize = 1024;
+
+/// May a request with `credential` go to `route`? A tablet's device token opens the frame posts and
+/// `/kiosk/hello`; the shared token all but the admin pages; the admin pages, the kiosk page's files
+/// and pairing need neither.
+fn admit(route: Route, credential: &Credential, token_required: bool) -> Result<(), Refusal> {
+    let unauthorized = || {
+        Refusal::new(
+            401,
+            "unauthorized",
+            "missing or wrong bearer token: send Authorization: Bearer <token>".into(),
+        )
+    };
+    let unpaired = || {
+        Refusal::new(
+            401,
+            "unpaired",
+            "this tablet is not paired (or was revoked): pair it again with a link from facegate tablets add NAME".into(),
+        )
+    };
+    match (route, credential) {
+        (Route::Health | Route::Admin | Route::Kiosk | Route::KioskPair, _) => Ok(()),
+        (Route::KioskHello, Credential::Tablet(_) | Credential::Shared) => Ok(()),
+        (Route::KioskHello, _) | (_, Credential::Unpaired) => Err(unpaired()),
+        (_, Credential::Shared) => Ok(()),
+        (Route::Metrics | Route::Events, Credential::Tablet(_)) => Err(unauthorized()),
+        (_, Credential::Tablet(_)) => Ok(()),
+        (_, Credential::Nothing) if token_required => Err(unauthorized()),
+        (_, Credential::Nothing) => Ok(()),
+    }
 }
 
 /// Answers `refusal` as JSON, counts it, and tells whether the connection may go on.
@@ -563,9 +604,10 @@ fn refuse(incoming: &mut Incoming, shared: &Shared, refusal: Refusal) -> Next {
                 error: refusal.error,
                 message: refusal.message.clone(),
             };
+            let peer = incoming.transport.peer_ip();
             let (body, after) = shared
                 .refusals
-                .refuse_frame(&request_id, endpoint, recorded);
+                .refuse_frame(&request_id, endpoint, recorded, peer);
             (body, Some(after))
         }
         route => {
@@ -683,13 +725,54 @@ mod tests {
             ("POST /image HTTP/1.1\r\nAuthorization: Bearer t\r\nExpect: 200-ok\r\nContent-Length: 4\r\n\r\n", Err(417)),
             ("POST /image HTTP/1.1\r\nAuthorization: Bearer t\r\nContent-Length: 1000\r\n\r\n", Ok(Framing::Length(1000))),
             ("POST /save HTTP/1.1\r\nAuthorization: Bearer t\r\nTransfer-Encoding: chunked\r\n\r\n", Ok(Framing::Chunked)),
+            // Pairing needs no credential, and its body is small.
+            ("POST /kiosk/pair HTTP/1.1\r\nContent-Length: 40\r\n\r\n", Ok(Framing::Length(40))),
+            ("POST /kiosk/pair HTTP/1.1\r\nContent-Length: 1025\r\n\r\n", Err(413)),
+            // A device token no tablet holds is told it is unpaired; a wrong shared token is not.
+            ("GET /kiosk/hello HTTP/1.1\r\n\r\n", Err(401)),
+            ("POST /image HTTP/1.1\r\nAuthorization: Bearer AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\r\nContent-Length: 4\r\n\r\n", Err(401)),
         ];
         let settings = settings();
         for (text, expected) in cases {
             let head = head(text);
             let shown = settings.credentials.shown(&head, "facegate_admin");
-            let got = check(&head, &settings, shown).map_err(|r| r.code);
+            let got = check(&head, &settings, &shown)
+                .map(|(framing, _)| framing)
+                .map_err(|r| r.code);
             assert_eq!(got, expected, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn each_credential_opens_its_own_routes() {
+        let tablet = Credential::Tablet("front".into());
+        let image = Route::Frame(Endpoint::Image);
+        let cases = [
+            (image, Credential::Shared, true, Ok(())),
+            (image, tablet.clone(), true, Ok(())),
+            (image, Credential::Unpaired, true, Err("unpaired")),
+            (image, Credential::Unpaired, false, Err("unpaired")),
+            (image, Credential::Nothing, true, Err("unauthorized")),
+            (image, Credential::Nothing, false, Ok(())),
+            (Route::KioskHello, tablet.clone(), true, Ok(())),
+            (Route::KioskHello, Credential::Shared, true, Ok(())),
+            (
+                Route::KioskHello,
+                Credential::Nothing,
+                false,
+                Err("unpaired"),
+            ),
+            (Route::KioskPair, Credential::Nothing, true, Ok(())),
+            (Route::Metrics, tablet.clone(), true, Err("unauthorized")),
+            (Route::Metrics, Credential::Shared, true, Ok(())),
+            (Route::NotFound, tablet, true, Ok(())),
+        ];
+        for (route, credential, required, expected) in cases {
+            let got = admit(route, &credential, required).map_err(|r| r.error);
+            assert_eq!(
+                got, expected,
+                "{route:?} {credential:?} required={required}"
+            );
         }
     }
 

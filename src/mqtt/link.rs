@@ -167,9 +167,14 @@ impl MqttLink {
         let startup = Startup {
             subscribe_commands,
             subscribe_gallery,
-            discovery: m
-                .discovery
-                .then(|| discovery::messages(&m.discovery_prefix, &m.door_id, &state.topics)),
+            discovery: m.discovery.then(|| {
+                discovery::messages(
+                    &m.discovery_prefix,
+                    &m.door_id,
+                    &state.topics,
+                    config.door.contact.enabled,
+                )
+            }),
         };
         let backoff = Backoff::new(
             Duration::from_millis(m.reconnect_min_ms),

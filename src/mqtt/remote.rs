@@ -14,7 +14,7 @@ use super::command::{Action, CommandBody, ReplayMemory, Verifier};
 use super::link::{Incoming, LinkError, MqttLink};
 use crate::audit::AuditWriter;
 use crate::config::Config;
-use crate::door::{Actuation, DoorController, OpenCause, OpenRequest};
+use crate::door::{Actuation, DoorController, InputReport, OpenCause, OpenRequest};
 use crate::gallery::EmbedderId;
 use crate::gallery_bundle::{self, BundleError};
 use crate::metrics::Metrics;
@@ -35,6 +35,8 @@ pub struct Remote {
     /// The door's latest state (from the relay observer), sent when the link starts.
     door_state: Mutex<Option<Value>>,
     lockdown: AtomicBool,
+    /// The contact and active alarm of the latest input event, merged into the door state.
+    inputs: Mutex<Option<Value>>,
 }
 
 /// Everything the incoming side needs.
@@ -56,6 +58,23 @@ impl Remote {
         self.set_door_state(state);
     }
 
+    /// An event of the door's inputs: on the event topic as its audit line, and the contact and
+    /// active alarm into the retained door state.
+    pub(crate) fn on_door_input(&self, report: &InputReport) {
+        let mut line = serde_json::to_value(report).expect("an input report always serialises");
+        line["kind"] = json!("door_input");
+        line["at"] = json!(report
+            .at
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+        if let Some(link) = self.link.get() {
+            link.publish_event(&line);
+        }
+        let mut latest = lock_recovering(&self.door_state);
+        *lock_recovering(&self.inputs) =
+            Some(json!({ "contact": report.contact, "alarm": report.active_alarm }));
+        self.republish_door_state(&mut latest);
+    }
+
     fn set_door_state(&self, state: Value) {
         // Queued under the lock, so that the door-reports and MQTT threads publish in order.
         let mut latest = lock_recovering(&self.door_state);
@@ -72,6 +91,11 @@ impl Remote {
     fn republish_door_state(&self, latest: &mut Option<Value>) {
         if let Some(state) = latest {
             state["lockdown"] = json!(self.lockdown.load(Ordering::SeqCst));
+            if let Some(Value::Object(inputs)) = &*lock_recovering(&self.inputs) {
+                for (key, value) in inputs {
+                    state[key] = value.clone();
+                }
+            }
             if let Some(link) = self.link.get() {
                 link.publish_door(state);
             }

@@ -664,6 +664,31 @@ impl Daemon {
         self.send("GET", path, &[("Authorization", &bearer())], b"")
     }
 
+    /// Appends one reading (`contact open`, `contact closed`, `exit pressed`) to the simulated door
+    /// inputs, `<state_dir>/door-sim-inputs`, which the daemon follows like `tail -f`.
+    pub fn door_input(&self, line: &str) {
+        let path = self.state_dir().join("door-sim-inputs");
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap_or_else(|err| panic!("cannot append to {}: {err}", path.display()));
+        writeln!(file, "{line}").expect("a door input line written");
+    }
+
+    /// Waits until `/healthz` says the contact is `contact` and the active alarm is `alarm`; returns
+    /// the answer. Waiting for the first reading also means the daemon follows the inputs file.
+    pub fn wait_for_contact(&self, contact: &str, alarm: Option<&str>) -> Value {
+        wait_for(
+            &format!("/healthz with contact {contact} and alarm {alarm:?}"),
+            || {
+                let health = self.get("/healthz").json();
+                (health["contact"] == contact && health["alarm"].as_str() == alarm)
+                    .then_some(health)
+            },
+        )
+    }
+
     pub fn post(&self, path: &str, body: &[u8]) -> Reply {
         self.send("POST", path, &[("Authorization", &bearer())], body)
     }
