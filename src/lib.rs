@@ -17,6 +17,8 @@ pub mod enrollment;
 pub mod events;
 pub mod frame;
 pub mod front;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gallery;
 pub mod gallery_bundle;
 pub mod host;

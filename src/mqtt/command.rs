@@ -97,7 +97,15 @@ fn mac(secret: &[u8]) -> Hmac<Sha256> {
 
 /// The message that carries `body`, signed with `secret`.
 pub fn sign(body: &CommandBody, secret: &[u8]) -> String {
-    let body = serde_json::to_string(body).expect("a command body always serialises");
+    sign_text(
+        &serde_json::to_string(body).expect("a command body always serialises"),
+        secret,
+    )
+}
+
+/// The message that carries the body text `body` as it is, signed with `secret`.
+pub(crate) fn sign_text(body: &str, secret: &[u8]) -> String {
+    let body = body.to_string();
     let mut mac = mac(secret);
     mac.update(body.as_bytes());
     let hmac = hex(&mac.finalize().into_bytes());

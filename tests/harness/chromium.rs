@@ -11,7 +11,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use serde_json::{json, Value};
 
-use super::wait_for;
+use super::{wait_for, Daemon};
 
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -284,4 +284,76 @@ pub fn screenshot_dir(name: &str) -> PathBuf {
         .join(name);
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+// ---------------------------------------------------------------------------------------------
+// The kiosk page
+
+/// The page's own key for its device token (`src/kiosk/page/kiosk.js`).
+pub const KIOSK_TOKEN_KEY: &str = "facegate.kiosk.token";
+
+/// Chromium flags for a tablet at the door: its camera plays the Y4M `clip`, it speaks `language`,
+/// and it grants the camera without asking.
+pub fn at_the_door(clip: &Path, language: &str) -> Vec<String> {
+    vec![
+        "--use-fake-ui-for-media-stream".into(),
+        "--use-fake-device-for-media-stream".into(),
+        format!("--use-file-for-fake-video-capture={}", clip.display()),
+        format!("--lang={language}"),
+        format!("--accept-lang={language}"),
+    ]
+}
+
+/// Pairs the kiosk page at `base` as the tablet `name` the way an admin does: `facegate tablets add`
+/// prints the one-time link, the tablet opens it. Returns once the page holds its token and the secret
+/// has left the address bar.
+pub fn pair_kiosk(browser: &Browser, daemon: &Daemon, base: &str, name: &str) {
+    let added = daemon.setup().run(&["tablets", "add", name]);
+    assert!(added.status.success(), "facegate tablets add: {added:?}");
+    let secret = added
+        .stdout
+        .lines()
+        .find_map(|line| Some(line.split_once("#pair=")?.1.trim().to_string()))
+        .unwrap_or_else(|| panic!("no pairing link in {:?}", added.stdout));
+    browser.go(&format!("{base}/kiosk/#pair={secret}"));
+    let hash = wait_for("the page to trade the pairing secret for its token", || {
+        let seen = browser.execute(
+            "return [location.hash, localStorage.getItem(arguments[0])];",
+            json!([KIOSK_TOKEN_KEY]),
+        );
+        seen[1].is_string().then(|| seen[0].clone())
+    });
+    assert_eq!(hash, "", "the secret must leave the address bar");
+}
+
+impl Browser<'_> {
+    /// Waits (for an event in the page, not a fixed time) until the kiosk page's
+    /// `document.body.dataset.state` is one of `states`; returns the state and the words on screen
+    /// (`headline | detail`).
+    pub fn wait_for_kiosk_state(&self, states: &[&str]) -> (String, String) {
+        let seen = self.execute_async(
+            r#"
+            const [wanted, done] = [arguments[0], arguments[arguments.length - 1]];
+            const now = () => [document.body.dataset.state,
+                document.getElementById("headline").textContent + " | " +
+                document.getElementById("detail").textContent];
+            if (wanted.includes(document.body.dataset.state)) return done(now());
+            const observer = new MutationObserver(() => {
+                if (!wanted.includes(document.body.dataset.state)) return;
+                observer.disconnect();
+                done(now());
+            });
+            observer.observe(document.body, { attributes: true, attributeFilter: ["data-state"] });
+            setTimeout(() => { observer.disconnect(); done(["gave up", now().join(" ")]); }, 60000);
+            "#,
+            json!(states),
+        );
+        let state = seen[0].as_str().unwrap().to_string();
+        let words = seen[1].as_str().unwrap().to_string();
+        assert!(
+            states.contains(&state.as_str()),
+            "the kiosk page never showed {states:?}; it shows {words:?}"
+        );
+        (state, words)
+    }
 }
