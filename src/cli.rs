@@ -167,8 +167,12 @@ fn parse_date(value: &str) -> Result<chrono::NaiveDate, String> {
 
 #[derive(Subcommand)]
 enum TlsAction {
-    /// Print the certificate's public-key pin (sha256/<base64>), generating the self-signed pair if needed
+    /// Print the certificate's public-key pin (sha256/<base64>) for the original app, generating the
+    /// door's certificate if needed
     Pin,
+    /// Print the PEM certificate to install on a tablet as a trusted CA (the door's own CA, or the
+    /// root of the configured chain), generating the door's certificate if needed
+    Cert,
 }
 
 #[derive(Subcommand)]
@@ -291,15 +295,16 @@ pub fn run(cli: Cli) -> Result<()> {
         } => mqtt_command(&config, action, &origin, door),
         Command::Codes { action } => codes(&config, action),
         Command::Tablets { action } => tablets(&config, action),
-        Command::Tls {
-            action: TlsAction::Pin,
-        } => {
+        Command::Tls { action } => {
             if !config.http.tls.enabled {
-                anyhow::bail!("http.tls.enabled is false in this config: the daemon serves plain HTTP, there is no certificate to pin. Set enabled = true under [http.tls] first");
+                anyhow::bail!("http.tls.enabled is false in this config: the daemon serves plain HTTP, there is no certificate. Set enabled = true under [http.tls] first");
             }
             let files = facegate::front::tls::TlsFiles::of(&config);
-            files.ensure(config.http.listen.ip())?;
-            println!("{}", files.pin()?);
+            files.ensure(&facegate::front::tls::certificate_names_of(&config))?;
+            match action {
+                TlsAction::Pin => println!("{}", files.pin()?),
+                TlsAction::Cert => print_all(&files.trust_pem()?)?,
+            }
             Ok(())
         }
     }

@@ -141,6 +141,9 @@ pub struct TlsConfig {
     pub cert: Option<PathBuf>,
     /// PEM private key.
     pub key: Option<PathBuf>,
+    /// More names (DNS names or addresses) the generated certificate carries, beside the Pi's host
+    /// name, `localhost` and the addresses the daemon listens on.
+    pub names: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -760,6 +763,19 @@ impl Config {
                 "http.tls.cert",
                 "and http.tls.key go together: set both, or neither to have a self-signed pair generated",
             ));
+        }
+        for name in &self.http.tls.names {
+            let host_name = !name.is_empty()
+                && name.len() <= 253
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.'));
+            if !host_name && name.parse::<std::net::IpAddr>().is_err() {
+                return Err(invalid(
+                    "http.tls.names",
+                    format!("`{name}` is neither a host name (letters, digits, `-`, `.`) nor an IP address"),
+                ));
+            }
         }
         if self.http.events_kept == 0 {
             return Err(invalid("http.events_kept", "must be at least 1"));

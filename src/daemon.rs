@@ -655,7 +655,7 @@ fn start_tls(config: &Config) -> Result<Option<TlsPair>> {
         return Ok(None);
     }
     let files = front::tls::TlsFiles::of(config);
-    files.ensure(config.http.listen.ip())?;
+    files.ensure(&front::tls::certificate_names_of(config))?;
     let server = files.server_config()?;
     let pin = files.pin()?;
     log::info!("TLS certificate {} (key pin {pin})", files.cert.display());

@@ -256,7 +256,9 @@ mod tests {
         };
         config.http.tls.enabled = true;
         let files = super::super::tls::TlsFiles::of(&config);
-        files.ensure(std::net::Ipv4Addr::LOCALHOST.into()).unwrap();
+        files
+            .ensure(&["localhost".to_string(), "127.0.0.1".to_string()])
+            .unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let _silent = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, _) = listener.accept().unwrap();
