@@ -624,6 +624,14 @@ impl front::Refusals for FrontRefusals {
         self.transport.ids.next()
     }
 
+    fn summarise(&self, request_id: &str, error: &'static str, peer: Option<std::net::IpAddr>) {
+        if let Some(service) = self.service.upgrade() {
+            service
+                .audit
+                .count(crate::audit::Tally::Refused, peer, error, request_id);
+        }
+    }
+
     fn refuse_frame(
         &self,
         request_id: &str,
