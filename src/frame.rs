@@ -1,5 +1,5 @@
 //! First stage of the data path: request body → base64 → image header check → bounded decode
-//! (JPEG by OpenCV, reduced where it can be; PNG by `zune-png`).
+//! (JPEG by OpenCV, reduced where it can be; PNG by the `png` crate).
 
 use base64::Engine;
 use opencv::core::{Mat, MatTraitConst};
@@ -379,9 +379,7 @@ impl CheckedImage {
             format: header.format.name(),
         };
         let image = match header.format {
-            ImageFormat::Png => {
-                png::decode_bgr(&self.bytes, header.width, header.height).ok_or_else(undecodable)?
-            }
+            ImageFormat::Png => png::decode_bgr(&self.bytes).ok_or_else(undecodable)?,
             ImageFormat::Jpeg => {
                 // A Mat over the bytes themselves: no copy of the file for the decoder.
                 let buffer = Mat::from_slice(&self.bytes).map_err(|_| undecodable())?;

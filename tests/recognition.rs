@@ -316,7 +316,10 @@ fn every_png_photo_decodes_to_the_pixels_libpng_gives() {
         .map(|p| p.path.as_str())
         .filter(|path| path.ends_with(".png"))
         .collect();
-    assert!(pngs.len() >= 4, "the photo set has RGB and RGBA PNGs: {pngs:?}");
+    assert!(
+        pngs.len() >= 4,
+        "the photo set has RGB and RGBA PNGs: {pngs:?}"
+    );
     for path in pngs {
         let bytes = support::photo(path);
         let ours = frame::decode_image(&bytes, &engine.config.frame).unwrap();

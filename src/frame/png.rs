@@ -1,46 +1,42 @@
-//! PNG frames decoded by `zune-png` instead of libpng through OpenCV: the tablet's 1280x720 PNGs
-//! (zlib level 1) decode in about half the time, to the same BGR pixels OpenCV's `IMREAD_COLOR` gives
-//! (docs/performance.md, "PNG decoding"; the pixels are compared by this module's tests).
+//! PNG frames decoded by the `png` crate instead of libpng through OpenCV: the tablet's 1280x720 PNGs
+//! (zlib level 1) take about 40 % of libpng's CPU time, and come out as the same BGR pixels OpenCV's
+//! `IMREAD_COLOR` gives (docs/performance.md, "PNG decoding"; this module's tests compare the pixels).
 
 use opencv::core::{Mat, Vec3b, Vec4b};
 use opencv::imgproc;
-use opencv::prelude::*;
-use zune_png::zune_core::bytestream::ZCursor;
-use zune_png::zune_core::colorspace::ColorSpace;
-use zune_png::zune_core::options::DecoderOptions;
-use zune_png::PngDecoder;
+use png::{ColorType, Transformations};
 
 /// Decodes a PNG whose header was already checked to 8-bit BGR, as OpenCV's `imdecode` with
-/// `IMREAD_COLOR` does: 16-bit samples keep their high byte, alpha is dropped (not blended), grey is
-/// repeated in all three channels, palettes are expanded. `None` when the data is corrupt.
-pub(crate) fn decode_bgr(bytes: &[u8], width: u32, height: u32) -> Option<Mat> {
-    let options = DecoderOptions::default()
-        .set_max_width(width as usize)
-        .set_max_height(height as usize)
-        .png_set_strip_to_8bit(true)
-        .png_set_add_alpha_channel(false);
-    let mut decoder = PngDecoder::new_with_options(ZCursor::new(bytes), options);
-    decoder.decode_headers().ok()?;
-    let colorspace = decoder.colorspace()?;
-    let (width, height) = decoder.dimensions()?;
-    let mut pixels = decoder.decode_raw().ok()?;
-    let (rows, cols) = (i32::try_from(height).ok()?, i32::try_from(width).ok()?);
-    let conversion = match colorspace {
-        ColorSpace::RGB => imgproc::COLOR_RGB2BGR,
-        ColorSpace::RGBA => imgproc::COLOR_RGBA2BGR,
-        ColorSpace::Luma | ColorSpace::LumaA => imgproc::COLOR_GRAY2BGR,
-        other => {
-            log::debug!("zune-png decoded a PNG to {other:?}, which no PNG colour type gives");
+/// `IMREAD_COLOR` does: 16-bit samples keep their high byte, alpha and transparency are dropped (not
+/// blended), grey is repeated in all three channels, palettes are expanded. `None` when the data is
+/// corrupt.
+pub(crate) fn decode_bgr(bytes: &[u8]) -> Option<Mat> {
+    let mut decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+    decoder.set_transformations(Transformations::normalize_to_color8());
+    let mut reader = decoder.read_info().ok()?;
+    let mut pixels = vec![0; reader.output_buffer_size()?];
+    let info = reader.next_frame(&mut pixels).ok()?;
+    pixels.truncate(info.buffer_size());
+    let (rows, cols) = (
+        i32::try_from(info.height).ok()?,
+        i32::try_from(info.width).ok()?,
+    );
+    let conversion = match info.color_type {
+        ColorType::Rgb => imgproc::COLOR_RGB2BGR,
+        ColorType::Rgba => imgproc::COLOR_RGBA2BGR,
+        ColorType::Grayscale | ColorType::GrayscaleAlpha => imgproc::COLOR_GRAY2BGR,
+        ColorType::Indexed => {
+            log::debug!("the png crate left a PNG indexed despite EXPAND");
             return None;
         }
     };
-    if colorspace == ColorSpace::LumaA {
+    if info.color_type == ColorType::GrayscaleAlpha {
         // Keep the grey samples, drop the alpha ones.
         pixels = pixels.iter().step_by(2).copied().collect();
     }
-    let decoded = match colorspace {
-        ColorSpace::RGB => Mat::new_rows_cols_with_bytes::<Vec3b>(rows, cols, &pixels),
-        ColorSpace::RGBA => Mat::new_rows_cols_with_bytes::<Vec4b>(rows, cols, &pixels),
+    let decoded = match info.color_type {
+        ColorType::Rgb => Mat::new_rows_cols_with_bytes::<Vec3b>(rows, cols, &pixels),
+        ColorType::Rgba => Mat::new_rows_cols_with_bytes::<Vec4b>(rows, cols, &pixels),
         _ => Mat::new_rows_cols_with_bytes::<u8>(rows, cols, &pixels),
     }
     .ok()?;
@@ -54,6 +50,7 @@ mod tests {
     use super::*;
     use opencv::core::{self, Scalar, Vector, CV_16UC1, CV_16UC3, CV_8UC1, CV_8UC3, CV_8UC4};
     use opencv::imgcodecs;
+    use opencv::prelude::*;
 
     /// What OpenCV's libpng path gives for the same bytes: the pixels this decoder must reproduce.
     fn opencv_decode(bytes: &[u8]) -> Mat {
@@ -62,8 +59,7 @@ mod tests {
     }
 
     fn assert_same_pixels(bytes: &[u8], what: &str) {
-        let header = crate::frame::read_header(bytes).unwrap();
-        let ours = decode_bgr(bytes, header.width, header.height).expect(what);
+        let ours = decode_bgr(bytes).expect(what);
         let theirs = opencv_decode(bytes);
         assert_eq!(ours.size().unwrap(), theirs.size().unwrap(), "{what}");
         assert_eq!(ours.typ(), theirs.typ(), "{what}");
@@ -95,13 +91,13 @@ mod tests {
 
     fn png_crate_encode(
         (width, height): (u32, u32),
-        color: ::png::ColorType,
-        depth: ::png::BitDepth,
-        extra: impl FnOnce(&mut ::png::Encoder<&mut Vec<u8>>),
+        color: ColorType,
+        depth: png::BitDepth,
+        extra: impl FnOnce(&mut png::Encoder<&mut Vec<u8>>),
         data: &[u8],
     ) -> Vec<u8> {
         let mut bytes = Vec::new();
-        let mut encoder = ::png::Encoder::new(&mut bytes, width, height);
+        let mut encoder = png::Encoder::new(&mut bytes, width, height);
         encoder.set_color(color);
         encoder.set_depth(depth);
         extra(&mut encoder);
@@ -135,7 +131,7 @@ mod tests {
 
     #[test]
     fn png_colour_types_opencv_cannot_write_decode_to_the_same_pixels() {
-        use ::png::{BitDepth, ColorType};
+        use png::BitDepth;
         let (width, height) = (13u32, 6u32);
         let samples = |per_pixel: u32, seed: u32| -> Vec<u8> {
             (0..width * height * per_pixel)
@@ -219,6 +215,6 @@ mod tests {
         let mut bytes = opencv_encode(&noise(40, 40, CV_8UC3, 9), &[]);
         let middle = bytes.len() / 2;
         bytes[middle..middle + 64].fill(0x55);
-        assert!(decode_bgr(&bytes, 40, 40).is_none());
+        assert!(decode_bgr(&bytes).is_none());
     }
 }
