@@ -308,53 +308,36 @@ fn main() {
     memory_levers(&gallery, &frames, python.as_deref().ok(), engine);
 }
 
-/// One daemon setting of the memory table: config lines and environment.
+/// One daemon setting of the memory table: the config lines it changes.
 struct MemoryLever {
     label: &'static str,
     toml: &'static str,
-    env: &'static [(&'static str, &'static str)],
 }
 
-const MEMORY_LEVERS: [MemoryLever; 8] = [
+const MEMORY_LEVERS: [MemoryLever; 6] = [
     MemoryLever {
         label: "as shipped",
         toml: "",
-        env: &[],
     },
     MemoryLever {
         label: "liveness off",
         toml: "[liveness]\nenabled = false",
-        env: &[],
     },
     MemoryLever {
         label: "quick pass off",
         toml: "[recognition]\ncoarse_detect_side = 0",
-        env: &[],
     },
     MemoryLever {
         label: "both off",
         toml: "[liveness]\nenabled = false\n[recognition]\ncoarse_detect_side = 0",
-        env: &[],
     },
     MemoryLever {
         label: "opencv_threads = 1",
         toml: "[recognition]\nopencv_threads = 1",
-        env: &[],
     },
     MemoryLever {
         label: "workers = 1",
         toml: "[http]\nworkers = 1",
-        env: &[],
-    },
-    MemoryLever {
-        label: "mmap threshold 1 MiB",
-        toml: "",
-        env: &[("MALLOC_MMAP_THRESHOLD_", "1048576")],
-    },
-    MemoryLever {
-        label: "mmap threshold 256 KiB",
-        toml: "",
-        env: &[("MALLOC_MMAP_THRESHOLD_", "262144")],
     },
 ];
 
@@ -397,10 +380,7 @@ fn memory_levers(gallery: &Path, frames: &[DoorFrame], python: Option<&str>, eng
         server.stop();
     };
     for lever in &MEMORY_LEVERS {
-        measure(
-            lever.label,
-            Server::facegate_with(gallery, &[lever.toml], lever.env),
-        );
+        measure(lever.label, Server::facegate_with(gallery, &[lever.toml]));
     }
     match python {
         Some(python) => measure(PYTHON, python_server(python, gallery, engine)),

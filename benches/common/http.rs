@@ -102,21 +102,18 @@ impl Server {
     /// lines for those tables and `tables` whole tables more (TOML).
     pub fn facegate(gallery: &Path, recognition: &str, http: &str, tables: &str) -> Server {
         let tables_named = format!("[recognition]\n{recognition}\n[http]\n{http}\n");
-        Server::facegate_with(gallery, &[&tables_named, tables], &[])
+        Server::facegate_with(gallery, &[&tables_named, tables])
     }
 
-    /// facegate serve with production defaults, a copy of `gallery`, each of `tomls` merged into its
-    /// config in turn and `env` in its environment.
-    pub fn facegate_with(gallery: &Path, tomls: &[&str], env: &[(&str, &str)]) -> Server {
-        let setup = tomls
+    /// facegate serve with production defaults, a copy of `gallery`, and each of `tomls` merged into
+    /// its config in turn.
+    pub fn facegate_with(gallery: &Path, tomls: &[&str]) -> Server {
+        let daemon = tomls
             .iter()
             .fold(crate::harness::Setup::for_bench(gallery), |setup, toml| {
                 setup.merge_toml(toml)
             })
-            .env("RUST_LOG", "warn,facegate::daemon=info");
-        let daemon = env
-            .iter()
-            .fold(setup, |setup, (key, value)| setup.env(key, value))
+            .env("RUST_LOG", "warn,facegate::daemon=info")
             .serve();
         Server {
             addr: daemon.addr,
