@@ -1,12 +1,22 @@
 //! Append-only audit trail of decisions and door actuations: one JSON line per event in one file
 //! per UTC day, bounded by age and total size, so an operator can answer "who opened the door when".
 //! One writer thread owns the files; everyone else queues lines without blocking.
+//!
+//! Two priorities, so that nobody without a credential can push the door's history out: kept lines
+//! (decisions on authenticated requests, door actuations, admin and MQTT actions, alarms) have a queue
+//! and a day file of their own; what would flood (refused requests, `paused` frames) is only counted
+//! and written once per interval as summaries (`summary`) into a bulk day file, the first thing
+//! retention deletes and capped for today.
+
+mod summary;
+
+pub use summary::Tally;
 
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use serde::Serialize;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -14,18 +24,43 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
+use self::summary::{Counted, Summaries, MAX_SUMMARISED_ADDRESSES};
 use crate::ratelimit::RateLimitedLog;
 
 const FILE_PREFIX: &str = "audit-";
 const FILE_SUFFIX: &str = ".jsonl";
+/// Bulk day files: `audit-YYYY-MM-DD.bulk.jsonl`.
+const BULK_SUFFIX: &str = ".bulk.jsonl";
+/// Bulk lines may take this share of `max_total_bytes` (a quarter) for today; past it they are dropped.
+const BULK_SHARE: u64 = 4;
 
 /// How much audit history to keep.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AuditRetention {
     /// Day files more than this many days before today are deleted (0 keeps only today).
     pub max_age_days: u32,
-    /// Oldest day files are deleted until all files together fit; today's file is always kept.
+    /// Bulk files, then the oldest kept files are deleted until all files together fit; today's files
+    /// are never deleted but are capped: bulk lines at a quarter of this, kept lines at all of it.
     pub max_total_bytes: u64,
+}
+
+impl AuditRetention {
+    /// The most today's file of `priority` may hold.
+    fn today_cap(&self, priority: Priority) -> u64 {
+        match priority {
+            Priority::Kept => self.max_total_bytes,
+            Priority::Bulk => self.max_total_bytes / BULK_SHARE,
+        }
+    }
+}
+
+/// Which queue and which day file a line goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum Priority {
+    /// Summaries of what would flood: deleted first, capped for today.
+    Bulk,
+    /// Decisions, door actuations, admin and MQTT actions, alarms: never behind a flood, deleted last.
+    Kept,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -106,13 +141,24 @@ pub(crate) fn stamp_line<T: Serialize>(
 struct DayFile {
     day: NaiveDate,
     file: File,
+    /// The file's size, as opened plus what was written since.
+    bytes: u64,
 }
 
 /// The audit files on disk. Only the [`AuditWriter`] thread touches them in the daemon.
 pub(crate) struct AuditLog {
     dir: PathBuf,
     retention: AuditRetention,
-    current: Option<DayFile>,
+    kept: Option<DayFile>,
+    bulk: Option<DayFile>,
+}
+
+/// Why a line was not written.
+#[derive(Debug)]
+pub(crate) enum NotWritten {
+    /// Today's file of its priority is at its cap (`AuditRetention::today_cap`).
+    Full,
+    Failed(AuditError),
 }
 
 impl AuditLog {
@@ -130,41 +176,82 @@ impl AuditLog {
         let mut log = AuditLog {
             dir,
             retention,
-            current: None,
+            kept: None,
+            bulk: None,
         };
         let now = Utc::now();
-        log.current = Some(log.open_day(now.date_naive())?);
+        log.kept = Some(log.open_day(now.date_naive(), Priority::Kept)?);
         if let Err(error) = log.enforce_retention(now) {
             log::warn!("audit retention at start-up: {error}");
         }
         Ok(log)
     }
 
-    /// The file holding the records of `day` (UTC).
+    /// The file holding the kept records of `day` (UTC).
     pub(crate) fn file_path(&self, day: NaiveDate) -> PathBuf {
         self.dir.join(file_name(day))
     }
 
-    /// Appends one stamped line (see [`stamp_line`]) to the file of `day`.
-    pub(crate) fn write_line(&mut self, day: NaiveDate, line: &str) -> Result<(), AuditError> {
-        let mut open = match self.current.take() {
-            Some(open) if open.day == day => open,
-            _ => self.open_day(day)?,
-        };
-        // One write of the whole line on an O_APPEND file: no interleaving, no buffering. After a
-        // failure the handle is dropped so the next line reopens (the file may have vanished).
-        open.file
-            .write_all(line.as_bytes())
-            .map_err(|source| AuditError::Write {
-                path: self.file_path(day),
-                cause: source,
-            })?;
-        self.current = Some(open);
-        Ok(())
+    fn path_of(&self, day: NaiveDate, priority: Priority) -> PathBuf {
+        match priority {
+            Priority::Kept => self.file_path(day),
+            Priority::Bulk => self.dir.join(bulk_file_name(day)),
+        }
     }
-    /// Deletes day files older than `max_age_days`, then the oldest files until the total size
-    /// fits `max_total_bytes`; never today's file (UTC day of `now`). Returns how many files were
-    /// deleted; on errors, keeps going and returns the first one.
+
+    /// Appends one stamped kept line (see [`stamp_line`]) to the file of `day`.
+    #[cfg(test)]
+    pub(crate) fn write_line(&mut self, day: NaiveDate, line: &str) -> Result<(), AuditError> {
+        match self.append(day, Priority::Kept, line) {
+            Ok(()) | Err(NotWritten::Full) => Ok(()),
+            Err(NotWritten::Failed(error)) => Err(error),
+        }
+    }
+
+    /// Appends one stamped line to the day file of its priority, unless that file is at its cap.
+    pub(crate) fn append(
+        &mut self,
+        day: NaiveDate,
+        priority: Priority,
+        line: &str,
+    ) -> Result<(), NotWritten> {
+        let slot = match priority {
+            Priority::Kept => self.kept.take(),
+            Priority::Bulk => self.bulk.take(),
+        };
+        let mut open = match slot {
+            Some(open) if open.day == day => open,
+            _ => self.open_day(day, priority).map_err(NotWritten::Failed)?,
+        };
+        let cap = self.retention.today_cap(priority);
+        let result = if open.bytes + line.len() as u64 > cap {
+            Err(NotWritten::Full)
+        } else {
+            // One write of the whole line on an O_APPEND file: no interleaving, no buffering.
+            open.file
+                .write_all(line.as_bytes())
+                .map(|()| open.bytes += line.len() as u64)
+                .map_err(|source| {
+                    NotWritten::Failed(AuditError::Write {
+                        path: self.path_of(day, priority),
+                        cause: source,
+                    })
+                })
+        };
+        // After a failure the handle is dropped so the next line reopens (the file may have vanished).
+        if !matches!(result, Err(NotWritten::Failed(_))) {
+            match priority {
+                Priority::Kept => self.kept = Some(open),
+                Priority::Bulk => self.bulk = Some(open),
+            }
+        }
+        result
+    }
+
+    /// Deletes day files older than `max_age_days`, then bulk files, then the oldest kept files,
+    /// until the total size fits `max_total_bytes`; never today's files (UTC day of `now`), which
+    /// [`AuditLog::append`] caps instead. Returns how many files were deleted; on errors, keeps going
+    /// and returns the first one.
     pub(crate) fn enforce_retention(&self, now: DateTime<Utc>) -> Result<usize, AuditError> {
         let list_error = |source| AuditError::List {
             path: self.dir.clone(),
@@ -173,18 +260,18 @@ impl AuditLog {
         let mut files = Vec::new();
         for entry in fs::read_dir(&self.dir).map_err(list_error)? {
             let entry = entry.map_err(list_error)?;
-            let Some(day) = entry.file_name().to_str().and_then(parse_file_name) else {
+            let Some(file) = entry.file_name().to_str().and_then(parse_file_name) else {
                 continue;
             };
             let metadata = entry.metadata().map_err(list_error)?;
             if metadata.is_file() {
-                files.push((day, metadata.len()));
+                files.push((file, metadata.len()));
             }
         }
         let mut deleted = 0;
         let mut first_error = None;
-        for day in files_to_delete(&files, now.date_naive(), &self.retention) {
-            let path = self.file_path(day);
+        for (day, priority) in files_to_delete(&files, now.date_naive(), &self.retention) {
+            let path = self.path_of(day, priority);
             match fs::remove_file(&path) {
                 Ok(()) => deleted += 1,
                 Err(source) if source.kind() == std::io::ErrorKind::NotFound => {}
@@ -202,27 +289,32 @@ impl AuditLog {
         }
     }
 
-    fn open_day(&self, day: NaiveDate) -> Result<DayFile, AuditError> {
-        let path = self.file_path(day);
+    fn open_day(&self, day: NaiveDate, priority: Priority) -> Result<DayFile, AuditError> {
+        let path = self.path_of(day, priority);
         let file = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&path)
             .map_err(|source| AuditError::Open {
-                path,
+                path: path.clone(),
                 cause: source,
             })?;
-        Ok(DayFile { day, file })
+        let bytes = file.metadata().map_or(0, |m| m.len());
+        Ok(DayFile { day, file, bytes })
     }
 }
 
-/// Lines waiting for the audit writer thread; more are dropped and counted.
-const AUDIT_QUEUE: usize = 1024;
+/// Kept lines waiting for the audit writer thread; more are dropped and counted.
+const KEPT_QUEUE: usize = 4096;
+/// Bulk messages (lines and counts to summarise) waiting; more are dropped and counted. A flood fills
+/// this queue, never the kept one.
+const BULK_QUEUE: usize = 1024;
 /// After the audit log failed to open, lines are counted as failed until the next try.
 const REOPEN_INTERVAL: Duration = Duration::from_secs(10);
 const RETENTION_INTERVAL: Duration = Duration::from_secs(600);
 const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
+/// What the kept queue carries; the bulk queue carries only [`Counted`] requests.
 enum Message {
     Line { day: NaiveDate, line: String },
     Stop,
@@ -231,25 +323,38 @@ enum Message {
 /// What became of the lines handed to an [`AuditWriter`], for /metrics.
 #[derive(Debug, Default)]
 pub(crate) struct AuditCounters {
-    /// Lines dropped because the queue was full (the disk is slower than the decisions).
+    /// Lines dropped because the queue was full (the disk is slower than the decisions) or today's
+    /// file was at its cap.
     pub dropped: AtomicU64,
     /// Lines that could not be written (the log could not be opened, or the write failed).
     pub failed: AtomicU64,
+    /// Requests counted into summaries instead of a line each.
+    pub summarised: AtomicU64,
+}
+
+/// How the audit writer works: retention and the summaries' interval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditSettings {
+    pub retention: AuditRetention,
+    /// One summary line per address and kind per this interval.
+    pub summary_interval: Duration,
 }
 
 /// The one place audit lines are written from: callers stamp and queue a line with
-/// [`AuditWriter::record`], which never blocks; the `audit-writer` thread opens the log (so a hung
-/// audit disk cannot hold up start-up), writes the lines in order and applies the retention.
-/// Cloneable; every clone feeds the same thread.
+/// [`AuditWriter::record`], or count a request into a summary with [`AuditWriter::count`]; neither
+/// blocks. The `audit-writer` thread opens the log (so a hung audit disk cannot hold up start-up),
+/// writes kept lines first, in order, writes the summaries once per interval, and applies the
+/// retention on its schedule whatever the load. Cloneable; every clone feeds the same thread.
 #[derive(Clone)]
 pub struct AuditWriter {
-    lines: Sender<Message>,
+    kept: Sender<Message>,
+    bulk: Sender<Counted>,
     counters: Arc<AuditCounters>,
 }
 
 /// The `audit-writer` thread, to let it finish the queued lines at shutdown.
 pub struct AuditWriterThread {
-    lines: Sender<Message>,
+    kept: Sender<Message>,
     /// Disconnects when the thread ends.
     done: Receiver<()>,
 }
@@ -259,9 +364,10 @@ impl AuditWriter {
     /// every later disk error happen on that thread and are logged (rate-limited) and counted.
     pub fn start(
         dir: PathBuf,
-        retention: AuditRetention,
+        settings: AuditSettings,
     ) -> std::io::Result<(AuditWriter, AuditWriterThread)> {
-        let (lines, queue) = crossbeam_channel::bounded(AUDIT_QUEUE);
+        let (kept, kept_queue) = crossbeam_channel::bounded(KEPT_QUEUE);
+        let (bulk, bulk_queue) = crossbeam_channel::bounded(BULK_QUEUE);
         let (done_tx, done) = crossbeam_channel::bounded::<()>(0);
         let counters = Arc::new(AuditCounters::default());
         let thread_counters = Arc::clone(&counters);
@@ -269,19 +375,20 @@ impl AuditWriter {
             .name("audit-writer".to_owned())
             .spawn(move || {
                 let _done = done_tx;
-                write_lines(&dir, retention, &queue, &thread_counters);
+                Writer::new(dir, settings, &thread_counters).run(&kept_queue, bulk_queue);
             })?;
         Ok((
             AuditWriter {
-                lines: lines.clone(),
+                kept: kept.clone(),
+                bulk,
                 counters,
             },
-            AuditWriterThread { lines, done },
+            AuditWriterThread { kept, done },
         ))
     }
 
-    /// Stamps `record` (a struct or map) with the current time and queues it; never blocks. A
-    /// full queue drops the line and counts it.
+    /// Stamps `record` (a struct or map) with the current time and queues it as a kept line; never
+    /// blocks. A full queue drops the line and counts it.
     pub fn record<T: Serialize>(&self, record: &T) {
         let now = Utc::now();
         match stamp_line(now, record) {
@@ -290,7 +397,7 @@ impl AuditWriter {
                     day: now.date_naive(),
                     line,
                 };
-                if self.lines.try_send(message).is_err() {
+                if self.kept.try_send(message).is_err() {
                     self.counters.dropped.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -301,6 +408,27 @@ impl AuditWriter {
         }
     }
 
+    /// Counts one request into its address's summary instead of writing a line for it; never
+    /// blocks (a full bulk queue drops the count and counts that).
+    pub fn count(
+        &self,
+        tally: Tally,
+        remote: Option<std::net::IpAddr>,
+        label: &'static str,
+        request_id: &str,
+    ) {
+        let counted = Counted {
+            tally,
+            remote,
+            label,
+            request_id: request_id.to_string(),
+            at: Utc::now(),
+        };
+        if self.bulk.try_send(counted).is_err() {
+            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Dropped and failed line counts.
     pub(crate) fn counters(&self) -> Arc<AuditCounters> {
         Arc::clone(&self.counters)
@@ -308,11 +436,11 @@ impl AuditWriter {
 }
 
 impl AuditWriterThread {
-    /// Lets the writer finish the lines queued so far, waiting at most `limit` (a hung disk must
-    /// not stop a shutdown). Returns whether it finished.
+    /// Lets the writer finish the lines queued so far (and write the summaries counted so far),
+    /// waiting at most `limit` (a hung disk must not stop a shutdown). Returns whether it finished.
     pub(crate) fn finish(self, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
-        if self.lines.send_timeout(Message::Stop, limit).is_err() {
+        if self.kept.send_timeout(Message::Stop, limit).is_err() {
             return false;
         }
         let remaining = deadline.saturating_duration_since(Instant::now());
@@ -320,78 +448,190 @@ impl AuditWriterThread {
     }
 }
 
-/// The `audit-writer` thread's loop: open (retrying every [`REOPEN_INTERVAL`]), write, prune.
-fn write_lines(
-    dir: &Path,
+/// The `audit-writer` thread's state: the log once open, the summaries, the schedule.
+struct Writer<'a> {
+    dir: PathBuf,
     retention: AuditRetention,
-    queue: &Receiver<Message>,
-    counters: &AuditCounters,
-) {
-    let errors = RateLimitedLog::new(ERROR_LOG_INTERVAL);
-    let mut log = None;
-    let mut next_open = Instant::now();
-    let mut next_retention = Instant::now() + RETENTION_INTERVAL;
-    loop {
-        if log.is_none() && Instant::now() >= next_open {
-            match AuditLog::open(dir, retention) {
-                Ok(opened) => log = Some(opened),
-                Err(error) => {
-                    errors.error(format!("audit lines are not written: {error}"));
-                    next_open = Instant::now() + REOPEN_INTERVAL;
+    counters: &'a AuditCounters,
+    errors: RateLimitedLog,
+    full: RateLimitedLog,
+    log: Option<AuditLog>,
+    next_open: Instant,
+    next_retention: Instant,
+    summaries: Summaries,
+}
+
+impl<'a> Writer<'a> {
+    fn new(dir: PathBuf, settings: AuditSettings, counters: &'a AuditCounters) -> Writer<'a> {
+        Writer {
+            dir,
+            retention: settings.retention,
+            counters,
+            errors: RateLimitedLog::new(ERROR_LOG_INTERVAL),
+            full: RateLimitedLog::new(ERROR_LOG_INTERVAL),
+            log: None,
+            next_open: Instant::now(),
+            next_retention: Instant::now() + RETENTION_INTERVAL,
+            summaries: Summaries::new(settings.summary_interval, MAX_SUMMARISED_ADDRESSES),
+        }
+    }
+
+    /// Opens (retrying every [`REOPEN_INTERVAL`]), writes kept lines before bulk ones, writes the
+    /// summaries when their interval ends and prunes every [`RETENTION_INTERVAL`], busy or not.
+    fn run(mut self, kept: &Receiver<Message>, mut bulk: Receiver<Counted>) {
+        loop {
+            let now = Instant::now();
+            if self.log.is_none() && now >= self.next_open {
+                match AuditLog::open(&self.dir, self.retention) {
+                    Ok(opened) => self.log = Some(opened),
+                    Err(error) => {
+                        self.errors
+                            .error(format!("audit lines are not written: {error}"));
+                        self.next_open = now + REOPEN_INTERVAL;
+                    }
+                }
+            }
+            if now >= self.next_retention {
+                self.next_retention = now + RETENTION_INTERVAL;
+                if let Some(Err(error)) = self
+                    .log
+                    .as_ref()
+                    .map(|log| log.enforce_retention(Utc::now()))
+                {
+                    self.errors
+                        .error(format!("audit retention failed: {error}"));
+                }
+            }
+            if self.summaries.is_due(now) {
+                self.write_summaries();
+            }
+            let wake = self
+                .summaries
+                .due()
+                .map_or(self.next_retention, |due| due.min(self.next_retention));
+            let wait = wake.saturating_duration_since(now);
+            let message = crossbeam_channel::select_biased! {
+                recv(kept) -> message => message.ok(),
+                recv(bulk) -> counted => {
+                    match counted {
+                        Ok(counted) => self.summarise(counted),
+                        // Every writer is gone; the kept queue still brings the stop.
+                        Err(_) => bulk = crossbeam_channel::never(),
+                    }
+                    continue;
+                },
+                default(wait) => continue,
+            };
+            match message {
+                Some(Message::Line { day, line }) => self.write(day, Priority::Kept, &line),
+                Some(Message::Stop) | None => {
+                    while let Ok(counted) = bulk.try_recv() {
+                        self.summarise(counted);
+                    }
+                    self.write_summaries();
+                    return;
                 }
             }
         }
-        let wait = next_retention.saturating_duration_since(Instant::now());
-        match queue.recv_timeout(wait) {
-            Ok(Message::Line { day, line }) => {
-                // Without an open log the line fails silently: opening already said why.
-                let written = log.as_mut().map(|log| log.write_line(day, &line));
-                if !matches!(written, Some(Ok(()))) {
-                    counters.failed.fetch_add(1, Ordering::Relaxed);
-                }
-                if let Some(Err(error)) = written {
-                    errors.error(format!("audit line not written: {error}"));
-                }
+    }
+
+    fn summarise(&mut self, counted: Counted) {
+        self.counters.summarised.fetch_add(1, Ordering::Relaxed);
+        self.summaries.add(counted, Instant::now());
+    }
+
+    fn write(&mut self, day: NaiveDate, priority: Priority, line: &str) {
+        // Without an open log the line fails silently: opening already said why.
+        let Some(log) = self.log.as_mut() else {
+            self.counters.failed.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        match log.append(day, priority, line) {
+            Ok(()) => {}
+            Err(NotWritten::Full) => {
+                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                self.full.error(format!(
+                    "today's audit file ({priority:?}) is at its cap of {} bytes (audit.max_total_mb); lines are dropped until tomorrow",
+                    self.retention.today_cap(priority)
+                ));
             }
-            Ok(Message::Stop) | Err(RecvTimeoutError::Disconnected) => return,
-            Err(RecvTimeoutError::Timeout) => {
-                next_retention = Instant::now() + RETENTION_INTERVAL;
-                if let Some(Err(error)) = log.as_ref().map(|log| log.enforce_retention(Utc::now()))
-                {
-                    errors.error(format!("audit retention failed: {error}"));
-                }
+            Err(NotWritten::Failed(error)) => {
+                self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                self.errors
+                    .error(format!("audit line not written: {error}"));
+            }
+        }
+    }
+
+    /// Writes (and logs, for refusals) one line per summarised address and kind.
+    fn write_summaries(&mut self) {
+        for (tally, line) in self.summaries.flush() {
+            if tally == Tally::Refused {
+                log::warn!(
+                    "refused {} requests from {} between {} and {} ({}); first request_id={} last request_id={}",
+                    line["count"],
+                    line["remote"].as_str().unwrap_or_default(),
+                    line["from"].as_str().unwrap_or_default(),
+                    line["to"].as_str().unwrap_or_default(),
+                    line["by"],
+                    line["first_request_id"].as_str().unwrap_or_default(),
+                    line["last_request_id"].as_str().unwrap_or_default(),
+                );
+            }
+            let now = Utc::now();
+            match stamp_line(now, &line) {
+                Ok(stamped) => self.write(now.date_naive(), Priority::Bulk, &stamped),
+                Err(error) => log::error!("audit summary not written: {error}"),
             }
         }
     }
 }
 
-/// The name of the file holding the records of `day` (UTC).
+/// The name of the file holding the kept records of `day` (UTC).
 pub fn file_name(day: NaiveDate) -> String {
     format!("{FILE_PREFIX}{}{FILE_SUFFIX}", day.format("%Y-%m-%d"))
 }
 
-/// The day of an `audit-YYYY-MM-DD.jsonl` file name; `None` for any other name.
-fn parse_file_name(name: &str) -> Option<NaiveDate> {
-    let date = name.strip_prefix(FILE_PREFIX)?.strip_suffix(FILE_SUFFIX)?;
-    NaiveDate::parse_from_str(date, "%Y-%m-%d").ok()
+/// The name of the file holding the summaries of `day` (UTC).
+pub fn bulk_file_name(day: NaiveDate) -> String {
+    format!("{FILE_PREFIX}{}{BULK_SUFFIX}", day.format("%Y-%m-%d"))
 }
 
-/// Chooses which day files to delete, oldest first: every file more than `max_age_days` before
-/// `today`, then the oldest remaining until the total of `(day, bytes)` fits `max_total_bytes`.
-/// Today's file is never chosen.
+/// The day and priority of an `audit-YYYY-MM-DD.jsonl` or `audit-YYYY-MM-DD.bulk.jsonl` file name;
+/// `None` for any other name.
+fn parse_file_name(name: &str) -> Option<(NaiveDate, Priority)> {
+    let rest = name.strip_prefix(FILE_PREFIX)?;
+    let (date, priority) = match rest.strip_suffix(BULK_SUFFIX) {
+        Some(date) => (date, Priority::Bulk),
+        None => (rest.strip_suffix(FILE_SUFFIX)?, Priority::Kept),
+    };
+    let day = NaiveDate::parse_from_str(date, "%Y-%m-%d").ok()?;
+    Some((day, priority))
+}
+
+/// Chooses which day files to delete: every file more than `max_age_days` before `today`, then,
+/// while the total of `((day, priority), bytes)` is over `max_total_bytes`, the oldest bulk files,
+/// then the oldest kept files. Today's files are never chosen.
 pub(crate) fn files_to_delete(
-    files: &[(NaiveDate, u64)],
+    files: &[((NaiveDate, Priority), u64)],
     today: NaiveDate,
     retention: &AuditRetention,
-) -> Vec<NaiveDate> {
+) -> Vec<(NaiveDate, Priority)> {
     let mut files = files.to_vec();
-    files.sort_unstable();
+    // Bulk before kept, each oldest first: the order in which size makes room.
+    files.sort_unstable_by_key(|&((day, priority), _)| (priority, day));
     let too_old = |day: NaiveDate| (today - day).num_days() > i64::from(retention.max_age_days);
     let mut total: u64 = files.iter().map(|&(_, bytes)| bytes).sum();
     let mut doomed = Vec::new();
-    for &(day, bytes) in &files {
-        if day != today && (too_old(day) || total > retention.max_total_bytes) {
-            doomed.push(day);
+    for &(file, bytes) in &files {
+        if too_old(file.0) && file.0 != today {
+            doomed.push(file);
+            total -= bytes;
+        }
+    }
+    for &(file, bytes) in &files {
+        if file.0 != today && !doomed.contains(&file) && total > retention.max_total_bytes {
+            doomed.push(file);
             total -= bytes;
         }
     }
@@ -403,11 +643,19 @@ mod tests {
     use super::*;
     use chrono::TimeZone;
     use serde_json::{json, Value};
+    use std::path::Path;
 
     const ROOMY: AuditRetention = AuditRetention {
         max_age_days: 30,
         max_total_bytes: u64::MAX,
     };
+
+    fn settings(retention: AuditRetention) -> AuditSettings {
+        AuditSettings {
+            retention,
+            summary_interval: Duration::from_secs(3600),
+        }
+    }
 
     fn append_at<T: Serialize>(
         log: &mut AuditLog,
@@ -442,13 +690,21 @@ mod tests {
         score: f32,
     }
 
-    /// (name, files as (day, bytes), retention, expected deletions oldest first)
+    /// (name, files as (day, bytes), retention, expected deletions in order); a day ending in `b`
+    /// names that day's bulk file.
     type Case = (
         &'static str,
         Vec<(&'static str, u64)>,
         AuditRetention,
         Vec<&'static str>,
     );
+
+    fn file(text: &str) -> (NaiveDate, Priority) {
+        match text.strip_suffix('b') {
+            Some(date) => (day(date), Priority::Bulk),
+            None => (day(text), Priority::Kept),
+        }
+    }
 
     #[test]
     fn files_to_delete_table() {
@@ -467,10 +723,13 @@ mod tests {
             ("today survives even when alone over the limit", vec![("2025-03-09", 10), ("2025-03-10", 500)], retention(30, 100), vec!["2025-03-09"]),
             ("future file (clock jumped back) goes after older ones", vec![("2025-03-12", 60), ("2025-03-09", 60), ("2025-03-10", 10)], retention(30, 50), vec!["2025-03-09", "2025-03-12"]),
             ("no files", vec![], retention(0, 0), vec![]),
+            ("bulk files go before any kept file, today's never", vec![("2025-03-01", 40), ("2025-03-09b", 40), ("2025-03-10b", 40), ("2025-03-10", 10)], retention(30, 60), vec!["2025-03-09b", "2025-03-01"]),
+            ("bulk alone makes room", vec![("2025-03-01", 40), ("2025-03-08b", 40), ("2025-03-09b", 40), ("2025-03-10", 10)], retention(30, 60), vec!["2025-03-08b", "2025-03-09b"]),
+            ("age takes bulk and kept alike", vec![("2025-01-01", 1), ("2025-01-01b", 1), ("2025-03-10b", 1)], retention(30, 100), vec!["2025-01-01b", "2025-01-01"]),
         ];
         for (name, files, retention, expected) in table {
-            let files: Vec<_> = files.iter().map(|&(d, b)| (day(d), b)).collect();
-            let expected: Vec<_> = expected.into_iter().map(day).collect();
+            let files: Vec<_> = files.iter().map(|&(d, b)| (file(d), b)).collect();
+            let expected: Vec<_> = expected.into_iter().map(file).collect();
             assert_eq!(
                 files_to_delete(&files, today, &retention),
                 expected,
@@ -525,7 +784,7 @@ mod tests {
     #[test]
     fn concurrent_records_through_the_writer_stay_whole_lines() {
         let dir = tempfile::tempdir().unwrap();
-        let (writer, thread) = AuditWriter::start(dir.path().to_owned(), ROOMY).unwrap();
+        let (writer, thread) = AuditWriter::start(dir.path().to_owned(), settings(ROOMY)).unwrap();
         std::thread::scope(|scope| {
             for thread in 0..4 {
                 let writer = writer.clone();
@@ -563,8 +822,8 @@ mod tests {
         // SAFETY: mkfifo(3) with a valid NUL-terminated path and a plain mode.
         assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
         let started = Instant::now();
-        let (writer, thread) = AuditWriter::start(dir.path().to_owned(), ROOMY).unwrap();
-        for n in 0..(AUDIT_QUEUE + 100) {
+        let (writer, thread) = AuditWriter::start(dir.path().to_owned(), settings(ROOMY)).unwrap();
+        for n in 0..(KEPT_QUEUE + 100) {
             writer.record(&json!({ "n": n }));
         }
         assert!(
@@ -626,13 +885,90 @@ mod tests {
     fn file_names_round_trip() {
         let d = day("2025-12-31");
         assert_eq!(file_name(d), "audit-2025-12-31.jsonl");
-        assert_eq!(parse_file_name(&file_name(d)), Some(d));
+        assert_eq!(parse_file_name(&file_name(d)), Some((d, Priority::Kept)));
+        assert_eq!(bulk_file_name(d), "audit-2025-12-31.bulk.jsonl");
+        assert_eq!(
+            parse_file_name(&bulk_file_name(d)),
+            Some((d, Priority::Bulk))
+        );
         for other in [
             "audit-2025-12-31.json",
             "audit-2025-13-01.jsonl",
             "x-2025-12-31.jsonl",
+            "audit-2025-12-31.other.jsonl",
         ] {
             assert_eq!(parse_file_name(other), None, "{other}");
         }
+    }
+
+    #[test]
+    fn todays_files_are_capped_bulk_at_a_quarter_kept_at_the_total() {
+        let dir = tempfile::tempdir().unwrap();
+        let retention = AuditRetention {
+            max_age_days: 30,
+            max_total_bytes: 400,
+        };
+        let mut log = AuditLog::open(dir.path(), retention).unwrap();
+        let today = Utc::now().date_naive();
+        let line = format!("{}\n", "x".repeat(49));
+        let written = |log: &mut AuditLog, priority| {
+            (0..20)
+                .filter(|_| log.append(today, priority, &line).is_ok())
+                .count()
+        };
+        assert_eq!(written(&mut log, Priority::Bulk), 2, "100 bytes of bulk");
+        assert_eq!(written(&mut log, Priority::Kept), 8, "400 bytes kept");
+        assert!(matches!(
+            log.append(today, Priority::Kept, &line),
+            Err(NotWritten::Full)
+        ));
+    }
+
+    /// Regression: retention ran only when the writer's queue was empty, so a steady stream of lines
+    /// kept it from ever running.
+    #[test]
+    fn retention_runs_on_its_schedule_while_lines_keep_coming() {
+        let dir = tempfile::tempdir().unwrap();
+        let retention = AuditRetention {
+            max_age_days: 1,
+            max_total_bytes: u64::MAX,
+        };
+        let counters = AuditCounters::default();
+        let mut writer = Writer::new(dir.path().to_owned(), settings(retention), &counters);
+        writer.log = Some(AuditLog::open(dir.path(), retention).unwrap());
+        let old = dir.path().join(file_name(day("2000-01-01")));
+        fs::write(&old, "{}\n").unwrap();
+        writer.next_retention = Instant::now();
+        let (kept, kept_queue) = crossbeam_channel::bounded(4);
+        let (_bulk, bulk_queue) = crossbeam_channel::bounded(4);
+        for _ in 0..3 {
+            let line = stamp_line(Utc::now(), &json!({"n": 1})).unwrap();
+            let day = Utc::now().date_naive();
+            kept.send(Message::Line { day, line }).unwrap();
+        }
+        kept.send(Message::Stop).unwrap();
+        writer.run(&kept_queue, bulk_queue);
+        assert!(!old.exists(), "retention waited for an empty queue");
+    }
+
+    #[test]
+    fn counted_requests_become_one_summary_line_in_the_bulk_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, thread) = AuditWriter::start(dir.path().to_owned(), settings(ROOMY)).unwrap();
+        let remote = Some("10.0.0.9".parse().unwrap());
+        for n in 0..500 {
+            writer.count(Tally::Refused, remote, "unauthorized", &format!("r{n}"));
+        }
+        writer.record(&json!({"kind": "decision", "request_id": "g1"}));
+        assert!(thread.finish(Duration::from_secs(30)));
+        let today = Utc::now().date_naive();
+        let bulk = read_lines(&dir.path().join(bulk_file_name(today)));
+        let kept = read_lines(&dir.path().join(file_name(today)));
+        assert_eq!(kept.len(), 1, "{kept:?}");
+        let dropped = writer.counters().dropped.load(Ordering::Relaxed);
+        assert_eq!(bulk.len(), 1, "{bulk:?}");
+        let summary: Value = serde_json::from_str(&bulk[0]).unwrap();
+        assert_eq!(summary["kind"], "refused_summary");
+        assert_eq!(summary["count"].as_u64().unwrap() + dropped, 500);
     }
 }

@@ -99,6 +99,28 @@ enum Command {
         #[command(subcommand)]
         action: TlsAction,
     },
+    /// Tablets running the kiosk page: pair one, list them, revoke one (the running daemon follows at once)
+    Tablets {
+        #[command(subcommand)]
+        action: TabletsAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum TabletsAction {
+    /// Print a one-time pairing link (valid 10 minutes) and its QR code for the tablet NAME; a tablet
+    /// already paired keeps working until the new link is used
+    Add {
+        name: String,
+        /// The host name or address the tablet reaches the Pi at [default: the listening address, or
+        /// the address of the default route]
+        #[arg(long)]
+        host: Option<String>,
+    },
+    /// Name, paired, last seen and address of every tablet
+    List,
+    /// Unpair NAME: its token stops working at once
+    Revoke { name: String },
 }
 
 #[derive(Subcommand)]
@@ -161,6 +183,10 @@ enum GalleryAction {
         /// Secret key file from `gallery keygen`
         #[arg(long, value_name = "KEY")]
         sign: Option<PathBuf>,
+        /// Days the export stays valid: doors refuse it afterwards, so export again before then
+        #[arg(long, value_name = "DAYS", default_value_t = gallery_bundle::DEFAULT_VALID_DAYS,
+              value_parser = clap::value_parser!(u32).range(1..=3650))]
+        valid_days: u32,
     },
     /// Load an export; refused if made for another embedder, older than this gallery, or unsigned
     /// while mqtt.gallery_public_key is set
@@ -264,6 +290,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 },
         } => mqtt_command(&config, action, &origin, door),
         Command::Codes { action } => codes(&config, action),
+        Command::Tablets { action } => tablets(&config, action),
         Command::Tls {
             action: TlsAction::Pin,
         } => {
@@ -522,12 +549,19 @@ fn gallery(config: &Config, action: GalleryAction) -> Result<()> {
                 path.display()
             );
         }
-        GalleryAction::Export { file, sign } => {
+        GalleryAction::Export {
+            file,
+            sign,
+            valid_days,
+        } => {
             let now = chrono::Utc::now();
             let sequence =
                 gallery_bundle::next_sequence(&gallery, now.timestamp_millis().max(0) as u64);
             let exported_at = now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-            let mut bytes = gallery_bundle::export(&gallery, sequence, &exported_at);
+            let valid_until = (now + chrono::Duration::days(i64::from(valid_days)))
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            let mut bytes =
+                gallery_bundle::export(&gallery, sequence, &exported_at, Some(&valid_until));
             if let Some(key) = &sign {
                 bytes = gallery_bundle::sign(&bytes, &gallery_bundle::read_secret_key(key)?);
             }
@@ -539,7 +573,7 @@ fn gallery(config: &Config, action: GalleryAction) -> Result<()> {
                 std::fs::write(&file, &bytes)
                     .with_context(|| format!("cannot write {}", file.display()))?;
                 eprintln!(
-                    "exported {} people as sequence {sequence}{} to {}",
+                    "exported {} people as sequence {sequence}{}, valid until {valid_until}, to {}",
                     gallery.people().len(),
                     if sign.is_some() { ", signed" } else { "" },
                     file.display()
@@ -558,6 +592,8 @@ fn gallery(config: &Config, action: GalleryAction) -> Result<()> {
                 gallery.embedder(),
                 &file,
                 &path,
+                &config.state_dir.join(gallery_bundle::DOOR_STATE),
+                chrono::Utc::now(),
             )? {
                 Some(opened) => println!(
                     "imported sequence {} ({}): {} people into {}",
@@ -721,4 +757,79 @@ fn codes(config: &Config, action: CodesAction) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn tablets(config: &Config, action: TabletsAction) -> Result<()> {
+    use facegate::tablets::{book::OsRandom, link, TabletStore};
+    let store = TabletStore::new(config.tablets_path());
+    let now = Utc::now();
+    match action {
+        TabletsAction::Add { name, host } => {
+            let secret = store.update(|book| book.add(&name, now, &mut OsRandom))?;
+            let host = host.unwrap_or_else(|| {
+                link::lan_host(config.http.listen, facegate::host::routed_address())
+            });
+            let https = config.http.tls.enabled;
+            let url = link::pairing_link(https, &host, config.http.listen.port(), &secret);
+            let mut text = format!(
+                "{}\nOpen this link on the tablet {name} (or scan the code) within 10 minutes; it works once:\n{url}\n",
+                link::qr_text(&url)
+            );
+            if !https {
+                text += "note: http.tls.enabled is false; a tablet's browser gives the camera only to https pages (see docs/deploy.md)\n";
+            }
+            print_all(&text)?;
+        }
+        TabletsAction::List => {
+            let book = store.load()?;
+            if book.tablets.is_empty() {
+                println!("no tablets; pair one with facegate tablets add NAME");
+            }
+            let time = |at: Option<chrono::DateTime<Utc>>| {
+                at.map_or_else(
+                    || "-".to_string(),
+                    |at| at.format("%Y-%m-%d %H:%M UTC").to_string(),
+                )
+            };
+            println!(
+                "{:<20} {:<34} {:<22} address",
+                "name", "paired", "last seen"
+            );
+            for (name, tablet) in &book.tablets {
+                let paired = match (tablet.paired_at, tablet.pending_pairing(now)) {
+                    (_, Some(pending)) => format!(
+                        "{}link valid until {}",
+                        if tablet.is_paired() {
+                            "yes; new "
+                        } else {
+                            "no; "
+                        },
+                        pending.expires_at.format("%H:%M UTC")
+                    ),
+                    (Some(at), None) => time(Some(at)),
+                    (None, None) => "no (link expired)".to_string(),
+                };
+                println!(
+                    "{name:<20} {paired:<34} {:<22} {}",
+                    time(tablet.last_seen),
+                    tablet.last_address.as_deref().unwrap_or("-")
+                );
+            }
+        }
+        TabletsAction::Revoke { name } => {
+            store.update(|book| book.revoke(&name))?;
+            println!("revoked {name}: its token no longer works");
+        }
+    }
+    Ok(())
+}
+
+/// Writes `text` to stdout; a reader that went away (`| head`) is no error.
+fn print_all(text: &str) -> Result<()> {
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(err).context("cannot write to stdout")
+        }
+        _ => Ok(()),
+    }
 }

@@ -22,6 +22,14 @@ pub enum ConfigError {
     Invalid { key: &'static str, problem: String },
 }
 
+/// The error for a value of config key `key` that cannot be used.
+fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        problem: problem.into(),
+    }
+}
+
 /// Shortest accepted `mqtt.command_secret`.
 pub(crate) const MIN_COMMAND_SECRET: usize = 16;
 
@@ -149,6 +157,49 @@ pub enum GrantWhileOpenConfig {
     Ignore,
 }
 
+/// When the relay locks again after an unlock (`door.relock_on`).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RelockOnConfig {
+    Timer,
+    Open,
+    Close,
+}
+
+/// A GPIO line level.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LineLevel {
+    High,
+    Low,
+}
+
+/// The door contact (reed switch), `[door.contact]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ContactConfig {
+    pub enabled: bool,
+    /// BCM number of the contact's input pin (pull-up on).
+    pub gpio_pin: u8,
+    /// The level the line reads while the door is open.
+    pub open_level: LineLevel,
+    /// A change counts once the line has kept its new level this long.
+    pub debounce_ms: u64,
+}
+
+/// The request-to-exit button, `[door.exit_button]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExitButtonConfig {
+    pub enabled: bool,
+    /// BCM number of the button's input pin (pull-up on).
+    pub gpio_pin: u8,
+    /// The level the line reads while the button is pressed.
+    pub pressed_level: LineLevel,
+    /// Presses closer together than this are one press.
+    pub debounce_ms: u64,
+}
+
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct DoorConfig {
@@ -178,6 +229,15 @@ pub struct DoorConfig {
     pub confirm_frames: u32,
     /// Those grants must all fall within this many milliseconds.
     pub confirm_window_ms: u64,
+    /// When the relay locks again after an unlock: at the end of `hold_ms`, or as soon as the door
+    /// opens or closes again (the contact must be enabled for those).
+    pub relock_on: RelockOnConfig,
+    /// A door open for longer than this many seconds raises the `held` alarm.
+    pub held_open_alarm_s: u64,
+    /// Sim backend: the file of simulated input readings. Default: `<state_dir>/door-sim-inputs`.
+    pub sim_inputs: Option<PathBuf>,
+    pub contact: ContactConfig,
+    pub exit_button: ExitButtonConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -187,6 +247,8 @@ pub struct AuditConfig {
     pub dir: Option<PathBuf>,
     pub max_age_days: u32,
     pub max_total_mb: u64,
+    /// Refused requests and paused frames: one summary line per address per this many seconds.
+    pub summary_interval_s: u64,
 }
 
 /// The building admin's pages at `/admin/` (password: `facegate admin set-password`).
@@ -231,6 +293,11 @@ pub struct CodesConfig {
     pub failure_window_s: u64,
     /// How long a locked-out address is refused, in seconds.
     pub lockout_s: u64,
+    /// Wrong codes from all addresses together within `building_window_s` that pause code entry for
+    /// everyone for `building_pause_s` and raise an alarm.
+    pub building_max_failures: u32,
+    pub building_window_s: u64,
+    pub building_pause_s: u64,
     /// A code opens the door once, then is gone.
     pub single_use: bool,
 }
@@ -404,6 +471,33 @@ impl Default for DoorConfig {
             sim_journal: None,
             confirm_frames: 1,
             confirm_window_ms: 1_000,
+            relock_on: RelockOnConfig::Timer,
+            held_open_alarm_s: 30,
+            sim_inputs: None,
+            contact: ContactConfig::default(),
+            exit_button: ExitButtonConfig::default(),
+        }
+    }
+}
+
+impl Default for ContactConfig {
+    fn default() -> Self {
+        ContactConfig {
+            enabled: false,
+            gpio_pin: 27,
+            open_level: LineLevel::High,
+            debounce_ms: 50,
+        }
+    }
+}
+
+impl Default for ExitButtonConfig {
+    fn default() -> Self {
+        ExitButtonConfig {
+            enabled: false,
+            gpio_pin: 22,
+            pressed_level: LineLevel::Low,
+            debounce_ms: 50,
         }
     }
 }
@@ -414,6 +508,7 @@ impl Default for AuditConfig {
             dir: None,
             max_age_days: 90,
             max_total_mb: 200,
+            summary_interval_s: 60,
         }
     }
 }
@@ -442,6 +537,9 @@ impl Default for CodesConfig {
             max_failures: 3,
             failure_window_s: 60,
             lockout_s: 60,
+            building_max_failures: 20,
+            building_window_s: 600,
+            building_pause_s: 600,
             single_use: false,
         }
     }
@@ -596,12 +694,6 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
-            ConfigError::Invalid {
-                key,
-                problem: problem.into(),
-            }
-        }
         let r = &self.recognition;
         if let Some(t) = r.threshold {
             if !(0.0..=1.0).contains(&t) {
@@ -692,6 +784,7 @@ impl Config {
                 "must be a BCM pin number from 0 to 27",
             ));
         }
+        self.validate_door_inputs()?;
         if self.admin.session_idle_s == 0 || self.admin.session_max_s == 0 {
             return Err(invalid(
                 "admin.session_idle_s",
@@ -738,6 +831,12 @@ impl Config {
                 ),
             ));
         }
+        if !(1..=3600).contains(&self.audit.summary_interval_s) {
+            return Err(invalid(
+                "audit.summary_interval_s",
+                "must be between 1 and 3600 seconds",
+            ));
+        }
         if !(1..=100).contains(&codes.max_failures) {
             return Err(invalid("codes.max_failures", "must be between 1 and 100"));
         }
@@ -752,6 +851,20 @@ impl Config {
                 "codes.lockout_s",
                 "must be between 1 and 86400 seconds",
             ));
+        }
+        if !(codes.max_failures..=10_000).contains(&codes.building_max_failures) {
+            return Err(invalid(
+                "codes.building_max_failures",
+                "must be between codes.max_failures and 10000: the budget of all addresses together",
+            ));
+        }
+        for (key, value) in [
+            ("codes.building_window_s", codes.building_window_s),
+            ("codes.building_pause_s", codes.building_pause_s),
+        ] {
+            if !(1..=86_400).contains(&value) {
+                return Err(invalid(key, "must be between 1 and 86400 seconds"));
+            }
         }
         self.validate_mqtt()
             .map_err(|(key, problem)| invalid(key, problem))
@@ -860,6 +973,74 @@ impl Config {
         self.state_dir.join("codes.json")
     }
 
+    /// The paired tablets file (mode 0600).
+    pub fn tablets_path(&self) -> PathBuf {
+        self.state_dir.join("tablets.json")
+    }
+
+    /// The sim backend's inputs file (`door.sim_inputs`).
+    pub fn sim_inputs_path(&self) -> PathBuf {
+        self.door
+            .sim_inputs
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("door-sim-inputs"))
+    }
+
+    fn validate_door_inputs(&self) -> Result<(), ConfigError> {
+        let door = &self.door;
+        if !(1..=86_400).contains(&door.held_open_alarm_s) {
+            return Err(invalid(
+                "door.held_open_alarm_s",
+                "must be between 1 and 86400 seconds",
+            ));
+        }
+        if door.relock_on != RelockOnConfig::Timer && !door.contact.enabled {
+            return Err(invalid(
+                "door.relock_on",
+                "\"open\" and \"close\" need the door contact: set door.contact.enabled = true, or relock_on = \"timer\"",
+            ));
+        }
+        let lines = [
+            (
+                "door.contact.gpio_pin",
+                "door.contact.debounce_ms",
+                door.contact.enabled,
+                door.contact.gpio_pin,
+                door.contact.debounce_ms,
+            ),
+            (
+                "door.exit_button.gpio_pin",
+                "door.exit_button.debounce_ms",
+                door.exit_button.enabled,
+                door.exit_button.gpio_pin,
+                door.exit_button.debounce_ms,
+            ),
+        ];
+        let mut taken = vec![("door.gpio_pin", door.gpio_pin)];
+        for (pin_key, debounce_key, enabled, pin, debounce_ms) in lines {
+            if !enabled {
+                continue;
+            }
+            if pin > 27 {
+                return Err(invalid(pin_key, "must be a BCM pin number from 0 to 27"));
+            }
+            if let Some((other, _)) = taken.iter().find(|(_, used)| *used == pin) {
+                return Err(invalid(
+                    pin_key,
+                    format!("is BCM {pin}, which {other} uses already"),
+                ));
+            }
+            taken.push((pin_key, pin));
+            if debounce_ms > 1_000 {
+                return Err(invalid(
+                    debounce_key,
+                    "must be between 0 and 1000 milliseconds",
+                ));
+            }
+        }
+        Ok(())
+    }
+
     pub fn audit_dir(&self) -> PathBuf {
         self.audit
             .dir
@@ -920,6 +1101,11 @@ mod tests {
                 DoorConfig::default().confirm_window_ms
             )
         );
+        assert_eq!(
+            config.door,
+            DoorConfig::default(),
+            "the shipped [door] documents the defaults"
+        );
     }
 
     #[test]
@@ -951,8 +1137,39 @@ mod tests {
                 "codes.working_days",
             ),
             ("[codes]\nmax_failures = 0", "codes.max_failures"),
+            (
+                "[audit]\nsummary_interval_s = 0",
+                "audit.summary_interval_s",
+            ),
             ("[codes]\nlockout_s = 0", "codes.lockout_s"),
+            (
+                "[codes]\nbuilding_max_failures = 2",
+                "codes.building_max_failures",
+            ),
+            ("[codes]\nbuilding_window_s = 0", "codes.building_window_s"),
+            (
+                "[codes]\nbuilding_pause_s = 86401",
+                "codes.building_pause_s",
+            ),
             ("[door]\nreport_wait_ms = 0", "door.report_wait_ms"),
+            ("[door]\nheld_open_alarm_s = 0", "door.held_open_alarm_s"),
+            ("[door]\nrelock_on = \"open\"", "door.relock_on"),
+            (
+                "[door.contact]\nenabled = true\ngpio_pin = 17",
+                "door.contact.gpio_pin",
+            ),
+            (
+                "[door.contact]\nenabled = true\n[door.exit_button]\nenabled = true\ngpio_pin = 27",
+                "door.exit_button.gpio_pin",
+            ),
+            (
+                "[door.exit_button]\nenabled = true\ngpio_pin = 28",
+                "door.exit_button.gpio_pin",
+            ),
+            (
+                "[door.contact]\nenabled = true\ndebounce_ms = 5000",
+                "door.contact.debounce_ms",
+            ),
             ("[http]\nqueue_depth = 0", "http.queue_depth"),
             ("[http]\nmax_connections = 0", "http.max_connections"),
             ("[http.tls]\ncert = \"c.pem\"", "http.tls.cert"),

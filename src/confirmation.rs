@@ -15,12 +15,17 @@ pub(crate) const MAX_CONFIRM_FRAMES: u32 = 10;
 /// only ever delays an opening.
 pub(crate) const MAX_TABLETS: usize = 64;
 
-/// Who is sending frames: the client address, refined by the `tablet_id` the tablet sends, if any.
-/// Both count, so a client elsewhere that claims another tablet's id never joins that tablet's streak.
+/// Who is sending frames.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct TabletKey {
-    pub address: IpAddr,
-    pub tablet_id: Option<String>,
+pub enum TabletKey {
+    /// A paired tablet, by the name its device token proves: its streak follows it from any address.
+    Paired(String),
+    /// Any other client: its address, refined by the `tablet_id` it sends, if any. Both count, so a
+    /// client elsewhere that claims another tablet's id never joins that tablet's streak.
+    Address {
+        address: IpAddr,
+        tablet_id: Option<String>,
+    },
 }
 
 /// How far the tablet's current streak has got, including the frame just counted.
@@ -29,8 +34,9 @@ pub struct Tally {
     /// Grants for this person within the window, this frame included (at most `needed`).
     pub frames: u32,
     pub needed: u32,
-    /// Mean liveness score of those frames; `None` when liveness is off.
-    pub liveness_mean: Option<f32>,
+    /// The lowest liveness score of those frames (each must pass on its own); `None` when liveness
+    /// is off.
+    pub liveness_lowest: Option<f32>,
 }
 
 impl Tally {
@@ -39,7 +45,7 @@ impl Tally {
         Tally {
             frames: 1,
             needed: 1,
-            liveness_mean: liveness,
+            liveness_lowest: liveness,
         }
     }
 
@@ -112,7 +118,7 @@ impl Confirmations {
         let tally = Tally {
             frames: streak.grants.len() as u32,
             needed: self.needed,
-            liveness_mean: mean_liveness(&streak.grants),
+            liveness_lowest: lowest_liveness(&streak.grants),
         };
         if tally.complete() {
             self.streaks.remove(tablet);
@@ -150,11 +156,17 @@ impl Confirmations {
     }
 }
 
-/// The mean of the scores, `None` if any frame has none (liveness off).
-fn mean_liveness(grants: &VecDeque<(Instant, Option<f32>)>) -> Option<f32> {
-    let scores: Option<Vec<f32>> = grants.iter().map(|(_, score)| *score).collect();
-    let scores = scores?;
-    (!scores.is_empty()).then(|| scores.iter().sum::<f32>() / scores.len() as f32)
+/// The lowest of the scores, `None` if any frame has none (liveness off). A mean would let a frame
+/// below the threshold complete a streak of high ones.
+fn lowest_liveness(grants: &VecDeque<(Instant, Option<f32>)>) -> Option<f32> {
+    grants
+        .iter()
+        .map(|(_, score)| *score)
+        .try_fold(None, |lowest: Option<f32>, score| {
+            let score = score?;
+            Some(Some(lowest.map_or(score, |lowest| lowest.min(score))))
+        })
+        .flatten()
 }
 
 #[cfg(test)]
@@ -164,7 +176,7 @@ mod tests {
     const WINDOW: Duration = Duration::from_millis(1000);
 
     fn tablet(last_octet: u8, id: Option<&str>) -> TabletKey {
-        TabletKey {
+        TabletKey::Address {
             address: IpAddr::from([192, 168, 1, last_octet]),
             tablet_id: id.map(str::to_string),
         }
@@ -274,29 +286,34 @@ mod tests {
     }
 
     #[test]
-    fn the_liveness_of_the_frames_counts_together() {
+    fn the_tally_keeps_the_lowest_liveness_of_its_frames() {
+        // (scores of three frames in a row) -> the lowest, which the decision holds to the threshold
+        let table: [([f32; 3], f32); 3] = [
+            ([0.95, 0.95, 0.5], 0.5),
+            ([0.1, 0.99, 0.2], 0.1),
+            ([0.9, 0.85, 0.97], 0.85),
+        ];
         let start = Instant::now();
-        let mut confirmations = Confirmations::new(3, WINDOW);
         let key = tablet(1, None);
-        // A screen with one lucky frame: the mean of the three stays low.
-        for (at, score) in [(0, 0.1), (150, 0.99)] {
-            let tally = confirmations.grant(&key, "ann", Some(score), ms(start, at));
-            assert!(!tally.complete());
+        for (scores, lowest) in table {
+            let mut confirmations = Confirmations::new(3, WINDOW);
+            let mut tally = None;
+            for (i, score) in scores.iter().enumerate() {
+                tally =
+                    Some(confirmations.grant(&key, "ann", Some(*score), ms(start, i as u64 * 150)));
+            }
+            let tally = tally.unwrap();
+            assert!(tally.complete());
+            assert_eq!(tally.liveness_lowest, Some(lowest), "{scores:?}");
         }
-        let tally = confirmations.grant(&key, "ann", Some(0.2), ms(start, 300));
-        assert!(tally.complete());
-        assert!(
-            (tally.liveness_mean.unwrap() - 0.43).abs() < 1e-6,
-            "{tally:?}"
-        );
-        // With liveness off there is no mean to judge.
+        // With liveness off there is no score to judge.
         let mut off = Confirmations::new(2, WINDOW);
         off.grant(&key, "ann", None, start);
         assert_eq!(
-            off.grant(&key, "ann", None, ms(start, 10)).liveness_mean,
+            off.grant(&key, "ann", None, ms(start, 10)).liveness_lowest,
             None
         );
-        assert_eq!(Tally::single(Some(0.9)).liveness_mean, Some(0.9));
+        assert_eq!(Tally::single(Some(0.9)).liveness_lowest, Some(0.9));
     }
 
     #[test]
@@ -319,6 +336,21 @@ mod tests {
     }
 
     #[test]
+    fn a_paired_tablet_keeps_its_streak_and_no_one_can_claim_it() {
+        let start = Instant::now();
+        let mut confirmations = Confirmations::new(2, WINDOW);
+        let front = TabletKey::Paired("front".into());
+        let same_address_claiming_front = tablet(1, Some("front"));
+        assert!(!confirmations.grant(&front, "ann", None, start).complete());
+        assert!(!confirmations
+            .grant(&same_address_claiming_front, "ann", None, ms(start, 10))
+            .complete());
+        assert!(confirmations
+            .grant(&front, "ann", None, ms(start, 20))
+            .complete());
+    }
+
+    #[test]
     fn a_restart_forgets_everything() {
         let start = Instant::now();
         let key = tablet(1, None);
@@ -336,7 +368,7 @@ mod tests {
         let start = Instant::now();
         let mut confirmations = Confirmations::new(2, WINDOW);
         for i in 0..MAX_TABLETS + 10 {
-            let key = TabletKey {
+            let key = TabletKey::Address {
                 address: IpAddr::from([10, 0, (i / 256) as u8, (i % 256) as u8]),
                 tablet_id: None,
             };

@@ -17,10 +17,11 @@ use sd_notify::NotifyState;
 use serde_json::json;
 
 use crate::admin::{Admin, AdminContext};
-use crate::audit::{AuditRetention, AuditWriter, AuditWriterThread};
-use crate::config::{Config, DoorBackendName, GrantWhileOpenConfig};
+use crate::audit::{AuditRetention, AuditSettings, AuditWriter, AuditWriterThread};
+use crate::config::{Config, DoorBackendName, GrantWhileOpenConfig, LineLevel, RelockOnConfig};
 use crate::door::{
-    self, BackendKind, DoorController, DoorEvent, DoorSettings, GrantWhileOpen, RelayState,
+    self, BackendKind, ContactState, DoorController, DoorEvent, DoorSettings, GrantWhileOpen,
+    InputLine, InputSettings, InputStatus, InputWiring, RelayState, RelockOn,
 };
 use crate::front;
 use crate::gallery::{EmbedderId, LiveGallery};
@@ -29,6 +30,7 @@ use crate::metrics::Metrics;
 use crate::mqtt::{Remote, RemoteParts};
 use crate::service::Service;
 use crate::snapshots::{SnapshotRetention, SnapshotWriter};
+use crate::tablets::{LiveTablets, TabletStore};
 use crate::vision::{PipelineModels, Recognizer};
 
 /// How long the accepting loop waits before looking at the stop flags again.
@@ -47,10 +49,39 @@ pub(crate) fn backend_kind(config: &Config) -> BackendKind {
         DoorBackendName::Gpio => BackendKind::Gpio {
             pin: config.door.gpio_pin,
             active_low: config.door.active_low,
+            inputs: input_wiring(config),
         },
         DoorBackendName::Sim => BackendKind::Sim {
             journal: config.door.sim_journal.clone(),
+            inputs: input_wiring(config),
+            inputs_file: config.sim_inputs_path(),
         },
+    }
+}
+
+/// The door's input lines from `[door.contact]` and `[door.exit_button]`.
+fn input_wiring(config: &Config) -> InputWiring {
+    let line = |enabled: bool, gpio_pin, level, debounce_ms| {
+        enabled.then_some(InputLine {
+            gpio_pin,
+            active_high: level == LineLevel::High,
+            debounce: Duration::from_millis(debounce_ms),
+        })
+    };
+    let (contact, exit) = (&config.door.contact, &config.door.exit_button);
+    InputWiring {
+        contact: line(
+            contact.enabled,
+            contact.gpio_pin,
+            contact.open_level,
+            contact.debounce_ms,
+        ),
+        exit_button: line(
+            exit.enabled,
+            exit.gpio_pin,
+            exit.pressed_level,
+            exit.debounce_ms,
+        ),
     }
 }
 
@@ -73,6 +104,16 @@ fn door_settings(config: &Config) -> DoorSettings {
             GrantWhileOpenConfig::Ignore => GrantWhileOpen::Ignore,
         },
         report_wait: Duration::from_millis(config.door.report_wait_ms),
+        inputs: InputSettings {
+            contact_debounce: Duration::from_millis(config.door.contact.debounce_ms),
+            exit_debounce: Duration::from_millis(config.door.exit_button.debounce_ms),
+            relock_on: match config.door.relock_on {
+                RelockOnConfig::Timer => RelockOn::Timer,
+                RelockOnConfig::Open => RelockOn::Open,
+                RelockOnConfig::Close => RelockOn::Close,
+            },
+            held_after: Duration::from_secs(config.door.held_open_alarm_s),
+        },
     }
 }
 
@@ -134,7 +175,7 @@ pub fn run(config: Config) -> Result<()> {
     add_logging_metrics(&metrics);
     let (audit, audit_thread) = start_audit(&config, &metrics)?;
     let remote = Arc::new(Remote::default());
-    let door = Arc::new(start_door(&config, &metrics, audit.clone(), &remote)?);
+    let door = start_door(&config, &metrics, audit.clone(), &remote)?;
     let stop = Arc::new(StopFlags::default());
     let panic_stop = Arc::clone(&stop);
     install_panic_hook(door.lock_guard(), move || {
@@ -188,7 +229,11 @@ fn start_audit(config: &Config, metrics: &Metrics) -> Result<(AuditWriter, Audit
         max_age_days: config.audit.max_age_days,
         max_total_bytes: config.audit.max_total_mb * 1024 * 1024,
     };
-    let (audit, thread) = AuditWriter::start(config.audit_dir(), retention)
+    let settings = AuditSettings {
+        retention,
+        summary_interval: Duration::from_secs(config.audit.summary_interval_s),
+    };
+    let (audit, thread) = AuditWriter::start(config.audit_dir(), settings)
         .context("cannot start the audit writer thread")?;
     let counters = audit.counters();
     let failed = Arc::clone(&counters);
@@ -198,11 +243,18 @@ fn start_audit(config: &Config, metrics: &Metrics) -> Result<(AuditWriter, Audit
         "Audit lines that could not be written.",
         move || failed.failed.load(Ordering::Relaxed),
     );
+    let dropped = Arc::clone(&counters);
     metrics.add_source(
         "facegate_audit_dropped_total",
         "counter",
-        "Audit lines dropped because the audit writer fell behind (slow or hung disk).",
-        move || counters.dropped.load(Ordering::Relaxed),
+        "Audit lines dropped because the audit writer fell behind (slow or hung disk) or today's file reached its cap.",
+        move || dropped.dropped.load(Ordering::Relaxed),
+    );
+    metrics.add_source(
+        "facegate_audit_summarised_total",
+        "counter",
+        "Requests (refused before a worker, or answered paused) counted into a summary line instead of a line each.",
+        move || counters.summarised.load(Ordering::Relaxed),
     );
     Ok((audit, thread))
 }
@@ -228,28 +280,68 @@ fn start_door(
     metrics: &Arc<Metrics>,
     audit: AuditWriter,
     remote: &Arc<Remote>,
-) -> Result<DoorController> {
+) -> Result<Arc<DoorController>> {
     let backend = door::build_backend(&backend_kind(config))
         .context("the door backend could not be started")?;
     let observed = Arc::clone(metrics);
     let remote = Arc::clone(remote);
     let observer = Box::new(move |event: &DoorEvent| {
-        if let DoorEvent::Actuation(actuation) = event {
-            if actuation.state == RelayState::Unlocked && actuation.error.is_none() {
-                observed.count_door_opening();
+        match event {
+            DoorEvent::Actuation(actuation) => {
+                if actuation.state == RelayState::Unlocked && actuation.error.is_none() {
+                    observed.count_door_opening();
+                }
+                remote.on_actuation(actuation);
             }
-            remote.on_actuation(actuation);
+            DoorEvent::Input(input) => {
+                observed.count_door_input(input.event.as_str());
+                remote.on_door_input(input);
+            }
+            DoorEvent::Request(_) => {}
         }
         audit.record(event);
     });
-    let door = DoorController::start(backend, door_settings(config), observer)?;
-    let dropped = door.dropped_reports();
-    metrics.add_source(
-        "facegate_door_reports_dropped_total",
-        "counter",
-        "Door reports (log and audit) dropped because their thread fell behind.",
-        move || dropped.load(Ordering::Relaxed),
-    );
+    let door = Arc::new(DoorController::start(
+        backend,
+        door_settings(config),
+        observer,
+    )?);
+    for (name, help, dropped) in [
+        (
+            "facegate_door_reports_dropped_total",
+            "Door reports (log and audit) dropped because their thread fell behind.",
+            door.dropped_reports(),
+        ),
+        (
+            "facegate_door_inputs_dropped_total",
+            "Door input readings dropped because the relay thread fell behind (a chattering line).",
+            door.dropped_inputs(),
+        ),
+    ] {
+        metrics.add_source(name, "counter", help, move || {
+            dropped.load(Ordering::Relaxed)
+        });
+    }
+    type Holds = fn(&InputStatus) -> bool;
+    let gauges: [(&str, &str, Holds); 2] = [
+        (
+            "facegate_door_contact_open",
+            "1 while the door contact reads open, 0 while closed or unknown.",
+            |status| status.contact == ContactState::Open,
+        ),
+        (
+            "facegate_door_alarm_active",
+            "1 while a forced or held-open alarm waits for the admin.",
+            |status| status.alarm.is_some(),
+        ),
+    ];
+    for (name, help, holds) in gauges {
+        let door = Arc::downgrade(&door);
+        metrics.add_source(name, "gauge", help, move || {
+            door.upgrade()
+                .map_or(0, |door| u64::from(holds(&door.input_status())))
+        });
+    }
     Ok(door)
 }
 
@@ -333,8 +425,12 @@ fn serve(
     let address = listener.local_addr()?;
     let (server, backend) = listen_for_front(&config)?;
     let people = gallery.current().people().len();
+    let tablets = Arc::new(LiveTablets::new(TabletStore::new(config.tablets_path())));
+    let kiosk = http::kiosk::Kiosk::start(Arc::clone(&tablets), audit.clone())
+        .context("the kiosk pairing thread did not start")?;
     let transport = Arc::new(http::Transport {
         token: config.token(),
+        kiosk: Some(kiosk),
         ..http::Transport::default()
     });
     let service = Arc::new(Service::new(
@@ -348,6 +444,13 @@ fn serve(
         codes,
         Arc::clone(remote),
     ));
+    let weak = Arc::downgrade(&service);
+    service.metrics.add_source(
+        "facegate_gallery_age_seconds",
+        "gauge",
+        "Seconds since the building gallery in use was exported (0: the gallery is not a building gallery).",
+        move || weak.upgrade().and_then(|s| s.gallery_age_s()).unwrap_or(0),
+    );
     let admin = service
         .config
         .admin
@@ -361,6 +464,7 @@ fn serve(
         body_timeout: Duration::from_millis(service.config.http.body_timeout_ms),
         max_body_bytes: service.config.http.max_body_bytes,
         token: transport.token.clone(),
+        tablets,
         backend,
         tls: tls.as_ref().map(|(server, _)| Arc::clone(server)),
     };
@@ -519,8 +623,8 @@ fn start_snapshots(config: &Config, metrics: &Metrics) -> Option<SnapshotWriter>
     Some(writer)
 }
 
-/// The front's refusals of frame posts go through the service, which records and audits them. The
-/// front outlives the service at shutdown, so it holds it weakly.
+/// The front's refusals of frame posts go through the service, which counts them and summarises them
+/// per address. The front outlives the service at shutdown, so it holds it weakly.
 struct FrontRefusals {
     service: std::sync::Weak<Service>,
     transport: Arc<http::Transport>,
@@ -536,6 +640,7 @@ impl front::Refusals for FrontRefusals {
         request_id: &str,
         endpoint: crate::record::Endpoint,
         refusal: crate::record::Refusal,
+        peer: Option<std::net::IpAddr>,
     ) -> (serde_json::Value, Box<dyn FnOnce() + Send>) {
         let Some(service) = self.service.upgrade() else {
             let body = serde_json::json!({
@@ -547,7 +652,7 @@ impl front::Refusals for FrontRefusals {
             });
             return (body, Box::new(|| {}));
         };
-        let handled = service.refuse(request_id, endpoint, refusal);
+        let handled = service.refuse_before_worker(request_id, endpoint, refusal, peer);
         let body = handled.record.answer();
         (body, Box::new(move || service.follow_up(handled)))
     }

@@ -271,19 +271,19 @@ impl Checks {
 pub struct LivenessVerdict {
     /// This frame's score; `None` when the face was too small to judge.
     pub score: Option<f32>,
-    /// With `door.confirm_frames` > 1, the mean over the confirming frames, once they are all in.
-    pub mean: Option<f32>,
+    /// With `door.confirm_frames` > 1, the lowest score of the confirming frames, once they are all in.
+    pub lowest: Option<f32>,
     pub threshold: f32,
 }
 
-/// As answers show it: `{"score": 0.9731, "threshold": 0.8}`, plus `"mean"` when several frames counted.
+/// As answers show it: `{"score": 0.9731, "threshold": 0.8}`, plus `"lowest"` when several frames counted.
 impl Serialize for LivenessVerdict {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
         let mut map = serializer.serialize_map(None)?;
         map.serialize_entry("score", &self.score.map(round_score))?;
-        if let Some(mean) = self.mean {
-            map.serialize_entry("mean", &round_score(mean))?;
+        if let Some(lowest) = self.lowest {
+            map.serialize_entry("lowest", &round_score(lowest))?;
         }
         map.serialize_entry("threshold", &round_score(self.threshold))?;
         map.end()
@@ -329,17 +329,22 @@ fn stale_cause(freshness: Freshness, now: Instant) -> Option<StaleCause> {
 }
 
 /// The person a frame counts towards in the tablet's confirmation: a fresh recognised face that liveness
-/// could judge. Any other frame interrupts the tablet's streak.
+/// could judge and passed (every confirming frame must reach `liveness_threshold` itself). Any other
+/// frame interrupts the tablet's streak.
 pub(crate) fn confirming_person(
     outcome: &Outcome,
     liveness: Liveness,
+    liveness_threshold: f32,
     freshness: Freshness,
     now: Instant,
 ) -> Option<&str> {
+    let judged_live = match liveness {
+        Liveness::Off => true,
+        Liveness::TooSmall => false,
+        Liveness::Scored(score) => score >= liveness_threshold,
+    };
     match outcome {
-        Outcome::Recognised(m)
-            if stale_cause(freshness, now).is_none() && liveness != Liveness::TooSmall =>
-        {
+        Outcome::Recognised(m) if stale_cause(freshness, now).is_none() && judged_live => {
             Some(&m.name)
         }
         _ => None,
@@ -347,8 +352,9 @@ pub(crate) fn confirming_person(
 }
 
 /// Decides at `now` on a frame of the given freshness. A frame that is no longer fresh is stale whatever
-/// it showed, and stale never opens. A recognised face opens only when liveness (if on) passes, over the
-/// mean of the confirming frames when several are asked for, and once the confirmation is complete.
+/// it showed, and stale never opens. A recognised face opens only when liveness (if on) passes on this
+/// frame and on every confirming frame (their lowest score; never a mean), and once the confirmation is
+/// complete.
 pub(crate) fn decide_with(
     outcome: &Outcome,
     checks: &Checks,
@@ -371,9 +377,9 @@ pub(crate) fn decide_with(
         (None, Outcome::Unknown { .. }) => return refused(Status::Unknown),
         (None, Outcome::Recognised(m)) => m,
     };
-    let verdict = |mean| LivenessVerdict {
+    let verdict = |lowest| LivenessVerdict {
         score: checks.liveness.score(),
-        mean,
+        lowest,
         threshold: checks.liveness_threshold,
     };
     if checks.liveness == Liveness::TooSmall {
@@ -387,7 +393,7 @@ pub(crate) fn decide_with(
         .unwrap_or_else(|| Tally::single(checks.liveness.score()));
     let liveness = match checks.liveness {
         Liveness::Off => None,
-        _ if tally.needed > 1 && tally.complete() => Some(verdict(tally.liveness_mean)),
+        _ if tally.needed > 1 && tally.complete() => Some(verdict(tally.liveness_lowest)),
         _ => Some(verdict(None)),
     };
     let granted = Decision {
@@ -405,11 +411,12 @@ pub(crate) fn decide_with(
             ..granted
         };
     }
-    let live = match (checks.liveness, tally.liveness_mean) {
+    let passes = |score: f32| score >= checks.liveness_threshold;
+    let live = match (checks.liveness, tally.liveness_lowest) {
         (Liveness::Off, _) => true,
-        (_, Some(mean)) => mean >= checks.liveness_threshold,
-        // Liveness on but no score reached the decision: never live.
-        (_, None) => false,
+        (Liveness::Scored(score), Some(lowest)) => passes(score) && passes(lowest),
+        // Liveness on but no score reached the decision (too small was refused above): never live.
+        (Liveness::Scored(_) | Liveness::TooSmall, None) | (Liveness::TooSmall, Some(_)) => false,
     };
     if live {
         Decision {
@@ -569,10 +576,10 @@ mod tests {
             liveness_threshold: 0.8,
             tally: None,
         };
-        let tally = |frames, needed, mean| Tally {
+        let tally = |frames, needed, lowest| Tally {
             frames,
             needed,
-            liveness_mean: mean,
+            liveness_lowest: lowest,
         };
         let with_tally = |checks: Checks, t| Checks {
             tally: Some(t),
@@ -667,25 +674,25 @@ mod tests {
                 Some((1, 3)),
             ),
             (
-                "a low frame inside a confirmation only counts in the mean",
+                "third frame, every frame passes",
                 &ann_seen,
-                with_tally(live(0.3), tally(2, 3, Some(0.6))),
-                fresh,
-                Status::Granted,
-                false,
-                Some((2, 3)),
-            ),
-            (
-                "third frame, mean passes",
-                &ann_seen,
-                with_tally(live(0.7), tally(3, 3, Some(0.85))),
+                with_tally(live(0.85), tally(3, 3, Some(0.82))),
                 fresh,
                 Status::Granted,
                 true,
                 None,
             ),
             (
-                "third frame is the lucky one, mean fails",
+                "regression: 0.95, 0.95, 0.5 has a mean of 0.8 and must not open",
+                &ann_seen,
+                with_tally(live(0.5), tally(3, 3, Some(0.5))),
+                fresh,
+                Status::Spoof,
+                false,
+                None,
+            ),
+            (
+                "third frame is the lucky one, an earlier frame fails",
                 &ann_seen,
                 with_tally(live(0.99), tally(3, 3, Some(0.43))),
                 fresh,
@@ -732,7 +739,7 @@ mod tests {
     fn a_liveness_verdict_is_shown_rounded_with_its_threshold() {
         let verdict = LivenessVerdict {
             score: Some(0.973_14),
-            mean: None,
+            lowest: None,
             threshold: 0.8,
         };
         assert_eq!(
@@ -741,12 +748,12 @@ mod tests {
         );
         let too_small = LivenessVerdict {
             score: None,
-            mean: Some(0.5),
+            lowest: Some(0.5),
             ..verdict
         };
         assert_eq!(
             serde_json::to_string(&too_small).unwrap(),
-            r#"{"score":null,"mean":0.5,"threshold":0.8}"#
+            r#"{"score":null,"lowest":0.5,"threshold":0.8}"#
         );
     }
 
@@ -758,7 +765,8 @@ mod tests {
         let ann_seen = Outcome::for_face(Some(ann(0.9)), 0.45);
         let stranger = Outcome::for_face(Some(ann(0.3)), 0.45);
         let cases = [
-            (&ann_seen, Liveness::Scored(0.2), fresh, Some("ann")),
+            (&ann_seen, Liveness::Scored(0.8), fresh, Some("ann")),
+            (&ann_seen, Liveness::Scored(0.79), fresh, None),
             (&ann_seen, Liveness::Off, fresh, Some("ann")),
             (&ann_seen, Liveness::TooSmall, fresh, None),
             (&ann_seen, Liveness::Scored(0.9), old, None),
@@ -767,7 +775,7 @@ mod tests {
         ];
         for (outcome, liveness, freshness, want) in cases {
             assert_eq!(
-                confirming_person(outcome, liveness, freshness, now),
+                confirming_person(outcome, liveness, 0.8, freshness, now),
                 want,
                 "{outcome:?} {liveness:?} {freshness:?}"
             );

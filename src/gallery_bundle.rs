@@ -1,8 +1,12 @@
 //! One gallery for a building: a door's gallery exported as a versioned bundle (sequence, embedder,
 //! people), optionally signed with the building's Ed25519 key, and the rules a door applies before
-//! loading one: signed when it has a building key, same embedder, never older than what it has.
+//! loading one: signed when it has a building key, same embedder, not expired (`valid_until`), never
+//! older than the highest sequence the door ever accepted (kept in the door's own state, not in the
+//! gallery file, so that deleting the gallery does not let an old bundle back in).
 
 use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
@@ -15,6 +19,10 @@ use crate::gallery::{EmbedderId, Gallery, GalleryError};
 const BUNDLE_FORMAT: &str = "facegate-gallery-bundle";
 const BUNDLE_VERSION: u32 = 1;
 const SIGNED_FORMAT: &str = "facegate-signed-gallery";
+/// The door's own record of the building gallery, in `state_dir`: the highest sequence it accepted.
+pub const DOOR_STATE: &str = "building-gallery.json";
+/// How long an export is valid unless `facegate gallery export --valid-days` says otherwise.
+pub const DEFAULT_VALID_DAYS: u32 = 30;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
@@ -28,8 +36,19 @@ pub enum BundleError {
     NoKey,
     #[error("the gallery's signature does not match the building key in mqtt.gallery_public_key: it was altered, or signed with another key")]
     BadSignature,
-    #[error("the gallery has sequence {offered}, older than the one this door has ({have}); export a fresh one")]
+    #[error("the gallery has sequence {offered}, older than the newest this door ever accepted ({have}); export a fresh one")]
     Older { have: u64, offered: u64 },
+    #[error("the gallery expired at {valid_until} (exported {exported_at}); export a fresh one")]
+    Expired {
+        valid_until: String,
+        exported_at: String,
+    },
+    #[error(
+        "the signed gallery carries no valid_until (made by an older facegate); export it again"
+    )]
+    NoValidity,
+    #[error("cannot use the door's gallery state {path}: {cause}. Fix or delete the file (deleting it lets any newer signed gallery in)")]
+    DoorState { path: PathBuf, cause: String },
     #[error(transparent)]
     Gallery(#[from] GalleryError),
     #[error("cannot use the key file {path}: {cause}")]
@@ -44,6 +63,9 @@ struct Bundle {
     /// Grows with every export; a door refuses a bundle with a smaller one than it has.
     sequence: u64,
     exported_at: String,
+    /// RFC 3339; a door refuses the bundle after it. Required in signed bundles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    valid_until: Option<String>,
     /// The gallery file's JSON (which names its embedder).
     gallery: Value,
 }
@@ -63,13 +85,27 @@ pub fn next_sequence(gallery: &Gallery, now_ms: u64) -> u64 {
     now_ms.max(gallery.sequence().saturating_add(1))
 }
 
-/// The bundle's bytes (JSON).
-pub fn export(gallery: &Gallery, sequence: u64, exported_at: &str) -> Vec<u8> {
+/// Seconds since the building gallery `gallery` came from was exported, from its sequence (the export
+/// time in Unix milliseconds); `None` for a gallery never imported.
+pub fn age_s(gallery: &Gallery, now: DateTime<Utc>) -> Option<u64> {
+    let exported_ms = gallery.sequence();
+    let now_ms = u64::try_from(now.timestamp_millis()).unwrap_or(0);
+    (exported_ms > 0).then(|| now_ms.saturating_sub(exported_ms) / 1000)
+}
+
+/// The bundle's bytes (JSON), valid until `valid_until` (RFC 3339) if given.
+pub fn export(
+    gallery: &Gallery,
+    sequence: u64,
+    exported_at: &str,
+    valid_until: Option<&str>,
+) -> Vec<u8> {
     let bundle = Bundle {
         format: BUNDLE_FORMAT.into(),
         version: BUNDLE_VERSION,
         sequence,
         exported_at: exported_at.into(),
+        valid_until: valid_until.map(String::from),
         gallery: serde_json::from_str(&gallery.to_json()).expect("a gallery is JSON"),
     };
     serde_json::to_vec(&bundle).expect("a bundle always serialises")
@@ -91,6 +127,22 @@ pub struct Opened {
     pub gallery: Gallery,
     pub sequence: u64,
     pub signed: bool,
+    pub exported_at: String,
+    pub valid_until: Option<DateTime<Utc>>,
+}
+
+impl Opened {
+    /// Refuses an expired bundle, and a signed one without a `valid_until`.
+    pub fn check_validity(&self, now: DateTime<Utc>) -> Result<(), BundleError> {
+        match self.valid_until {
+            None if self.signed => Err(BundleError::NoValidity),
+            Some(until) if now > until => Err(BundleError::Expired {
+                valid_until: until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                exported_at: self.exported_at.clone(),
+            }),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Checks an export (signed or not) and returns its gallery, carrying the bundle's sequence.
@@ -135,40 +187,90 @@ pub fn open(
     if bundle.version != BUNDLE_VERSION {
         return Err(BundleError::Version(bundle.version));
     }
+    let valid_until = bundle
+        .valid_until
+        .as_deref()
+        .map(|text| {
+            DateTime::parse_from_rfc3339(text)
+                .map(|at| at.with_timezone(&Utc))
+                .map_err(|err| BundleError::NotABundle(format!("valid_until `{text}`: {err}")))
+        })
+        .transpose()?;
     let mut gallery = Gallery::parse(&bundle.gallery.to_string(), origin, wanted)?;
     gallery.set_sequence(bundle.sequence);
     Ok(Opened {
         gallery,
         sequence: bundle.sequence,
         signed,
+        exported_at: bundle.exported_at,
+        valid_until,
     })
 }
 
-/// Whether a door holding a gallery of sequence `have` should load one of sequence `offered`:
-/// `Ok(true)` when newer, `Ok(false)` when it is the same one (a retained message seen again).
-pub(crate) fn is_newer(have: u64, offered: u64) -> Result<bool, BundleError> {
-    match offered.cmp(&have) {
-        std::cmp::Ordering::Greater => Ok(true),
-        std::cmp::Ordering::Equal => Ok(false),
-        std::cmp::Ordering::Less => Err(BundleError::Older { have, offered }),
+/// Whether a door holding a gallery of sequence `holds`, having once accepted `highest`, should load
+/// one of sequence `offered`: `Ok(true)` to load it, `Ok(false)` when the file already holds it (a
+/// retained message seen again), an error when it is older than anything the door accepted. A door
+/// whose gallery file was deleted reloads the newest bundle, never an older one.
+pub(crate) fn should_load(holds: u64, highest: u64, offered: u64) -> Result<bool, BundleError> {
+    let have = holds.max(highest);
+    if offered < have {
+        return Err(BundleError::Older { have, offered });
+    }
+    Ok(offered != holds)
+}
+
+/// The door's own record of the building gallery (`<state_dir>/building-gallery.json`).
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct DoorState {
+    highest_sequence: u64,
+}
+
+fn door_state_error(path: &Path, cause: impl ToString) -> BundleError {
+    BundleError::DoorState {
+        path: path.to_path_buf(),
+        cause: cause.to_string(),
     }
 }
 
-/// Loads an export into the gallery file at `path` if it passes [`open`] and is newer than the file's
-/// own sequence; returns the new sequence, or `None` when the file already holds this one. The file is
-/// replaced atomically; a running daemon reloads it.
+/// The highest sequence this door ever accepted (0 before the first).
+pub fn highest_accepted(state: &Path) -> Result<u64, BundleError> {
+    match std::fs::read(state) {
+        Ok(bytes) => serde_json::from_slice::<DoorState>(&bytes)
+            .map(|s| s.highest_sequence)
+            .map_err(|err| door_state_error(state, err)),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(err) => Err(door_state_error(state, err)),
+    }
+}
+
+/// Loads an export into the gallery file at `path` if it passes [`open`], is valid at `now`, and is
+/// not older than what the door holds or ever accepted (recorded in `state`); returns it, or `None`
+/// when the file already holds this one. The state is written before the gallery, both atomically;
+/// a running daemon reloads the gallery.
 pub fn import_into(
     bytes: &[u8],
     key: Option<&VerifyingKey>,
     wanted: &EmbedderId,
     origin: &Path,
     path: &Path,
+    state: &Path,
+    now: DateTime<Utc>,
 ) -> Result<Option<Opened>, BundleError> {
     let opened = open(bytes, key, wanted, origin)?;
     let current = Gallery::load(path, wanted)?;
-    if !is_newer(current.sequence(), opened.sequence)? {
+    if !should_load(
+        current.sequence(),
+        highest_accepted(state)?,
+        opened.sequence,
+    )? {
         return Ok(None);
     }
+    opened.check_validity(now)?;
+    let record = DoorState {
+        highest_sequence: opened.sequence,
+    };
+    let record = serde_json::to_vec(&record).expect("the door state always serialises");
+    crate::atomic_file::write(state, &record, 0o644).map_err(|err| door_state_error(state, err))?;
     opened.gallery.save(path)?;
     Ok(Some(opened))
 }
@@ -256,13 +358,16 @@ mod tests {
         let building = key(1);
         let public = building.verifying_key();
         let other_public = key(2).verifying_key();
-        let bundle = export(&gallery(), 42, "2026-12-01T00:00:00Z");
+        let bundle = export(&gallery(), 42, "2026-12-01T00:00:00Z", Some(VALID_UNTIL));
         let signed = sign(&bundle, &building);
         let mut tampered: Value = serde_json::from_slice(&signed).unwrap();
         let forged = bundle_with_sequence(&bundle, 43);
         tampered["bundle"] = Value::from(BASE64.encode(&forged));
         let tampered = serde_json::to_vec(&tampered).unwrap();
-        let other_embedder = sign(&export(&Gallery::new(id("sface")), 50, "t"), &building);
+        let other_embedder = sign(
+            &export(&Gallery::new(id("sface")), 50, "t", Some(VALID_UNTIL)),
+            &building,
+        );
         type Case<'a> = (
             &'a str,
             &'a [u8],
@@ -325,15 +430,23 @@ mod tests {
 
     #[test]
     fn a_door_never_goes_back_to_an_older_gallery() {
-        assert!(is_newer(5, 6).unwrap());
-        assert!(!is_newer(6, 6).unwrap());
-        assert!(matches!(
-            is_newer(6, 5),
-            Err(BundleError::Older {
-                have: 6,
-                offered: 5
-            })
-        ));
+        // (file holds, highest accepted, offered) → load?
+        assert!(should_load(5, 5, 6).unwrap());
+        assert!(!should_load(6, 6, 6).unwrap());
+        assert!(
+            should_load(0, 6, 6).unwrap(),
+            "a deleted file gets the newest back"
+        );
+        assert!(should_load(4, 6, 6).unwrap());
+        for (holds, highest) in [(6, 6), (0, 6), (6, 0)] {
+            assert!(matches!(
+                should_load(holds, highest, 5),
+                Err(BundleError::Older {
+                    have: 6,
+                    offered: 5
+                })
+            ));
+        }
         let mut g = gallery();
         assert_eq!(next_sequence(&g, 1_000), 1_000);
         g.set_sequence(5_000);
@@ -347,17 +460,70 @@ mod tests {
     }
 
     #[test]
+    fn a_gallery_is_as_old_as_its_export() {
+        let now = DateTime::parse_from_rfc3339(NOW).unwrap().to_utc();
+        let mut g = gallery();
+        assert_eq!(age_s(&g, now), None, "a local gallery has no export age");
+        g.set_sequence(u64::try_from(now.timestamp_millis()).unwrap() - 90_500);
+        assert_eq!(age_s(&g, now), Some(90));
+        g.set_sequence(u64::MAX);
+        assert_eq!(
+            age_s(&g, now),
+            Some(0),
+            "an export from the future is not negative"
+        );
+    }
+
+    struct Door {
+        _dir: tempfile::TempDir,
+        gallery: PathBuf,
+        state: PathBuf,
+    }
+
+    impl Door {
+        fn new() -> Door {
+            let dir = tempfile::tempdir().unwrap();
+            Door {
+                gallery: dir.path().join("gallery.json"),
+                state: dir.path().join(DOOR_STATE),
+                _dir: dir,
+            }
+        }
+
+        fn import(&self, bytes: &[u8], now: &str) -> Result<Option<Opened>, BundleError> {
+            let now = DateTime::parse_from_rfc3339(now).unwrap().to_utc();
+            let public = key(7).verifying_key();
+            let origin = Path::new("x");
+            import_into(
+                bytes,
+                Some(&public),
+                &id("test"),
+                origin,
+                &self.gallery,
+                &self.state,
+                now,
+            )
+        }
+    }
+
+    fn signed_export(sequence: u64, valid_until: Option<&str>) -> Vec<u8> {
+        sign(&export(&gallery(), sequence, "t", valid_until), &key(7))
+    }
+
+    const VALID_UNTIL: &str = "2027-01-01T00:00:00Z";
+    const NOW: &str = "2026-12-03T12:00:00Z";
+
+    #[test]
     fn import_replaces_the_file_only_with_a_newer_gallery() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("gallery.json");
-        let building = key(7);
-        let public = building.verifying_key();
-        let import = |sequence| {
-            let bytes = sign(&export(&gallery(), sequence, "t"), &building);
-            import_into(&bytes, Some(&public), &id("test"), Path::new("x"), &path)
-        };
+        let door = Door::new();
+        let import = |sequence| door.import(&signed_export(sequence, Some(VALID_UNTIL)), NOW);
         assert_eq!(import(10).unwrap().unwrap().sequence, 10);
-        assert_eq!(Gallery::load(&path, &id("test")).unwrap().sequence(), 10);
+        assert_eq!(
+            Gallery::load(&door.gallery, &id("test"))
+                .unwrap()
+                .sequence(),
+            10
+        );
         assert!(
             import(10).unwrap().is_none(),
             "the same gallery again changes nothing"
@@ -370,6 +536,56 @@ mod tests {
             })
         ));
         assert_eq!(import(11).unwrap().unwrap().gallery.people().len(), 1);
+    }
+
+    #[test]
+    fn expired_and_undated_signed_galleries_are_refused() {
+        let door = Door::new();
+        let expired = signed_export(10, Some("2026-12-01T00:00:00Z"));
+        let err = door.import(&expired, NOW).unwrap_err();
+        assert!(matches!(err, BundleError::Expired { .. }), "{err:?}");
+        assert!(err.to_string().contains("2026-12-01T00:00:00Z"), "{err}");
+        assert!(matches!(
+            door.import(&signed_export(11, None), NOW),
+            Err(BundleError::NoValidity)
+        ));
+        let garbled = signed_export(12, Some("next week"));
+        assert!(matches!(
+            door.import(&garbled, NOW),
+            Err(BundleError::NotABundle(_))
+        ));
+        assert!(
+            !door.gallery.exists() && !door.state.exists(),
+            "nothing was written"
+        );
+        assert!(door
+            .import(&signed_export(13, Some(VALID_UNTIL)), NOW)
+            .unwrap()
+            .is_some());
+    }
+
+    #[test]
+    fn a_deleted_gallery_file_does_not_let_an_old_bundle_back_in() {
+        let door = Door::new();
+        let old = signed_export(10, Some(VALID_UNTIL));
+        let new = signed_export(20, Some(VALID_UNTIL));
+        door.import(&old, NOW).unwrap().unwrap();
+        door.import(&new, NOW).unwrap().unwrap();
+        std::fs::remove_file(&door.gallery).unwrap();
+        assert!(matches!(
+            door.import(&old, NOW),
+            Err(BundleError::Older {
+                have: 20,
+                offered: 10
+            })
+        ));
+        assert_eq!(door.import(&new, NOW).unwrap().unwrap().sequence, 20);
+        assert_eq!(highest_accepted(&door.state).unwrap(), 20);
+        std::fs::write(&door.state, "{").unwrap();
+        assert!(
+            matches!(door.import(&new, NOW), Err(BundleError::DoorState { .. })),
+            "a damaged state refuses rather than forgets"
+        );
     }
 
     #[test]

@@ -36,6 +36,10 @@ struct Inner {
     snapshot_bytes: u64,
     /// (kind, result) → count: commands and galleries received over MQTT.
     mqtt_received: BTreeMap<(&'static str, &'static str), u64>,
+    /// event → count: the door's input events (opened, forced, held, exit, ...).
+    door_inputs: BTreeMap<&'static str, u64>,
+    /// alarm → times raised.
+    alarms: BTreeMap<&'static str, u64>,
 }
 
 /// A value kept elsewhere (an atomic counter of another thread), read when /metrics renders.
@@ -84,9 +88,19 @@ impl Metrics {
         });
     }
 
+    /// One event of the door's inputs (`opened`, `forced`, `held`, `exit`, ...).
+    pub(crate) fn count_door_input(&self, event: &'static str) {
+        self.with(|m| *m.door_inputs.entry(event).or_default() += 1);
+    }
+
     /// A command or gallery received over MQTT (`kind`) and what became of it (`result`).
     pub(crate) fn count_mqtt_received(&self, kind: &'static str, result: &'static str) {
         self.with(|m| *m.mqtt_received.entry((kind, result)).or_default() += 1);
+    }
+
+    /// An alarm raised (`code_entry_paused`, ...).
+    pub(crate) fn count_alarm(&self, alarm: &'static str) {
+        self.with(|m| *m.alarms.entry(alarm).or_default() += 1);
     }
 
     /// Reports `read()` as metric `name` of type `kind` (`counter` or `gauge`) from now on.
@@ -115,9 +129,20 @@ impl Metrics {
                 m.snapshot_count,
                 m.snapshot_bytes,
                 m.mqtt_received.clone(),
+                m.door_inputs.clone(),
+                m.alarms.clone(),
             )
         });
-        let (requests, stages, openings, snap_count, snap_bytes, mqtt_received) = m;
+        let (
+            requests,
+            stages,
+            openings,
+            snap_count,
+            snap_bytes,
+            mqtt_received,
+            door_inputs,
+            alarms,
+        ) = m;
         let mut out = String::new();
         out.push_str("# HELP facegate_requests_total Answered requests by endpoint and status.\n");
         out.push_str("# TYPE facegate_requests_total counter\n");
@@ -185,6 +210,26 @@ impl Metrics {
                 "facegate_mqtt_received_total{{kind=\"{kind}\",result=\"{result}\"}} {n}"
             );
         }
+        let by_label = [
+            (
+                "facegate_door_input_events_total",
+                "Events of the door contact and exit button.",
+                "event",
+                &door_inputs,
+            ),
+            (
+                "facegate_alarms_total",
+                "Alarms raised, by alarm.",
+                "alarm",
+                &alarms,
+            ),
+        ];
+        for (name, help, label, counts) in by_label {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (value, n) in counts {
+                let _ = writeln!(out, "{name}{{{label}=\"{value}\"}} {n}");
+            }
+        }
         let sources = lock_recovering(&self.sources);
         let sourced = sources.iter().map(|s| (s.name, s.kind, s.help, (s.read)()));
         for (name, kind, help, value) in gauges.into_iter().chain(sourced) {
@@ -210,7 +255,9 @@ mod tests {
         m.observe_stage("detect", 30.0);
         m.observe_stage("detect", 9000.0);
         m.count_door_opening();
+        m.count_door_input("forced");
         let text = m.render();
+        assert!(text.contains("facegate_door_input_events_total{event=\"forced\"} 1"));
         assert!(text.contains("facegate_requests_total{endpoint=\"image\",status=\"granted\"} 2"));
         assert!(text
             .contains("facegate_stage_duration_seconds_bucket{stage=\"detect\",le=\"0.005\"} 1"));

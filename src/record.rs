@@ -155,6 +155,8 @@ pub struct DecisionRecord {
     pub bytes: Option<usize>,
     /// The client's address, for the log and audit line.
     pub remote: Option<String>,
+    /// The paired tablet that sent the request (proved by its device token), named everywhere.
+    pub tablet: Option<String>,
     #[serde(flatten)]
     pub code: Option<CodeCheck>,
     /// Why the door moved or the frame was kept, where that is not the status: `code` for a code
@@ -181,6 +183,7 @@ impl DecisionRecord {
             snapshot_id: None,
             bytes: None,
             remote: None,
+            tablet: None,
             code: None,
             reason: None,
             retry_after_ms: None,
@@ -232,6 +235,9 @@ impl DecisionRecord {
             "door": self.door,
         });
         let fields = answer.as_object_mut().expect("an object");
+        if let Some(tablet) = &self.tablet {
+            fields.insert("tablet".into(), json!(tablet));
+        }
         if let Some(refusal) = &self.refusal {
             fields.insert("error".into(), json!(refusal.error));
             fields.insert("message".into(), json!(refusal.message));
@@ -322,7 +328,7 @@ impl DecisionRecord {
             if let Some(liveness) = &r.liveness {
                 line += &format!(
                     " liveness={} liveness_threshold={}",
-                    rounded(liveness.mean.or(liveness.score))
+                    rounded(liveness.lowest.or(liveness.score))
                         .map_or("-".to_string(), |s| s.to_string()),
                     round_score(liveness.threshold)
                 );
@@ -348,9 +354,10 @@ impl DecisionRecord {
             line += &format!(" bytes={bytes}");
         }
         line += &format!(
-            " frame_id={:?} remote={}",
+            " frame_id={:?} remote={} tablet={}",
             self.frame_id.as_deref().unwrap_or(""),
-            self.remote.as_deref().unwrap_or("-")
+            self.remote.as_deref().unwrap_or("-"),
+            self.tablet.as_deref().unwrap_or("-")
         );
         line
     }
@@ -387,6 +394,21 @@ mod tests {
             liveness_models: None,
             confirming: None,
         }
+    }
+
+    #[test]
+    fn a_paired_tablet_is_named_in_the_answer_the_audit_line_and_the_log_line() {
+        let mut record = DecisionRecord::new("r-1", Endpoint::Image, Status::Granted);
+        record.tablet = Some("front".into());
+        assert_eq!(record.answer()["tablet"], "front");
+        assert_eq!(record.audit_line()["tablet"], "front");
+        assert!(
+            record.log_line().contains(" tablet=front"),
+            "{}",
+            record.log_line()
+        );
+        let unpaired = DecisionRecord::new("r-2", Endpoint::Image, Status::Granted);
+        assert!(unpaired.answer().get("tablet").is_none());
     }
 
     #[test]
@@ -470,7 +492,7 @@ mod tests {
         record.recognised = Some(Recognised {
             liveness: Some(LivenessVerdict {
                 score: Some(0.1451),
-                mean: None,
+                lowest: None,
                 threshold: 0.8,
             }),
             liveness_models: Some(vec![ModelLiveness {

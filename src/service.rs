@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
-use crate::audit::AuditWriter;
+use crate::audit::{AuditWriter, Tally};
 use crate::body::{parse_code_post, parse_frame_post, BodyError, CodePost, FramePost};
 use crate::codes::{CodeChecker, Verdict};
 use crate::config::Config;
@@ -23,6 +23,7 @@ use crate::door::{DoorController, OpenCause, OpenRequest};
 use crate::events::EventRing;
 use crate::frame::{self, CheckedImage, FrameError, RefusedImage};
 use crate::gallery::{Gallery, LiveGallery};
+use crate::gallery_bundle;
 use crate::metrics::Metrics;
 use crate::mqtt::Remote;
 use crate::ratelimit::RateLimitedLog;
@@ -75,12 +76,16 @@ pub(crate) struct FrameRequest {
     pub content_type: Option<String>,
     /// The client's address, for the log and audit line and the code lockout.
     pub remote: Option<std::net::IpAddr>,
+    /// The paired tablet that sent it (its device token checked by the front).
+    pub tablet: Option<String>,
 }
 
 /// The record the answer is rendered from, plus what is written after the answer is sent.
 pub(crate) struct Handled {
     pub record: DecisionRecord,
     snapshot: Option<Snapshot>,
+    /// Counted into the client's summary (`audit::Tally`) instead of an audit line of its own.
+    summary: Option<(Tally, Option<IpAddr>)>,
 }
 
 impl Handled {
@@ -88,6 +93,7 @@ impl Handled {
         Handled {
             record,
             snapshot: None,
+            summary: None,
         }
     }
 }
@@ -135,13 +141,29 @@ impl Service {
 
     pub fn health(&self) -> Value {
         let gallery = self.gallery.current();
-        json!({
+        let inputs = self.door.input_status();
+        let mut health = json!({
             "status": "ok",
             "door_available": self.door.is_available(),
+            "contact": inputs.contact,
+            "alarm": inputs.alarm,
             "logging": crate::logging::health().as_str(),
             "people": gallery.people().len(),
+            "gallery_sequence": gallery.sequence(),
+            "gallery_age_s": gallery_bundle::age_s(&gallery, Utc::now()),
             "uptime_s": self.started.elapsed().as_secs(),
-        })
+            "code_entry": "open",
+        });
+        if let Some(paused) = self.codes.paused(Instant::now()) {
+            health["code_entry"] = json!("paused");
+            health["code_entry_retry_after_s"] = json!(whole_seconds(paused));
+        }
+        health
+    }
+
+    /// Seconds since the building gallery in use was exported (`None`: not from a building gallery).
+    pub(crate) fn gallery_age_s(&self) -> Option<u64> {
+        gallery_bundle::age_s(&self.gallery.current(), Utc::now())
     }
 
     pub(crate) fn metrics_text(&self) -> String {
@@ -174,10 +196,25 @@ impl Service {
         Ok(json!({ "events": page.events, "next_before": page.next_before }))
     }
 
-    /// A request refused before it reached a decision (bad body, wrong token, full queue, ...):
-    /// logged, counted and audited like a decision, the door untouched.
+    /// A request refused before it reached a decision (bad body, full queue, ...): logged, counted
+    /// and audited like a decision, the door untouched.
     pub fn refuse(&self, request_id: &str, endpoint: Endpoint, refusal: Refusal) -> Handled {
         self.conclude(DecisionRecord::refused(request_id, endpoint, refusal))
+    }
+
+    /// A request refused before any worker saw it (no token, a head or body the front will not
+    /// take): counted in /metrics and summarised per client address, never a log or audit line each,
+    /// so that a flood without a credential cannot push the door's history out.
+    pub fn refuse_before_worker(
+        &self,
+        request_id: &str,
+        endpoint: Endpoint,
+        refusal: Refusal,
+        remote: Option<IpAddr>,
+    ) -> Handled {
+        let mut record = DecisionRecord::refused(request_id, endpoint, refusal);
+        record.remote = remote.map(|ip| ip.to_string());
+        self.conclude_summarised(record, Tally::Refused, remote)
     }
 
     /// Every worker busy and the queue full.
@@ -200,9 +237,11 @@ impl Service {
             body,
             content_type,
             remote,
+            tablet,
         } = request;
         let mut record = DecisionRecord::new(&request_id, endpoint, Status::Error);
         record.remote = remote.map(|ip| ip.to_string());
+        record.tablet = tablet;
         let max_image_bytes = self.config.frame.max_image_bytes;
         if endpoint == Endpoint::Code {
             return match parse_code_post(&body, content_type.as_deref(), max_image_bytes) {
@@ -230,7 +269,7 @@ impl Service {
             Endpoint::Save => self.save_failed_pin(record, post),
             Endpoint::Image if self.config.door.pause_while_open => {
                 match self.door.busy_for(Instant::now()) {
-                    Some(busy) => self.paused(record, busy),
+                    Some(busy) => self.paused(record, busy, remote),
                     None => self.decide_frame(
                         recognizer,
                         record,
@@ -247,11 +286,17 @@ impl Service {
         }
     }
 
-    /// A frame while the door is open or cooling down after a grant: answered at once, not looked at.
-    fn paused(&self, mut record: DecisionRecord, busy: Duration) -> Handled {
+    /// A frame while the door is open or cooling down after a grant: answered at once, not looked at,
+    /// and counted into the tablet's summary rather than audited one by one.
+    fn paused(
+        &self,
+        mut record: DecisionRecord,
+        busy: Duration,
+        remote: Option<IpAddr>,
+    ) -> Handled {
         record.status = Status::Paused;
         record.retry_after_ms = Some(busy.as_micros().div_ceil(1000) as u64);
-        self.conclude(record)
+        self.conclude_summarised(record, Tally::Paused, remote)
     }
 
     /// POST /code: a locked-out address is refused before its code is looked at; a valid code opens
@@ -299,13 +344,26 @@ impl Service {
                 record.status = Status::Denied;
                 record.reason = Some("code_failed");
                 check.attempts_left = Some(attempts_left);
+                // The failure that starts a lockout says how long it lasts, so the tablet can count down.
+                if attempts_left == 0 {
+                    check.retry_after_s = Some(self.config.codes.lockout_s);
+                }
                 Some("code_failed")
             }
             Ok(Verdict::LockedOut { retry_after }) => {
                 record.status = Status::LockedOut;
                 record.reason = Some("code_locked_out");
-                check.retry_after_s = Some(retry_after.as_millis().div_ceil(1000).max(1) as u64);
+                check.retry_after_s = Some(whole_seconds(retry_after));
                 Some("code_locked_out")
+            }
+            Ok(Verdict::Paused { retry_after, alarm }) => {
+                record.status = Status::LockedOut;
+                record.reason = Some("code_entry_paused");
+                check.retry_after_s = Some(whole_seconds(retry_after));
+                if alarm {
+                    self.raise_code_entry_paused(&record.request_id, retry_after);
+                }
+                None
             }
             Ok(Verdict::Stale) => {
                 let stale = decide(&Outcome::NoFace, freshness, Instant::now()).stale;
@@ -334,6 +392,30 @@ impl Service {
             }
             _ => self.conclude(record),
         }
+    }
+
+    /// The building's code failure budget is spent: code entry pauses for everyone. Raised once per
+    /// pause: an audit line (kept like a decision), an MQTT event, a warning and a count; the admin page
+    /// and /healthz show the pause while it lasts.
+    fn raise_code_entry_paused(&self, request_id: &str, pause: Duration) {
+        let codes = &self.config.codes;
+        log::warn!(
+            "request_id={request_id} alarm: {} wrong visitor codes within {} s from all addresses together; code entry is paused for everyone for {} s",
+            codes.building_max_failures,
+            codes.building_window_s,
+            pause.as_secs()
+        );
+        let line = json!({
+            "kind": "alarm",
+            "alarm": "code_entry_paused",
+            "request_id": request_id,
+            "failures": codes.building_max_failures,
+            "window_s": codes.building_window_s,
+            "pause_s": whole_seconds(pause),
+        });
+        self.metrics.count_alarm("code_entry_paused");
+        self.audit.record(&line);
+        self.remote.publish_alarm(&line);
     }
 
     /// POST /save: the tablet reports a failed PIN entry with the frame; stored before the answer,
@@ -384,10 +466,14 @@ impl Service {
     ) -> Handled {
         let freshness =
             Freshness::of_frame(received_at, received_wall, post.captured_at, self.freshness);
-        // Unknown clients (none over HTTP) share the unspecified address.
-        let tablet = TabletKey {
-            address: remote.unwrap_or(IpAddr::from([0, 0, 0, 0])),
-            tablet_id: post.tablet_id.clone(),
+        // A paired tablet is known by its name; unknown clients (none over HTTP) share the
+        // unspecified address.
+        let tablet = match &record.tablet {
+            Some(name) => TabletKey::Paired(name.clone()),
+            None => TabletKey::Address {
+                address: remote.unwrap_or(IpAddr::from([0, 0, 0, 0])),
+                tablet_id: post.tablet_id.clone(),
+            },
         };
         // Garbage is answered as such even when it is also too old to decide on.
         let image = match CheckedImage::check(post.image, &self.config.frame) {
@@ -490,7 +576,34 @@ impl Service {
     }
 
     /// The record is complete: count it and write its log line (the answer follows at once).
-    fn conclude(&self, mut record: DecisionRecord) -> Handled {
+    fn conclude(&self, record: DecisionRecord) -> Handled {
+        let record = self.count(record);
+        if let Some(recognised) = &record.recognised {
+            if recognised.timings.stages.detect_ms > 0.0 || record.status != Status::Stale {
+                self.observe(&recognised.timings);
+            }
+        }
+        log::log!(record.log_level(), "{}", record.log_line());
+        Handled::without_snapshot(record)
+    }
+
+    /// The record of a request that is summarised, not audited: counted, logged only at debug level.
+    fn conclude_summarised(
+        &self,
+        record: DecisionRecord,
+        tally: Tally,
+        remote: Option<IpAddr>,
+    ) -> Handled {
+        let record = self.count(record);
+        log::debug!("{}", record.log_line());
+        Handled {
+            summary: Some((tally, remote)),
+            ..Handled::without_snapshot(record)
+        }
+    }
+
+    /// Stamps the record and counts it in /metrics by endpoint and status (or error).
+    fn count(&self, mut record: DecisionRecord) -> DecisionRecord {
         record.at = Utc::now();
         if record.refusal.is_some() {
             record.status = Status::Error;
@@ -501,13 +614,7 @@ impl Service {
         };
         self.metrics
             .count_request(record.endpoint.name(), status_label);
-        if let Some(recognised) = &record.recognised {
-            if recognised.timings.stages.detect_ms > 0.0 || record.status != Status::Stale {
-                self.observe(&recognised.timings);
-            }
-        }
-        log::log!(record.log_level(), "{}", record.log_line());
-        Handled::without_snapshot(record)
+        record
     }
 
     fn observe(&self, timings: &Timings) {
@@ -532,7 +639,18 @@ impl Service {
     /// never waiting on a disk. Disk trouble is logged (rate-limited) and counted by the writers; it
     /// never reaches the tablet or the door.
     pub(crate) fn follow_up(&self, handled: Handled) {
-        let Handled { record, snapshot } = handled;
+        let Handled {
+            record,
+            snapshot,
+            summary,
+        } = handled;
+        if let Some((tally, remote)) = summary {
+            let label = match &record.refusal {
+                Some(refusal) => refusal.error,
+                None => record.endpoint.name(),
+            };
+            return self.audit.count(tally, remote, label, &record.request_id);
+        }
         let line = record.audit_line();
         self.audit.record(&line);
         if record.kind() == "decision" {
@@ -576,7 +694,7 @@ pub fn judge(
     let now = Instant::now();
     let tally = confirmation.and_then(|Confirming { table, tablet }| {
         let mut table = table.lock().unwrap_or_else(PoisonError::into_inner);
-        match confirming_person(&outcome, liveness, freshness, now) {
+        match confirming_person(&outcome, liveness, liveness_threshold, freshness, now) {
             Some(person) => Some(table.grant(&tablet, person, liveness.score(), now)),
             None => {
                 table.interrupt(&tablet);
@@ -652,6 +770,11 @@ fn stage_timings(
         total_ms: received_at.elapsed().as_secs_f64() * 1000.0,
     }
     .rounded()
+}
+
+/// A wait as the answers give it: whole seconds, rounded up, at least 1.
+fn whole_seconds(wait: Duration) -> u64 {
+    wait.as_millis().div_ceil(1000).max(1) as u64
 }
 
 fn internal_error() -> Refusal {

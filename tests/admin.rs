@@ -133,6 +133,19 @@ impl<'a> Browser<'a> {
         self.send("POST", path, Some(&content_type), &body)
     }
 
+    /// A form's answer under Post/Redirect/Get: a 303, then the page it names, loaded as a browser
+    /// would.
+    fn follow(&mut self, reply: &Reply) -> Reply {
+        assert_eq!(
+            reply.status,
+            303,
+            "a form that changes something redirects: {}",
+            reply.text()
+        );
+        let location = reply.header("Location").expect("a Location").to_string();
+        self.get(&location)
+    }
+
     /// Signs in through the form, as a person would.
     fn sign_in(&mut self, password: &str) -> Reply {
         let form = self.get("/admin/login");
@@ -356,7 +369,7 @@ fn sign_in_pages_actions_and_sign_out_over_http() {
             ("cat.jpg", photo(NO_FACE_PHOTO)),
         ],
     );
-    let page = html(&enrolled);
+    let page = html(&browser.follow(&enrolled));
     assert!(
         page.contains("Enrolled rose: 1 of 2 photos accepted"),
         "{page}"
@@ -383,13 +396,13 @@ fn sign_in_pages_actions_and_sign_out_over_http() {
         &[("csrf", &token), ("name", "nobody")],
         &[("cat.jpg", photo(NO_FACE_PHOTO))],
     );
-    assert!(html(&refused).contains("Nothing enrolled for nobody"));
+    assert!(html(&browser.follow(&refused)).contains("Nothing enrolled for nobody"));
     let more = browser.post_files(
         "/admin/people/add",
         &[("csrf", &token), ("name", "rose")],
         &[("img2.jpg", photo("rose_leslie/img2.jpg"))],
     );
-    assert!(html(&more).contains("Enrolled rose: 1 of 1"));
+    assert!(html(&browser.follow(&more)).contains("Enrolled rose: 1 of 1"));
 
     // CSRF: a form without this session's token changes nothing.
     let forged = browser.post(
@@ -412,7 +425,7 @@ fn sign_in_pages_actions_and_sign_out_over_http() {
         ],
     );
     assert!(
-        html(&stale).contains("reload the page"),
+        html(&browser.follow(&stale)).contains("reload the page"),
         "a stale page removes nothing"
     );
     let removed = browser.post(
@@ -424,7 +437,7 @@ fn sign_in_pages_actions_and_sign_out_over_http() {
             ("sample", &thumbnail),
         ],
     );
-    assert!(html(&removed).contains("Removed the photo img1.jpg of rose"));
+    assert!(html(&browser.follow(&removed)).contains("Removed the photo img1.jpg of rose"));
     assert!(!daemon
         .state_dir()
         .join("thumbnails")
@@ -434,7 +447,7 @@ fn sign_in_pages_actions_and_sign_out_over_http() {
         "/admin/people/remove",
         &[("csrf", &token), ("name", "rose")],
     );
-    assert!(html(&removed).contains("Removed rose."));
+    assert!(html(&browser.follow(&removed)).contains("Removed rose."));
     assert!(!gallery_names(&daemon).contains(&"rose".to_string()));
 
     // Door: the test pulse moves the relay and is audited with the admin as its cause.
@@ -443,11 +456,20 @@ fn sign_in_pages_actions_and_sign_out_over_http() {
     wait_for("the door to lock again after the grants above", || {
         (browser.get("/admin/status.json").json()["door"] == "locked").then_some(())
     });
-    let pulsed = html(&browser.post("/admin/door/pulse", &[("csrf", &token)]));
+    // Post/Redirect/Get: the pulse answers 303 to the door page, which shows its notice once; a
+    // reload of that page (a GET) pulses nothing.
+    let pulse = browser.post("/admin/door/pulse", &[("csrf", &token)]);
+    redirects_to(&pulse, "/admin/door");
+    let pulsed = html(&browser.follow(&pulse));
     assert!(pulsed.contains("Test pulse sent"), "{pulsed}");
     daemon.wait_for_journal("the test pulse", |j| {
         j.iter().filter(|a| a.is_unlocked()).count() > unlocks_before
     });
+    let reloaded = html(&browser.get("/admin/door"));
+    assert!(
+        !reloaded.contains("Test pulse sent"),
+        "the notice is shown once"
+    );
     let audit = wait_for("the door_test and door lines", || {
         let lines = audit_lines(&daemon);
         let test = lines.iter().find(|l| l["action"] == "door_test")?.clone();
@@ -461,6 +483,11 @@ fn sign_in_pages_actions_and_sign_out_over_http() {
     assert_eq!(audit["remote"], "127.0.0.1");
     let door = html(&browser.get("/admin/door"));
     assert!(door.contains(audit["request_id"].as_str().unwrap()));
+    assert_eq!(
+        daemon.journal().iter().filter(|a| a.is_unlocked()).count(),
+        unlocks_before + 1,
+        "reloading the door page after a pulse pulses nothing"
+    );
     assert!(audit_lines(&daemon)
         .iter()
         .any(|l| l["action"] == "enrol" && l["identity"] == "rose"));
@@ -478,7 +505,9 @@ fn sign_in_pages_actions_and_sign_out_over_http() {
             ("digits", "6"),
         ],
     );
-    assert!(html(&generated).contains("Generated 2 daily codes for each of 5 working days"));
+    redirects_to(&generated, "/admin/codes?date=2030-01-07");
+    assert!(html(&browser.follow(&generated))
+        .contains("Generated 2 daily codes for each of 5 working days"));
     let monday = html(&browser.get("/admin/codes?date=2030-01-07"));
     let codes: Vec<String> = monday
         .split("<span class=\"code\">")
@@ -495,7 +524,7 @@ fn sign_in_pages_actions_and_sign_out_over_http() {
             ("date", "2030-01-07"),
         ],
     );
-    assert!(html(&revoked).contains("Revoked the code (daily 2030-01-07)"));
+    assert!(html(&browser.follow(&revoked)).contains("Revoked the code (daily 2030-01-07)"));
     assert!(!html(&browser.get("/admin/codes?date=2030-01-07")).contains(&codes[0]));
     let forged = browser.post("/admin/codes/revoke", &[("csrf", "x"), ("code", &codes[1])]);
     assert_eq!(forged.status, 403);
@@ -565,6 +594,55 @@ fn sessions_expire_and_wrong_passwords_lock_the_address_out() {
     });
 }
 
+/// Regression: sessions survived a password change, so a stolen session outlived the fix.
+#[test]
+fn a_password_change_ends_every_session() {
+    let daemon = admin_daemon(Setup::new());
+    let mut office = Browser::new(&daemon);
+    let mut phone = Browser::new(&daemon);
+    redirects_to(&office.sign_in(PASSWORD), "/admin/");
+    redirects_to(&phone.sign_in(PASSWORD), "/admin/");
+    assert_eq!(office.get("/admin/people").status, 200);
+    let changed = set_password(daemon.setup(), "a new password\n");
+    assert!(changed.status.success(), "{changed:?}");
+    redirects_to(&office.get("/admin/people"), "/admin/login");
+    redirects_to(&phone.get("/admin/"), "/admin/login");
+    assert_eq!(phone.get("/admin/status.json").status, 401);
+    assert_eq!(office.sign_in(PASSWORD).status, 401, "the old password");
+    redirects_to(&office.sign_in("a new password"), "/admin/");
+    assert_eq!(
+        office.get("/admin/people").status,
+        200,
+        "a new session lives"
+    );
+    wait_for("the sessions_ended audit line", || {
+        audit_lines(&daemon)
+            .iter()
+            .any(|l| l["action"] == "sessions_ended")
+            .then_some(())
+    });
+}
+
+/// The dashboard shows the alarm while code entry is paused for everyone.
+#[test]
+fn the_dashboard_shows_the_code_entry_alarm() {
+    let daemon = admin_daemon(
+        Setup::new()
+            .set("codes.max_failures", 2)
+            .set("codes.building_max_failures", 2),
+    );
+    let mut browser = Browser::new(&daemon);
+    redirects_to(&browser.sign_in(PASSWORD), "/admin/");
+    assert!(!html(&browser.get("/admin/")).contains("code-entry-alarm"));
+    for status in [200, 429] {
+        let reply = daemon.post("/code", br#"{"code": "000000"}"#);
+        assert_eq!(reply.status, status, "{}", reply.text());
+    }
+    let dashboard = html(&browser.get("/admin/"));
+    assert!(dashboard.contains("code-entry-alarm"), "{dashboard}");
+    assert!(dashboard.contains("Code entry is paused"), "{dashboard}");
+}
+
 /// One request over TLS (the server key pinned), read to the connection's end.
 fn over_tls(daemon: &Daemon, pin: &str, request: &str) -> (String, String) {
     use std::io::Read;
@@ -630,4 +708,58 @@ fn over_tls_the_session_cookie_is_secure() {
     for attribute in ["HttpOnly", "SameSite=Strict", "Secure"] {
         assert!(session.contains(attribute), "{session} lacks {attribute}");
     }
+}
+
+#[test]
+fn the_dashboard_shows_a_forced_door_and_only_a_signed_in_admin_acknowledges_it() {
+    let daemon = admin_daemon(Setup::new().set("door.contact.enabled", true));
+    daemon.wait_for_contact("closed", None);
+    let mut browser = Browser::new(&daemon);
+    redirects_to(&browser.sign_in(PASSWORD), "/admin/");
+    let calm = html(&browser.get("/admin/"));
+    assert!(calm.contains("id=\"door-contact\">closed<") && calm.contains("no alarm"));
+
+    daemon.door_input("contact open");
+    daemon.wait_for_contact("open", Some("forced"));
+    let dashboard = browser.get("/admin/");
+    let alarmed = html(&dashboard);
+    assert!(
+        alarmed.contains("badge bad\">forced<") && alarmed.contains("/admin/door/acknowledge"),
+        "{alarmed}"
+    );
+    let token = csrf(&dashboard);
+
+    // Neither a forged form nor a request without a session acknowledges anything.
+    let forged = browser.post("/admin/door/acknowledge", &[("csrf", "forged")]);
+    assert_eq!(forged.status, 403);
+    let mut stranger = Browser::new(&daemon);
+    let signed_out = stranger.post("/admin/door/acknowledge", &[("csrf", &token)]);
+    assert_eq!(signed_out.status, 401);
+    assert_eq!(daemon.get("/healthz").json()["alarm"], "forced");
+
+    // Post/Redirect/Get: the acknowledgement answers with a redirect to the dashboard.
+    let acknowledged = browser.post(
+        "/admin/door/acknowledge",
+        &[("csrf", &token), ("alarm", "forced")],
+    );
+    redirects_to(&acknowledged, "/admin/");
+    daemon.wait_for_contact("open", None);
+    assert!(html(&browser.get("/admin/")).contains("no alarm"));
+    let audit = wait_for("the acknowledgement's audit lines", || {
+        let lines = audit_lines(&daemon);
+        let admin = lines
+            .iter()
+            .find(|l| l["action"] == "alarm_acknowledged")?
+            .clone();
+        lines
+            .iter()
+            .any(|l| {
+                l["kind"] == "door_input" && l["event"] == "acknowledged" && l["alarm"] == "forced"
+            })
+            .then_some(admin)
+    });
+    assert_eq!(
+        (&audit["kind"], &audit["alarm"]),
+        (&json!("admin"), &json!("forced"))
+    );
 }

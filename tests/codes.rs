@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use harness::{
     audit_lines, bearer, photo, read_reply, run_facegate, wait_for_audit, wait_for_snapshot,
-    Daemon, Finished, Reply, Setup, GRANTED_PHOTO, STRANGER_PHOTO,
+    with_visitor_codes, Daemon, Finished, Reply, Setup, GRANTED_PHOTO, STRANGER_PHOTO,
 };
 
 /// Runs `facegate codes ...` with a config whose week has a holiday on Christmas.
@@ -156,40 +156,9 @@ fn show_defaults_to_today_in_local_time() {
 // ---------------------------------------------------------------------------------------------
 // POST /code on the real daemon
 
-/// A daemon whose every weekday is a working day (so the test passes any day), with codes for
-/// yesterday to tomorrow made by `facegate codes generate`. Long codes, so that no timestamp or id
-/// in a log can contain one by chance.
+/// A daemon with visitor codes valid today (see `harness::with_visitor_codes`).
 fn daemon_with_codes(setup: Setup) -> (Daemon, Vec<String>) {
-    let setup = setup.set(
-        "codes.working_days",
-        toml::Value::Array(
-            ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
-                .map(|d| toml::Value::String(d.into()))
-                .into(),
-        ),
-    );
-    let today = chrono::Local::now().date_naive();
-    let (from, to) = (today.pred_opt().unwrap(), today.succ_opt().unwrap());
-    let generated = setup.run(&[
-        "codes",
-        "generate",
-        "--from",
-        &from.to_string(),
-        "--to",
-        &to.to_string(),
-        "--daily",
-        "3",
-        "--weekly",
-        "1",
-        "--digits",
-        "12",
-    ]);
-    assert!(generated.status.success(), "{generated:?}");
-    let shown = setup.run(&["codes", "show", "--json"]);
-    let valid: Value = serde_json::from_str(&shown.stdout).unwrap_or_else(|_| panic!("{shown:?}"));
-    let mut codes = strings(&valid["daily"]);
-    codes.extend(strings(&valid["weekly"]));
-    assert_eq!(codes.len(), 4, "{valid}");
+    let (setup, codes) = with_visitor_codes(setup);
     (setup.serve(), codes)
 }
 
@@ -455,4 +424,81 @@ fn malformed_code_posts_are_refused_without_counting_as_failures() {
         "granted",
     );
     assert_eq!(daemon.get("/code").status, 405);
+}
+
+/// Regression: a right code reset the address's failures, so two wrong codes and one right one,
+/// repeated, were never locked out (one visitor's daily code made an oracle for the weekly code).
+#[test]
+fn regression_two_wrong_one_valid_repeated_is_locked_out() {
+    let (daemon, codes) = daemon_with_codes(Setup::new());
+    let tablet = "127.0.0.3";
+    let send = |code: &str| post_from(&daemon, tablet, "/code", &code_body(code, None));
+    for (code, http, status) in [
+        (WRONG, 200, "denied"),
+        (WRONG, 200, "denied"),
+        (codes[0].as_str(), 200, "granted"),
+        (WRONG, 200, "denied"),
+        (codes[0].as_str(), 429, "locked_out"),
+        (codes[3].as_str(), 429, "locked_out"),
+    ] {
+        answer(&send(code), http, status);
+    }
+}
+
+/// Rotating addresses cannot multiply the guess rate: the building's budget pauses code entry for
+/// every address, raises the alarm once (audit line, /metrics, /healthz for the admin page) and the
+/// pause holds even for a valid code from an address that never failed.
+#[test]
+fn the_building_budget_pauses_code_entry_for_everyone_and_raises_the_alarm() {
+    let (daemon, codes) = daemon_with_codes(
+        Setup::new()
+            .set("codes.building_max_failures", 4)
+            .set("codes.building_pause_s", 600),
+    );
+    for (source, http, status) in [
+        ("127.0.0.10", 200, "denied"),
+        ("127.0.0.11", 200, "denied"),
+        ("127.0.0.12", 200, "denied"),
+    ] {
+        answer(
+            &post_from(&daemon, source, "/code", &code_body(WRONG, None)),
+            http,
+            status,
+        );
+    }
+    let spent = answer(
+        &post_from(&daemon, "127.0.0.13", "/code", &code_body(WRONG, None)),
+        429,
+        "locked_out",
+    );
+    assert!(spent["retry_after_s"].as_u64().unwrap() > 500, "{spent}");
+    let id = spent["request_id"].as_str().unwrap();
+    let alarm = wait_for_audit(&daemon, "alarm", id);
+    assert_eq!(alarm["alarm"], "code_entry_paused", "{alarm}");
+    assert_eq!(
+        wait_for_audit(&daemon, "decision", id)["reason"],
+        "code_entry_paused"
+    );
+    let valid = answer(
+        &post_from(&daemon, "127.0.0.14", "/code", &code_body(&codes[0], None)),
+        429,
+        "locked_out",
+    );
+    assert_eq!(
+        wait_for_audit(&daemon, "decision", valid["request_id"].as_str().unwrap())["reason"],
+        "code_entry_paused"
+    );
+    assert_eq!(unlocks(&daemon), 0);
+    let health = daemon.get("/healthz").json();
+    assert_eq!(health["code_entry"], "paused", "{health}");
+    let metrics = daemon.get("/metrics").text();
+    assert!(
+        metrics.contains("facegate_alarms_total{alarm=\"code_entry_paused\"} 1"),
+        "{metrics}"
+    );
+    let alarms = audit_lines(&daemon)
+        .into_iter()
+        .filter(|line| line["kind"] == "alarm")
+        .count();
+    assert_eq!(alarms, 1, "the alarm is raised once per pause");
 }

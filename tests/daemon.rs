@@ -415,22 +415,46 @@ fn the_tablets_raw_png_jpeg_and_multipart_frames_are_understood() {
     assert_eq!(unlocks(&daemon.journal()), 0);
 }
 
-/// The old server skipped work for 2 s after a success; the tablet pauses 2.5 s.
+/// The old server skipped work for 2 s after a success; the tablet pauses 2.5 s. Paused frames
+/// (about 25 per grant) are summarised in the audit, not written one by one.
 #[test]
 fn frames_after_a_grant_are_paused_while_the_door_is_open_and_cooling_down() {
     let daemon = Setup::new()
         .set("door.hold_ms", 1500)
         .set("door.cooldown_ms", 500)
+        .set("audit.summary_interval_s", 1)
         .serve();
     let (first, _) = grant(&daemon);
     assert_eq!(first["door"], "opened", "{first}");
+    let mut paused_ids = Vec::new();
     for body in [b64(&photo(GRANTED_PHOTO)), b64(&photo(STRANGER_PHOTO))] {
         let paused = decision(&daemon.post("/image", body.as_bytes()), "paused");
         let retry = paused["retry_after_ms"].as_u64().unwrap();
         assert!((1..=2000).contains(&retry), "{paused}");
         assert!(paused["timings"].is_null(), "no recognition ran: {paused}");
         assert_eq!(paused["door"], "locked", "{paused}");
+        paused_ids.push(request_id(&paused));
     }
+    let summary = wait_for("the paused frames' summary", || {
+        audit_lines(&daemon)
+            .into_iter()
+            .find(|line| line["kind"] == "paused_summary")
+    });
+    assert_eq!(summary["count"], 2, "{summary}");
+    assert_eq!(
+        (
+            summary["first_request_id"].as_str(),
+            summary["last_request_id"].as_str()
+        ),
+        (Some(paused_ids[0].as_str()), Some(paused_ids[1].as_str())),
+        "{summary}"
+    );
+    assert!(
+        !audit_lines(&daemon)
+            .iter()
+            .any(|line| line["kind"] == "paused"),
+        "paused frames are not audited one by one"
+    );
     let journal = daemon.wait_for_journal("the relock", |j| {
         j.iter().any(|a| a.reason == "hold_elapsed")
     });

@@ -10,6 +10,8 @@
 mod harness;
 mod support;
 
+// Only `frame_body` and `config` run here; tests/fuzz_targets.rs runs the others.
+#[allow(dead_code)]
 #[path = "../fuzz/src/lib.rs"]
 mod fuzz_targets;
 

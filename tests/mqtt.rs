@@ -1,7 +1,9 @@
 //! MQTT end to end: the real `facegate serve` and a real Mosquitto broker (started by each test on a
 //! free loopback port, with password authentication), observed with Mosquitto's own clients. Guards
 //! what a building sees: events with their request id, retained door state and discovery, the last
-//! will, signed commands (valid, invalid, replayed), the building gallery, and a broker outage.
+//! will, signed commands (valid, invalid, replayed, replayed after a restart), the building gallery
+//! (signed, older, expired, after a deleted gallery file), an oversized retained message, and a broker
+//! outage.
 
 mod harness;
 
@@ -201,6 +203,30 @@ impl Broker {
             command.arg("-r");
         }
         assert!(command.status().expect("mosquitto_pub runs").success());
+    }
+
+    /// Publishes a command (not retained) until `done` holds, once a second. A message that reaches
+    /// the broker while the door's link reconnects (a 1 s keepalive missed on a loaded machine) is
+    /// lost, as with any clean MQTT session; sending the same signed command again is safe, since the
+    /// door accepts it at most once.
+    fn publish_until<T>(
+        &self,
+        topic: &str,
+        payload: &[u8],
+        what: &str,
+        mut done: impl FnMut() -> Option<T>,
+    ) -> T {
+        let mut last_sent: Option<std::time::Instant> = None;
+        wait_for(what, || {
+            if let Some(found) = done() {
+                return Some(found);
+            }
+            if last_sent.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+                self.publish(topic, payload, false);
+                last_sent = Some(std::time::Instant::now());
+            }
+            None
+        })
     }
 
     /// The retained message of `topic`, if any.
@@ -435,24 +461,27 @@ fn commands_need_a_valid_signature_and_work_once() {
     let unlocks = |d: &Daemon| d.journal().iter().filter(|a| a.is_unlocked()).count();
 
     let forged = signed_command(daemon.setup(), "unlock", "another-secret-0123456789");
-    broker.publish(topic, &forged, false);
-    wait_metric(
-        &daemon,
-        "facegate_mqtt_received_total{kind=\"command\",result=\"bad_signature\"}",
-        1,
-    );
+    broker.publish_until(topic, &forged, "the forged command's refusal", || {
+        metric(
+            &daemon,
+            "facegate_mqtt_received_total{kind=\"command\",result=\"bad_signature\"}",
+        )
+    });
 
     let unlock = signed_command(daemon.setup(), "unlock", SECRET);
-    broker.publish(topic, &unlock, false);
-    daemon.wait_for_journal("the commanded unlock", |j| {
-        j.iter().any(|a| a.is_unlocked())
+    broker.publish_until(topic, &unlock, "the commanded unlock", || {
+        daemon
+            .journal()
+            .iter()
+            .any(|a| a.is_unlocked())
+            .then_some(())
     });
-    broker.publish(topic, &unlock, false);
-    wait_metric(
-        &daemon,
-        "facegate_mqtt_received_total{kind=\"command\",result=\"replayed\"}",
-        1,
-    );
+    broker.publish_until(topic, &unlock, "the replay's refusal", || {
+        metric(
+            &daemon,
+            "facegate_mqtt_received_total{kind=\"command\",result=\"replayed\"}",
+        )
+    });
     assert_eq!(
         unlocks(&daemon),
         1,
@@ -487,12 +516,14 @@ fn commands_need_a_valid_signature_and_work_once() {
 
     // lock: a face no longer opens the door, until clear.
     daemon.wait_for_journal("the relock", |j| j.last().is_some_and(|a| !a.is_unlocked()));
-    broker.publish(
-        topic,
-        &signed_command(daemon.setup(), "lock", SECRET),
-        false,
-    );
-    daemon.wait_for_journal("the lockdown", |j| j.iter().any(|a| a.reason == "lockdown"));
+    let lock = signed_command(daemon.setup(), "lock", SECRET);
+    broker.publish_until(topic, &lock, "the lockdown", || {
+        daemon
+            .journal()
+            .iter()
+            .any(|a| a.reason == "lockdown")
+            .then_some(())
+    });
     let refused = post_frame(&daemon, GRANTED_PHOTO);
     assert_eq!(
         (refused["status"].as_str(), refused["door"].as_str()),
@@ -505,11 +536,14 @@ fn commands_need_a_valid_signature_and_work_once() {
         "the retained door state shows the lockdown"
     );
     assert_eq!(unlocks(&daemon), 1);
-    broker.publish(
-        topic,
-        &signed_command(daemon.setup(), "clear", SECRET),
-        false,
-    );
+    let clear = signed_command(daemon.setup(), "clear", SECRET);
+    broker.publish_until(topic, &clear, "the clear command", || {
+        metric(
+            &daemon,
+            "facegate_mqtt_received_total{kind=\"command\",result=\"accepted\"}",
+        )
+        .filter(|n| *n >= 3)
+    });
     wait_for("the lockdown to end", || {
         let answer = post_frame(&daemon, GRANTED_PHOTO);
         (answer["door"] == "opened").then_some(())
@@ -519,39 +553,15 @@ fn commands_need_a_valid_signature_and_work_once() {
 #[test]
 fn a_signed_gallery_reaches_two_doors_and_unsigned_or_older_ones_do_not() {
     let broker = Broker::start();
-    // The building's key and two exports of the enrolled gallery, the second newer than the first.
-    let office = Setup::new();
-    let key = office.dir().join("building.key");
-    let keygen = office.run(&["gallery", "keygen", key.to_str().unwrap()]);
-    assert!(keygen.status.success(), "{keygen:?}");
-    let public = keygen
-        .stdout
-        .split('"')
-        .nth(1)
-        .expect("the public key line")
-        .to_string();
-    let export = |name: &str, signed: bool| -> PathBuf {
-        let file = office.dir().join(name);
-        let mut args = vec!["gallery", "export", file.to_str().unwrap()];
-        if signed {
-            args.extend(["--sign", key.to_str().unwrap()]);
-        }
-        let finished = office.run(&args);
-        assert!(finished.status.success(), "{finished:?}");
-        std::thread::sleep(Duration::from_millis(5));
-        file
-    };
-    let older = export("older.json", true);
-    let unsigned = export("unsigned.json", false);
-    let newer = export("newer.json", true);
+    // The building's key and exports of the enrolled gallery, each newer than the one before.
+    let office = Office::new();
+    let older = office.export("older.json", true);
+    let unsigned = office.export("unsigned.json", false);
+    let newer = office.export("newer.json", true);
 
     let doors: Vec<Daemon> = ["north", "south"]
         .into_iter()
-        .map(|door| {
-            let setup = mqtt_setup(&broker, door).set("mqtt.gallery_public_key", public.as_str());
-            std::fs::remove_file(setup.state_dir().join("gallery.json")).unwrap();
-            setup.serve()
-        })
+        .map(|door| office.door(&broker, door).serve())
         .collect();
     let people = |d: &Daemon| d.get("/healthz").json()["people"].as_u64();
     for door in &doors {
@@ -593,12 +603,208 @@ fn a_signed_gallery_reaches_two_doors_and_unsigned_or_older_ones_do_not() {
     }
 
     // A door started later gets the retained gallery at once.
-    let late = mqtt_setup(&broker, "late").set("mqtt.gallery_public_key", public.as_str());
-    std::fs::remove_file(late.state_dir().join("gallery.json")).unwrap();
-    let late = late.serve();
+    let late = office.door(&broker, "late").serve();
     wait_for("the retained gallery at a late door", || {
         (people(&late) == Some(2)).then_some(())
     });
+}
+
+/// Issue 16, attack 4: a signed `unlock` captured from the broker and republished after a restart,
+/// inside `command_window_s`, opened the door again (the nonces lived only in RAM).
+#[test]
+fn a_signed_unlock_captured_before_a_restart_is_refused_after_it() {
+    let broker = Broker::start();
+    let mut daemon = mqtt_setup(&broker, "east")
+        .set("mqtt.allow_commands", true)
+        .set("mqtt.command_secret", SECRET)
+        // Far longer than the restart takes on a loaded machine: the replay is inside the window.
+        .set("mqtt.command_window_s", 600)
+        .set("door.hold_ms", 300)
+        .serve();
+    wait_metric(&daemon, "facegate_mqtt_connected ", 1);
+    let topic = "facegate/east/command";
+    let captured = signed_command(daemon.setup(), "unlock", SECRET);
+    broker.publish_until(topic, &captured, "the commanded unlock", || {
+        daemon
+            .journal()
+            .iter()
+            .any(|a| a.is_unlocked())
+            .then_some(())
+    });
+    daemon.wait_for_journal("the relock", |j| j.last().is_some_and(|a| !a.is_unlocked()));
+    let unlocks = |d: &Daemon| d.journal().iter().filter(|a| a.is_unlocked()).count();
+    let before = unlocks(&daemon);
+
+    daemon.restart();
+    wait_metric(&daemon, "facegate_mqtt_connected ", 1);
+    broker.publish_until(topic, &captured, "the replay's refusal", || {
+        metric(
+            &daemon,
+            "facegate_mqtt_received_total{kind=\"command\",result=\"replayed\"}",
+        )
+    });
+    wait_for("the replay's audit line", || {
+        audit_lines(&daemon)
+            .iter()
+            .any(|l| l["kind"] == "command" && l["result"] == "replayed")
+            .then_some(())
+    });
+    assert_eq!(unlocks(&daemon), before, "the replay did not open the door");
+    // A fresh command still works after the restart.
+    let fresh = signed_command(daemon.setup(), "unlock", SECRET);
+    broker.publish_until(topic, &fresh, "a fresh unlock", || {
+        (unlocks(&daemon) > before).then_some(())
+    });
+}
+
+/// The building's key (secret file, public text) and a way to export the office's gallery.
+struct Office {
+    setup: Setup,
+    key: PathBuf,
+    public: String,
+}
+
+impl Office {
+    fn new() -> Office {
+        let setup = Setup::new();
+        let key = setup.dir().join("building.key");
+        let keygen = setup.run(&["gallery", "keygen", key.to_str().unwrap()]);
+        assert!(keygen.status.success(), "{keygen:?}");
+        let public = keygen
+            .stdout
+            .split('"')
+            .nth(1)
+            .expect("the public key line")
+            .to_string();
+        Office { setup, key, public }
+    }
+
+    /// `facegate gallery export` (signed unless `signed` is false); each export has a newer sequence.
+    fn export(&self, name: &str, signed: bool) -> PathBuf {
+        let file = self.setup.dir().join(name);
+        let mut args = vec!["gallery", "export", file.to_str().unwrap()];
+        if signed {
+            args.extend(["--sign", self.key.to_str().unwrap()]);
+        }
+        let finished = self.setup.run(&args);
+        assert!(finished.status.success(), "{finished:?}");
+        std::thread::sleep(Duration::from_millis(5));
+        file
+    }
+
+    /// An export whose `valid_until` is in the past, but with the newest sequence, signed with the
+    /// building key: what a building published long ago looks like when it carries a later sequence.
+    fn expired_export(&self) -> Vec<u8> {
+        let unsigned = self.export("to-expire.json", false);
+        let mut bundle: Value = serde_json::from_slice(&std::fs::read(unsigned).unwrap()).unwrap();
+        bundle["valid_until"] = Value::from("2020-01-01T00:00:00Z");
+        bundle["sequence"] = Value::from(bundle["sequence"].as_u64().unwrap() + 1_000_000);
+        let key = facegate::gallery_bundle::read_secret_key(&self.key).unwrap();
+        facegate::gallery_bundle::sign(&serde_json::to_vec(&bundle).unwrap(), &key)
+    }
+
+    /// A door following the building gallery, with no gallery of its own.
+    fn door(&self, broker: &Broker, door_id: &str) -> Setup {
+        let setup =
+            mqtt_setup(broker, door_id).set("mqtt.gallery_public_key", self.public.as_str());
+        std::fs::remove_file(setup.state_dir().join("gallery.json")).unwrap();
+        setup
+    }
+}
+
+/// Issue 16: signed galleries never expired, and a door whose gallery file was deleted accepted any
+/// old signed bundle (people removed since came back).
+#[test]
+fn expired_galleries_and_old_ones_after_a_deleted_gallery_file_are_refused() {
+    let broker = Broker::start();
+    let office = Office::new();
+    let older = office.export("older.json", true);
+    let newer = office.export("newer.json", true);
+    let expired = office.expired_export();
+    let daemon = office.door(&broker, "west").serve();
+    let health = |d: &Daemon| d.get("/healthz").json();
+    wait_metric(&daemon, "facegate_mqtt_connected ", 1);
+
+    publish_file(&broker, &older);
+    wait_for("the older gallery", || {
+        (health(&daemon)["people"] == 2).then_some(())
+    });
+    publish_file(&broker, &newer);
+    let newer_sequence = wait_for("the newer gallery", || {
+        let sequence = health(&daemon)["gallery_sequence"].as_u64()?;
+        (sequence > 0
+            && metric(
+                &daemon,
+                "facegate_mqtt_received_total{kind=\"gallery\",result=\"loaded\"}",
+            ) == Some(2))
+        .then_some(sequence)
+    });
+    let age = health(&daemon)["gallery_age_s"].as_u64();
+    assert!(
+        age.is_some_and(|a| a < 3_600),
+        "the gallery's age on /healthz: {age:?}"
+    );
+    assert!(metric(&daemon, "facegate_gallery_age_seconds ").is_some_and(|a| a < 3_600));
+
+    broker.publish("facegate/gallery", &expired, true);
+    wait_metric(
+        &daemon,
+        "facegate_mqtt_received_total{kind=\"gallery\",result=\"expired\"}",
+        1,
+    );
+    assert_eq!(health(&daemon)["gallery_sequence"], newer_sequence);
+
+    // The gallery file goes; the door's own state still knows the newest sequence it accepted.
+    std::fs::remove_file(daemon.state_dir().join("gallery.json")).unwrap();
+    wait_for("the daemon to reload the empty gallery", || {
+        (health(&daemon)["people"] == 0).then_some(())
+    });
+    publish_file(&broker, &older);
+    wait_metric(
+        &daemon,
+        "facegate_mqtt_received_total{kind=\"gallery\",result=\"older\"}",
+        1,
+    );
+    assert_eq!(
+        health(&daemon)["people"],
+        0,
+        "the old bundle was not loaded"
+    );
+    assert_eq!(post_frame(&daemon, GRANTED_PHOTO)["status"], "unknown");
+    publish_file(&broker, &newer);
+    wait_for("the newest gallery again", || {
+        (health(&daemon)["people"] == 2).then_some(())
+    });
+}
+
+/// Issue 16: a retained message over `mqtt.max_message_bytes` broke every reconnection.
+#[test]
+fn an_oversized_retained_message_is_skipped_and_the_link_keeps_working() {
+    let broker = Broker::start();
+    let office = Office::new();
+    broker.publish("facegate/gallery", &vec![b'x'; 10_000], true);
+    let daemon = office
+        .door(&broker, "north")
+        .set("mqtt.max_message_bytes", 4096)
+        .set("mqtt.allow_commands", true)
+        .set("mqtt.command_secret", SECRET)
+        .set("door.hold_ms", 300)
+        .serve();
+    daemon.wait_for_log(&["skipped a 10000-byte retained message on facegate/gallery"]);
+    wait_metric(&daemon, "facegate_mqtt_connected ", 1);
+    let unlock = signed_command(daemon.setup(), "unlock", SECRET);
+    broker.publish_until(
+        "facegate/north/command",
+        &unlock,
+        "the commanded unlock",
+        || {
+            daemon
+                .journal()
+                .iter()
+                .any(|a| a.is_unlocked())
+                .then_some(())
+        },
+    );
 }
 
 fn publish_file(broker: &Broker, file: &Path) {
@@ -692,15 +898,74 @@ fn a_lockdown_left_by_a_lock_command_survives_a_restart_until_clear() {
         .retained("facegate/kept/door"))
     .contains("\"lockdown\":true"));
     wait_metric(&daemon, "facegate_mqtt_connected ", 1);
-    broker.publish(
-        "facegate/kept/command",
-        &signed_command(daemon.setup(), "clear", SECRET),
-        false,
-    );
+    let clear = signed_command(daemon.setup(), "clear", SECRET);
+    broker.publish_until("facegate/kept/command", &clear, "the clear command", || {
+        (!daemon.state_dir().join("lockdown").exists()).then_some(())
+    });
     wait_for("the door to open again", || {
         (post_frame(&daemon, GRANTED_PHOTO)["door"] == "opened").then_some(())
     });
     assert!(!daemon.state_dir().join("lockdown").exists());
+}
+
+#[test]
+fn door_input_events_reach_the_broker_and_the_exit_button_opens_in_a_lockdown() {
+    let broker = Broker::start();
+    let watch = broker.watch(&["facegate/#"]);
+    let setup = mqtt_setup(&broker, "side")
+        .set("door.contact.enabled", true)
+        .set("door.exit_button.enabled", true)
+        .set("mqtt.allow_commands", true)
+        .set("mqtt.command_secret", SECRET);
+    // Held locked by an earlier `lock` command.
+    std::fs::write(setup.state_dir().join("lockdown"), "2026-12-01T00:00:00Z").unwrap();
+    let daemon = setup.serve();
+    daemon.wait_for_contact("closed", None);
+
+    // Home Assistant finds the door contact and its problem sensor (forced or held open).
+    let discovered = |object: &str| -> Value {
+        let topic = format!("homeassistant/binary_sensor/facegate_side/{object}/config");
+        serde_json::from_str(&wait_for(&topic, || broker.retained(&topic))).unwrap()
+    };
+    let contact = discovered("contact");
+    assert_eq!(
+        (&contact["device_class"], &contact["state_topic"]),
+        (&"door".into(), &"facegate/side/door".into())
+    );
+    assert_eq!(discovered("door_alarm")["device_class"], "problem");
+
+    // A forced door: the event, and the retained state Home Assistant reads.
+    daemon.door_input("contact open");
+    let forced = watch.wait_json("facegate/side/event", "the forced event", |e| {
+        e["kind"] == "door_input" && e["event"] == "forced"
+    });
+    assert_eq!(forced["alarm"], "forced", "{forced}");
+    wait_for(
+        "the retained door state with the contact open and the alarm",
+        || {
+            broker.retained("facegate/side/door").filter(|d| {
+                d.contains("\"contact\":\"open\"") && d.contains("\"alarm\":\"forced\"")
+            })
+        },
+    );
+    daemon.door_input("contact closed");
+    watch.wait_json("facegate/side/event", "the closed event", |e| {
+        e["kind"] == "door_input" && e["event"] == "closed"
+    });
+
+    // Free egress: the lockdown refuses faces and commands, never the exit button.
+    daemon.door_input("exit pressed");
+    let exit = watch.wait_json("facegate/side/event", "the exit event", |e| {
+        e["kind"] == "door_input" && e["event"] == "exit"
+    });
+    let unlocked = watch.wait_json("facegate/side/door", "the exit's unlock", |d| {
+        d["state"] == "unlocked" && d["by"] == "exit"
+    });
+    assert_eq!(unlocked["request_id"], exit["request_id"]);
+    assert_eq!(unlocked["lockdown"], true, "{unlocked}");
+    daemon.wait_for_journal("the exit's unlock in the lockdown", |j| {
+        j.iter().any(|a| a.is_unlocked() && a.reason == "exit")
+    });
 }
 
 #[test]

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use facegate::daemon::install_panic_hook;
 use facegate::door::sim::{SimDoor, SimLog};
 use facegate::door::{
-    DoorController, DoorReport, DoorSettings, GrantWhileOpen, LockedBecause, OpenCause,
-    OpenRequest, RelayState,
+    DoorController, DoorReport, DoorSettings, GrantWhileOpen, InputSettings, LockedBecause,
+    OpenCause, OpenRequest, RelayState,
 };
 
 /// Liveness bound for the relay thread; never a performance assertion.
@@ -27,6 +27,7 @@ fn start() -> (DoorController, SimLog, Arc<AtomicUsize>) {
         cooldown: Duration::ZERO,
         grant_while_open: GrantWhileOpen::Extend,
         report_wait: WAIT,
+        inputs: InputSettings::default(),
     };
     let controller = DoorController::start(Box::new(door), settings, Box::new(|_| {})).unwrap();
     let stops = Arc::new(AtomicUsize::new(0));

@@ -56,6 +56,8 @@ impl Entry {
         // A refused request's status is `error`; its error name says more.
         let keys: &[&str] = match kind.as_str() {
             "door" => &["reason"],
+            // The door contact's and exit button's events: forced, held, opened, exit, ...
+            "door_input" => &["event"],
             "rejected" => &["error", "status"],
             _ => &["status", "error", "reason", "action"],
         };
@@ -355,6 +357,16 @@ mod tests {
             ..all
         };
         assert_eq!(read(dir.path(), &decisions, 100).0.len(), 4);
+    }
+
+    #[test]
+    fn a_door_input_line_shows_its_event_and_what_unlocked() {
+        let line = r#"{"ts":"2026-03-01T08:00:01.000Z","kind":"door_input","event":"opened","request_id":"exit-1","by":"exit","contact":"open"}"#;
+        let entry = Entry::from_record(&serde_json::from_str(line).unwrap()).unwrap();
+        assert_eq!(
+            (entry.status.as_str(), entry.by.as_deref()),
+            ("opened", Some("exit"))
+        );
     }
 
     #[test]

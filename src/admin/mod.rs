@@ -144,9 +144,19 @@ pub(crate) struct AdminContext {
     pub secure_cookies: bool,
 }
 
+/// What a form that changed something leaves for the page it redirects to (Post/Redirect/Get): a
+/// reload of that page shows it once and repeats nothing.
+struct Flash {
+    notice: Option<pages::Notice>,
+    enrolled: Option<pages::EnrolResult>,
+}
+
 pub(crate) struct Admin {
     ctx: AdminContext,
-    sessions: Sessions,
+    sessions: Sessions<Flash>,
+    /// The stored password hash the sessions were made under: when `facegate admin set-password`
+    /// changes the file, every session ends.
+    password_seen: Mutex<Option<String>>,
     logins: Mutex<Lockouts>,
     /// Loaded at the first enrolment from the page, then kept.
     recognizer: Mutex<Option<Recognizer>>,
@@ -167,9 +177,11 @@ impl Admin {
             max_age: Duration::from_secs(ctx.config.admin.session_max_s),
             capacity: MAX_SESSIONS,
         };
+        let password_seen = Mutex::new(password::load(&ctx.config.state_dir).ok().flatten());
         Admin {
             ctx,
             sessions: Sessions::new(limits),
+            password_seen,
             logins: Mutex::new(Lockouts::with_capacity(LOGIN_RULES, LOGIN_ADDRESSES)),
             recognizer: Mutex::new(None),
             gallery_edit: Mutex::new(()),
@@ -218,7 +230,29 @@ impl Admin {
         response
     }
 
+    /// Ends every session if the password file changed since the sessions were made (`facegate admin
+    /// set-password` while the daemon runs). An unreadable file counts as changed.
+    fn end_sessions_if_the_password_changed(&self) {
+        let current = match password::load(&self.ctx.config.state_dir) {
+            Ok(current) => current,
+            Err(err) => {
+                log::error!("admin password file unreadable, signing everyone out: {err}");
+                Some(String::new())
+            }
+        };
+        let mut seen = self.password_seen.lock().unwrap_or_else(|p| p.into_inner());
+        if *seen != current {
+            self.sessions.end_all();
+            if seen.is_some() {
+                log::warn!("the admin password changed: every admin session ended");
+                self.audit(json!({"action": "sessions_ended", "why": "password_changed"}));
+            }
+            *seen = current;
+        }
+    }
+
     fn session(&self, request: &AdminRequest, now: Instant) -> Option<Session> {
+        self.end_sessions_if_the_password_changed();
         let secret = form::cookie(request.cookie.as_deref(), SESSION_COOKIE)?;
         let csrf = if request.url.starts_with(STATUS_PATH) {
             self.sessions.peek(secret, now)?
@@ -284,7 +318,9 @@ impl Admin {
     fn login(&self, request: &AdminRequest, now: Instant) -> AdminResponse {
         let peer = request.peer;
         let logins = || self.logins.lock().unwrap_or_else(|p| p.into_inner());
-        if let Gate::LockedOut { retry_after } = logins().gate(peer, now) {
+        if let Gate::LockedOut { retry_after } | Gate::Paused { retry_after } =
+            logins().gate(peer, now)
+        {
             return self.locked_out(retry_after);
         }
         let fields = form::Fields::urlencoded(&String::from_utf8_lossy(&request.body));
@@ -305,17 +341,20 @@ impl Admin {
         };
         let given = fields.get("password").unwrap_or_default();
         if !password::verify(given, &stored) {
-            let gate = logins().failed(peer, now);
+            let gate = logins().failed(peer, now).gate;
             log::warn!("admin sign-in failed from {peer}");
             self.audit(json!({"action": "login_failed", "remote": peer.to_string()}));
             return match gate {
-                Gate::LockedOut { retry_after } => self.locked_out(retry_after),
+                Gate::LockedOut { retry_after } | Gate::Paused { retry_after } => {
+                    self.locked_out(retry_after)
+                }
                 // This failure started the lockout.
                 Gate::Open { attempts_left: 0 } => self.locked_out(LOGIN_RULES.lockout),
                 Gate::Open { .. } => self.login_page(401, pages::Notice::bad("Wrong password.")),
             };
         }
-        logins().succeeded(peer);
+        // Sessions from before a password change end now, not this new one later.
+        self.end_sessions_if_the_password_changed();
         // The hash check took a while: the session starts now, not when the request arrived.
         let new = self.sessions.create(Instant::now());
         log::info!("admin signed in from {peer}");
@@ -404,10 +443,32 @@ impl Admin {
             "/admin/people/remove" => self.remove_person(session, &fields, &peer),
             "/admin/people/remove-sample" => self.remove_sample(session, &fields, &peer),
             "/admin/door/pulse" => self.pulse(session, &peer),
+            "/admin/door/acknowledge" => self.acknowledge_alarm(&fields, &peer),
             "/admin/codes/generate" => self.generate_codes(session, &fields, &peer),
             "/admin/codes/revoke" => self.revoke_code(session, &fields, &peer),
             _ => self.not_found(session),
         }
+    }
+
+    /// Post/Redirect/Get: a form that changed something redirects (303) to `to`, which shows `notice`
+    /// (and an enrolment's result) once; reloading it repeats nothing.
+    fn after_post(
+        &self,
+        session: &Session,
+        to: &str,
+        notice: Option<pages::Notice>,
+        enrolled: Option<pages::EnrolResult>,
+    ) -> AdminResponse {
+        self.sessions
+            .set_flash(&session.secret, Flash { notice, enrolled });
+        AdminResponse::redirect(to)
+    }
+
+    /// The flash a form left for this session's next page: its notice and enrolment result.
+    fn take_flash(&self, session: &Session) -> (Option<pages::Notice>, Option<pages::EnrolResult>) {
+        self.sessions
+            .take_flash(&session.secret)
+            .map_or((None, None), |flash| (flash.notice, flash.enrolled))
     }
 
     fn not_found(&self, session: &Session) -> AdminResponse {

@@ -78,9 +78,15 @@ pub struct Dashboard {
     pub chrome: Chrome,
     pub door_state: &'static str,
     pub door_available: bool,
+    /// The door contact: `open`, `closed`, `unknown`, or `not fitted`.
+    pub contact: &'static str,
+    /// The alarm waiting for the admin (`forced`, `held`), empty when none.
+    pub alarm: &'static str,
     pub health_status: String,
     pub uptime: String,
     pub people: usize,
+    /// The alarm while code entry is paused for everyone (the building's failure budget is spent).
+    pub code_entry_alarm: Option<String>,
     pub counts: Counts,
     pub decisions: Vec<DecisionRow>,
 }

@@ -18,6 +18,8 @@ use crate::door::{DoorReport, OpenCause, OpenRequest};
 use crate::enrollment::{self, Candidate, EnrolmentError, Verdict};
 use crate::gallery::{Gallery, GalleryError, Sample};
 
+/// Where the people forms redirect to.
+const PEOPLE: &str = "/admin/people";
 /// Rows per page of the events list.
 const PAGE_SIZE: usize = 50;
 /// Height of the decision thumbnails made from snapshots.
@@ -148,11 +150,14 @@ impl Admin {
         match path {
             "/admin/" => self.dashboard(session),
             super::STATUS_PATH => AdminResponse::json(200, &self.status()),
-            "/admin/people" => self.people_page(session, None, None),
+            "/admin/people" => {
+                let (notice, enrolled) = self.take_flash(session);
+                self.people_page(session, notice, enrolled)
+            }
             "/admin/events" => self.events(session, query),
             "/admin/events.csv" => self.events_csv(query),
-            "/admin/door" => self.door_page(session, None),
-            "/admin/codes" => self.codes_view(session, query),
+            "/admin/door" => self.door_page(session, self.take_flash(session).0),
+            "/admin/codes" => self.codes_view(session, query, self.take_flash(session).0),
             _ => {
                 if let Some(name) = path.strip_prefix("/admin/thumbnails/") {
                     return self.thumbnail(session, name);
@@ -255,13 +260,26 @@ impl Admin {
             20,
         );
         let health = (self.ctx.health)();
+        let inputs = self.ctx.door.input_status();
         let page = pages::Dashboard {
             chrome: self.chrome(Some(session), "dashboard"),
             door_state: self.door_state(),
             door_available: self.ctx.door.is_available(),
+            contact: if self.ctx.config.door.contact.enabled {
+                inputs.contact.as_str()
+            } else {
+                "not fitted"
+            },
+            alarm: inputs.alarm.map_or("", |alarm| alarm.as_str()),
             health_status: health["status"].as_str().unwrap_or("unknown").to_string(),
             uptime: uptime(health["uptime_s"].as_u64().unwrap_or(0)),
             people: health["people"].as_u64().unwrap_or(0) as usize,
+            code_entry_alarm: health["code_entry_retry_after_s"].as_u64().map(|seconds| {
+                format!(
+                    "Alarm: too many wrong visitor codes from the network. Code entry is paused for everyone for {} more minutes; the audit log lists the attempts.",
+                    seconds.div_ceil(60)
+                )
+            }),
             counts: pages::Counts {
                 granted: counted.granted,
                 unknown: counted.unknown,
@@ -329,11 +347,21 @@ impl Admin {
         peer: &str,
     ) -> AdminResponse {
         let Some(name) = fields.get("name") else {
-            return self.people_page(session, Notice::bad("Give the person a name."), None);
+            return self.after_post(
+                session,
+                PEOPLE,
+                Notice::bad("Give the person a name."),
+                None,
+            );
         };
         let photos: Vec<&Upload> = uploads.iter().filter(|u| u.field == "photos").collect();
         if photos.is_empty() {
-            return self.people_page(session, Notice::bad("Choose at least one photo."), None);
+            return self.after_post(
+                session,
+                PEOPLE,
+                Notice::bad("Choose at least one photo."),
+                None,
+            );
         }
         let candidates: Vec<Candidate> = photos
             .iter()
@@ -349,7 +377,9 @@ impl Admin {
         let _editing = self.gallery_edit.lock().unwrap_or_else(|p| p.into_inner());
         let mut gallery = match self.gallery() {
             Ok(gallery) => gallery,
-            Err(err) => return self.people_page(session, Notice::bad(err.to_string()), None),
+            Err(err) => {
+                return self.after_post(session, PEOPLE, Notice::bad(err.to_string()), None)
+            }
         };
         let now = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let config = &self.ctx.config;
@@ -386,12 +416,14 @@ impl Admin {
                         .collect(),
                     warnings: Vec::new(),
                 };
-                return self.people_page(session, None, Some(result));
+                return self.after_post(session, PEOPLE, None, Some(result));
             }
-            Ok(Err(err)) => return self.people_page(session, Notice::bad(err.to_string()), None),
+            Ok(Err(err)) => {
+                return self.after_post(session, PEOPLE, Notice::bad(err.to_string()), None)
+            }
             Err(err) => {
                 log::error!("admin enrolment: the models did not load: {err}");
-                return self.people_page(session, Notice::bad(err.to_string()), None);
+                return self.after_post(session, PEOPLE, Notice::bad(err.to_string()), None);
             }
         };
         let stored = enrollment::store_thumbnails(&self.thumbnail_dir(), &report)
@@ -403,7 +435,7 @@ impl Admin {
             });
         if let Err(problem) = stored {
             log::error!("admin enrolment of {name:?} not saved: {problem}");
-            return self.people_page(session, Notice::bad(problem), None);
+            return self.after_post(session, PEOPLE, Notice::bad(problem), None);
         }
         log::info!(
             "admin enrolled {name:?}: {} of {} photos accepted",
@@ -441,7 +473,7 @@ impl Admin {
                 .collect(),
             warnings: enrollment::warnings(&report, name, self.ctx.threshold),
         };
-        self.people_page(session, None, Some(result))
+        self.after_post(session, PEOPLE, None, Some(result))
     }
 
     fn edit_gallery<T>(
@@ -467,9 +499,14 @@ impl Admin {
                 enrollment::remove_thumbnails(&self.thumbnail_dir(), &person.samples);
                 log::info!("admin removed {name:?} ({} samples)", person.samples.len());
                 self.audit(json!({"action": "remove_person", "identity": name, "remote": peer}));
-                self.people_page(session, Notice::ok(format!("Removed {name}.")), None)
+                self.after_post(
+                    session,
+                    PEOPLE,
+                    Notice::ok(format!("Removed {name}.")),
+                    None,
+                )
             }
-            Err(err) => self.people_page(session, Notice::bad(err.to_string()), None),
+            Err(err) => self.after_post(session, PEOPLE, Notice::bad(err.to_string()), None),
         }
     }
 
@@ -481,7 +518,7 @@ impl Admin {
     ) -> AdminResponse {
         let name = fields.get("name").unwrap_or_default();
         let Some(index) = fields.get("index").and_then(|i| i.parse::<usize>().ok()) else {
-            return self.people_page(session, Notice::bad("No photo was chosen."), None);
+            return self.after_post(session, PEOPLE, Notice::bad("No photo was chosen."), None);
         };
         let expected = fields.get("sample").unwrap_or_default();
         let removed = self.edit_gallery(|g| {
@@ -513,9 +550,9 @@ impl Admin {
                     "remote": peer,
                 }));
                 let text = format!("Removed the photo {} of {name}.", sample.source);
-                self.people_page(session, Notice::ok(text), None)
+                self.after_post(session, PEOPLE, Notice::ok(text), None)
             }
-            Err(err) => self.people_page(session, Notice::bad(err.to_string()), None),
+            Err(err) => self.after_post(session, PEOPLE, Notice::bad(err.to_string()), None),
         }
     }
 
@@ -718,6 +755,25 @@ impl Admin {
         AdminResponse::page(200, &page)
     }
 
+    /// Acknowledges the door's active alarm (forced or held open), audited, then back to the
+    /// dashboard (Post/Redirect/Get).
+    pub(super) fn acknowledge_alarm(&self, fields: &Fields, peer: &str) -> AdminResponse {
+        let alarm = self.ctx.door.input_status().alarm;
+        let taken = self.ctx.door.acknowledge_alarm();
+        log::info!(
+            "admin from {peer} acknowledged the door alarm {:?} (shown: {:?})",
+            alarm.map(|a| a.as_str()),
+            fields.get("alarm")
+        );
+        self.audit(json!({
+            "action": "alarm_acknowledged",
+            "alarm": alarm,
+            "taken": taken,
+            "remote": peer,
+        }));
+        AdminResponse::redirect("/admin/")
+    }
+
     /// The test pulse: the same relay path as a grant, audited with the admin as its cause.
     pub(super) fn pulse(&self, session: &Session, peer: &str) -> AdminResponse {
         let request_id = (self.ctx.next_id)();
@@ -757,7 +813,7 @@ impl Admin {
                 ))
             }
         };
-        self.door_page(session, notice)
+        self.after_post(session, "/admin/door", notice, None)
     }
 }
 

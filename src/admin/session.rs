@@ -1,6 +1,8 @@
-//! Admin sessions: a small bounded map from a hash of the cookie's secret to the session's CSRF token
-//! and times. Sessions end on logout, after `idle` without a request, or `max_age` after login; when
-//! the map is full the least recently used session makes room. A restart forgets every session.
+//! Admin sessions: a small bounded map from a hash of the cookie's secret to the session's CSRF token,
+//! times and flash (what a form that changed something leaves for the page it redirects to). Sessions
+//! end on logout, after `idle` without a request, `max_age` after login, or all at once when the admin
+//! password changes; when the map is full the least recently used session makes room. A restart
+//! forgets every session.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -16,10 +18,12 @@ pub struct SessionLimits {
     pub capacity: usize,
 }
 
-struct Session {
+struct Session<F> {
     csrf: String,
     created: Instant,
     last_seen: Instant,
+    /// Shown once, by the next page the session gets.
+    flash: Option<F>,
 }
 
 /// What a browser gets at login: the cookie's secret and the token its forms carry.
@@ -29,10 +33,10 @@ pub struct NewSession {
     pub csrf: String,
 }
 
-pub struct Sessions {
+pub struct Sessions<F> {
     limits: SessionLimits,
     /// Keyed by the SHA-256 of the secret, so a lookup's timing says nothing about a secret.
-    by_hash: Mutex<HashMap<[u8; 32], Session>>,
+    by_hash: Mutex<HashMap<[u8; 32], Session<F>>>,
 }
 
 /// A random token of 32 bytes, hex.
@@ -46,15 +50,15 @@ fn hash(secret: &str) -> [u8; 32] {
     Sha256::digest(secret.as_bytes()).into()
 }
 
-impl Sessions {
-    pub fn new(limits: SessionLimits) -> Sessions {
+impl<F> Sessions<F> {
+    pub fn new(limits: SessionLimits) -> Sessions<F> {
         Sessions {
             limits,
             by_hash: Mutex::new(HashMap::new()),
         }
     }
 
-    fn live(&self, session: &Session, now: Instant) -> bool {
+    fn live(&self, session: &Session<F>, now: Instant) -> bool {
         now.saturating_duration_since(session.last_seen) < self.limits.idle
             && now.saturating_duration_since(session.created) < self.limits.max_age
     }
@@ -81,6 +85,7 @@ impl Sessions {
                 csrf: new.csrf.clone(),
                 created: now,
                 last_seen: now,
+                flash: None,
             },
         );
         new
@@ -117,6 +122,28 @@ impl Sessions {
         map.remove(&hash(secret));
     }
 
+    /// Ends every session (the admin password changed).
+    pub fn end_all(&self) {
+        self.by_hash
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    /// Leaves `flash` for the next page of the session named by `secret` (replacing an unread one).
+    pub fn set_flash(&self, secret: &str, flash: F) {
+        let mut map = self.by_hash.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(session) = map.get_mut(&hash(secret)) {
+            session.flash = Some(flash);
+        }
+    }
+
+    /// The flash left for this session, once.
+    pub fn take_flash(&self, secret: &str) -> Option<F> {
+        let mut map = self.by_hash.lock().unwrap_or_else(|p| p.into_inner());
+        map.get_mut(&hash(secret))?.flash.take()
+    }
+
     /// Seconds a fresh session's cookie should live (the browser forgets it with the session).
     pub fn cookie_max_age(&self) -> u64 {
         self.limits.max_age.as_secs()
@@ -137,7 +164,7 @@ impl Sessions {
 mod tests {
     use super::*;
 
-    fn sessions(capacity: usize) -> Sessions {
+    fn sessions(capacity: usize) -> Sessions<&'static str> {
         Sessions::new(SessionLimits {
             idle: Duration::from_secs(60),
             max_age: Duration::from_secs(600),
@@ -211,5 +238,20 @@ mod tests {
         assert!(s.check(&b.secret, t0 + Duration::from_secs(3)).is_none());
         assert!(s.check(&a.secret, t0 + Duration::from_secs(3)).is_some());
         assert!(s.check(&c.secret, t0 + Duration::from_secs(3)).is_some());
+    }
+
+    #[test]
+    fn a_flash_is_shown_once_and_a_password_change_ends_every_session() {
+        let s = sessions(4);
+        let now = Instant::now();
+        let (a, b) = (s.create(now), s.create(now));
+        s.set_flash(&a.secret, "Removed ann.");
+        assert_eq!(s.take_flash(&b.secret), None);
+        assert_eq!(s.take_flash(&a.secret), Some("Removed ann."));
+        assert_eq!(s.take_flash(&a.secret), None, "shown once");
+        s.set_flash("not-a-secret", "lost");
+        s.end_all();
+        assert!(s.check(&a.secret, now).is_none() && s.check(&b.secret, now).is_none());
+        assert!(s.is_empty());
     }
 }

@@ -62,14 +62,29 @@ impl Admin {
         AdminResponse::page(200, &page)
     }
 
-    /// GET /admin/codes?date=YYYY-MM-DD
-    pub(super) fn codes_view(&self, session: &Session, query: &str) -> AdminResponse {
+    /// GET /admin/codes?date=YYYY-MM-DD, with the notice a form left (Post/Redirect/Get).
+    pub(super) fn codes_view(
+        &self,
+        session: &Session,
+        query: &str,
+        notice: Option<Notice>,
+    ) -> AdminResponse {
         let fields = Fields::urlencoded(query);
         match fields.get("date").map(parse_date) {
-            None => self.codes_page(session, today(), None),
-            Some(Ok(date)) => self.codes_page(session, date, None),
+            None => self.codes_page(session, today(), notice),
+            Some(Ok(date)) => self.codes_page(session, date, notice),
             Some(Err(err)) => self.codes_page(session, today(), Notice::bad(err.to_string())),
         }
+    }
+
+    /// After a codes form: back to the codes of `date`, showing `notice` once.
+    fn codes_done(
+        &self,
+        session: &Session,
+        date: NaiveDate,
+        notice: Option<Notice>,
+    ) -> AdminResponse {
+        self.after_post(session, &format!("/admin/codes?date={date}"), notice, None)
     }
 
     pub(super) fn generate_codes(
@@ -134,9 +149,9 @@ impl Admin {
                         report.replaced_weeks.len()
                     ));
                 }
-                self.codes_page(session, spec.from, Notice::ok(text))
+                self.codes_done(session, spec.from, Notice::ok(text))
             }
-            Err(err) => self.codes_page(session, today(), Notice::bad(err.to_string())),
+            Err(err) => self.codes_done(session, today(), Notice::bad(err.to_string())),
         }
     }
 
@@ -153,7 +168,7 @@ impl Admin {
         let code = fields.get("code").unwrap_or_default();
         match self.code_store().update(|book| Ok(book.revoke(code))) {
             Ok(found) if found.is_empty() => {
-                self.codes_page(session, date, Notice::bad("No stored code matches."))
+                self.codes_done(session, date, Notice::bad("No stored code matches."))
             }
             Ok(found) => {
                 log::info!(
@@ -162,9 +177,9 @@ impl Admin {
                 );
                 self.audit(json!({"action": "code_revoke", "where": found, "remote": peer}));
                 let text = format!("Revoked the code ({}).", found.join(", "));
-                self.codes_page(session, date, Notice::ok(text))
+                self.codes_done(session, date, Notice::ok(text))
             }
-            Err(err) => self.codes_page(session, date, Notice::bad(err.to_string())),
+            Err(err) => self.codes_done(session, date, Notice::bad(err.to_string())),
         }
     }
 }

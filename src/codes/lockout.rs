@@ -1,8 +1,10 @@
-//! Failed code entries per client address: after `max_failures` within `window`, the address is
-//! locked out for `lockout`. One bounded table that forgets by itself; the clock is passed in.
+//! Failed code entries: per client address (an IPv6 client by its /64), after `max_failures` within
+//! `window` the address is locked out for `lockout`, whatever right codes come between; and, with a
+//! building budget, all addresses together: past `max_failures` within its window, code entry pauses for
+//! everyone. One bounded table that forgets by itself; the clock is passed in.
 
-use std::collections::HashMap;
-use std::net::IpAddr;
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
 /// Addresses tracked at most. A door's LAN has a few tablets; past this, the entry closest to
@@ -16,6 +18,16 @@ pub struct LockoutRules {
     pub lockout: Duration,
 }
 
+/// The building-wide failure budget: `max_failures` wrong codes from all addresses together within
+/// `window` pause code entry for everyone for `pause`, so that rotating addresses cannot multiply the
+/// guess rate without limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BuildingRules {
+    pub max_failures: u32,
+    pub window: Duration,
+    pub pause: Duration,
+}
+
 /// What an address may do now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Gate {
@@ -26,6 +38,30 @@ pub enum Gate {
     LockedOut {
         retry_after: Duration,
     },
+    /// Code entry is paused for every address: the building budget is spent.
+    Paused {
+        retry_after: Duration,
+    },
+}
+
+/// What one failure did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Failure {
+    pub gate: Gate,
+    /// This failure spent the building budget and started the pause (raise the alarm once).
+    pub pause_started: bool,
+}
+
+/// The address a client is counted under: itself for IPv4 (also when mapped into IPv6), its /64 for
+/// IPv6, since one IPv6 host can pick any address of its network.
+pub fn client_group(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V4(_) => address,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX))),
+        },
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -57,12 +93,54 @@ impl Entry {
     }
 }
 
-/// Failure counts and lockouts by client address.
+/// The building's failures within its window (at most `max_failures`) and its pause.
+#[derive(Debug)]
+struct Building {
+    rules: BuildingRules,
+    failures: VecDeque<Instant>,
+    paused_until: Option<Instant>,
+}
+
+impl Building {
+    fn paused(&mut self, now: Instant) -> Option<Duration> {
+        match self.paused_until {
+            Some(until) if until > now => Some(until - now),
+            Some(_) => {
+                self.paused_until = None;
+                self.failures.clear();
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Counts one failure; `true` when it spent the budget and started the pause.
+    fn failed(&mut self, now: Instant) -> bool {
+        let window = self.rules.window;
+        while self
+            .failures
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= window)
+        {
+            self.failures.pop_front();
+        }
+        self.failures.push_back(now);
+        if self.failures.len() as u32 >= self.rules.max_failures {
+            self.failures.clear();
+            self.paused_until = Some(now + self.rules.pause);
+            return true;
+        }
+        false
+    }
+}
+
+/// Failure counts and lockouts by client address, and the building's budget.
 #[derive(Debug)]
 pub struct Lockouts {
     rules: LockoutRules,
     capacity: usize,
     entries: HashMap<IpAddr, Entry>,
+    building: Option<Building>,
 }
 
 impl Lockouts {
@@ -75,7 +153,18 @@ impl Lockouts {
             rules,
             capacity: capacity.max(1),
             entries: HashMap::new(),
+            building: None,
         }
+    }
+
+    /// The same table with a building-wide failure budget.
+    pub fn with_building(mut self, rules: BuildingRules) -> Lockouts {
+        self.building = Some(Building {
+            rules,
+            failures: VecDeque::with_capacity(rules.max_failures as usize),
+            paused_until: None,
+        });
+        self
     }
 
     #[cfg(test)]
@@ -83,9 +172,18 @@ impl Lockouts {
         self.entries.len()
     }
 
+    /// How long code entry stays paused for everyone, if it is.
+    pub(crate) fn paused(&mut self, now: Instant) -> Option<Duration> {
+        self.building.as_mut().and_then(|b| b.paused(now))
+    }
+
     /// May `address` try a code now?
     pub(crate) fn gate(&mut self, address: IpAddr, now: Instant) -> Gate {
+        if let Some(retry_after) = self.paused(now) {
+            return Gate::Paused { retry_after };
+        }
         let rules = self.rules;
+        let address = client_group(address);
         let Some(entry) = self.entries.get_mut(&address) else {
             return Gate::Open {
                 attempts_left: rules.max_failures,
@@ -106,9 +204,18 @@ impl Lockouts {
         gate
     }
 
-    /// Counts a wrong code from `address`; the failure that reaches `max_failures` starts the lockout.
-    pub fn failed(&mut self, address: IpAddr, now: Instant) -> Gate {
+    /// Counts a wrong code from `address`; the failure that reaches `max_failures` starts the
+    /// address's lockout, the one that spends the building budget pauses code entry for everyone.
+    /// A right code in between changes nothing: failures leave only with the window.
+    pub fn failed(&mut self, address: IpAddr, now: Instant) -> Failure {
+        if let Some(retry_after) = self.paused(now) {
+            return Failure {
+                gate: Gate::Paused { retry_after },
+                pause_started: false,
+            };
+        }
         let rules = self.rules;
+        let address = client_group(address);
         if !self.entries.contains_key(&address) {
             self.make_room(now);
         }
@@ -118,23 +225,31 @@ impl Lockouts {
         });
         entry.forget_before(now, &rules);
         if let Some(until) = entry.locked_until {
-            return Gate::LockedOut {
-                retry_after: until - now,
+            return Failure {
+                gate: Gate::LockedOut {
+                    retry_after: until - now,
+                },
+                pause_started: false,
             };
         }
         entry.failures.push(now);
-        if entry.failures.len() as u32 >= rules.max_failures {
+        let attempts_left = rules
+            .max_failures
+            .saturating_sub(entry.failures.len() as u32);
+        if attempts_left == 0 {
             entry.locked_until = Some(now + rules.lockout);
-            return Gate::Open { attempts_left: 0 };
         }
-        Gate::Open {
-            attempts_left: rules.max_failures - entry.failures.len() as u32,
+        let pause_started = self.building.as_mut().is_some_and(|b| b.failed(now));
+        let gate = match self.building.as_ref().and_then(|b| b.paused_until) {
+            Some(until) if pause_started => Gate::Paused {
+                retry_after: until - now,
+            },
+            _ => Gate::Open { attempts_left },
+        };
+        Failure {
+            gate,
+            pause_started,
         }
-    }
-
-    /// A right code clears the address's failures.
-    pub fn succeeded(&mut self, address: IpAddr) {
-        self.entries.remove(&address);
     }
 
     /// Drops what has expired; if the table is still full, the entry that would be forgotten
@@ -211,7 +326,7 @@ mod tests {
         for (at, step, answer, first, second) in table {
             let now = start + s(at);
             let got = match &step {
-                Fail(address) => lockouts.failed(ip(address), now),
+                Fail(address) => lockouts.failed(ip(address), now).gate,
                 Check(address) => lockouts.gate(ip(address), now),
             };
             assert_eq!(got, answer, "at {at}s {step:?}");
@@ -221,17 +336,77 @@ mod tests {
     }
 
     #[test]
-    fn a_right_code_clears_the_failures() {
+    fn an_ipv6_client_counts_by_its_64_and_a_mapped_ipv4_by_its_address() {
         let now = Instant::now();
         let mut lockouts = Lockouts::new(RULES);
-        lockouts.failed(ip("10.0.0.1"), now);
-        lockouts.failed(ip("10.0.0.1"), now);
-        lockouts.succeeded(ip("10.0.0.1"));
+        // (address failing, answer) in order: three addresses of one /64 share one count.
+        for (address, left) in [("2001:db8:1:2::1", 2), ("2001:db8:1:2:ffff::9", 1)] {
+            assert_eq!(
+                lockouts.failed(ip(address), now).gate,
+                Gate::Open {
+                    attempts_left: left
+                }
+            );
+        }
+        lockouts.failed(ip("2001:db8:1:2:dead:beef:0:1"), now);
+        let locked = Gate::LockedOut { retry_after: s(60) };
+        assert_eq!(lockouts.gate(ip("2001:db8:1:2::77"), now), locked);
         assert_eq!(
-            lockouts.gate(ip("10.0.0.1"), now),
-            Gate::Open { attempts_left: 3 }
+            lockouts.gate(ip("2001:db8:1:3::1"), now),
+            Gate::Open { attempts_left: 3 },
+            "the next /64 is another client"
         );
-        assert_eq!(lockouts.tracked(), 0);
+        lockouts.failed(ip("::ffff:10.0.0.7"), now);
+        assert_eq!(
+            lockouts.gate(ip("10.0.0.7"), now),
+            Gate::Open { attempts_left: 2 }
+        );
+        assert_eq!(client_group(ip("10.0.0.7")), ip("10.0.0.7"));
+        assert_eq!(client_group(ip("fe80::1:2:3:4")), ip("fe80::"));
+    }
+
+    #[test]
+    fn the_building_budget_pauses_code_entry_for_everyone_and_alarms_once() {
+        let building = BuildingRules {
+            max_failures: 4,
+            window: s(100),
+            pause: s(50),
+        };
+        let start = Instant::now();
+        let mut lockouts = Lockouts::new(RULES).with_building(building);
+        let open = |n| Gate::Open { attempts_left: n };
+        let paused = |secs| Gate::Paused {
+            retry_after: s(secs),
+        };
+        // (at second, address failing or None to only look, the answer, pause started)
+        let table = [
+            (0, Some("10.0.0.1"), open(2), false),
+            (1, Some("10.0.0.2"), open(2), false),
+            // Older than the window by the time the budget fills: no longer counted.
+            (101, Some("10.0.0.3"), open(2), false),
+            (102, Some("10.0.0.4"), open(2), false),
+            (103, Some("10.0.0.5"), open(2), false),
+            (104, Some("10.0.0.6"), paused(50), true),
+            (105, Some("10.0.0.7"), paused(49), false),
+            (105, None, paused(49), false),
+            (154, None, Gate::Open { attempts_left: 3 }, false),
+            (154, Some("10.0.0.8"), open(2), false),
+        ];
+        for (at, address, answer, pause_started) in table {
+            let now = start + s(at);
+            match address {
+                Some(address) => assert_eq!(
+                    lockouts.failed(ip(address), now),
+                    Failure {
+                        gate: answer,
+                        pause_started
+                    },
+                    "at {at}s {address}"
+                ),
+                None => assert_eq!(lockouts.gate(ip("10.9.9.9"), now), answer, "at {at}s"),
+            }
+        }
+        assert_eq!(lockouts.paused(start + s(154)), None);
     }
 
     #[test]

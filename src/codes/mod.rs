@@ -15,7 +15,7 @@ use chrono::NaiveDate;
 
 pub use book::{CodeBook, CodeKind, CodeMatch};
 pub use calendar::Calendar;
-pub use lockout::{Gate, LockoutRules, Lockouts};
+pub use lockout::{BuildingRules, Gate, LockoutRules, Lockouts};
 pub use store::CodeStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +56,12 @@ pub enum Verdict {
     LockedOut {
         retry_after: Duration,
     },
+    /// Code entry is paused for everyone (the building's failure budget is spent); the code was not
+    /// looked at, unless this very failure started the pause (`alarm`: raise it once).
+    Paused {
+        retry_after: Duration,
+        alarm: bool,
+    },
     /// The request is too old to open the door; the code was not looked at or counted.
     Stale,
 }
@@ -66,7 +72,7 @@ pub(crate) struct CodeChecker {
     store: CodeStore,
     calendar: Calendar,
     single_use: bool,
-    cached: Mutex<(Option<store::FileStamp>, Arc<CodeBook>)>,
+    cached: Mutex<(Option<crate::atomic_file::FileStamp>, Arc<CodeBook>)>,
     lockouts: Mutex<Lockouts>,
 }
 
@@ -78,7 +84,7 @@ impl CodeChecker {
     pub fn new(
         store: CodeStore,
         calendar: Calendar,
-        rules: LockoutRules,
+        lockouts: Lockouts,
         single_use: bool,
     ) -> CodeChecker {
         CodeChecker {
@@ -86,7 +92,7 @@ impl CodeChecker {
             calendar,
             single_use,
             cached: Mutex::new((None, Arc::default())),
-            lockouts: Mutex::new(Lockouts::new(rules)),
+            lockouts: Mutex::new(lockouts),
         }
     }
 
@@ -96,18 +102,24 @@ impl CodeChecker {
         Ok(CodeChecker::new(
             CodeStore::new(config.codes_path()),
             Calendar::from_config(codes)?,
-            LockoutRules {
+            Lockouts::new(LockoutRules {
                 max_failures: codes.max_failures,
                 window: Duration::from_secs(codes.failure_window_s),
                 lockout: Duration::from_secs(codes.lockout_s),
-            },
+            })
+            .with_building(BuildingRules {
+                max_failures: codes.building_max_failures,
+                window: Duration::from_secs(codes.building_window_s),
+                pause: Duration::from_secs(codes.building_pause_s),
+            }),
             codes.single_use,
         ))
     }
 
-    /// Checks `given` from `address` against the codes valid on `today`. A lockout is answered
-    /// before the code is looked at; with `codes.single_use` a matching code is consumed under the
-    /// store's lock, so two tablets cannot both use it.
+    /// Checks `given` from `address` against the codes valid on `today`. A pause or a lockout is
+    /// answered before the code is looked at; a right code does not clear earlier failures. With
+    /// `codes.single_use` a matching code is consumed under the store's lock, so two tablets cannot
+    /// both use it.
     pub fn check(
         &self,
         address: IpAddr,
@@ -117,8 +129,15 @@ impl CodeChecker {
         fresh: bool,
     ) -> Result<Verdict, CodeError> {
         let mut lockouts = unpoisoned(&self.lockouts);
-        if let Gate::LockedOut { retry_after } = lockouts.gate(address, now) {
-            return Ok(Verdict::LockedOut { retry_after });
+        match lockouts.gate(address, now) {
+            Gate::LockedOut { retry_after } => return Ok(Verdict::LockedOut { retry_after }),
+            Gate::Paused { retry_after } => {
+                return Ok(Verdict::Paused {
+                    retry_after,
+                    alarm: false,
+                })
+            }
+            Gate::Open { .. } => {}
         }
         if !fresh {
             return Ok(Verdict::Stale);
@@ -134,16 +153,23 @@ impl CodeChecker {
         } else {
             self.current()?.verify(&self.calendar, today, given)
         };
-        Ok(match matched {
-            Some(matched) => {
-                lockouts.succeeded(address);
-                Verdict::Granted(matched)
-            }
-            None => match lockouts.failed(address, now) {
+        let Some(matched) = matched else {
+            let failure = lockouts.failed(address, now);
+            return Ok(match failure.gate {
                 Gate::Open { attempts_left } => Verdict::Denied { attempts_left },
                 Gate::LockedOut { retry_after } => Verdict::LockedOut { retry_after },
-            },
-        })
+                Gate::Paused { retry_after } => Verdict::Paused {
+                    retry_after,
+                    alarm: failure.pause_started,
+                },
+            });
+        };
+        Ok(Verdict::Granted(matched))
+    }
+
+    /// How long code entry stays paused for everyone, if it is (for /healthz and the admin page).
+    pub fn paused(&self, now: Instant) -> Option<Duration> {
+        unpoisoned(&self.lockouts).paused(now)
     }
 
     /// The codes as the file holds them now, read again only when it changed.
@@ -176,11 +202,11 @@ mod tests {
         CodeChecker::new(
             store,
             Calendar::new([Weekday::Mon, Weekday::Tue], []),
-            LockoutRules {
+            Lockouts::new(LockoutRules {
                 max_failures: 3,
                 window: Duration::from_secs(60),
                 lockout: Duration::from_secs(60),
-            },
+            }),
             single_use,
         )
     }
@@ -218,6 +244,23 @@ mod tests {
             codes.check(other, "111111", day, now, false).unwrap(),
             Verdict::Stale
         );
+    }
+
+    /// Regression: a right code reset the address's failures, so two wrong codes and one right one,
+    /// repeated, never locked out, and one visitor's daily code made an unlimited oracle for the weekly.
+    #[test]
+    fn two_wrong_one_right_repeated_is_locked_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let codes = checker(dir.path(), false);
+        let day = "2026-12-01".parse().unwrap();
+        let tablet = "10.0.0.1".parse().unwrap();
+        let now = Instant::now();
+        let check = |code| codes.check(tablet, code, day, now, true).unwrap();
+        assert_eq!(check("000000"), Verdict::Denied { attempts_left: 2 });
+        assert_eq!(check("000001"), Verdict::Denied { attempts_left: 1 });
+        assert!(matches!(check("111111"), Verdict::Granted(_)));
+        assert_eq!(check("000002"), Verdict::Denied { attempts_left: 0 });
+        assert!(matches!(check("111111"), Verdict::LockedOut { .. }));
     }
 
     #[test]

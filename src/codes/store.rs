@@ -2,14 +2,13 @@
 //! and consumption by the daemon are serialised by an advisory lock on a sibling file.
 
 use std::fs;
-use std::os::unix::fs::MetadataExt;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use super::book::CodeBook;
 use super::CodeError;
+use crate::atomic_file::FileStamp;
 
 const FORMAT: &str = "facegate-codes";
 const VERSION: u32 = 1;
@@ -23,14 +22,6 @@ struct Stored {
     version: u32,
     daily: std::collections::BTreeMap<chrono::NaiveDate, Vec<String>>,
     weekly: std::collections::BTreeMap<String, Vec<String>>,
-}
-
-/// Which version of the file was read: a replacement gets a new inode, an edit a new mtime.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct FileStamp {
-    inode: u64,
-    modified_ns: i64,
-    len: u64,
 }
 
 /// The codes file of one state dir.
@@ -50,11 +41,7 @@ impl CodeStore {
 
     /// The file's stamp now, `None` when it does not exist.
     pub(crate) fn stamp(&self) -> Option<FileStamp> {
-        fs::metadata(&self.path).ok().map(|m| FileStamp {
-            inode: m.ino(),
-            modified_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
-            len: m.len(),
-        })
+        crate::atomic_file::stamp(&self.path)
     }
 
     /// Reads the codes; a missing file holds none.
@@ -123,31 +110,12 @@ impl CodeStore {
         Ok(result)
     }
 
-    /// An exclusive advisory lock on `<file>.lock`, released when the returned file is closed.
+    /// An exclusive advisory lock on `codes.json.lock`, released when the returned file is closed.
     fn lock(&self) -> Result<fs::File, CodeError> {
-        let lock_path = self.path.with_extension("json.lock");
-        let write_error = |cause| CodeError::Write {
-            path: lock_path.clone(),
+        crate::atomic_file::lock_beside(&self.path, MODE).map_err(|cause| CodeError::Write {
+            path: crate::atomic_file::lock_path(&self.path),
             cause,
-        };
-        if let Some(dir) = lock_path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            fs::create_dir_all(dir).map_err(write_error)?;
-        }
-        let file = {
-            use std::os::unix::fs::OpenOptionsExt;
-            fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .mode(MODE)
-                .open(&lock_path)
-                .map_err(write_error)?
-        };
-        // SAFETY: flock on a descriptor this function owns for the lifetime of `file`.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(write_error(std::io::Error::last_os_error()));
-        }
-        Ok(file)
+        })
     }
 }
 

@@ -3,16 +3,22 @@
 //! never relying on Drop). Between an unlock and its relock the relay thread only drives the
 //! backend and hands reports to bounded channels; logging, audit and metrics happen on the
 //! `door-reports` thread, so a slow disk or a stalled journal cannot keep the door open.
+//! The door's inputs reach the relay thread on a queue of their own and go through the pure
+//! `door::inputs` state machine there, so an opening can relock at once (`relock_on = "open"`).
 
+use super::inputs::{
+    ContactState, Happening, InputEventKind, InputReport, InputSignal, InputState, InputStatus,
+    Unlock,
+};
 use super::policy::{
     on_request, on_tick, DoorSettings, DoorState, GrantOutcome, LockedBecause, RelayGate,
     TickAction,
 };
-use super::{Door, DoorError, RelayState};
+use super::{Door, DoorError, InputSink, RelayState};
 use crate::ratelimit::RateLimitedLog;
 use crate::sync::lock_recovering;
 use chrono::{DateTime, Utc};
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{select, Receiver, RecvTimeoutError, Sender, TrySendError};
 use serde::{Serialize, Serializer};
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -20,6 +26,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, TryLockError};
 use std::thread::{self, JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
+
+mod relay_inputs;
 
 /// First pause before retrying a failed lock; doubles up to [`LOCK_RETRY_MAX`].
 const LOCK_RETRY_INITIAL: Duration = Duration::from_millis(100);
@@ -37,6 +45,8 @@ const FINAL_LOCK_PAUSE: Duration = Duration::from_millis(100);
 const COMMAND_QUEUE: usize = 32;
 /// Reports waiting for the `door-reports` thread; more are dropped and counted.
 const REPORT_QUEUE: usize = 256;
+/// Input readings waiting for the relay thread; more (a chattering line) are dropped and counted.
+const INPUT_QUEUE: usize = 64;
 /// How long shutdown waits for the reports already queued to be handed to the observer.
 const REPORT_DRAIN_LIMIT: Duration = Duration::from_secs(1);
 
@@ -66,6 +76,12 @@ pub enum ActuationReason {
     LockCommand,
     /// Locked by [`DoorController::hold_locked`] (a remote `lock` command).
     Lockdown,
+    /// Unlocked for the exit button.
+    Exit,
+    /// Locked as the door opened (`door.relock_on = "open"`).
+    RelockOnOpen,
+    /// Locked as the door closed (`door.relock_on = "close"`).
+    RelockOnClose,
 }
 
 impl ActuationReason {
@@ -83,6 +99,9 @@ impl ActuationReason {
             ActuationReason::Emergency => "emergency",
             ActuationReason::LockCommand => "lock_command",
             ActuationReason::Lockdown => "lockdown",
+            ActuationReason::Exit => "exit",
+            ActuationReason::RelockOnOpen => "relock_on_open",
+            ActuationReason::RelockOnClose => "relock_on_close",
         }
     }
 }
@@ -102,6 +121,8 @@ pub enum OpenCause {
     },
     /// The building admin's test pulse from the admin page.
     Admin,
+    /// The exit button (free egress).
+    Exit,
 }
 
 impl fmt::Display for OpenCause {
@@ -114,6 +135,7 @@ impl fmt::Display for OpenCause {
                 code_index,
             } => write!(f, "code {code_kind} {code_index}"),
             OpenCause::Admin => write!(f, "admin test pulse"),
+            OpenCause::Exit => write!(f, "exit button"),
         }
     }
 }
@@ -225,7 +247,8 @@ pub struct RequestHandled {
 }
 
 /// What the controller reports, in order, to the observer on the `door-reports` thread.
-/// Serialized with `"kind": "door"` (an actuation) or `"kind": "door_request"`.
+/// Serialized with `"kind": "door"` (an actuation), `"kind": "door_request"` or
+/// `"kind": "door_input"`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind")]
 pub enum DoorEvent {
@@ -233,6 +256,8 @@ pub enum DoorEvent {
     Actuation(Actuation),
     #[serde(rename = "door_request")]
     Request(RequestHandled),
+    #[serde(rename = "door_input")]
+    Input(InputReport),
 }
 
 /// Called on the `door-reports` thread for each [`DoorEvent`] (never on the relay thread), except
@@ -247,6 +272,8 @@ enum Command {
     },
     /// Lock now, ending any pulse ([`DoorController::hold_locked`]).
     LockNow,
+    /// The admin acknowledged the active alarm.
+    AcknowledgeAlarm,
 }
 
 struct Shared {
@@ -265,6 +292,12 @@ struct Shared {
     dropped_reports: Arc<AtomicU64>,
     /// A copy of the relay loop's state, for read-only queries (`busy_for`).
     published_state: Mutex<DoorState>,
+    /// A copy of the inputs' state, for read-only queries (`input_status`).
+    published_inputs: Mutex<InputStatus>,
+    /// Set when the relay thread ends: the backends' input readers may stop.
+    inputs_closed: Arc<AtomicBool>,
+    /// Input readings dropped because the relay thread's input queue was full.
+    dropped_inputs: Arc<AtomicU64>,
 }
 
 /// The sending side of the report queue: never blocks.
@@ -321,7 +354,11 @@ impl Shared {
                 RelayState::Unlocked if self.locked_down.load(Ordering::SeqCst) => {
                     return Err(DoorError::LockedDown)
                 }
-                RelayState::Unlocked if self.held_locked.load(Ordering::SeqCst) => {
+                // Free egress: a lock command never keeps the exit button from opening.
+                RelayState::Unlocked
+                    if reason != ActuationReason::Exit
+                        && self.held_locked.load(Ordering::SeqCst) =>
+                {
                     return Err(DoorError::HeldLocked)
                 }
                 RelayState::Unlocked => door.set_unlocked(reason.as_str()),
@@ -418,6 +455,14 @@ impl DoorController {
     ) -> Result<DoorController, DoorError> {
         door.set_locked(ActuationReason::Startup.as_str())?;
         log::info!("door: {} locked at start-up", door.describe());
+        let (input_sink, inputs) = crossbeam_channel::bounded(INPUT_QUEUE);
+        let inputs_closed = Arc::new(AtomicBool::new(false));
+        let dropped_inputs = Arc::new(AtomicU64::new(0));
+        door.watch_inputs(InputSink {
+            sender: input_sink,
+            dropped: Arc::clone(&dropped_inputs),
+            closed: Arc::clone(&inputs_closed),
+        });
         let shared = Arc::new(Shared {
             door: Mutex::new(door),
             settings,
@@ -428,6 +473,12 @@ impl DoorController {
             relay_thread: OnceLock::new(),
             dropped_reports: Arc::default(),
             published_state: Mutex::new(DoorState::LOCKED),
+            published_inputs: Mutex::new(InputStatus {
+                contact: ContactState::Unknown,
+                alarm: None,
+            }),
+            inputs_closed,
+            dropped_inputs,
         });
         let (events, received_events) = crossbeam_channel::bounded(REPORT_QUEUE);
         let reporter = Reporter {
@@ -455,7 +506,7 @@ impl DoorController {
         let thread_reporter = reporter.clone();
         let relay = thread::Builder::new()
             .name("door-relay".to_owned())
-            .spawn(move || run_relay_thread(thread_shared, received, thread_reporter))
+            .spawn(move || run_relay_thread(thread_shared, received, inputs, thread_reporter))
             .map_err(DoorError::Thread)?;
         Ok(DoorController {
             shared,
@@ -537,6 +588,22 @@ impl DoorController {
         }
     }
 
+    /// What the door's inputs say now (as the relay thread last published).
+    pub fn input_status(&self) -> InputStatus {
+        *lock_recovering(&self.shared.published_inputs)
+    }
+
+    /// Acknowledges the active alarm (the admin page); an `acknowledged` event follows if there
+    /// was one. Never blocks: a full relay queue drops it (the admin tries again).
+    pub(crate) fn acknowledge_alarm(&self) -> bool {
+        self.commands.try_send(Command::AcknowledgeAlarm).is_ok()
+    }
+
+    /// Input readings dropped so far because the relay thread fell behind (for /metrics).
+    pub(crate) fn dropped_inputs(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.shared.dropped_inputs)
+    }
+
     /// Ends [`Self::hold_locked`]: the door stays locked and opens again on the next grant.
     pub(crate) fn release_hold(&self) {
         self.shared.held_locked.store(false, Ordering::SeqCst);
@@ -593,14 +660,20 @@ impl DoorController {
 /// The relay thread. One panic policy: a panic here latches the lockdown and drives the relay
 /// locked at once, then the thread ends (the daemon's panic hook stops the process for systemd to
 /// restart; requests meanwhile are answered `locked`).
-fn run_relay_thread(shared: Arc<Shared>, commands: Receiver<Command>, reporter: Reporter) {
+fn run_relay_thread(
+    shared: Arc<Shared>,
+    commands: Receiver<Command>,
+    inputs: Receiver<InputSignal>,
+    reporter: Reporter,
+) {
     let _ = shared.relay_thread.set(thread::current().id());
     // The reply of the request being handled lives out here, so that a panic cannot answer it
     // before the relay is locked.
     let mut in_flight = None;
     let run = catch_unwind(AssertUnwindSafe(|| {
-        RelayLoop::new(&shared, &commands, &reporter, &mut in_flight).run()
+        RelayLoop::new(&shared, &commands, inputs, &reporter, &mut in_flight).run()
     }));
+    shared.inputs_closed.store(true, Ordering::SeqCst);
     if run.is_err() {
         shared.locked_down.store(true, Ordering::SeqCst);
         // Failures are reported; the relay stays latched either way.
@@ -610,7 +683,7 @@ fn run_relay_thread(shared: Arc<Shared>, commands: Receiver<Command>, reporter: 
         }
         for (request, reply) in commands.try_iter().filter_map(|command| match command {
             Command::Open { request, reply } => Some((request, reply)),
-            Command::LockNow => None,
+            Command::LockNow | Command::AcknowledgeAlarm => None,
         }) {
             let report = DoorReport::Locked(LockedBecause::LockedDown);
             reporter.request_handled(&request, report);
@@ -666,6 +739,25 @@ fn log_event(event: &DoorEvent, lock_failures: &RateLimitedLog) {
                 r.door.detail()
             );
         }
+        DoorEvent::Input(input) => {
+            let level = match input.event {
+                InputEventKind::Forced | InputEventKind::Held | InputEventKind::ContactFault => {
+                    log::Level::Warn
+                }
+                _ => log::Level::Info,
+            };
+            let cause = input
+                .cause
+                .as_ref()
+                .map_or(String::new(), |c| format!(" {c}"));
+            log::log!(
+                level,
+                "door input event={} contact={} request_id={}{cause}",
+                input.event.as_str(),
+                input.contact.as_str(),
+                input.request_id.as_deref().unwrap_or("-"),
+            );
+        }
     }
 }
 
@@ -678,6 +770,11 @@ struct LockRetry {
 struct RelayLoop<'a> {
     shared: &'a Shared,
     commands: &'a Receiver<Command>,
+    /// The backends' input readings; `never()` once their readers are gone.
+    inputs: Receiver<InputSignal>,
+    input_state: InputState,
+    /// Numbers the exit presses' request ids.
+    exits: u64,
     reporter: &'a Reporter,
     /// The reply to the request being handled.
     in_flight: &'a mut Option<Sender<DoorReport>>,
@@ -692,6 +789,7 @@ impl<'a> RelayLoop<'a> {
     fn new(
         shared: &'a Shared,
         commands: &'a Receiver<Command>,
+        inputs: Receiver<InputSignal>,
         reporter: &'a Reporter,
         in_flight: &'a mut Option<Sender<DoorReport>>,
     ) -> Self {
@@ -700,6 +798,9 @@ impl<'a> RelayLoop<'a> {
         RelayLoop {
             shared,
             commands,
+            inputs,
+            input_state: InputState::default(),
+            exits: 0,
             reporter,
             in_flight,
             state: DoorState::LOCKED,
@@ -708,20 +809,39 @@ impl<'a> RelayLoop<'a> {
         }
     }
 
+    /// The next instant at which [`Self::tick`] has work: the relock (unless the closing will
+    /// relock), a lock retry, a contact settling or the held-open alarm.
+    fn next_deadline(&self) -> Option<Instant> {
+        let inputs = &self.shared.settings.inputs;
+        let relock = self
+            .state
+            .next_deadline()
+            .filter(|_| !self.input_state.keeps_unlocked(inputs));
+        [
+            relock,
+            self.lock_retry.map(|r| r.at),
+            self.input_state.next_deadline(inputs),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
     fn run(mut self) {
         loop {
-            let deadline = match (self.state.next_deadline(), self.lock_retry.map(|r| r.at)) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            let received = match deadline {
-                Some(deadline) => self
-                    .commands
-                    .recv_timeout(deadline.saturating_duration_since(Instant::now())),
-                None => self
-                    .commands
-                    .recv()
-                    .map_err(|_| RecvTimeoutError::Disconnected),
+            let timer = self
+                .next_deadline()
+                .map_or_else(crossbeam_channel::never, crossbeam_channel::at);
+            let received = select! {
+                recv(self.commands) -> command => command.map_err(|_| RecvTimeoutError::Disconnected),
+                recv(self.inputs) -> signal => {
+                    match signal {
+                        Ok(signal) => self.input_signal(signal),
+                        Err(_) => self.inputs = crossbeam_channel::never(),
+                    }
+                    Err(RecvTimeoutError::Timeout)
+                }
+                recv(timer) -> _ => Err(RecvTimeoutError::Timeout),
             };
             match received {
                 Ok(Command::Open { request, reply }) => {
@@ -737,6 +857,7 @@ impl<'a> RelayLoop<'a> {
                     let pulse = self.pulse.take();
                     self.lock(ActuationReason::Lockdown, pulse.as_ref());
                 }
+                Ok(Command::AcknowledgeAlarm) => self.feed(Happening::Acknowledge),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
                     if !self.shared.stopping.load(Ordering::SeqCst) {
@@ -753,8 +874,18 @@ impl<'a> RelayLoop<'a> {
     }
 
     fn tick(&mut self) {
+        self.feed(Happening::Tick);
         let now = Instant::now();
-        let (next, action) = on_tick(&self.state, now, &self.shared.settings);
+        // `relock_on = "close"`: the closing relocks this pulse, not the hold's end. A lock retry
+        // still happens on time.
+        let (next, action) = if self
+            .input_state
+            .keeps_unlocked(&self.shared.settings.inputs)
+        {
+            (self.state, TickAction::Nothing)
+        } else {
+            on_tick(&self.state, now, &self.shared.settings)
+        };
         self.set_state(next);
         if action == TickAction::Relock {
             let pulse = self.pulse.take();
@@ -789,17 +920,32 @@ impl<'a> RelayLoop<'a> {
             self.gate(),
             &self.shared.settings,
         );
+        self.carry_out(request, next, verdict, ActuationReason::Granted)
+    }
+
+    /// Unlocks for `request` when the policy says so (`unlock_reason`), and reports what became of it.
+    fn carry_out(
+        &mut self,
+        request: OpenRequest,
+        next: DoorState,
+        verdict: Result<GrantOutcome, LockedBecause>,
+        unlock_reason: ActuationReason,
+    ) -> DoorReport {
         let report = match verdict {
             Ok(GrantOutcome::Opened) => {
                 let unlocked = self.shared.actuate(
                     RelayState::Unlocked,
-                    ActuationReason::Granted,
+                    unlock_reason,
                     Some(&request),
                     self.reporter,
                 );
                 match unlocked {
                     Ok(()) => {
                         self.set_state(next);
+                        self.feed(Happening::Unlocked(Unlock {
+                            request_id: request.request_id.clone(),
+                            cause: request.cause.clone(),
+                        }));
                         self.pulse = Some(request);
                         return DoorReport::Opened;
                     }
@@ -829,6 +975,7 @@ impl<'a> RelayLoop<'a> {
             Ok(()) => {
                 self.lock_retry = None;
                 self.shared.relay_fault.store(false, Ordering::SeqCst);
+                self.feed(Happening::Relocked);
             }
             Err(_) => {
                 let delay = self.lock_retry.map_or(LOCK_RETRY_INITIAL, |retry| {
@@ -863,6 +1010,7 @@ mod tests {
             cooldown,
             grant_while_open: mode,
             report_wait: WAIT,
+            inputs: crate::door::InputSettings::default(),
         }
     }
 
@@ -940,7 +1088,7 @@ mod tests {
             .iter()
             .filter_map(|event| match event {
                 DoorEvent::Actuation(actuation) => Some(actuation.clone()),
-                DoorEvent::Request(_) => None,
+                DoorEvent::Request(_) | DoorEvent::Input(_) => None,
             })
             .collect()
     }
@@ -1307,6 +1455,48 @@ mod tests {
         assert_eq!(json["identity"], "alice");
         assert_eq!(json["door"], "locked");
         assert_eq!(json["because"], "expired");
+    }
+
+    /// Regression: with `relock_on = "close"` and the opened door still open, a failed lock (a lock
+    /// command) was never retried and the relay thread spun on the passed retry deadline.
+    #[test]
+    fn a_failed_lock_is_retried_while_relock_on_close_waits_for_the_closing() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("inputs");
+        let contact = crate::door::InputLine {
+            gpio_pin: 0,
+            active_high: true,
+            debounce: Duration::ZERO,
+        };
+        let wiring = crate::door::InputWiring {
+            contact: Some(contact),
+            exit_button: None,
+        };
+        let door = SimDoor::new().with_inputs(wiring, file.clone());
+        let inputs = crate::door::InputSettings {
+            relock_on: crate::door::RelockOn::Close,
+            ..crate::door::InputSettings::default()
+        };
+        let (controller, log, _) = start_with(
+            door,
+            DoorSettings {
+                inputs,
+                ..settings(LONG_HOLD, Duration::ZERO, GrantWhileOpen::Extend)
+            },
+        );
+        assert!(wait_until(
+            || controller.input_status().contact == ContactState::Closed
+        ));
+        assert_eq!(open(&controller, "req-1"), DoorReport::Opened);
+        std::fs::write(&file, "contact open\n").unwrap();
+        assert!(wait_until(
+            || controller.input_status().contact == ContactState::Open
+        ));
+        log.fail_next_locks(1);
+        controller.hold_locked();
+        assert!(log.wait_for(WAIT, |e| has_reason(e, ActuationReason::LockRetry)));
+        assert_eq!(log.current(), Some(RelayState::Locked));
+        controller.shutdown().unwrap();
     }
 
     #[test]

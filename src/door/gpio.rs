@@ -1,8 +1,11 @@
-//! Raspberry Pi relay backend: drives one BCM GPIO pin through rppal, taking the pin straight
-//! into its locked level (no glitch at start-up) and leaving it there when the process exits.
+//! Raspberry Pi backend: drives the relay's BCM GPIO pin through rppal, taking the pin straight
+//! into its locked level (no glitch at start-up) and leaving it there when the process exits; reads
+//! the door contact and the exit button on input pins with pull-ups, interrupt-driven (rppal's
+//! asynchronous interrupts, with the kernel's debounce), never polled.
 
-use super::{Door, DoorError};
-use rppal::gpio::{Gpio, Level, OutputPin};
+use super::inputs::{ContactLevel, InputSignal};
+use super::{Door, DoorError, InputLine, InputSink, InputWiring};
+use rppal::gpio::{Event, Gpio, InputPin, Level, OutputPin, Trigger};
 
 /// The output level that keeps the door locked. An active-high relay is energised by a high pin,
 /// so locked = low; an active-low relay board is energised by a low pin, so locked = high.
@@ -23,6 +26,44 @@ pub(crate) fn unlocked_level(active_low: bool) -> Level {
 pub(crate) struct GpioDoor {
     pin: OutputPin,
     active_low: bool,
+    inputs: InputWiring,
+    /// The input pins being watched: their interrupt threads live as long as they do.
+    watched: Vec<InputPin>,
+}
+
+/// The contact reading for a line `level`, given which level means open.
+fn contact_level(level: Level, open_high: bool) -> ContactLevel {
+    if (level == Level::High) == open_high {
+        ContactLevel::Open
+    } else {
+        ContactLevel::Closed
+    }
+}
+
+/// The level an interrupt event leaves the line at.
+fn level_after(event: &Event) -> Option<Level> {
+    match event.trigger {
+        Trigger::RisingEdge => Some(Level::High),
+        Trigger::FallingEdge => Some(Level::Low),
+        Trigger::Disabled | Trigger::Both => None,
+    }
+}
+
+/// Claims `line` as an input with its pull-up on, interrupt-driven with the kernel's debounce.
+fn watch_line(
+    gpio: &Gpio,
+    line: &InputLine,
+    trigger: Trigger,
+    callback: impl FnMut(Event) + Send + 'static,
+) -> Result<InputPin, String> {
+    let mut pin = gpio
+        .get(line.gpio_pin)
+        .map_err(|error| error.to_string())?
+        .into_input_pullup();
+    let debounce = (!line.debounce.is_zero()).then_some(line.debounce);
+    pin.set_async_interrupt(trigger, debounce, callback)
+        .map_err(|error| error.to_string())?;
+    Ok(pin)
 }
 
 impl GpioDoor {
@@ -41,7 +82,73 @@ impl GpioDoor {
         };
         // Keep driving the locked level after the process exits instead of floating the pin.
         pin.set_reset_on_drop(false);
-        Ok(GpioDoor { pin, active_low })
+        Ok(GpioDoor {
+            pin,
+            active_low,
+            inputs: InputWiring::default(),
+            watched: Vec::new(),
+        })
+    }
+
+    /// The input lines [`Door::watch_inputs`] reads.
+    pub fn with_inputs(mut self, inputs: InputWiring) -> Self {
+        self.inputs = inputs;
+        self
+    }
+
+    fn watch_contact(&mut self, gpio: &Gpio, line: &InputLine, sink: &InputSink) {
+        let open_high = line.active_high;
+        let events = sink.clone();
+        let watched = watch_line(gpio, line, Trigger::Both, move |event| {
+            if let Some(level) = level_after(&event) {
+                events.send(InputSignal::Contact(contact_level(level, open_high)));
+            }
+        });
+        match watched {
+            Ok(pin) => {
+                sink.send(InputSignal::Contact(contact_level(pin.read(), open_high)));
+                log::info!(
+                    "door contact on BCM {} (open = {})",
+                    line.gpio_pin,
+                    level_name(open_high)
+                );
+                self.watched.push(pin);
+            }
+            Err(cause) => {
+                log::error!(
+                    "door contact on BCM {} cannot be read: {cause}. Check door.contact.gpio_pin; \
+                     the door relocks on its timer",
+                    line.gpio_pin
+                );
+                sink.send(InputSignal::ContactFault);
+            }
+        }
+    }
+
+    fn watch_exit_button(&mut self, gpio: &Gpio, line: &InputLine, sink: &InputSink) {
+        let trigger = if line.active_high {
+            Trigger::RisingEdge
+        } else {
+            Trigger::FallingEdge
+        };
+        let events = sink.clone();
+        match watch_line(gpio, line, trigger, move |_| {
+            events.send(InputSignal::ExitPressed)
+        }) {
+            Ok(pin) => {
+                log::info!(
+                    "exit button on BCM {} (pressed = {})",
+                    line.gpio_pin,
+                    level_name(line.active_high)
+                );
+                self.watched.push(pin);
+            }
+            Err(cause) => log::error!(
+                "exit button on BCM {} cannot be read: {cause}. Check door.exit_button.gpio_pin; \
+                 until then the button does not unlock",
+                line.gpio_pin
+            ),
+        }
     }
 
     fn drive(&mut self, level: Level, reason: &str) {
@@ -61,6 +168,32 @@ impl Door for GpioDoor {
         Ok(())
     }
 
+    fn watch_inputs(&mut self, sink: InputSink) {
+        let InputWiring {
+            contact,
+            exit_button,
+        } = self.inputs;
+        if contact.is_none() && exit_button.is_none() {
+            return;
+        }
+        let gpio = match Gpio::new() {
+            Ok(gpio) => gpio,
+            Err(error) => {
+                log::error!("the door's inputs cannot be read: GPIO unavailable ({error})");
+                if contact.is_some() {
+                    sink.send(InputSignal::ContactFault);
+                }
+                return;
+            }
+        };
+        if let Some(line) = &contact {
+            self.watch_contact(&gpio, line, &sink);
+        }
+        if let Some(line) = &exit_button {
+            self.watch_exit_button(&gpio, line, &sink);
+        }
+    }
+
     fn describe(&self) -> String {
         let (relay, locked) = if self.active_low {
             ("active-low", "high")
@@ -74,9 +207,40 @@ impl Door for GpioDoor {
     }
 }
 
+fn level_name(high: bool) -> &'static str {
+    if high {
+        "high"
+    } else {
+        "low"
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn contact_levels_follow_the_configured_open_level() {
+        // (line level, open_high, reading)
+        let table = [
+            (Level::High, true, ContactLevel::Open),
+            (Level::Low, true, ContactLevel::Closed),
+            (Level::High, false, ContactLevel::Closed),
+            (Level::Low, false, ContactLevel::Open),
+        ];
+        for (level, open_high, reading) in table {
+            assert_eq!(
+                contact_level(level, open_high),
+                reading,
+                "{level} {open_high}"
+            );
+        }
+        let rising = Event {
+            trigger: Trigger::RisingEdge,
+            ..Event::default()
+        };
+        assert_eq!(level_after(&rising), Some(Level::High));
+    }
 
     #[test]
     fn locked_and_unlocked_levels_follow_relay_polarity() {

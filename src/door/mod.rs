@@ -1,8 +1,11 @@
 //! The door relay: the hardware abstraction, its backends (GPIO, simulated), the pure timing policy
-//! and the controller thread that pulses the relay and keeps it locked on every error path.
+//! and the controller thread that pulses the relay and keeps it locked on every error path; and the
+//! door's inputs (contact, exit button), read by the same backends into the relay thread's pure
+//! input state machine.
 
 mod controller;
 pub mod gpio;
+pub mod inputs;
 pub mod policy;
 pub mod sim;
 
@@ -10,18 +13,70 @@ pub use controller::{
     Actuation, ActuationReason, DoorController, DoorEvent, DoorObserver, DoorReport,
     LockGuardHandle, OpenCause, OpenRequest, RequestHandled,
 };
+pub use inputs::{
+    Alarm, ContactState, InputEventKind, InputReport, InputSettings, InputStatus, RelockOn,
+};
 pub use policy::{DoorSettings, DoorState, GrantOutcome, GrantWhileOpen, LockedBecause};
 
+use crossbeam_channel::{Sender, TrySendError};
+use inputs::InputSignal;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
-/// The relay hardware. Implementations drive their output immediately; `reason` is a short
-/// label for journals and debug logs.
+/// The door hardware: the relay, and the input lines wired next to it. Implementations drive their
+/// output immediately; `reason` is a short label for journals and debug logs.
 pub trait Door: Send {
     fn set_locked(&mut self, reason: &str) -> Result<(), DoorError>;
     fn set_unlocked(&mut self, reason: &str) -> Result<(), DoorError>;
     /// One line for start-up logs, e.g. "GPIO relay on BCM 17 (active-high: locked = low)".
     fn describe(&self) -> String;
+    /// Starts reading the wired inputs (contact, exit button) on threads of the backend's own,
+    /// reporting every reading to `sink`: first the contact's current level, then each change. An
+    /// input that cannot be read is reported as [`InputSignal::ContactFault`] (contact) or logged
+    /// (exit button); it never stops the relay.
+    fn watch_inputs(&mut self, sink: InputSink);
+}
+
+/// One input line as wired (`[door.contact]`, `[door.exit_button]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InputLine {
+    /// BCM number (the GPIO backend only).
+    pub gpio_pin: u8,
+    /// The level that means open (contact) or pressed (button) is high.
+    pub active_high: bool,
+    pub debounce: Duration,
+}
+
+/// The door's input lines; `None` for an input that is not fitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct InputWiring {
+    pub contact: Option<InputLine>,
+    pub exit_button: Option<InputLine>,
+}
+
+/// Where a backend reports its input readings: the relay thread's bounded input queue. Never
+/// blocks; a reading that finds the queue full is dropped and counted.
+#[derive(Debug, Clone)]
+pub struct InputSink {
+    sender: Sender<InputSignal>,
+    dropped: Arc<AtomicU64>,
+    closed: Arc<AtomicBool>,
+}
+
+impl InputSink {
+    pub(crate) fn send(&self, signal: InputSignal) {
+        if let Err(TrySendError::Full(_)) = self.sender.try_send(signal) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// True once the relay thread no longer reads inputs: a reader thread may end.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
 }
 
 /// The two levels a relay can be driven to.
@@ -45,9 +100,18 @@ impl RelayState {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum BackendKind {
     /// A relay on BCM pin `pin`; `active_low` is true for relay boards energised by a low pin.
-    Gpio { pin: u8, active_low: bool },
-    /// The simulated relay, optionally journaling each actuation as a JSON line to `journal`.
-    Sim { journal: Option<PathBuf> },
+    Gpio {
+        pin: u8,
+        active_low: bool,
+        inputs: InputWiring,
+    },
+    /// The simulated relay, optionally journaling each actuation as a JSON line to `journal`, with
+    /// its inputs read from the lines appended to `inputs_file`.
+    Sim {
+        journal: Option<PathBuf>,
+        inputs: InputWiring,
+        inputs_file: PathBuf,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,11 +152,25 @@ pub enum DoorError {
 /// level as part of construction.
 pub(crate) fn build_backend(kind: &BackendKind) -> Result<Box<dyn Door>, DoorError> {
     Ok(match kind {
-        BackendKind::Gpio { pin, active_low } => Box::new(gpio::GpioDoor::open(*pin, *active_low)?),
-        BackendKind::Sim { journal: None } => Box::new(sim::SimDoor::new().with_faults_from_env()),
+        BackendKind::Gpio {
+            pin,
+            active_low,
+            inputs,
+        } => Box::new(gpio::GpioDoor::open(*pin, *active_low)?.with_inputs(*inputs)),
         BackendKind::Sim {
-            journal: Some(path),
-        } => Box::new(sim::SimDoor::with_journal(path)?.with_faults_from_env()),
+            journal,
+            inputs,
+            inputs_file,
+        } => {
+            let door = match journal {
+                None => sim::SimDoor::new(),
+                Some(path) => sim::SimDoor::with_journal(path)?,
+            };
+            Box::new(
+                door.with_faults_from_env()
+                    .with_inputs(*inputs, inputs_file.clone()),
+            )
+        }
     })
 }
 
@@ -115,6 +193,8 @@ mod tests {
         let journal = dir.path().join("relay.jsonl");
         lock_once(&BackendKind::Sim {
             journal: Some(journal.clone()),
+            inputs: InputWiring::default(),
+            inputs_file: dir.path().join("inputs"),
         })
         .unwrap();
         let text = std::fs::read_to_string(&journal).unwrap();
@@ -129,7 +209,12 @@ mod tests {
 
     #[test]
     fn build_backend_describes_sim() {
-        let door = build_backend(&BackendKind::Sim { journal: None }).unwrap();
+        let door = build_backend(&BackendKind::Sim {
+            journal: None,
+            inputs: InputWiring::default(),
+            inputs_file: PathBuf::from("unused"),
+        })
+        .unwrap();
         assert_eq!(door.describe(), "simulated relay");
     }
 

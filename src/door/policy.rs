@@ -1,6 +1,7 @@
 //! Pure door timing rules (hold, extend-or-ignore, cooldown) kept free of threads and hardware so
 //! every rule is covered by table tests; the relay thread only executes what these functions decide.
 
+use super::inputs::InputSettings;
 use serde::Serialize;
 use std::time::{Duration, Instant};
 
@@ -26,6 +27,8 @@ pub struct DoorSettings {
     /// How long a caller of `DoorController::request_open` waits for the relay thread's report
     /// before answering `pending` (not used by the pure rules here).
     pub report_wait: Duration,
+    /// The door contact and exit button (`door::inputs`).
+    pub inputs: InputSettings,
 }
 
 /// The commanded state of the door, as the policy sees it.
@@ -169,6 +172,49 @@ pub(crate) fn on_request(
     }
 }
 
+/// Applies an exit-button press at `now`. Free egress is a safety rule: a lock command
+/// (`held_locked`) and the cooldown do not refuse it; only a latched lockdown (emergency, panic,
+/// shutdown: the process is stopping) and a relay that fails to lock do.
+pub(crate) fn on_exit(
+    state: &DoorState,
+    now: Instant,
+    gate: RelayGate,
+    s: &DoorSettings,
+) -> (DoorState, Result<GrantOutcome, LockedBecause>) {
+    match (gate, *state) {
+        (RelayGate::LockedDown, _) => (*state, Err(LockedBecause::LockedDown)),
+        (RelayGate::LockFailing, _) => (*state, Err(LockedBecause::Unavailable)),
+        (RelayGate::Ready | RelayGate::HeldLocked, DoorState::Open { until }) => (
+            DoorState::Open {
+                until: until.max(now + s.hold),
+            },
+            Ok(GrantOutcome::Extended),
+        ),
+        (RelayGate::Ready | RelayGate::HeldLocked, DoorState::Locked { .. }) => (
+            DoorState::Open {
+                until: now + s.hold,
+            },
+            Ok(GrantOutcome::Opened),
+        ),
+    }
+}
+
+/// Ends an open pulse at `now`, before its hold has elapsed (`door.relock_on`), starting the
+/// cooldown from this moment; a locked door stays as it is.
+pub(crate) fn relock_now(
+    state: &DoorState,
+    now: Instant,
+    s: &DoorSettings,
+) -> (DoorState, TickAction) {
+    match *state {
+        DoorState::Open { .. } => {
+            let cooldown_until = (!s.cooldown.is_zero()).then(|| now + s.cooldown);
+            (DoorState::Locked { cooldown_until }, TickAction::Relock)
+        }
+        DoorState::Locked { .. } => (*state, TickAction::Nothing),
+    }
+}
+
 /// Applies the passing of time at `now`: ends the pulse when its hold has elapsed (starting the
 /// cooldown from this moment, when the relay re-locks) and forgets an expired cooldown.
 pub(crate) fn on_tick(
@@ -177,10 +223,7 @@ pub(crate) fn on_tick(
     s: &DoorSettings,
 ) -> (DoorState, TickAction) {
     match *state {
-        DoorState::Open { until } if now >= until => {
-            let cooldown_until = (!s.cooldown.is_zero()).then(|| now + s.cooldown);
-            (DoorState::Locked { cooldown_until }, TickAction::Relock)
-        }
+        DoorState::Open { until } if now >= until => relock_now(state, now, s),
         DoorState::Locked {
             cooldown_until: Some(cooldown_until),
         } if now >= cooldown_until => (DoorState::LOCKED, TickAction::Nothing),
@@ -218,6 +261,7 @@ mod tests {
             cooldown: Duration::from_millis(cooldown_ms),
             grant_while_open,
             report_wait: Duration::ZERO,
+            inputs: InputSettings::default(),
         }
     }
 
@@ -300,6 +344,48 @@ mod tests {
             );
             assert_eq!(got, (state(origin, after), result), "{name}");
         }
+    }
+
+    #[test]
+    fn exit_table() {
+        use GrantOutcome::{Extended, Opened};
+        use LockedBecause::{LockedDown, Unavailable};
+        use RelayGate::{HeldLocked, LockFailing, Ready};
+        let origin = Instant::now();
+        // (name, state before, now ms, gate, expected state, expected result)
+        #[rustfmt::skip]
+        let table = [
+            ("exit opens a locked door", At::Locked, 1_000, Ready, At::OpenUntil(4_000), Ok(Opened)),
+            ("exit opens during the cooldown", At::CoolingUntil(5_000), 4_000, Ready, At::OpenUntil(7_000), Ok(Opened)),
+            ("exit opens during a lockdown by command (free egress)", At::Locked, 0, HeldLocked, At::OpenUntil(3_000), Ok(Opened)),
+            ("exit extends an open door", At::OpenUntil(3_000), 2_000, Ready, At::OpenUntil(5_000), Ok(Extended)),
+            ("exit never shortens", At::OpenUntil(9_000), 1_000, HeldLocked, At::OpenUntil(9_000), Ok(Extended)),
+            ("a latched lockdown refuses (the process is stopping)", At::Locked, 0, RelayGate::LockedDown, At::Locked, Err(LockedDown)),
+            ("a failing relay refuses", At::Locked, 0, LockFailing, At::Locked, Err(Unavailable)),
+        ];
+        for (name, before, now_ms, gate, after, result) in table {
+            let s = settings(GrantWhileOpen::Ignore, COOLDOWN_MS);
+            let now = origin + Duration::from_millis(now_ms);
+            let got = on_exit(&state(origin, before), now, gate, &s);
+            assert_eq!(got, (state(origin, after), result), "{name}");
+        }
+    }
+
+    #[test]
+    fn relock_now_ends_a_pulse_early_and_starts_the_cooldown() {
+        let origin = Instant::now();
+        let ms = |n| origin + Duration::from_millis(n);
+        let s = settings(GrantWhileOpen::Extend, COOLDOWN_MS);
+        let open = DoorState::Open { until: ms(3_000) };
+        assert_eq!(
+            relock_now(&open, ms(500), &s),
+            (state(origin, At::CoolingUntil(1_500)), TickAction::Relock)
+        );
+        let locked = DoorState::LOCKED;
+        assert_eq!(
+            relock_now(&locked, ms(500), &s),
+            (locked, TickAction::Nothing)
+        );
     }
 
     #[test]

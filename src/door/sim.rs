@@ -5,14 +5,19 @@
 //! Fault injection for a daemon under test: with `FACEGATE_SIM_UNLOCK_FAILS=1` in its environment,
 //! the sim backend built by `door::build_backend` fails every unlock (the start-up log says so).
 //! Only the simulated relay reads that variable.
+//!
+//! The simulated inputs: a file (`door.sim_inputs`) followed like `tail -f`, one reading per
+//! appended line: `contact open`, `contact closed`, `exit pressed` (and `contact fault`, for tests
+//! of a line that cannot be read).
 
-use super::{Door, DoorError, RelayState};
+use super::inputs::{ContactLevel, InputSignal};
+use super::{Door, DoorError, InputSink, InputWiring, RelayState};
 use crate::sync::lock_recovering;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::path::PathBuf;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -20,6 +25,10 @@ use std::time::{Duration, Instant};
 /// Environment variable that makes every unlock of a [`SimDoor`] built by `door::build_backend`
 /// fail when set to `1`, so that tests of the real binary can see a failed unlock.
 pub(crate) const UNLOCK_FAILS_ENV: &str = "FACEGATE_SIM_UNLOCK_FAILS";
+/// How often the inputs file is looked at for appended lines (a simulator may poll).
+const INPUTS_POLL: Duration = Duration::from_millis(50);
+/// A line longer than this in the inputs file is not a reading.
+const MAX_INPUT_LINE: usize = 256;
 
 /// One actuation performed by a [`SimDoor`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,6 +159,93 @@ struct Journal {
 pub struct SimDoor {
     log: SimLog,
     journal: Option<Journal>,
+    inputs: InputWiring,
+    inputs_file: Option<PathBuf>,
+}
+
+/// One line of the inputs file: a reading, nothing (blank or `#` comment), or not understood.
+fn parse_input_line(line: &str) -> Result<Option<InputSignal>, ()> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    match words.as_slice() {
+        [] => Ok(None),
+        [first, ..] if first.starts_with('#') => Ok(None),
+        ["contact", "open"] => Ok(Some(InputSignal::Contact(ContactLevel::Open))),
+        ["contact", "closed"] => Ok(Some(InputSignal::Contact(ContactLevel::Closed))),
+        ["contact", "fault"] => Ok(Some(InputSignal::ContactFault)),
+        ["exit", "pressed"] => Ok(Some(InputSignal::ExitPressed)),
+        _ => Err(()),
+    }
+}
+
+/// Whether the wiring has `signal`'s input fitted.
+fn fitted(wiring: &InputWiring, signal: InputSignal) -> bool {
+    match signal {
+        InputSignal::Contact(_) | InputSignal::ContactFault => wiring.contact.is_some(),
+        InputSignal::ExitPressed => wiring.exit_button.is_some(),
+    }
+}
+
+/// Follows the inputs file from its end, like `tail -f`: the contact's last state in the file (or
+/// closed) is the first reading; presses written before the start are history, not presses.
+fn follow_inputs(path: &Path, wiring: InputWiring, sink: &InputSink) -> std::io::Result<()> {
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .read(true)
+        .open(path)?;
+    let mut history = String::new();
+    file.read_to_string(&mut history)?;
+    let mut offset = history.len() as u64;
+    if wiring.contact.is_some() {
+        let last_contact = history
+            .lines()
+            .rev()
+            .filter_map(|line| parse_input_line(line).ok().flatten())
+            .find(|signal| matches!(signal, InputSignal::Contact(_)));
+        sink.send(last_contact.unwrap_or(InputSignal::Contact(ContactLevel::Closed)));
+    }
+    let mut partial = Vec::new();
+    while !sink.is_closed() {
+        std::thread::sleep(INPUTS_POLL);
+        let length = file.metadata()?.len();
+        if length < offset {
+            // Truncated: start again from its beginning.
+            offset = 0;
+            partial.clear();
+        }
+        if length == offset {
+            continue;
+        }
+        file.seek(SeekFrom::Start(offset))?;
+        let mut appended = Vec::new();
+        Read::by_ref(&mut file)
+            .take(length - offset)
+            .read_to_end(&mut appended)?;
+        offset += appended.len() as u64;
+        partial.extend_from_slice(&appended);
+        while let Some(end) = partial.iter().position(|&byte| byte == b'\n') {
+            let line: Vec<u8> = partial.drain(..=end).collect();
+            let line = String::from_utf8_lossy(&line);
+            match parse_input_line(&line) {
+                Ok(Some(signal)) if fitted(&wiring, signal) => sink.send(signal),
+                Ok(Some(_)) => log::warn!(
+                    "{}: `{}` is for an input that is not enabled ([door.contact] or [door.exit_button])",
+                    path.display(),
+                    line.trim()
+                ),
+                Ok(None) => {}
+                Err(()) => log::warn!(
+                    "{}: `{}` is not a reading: write `contact open`, `contact closed` or `exit pressed`",
+                    path.display(),
+                    line.trim()
+                ),
+            }
+        }
+        if partial.len() > MAX_INPUT_LINE {
+            partial.clear();
+        }
+    }
+    Ok(())
 }
 
 impl Default for SimDoor {
@@ -164,6 +260,8 @@ impl SimDoor {
         SimDoor {
             log: SimLog::default(),
             journal: None,
+            inputs: InputWiring::default(),
+            inputs_file: None,
         }
     }
 
@@ -180,8 +278,8 @@ impl SimDoor {
                 cause: source,
             })?;
         Ok(SimDoor {
-            log: SimLog::default(),
             journal: Some(Journal { path, file }),
+            ..SimDoor::new()
         })
     }
 
@@ -190,6 +288,13 @@ impl SimDoor {
         if std::env::var_os(UNLOCK_FAILS_ENV).is_some_and(|value| value == "1") {
             self.log.set_unlock_failing(true);
         }
+        self
+    }
+
+    /// Reads the `inputs` wired from `file` (see the module's documentation).
+    pub(crate) fn with_inputs(mut self, inputs: InputWiring, file: PathBuf) -> Self {
+        self.inputs = inputs;
+        self.inputs_file = Some(file);
         self
     }
 
@@ -250,6 +355,32 @@ impl Door for SimDoor {
             return Err(DoorError::SimulatedFailure { action: "unlock" });
         }
         self.actuate(RelayState::Unlocked, reason)
+    }
+
+    fn watch_inputs(&mut self, sink: InputSink) {
+        let wiring = self.inputs;
+        let Some(path) = self.inputs_file.clone() else {
+            return;
+        };
+        if wiring.contact.is_none() && wiring.exit_button.is_none() {
+            return;
+        }
+        let spawned = std::thread::Builder::new()
+            .name("door-sim-inputs".into())
+            .spawn(move || {
+                if let Err(error) = follow_inputs(&path, wiring, &sink) {
+                    log::error!(
+                        "the simulated inputs {} cannot be read: {error}. Check door.sim_inputs",
+                        path.display()
+                    );
+                    if wiring.contact.is_some() {
+                        sink.send(InputSignal::ContactFault);
+                    }
+                }
+            });
+        if let Err(error) = spawned {
+            log::error!("the simulated inputs thread did not start: {error}");
+        }
     }
 
     fn describe(&self) -> String {
@@ -334,6 +465,77 @@ mod tests {
         assert!(door.set_unlocked("granted").is_err());
         let reasons: Vec<_> = log.events().into_iter().map(|e| e.reason).collect();
         assert_eq!(reasons, ["second"]);
+    }
+
+    #[test]
+    fn input_lines_are_readings_comments_or_refused() {
+        let table = [
+            (
+                "contact open",
+                Ok(Some(InputSignal::Contact(ContactLevel::Open))),
+            ),
+            (
+                "  contact   closed \n",
+                Ok(Some(InputSignal::Contact(ContactLevel::Closed))),
+            ),
+            ("exit pressed", Ok(Some(InputSignal::ExitPressed))),
+            ("contact fault", Ok(Some(InputSignal::ContactFault))),
+            ("", Ok(None)),
+            ("# the door opens", Ok(None)),
+            ("contact ajar", Err(())),
+            ("exit", Err(())),
+            ("exit pressed twice", Err(())),
+        ];
+        for (line, expected) in table {
+            assert_eq!(parse_input_line(line), expected, "{line:?}");
+        }
+    }
+
+    #[test]
+    fn inputs_file_is_followed_from_its_end_like_tail_f() {
+        use crossbeam_channel::RecvTimeoutError;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("inputs");
+        std::fs::write(&path, "contact open\nexit pressed\n").unwrap();
+        let (sender, readings) = crossbeam_channel::bounded(16);
+        let sink = InputSink {
+            sender,
+            dropped: Arc::default(),
+            closed: Arc::default(),
+        };
+        let line = super::super::InputLine {
+            gpio_pin: 0,
+            active_high: true,
+            debounce: Duration::ZERO,
+        };
+        let wiring = InputWiring {
+            contact: Some(line),
+            exit_button: Some(line),
+        };
+        let closed = Arc::clone(&sink.closed);
+        let mut door = SimDoor::new().with_inputs(wiring, path.clone());
+        door.watch_inputs(sink);
+        let wait = Duration::from_secs(10);
+        assert_eq!(
+            readings.recv_timeout(wait),
+            Ok(InputSignal::Contact(ContactLevel::Open)),
+            "the last contact line before the start; the old press is history"
+        );
+        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(b"exit pressed\ncontact clo").unwrap();
+        assert_eq!(readings.recv_timeout(wait), Ok(InputSignal::ExitPressed));
+        file.write_all(b"sed\nnonsense\n").unwrap();
+        assert_eq!(
+            readings.recv_timeout(wait),
+            Ok(InputSignal::Contact(ContactLevel::Closed)),
+            "a line written in two parts is one reading"
+        );
+        closed.store(true, Ordering::SeqCst);
+        assert_eq!(
+            readings.recv_timeout(wait),
+            Err(RecvTimeoutError::Disconnected),
+            "the reader ends once the relay thread is gone"
+        );
     }
 
     #[test]

@@ -77,6 +77,11 @@ impl Transport {
         }
         let _ = self.tcp().shutdown(std::net::Shutdown::Both);
     }
+
+    /// The client's address, for the summary of what the front refused from it.
+    pub fn peer_ip(&self) -> Option<std::net::IpAddr> {
+        self.tcp().peer_addr().ok().map(|peer| peer.ip())
+    }
 }
 
 fn set_read_deadline(stream: &TcpStream, deadline: Instant) -> Result<(), ReadError> {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::body::Chunked;
 use super::head::Head;
-use crate::http::forwarded::{encode_instant, PEER_HEADER, RECEIVED_HEADER};
+use crate::http::forwarded::{encode_instant, PEER_HEADER, RECEIVED_HEADER, TABLET_HEADER};
 
 /// The largest answer tiny_http is expected to give (a page of /events, /metrics).
 const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
@@ -29,12 +29,14 @@ pub struct Upstream {
     pub body: Vec<u8>,
 }
 
-/// The request as tiny_http receives it: HTTP/1.1, `Connection: close`, an exact Content-Length.
+/// The request as tiny_http receives it: HTTP/1.1, `Connection: close`, an exact Content-Length,
+/// and the paired tablet the front found for its device token.
 pub(crate) fn request_bytes(
     head: &Head,
     body: &[u8],
     peer: SocketAddr,
     received_at: Instant,
+    tablet: Option<&str>,
 ) -> Vec<u8> {
     let mut out = format!("{} {} HTTP/1.1\r\n", head.method, head.target);
     let mut has_host = false;
@@ -44,6 +46,9 @@ pub(crate) fn request_bytes(
     }
     if !has_host {
         out.push_str("Host: facegate\r\n");
+    }
+    if let Some(tablet) = tablet {
+        out.push_str(&format!("{TABLET_HEADER}: {tablet}\r\n"));
     }
     out.push_str(&format!(
         "{PEER_HEADER}: {peer}\r\n{RECEIVED_HEADER}: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -132,12 +137,12 @@ mod tests {
 
     #[test]
     fn the_front_headers_replace_what_the_client_sent() {
-        let text = "POST /image HTTP/1.0\r\nX-Facegate-Peer: 6.6.6.6:1\r\nX-Facegate-Received-Us: 1\r\nTransfer-Encoding: chunked\r\nAuthorization: Bearer t\r\n\r\n";
+        let text = "POST /image HTTP/1.0\r\nX-Facegate-Peer: 6.6.6.6:1\r\nX-Facegate-Received-Us: 1\r\nX-Facegate-Tablet: forged\r\nTransfer-Encoding: chunked\r\nAuthorization: Bearer t\r\n\r\n";
         let Parsed::Complete(head, _) = parse(text.as_bytes(), 4096) else {
             panic!()
         };
         let peer: SocketAddr = "192.168.1.20:5000".parse().unwrap();
-        let bytes = request_bytes(&head, b"abc", peer, Instant::now());
+        let bytes = request_bytes(&head, b"abc", peer, Instant::now(), Some("front"));
         let text = String::from_utf8(bytes).unwrap();
         assert!(text.starts_with("POST /image HTTP/1.1\r\n"), "{text}");
         assert!(
@@ -145,12 +150,13 @@ mod tests {
             "{text}"
         );
         assert!(
-            !text.contains("6.6.6.6") && !text.contains("chunked"),
+            !text.contains("6.6.6.6") && !text.contains("chunked") && !text.contains("forged"),
             "{text}"
         );
         assert!(
             text.contains("Host: facegate\r\n") && text.contains("Authorization: Bearer t\r\n")
         );
+        assert!(text.contains("X-Facegate-Tablet: front\r\n"), "{text}");
         assert!(
             text.ends_with("Content-Length: 3\r\nConnection: close\r\n\r\nabc"),
             "{text}"

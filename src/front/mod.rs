@@ -54,6 +54,8 @@ pub struct Settings {
     pub body_timeout: Duration,
     pub max_body_bytes: usize,
     pub token: Option<String>,
+    /// The paired tablets, whose device tokens are credentials too.
+    pub tablets: Arc<crate::tablets::LiveTablets>,
     /// tiny_http's Unix socket.
     pub backend: PathBuf,
     pub tls: Option<Arc<rustls::ServerConfig>>,
@@ -192,8 +194,8 @@ fn exchange(
     };
     incoming.buffer.drain(..used);
     let received_at = Instant::now();
-    let framing = match check(&head, settings) {
-        Ok(framing) => framing,
+    let (framing, tablet) = match check(&head, settings) {
+        Ok(checked) => checked,
         Err(refusal) => {
             let body_pending = !matches!(head.framing(), Ok(Framing::None | Framing::Length(0)));
             let next = refuse(incoming, shared, refusal.counted_as(&head));
@@ -230,7 +232,7 @@ fn exchange(
             return Next::Close;
         }
     };
-    let request = forward::request_bytes(&head, &body, peer, received_at);
+    let request = forward::request_bytes(&head, &body, peer, received_at, tablet.as_deref());
     drop(body);
     let upstream = match forward::forward(&settings.backend, &request, ANSWER_WAIT) {
         Ok(upstream) => upstream,
@@ -312,6 +314,9 @@ fn route_label(route: Route) -> &'static str {
         Route::Events => "events",
         Route::Health => "healthz",
         Route::Admin => "admin",
+        Route::KioskPair => "kiosk_pair",
+        Route::KioskHello => "kiosk_hello",
+        Route::Kiosk => "kiosk",
         Route::WrongMethod(_) | Route::NotFound => "other",
     }
 }
@@ -320,13 +325,15 @@ fn route_label(route: Route) -> &'static str {
 pub trait Refusals: Send + Sync {
     /// The next request id, from the same sequence as the requests tiny_http handles.
     fn request_id(&self) -> String;
-    /// A refused frame post (`/image`, `/save`), recorded and audited like any refusal: returns the
-    /// answer's JSON, and the bookkeeping to run once the answer is sent.
+    /// A refused frame post (`/image`, `/save`, `/code`) from `peer`, counted and summarised per
+    /// address like every refusal before a worker: returns the answer's JSON, and the bookkeeping to
+    /// run once the answer is sent.
     fn refuse_frame(
         &self,
         request_id: &str,
         endpoint: Endpoint,
         refusal: crate::record::Refusal,
+        peer: Option<std::net::IpAddr>,
     ) -> (serde_json::Value, Box<dyn FnOnce() + Send>);
 }
 
@@ -398,23 +405,16 @@ fn body_timeout(head: &Head, settings: &Settings) -> Duration {
     }
 }
 
-/// What needs no body to answer: route, token, framing, size. `Ok` gives the body's framing.
-fn check(head: &Head, settings: &Settings) -> Result<Framing, Refusal> {
+/// What needs no body to answer: route, credential, framing, size. `Ok` gives the body's framing and
+/// the paired tablet the request's device token belongs to.
+fn check(head: &Head, settings: &Settings) -> Result<(Framing, Option<String>), Refusal> {
     let method = head
         .method
         .parse::<tiny_http::Method>()
         .map_err(|()| Refusal::new(400, "bad_request", "the method is not ASCII".into()))?;
     let route = route(&method, &head.target);
-    // The admin pages have their own sign-in; the tablet's token does not open them.
-    if !matches!(route, Route::Health | Route::Admin)
-        && !authorized(head, settings.token.as_deref())
-    {
-        return Err(Refusal::new(
-            401,
-            "unauthorized",
-            "missing or wrong bearer token: send Authorization: Bearer <token>".into(),
-        ));
-    }
+    let credential = credential(head, settings);
+    admit(route, &credential, settings.token.is_some())?;
     match route {
         Route::WrongMethod(allowed) => {
             return Err(Refusal::new(
@@ -439,15 +439,16 @@ fn check(head: &Head, settings: &Settings) -> Result<Framing, Refusal> {
             format!("the body's framing is refused: {why}"),
         )
     })?;
+    let max_body_bytes = match route {
+        Route::KioskPair | Route::KioskHello => MAX_PAIRING_BODY_BYTES,
+        _ => settings.max_body_bytes,
+    };
     if let Framing::Length(length) = framing {
-        if length > settings.max_body_bytes as u64 {
+        if length > max_body_bytes as u64 {
             return Err(Refusal::new(
                 413,
                 "too_large",
-                format!(
-                    "the body is larger than the {} bytes allowed",
-                    settings.max_body_bytes
-                ),
+                format!("the body is larger than the {max_body_bytes} bytes allowed"),
             ));
         }
     }
@@ -458,17 +459,83 @@ fn check(head: &Head, settings: &Settings) -> Result<Framing, Refusal> {
             "only `Expect: 100-continue` is understood".into(),
         ));
     }
-    Ok(framing)
+    let tablet = match credential {
+        Credential::Tablet(name) => Some(name),
+        _ => None,
+    };
+    Ok((framing, tablet))
 }
 
-/// Is the bearer token right? Compared in constant time.
-fn authorized(head: &Head, token: Option<&str>) -> bool {
-    let Some(token) = token else {
-        return true;
+/// The largest body of a pairing request (`{"secret": "..."}`).
+const MAX_PAIRING_BODY_BYTES: usize = 1024;
+
+/// What the request's bearer shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Credential {
+    /// No bearer, or one that is no credential of ours and not shaped like a device token.
+    Nothing,
+    /// The shared `http.token` (the original app, scripts).
+    Shared,
+    /// The device token of this paired tablet.
+    Tablet(String),
+    /// A device token no tablet holds (revoked, or never paired).
+    Unpaired,
+}
+
+/// Reads the bearer: the shared token (constant time), else a paired tablet's device token.
+fn credential(head: &Head, settings: &Settings) -> Credential {
+    let bearers = || {
+        head.values("authorization")
+            .filter_map(|value| value.strip_prefix("Bearer "))
+            .map(str::trim)
     };
-    head.values("authorization")
-        .filter_map(|value| value.strip_prefix("Bearer "))
-        .any(|given| bool::from(given.trim().as_bytes().ct_eq(token.as_bytes())))
+    if let Some(token) = settings.token.as_deref() {
+        if bearers().any(|given| bool::from(given.as_bytes().ct_eq(token.as_bytes()))) {
+            return Credential::Shared;
+        }
+    }
+    let mut unpaired = false;
+    for given in bearers().filter(|given| crate::tablets::looks_like_device_token(given)) {
+        match settings.tablets.tablet_of(given) {
+            Some(name) => return Credential::Tablet(name),
+            None => unpaired = true,
+        }
+    }
+    if unpaired {
+        Credential::Unpaired
+    } else {
+        Credential::Nothing
+    }
+}
+
+/// May a request with `credential` go to `route`? A tablet's device token opens the frame posts and
+/// `/kiosk/hello`; the shared token all but the admin pages; the admin pages, the kiosk page's files
+/// and pairing need neither.
+fn admit(route: Route, credential: &Credential, token_required: bool) -> Result<(), Refusal> {
+    let unauthorized = || {
+        Refusal::new(
+            401,
+            "unauthorized",
+            "missing or wrong bearer token: send Authorization: Bearer <token>".into(),
+        )
+    };
+    let unpaired = || {
+        Refusal::new(
+            401,
+            "unpaired",
+            "this tablet is not paired (or was revoked): pair it again with a link from facegate tablets add NAME".into(),
+        )
+    };
+    match (route, credential) {
+        (Route::Health | Route::Admin | Route::Kiosk | Route::KioskPair, _) => Ok(()),
+        (Route::KioskHello, Credential::Tablet(_) | Credential::Shared) => Ok(()),
+        (Route::KioskHello, _) | (_, Credential::Unpaired) => Err(unpaired()),
+        (_, Credential::Shared) => Ok(()),
+        (Route::Metrics | Route::Events, Credential::Tablet(_)) => Err(unauthorized()),
+        (_, Credential::Tablet(_)) => Ok(()),
+        (_, Credential::Nothing) if token_required => Err(unauthorized()),
+        (_, Credential::Nothing) => Ok(()),
+    }
 }
 
 /// Answers `refusal` as JSON, counts it, and tells whether the connection may go on.
@@ -481,9 +548,10 @@ fn refuse(incoming: &mut Incoming, shared: &Shared, refusal: Refusal) -> Next {
                 error: refusal.error,
                 message: refusal.message.clone(),
             };
+            let peer = incoming.transport.peer_ip();
             let (body, after) = shared
                 .refusals
-                .refuse_frame(&request_id, endpoint, recorded);
+                .refuse_frame(&request_id, endpoint, recorded, peer);
             (body, Some(after))
         }
         route => {
@@ -562,6 +630,9 @@ mod tests {
             body_timeout: Duration::from_secs(1),
             max_body_bytes: 1000,
             token: Some("t".into()),
+            tablets: Arc::new(crate::tablets::LiveTablets::new(
+                crate::tablets::TabletStore::new("/nonexistent/tablets.json".into()),
+            )),
             backend: PathBuf::from("/nonexistent"),
             tls: None,
         }
@@ -582,6 +653,7 @@ mod tests {
             ("GET /nope HTTP/1.1\r\n\r\n", Err(401)),
             // The admin pages sign in on their own: no bearer token needed to reach them.
             ("GET /admin/ HTTP/1.1\r\n\r\n", Ok(Framing::None)),
+            ("GET /kiosk/kiosk.js HTTP/1.1\r\n\r\n", Ok(Framing::None)),
             ("GET /nope HTTP/1.1\r\nAuthorization: Bearer t\r\n\r\n", Err(404)),
             ("GET /image HTTP/1.1\r\nAuthorization: Bearer t\r\n\r\n", Err(405)),
             ("POST /image HTTP/1.1\r\nAuthorization: Bearer t\r\nContent-Length: 1001\r\n\r\n", Err(413)),
@@ -589,10 +661,51 @@ mod tests {
             ("POST /image HTTP/1.1\r\nAuthorization: Bearer t\r\nExpect: 200-ok\r\nContent-Length: 4\r\n\r\n", Err(417)),
             ("POST /image HTTP/1.1\r\nAuthorization: Bearer t\r\nContent-Length: 1000\r\n\r\n", Ok(Framing::Length(1000))),
             ("POST /save HTTP/1.1\r\nAuthorization: Bearer t\r\nTransfer-Encoding: chunked\r\n\r\n", Ok(Framing::Chunked)),
+            // Pairing needs no credential, and its body is small.
+            ("POST /kiosk/pair HTTP/1.1\r\nContent-Length: 40\r\n\r\n", Ok(Framing::Length(40))),
+            ("POST /kiosk/pair HTTP/1.1\r\nContent-Length: 1025\r\n\r\n", Err(413)),
+            // A device token no tablet holds is told it is unpaired; a wrong shared token is not.
+            ("GET /kiosk/hello HTTP/1.1\r\n\r\n", Err(401)),
+            ("POST /image HTTP/1.1\r\nAuthorization: Bearer AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\r\nContent-Length: 4\r\n\r\n", Err(401)),
         ];
         for (text, expected) in cases {
-            let got = check(&head(text), &settings()).map_err(|r| r.code);
+            let got = check(&head(text), &settings())
+                .map(|(framing, _)| framing)
+                .map_err(|r| r.code);
             assert_eq!(got, expected, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn each_credential_opens_its_own_routes() {
+        let tablet = Credential::Tablet("front".into());
+        let image = Route::Frame(Endpoint::Image);
+        let cases = [
+            (image, Credential::Shared, true, Ok(())),
+            (image, tablet.clone(), true, Ok(())),
+            (image, Credential::Unpaired, true, Err("unpaired")),
+            (image, Credential::Unpaired, false, Err("unpaired")),
+            (image, Credential::Nothing, true, Err("unauthorized")),
+            (image, Credential::Nothing, false, Ok(())),
+            (Route::KioskHello, tablet.clone(), true, Ok(())),
+            (Route::KioskHello, Credential::Shared, true, Ok(())),
+            (
+                Route::KioskHello,
+                Credential::Nothing,
+                false,
+                Err("unpaired"),
+            ),
+            (Route::KioskPair, Credential::Nothing, true, Ok(())),
+            (Route::Metrics, tablet.clone(), true, Err("unauthorized")),
+            (Route::Metrics, Credential::Shared, true, Ok(())),
+            (Route::NotFound, tablet, true, Ok(())),
+        ];
+        for (route, credential, required, expected) in cases {
+            let got = admit(route, &credential, required).map_err(|r| r.error);
+            assert_eq!(
+                got, expected,
+                "{route:?} {credential:?} required={required}"
+            );
         }
     }
 

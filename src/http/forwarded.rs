@@ -1,5 +1,6 @@
-//! What the front tells tiny_http about a request it forwards: the client's address and when the
-//! request arrived at the front. Only the front sets these headers; it strips them from client input.
+//! What the front tells tiny_http about a request it forwards: the client's address, when the request
+//! arrived at the front, and the paired tablet whose device token it carried. Only the front sets these
+//! headers; it strips them from client input.
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;
@@ -11,6 +12,9 @@ use tiny_http::Request;
 pub(crate) const PEER_HEADER: &str = "X-Facegate-Peer";
 /// When the request's head was complete at the front, in microseconds since `epoch()`.
 pub(crate) const RECEIVED_HEADER: &str = "X-Facegate-Received-Us";
+
+/// The paired tablet whose device token the request carried (checked by the front).
+pub(crate) const TABLET_HEADER: &str = "X-Facegate-Tablet";
 
 /// A monotonic origin shared by the front and the workers (same process). It must be fixed before the
 /// first request arrives, or that request's arrival would be before it: `start_clock`.
@@ -26,7 +30,9 @@ pub(crate) fn start_clock() {
 
 /// Is `name` one of the headers only the front may set?
 pub(crate) fn is_front_header(name: &str) -> bool {
-    name.eq_ignore_ascii_case(PEER_HEADER) || name.eq_ignore_ascii_case(RECEIVED_HEADER)
+    [PEER_HEADER, RECEIVED_HEADER, TABLET_HEADER]
+        .iter()
+        .any(|front| name.eq_ignore_ascii_case(front))
 }
 
 /// The value of `RECEIVED_HEADER` for `at`.
@@ -42,9 +48,11 @@ fn decode_instant(value: &str) -> Option<Instant> {
 }
 
 /// What the front said about a request.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Forwarded {
     pub peer: Option<SocketAddr>,
+    /// The paired tablet that sent it, when it came with a device token.
+    pub tablet: Option<String>,
     /// Falls back to now for a request that did not come through the front.
     pub received_at: Instant,
 }
@@ -60,6 +68,7 @@ impl Forwarded {
         };
         Forwarded {
             peer: value(PEER_HEADER).and_then(|v| v.parse().ok()),
+            tablet: value(TABLET_HEADER),
             received_at: value(RECEIVED_HEADER)
                 .and_then(|v| decode_instant(&v))
                 .unwrap_or_else(Instant::now),

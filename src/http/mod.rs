@@ -4,6 +4,7 @@
 
 pub(crate) mod admin;
 pub mod forwarded;
+pub mod kiosk;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,14 +26,18 @@ pub(crate) struct Job {
     pub endpoint: Endpoint,
     pub received_at: Instant,
     pub received_wall: DateTime<Utc>,
+    /// The paired tablet that sent it.
+    pub tablet: Option<String>,
 }
 
-/// What the transport needs besides the service: request ids and the token.
+/// What the transport needs besides the service: request ids, the token and the paired tablets.
 #[derive(Default)]
 pub struct Transport {
     pub ids: RequestIds,
     /// The tablet's bearer token; `None` when none is required.
     pub token: Option<String>,
+    /// Pairing and the paired tablets; `None` only where no tablet can pair.
+    pub kiosk: Option<kiosk::Kiosk>,
 }
 
 /// A JSON answer with its HTTP status.
@@ -187,7 +192,7 @@ pub(crate) fn read_body(
 
 /// The 404 message, naming every endpoint.
 pub(crate) const NOT_FOUND: &str =
-    "no such endpoint: use POST /image, /save or /code, GET /healthz, /metrics or /events";
+    "no such endpoint: use POST /image, /save, /code or /kiosk/pair, GET /healthz, /metrics, /events or /kiosk/hello";
 
 /// Where a request goes, from its method and path alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -198,6 +203,12 @@ pub(crate) enum Route {
     Frame(Endpoint),
     /// The admin pages: their own thread, their own sign-in (the bearer token does not open them).
     Admin,
+    /// `POST /kiosk/pair`: a pairing secret traded for a device token (no credential needed).
+    KioskPair,
+    /// `GET /kiosk/hello`: is this device token paired, and as which tablet?
+    KioskHello,
+    /// The kiosk page's static files (`GET /kiosk/...`): no credential, they hold no secret.
+    Kiosk,
     WrongMethod(&'static str),
     NotFound,
 }
@@ -211,8 +222,13 @@ pub(crate) fn route(method: &Method, url: &str) -> Route {
         (Method::Post, "/image") => Route::Frame(Endpoint::Image),
         (Method::Post, "/save") => Route::Frame(Endpoint::Save),
         (Method::Post, "/code") => Route::Frame(Endpoint::Code),
+        (Method::Post, "/kiosk/pair") => Route::KioskPair,
+        (Method::Get, "/kiosk/hello") => Route::KioskHello,
         (_, "/healthz" | "/metrics" | "/events") => Route::WrongMethod("GET"),
-        (_, "/image" | "/save" | "/code") => Route::WrongMethod("POST"),
+        (_, "/image" | "/save" | "/code" | "/kiosk/pair") => Route::WrongMethod("POST"),
+        (_, "/kiosk/hello") => Route::WrongMethod("GET"),
+        (Method::Get, "/kiosk") => Route::Kiosk,
+        (Method::Get, kiosk) if kiosk.starts_with("/kiosk/") => Route::Kiosk,
         (_, "/admin") => Route::Admin,
         (_, admin) if admin.starts_with("/admin/") => Route::Admin,
         _ => Route::NotFound,
@@ -242,13 +258,21 @@ pub(crate) fn dispatch(
     request: Request,
 ) {
     let request_id = transport.ids.next();
-    // The request's age counts from its arrival at the front.
-    let received_at = Forwarded::of(&request).received_at;
+    // The request's age counts from its arrival at the front; the front named the paired tablet.
+    let Forwarded {
+        received_at,
+        tablet,
+        peer,
+    } = Forwarded::of(&request);
     let received_wall =
         Utc::now() - chrono::TimeDelta::from_std(received_at.elapsed()).unwrap_or_default();
     let route = route(request.method(), request.url());
     if route == Route::Health {
         return respond(request, &Answer::ok(service.health()));
+    }
+    if route == Route::Kiosk {
+        service.metrics.count_request("kiosk", "ok");
+        return respond_kiosk(request);
     }
     let plain_error = |code: u16, error: &str, message: String| Answer {
         code,
@@ -273,7 +297,23 @@ pub(crate) fn dispatch(
         }
         return;
     }
-    if !authorized(&request, transport.token.as_deref()) {
+    if let (Some(tablet), Some(kiosk)) = (&tablet, &transport.kiosk) {
+        kiosk.seen(tablet, peer.map(|p| p.ip().to_string()));
+    }
+    match (route, &tablet, &transport.kiosk) {
+        (Route::KioskPair, _, Some(kiosk)) => return kiosk.pair(request, request_id),
+        (Route::KioskHello, tablet, _) => {
+            if tablet.is_some() || authorized(&request, transport.token.as_deref()) {
+                return respond(request, &kiosk::hello(tablet.as_deref()));
+            }
+            let message = "this tablet is not paired (or was revoked): pair it again".into();
+            return respond(request, &plain_error(401, "unpaired", message));
+        }
+        _ => {}
+    }
+    // The front let the request in; a paired tablet's frames carry its name from the front.
+    let frame_from_tablet = matches!(route, Route::Frame(_)) && tablet.is_some();
+    if !frame_from_tablet && !authorized(&request, transport.token.as_deref()) {
         let unauthorized = Refusal {
             http: 401,
             error: "unauthorized",
@@ -281,9 +321,10 @@ pub(crate) fn dispatch(
         };
         return match route {
             Route::Frame(endpoint) => {
-                let (answer, handled) =
-                    refusal_answer(service, &request_id, endpoint, unauthorized);
-                respond(request, &answer);
+                let peer = Forwarded::of(&request).peer.map(|peer| peer.ip());
+                let handled =
+                    service.refuse_before_worker(&request_id, endpoint, unauthorized, peer);
+                respond(request, &Answer::of(&handled));
                 service.follow_up(handled);
             }
             _ => {
@@ -323,7 +364,12 @@ pub(crate) fn dispatch(
             );
             return respond(request, &answer);
         }
-        Route::Health | Route::Admin | Route::NotFound => {
+        Route::Health
+        | Route::Admin
+        | Route::Kiosk
+        | Route::KioskPair
+        | Route::KioskHello
+        | Route::NotFound => {
             let answer = plain_error(404, "not_found", NOT_FOUND.into());
             return respond(request, &answer);
         }
@@ -341,11 +387,41 @@ pub(crate) fn dispatch(
         endpoint,
         received_at,
         received_wall,
+        tablet,
     };
     if let Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) = jobs.try_send(job) {
         let handled = service.busy(&job.request_id, job.endpoint);
         respond(job.request, &Answer::of(&handled));
         service.follow_up(handled);
+    }
+}
+
+/// A file of the kiosk page from the binary; `/kiosk` itself moves to `/kiosk/`, where the page's
+/// relative links resolve.
+fn respond_kiosk(request: Request) {
+    let path = request.url().split('?').next().unwrap_or("");
+    let response = match path.strip_prefix("/kiosk/").map(crate::kiosk::asset) {
+        Some(Some(asset)) => crate::kiosk::headers(&asset).iter().fold(
+            Response::from_data(asset.body.to_vec()),
+            |response, (name, value)| response.with_header(header(name, value)),
+        ),
+        Some(None) => {
+            let answer = Answer {
+                code: 404,
+                body: json!({
+                    "status": "error",
+                    "error": "not_found",
+                    "message": "no such file of the kiosk page: open /kiosk/",
+                }),
+            };
+            return respond(request, &answer);
+        }
+        None => Response::from_data(Vec::new())
+            .with_status_code(308)
+            .with_header(header("Location", "/kiosk/")),
+    };
+    if let Err(err) = request.respond(response) {
+        log::debug!("could not send the kiosk page: {err}");
     }
 }
 
@@ -371,6 +447,7 @@ pub(crate) fn run_worker(
             endpoint,
             received_at,
             received_wall,
+            tablet,
         } = job;
         // The front holds the whole body already; this deadline only guards against a front gone missing.
         let deadline = Instant::now() + Duration::from_millis(service.config.http.body_timeout_ms);
@@ -391,6 +468,7 @@ pub(crate) fn run_worker(
                     body,
                     content_type,
                     remote: peer.map(|a| a.ip()),
+                    tablet,
                 };
                 let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     service.handle(&mut recognizer, frame)
@@ -431,6 +509,15 @@ mod tests {
             (Method::Get, "/admin", Route::Admin),
             (Method::Post, "/admin/login", Route::Admin),
             (Method::Get, "/administrator", Route::NotFound),
+            (Method::Post, "/kiosk/pair", Route::KioskPair),
+            (Method::Get, "/kiosk/hello", Route::KioskHello),
+            (Method::Get, "/kiosk/pair", Route::WrongMethod("POST")),
+            (Method::Post, "/kiosk/hello", Route::WrongMethod("GET")),
+            (Method::Get, "/kiosk", Route::Kiosk),
+            (Method::Get, "/kiosk/", Route::Kiosk),
+            (Method::Get, "/kiosk/kiosk.js?v=1", Route::Kiosk),
+            (Method::Post, "/kiosk/", Route::NotFound),
+            (Method::Get, "/kiosks", Route::NotFound),
         ];
         for (method, url, expected) in cases {
             assert_eq!(route(&method, url), expected, "{method} {url}");

@@ -1,8 +1,9 @@
 //! Door commands over MQTT, and why being able to publish is not enough to open a door: each command
 //! carries an HMAC-SHA256 of its body under a shared secret, names its door, was issued within a short
-//! window, and is accepted once (its nonce is remembered for the window). Pure: no clock, no broker.
+//! window, and is accepted once (its nonce is remembered for the window, across restarts through
+//! [`ReplayMemory`], and against a clock stepped backwards). Pure: no clock, no broker, no disk.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
@@ -96,7 +97,15 @@ fn mac(secret: &[u8]) -> Hmac<Sha256> {
 
 /// The message that carries `body`, signed with `secret`.
 pub fn sign(body: &CommandBody, secret: &[u8]) -> String {
-    let body = serde_json::to_string(body).expect("a command body always serialises");
+    sign_text(
+        &serde_json::to_string(body).expect("a command body always serialises"),
+        secret,
+    )
+}
+
+/// The message that carries the body text `body` as it is, signed with `secret`.
+pub(crate) fn sign_text(body: &str, secret: &[u8]) -> String {
+    let body = body.to_string();
     let mut mac = mac(secret);
     mac.update(body.as_bytes());
     let hmac = hex(&mac.finalize().into_bytes());
@@ -126,13 +135,24 @@ pub(crate) struct Verifier {
 }
 
 impl Verifier {
-    pub fn new(door_id: &str, secret: &[u8], window: std::time::Duration) -> Verifier {
+    /// A verifier that remembers `memory` (what an earlier run of the daemon accepted).
+    pub fn new(
+        door_id: &str,
+        secret: &[u8],
+        window: std::time::Duration,
+        memory: ReplayMemory,
+    ) -> Verifier {
         Verifier {
             door_id: door_id.to_string(),
             secret: secret.to_vec(),
             window_ms: i64::try_from(window.as_millis()).unwrap_or(i64::MAX),
-            seen: ReplayGuard::new(REPLAY_CAPACITY),
+            seen: ReplayGuard::new(REPLAY_CAPACITY, memory),
         }
+    }
+
+    /// What must outlive the process so that no accepted command is accepted again after a restart.
+    pub fn memory(&self) -> &ReplayMemory {
+        &self.seen.memory
     }
 
     /// Checks one message received at `now_ms` (Unix milliseconds). The signature is checked before
@@ -170,17 +190,49 @@ impl Verifier {
                 "origin must be at most 64 characters, no control characters".into(),
             ));
         }
-        let age_ms = now_ms.saturating_sub(body.issued_at_ms);
-        if age_ms.unsigned_abs() > self.window_ms.unsigned_abs() {
+        // A command's age is measured against the latest time this door has seen, so that a clock
+        // stepped backwards cannot bring an old command (whose nonce may be forgotten) back into the window.
+        let latest_ms = self.seen.observe(now_ms);
+        let age_ms = latest_ms.saturating_sub(body.issued_at_ms);
+        let ahead_ms = body.issued_at_ms.saturating_sub(now_ms);
+        if age_ms > self.window_ms || ahead_ms > self.window_ms {
             return Err(CommandRejected::OutsideWindow {
-                age_ms,
+                age_ms: if ahead_ms > self.window_ms {
+                    -ahead_ms
+                } else {
+                    age_ms
+                },
                 window_ms: self.window_ms,
             });
         }
         // Remembered until the command could no longer pass the window check.
         let forget_at = body.issued_at_ms.saturating_add(self.window_ms);
-        self.seen.admit(&body.nonce, forget_at, now_ms)?;
+        self.seen.admit(&body.nonce, forget_at)?;
         Ok(body)
+    }
+}
+
+/// What a door remembers of the commands it accepted, persisted by the daemon after each one: the
+/// latest clock reading it has seen and the nonces that could still pass the window. Bounded by
+/// [`REPLAY_CAPACITY`] nonces.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayMemory {
+    /// The latest time (Unix milliseconds) the door's clock showed when judging a command; never goes
+    /// back, so a command older than this minus the window is refused whatever the clock says now.
+    pub latest_ms: i64,
+    /// Nonce → the time after which its command can no longer pass the window.
+    pub nonces: BTreeMap<String, i64>,
+}
+
+impl ReplayMemory {
+    /// For a door whose memory is lost (unreadable file): refuses every command issued before `now_ms`,
+    /// which includes every command seen before.
+    pub fn forgotten_at(now_ms: i64, window_ms: i64) -> ReplayMemory {
+        ReplayMemory {
+            latest_ms: now_ms.saturating_add(window_ms),
+            nonces: BTreeMap::new(),
+        }
     }
 }
 
@@ -189,37 +241,39 @@ impl Verifier {
 #[derive(Debug)]
 pub(crate) struct ReplayGuard {
     capacity: usize,
-    forget_at_ms: HashMap<String, i64>,
+    memory: ReplayMemory,
 }
 
 impl ReplayGuard {
-    pub fn new(capacity: usize) -> ReplayGuard {
-        ReplayGuard {
-            capacity,
-            forget_at_ms: HashMap::new(),
-        }
+    /// A guard holding what was persisted; more nonces than `capacity` (a hand-edited file) are kept
+    /// too, and refuse new commands until they expire.
+    fn new(capacity: usize, memory: ReplayMemory) -> ReplayGuard {
+        ReplayGuard { capacity, memory }
     }
 
-    pub(crate) fn admit(
-        &mut self,
-        nonce: &str,
-        forget_at: i64,
-        now_ms: i64,
-    ) -> Result<(), CommandRejected> {
-        self.forget_at_ms.retain(|_, at| *at >= now_ms);
-        if self.forget_at_ms.contains_key(nonce) {
+    /// Moves the door's latest time forward to `now_ms` if it is later; returns the latest time.
+    fn observe(&mut self, now_ms: i64) -> i64 {
+        self.memory.latest_ms = self.memory.latest_ms.max(now_ms);
+        self.memory.latest_ms
+    }
+
+    /// Admits a nonce until `forget_at`; nonces whose time passed (by the latest time seen) are dropped.
+    pub(crate) fn admit(&mut self, nonce: &str, forget_at: i64) -> Result<(), CommandRejected> {
+        let latest = self.memory.latest_ms;
+        self.memory.nonces.retain(|_, at| *at >= latest);
+        if self.memory.nonces.contains_key(nonce) {
             return Err(CommandRejected::Replayed);
         }
-        if self.forget_at_ms.len() >= self.capacity {
+        if self.memory.nonces.len() >= self.capacity {
             return Err(CommandRejected::TooMany);
         }
-        self.forget_at_ms.insert(nonce.to_string(), forget_at);
+        self.memory.nonces.insert(nonce.to_string(), forget_at);
         Ok(())
     }
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.forget_at_ms.len()
+        self.memory.nonces.len()
     }
 }
 
@@ -242,7 +296,12 @@ mod tests {
     }
 
     fn verifier() -> Verifier {
-        Verifier::new("front", SECRET, Duration::from_secs(30))
+        Verifier::new(
+            "front",
+            SECRET,
+            Duration::from_secs(30),
+            ReplayMemory::default(),
+        )
     }
 
     #[test]
@@ -352,12 +411,65 @@ mod tests {
 
     #[test]
     fn replay_guard_refuses_when_full_and_frees_expired_nonces() {
-        let mut guard = ReplayGuard::new(2);
-        guard.admit("a", 100, 0).unwrap();
-        guard.admit("b", 200, 0).unwrap();
-        assert_eq!(guard.admit("c", 300, 50), Err(CommandRejected::TooMany));
-        assert_eq!(guard.admit("a", 300, 50), Err(CommandRejected::Replayed));
-        guard.admit("c", 300, 150).unwrap();
+        let mut guard = ReplayGuard::new(2, ReplayMemory::default());
+        guard.observe(0);
+        guard.admit("a", 100).unwrap();
+        guard.admit("b", 200).unwrap();
+        guard.observe(50);
+        assert_eq!(guard.admit("c", 300), Err(CommandRejected::TooMany));
+        assert_eq!(guard.admit("a", 300), Err(CommandRejected::Replayed));
+        guard.observe(150);
+        guard.admit("c", 300).unwrap();
         assert_eq!(guard.len(), 2);
+    }
+
+    #[test]
+    fn a_command_accepted_before_a_restart_is_refused_after_it() {
+        let message = sign(&body("nonce-restart", NOW), SECRET);
+        let mut before = verifier();
+        before.verify(message.as_bytes(), NOW).unwrap();
+        let persisted = serde_json::to_string(before.memory()).unwrap();
+        let memory: ReplayMemory = serde_json::from_str(&persisted).unwrap();
+        let mut after = Verifier::new("front", SECRET, Duration::from_secs(30), memory);
+        assert_eq!(
+            after.verify(message.as_bytes(), NOW + 5_000),
+            Err(CommandRejected::Replayed)
+        );
+        let lost = ReplayMemory::forgotten_at(NOW + 5_000, 30_000);
+        let mut amnesiac = Verifier::new("front", SECRET, Duration::from_secs(30), lost);
+        assert_eq!(
+            amnesiac
+                .verify(message.as_bytes(), NOW + 5_000)
+                .map_err(|e| e.label()),
+            Err("outside_window"),
+            "a door that lost its memory refuses every command issued before it started"
+        );
+        let fresh = sign(&body("nonce-fresh", NOW + 6_000), SECRET);
+        amnesiac.verify(fresh.as_bytes(), NOW + 6_000).unwrap();
+    }
+
+    #[test]
+    fn a_clock_stepped_backwards_does_not_reopen_a_window() {
+        let mut verifier = verifier();
+        let message = sign(&body("nonce-clock", NOW), SECRET);
+        verifier.verify(message.as_bytes(), NOW).unwrap();
+        // The clock jumps an hour ahead (the nonce is forgotten), then back to where it was.
+        let later = sign(&body("nonce-ahead", NOW + 3_600_000), SECRET);
+        verifier.verify(later.as_bytes(), NOW + 3_600_000).unwrap();
+        assert_eq!(verifier.seen.len(), 1, "the first nonce was forgotten");
+        assert_eq!(
+            verifier
+                .verify(message.as_bytes(), NOW + 1_000)
+                .map_err(|e| e.label()),
+            Err("outside_window")
+        );
+        let fresh_by_the_stepped_clock = sign(&body("nonce-back", NOW + 1_000), SECRET);
+        assert_eq!(
+            verifier
+                .verify(fresh_by_the_stepped_clock.as_bytes(), NOW + 1_000)
+                .map_err(|e| e.label()),
+            Err("outside_window"),
+            "commands are judged by the latest time the door has seen"
+        );
     }
 }

@@ -1,5 +1,6 @@
 //! Home Assistant MQTT discovery: the retained config messages that make a door appear in Home
-//! Assistant (lock state, lockdown, last person let in, counters) with its availability. Pure.
+//! Assistant (lock state, lockdown, door contact and its alarms, last person let in, counters) with
+//! its availability. Pure.
 
 use serde_json::{json, Value};
 
@@ -12,8 +13,14 @@ pub struct DiscoveryMessage {
     pub payload: Value,
 }
 
-/// The discovery configs of one door. Entities read the retained `door` and `stats` topics.
-pub fn messages(discovery_prefix: &str, door_id: &str, topics: &Topics) -> Vec<DiscoveryMessage> {
+/// The discovery configs of one door. Entities read the retained `door` and `stats` topics; the
+/// door contact and its problem sensor (forced or held open) only when `door_contact` is fitted.
+pub fn messages(
+    discovery_prefix: &str,
+    door_id: &str,
+    topics: &Topics,
+    door_contact: bool,
+) -> Vec<DiscoveryMessage> {
     let node = format!("facegate_{door_id}");
     let device = json!({
         "identifiers": [node],
@@ -53,7 +60,31 @@ pub fn messages(discovery_prefix: &str, door_id: &str, topics: &Topics) -> Vec<D
             }),
         )
     };
-    vec![
+    let contact = [
+        entity(
+            "binary_sensor",
+            "contact",
+            "Door",
+            json!({
+                "device_class": "door",
+                "state_topic": topics.door,
+                "value_template": "{% if value_json.contact == 'open' %}ON{% elif value_json.contact == 'closed' %}OFF{% else %}None{% endif %}",
+            }),
+        ),
+        entity(
+            "binary_sensor",
+            "door_alarm",
+            "Door alarm",
+            json!({
+                "device_class": "problem",
+                "state_topic": topics.door,
+                "value_template": "{{ 'ON' if value_json.alarm else 'OFF' }}",
+                "json_attributes_topic": topics.door,
+                "json_attributes_template": "{{ {'alarm': value_json.alarm} | tojson }}",
+            }),
+        ),
+    ];
+    let mut messages = vec![
         // The relay as a lock sensor: HA's lock class reads "on" as unlocked. Read-only on purpose:
         // commands need an HMAC that Home Assistant does not compute.
         entity(
@@ -91,7 +122,11 @@ pub fn messages(discovery_prefix: &str, door_id: &str, topics: &Topics) -> Vec<D
         counter("granted", "Granted", "granted"),
         counter("refused", "Refused", "refused"),
         counter("dropped", "MQTT messages dropped", "dropped"),
-    ]
+    ];
+    if door_contact {
+        messages.extend(contact);
+    }
+    messages
 }
 
 #[cfg(test)]
@@ -101,7 +136,7 @@ mod tests {
     #[test]
     fn every_entity_has_availability_a_unique_id_and_a_state_topic_of_this_door() {
         let topics = Topics::new("facegate", "front");
-        let messages = messages("homeassistant", "front", &topics);
+        let messages = messages("homeassistant", "front", &topics, true);
         let topics_seen: Vec<&str> = messages.iter().map(|m| m.topic.as_str()).collect();
         assert!(topics_seen.contains(&"homeassistant/binary_sensor/facegate_front/lock/config"));
         assert!(topics_seen.contains(&"homeassistant/sensor/facegate_front/last_person/config"));
@@ -124,5 +159,24 @@ mod tests {
             .filter(|m| m.payload["state_class"] == "total_increasing")
             .collect();
         assert_eq!(counters.len(), 3);
+        let contact = messages
+            .iter()
+            .find(|m| m.topic == "homeassistant/binary_sensor/facegate_front/contact/config")
+            .expect("the door contact");
+        assert_eq!(contact.payload["device_class"], "door");
+        let alarm = messages
+            .iter()
+            .find(|m| m.topic == "homeassistant/binary_sensor/facegate_front/door_alarm/config")
+            .expect("the forced / held problem sensor");
+        assert_eq!(alarm.payload["device_class"], "problem");
+    }
+
+    #[test]
+    fn a_door_without_a_contact_has_no_contact_entities() {
+        let topics = Topics::new("facegate", "front");
+        let messages = messages("homeassistant", "front", &topics, false);
+        assert!(messages
+            .iter()
+            .all(|m| !m.topic.contains("/contact/") && !m.topic.contains("/door_alarm/")));
     }
 }

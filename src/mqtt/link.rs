@@ -31,6 +31,10 @@ const CONNECT_TIMEOUT_S: u64 = 5;
 /// A connection that lasted this long resets the backoff; one that breaks sooner (a broker refusing
 /// us after CONNACK, an oversized retained message) keeps backing off.
 const STABLE_CONNECTION: Duration = Duration::from_secs(10);
+/// A message above `mqtt.max_message_bytes` breaks the connection while it is read. Up to this many
+/// times the limit, the next connection reads it in full once and skips it (a retained one would
+/// otherwise break every reconnection); a larger one must be removed from the broker.
+const SKIPPABLE_FACTOR: usize = 4;
 
 /// A message for the daemon to judge.
 #[derive(Debug)]
@@ -82,6 +86,8 @@ struct LinkState {
     door: Mutex<Option<String>>,
     stats: Mutex<Stats>,
     stop: AtomicBool,
+    /// `mqtt.max_message_bytes`: larger messages are never handed on.
+    max_message_bytes: usize,
 }
 
 /// The daemon's handle on the broker.
@@ -142,6 +148,7 @@ impl MqttLink {
             door: Mutex::new(None),
             stats: Mutex::new(Stats::default()),
             stop: AtomicBool::new(false),
+            max_message_bytes: m.max_message_bytes,
         });
         let dropped = Arc::clone(&state.dropped);
         metrics.add_source(
@@ -160,9 +167,14 @@ impl MqttLink {
         let startup = Startup {
             subscribe_commands,
             subscribe_gallery,
-            discovery: m
-                .discovery
-                .then(|| discovery::messages(&m.discovery_prefix, &m.door_id, &state.topics)),
+            discovery: m.discovery.then(|| {
+                discovery::messages(
+                    &m.discovery_prefix,
+                    &m.door_id,
+                    &state.topics,
+                    config.door.contact.enabled,
+                )
+            }),
         };
         let backoff = Backoff::new(
             Duration::from_millis(m.reconnect_min_ms),
@@ -321,6 +333,17 @@ fn run(
                 state.connected.store(true, Ordering::Relaxed);
                 queue_startup(connection, state, startup);
             }
+            Ok(Ok(Event::Incoming(Packet::Publish(publish))))
+                if publish.payload.len() > state.max_message_bytes =>
+            {
+                log::warn!(
+                    "mqtt: skipped a {}-byte {}message on {}: above mqtt.max_message_bytes ({})",
+                    publish.payload.len(),
+                    if publish.retain { "retained " } else { "" },
+                    publish.topic,
+                    state.max_message_bytes
+                );
+            }
             Ok(Ok(Event::Incoming(Packet::Publish(publish)))) => {
                 let payload = publish.payload.to_vec();
                 if publish.topic == state.topics.command {
@@ -336,15 +359,15 @@ fn run(
             }
             Ok(Ok(_)) | Err(rumqttc::RecvTimeoutError::Timeout) => {}
             Ok(Err(err)) => {
-                let hint = if let rumqttc::ConnectionError::MqttState(
-                    rumqttc::StateError::Deserialization(rumqttc::Error::PayloadSizeLimitExceeded(
-                        size,
-                    )),
-                ) = &err
-                {
-                    format!(" (a {size}-byte message is above mqtt.max_message_bytes: raise it, or remove the message from the broker)")
-                } else {
-                    String::new()
+                let hint = match oversized(&err) {
+                    Some(size) if size <= state.max_message_bytes * SKIPPABLE_FACTOR => {
+                        let options = &mut connection.eventloop.mqtt_options;
+                        let incoming = size.max(options.max_packet_size());
+                        options.set_max_packet_size(incoming, state.max_message_bytes);
+                        format!(" (a {size}-byte message is above mqtt.max_message_bytes: the next connection reads it once to skip it)")
+                    }
+                    Some(size) => format!(" (a {size}-byte message is above mqtt.max_message_bytes, too large to skip: raise the limit, or remove the message from the broker)"),
+                    None => String::new(),
                 };
                 match connected_at.take() {
                     Some(since) => {
@@ -368,6 +391,16 @@ fn run(
         }
     }
     state.connected.store(false, Ordering::Relaxed);
+}
+
+/// The size of the message that broke the connection by being over the incoming limit, if that did.
+fn oversized(err: &rumqttc::ConnectionError) -> Option<usize> {
+    match err {
+        rumqttc::ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+            rumqttc::Error::PayloadSizeLimitExceeded(size),
+        )) => Some(*size),
+        _ => None,
+    }
 }
 
 fn sleep_unless_stopped(delay: Duration, state: &LinkState) {

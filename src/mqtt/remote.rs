@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use serde_json::{json, Value};
 
-use super::command::{Action, CommandBody, Verifier};
+use super::command::{Action, CommandBody, ReplayMemory, Verifier};
 use super::link::{Incoming, LinkError, MqttLink};
 use crate::audit::AuditWriter;
 use crate::config::Config;
-use crate::door::{Actuation, DoorController, OpenCause, OpenRequest};
+use crate::door::{Actuation, DoorController, InputReport, OpenCause, OpenRequest};
 use crate::gallery::EmbedderId;
 use crate::gallery_bundle::{self, BundleError};
 use crate::metrics::Metrics;
@@ -24,6 +24,9 @@ use crate::sync::lock_recovering;
 
 /// Marks a lockdown from a `lock` command, so a restart keeps the door locked until `clear`.
 const LOCKDOWN_MARKER: &str = "lockdown";
+/// What the door remembers of accepted commands (nonces, latest clock reading), so that a restart does
+/// not let a captured command through again.
+const COMMAND_MEMORY: &str = "mqtt-commands.json";
 
 /// The daemon's side of MQTT.
 #[derive(Default)]
@@ -32,6 +35,8 @@ pub struct Remote {
     /// The door's latest state (from the relay observer), sent when the link starts.
     door_state: Mutex<Option<Value>>,
     lockdown: AtomicBool,
+    /// The contact and active alarm of the latest input event, merged into the door state.
+    inputs: Mutex<Option<Value>>,
 }
 
 /// Everything the incoming side needs.
@@ -53,6 +58,23 @@ impl Remote {
         self.set_door_state(state);
     }
 
+    /// An event of the door's inputs: on the event topic as its audit line, and the contact and
+    /// active alarm into the retained door state.
+    pub(crate) fn on_door_input(&self, report: &InputReport) {
+        let mut line = serde_json::to_value(report).expect("an input report always serialises");
+        line["kind"] = json!("door_input");
+        line["at"] = json!(report
+            .at
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+        if let Some(link) = self.link.get() {
+            link.publish_event(&line);
+        }
+        let mut latest = lock_recovering(&self.door_state);
+        *lock_recovering(&self.inputs) =
+            Some(json!({ "contact": report.contact, "alarm": report.active_alarm }));
+        self.republish_door_state(&mut latest);
+    }
+
     fn set_door_state(&self, state: Value) {
         // Queued under the lock, so that the door-reports and MQTT threads publish in order.
         let mut latest = lock_recovering(&self.door_state);
@@ -69,6 +91,11 @@ impl Remote {
     fn republish_door_state(&self, latest: &mut Option<Value>) {
         if let Some(state) = latest {
             state["lockdown"] = json!(self.lockdown.load(Ordering::SeqCst));
+            if let Some(Value::Object(inputs)) = &*lock_recovering(&self.inputs) {
+                for (key, value) in inputs {
+                    state[key] = value.clone();
+                }
+            }
             if let Some(link) = self.link.get() {
                 link.publish_door(state);
             }
@@ -79,6 +106,13 @@ impl Remote {
     pub(crate) fn publish_decision(&self, record: &DecisionRecord) {
         if let Some(link) = self.link.get() {
             link.publish_decision(record);
+        }
+    }
+
+    /// An alarm for `<prefix>/<door_id>/event`, as its audit line (`kind: "alarm"`).
+    pub(crate) fn publish_alarm(&self, line: &Value) {
+        if let Some(link) = self.link.get() {
+            link.publish_event(line);
         }
     }
 
@@ -105,10 +139,12 @@ impl Remote {
             .then(|| config.mqtt_command_secret())
             .flatten()
             .map(|secret| {
+                let window = Duration::from_secs(config.mqtt.command_window_s);
                 Verifier::new(
                     &config.mqtt.door_id,
                     secret.as_bytes(),
-                    Duration::from_secs(config.mqtt.command_window_s),
+                    window,
+                    load_command_memory(&config.state_dir.join(COMMAND_MEMORY), window),
                 )
             });
         let gallery_key = config.gallery_public_key().map_err(LinkError::Key)?;
@@ -123,6 +159,8 @@ impl Remote {
             gallery_key,
             embedder: parts.embedder,
             gallery_path: config.gallery_path(),
+            gallery_state: config.state_dir.join(gallery_bundle::DOOR_STATE),
+            command_memory: config.state_dir.join(COMMAND_MEMORY),
             marker,
             ids: RequestIds::default(),
         };
@@ -158,6 +196,9 @@ struct IncomingSide {
     gallery_key: Option<ed25519_dalek::VerifyingKey>,
     embedder: EmbedderId,
     gallery_path: PathBuf,
+    /// The highest building-gallery sequence this door ever accepted.
+    gallery_state: PathBuf,
+    command_memory: PathBuf,
     marker: PathBuf,
     ids: RequestIds,
 }
@@ -188,7 +229,22 @@ impl IncomingSide {
         };
         let now_ms = Utc::now().timestamp_millis();
         match verifier.verify(payload, now_ms) {
-            Ok(body) => self.execute(&body),
+            // Remembered on disk before it acts: a command that could be accepted again after a
+            // restart does not open the door. Locking needs no such care.
+            Ok(body) => match save_command_memory(&self.command_memory, verifier.memory()) {
+                Ok(()) => self.execute(&body),
+                Err(_) if body.action == Action::Lock => self.execute(&body),
+                Err(err) => {
+                    let problem = format!(
+                        "not executed: {} cannot be written ({err}), so a restart would accept this command again",
+                        self.command_memory.display()
+                    );
+                    self.rejections
+                        .error(format!("mqtt: command refused: {problem}"));
+                    let record = json!({ "error": problem, "nonce": body.nonce });
+                    self.settle("command", "unpersisted", record);
+                }
+            },
             Err(rejected) => {
                 self.rejections
                     .error(format!("mqtt: command refused: {rejected}"));
@@ -258,6 +314,8 @@ impl IncomingSide {
             &self.embedder,
             origin,
             &self.gallery_path,
+            &self.gallery_state,
+            Utc::now(),
         ) {
             Ok(Some(opened)) => {
                 let people = opened.gallery.people().len();
@@ -282,12 +340,55 @@ fn gallery_refusal_label(err: &BundleError) -> &'static str {
     match err {
         BundleError::Unsigned | BundleError::NoKey | BundleError::BadSignature => "bad_signature",
         BundleError::Older { .. } => "older",
+        BundleError::Expired { .. } | BundleError::NoValidity => "expired",
         BundleError::Gallery(crate::gallery::GalleryError::EmbedderMismatch { .. }) => {
             "other_embedder"
         }
         BundleError::Gallery(crate::gallery::GalleryError::Write { .. }) => "write_failed",
         _ => "malformed",
     }
+}
+
+/// The command memory left by the last run. A missing or unreadable file (first start, a deleted or
+/// damaged file) is treated as forgotten: every command issued before now is refused.
+fn load_command_memory(path: &Path, window: Duration) -> ReplayMemory {
+    let now_ms = Utc::now().timestamp_millis();
+    let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+    let forgotten = ReplayMemory::forgotten_at(now_ms, window_ms);
+    match std::fs::read(path) {
+        Ok(bytes) => match serde_json::from_slice::<ReplayMemory>(&bytes) {
+            Ok(memory) => {
+                if memory.latest_ms > now_ms.saturating_add(window_ms) {
+                    log::warn!(
+                        "mqtt: the door's clock once read {} ms, ahead of now; commands issued before then are refused until it catches up (delete {} if that reading was wrong)",
+                        memory.latest_ms,
+                        path.display()
+                    );
+                }
+                memory
+            }
+            Err(err) => {
+                log::warn!(
+                    "mqtt: {} is damaged ({err}); commands issued before now are refused",
+                    path.display()
+                );
+                forgotten
+            }
+        },
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => forgotten,
+        Err(err) => {
+            log::warn!(
+                "mqtt: cannot read {} ({err}); commands issued before now are refused",
+                path.display()
+            );
+            forgotten
+        }
+    }
+}
+
+fn save_command_memory(path: &Path, memory: &ReplayMemory) -> std::io::Result<()> {
+    let bytes = serde_json::to_vec(memory).expect("the command memory always serialises");
+    crate::atomic_file::write(path, &bytes, 0o600)
 }
 
 fn now_text() -> String {

@@ -5,6 +5,8 @@
 // Each test uses a different subset of these helpers.
 #![allow(dead_code)]
 
+pub mod chromium;
+
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -355,6 +357,46 @@ impl Setup {
     }
 }
 
+/// Every weekday a working day (so a test passes any day) and codes for yesterday to tomorrow made
+/// by `facegate codes generate`: the setup and the 4 codes valid today (3 daily, 1 weekly). Long
+/// codes, so that no timestamp or id in a log can contain one by chance.
+pub fn with_visitor_codes(setup: Setup) -> (Setup, Vec<String>) {
+    let setup = setup.set(
+        "codes.working_days",
+        toml::Value::Array(
+            ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+                .map(|d| toml::Value::String(d.into()))
+                .into(),
+        ),
+    );
+    let today = chrono::Local::now().date_naive();
+    let (from, to) = (today.pred_opt().unwrap(), today.succ_opt().unwrap());
+    let generated = setup.run(&[
+        "codes",
+        "generate",
+        "--from",
+        &from.to_string(),
+        "--to",
+        &to.to_string(),
+        "--daily",
+        "3",
+        "--weekly",
+        "1",
+        "--digits",
+        "12",
+    ]);
+    assert!(generated.status.success(), "{generated:?}");
+    let shown = setup.run(&["codes", "show", "--json"]);
+    let valid: Value = serde_json::from_str(&shown.stdout).unwrap_or_else(|_| panic!("{shown:?}"));
+    let codes: Vec<String> = ["daily", "weekly"]
+        .iter()
+        .flat_map(|kind| valid[kind].as_array().cloned().unwrap_or_default())
+        .map(|code| code.as_str().expect("a code is a string").to_string())
+        .collect();
+    assert_eq!(codes.len(), 4, "{valid}");
+    (setup, codes)
+}
+
 /// One line of the sim door journal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Actuation {
@@ -556,6 +598,16 @@ impl Daemon {
         memory_kib(self.pid())
     }
 
+    /// Stops the daemon (SIGTERM) and starts it again with the same config and state directory.
+    pub fn restart(&mut self) {
+        assert!(
+            self.terminate().success(),
+            "a clean stop before the restart"
+        );
+        let setup = std::mem::replace(&mut self.setup, Setup::empty());
+        *self = Daemon::start(setup);
+    }
+
     /// Sends SIGTERM and waits for the exit; the logs stay readable afterwards.
     pub fn terminate(&mut self) -> ExitStatus {
         // SAFETY: kill(2) on our own child's pid; the child is not reaped yet, so the pid is still ours.
@@ -572,6 +624,15 @@ impl Daemon {
         self.finish_logs();
         self.exit = Some(status);
         status
+    }
+
+    /// Starts the daemon again, stopped by [`Daemon::terminate`], with the same config and state
+    /// on the same address (a tablet reconnects to where it was).
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "the daemon is still running");
+        let addr = self.addr.to_string();
+        let setup = std::mem::replace(&mut self.setup, Setup::empty());
+        *self = Daemon::start(setup.set("http.listen", addr));
     }
 
     fn kill(&mut self) {
@@ -601,6 +662,31 @@ impl Daemon {
 
     pub fn get(&self, path: &str) -> Reply {
         self.send("GET", path, &[("Authorization", &bearer())], b"")
+    }
+
+    /// Appends one reading (`contact open`, `contact closed`, `exit pressed`) to the simulated door
+    /// inputs, `<state_dir>/door-sim-inputs`, which the daemon follows like `tail -f`.
+    pub fn door_input(&self, line: &str) {
+        let path = self.state_dir().join("door-sim-inputs");
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap_or_else(|err| panic!("cannot append to {}: {err}", path.display()));
+        writeln!(file, "{line}").expect("a door input line written");
+    }
+
+    /// Waits until `/healthz` says the contact is `contact` and the active alarm is `alarm`; returns
+    /// the answer. Waiting for the first reading also means the daemon follows the inputs file.
+    pub fn wait_for_contact(&self, contact: &str, alarm: Option<&str>) -> Value {
+        wait_for(
+            &format!("/healthz with contact {contact} and alarm {alarm:?}"),
+            || {
+                let health = self.get("/healthz").json();
+                (health["contact"] == contact && health["alarm"].as_str() == alarm)
+                    .then_some(health)
+            },
+        )
     }
 
     pub fn post(&self, path: &str, body: &[u8]) -> Reply {

@@ -403,3 +403,30 @@ pub fn turned(image: &Mat, degrees: f64) -> Mat {
     .expect("warp");
     out
 }
+
+/// A Y4M clip (YUV4MPEG2, 4:2:0, two frames at 10 fps) of `frame` (BGR, even sides), written to
+/// `dir/<name>.y4m`: Chromium's fake capture device plays it, in a loop, as the camera
+/// (`--use-file-for-fake-video-capture`).
+pub fn camera_clip(dir: &Path, name: &str, frame: &Mat) -> PathBuf {
+    let mut i420 = Mat::default();
+    imgproc::cvt_color(frame, &mut i420, imgproc::COLOR_BGR2YUV_I420, 0).expect("BGR to I420");
+    let planes = i420.data_bytes().expect("a continuous I420 frame");
+    let mut clip = format!(
+        "YUV4MPEG2 W{} H{} F10:1 Ip A1:1 C420jpeg\n",
+        frame.cols(),
+        frame.rows()
+    )
+    .into_bytes();
+    for _ in 0..2 {
+        clip.extend_from_slice(b"FRAME\n");
+        clip.extend_from_slice(planes);
+    }
+    let path = dir.join(format!("{name}.y4m"));
+    std::fs::write(&path, clip).expect("clip written");
+    path
+}
+
+/// `relative` as a camera sees it at the door: letterboxed into a `size` frame.
+pub fn door_view(relative: &str, size: (i32, i32)) -> Mat {
+    letterbox(&photo_pixels(relative), size)
+}

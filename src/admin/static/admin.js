@@ -16,6 +16,8 @@ if (doorState) {
       doorState.textContent = status.door;
       doorState.className = doorState.className.replace(/door-\w+/, "door-" + status.door);
       if (available) available.textContent = status.door_available ? "relay ready" : "relay unavailable";
+      const contact = document.getElementById("door-contact");
+      if (contact && contact.textContent !== "not fitted") contact.textContent = status.health.contact;
     } catch (_) { /* the next poll tries again */ }
   };
   setInterval(refresh, 2000);
