@@ -378,7 +378,8 @@ fn png_decoders(engine: &Engine, recognizer: &mut Recognizer) {
             .expect("decodes")
             .image
     };
-    let decoders: [(&str, &dyn Fn(&[u8]) -> opencv::core::Mat); 3] = [
+    type Decoder<'a> = &'a dyn Fn(&[u8]) -> opencv::core::Mat;
+    let decoders: [(&str, Decoder); 3] = [
         ("libpng (OpenCV imdecode)", &libpng),
         ("png crate 0.18 (facegate)", &png_crate),
         ("zune-png 0.5", &zune),
