@@ -40,6 +40,9 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Holds the model files named by `models/manifest.toml`, and the manifest itself.
     pub models_dir: PathBuf,
+    /// IANA zone (`Asia/Seoul`) of every local hour and date: weekly hours, validity dates, visitor
+    /// codes' days, the admin pages. Empty: the system's zone (`TZ`, else /etc/localtime).
+    pub timezone: String,
     pub recognition: RecognitionConfig,
     pub frame: FrameConfig,
     pub http: HttpConfig,
@@ -104,6 +107,10 @@ pub struct FrameConfig {
     pub decode_target_side: u32,
 }
 
+/// The largest body a request without a valid credential may carry (the admin sign-in form needs far
+/// less); fixed, and counted against `http.max_body_bytes_in_flight` for each such connection.
+pub const BODY_BYTES_WITHOUT_CREDENTIAL: usize = 16 * 1024;
+
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
@@ -126,6 +133,12 @@ pub struct HttpConfig {
     pub events_kept: usize,
     /// Open connections at most; more are closed at once and counted in /metrics.
     pub max_connections: usize,
+    /// Of those, connections that have shown no valid credential (no tablet token, no admin session)
+    /// at most; they are evicted first. Below `max_connections`, so tablets always find room.
+    pub max_connections_without_credential: usize,
+    /// Bytes of request bodies held at the front at once, all connections together; a body that
+    /// does not fit is answered 503 with `Retry-After`.
+    pub max_body_bytes_in_flight: usize,
     /// From accept (TLS handshake included), or from a request's first byte, to the end of its head.
     pub head_timeout_ms: u64,
     /// An idle keep-alive connection is closed after this.
@@ -141,6 +154,9 @@ pub struct TlsConfig {
     pub cert: Option<PathBuf>,
     /// PEM private key.
     pub key: Option<PathBuf>,
+    /// More names (DNS names or addresses) the generated certificate carries, beside the Pi's host
+    /// name, `localhost` and the addresses the daemon listens on.
+    pub names: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -300,6 +316,8 @@ pub struct CodesConfig {
     pub building_pause_s: u64,
     /// A code opens the door once, then is gone.
     pub single_use: bool,
+    /// Weekly hours in which codes are accepted (`mon-fri 08:00-18:00`); unset: all day.
+    pub hours: Option<String>,
 }
 
 /// Reads `codes.holidays`, whose items may be TOML dates (`2026-12-25`) or strings (`"2026-12-25"`).
@@ -370,6 +388,7 @@ impl Default for Config {
         Config {
             state_dir: PathBuf::from("/var/lib/facegate"),
             models_dir: PathBuf::from("/usr/share/facegate/models"),
+            timezone: String::new(),
             recognition: RecognitionConfig::default(),
             frame: FrameConfig::default(),
             http: HttpConfig::default(),
@@ -449,6 +468,8 @@ impl Default for HttpConfig {
             self_probe_interval_ms: 5_000,
             events_kept: 1_000,
             max_connections: 1_024,
+            max_connections_without_credential: 32,
+            max_body_bytes_in_flight: 48 * 1024 * 1024,
             head_timeout_ms: 5_000,
             idle_timeout_ms: 60_000,
             tls: TlsConfig::default(),
@@ -542,6 +563,7 @@ impl Default for CodesConfig {
             building_window_s: 600,
             building_pause_s: 600,
             single_use: false,
+            hours: None,
         }
     }
 }
@@ -695,6 +717,10 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.time_zone()
+            .map_err(|problem| invalid("timezone", problem))?;
+        self.code_hours()
+            .map_err(|problem| invalid("codes.hours", problem))?;
         let r = &self.recognition;
         if let Some(t) = r.threshold {
             if !(0.0..=1.0).contains(&t) {
@@ -746,8 +772,25 @@ impl Config {
         if self.http.body_timeout_ms == 0 {
             return Err(invalid("http.body_timeout_ms", "must be above 0"));
         }
-        if self.http.max_connections == 0 {
-            return Err(invalid("http.max_connections", "must be at least 1"));
+        if self.http.max_connections < 2 {
+            return Err(invalid("http.max_connections", "must be at least 2"));
+        }
+        if self.http.max_connections_without_credential == 0
+            || self.http.max_connections_without_credential >= self.http.max_connections
+        {
+            return Err(invalid(
+                "http.max_connections_without_credential",
+                "must be at least 1 and below http.max_connections, so that tablets always find room",
+            ));
+        }
+        let strangers_bodies = self.http.max_connections_without_credential
+            * BODY_BYTES_WITHOUT_CREDENTIAL.min(self.http.max_body_bytes);
+        if self.http.max_body_bytes_in_flight < self.http.max_body_bytes + strangers_bodies {
+            return Err(invalid(
+                "http.max_body_bytes_in_flight",
+                "must hold one largest body (http.max_body_bytes) beside 16 KiB for each of \
+                 http.max_connections_without_credential, so that strangers never leave a tablet without room",
+            ));
         }
         if self.http.head_timeout_ms == 0 {
             return Err(invalid("http.head_timeout_ms", "must be above 0"));
@@ -760,6 +803,19 @@ impl Config {
                 "http.tls.cert",
                 "and http.tls.key go together: set both, or neither to have a self-signed pair generated",
             ));
+        }
+        for name in &self.http.tls.names {
+            let host_name = !name.is_empty()
+                && name.len() <= 253
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.'));
+            if !host_name && name.parse::<std::net::IpAddr>().is_err() {
+                return Err(invalid(
+                    "http.tls.names",
+                    format!("`{name}` is neither a host name (letters, digits, `-`, `.`) nor an IP address"),
+                ));
+            }
         }
         if self.http.events_kept == 0 {
             return Err(invalid("http.events_kept", "must be at least 1"));
@@ -969,6 +1025,39 @@ impl Config {
         self.state_dir.join("gallery.json")
     }
 
+    /// The zone of every local hour and date (`timezone`, else the system's).
+    pub fn time_zone(&self) -> Result<jiff::tz::TimeZone, String> {
+        match self.timezone.trim() {
+            "" => Ok(jiff::tz::TimeZone::system()),
+            name => jiff::tz::TimeZone::get(name).map_err(|_| {
+                format!("`{name}` is not a time zone this system knows: use an IANA name such as Europe/Berlin or Asia/Seoul (see /usr/share/zoneinfo), or leave it empty for the system's zone")
+            }),
+        }
+    }
+
+    /// Today's date in `timezone` (visitor codes are valid on local days).
+    pub fn local_today(&self) -> chrono::NaiveDate {
+        let zone = self.time_zone().unwrap_or(jiff::tz::TimeZone::UTC);
+        crate::permission::chrono_date(jiff::Timestamp::now().to_zoned(zone).date())
+    }
+
+    /// `codes.hours`, parsed.
+    pub fn code_hours(&self) -> Result<Option<crate::permission::WeeklyHours>, String> {
+        self.codes
+            .hours
+            .as_deref()
+            .map(crate::permission::WeeklyHours::parse)
+            .transpose()
+            .map_err(|err| err.to_string())
+    }
+
+    /// The MQTT topic of the building gallery this door follows (MQTT on and a building key set):
+    /// its gallery is made there, never edited locally.
+    pub fn building_gallery_topic(&self) -> Option<String> {
+        let follows = self.mqtt.url.is_some() && !self.mqtt.gallery_public_key.trim().is_empty();
+        follows.then(|| format!("{}/gallery", self.mqtt.topic_prefix))
+    }
+
     /// The visitor codes file (mode 0600).
     pub fn codes_path(&self) -> PathBuf {
         self.state_dir.join("codes.json")
@@ -1172,6 +1261,14 @@ mod tests {
             ),
             ("[http]\nqueue_depth = 0", "http.queue_depth"),
             ("[http]\nmax_connections = 0", "http.max_connections"),
+            (
+                "[http]\nmax_connections = 8\nmax_connections_without_credential = 8",
+                "http.max_connections_without_credential",
+            ),
+            (
+                "[http]\nmax_body_bytes_in_flight = 1000",
+                "http.max_body_bytes_in_flight",
+            ),
             ("[http.tls]\ncert = \"c.pem\"", "http.tls.cert"),
             (
                 "[recognition]\ncoarse_detect_side = 10",

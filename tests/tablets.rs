@@ -238,3 +238,29 @@ fn confirmation_counts_the_frames_of_each_paired_tablet_apart() {
         j.iter().filter(|a| a.is_unlocked()).count() == 1
     });
 }
+
+#[test]
+fn tls_cert_prints_the_doors_ca_and_new_names_keep_the_pin() {
+    let setup = Setup::new().set("http.tls.enabled", true);
+    let run = |setup: &Setup, args: &[&str]| {
+        let finished = setup.run(args);
+        assert!(finished.status.success(), "{finished:?}");
+        finished.stdout
+    };
+    let pin = run(&setup, &["tls", "pin"]);
+    let ca = run(&setup, &["tls", "cert"]);
+    assert!(ca.starts_with("-----BEGIN CERTIFICATE-----"), "{ca}");
+    let (_, der) = x509_parser::pem::parse_x509_pem(ca.as_bytes()).unwrap();
+    let parsed = der.parse_x509().unwrap();
+    assert!(parsed.is_ca(), "a tablet installs it as a CA certificate");
+
+    let setup = setup.set("http.tls.names", vec!["door.example"]);
+    assert_eq!(run(&setup, &["tls", "pin"]), pin, "new names, same key");
+    assert_eq!(run(&setup, &["tls", "cert"]), ca, "new names, same CA");
+    let served = std::fs::read(setup.state_dir().join("tls/cert.pem")).unwrap();
+    let (_, leaf) = x509_parser::pem::parse_x509_pem(&served).unwrap();
+    let names = facegate::front::tls::certificate_sans(&leaf.contents).unwrap();
+    for name in ["localhost", "127.0.0.1", "door.example"] {
+        assert!(names.iter().any(|n| n == name), "{name} in {names:?}");
+    }
+}

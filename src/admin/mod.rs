@@ -146,22 +146,20 @@ pub(crate) struct AdminContext {
 
 /// What a form that changed something leaves for the page it redirects to (Post/Redirect/Get): a
 /// reload of that page shows it once and repeats nothing.
-struct Flash {
+pub(crate) struct Flash {
     notice: Option<pages::Notice>,
     enrolled: Option<pages::EnrolResult>,
 }
 
 pub(crate) struct Admin {
     ctx: AdminContext,
-    sessions: Sessions<Flash>,
+    sessions: Arc<Sessions<Flash>>,
     /// The stored password hash the sessions were made under: when `facegate admin set-password`
     /// changes the file, every session ends.
     password_seen: Mutex<Option<String>>,
     logins: Mutex<Lockouts>,
     /// Loaded at the first enrolment from the page, then kept.
     recognizer: Mutex<Option<Recognizer>>,
-    /// Serialises the page's read-modify-write of the gallery file.
-    gallery_edit: Mutex<()>,
 }
 
 /// A signed-in request: the session's secret and CSRF token.
@@ -180,12 +178,16 @@ impl Admin {
         let password_seen = Mutex::new(password::load(&ctx.config.state_dir).ok().flatten());
         Admin {
             ctx,
-            sessions: Sessions::new(limits),
+            sessions: Arc::new(Sessions::new(limits)),
             password_seen,
             logins: Mutex::new(Lockouts::with_capacity(LOGIN_RULES, LOGIN_ADDRESSES)),
             recognizer: Mutex::new(None),
-            gallery_edit: Mutex::new(()),
         }
+    }
+
+    /// The session store, for the front to tell a signed-in browser from a stranger.
+    pub fn sessions(&self) -> Arc<Sessions<Flash>> {
+        Arc::clone(&self.sessions)
     }
 
     /// Answers one `/admin…` request.
@@ -442,6 +444,8 @@ impl Admin {
             "/admin/people/add" => self.enrol(session, &fields, &uploads, &peer),
             "/admin/people/remove" => self.remove_person(session, &fields, &peer),
             "/admin/people/remove-sample" => self.remove_sample(session, &fields, &peer),
+            "/admin/people/access" => self.set_access(session, &fields, &peer),
+            "/admin/groups/set" => self.set_group(session, &fields, &peer),
             "/admin/door/pulse" => self.pulse(session, &peer),
             "/admin/door/acknowledge" => self.acknowledge_alarm(&fields, &peer),
             "/admin/codes/generate" => self.generate_codes(session, &fields, &peer),

@@ -7,12 +7,12 @@
 //! `door::inputs` state machine there, so an opening can relock at once (`relock_on = "open"`).
 
 use super::inputs::{
-    on_input, Alarm, ContactState, Happening, InputAction, InputEventKind, InputSignal, InputState,
-    Notice, Unlock,
+    ContactState, Happening, InputEventKind, InputReport, InputSignal, InputState, InputStatus,
+    Unlock,
 };
 use super::policy::{
-    on_exit, on_request, on_tick, relock_now, DoorSettings, DoorState, GrantOutcome, LockedBecause,
-    RelayGate, TickAction,
+    on_request, on_tick, DoorSettings, DoorState, GrantOutcome, LockedBecause, RelayGate,
+    TickAction,
 };
 use super::{Door, DoorError, InputSink, RelayState};
 use crate::ratelimit::RateLimitedLog;
@@ -26,6 +26,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, TryLockError};
 use std::thread::{self, JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
+
+mod relay_inputs;
 
 /// First pause before retrying a failed lock; doubles up to [`LOCK_RETRY_MAX`].
 const LOCK_RETRY_INITIAL: Duration = Duration::from_millis(100);
@@ -242,30 +244,6 @@ pub struct RequestHandled {
     pub door: DoorReport,
     /// For `locked`, why (`expired`, `locked_down`, `unavailable`).
     pub because: Option<LockedBecause>,
-}
-
-/// One event of the door's inputs (`door::inputs`), for the audit log, metrics and MQTT.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct InputReport {
-    pub event: InputEventKind,
-    /// For `opened`, `closed` and `exit`: the request of the unlock it belongs to.
-    pub request_id: Option<String>,
-    #[serde(flatten)]
-    pub cause: Option<OpenCause>,
-    /// The contact after this event.
-    pub contact: ContactState,
-    /// The alarm this event is about (`forced`, `held`, `held_cleared`, `acknowledged`).
-    pub alarm: Option<Alarm>,
-    /// The alarm waiting for the admin after this event.
-    pub active_alarm: Option<Alarm>,
-    pub at: DateTime<Utc>,
-}
-
-/// What the door's inputs say now, for `/healthz`, `/metrics` and the admin page.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct InputStatus {
-    pub contact: ContactState,
-    pub alarm: Option<Alarm>,
 }
 
 /// What the controller reports, in order, to the observer on the `door-reports` thread.
@@ -898,14 +876,16 @@ impl<'a> RelayLoop<'a> {
     fn tick(&mut self) {
         self.feed(Happening::Tick);
         let now = Instant::now();
-        if self
+        // `relock_on = "close"`: the closing relocks this pulse, not the hold's end. A lock retry
+        // still happens on time.
+        let (next, action) = if self
             .input_state
             .keeps_unlocked(&self.shared.settings.inputs)
         {
-            // `relock_on = "close"`: the closing relocks this pulse.
-            return;
-        }
-        let (next, action) = on_tick(&self.state, now, &self.shared.settings);
+            (self.state, TickAction::Nothing)
+        } else {
+            on_tick(&self.state, now, &self.shared.settings)
+        };
         self.set_state(next);
         if action == TickAction::Relock {
             let pulse = self.pulse.take();
@@ -1010,87 +990,6 @@ impl<'a> RelayLoop<'a> {
         }
     }
 }
-/// The door's inputs on the relay thread: nothing here blocks (pure rules, the relay, `try_send`).
-impl RelayLoop<'_> {
-    /// A reading from a backend; an exit press gets its request id here.
-    fn input_signal(&mut self, signal: InputSignal) {
-        let happening = match signal {
-            InputSignal::Contact(level) => Happening::Contact(level),
-            InputSignal::ContactFault => Happening::ContactFault,
-            InputSignal::ExitPressed => {
-                self.exits += 1;
-                Happening::Exit {
-                    request_id: format!(
-                        "exit-{}-{:04x}",
-                        Utc::now().format("%Y%m%dT%H%M%S%3f"),
-                        self.exits & 0xffff
-                    ),
-                }
-            }
-        };
-        self.feed(happening);
-    }
-
-    /// Runs the inputs' state machine, publishes its status and carries out what it decides.
-    fn feed(&mut self, happening: Happening) {
-        let settings = self.shared.settings.inputs;
-        let (next, actions) = on_input(&self.input_state, happening, Instant::now(), &settings);
-        self.input_state = next;
-        *lock_recovering(&self.shared.published_inputs) = InputStatus {
-            contact: self.input_state.contact(),
-            alarm: self.input_state.alarm(),
-        };
-        for action in actions {
-            match action {
-                InputAction::Report(notice) => self.report_input(notice),
-                InputAction::UnlockForExit { request_id } => self.exit(request_id),
-                InputAction::Relock => self.relock_for_input(),
-            }
-        }
-    }
-
-    fn report_input(&self, notice: Notice) {
-        let (request_id, cause) = notice
-            .unlock
-            .map_or((None, None), |u| (Some(u.request_id), Some(u.cause)));
-        self.reporter.report(DoorEvent::Input(InputReport {
-            event: notice.event,
-            request_id,
-            cause,
-            contact: self.input_state.contact(),
-            alarm: notice.alarm,
-            active_alarm: self.input_state.alarm(),
-            at: Utc::now(),
-        }));
-    }
-
-    /// Free egress: the exit button unlocks even while a lock command holds the door.
-    fn exit(&mut self, request_id: String) {
-        let now = Instant::now();
-        let request = OpenRequest {
-            request_id,
-            cause: OpenCause::Exit,
-            not_after: now,
-        };
-        let (next, verdict) = on_exit(&self.state, now, self.gate(), &self.shared.settings);
-        self.carry_out(request, next, verdict, ActuationReason::Exit);
-    }
-
-    /// `relock_on = "open"` or `"close"`: ends the pulse now.
-    fn relock_for_input(&mut self) {
-        let reason = match self.input_state.contact() {
-            ContactState::Open => ActuationReason::RelockOnOpen,
-            ContactState::Closed | ContactState::Unknown => ActuationReason::RelockOnClose,
-        };
-        let (next, action) = relock_now(&self.state, Instant::now(), &self.shared.settings);
-        self.set_state(next);
-        if action == TickAction::Relock {
-            let pulse = self.pulse.take();
-            self.lock(reason, pulse.as_ref());
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1556,6 +1455,48 @@ mod tests {
         assert_eq!(json["identity"], "alice");
         assert_eq!(json["door"], "locked");
         assert_eq!(json["because"], "expired");
+    }
+
+    /// Regression: with `relock_on = "close"` and the opened door still open, a failed lock (a lock
+    /// command) was never retried and the relay thread spun on the passed retry deadline.
+    #[test]
+    fn a_failed_lock_is_retried_while_relock_on_close_waits_for_the_closing() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("inputs");
+        let contact = crate::door::InputLine {
+            gpio_pin: 0,
+            active_high: true,
+            debounce: Duration::ZERO,
+        };
+        let wiring = crate::door::InputWiring {
+            contact: Some(contact),
+            exit_button: None,
+        };
+        let door = SimDoor::new().with_inputs(wiring, file.clone());
+        let inputs = crate::door::InputSettings {
+            relock_on: crate::door::RelockOn::Close,
+            ..crate::door::InputSettings::default()
+        };
+        let (controller, log, _) = start_with(
+            door,
+            DoorSettings {
+                inputs,
+                ..settings(LONG_HOLD, Duration::ZERO, GrantWhileOpen::Extend)
+            },
+        );
+        assert!(wait_until(
+            || controller.input_status().contact == ContactState::Closed
+        ));
+        assert_eq!(open(&controller, "req-1"), DoorReport::Opened);
+        std::fs::write(&file, "contact open\n").unwrap();
+        assert!(wait_until(
+            || controller.input_status().contact == ContactState::Open
+        ));
+        log.fail_next_locks(1);
+        controller.hold_locked();
+        assert!(log.wait_for(WAIT, |e| has_reason(e, ActuationReason::LockRetry)));
+        assert_eq!(log.current(), Some(RelayState::Locked));
+        controller.shutdown().unwrap();
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! the lines; the relay thread only carries out the actions.
 
 use super::OpenCause;
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use std::time::{Duration, Instant};
 
@@ -187,6 +188,30 @@ impl Notice {
             alarm: None,
         }
     }
+}
+
+/// One event of the door's inputs (`door::inputs`), for the audit log, metrics and MQTT.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InputReport {
+    pub event: InputEventKind,
+    /// For `opened`, `closed` and `exit`: the request of the unlock it belongs to.
+    pub request_id: Option<String>,
+    #[serde(flatten)]
+    pub cause: Option<OpenCause>,
+    /// The contact after this event.
+    pub contact: ContactState,
+    /// The alarm this event is about (`forced`, `held`, `held_cleared`, `acknowledged`).
+    pub alarm: Option<Alarm>,
+    /// The alarm waiting for the admin after this event.
+    pub active_alarm: Option<Alarm>,
+    pub at: DateTime<Utc>,
+}
+
+/// What the door's inputs say now, for `/healthz`, `/metrics` and the admin page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct InputStatus {
+    pub contact: ContactState,
+    pub alarm: Option<Alarm>,
 }
 
 /// What the relay thread must do.

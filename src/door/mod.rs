@@ -10,10 +10,12 @@ pub mod policy;
 pub mod sim;
 
 pub use controller::{
-    Actuation, ActuationReason, DoorController, DoorEvent, DoorObserver, DoorReport, InputReport,
-    InputStatus, LockGuardHandle, OpenCause, OpenRequest, RequestHandled,
+    Actuation, ActuationReason, DoorController, DoorEvent, DoorObserver, DoorReport,
+    LockGuardHandle, OpenCause, OpenRequest, RequestHandled,
 };
-pub use inputs::{Alarm, ContactState, InputEventKind, InputSettings, RelockOn};
+pub use inputs::{
+    Alarm, ContactState, InputEventKind, InputReport, InputSettings, InputStatus, RelockOn,
+};
 pub use policy::{DoorSettings, DoorState, GrantOutcome, GrantWhileOpen, LockedBecause};
 
 use crossbeam_channel::{Sender, TrySendError};
