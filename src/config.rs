@@ -291,6 +291,9 @@ pub struct SnapshotConfig {
     pub max_count: usize,
     pub max_total_mb: u64,
     pub max_age_days: u32,
+    /// How long `POST /save` waits for the disk to store the failed code entry's frame before it answers
+    /// `storage_unavailable` (507); a worker is never held longer.
+    pub save_wait_ms: u64,
 }
 
 /// Visitor codes: which days have codes, and the per-address lockout.
@@ -545,6 +548,7 @@ impl Default for SnapshotConfig {
             max_count: 5_000,
             max_total_mb: 500,
             max_age_days: 30,
+            save_wait_ms: 2_000,
         }
     }
 }
@@ -873,6 +877,12 @@ impl Config {
         }
         if self.snapshots.max_count == 0 {
             return Err(invalid("snapshots.max_count", "must be at least 1"));
+        }
+        if !(100..=60_000).contains(&self.snapshots.save_wait_ms) {
+            return Err(invalid(
+                "snapshots.save_wait_ms",
+                "must be from 100 to 60000 (milliseconds a /save waits for the disk)",
+            ));
         }
         let codes = &self.codes;
         if let Some(day) = codes

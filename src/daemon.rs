@@ -616,7 +616,8 @@ fn start_snapshots(config: &Config, metrics: &Metrics) -> Option<SnapshotWriter>
         max_bytes: config.snapshots.max_total_mb * 1024 * 1024,
         max_age: Duration::from_secs(u64::from(config.snapshots.max_age_days) * 86_400),
     };
-    let writer = match SnapshotWriter::start(config.snapshot_dir(), retention) {
+    let save_wait = Duration::from_millis(config.snapshots.save_wait_ms);
+    let writer = match SnapshotWriter::start(config.snapshot_dir(), retention, save_wait) {
         Ok(writer) => writer,
         Err(err) => {
             log::error!(

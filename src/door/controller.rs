@@ -1410,10 +1410,12 @@ mod tests {
             report_wait: Duration::from_millis(100),
             ..settings(hold, Duration::ZERO, GrantWhileOpen::Extend)
         });
-        // The relock at the end of the first pulse keeps the relay thread busy for a second.
-        log.stall_next_lock(Duration::from_secs(1));
+        // The relock at the end of the first pulse keeps the relay thread busy for a few seconds. The
+        // late request is sent only once the relay thread is inside that relock: a fixed sleep let it
+        // arrive before the relock on a loaded machine (answered `extended`).
+        log.stall_next_lock(Duration::from_secs(3));
         assert_eq!(open(&controller, "req-1"), DoorReport::Opened);
-        thread::sleep(hold * 2);
+        assert!(wait_until(|| log.lock_stalls_begun() == 1));
         let max_age = Duration::from_millis(300);
         let late = controller.request_open(request("req-2", Instant::now() + max_age));
         assert_eq!(late, DoorReport::Pending, "the relay thread is busy");

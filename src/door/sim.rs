@@ -60,6 +60,8 @@ struct SimShared {
     panic_on_next_unlock: AtomicBool,
     /// Milliseconds the next lock attempt takes before it happens (0: none).
     next_lock_stall_ms: AtomicU64,
+    /// Stalled lock attempts that have begun, so a test acts while the relay thread is inside one.
+    lock_stalls_begun: AtomicU64,
 }
 
 /// Shared view of a [`SimDoor`]'s actuations, plus fault injection for tests. Cloneable; stays
@@ -122,6 +124,12 @@ impl SimLog {
         self.shared
             .next_lock_stall_ms
             .store(stall.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    #[cfg(test)]
+    /// How many stalled lock attempts have begun.
+    pub(crate) fn lock_stalls_begun(&self) -> u64 {
+        self.shared.lock_stalls_begun.load(Ordering::SeqCst)
     }
 
     /// Makes the next unlock attempt panic inside the backend (fault injection for tests).
@@ -335,6 +343,12 @@ impl SimDoor {
 impl Door for SimDoor {
     fn set_locked(&mut self, reason: &str) -> Result<(), DoorError> {
         let stall_ms = self.log.shared.next_lock_stall_ms.swap(0, Ordering::SeqCst);
+        if stall_ms > 0 {
+            self.log
+                .shared
+                .lock_stalls_begun
+                .fetch_add(1, Ordering::SeqCst);
+        }
         std::thread::sleep(Duration::from_millis(stall_ms));
         if self.log.take_lock_failure() {
             return Err(DoorError::SimulatedFailure { action: "lock" });

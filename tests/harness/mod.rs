@@ -286,6 +286,8 @@ impl Setup {
             .set("http.token", TOKEN)
             .set("door.backend", "sim")
             .set("door.sim_journal", journal)
+            // A loaded test machine's disk can take longer than a Pi's default 2 s for a /save.
+            .set("snapshots.save_wait_ms", 60_000)
     }
 
     /// Sets a dotted key such as `"door.hold_ms"`, creating its table if needed.
