@@ -11,6 +11,7 @@ pub(crate) mod pages;
 pub mod password;
 mod routes;
 pub(crate) mod session;
+mod tablets;
 mod visitor_codes;
 
 use std::net::IpAddr;
@@ -149,6 +150,8 @@ pub(crate) struct AdminContext {
 struct Flash {
     notice: Option<pages::Notice>,
     enrolled: Option<pages::EnrolResult>,
+    /// A pairing link just made on the Tablets page.
+    pairing: Option<pages::PairingView>,
 }
 
 pub(crate) struct Admin {
@@ -446,6 +449,8 @@ impl Admin {
             "/admin/door/acknowledge" => self.acknowledge_alarm(&fields, &peer),
             "/admin/codes/generate" => self.generate_codes(session, &fields, &peer),
             "/admin/codes/revoke" => self.revoke_code(session, &fields, &peer),
+            "/admin/tablets/add" => self.add_tablet(session, &fields, &peer),
+            "/admin/tablets/revoke" => self.revoke_tablet(session, &fields, &peer),
             _ => self.not_found(session),
         }
     }
@@ -459,8 +464,14 @@ impl Admin {
         notice: Option<pages::Notice>,
         enrolled: Option<pages::EnrolResult>,
     ) -> AdminResponse {
-        self.sessions
-            .set_flash(&session.secret, Flash { notice, enrolled });
+        self.sessions.set_flash(
+            &session.secret,
+            Flash {
+                notice,
+                enrolled,
+                pairing: None,
+            },
+        );
         AdminResponse::redirect(to)
     }
 
