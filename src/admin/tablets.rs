@@ -8,18 +8,12 @@ use serde_json::json;
 use super::form::Fields;
 use super::pages::{self, Notice};
 use super::{Admin, AdminResponse, Flash, Session};
+use crate::tablets::book::time_text;
 use crate::tablets::{link, TabletStore};
 
 const TABLETS: &str = "/admin/tablets";
 /// Width of the pairing QR code on screen, in pixels.
 const QR_SIDE: u32 = 280;
-
-fn when(at: Option<chrono::DateTime<Utc>>) -> String {
-    at.map_or_else(
-        || "–".to_string(),
-        |at| at.format("%Y-%m-%d %H:%M UTC").to_string(),
-    )
-}
 
 impl Admin {
     fn tablet_store(&self) -> TabletStore {
@@ -39,16 +33,9 @@ impl Admin {
                 .iter()
                 .map(|(name, tablet)| pages::TabletRow {
                     name: name.clone(),
-                    paired: match (tablet.paired_at, tablet.pending_pairing(now)) {
-                        (Some(at), _) => when(Some(at)),
-                        (None, Some(pending)) => format!(
-                            "waiting (link valid until {})",
-                            pending.expires_at.format("%H:%M UTC")
-                        ),
-                        (None, None) => "no (link expired)".into(),
-                    },
-                    last_seen: when(tablet.last_seen),
-                    address: tablet.last_address.clone().unwrap_or_else(|| "–".into()),
+                    paired: tablet.pairing_text(now),
+                    last_seen: time_text(tablet.last_seen),
+                    address: tablet.last_address.clone().unwrap_or_else(|| "-".into()),
                 })
                 .collect(),
             Err(err) => {
