@@ -13,8 +13,9 @@ use facegate::config::{Config, DoorBackendName, Overrides};
 use facegate::decision::{Freshness, FreshnessRules, Status};
 use facegate::enrollment::{self, Candidate, Verdict};
 use facegate::frame::CheckedImage;
-use facegate::gallery::{EmbedderId, Gallery};
+use facegate::gallery::{EmbedderId, Gallery, GalleryError, GalleryFile};
 use facegate::gallery_bundle;
+use facegate::permission;
 use facegate::recognition::RecognitionError;
 use facegate::record::{DecisionRecord, Endpoint, RequestIds};
 use facegate::service::{frame_refusal, judge};
@@ -65,10 +66,16 @@ enum Command {
         #[arg(required = true)]
         images: Vec<PathBuf>,
     },
-    /// List or remove enrolled people; export, sign and import the gallery of a building
+    /// List or remove enrolled people, set who may enter when; export, sign and import the gallery of
+    /// a building
     Gallery {
         #[command(subcommand)]
         action: GalleryAction,
+    },
+    /// Groups of people sharing weekly hours (`gallery set NAME --group G`)
+    Groups {
+        #[command(subcommand)]
+        action: GroupsAction,
     },
     /// Check a config file and print the configuration in force
     CheckConfig,
@@ -177,9 +184,45 @@ enum TlsAction {
 
 #[derive(Subcommand)]
 enum GalleryAction {
-    List,
+    List {
+        /// Print {"people": [{name, samples, valid_from, valid_until, schedule, suspended, groups}],
+        /// "groups": {NAME: {schedule}}}
+        #[arg(long)]
+        json: bool,
+    },
     Remove {
         name: String,
+    },
+    /// Set who may enter when: what is not given stays as it was. Dates are local days in `timezone`,
+    /// inclusive; `none` clears one. SPEC is weekly hours such as "mon-fri 07:00-19:00; sat 09:00-13:00"
+    /// (a window may run past midnight: "fri 22:00-02:00"). Without own hours a person has their
+    /// groups' hours, and without groups any hour
+    Set {
+        name: String,
+        /// First day of access (YYYY-MM-DD, or none)
+        #[arg(long, value_name = "DATE")]
+        valid_from: Option<String>,
+        /// Last day of access (YYYY-MM-DD, or none)
+        #[arg(long, value_name = "DATE")]
+        valid_until: Option<String>,
+        /// The person's own weekly hours
+        #[arg(long, value_name = "SPEC", conflicts_with = "no_schedule")]
+        schedule: Option<String>,
+        /// Remove the person's own hours (their groups' hours apply, else any hour)
+        #[arg(long)]
+        no_schedule: bool,
+        /// Refuse the person at the door without removing them
+        #[arg(long, conflicts_with = "resume")]
+        suspend: bool,
+        /// Lift a suspension
+        #[arg(long)]
+        resume: bool,
+        /// The person's groups (repeat for several), replacing the ones they had
+        #[arg(long = "group", value_name = "G", conflicts_with = "no_groups")]
+        groups: Vec<String>,
+        /// Take the person out of every group
+        #[arg(long)]
+        no_groups: bool,
     },
     /// Write the gallery as a versioned export (`-` for stdout), signed with the building key if given
     Export {
@@ -201,6 +244,21 @@ enum GalleryAction {
     Keygen {
         file: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum GroupsAction {
+    /// Create a group or change its weekly hours (SPEC as in `gallery set --schedule`)
+    Set {
+        name: String,
+        #[arg(long, value_name = "SPEC")]
+        schedule: String,
+    },
+    /// Remove a group; its members keep their own hours, and get none from it
+    Remove {
+        name: String,
+    },
+    List,
 }
 
 #[derive(Subcommand)]
@@ -261,6 +319,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Enroll { name, images } => enroll(&config, &name, &images),
         Command::Identify { images } => identify(&config, &images),
         Command::Gallery { action } => gallery(&config, action),
+        Command::Groups { action } => groups(&config, action),
         Command::CheckConfig => {
             // The holidays file is read as `serve` will read it.
             facegate::codes::Calendar::from_config(&config.codes)?;
@@ -414,8 +473,18 @@ fn file_name(path: &Path) -> String {
 
 fn enroll(config: &Config, name: &str, images: &[PathBuf]) -> Result<()> {
     let mut engine = load_engine(config)?;
-    let gallery_path = config.gallery_path();
-    let mut gallery = Gallery::load(&gallery_path, &embedder_id(&engine.models))?;
+    let file = GalleryFile::of(config, &embedder_id(&engine.models));
+    file.edit(|gallery| enroll_into(config, &mut engine, gallery, name, images))
+}
+
+/// Enrols into `gallery` (the caller holds its lock and saves it).
+fn enroll_into(
+    config: &Config,
+    engine: &mut Engine,
+    gallery: &mut Gallery,
+    name: &str,
+    images: &[PathBuf],
+) -> Result<()> {
     let contents = images
         .iter()
         .map(|p| read_image(p))
@@ -431,7 +500,7 @@ fn enroll(config: &Config, name: &str, images: &[PathBuf]) -> Result<()> {
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let report = enrollment::enroll(
         &mut engine.recognizer,
-        &mut gallery,
+        gallery,
         name,
         &candidates,
         &config.frame,
@@ -453,12 +522,10 @@ fn enroll(config: &Config, name: &str, images: &[PathBuf]) -> Result<()> {
     let thumbnails = enrollment::thumbnail_dir(&config.state_dir);
     enrollment::store_thumbnails(&thumbnails, &report)
         .with_context(|| format!("cannot store face thumbnails in {}", thumbnails.display()))?;
-    gallery.save(&gallery_path)?;
     println!(
-        "enrolled {name}: {} of {} images; gallery {} now holds {} people",
+        "enrolled {name}: {} of {} images; the gallery now holds {} people",
         report.accepted(),
         images.len(),
-        gallery_path.display(),
         gallery.people().len()
     );
     Ok(())
@@ -469,6 +536,9 @@ fn identify(config: &Config, images: &[PathBuf]) -> Result<()> {
     let mut engine = load_deciding_engine(config)?;
     let gallery = Gallery::load(&config.gallery_path(), &embedder_id(&engine.models))?;
     let threshold = engine.models.threshold(&config.recognition);
+    let zone = config
+        .time_zone()
+        .map_err(|problem| anyhow::anyhow!("timezone: {problem}"))?;
     let rules = FreshnessRules::FOR_FILES;
     let ids = RequestIds::default();
     let mut out = std::io::stdout().lock();
@@ -482,6 +552,7 @@ fn identify(config: &Config, images: &[PathBuf]) -> Result<()> {
                 let judged = judge(
                     &mut engine.recognizer,
                     &gallery,
+                    &zone,
                     threshold,
                     config.liveness.threshold,
                     &image,
@@ -533,16 +604,37 @@ fn gallery(config: &Config, action: GalleryAction) -> Result<()> {
     }
     let models = PipelineModels::resolve(&config.recognition, &config.models_dir)
         .context("the models are not usable")?;
-    let path = config.gallery_path();
-    let mut gallery = Gallery::load(&path, &embedder_id(&models))?;
+    let file = GalleryFile::of(config, &embedder_id(&models));
+    let path = file.path().to_path_buf();
+    let gallery = file.load()?;
     match action {
-        GalleryAction::List => {
+        GalleryAction::List { json: true } => {
+            let people: Vec<_> = gallery
+                .people()
+                .iter()
+                .map(|person| {
+                    let p = &person.permissions;
+                    json!({
+                        "name": person.name,
+                        "samples": person.samples.len(),
+                        "valid_from": p.valid_from,
+                        "valid_until": p.valid_until,
+                        "schedule": p.schedule,
+                        "suspended": p.suspended,
+                        "groups": p.groups,
+                    })
+                })
+                .collect();
+            println!("{}", json!({"people": people, "groups": gallery.groups()}));
+        }
+        GalleryAction::List { json: false } => {
             for person in gallery.people() {
                 let sources: Vec<&str> = person.samples.iter().map(|s| s.source.as_str()).collect();
                 println!(
-                    "{}\t{} samples\t{}",
+                    "{}\t{} samples\t{}\t{}",
                     person.name,
                     person.samples.len(),
+                    permissions_summary(&person.permissions),
                     sources.join(", ")
                 );
             }
@@ -611,9 +703,60 @@ fn gallery(config: &Config, action: GalleryAction) -> Result<()> {
             }
         }
         GalleryAction::Keygen { .. } => unreachable!("handled before the models are resolved"),
+        GalleryAction::Set {
+            name,
+            valid_from,
+            valid_until,
+            schedule,
+            no_schedule,
+            suspend,
+            resume,
+            groups,
+            no_groups,
+        } => {
+            let parse_day = |text: Option<String>| -> Result<Option<Option<jiff::civil::Date>>> {
+                text.map(|text| match text.trim() {
+                    "none" | "" => Ok(None),
+                    day => permission::parse_date(day)
+                        .map(Some)
+                        .map_err(anyhow::Error::msg),
+                })
+                .transpose()
+            };
+            let valid_from = parse_day(valid_from).context("--valid-from")?;
+            let valid_until = parse_day(valid_until).context("--valid-until")?;
+            let schedule = schedule
+                .map(|spec| permission::WeeklyHours::parse(&spec))
+                .transpose()
+                .context("--schedule")?;
+            let set = file.edit(|gallery| {
+                let mut permissions = gallery
+                    .person(&name)
+                    .ok_or_else(|| GalleryError::NotEnrolled(name.clone()))?
+                    .permissions
+                    .clone();
+                if let Some(day) = valid_from {
+                    permissions.valid_from = day;
+                }
+                if let Some(day) = valid_until {
+                    permissions.valid_until = day;
+                }
+                if schedule.is_some() || no_schedule {
+                    permissions.schedule = schedule;
+                }
+                if suspend || resume {
+                    permissions.suspended = suspend;
+                }
+                if !groups.is_empty() || no_groups {
+                    permissions.groups = groups;
+                }
+                gallery.set_permissions(&name, permissions.clone())?;
+                Ok::<_, GalleryError>(permissions)
+            })?;
+            println!("{name}: {}", permissions_summary(&set));
+        }
         GalleryAction::Remove { name } => {
-            let removed = gallery.remove(&name)?;
-            gallery.save(&path)?;
+            let removed = file.edit(|gallery| gallery.remove(&name))?;
             enrollment::remove_thumbnails(
                 &enrollment::thumbnail_dir(&config.state_dir),
                 &removed.samples,
@@ -623,6 +766,62 @@ fn gallery(config: &Config, action: GalleryAction) -> Result<()> {
                 removed.name,
                 removed.samples.len()
             );
+        }
+    }
+    Ok(())
+}
+
+/// One line saying who may enter when: `valid 2026-03-01..2026-03-31, mon-fri 07:00-19:00, groups cleaners, suspended`.
+fn permissions_summary(permissions: &permission::Permissions) -> String {
+    let mut parts = Vec::new();
+    if permissions.valid_from.is_some() || permissions.valid_until.is_some() {
+        let day = |d: Option<jiff::civil::Date>| d.map_or(String::new(), |d| d.to_string());
+        parts.push(format!(
+            "valid {}..{}",
+            day(permissions.valid_from),
+            day(permissions.valid_until)
+        ));
+    }
+    if let Some(hours) = &permissions.schedule {
+        parts.push(hours.to_string());
+    }
+    if !permissions.groups.is_empty() {
+        parts.push(format!("groups {}", permissions.groups.join(",")));
+    }
+    if permissions.suspended {
+        parts.push("suspended".into());
+    }
+    if parts.is_empty() {
+        "any time".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+fn groups(config: &Config, action: GroupsAction) -> Result<()> {
+    let models = PipelineModels::resolve(&config.recognition, &config.models_dir)
+        .context("the models are not usable")?;
+    let file = GalleryFile::of(config, &embedder_id(&models));
+    match action {
+        GroupsAction::Set { name, schedule } => {
+            let hours = permission::WeeklyHours::parse(&schedule).context("--schedule")?;
+            file.edit(|gallery| gallery.set_group(&name, hours))?;
+            println!("group {name}: {schedule}");
+        }
+        GroupsAction::Remove { name } => {
+            file.edit(|gallery| gallery.remove_group(&name))?;
+            println!("group {name} removed");
+        }
+        GroupsAction::List => {
+            let gallery = file.load()?;
+            for (name, group) in gallery.groups() {
+                let members = gallery
+                    .people()
+                    .iter()
+                    .filter(|p| p.permissions.groups.contains(name))
+                    .count();
+                println!("{name}\t{}\t{members} members", group.schedule);
+            }
         }
     }
     Ok(())
@@ -734,7 +933,7 @@ fn codes(config: &Config, action: CodesAction) -> Result<()> {
             );
         }
         CodesAction::Show { date, json } => {
-            let date = date.unwrap_or_else(|| chrono::Local::now().date_naive());
+            let date = date.unwrap_or_else(|| config.local_today());
             let valid = store.load()?.valid_on(&calendar, date);
             if json {
                 println!("{}", serde_json::to_string(&valid)?);

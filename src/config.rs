@@ -40,6 +40,9 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Holds the model files named by `models/manifest.toml`, and the manifest itself.
     pub models_dir: PathBuf,
+    /// IANA zone (`Asia/Seoul`) of every local hour and date: weekly hours, validity dates, visitor
+    /// codes' days, the admin pages. Empty: the system's zone (`TZ`, else /etc/localtime).
+    pub timezone: String,
     pub recognition: RecognitionConfig,
     pub frame: FrameConfig,
     pub http: HttpConfig,
@@ -303,6 +306,8 @@ pub struct CodesConfig {
     pub building_pause_s: u64,
     /// A code opens the door once, then is gone.
     pub single_use: bool,
+    /// Weekly hours in which codes are accepted (`mon-fri 08:00-18:00`); unset: all day.
+    pub hours: Option<String>,
 }
 
 /// Reads `codes.holidays`, whose items may be TOML dates (`2026-12-25`) or strings (`"2026-12-25"`).
@@ -373,6 +378,7 @@ impl Default for Config {
         Config {
             state_dir: PathBuf::from("/var/lib/facegate"),
             models_dir: PathBuf::from("/usr/share/facegate/models"),
+            timezone: String::new(),
             recognition: RecognitionConfig::default(),
             frame: FrameConfig::default(),
             http: HttpConfig::default(),
@@ -545,6 +551,7 @@ impl Default for CodesConfig {
             building_window_s: 600,
             building_pause_s: 600,
             single_use: false,
+            hours: None,
         }
     }
 }
@@ -698,6 +705,10 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.time_zone()
+            .map_err(|problem| invalid("timezone", problem))?;
+        self.code_hours()
+            .map_err(|problem| invalid("codes.hours", problem))?;
         let r = &self.recognition;
         if let Some(t) = r.threshold {
             if !(0.0..=1.0).contains(&t) {
@@ -983,6 +994,39 @@ impl Config {
 
     pub fn gallery_path(&self) -> PathBuf {
         self.state_dir.join("gallery.json")
+    }
+
+    /// The zone of every local hour and date (`timezone`, else the system's).
+    pub fn time_zone(&self) -> Result<jiff::tz::TimeZone, String> {
+        match self.timezone.trim() {
+            "" => Ok(jiff::tz::TimeZone::system()),
+            name => jiff::tz::TimeZone::get(name).map_err(|_| {
+                format!("`{name}` is not a time zone this system knows: use an IANA name such as Europe/Berlin or Asia/Seoul (see /usr/share/zoneinfo), or leave it empty for the system's zone")
+            }),
+        }
+    }
+
+    /// Today's date in `timezone` (visitor codes are valid on local days).
+    pub fn local_today(&self) -> chrono::NaiveDate {
+        let zone = self.time_zone().unwrap_or(jiff::tz::TimeZone::UTC);
+        crate::permission::chrono_date(jiff::Timestamp::now().to_zoned(zone).date())
+    }
+
+    /// `codes.hours`, parsed.
+    pub fn code_hours(&self) -> Result<Option<crate::permission::WeeklyHours>, String> {
+        self.codes
+            .hours
+            .as_deref()
+            .map(crate::permission::WeeklyHours::parse)
+            .transpose()
+            .map_err(|err| err.to_string())
+    }
+
+    /// The MQTT topic of the building gallery this door follows (MQTT on and a building key set):
+    /// its gallery is made there, never edited locally.
+    pub fn building_gallery_topic(&self) -> Option<String> {
+        let follows = self.mqtt.url.is_some() && !self.mqtt.gallery_public_key.trim().is_empty();
+        follows.then(|| format!("{}/gallery", self.mqtt.topic_prefix))
     }
 
     /// The visitor codes file (mode 0600).

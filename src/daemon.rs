@@ -569,6 +569,11 @@ fn spawn_admin(
                 .map_or_else(|| "admin".to_string(), |t| t.ids.next())
         }),
         secure_cookies: service.config.http.tls.enabled,
+        tablet_certificate: service.config.http.tls.enabled.then(|| {
+            let files = front::tls::TlsFiles::of(&service.config);
+            Box::new(move || files.trust_pem().map_err(|err| err.to_string()))
+                as Box<dyn Fn() -> Result<String, String> + Send + Sync>
+        }),
     }));
     let (queue, requests) = crossbeam_channel::bounded(http::admin::QUEUE_DEPTH);
     let max_body_bytes = service.config.http.max_body_bytes;
@@ -622,6 +627,14 @@ struct FrontRefusals {
 impl front::Refusals for FrontRefusals {
     fn request_id(&self) -> String {
         self.transport.ids.next()
+    }
+
+    fn summarise(&self, request_id: &str, error: &'static str, peer: Option<std::net::IpAddr>) {
+        if let Some(service) = self.service.upgrade() {
+            service
+                .audit
+                .count(crate::audit::Tally::Refused, peer, error, request_id);
+        }
     }
 
     fn refuse_frame(

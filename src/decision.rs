@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::config::DoorConfig;
 use crate::confirmation::Tally;
 use crate::gallery::BestMatch;
+use crate::permission::{Access, Denial};
 use crate::vision::LivenessReading;
 
 /// The answer's `status` field, for every endpoint.
@@ -37,6 +38,9 @@ pub enum Status {
     LockedOut,
     /// The door is open or cooling down after a grant; the frame was not looked at.
     Paused,
+    /// Recognised and live, or a valid visitor code, but not allowed at this time (the record's
+    /// `reason`: `not_yet_valid`, `expired`, `outside_schedule`, `suspended`). The door stays locked.
+    NotAllowed,
 }
 
 impl Status {
@@ -54,6 +58,7 @@ impl Status {
             Status::Denied => "denied",
             Status::LockedOut => "locked_out",
             Status::Paused => "paused",
+            Status::NotAllowed => "not_allowed",
         }
     }
 }
@@ -255,6 +260,8 @@ pub(crate) struct Checks {
     /// The tablet's confirmation so far (`confirmation::Confirmations::grant`), for a frame that counts
     /// towards it; `None` decides on this frame alone.
     pub tally: Option<Tally>,
+    /// Whether the recognised person may enter now (`permission::access_at`).
+    pub access: Access,
 }
 
 impl Checks {
@@ -263,6 +270,7 @@ impl Checks {
         liveness: Liveness::Off,
         liveness_threshold: 0.0,
         tally: None,
+        access: Access::Allowed,
     };
 }
 
@@ -304,6 +312,8 @@ pub struct Decision {
     pub confirming: Option<(u32, u32)>,
     /// Only where liveness ran (a recognised face with liveness on).
     pub liveness: Option<LivenessVerdict>,
+    /// For `not_allowed`: why, and when access resumes.
+    pub denial: Option<Denial>,
 }
 
 impl Decision {
@@ -370,6 +380,7 @@ pub(crate) fn decide_with(
         stale,
         confirming: None,
         liveness: None,
+        denial: None,
     };
     let m = match (stale, outcome) {
         (Some(_), _) => return refused(Status::Stale),
@@ -404,7 +415,26 @@ pub(crate) fn decide_with(
         stale: None,
         confirming: None,
         liveness,
+        denial: None,
     };
+    if let Access::Denied(denial) = checks.access {
+        // Permission comes after liveness: a spoof of someone not allowed is still a spoof.
+        let below = |score: Option<f32>| score.is_some_and(|s| s < checks.liveness_threshold);
+        let spoof = checks.liveness != Liveness::Off
+            && (below(checks.liveness.score()) || below(tally.liveness_lowest));
+        return if spoof {
+            Decision {
+                liveness,
+                ..refused(Status::Spoof)
+            }
+        } else {
+            Decision {
+                status: Status::NotAllowed,
+                denial: Some(denial),
+                ..granted
+            }
+        };
+    }
     if !tally.complete() {
         return Decision {
             confirming: Some((tally.frames, tally.needed)),
@@ -575,6 +605,7 @@ mod tests {
             liveness: Liveness::Scored(score),
             liveness_threshold: 0.8,
             tally: None,
+            access: Access::Allowed,
         };
         let tally = |frames, needed, lowest| Tally {
             frames,
@@ -794,5 +825,92 @@ mod tests {
         );
         let d = decide(&Outcome::Recognised(ann(0.9)), freshness, now);
         assert_eq!(d.status, Status::Granted);
+    }
+
+    #[test]
+    fn permission_comes_after_recognition_and_liveness() {
+        use crate::permission::Reason;
+        let now = Instant::now() + Duration::from_secs(10);
+        let fresh = received_ago(now, Duration::from_millis(100));
+        let old = received_ago(now, Duration::from_millis(1501));
+        let suspended = Access::Denied(Denial {
+            reason: Reason::Suspended,
+            resumes_at: None,
+        });
+        let checks = |liveness, access| Checks {
+            liveness,
+            liveness_threshold: 0.8,
+            tally: None,
+            access,
+        };
+        let ann_seen = Outcome::for_face(Some(ann(0.9)), 0.45);
+        let stranger = Outcome::for_face(Some(ann(0.3)), 0.45);
+        let cases = [
+            (
+                "live and allowed",
+                &ann_seen,
+                checks(Liveness::Scored(0.95), Access::Allowed),
+                fresh,
+                Status::Granted,
+            ),
+            (
+                "live, suspended",
+                &ann_seen,
+                checks(Liveness::Scored(0.95), suspended),
+                fresh,
+                Status::NotAllowed,
+            ),
+            (
+                "liveness off, suspended",
+                &ann_seen,
+                checks(Liveness::Off, suspended),
+                fresh,
+                Status::NotAllowed,
+            ),
+            (
+                "a spoof of a suspended person is a spoof",
+                &ann_seen,
+                checks(Liveness::Scored(0.2), suspended),
+                fresh,
+                Status::Spoof,
+            ),
+            (
+                "too far to judge stays too far",
+                &ann_seen,
+                checks(Liveness::TooSmall, suspended),
+                fresh,
+                Status::TooFar,
+            ),
+            (
+                "unknown stays unknown",
+                &stranger,
+                checks(Liveness::Off, suspended),
+                fresh,
+                Status::Unknown,
+            ),
+            (
+                "stale stays stale",
+                &ann_seen,
+                checks(Liveness::Scored(0.95), suspended),
+                old,
+                Status::Stale,
+            ),
+        ];
+        for (case, outcome, checks, freshness, status) in cases {
+            let d = decide_with(outcome, &checks, freshness, now);
+            assert_eq!(d.status, status, "{case}");
+            assert!(!d.may_open() || status == Status::Granted, "{case}");
+            if status == Status::NotAllowed {
+                assert_eq!(d.identity.as_deref(), Some("ann"), "{case}: identified");
+                assert_eq!(
+                    d.denial.map(|d| d.reason),
+                    Some(Reason::Suspended),
+                    "{case}"
+                );
+                assert_eq!(d.confirming, None, "{case}");
+            } else {
+                assert_eq!(d.denial, None, "{case}");
+            }
+        }
     }
 }

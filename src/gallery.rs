@@ -1,4 +1,5 @@
-//! The enrolled people: their embeddings, matched by cosine, stored as versioned JSON written atomically.
+//! The enrolled people: their embeddings, matched by cosine, and who may enter when (permissions and
+//! groups), stored as versioned JSON written atomically under one lock.
 
 use crate::sync::lock_recovering;
 use std::fs;
@@ -8,10 +9,13 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::atomic_file;
+use crate::permission::{self, Access, Group, Groups, Permissions, WeeklyHours};
 use crate::vision::embed::{dot, Embedding};
 
 const FORMAT: &str = "facegate-gallery";
-const VERSION: u32 = 1;
+/// Version 2 added permissions and groups; version 1 files (no permissions: always allowed) still load.
+const VERSION: u32 = 2;
+const OLDEST_VERSION: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GalleryError {
@@ -46,6 +50,19 @@ pub enum GalleryError {
     NoSuchSample { name: String, index: usize },
     #[error("the embedding has {actual} values, the gallery holds {expected}-value vectors")]
     Dimension { expected: usize, actual: usize },
+    #[error("this door follows the building gallery on MQTT (`{topic}`): make this change in the building's gallery (on the machine that runs `facegate gallery export --sign`) and publish it there; a local change would be overwritten")]
+    Managed { topic: String },
+    #[error(
+        "there is no group `{0}`; create it first with `facegate groups set {0} --schedule SPEC`"
+    )]
+    NoSuchGroup(String),
+    #[error("`{0}` is not a usable group name: use 1 to 64 letters, digits, `-`, `_` or `.`")]
+    BadGroupName(String),
+    #[error("valid_from {from} is after valid_until {until}: access would never start")]
+    EmptyValidity {
+        from: jiff::civil::Date,
+        until: jiff::civil::Date,
+    },
 }
 
 /// Which model made the vectors; a gallery only matches vectors from the same one.
@@ -71,6 +88,9 @@ pub struct Sample {
 pub struct Person {
     pub name: String,
     pub samples: Vec<Sample>,
+    /// Who may enter when; nothing set (every version 1 file): always.
+    #[serde(default, skip_serializing_if = "Permissions::is_unrestricted")]
+    pub permissions: Permissions,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -82,6 +102,8 @@ struct StoredGallery {
     sequence: u64,
     embedder: EmbedderId,
     people: Vec<Person>,
+    #[serde(default, skip_serializing_if = "Groups::is_empty")]
+    groups: Groups,
 }
 
 /// The best-scoring enrolled person for one face.
@@ -96,6 +118,7 @@ pub struct Gallery {
     embedder: EmbedderId,
     sequence: u64,
     people: Vec<Person>,
+    groups: Groups,
     /// Every sample's vector, back to back, for a tight matching loop.
     matrix: Vec<f32>,
     /// For each row of `matrix`, the index of its person.
@@ -108,6 +131,7 @@ impl Gallery {
             embedder,
             sequence: 0,
             people: Vec::new(),
+            groups: Groups::new(),
             matrix: Vec::new(),
             owners: Vec::new(),
         }
@@ -126,7 +150,7 @@ impl Gallery {
                 message: format!("format is `{}`, not `{FORMAT}`", stored.format),
             });
         }
-        if stored.version != VERSION {
+        if !(OLDEST_VERSION..=VERSION).contains(&stored.version) {
             return Err(GalleryError::Version {
                 path: origin.to_path_buf(),
                 found: stored.version,
@@ -154,6 +178,7 @@ impl Gallery {
         let mut gallery = Gallery::new(stored.embedder);
         gallery.sequence = stored.sequence;
         gallery.people = stored.people;
+        gallery.groups = stored.groups;
         gallery.reindex();
         Ok(gallery)
     }
@@ -179,6 +204,7 @@ impl Gallery {
             sequence: self.sequence,
             embedder: self.embedder.clone(),
             people: self.people.clone(),
+            groups: self.groups.clone(),
         };
         serde_json::to_string_pretty(&stored).expect("a gallery always serialises")
     }
@@ -215,6 +241,69 @@ impl Gallery {
         &self.people
     }
 
+    pub fn person(&self, name: &str) -> Option<&Person> {
+        self.people.iter().find(|p| p.name == name)
+    }
+
+    pub fn groups(&self) -> &Groups {
+        &self.groups
+    }
+
+    /// Whether `name` may enter at the local instant `now`; `None` for someone not enrolled.
+    pub fn access_at(&self, name: &str, now: &jiff::Zoned) -> Option<Access> {
+        self.person(name)
+            .map(|person| permission::access_at(&person.permissions, &self.groups, now))
+    }
+
+    /// Replaces the permissions of an enrolled person; every group they name must exist.
+    pub fn set_permissions(
+        &mut self,
+        name: &str,
+        permissions: Permissions,
+    ) -> Result<(), GalleryError> {
+        if let (Some(from), Some(until)) = (permissions.valid_from, permissions.valid_until) {
+            if from > until {
+                return Err(GalleryError::EmptyValidity { from, until });
+            }
+        }
+        if let Some(missing) = permissions
+            .groups
+            .iter()
+            .find(|group| !self.groups.contains_key(*group))
+        {
+            return Err(GalleryError::NoSuchGroup(missing.clone()));
+        }
+        let person = self
+            .people
+            .iter_mut()
+            .find(|p| p.name == name)
+            .ok_or_else(|| GalleryError::NotEnrolled(name.to_string()))?;
+        person.permissions = permissions;
+        Ok(())
+    }
+
+    /// Creates a group or replaces its hours.
+    pub fn set_group(&mut self, name: &str, schedule: WeeklyHours) -> Result<(), GalleryError> {
+        let name = name.trim();
+        let usable = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !usable {
+            return Err(GalleryError::BadGroupName(name.to_string()));
+        }
+        self.groups.insert(name.to_string(), Group { schedule });
+        Ok(())
+    }
+
+    /// Removes a group; people in it keep their own hours and get none from it.
+    pub fn remove_group(&mut self, name: &str) -> Result<Group, GalleryError> {
+        self.groups
+            .remove(name)
+            .ok_or_else(|| GalleryError::NoSuchGroup(name.to_string()))
+    }
+
     pub fn sample_count(&self) -> usize {
         self.owners.len()
     }
@@ -235,6 +324,7 @@ impl Gallery {
             None => self.people.push(Person {
                 name: name.to_string(),
                 samples: vec![sample],
+                permissions: Permissions::default(),
             }),
         }
         self.reindex();
@@ -317,6 +407,69 @@ impl Gallery {
             score,
         })
     }
+}
+
+/// The gallery file as the CLI, the admin page and the daemon change it: every change is made under
+/// one lock (`gallery.json.lock`), on the file as it is then, so that none loses another; a door that
+/// follows a building gallery over MQTT refuses local changes.
+pub struct GalleryFile {
+    path: PathBuf,
+    embedder: EmbedderId,
+    /// The MQTT topic of the building gallery this door follows, if it does.
+    building_topic: Option<String>,
+}
+
+impl GalleryFile {
+    pub fn of(config: &crate::config::Config, embedder: &EmbedderId) -> GalleryFile {
+        GalleryFile {
+            path: config.gallery_path(),
+            embedder: embedder.clone(),
+            building_topic: config.building_gallery_topic(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn embedder(&self) -> &EmbedderId {
+        &self.embedder
+    }
+
+    pub fn load(&self) -> Result<Gallery, GalleryError> {
+        Gallery::load(&self.path, &self.embedder)
+    }
+
+    /// The lock for a local change (load, change, save while holding it), held until the returned
+    /// file is closed; refused on a door that follows a building gallery.
+    pub fn lock_for_edit(&self) -> Result<fs::File, GalleryError> {
+        if let Some(topic) = &self.building_topic {
+            return Err(GalleryError::Managed {
+                topic: topic.clone(),
+            });
+        }
+        lock(&self.path)
+    }
+
+    /// Loads, changes and saves the gallery under the lock; nothing is saved when `change` fails.
+    pub fn edit<T, E: From<GalleryError>>(
+        &self,
+        change: impl FnOnce(&mut Gallery) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let _lock = self.lock_for_edit()?;
+        let mut gallery = self.load()?;
+        let done = change(&mut gallery)?;
+        gallery.save(&self.path)?;
+        Ok(done)
+    }
+}
+
+/// The gallery file's lock (`gallery.json.lock`), held until the returned file is closed.
+pub(crate) fn lock(path: &Path) -> Result<fs::File, GalleryError> {
+    atomic_file::lock_beside(path, 0o644).map_err(|cause| GalleryError::Write {
+        path: atomic_file::lock_path(path),
+        cause,
+    })
 }
 
 /// The gallery as the daemon sees it: reloaded when `facegate enroll` or `gallery remove` rewrites the
@@ -471,7 +624,7 @@ mod tests {
     fn damaged_and_future_galleries_are_refused() {
         let future = Gallery::new(id())
             .to_json()
-            .replace("\"version\": 1", "\"version\": 9");
+            .replace("\"version\": 2", "\"version\": 9");
         assert!(matches!(
             Gallery::parse(&future, Path::new("g"), &id()),
             Err(GalleryError::Version { found: 9, .. })
@@ -525,5 +678,113 @@ mod tests {
             g.remove_sample("ann", 0),
             Err(GalleryError::NotEnrolled(_))
         ));
+    }
+
+    #[test]
+    fn permissions_and_groups_are_stored_and_version_1_files_still_load() {
+        let mut g = Gallery::new(id());
+        g.add_sample("ann", sample([1.0, 0.0, 0.0])).unwrap();
+        g.add_sample("bob", sample([0.0, 1.0, 0.0])).unwrap();
+        let cleaners = WeeklyHours::parse("mon-fri 18:00-22:00").unwrap();
+        let permissions = Permissions {
+            valid_until: Some(jiff::civil::date(2026, 3, 31)),
+            groups: vec!["cleaners".into()],
+            ..Permissions::default()
+        };
+        assert!(matches!(
+            g.set_permissions("ann", permissions.clone()),
+            Err(GalleryError::NoSuchGroup(name)) if name == "cleaners"
+        ));
+        g.set_group("cleaners", cleaners.clone()).unwrap();
+        g.set_permissions("ann", permissions.clone()).unwrap();
+        assert!(matches!(
+            g.set_permissions("nobody", Permissions::default()),
+            Err(GalleryError::NotEnrolled(_))
+        ));
+        assert!(matches!(
+            g.set_group("night shift", cleaners.clone()),
+            Err(GalleryError::BadGroupName(_))
+        ));
+        let backwards = Permissions {
+            valid_from: Some(jiff::civil::date(2026, 4, 1)),
+            valid_until: Some(jiff::civil::date(2026, 3, 1)),
+            ..Permissions::default()
+        };
+        assert!(matches!(
+            g.set_permissions("bob", backwards),
+            Err(GalleryError::EmptyValidity { .. })
+        ));
+        let loaded = Gallery::parse(&g.to_json(), Path::new("g"), &id()).unwrap();
+        assert_eq!(loaded.person("ann").unwrap().permissions, permissions);
+        assert!(loaded.person("bob").unwrap().permissions.is_unrestricted());
+        assert_eq!(loaded.groups()["cleaners"].schedule, cleaners);
+        assert!(
+            !g.to_json().contains("\"permissions\": {}"),
+            "unrestricted people carry no permissions"
+        );
+
+        let version_1 = r#"{"format": "facegate-gallery", "version": 1, "embedder": {"name": "test", "sha256": "ab", "dim": 3},
+            "people": [{"name": "old", "samples": [{"source": "s", "enrolled_at": "t", "vector": [1.0, 0.0, 0.0]}]}]}"#;
+        let old = Gallery::parse(version_1, Path::new("g"), &id()).unwrap();
+        assert!(old.person("old").unwrap().permissions.is_unrestricted());
+        let monday = jiff::civil::date(2026, 3, 2)
+            .at(3, 0, 0, 0)
+            .to_zoned(jiff::tz::TimeZone::UTC)
+            .unwrap();
+        assert_eq!(old.access_at("old", &monday), Some(Access::Allowed));
+        assert_eq!(old.access_at("nobody", &monday), None);
+        let bad_hours = Gallery::new(id()).to_json().replace(
+            "\"people\": []",
+            "\"people\": [], \"groups\": {\"x\": {\"schedule\": \"mon 25:00-26:00\"}}",
+        );
+        let err = Gallery::parse(&bad_hours, Path::new("g"), &id()).unwrap_err();
+        assert!(err.to_string().contains("25:00"), "{err}");
+    }
+
+    #[test]
+    fn a_door_that_follows_a_building_gallery_refuses_local_edits() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = crate::config::Config {
+            state_dir: dir.path().to_path_buf(),
+            ..crate::config::Config::default()
+        };
+        let file = GalleryFile::of(&config, &id());
+        file.edit(|g| g.add_sample("ann", sample([1.0, 0.0, 0.0])))
+            .unwrap();
+        assert_eq!(file.load().unwrap().people().len(), 1);
+        config.mqtt.url = Some("mqtt://127.0.0.1:1883".into());
+        config.mqtt.gallery_public_key = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into();
+        let following = GalleryFile::of(&config, &id());
+        let err = following.edit(|g| g.remove("ann")).unwrap_err();
+        assert!(err.to_string().contains("facegate/gallery"), "{err}");
+        assert!(err.to_string().contains("export --sign"), "{err}");
+        assert_eq!(
+            following.load().unwrap().people().len(),
+            1,
+            "nothing changed"
+        );
+    }
+
+    #[test]
+    fn concurrent_edits_under_the_lock_lose_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::config::Config {
+            state_dir: dir.path().to_path_buf(),
+            ..crate::config::Config::default()
+        };
+        std::thread::scope(|scope| {
+            for t in 0..4 {
+                let config = &config;
+                scope.spawn(move || {
+                    let file = GalleryFile::of(config, &id());
+                    for n in 0..10 {
+                        file.edit(|g| g.add_sample(&format!("p{t}-{n}"), sample([1.0, 0.0, 0.0])))
+                            .unwrap();
+                    }
+                });
+            }
+        });
+        let file = GalleryFile::of(&config, &id());
+        assert_eq!(file.load().unwrap().people().len(), 40);
     }
 }

@@ -245,8 +245,8 @@ pub fn highest_accepted(state: &Path) -> Result<u64, BundleError> {
 
 /// Loads an export into the gallery file at `path` if it passes [`open`], is valid at `now`, and is
 /// not older than what the door holds or ever accepted (recorded in `state`); returns it, or `None`
-/// when the file already holds this one. The state is written before the gallery, both atomically;
-/// a running daemon reloads the gallery.
+/// when the file already holds this one. The state is written before the gallery, both atomically and
+/// under the gallery's lock; a running daemon reloads the gallery.
 pub fn import_into(
     bytes: &[u8],
     key: Option<&VerifyingKey>,
@@ -257,6 +257,7 @@ pub fn import_into(
     now: DateTime<Utc>,
 ) -> Result<Option<Opened>, BundleError> {
     let opened = open(bytes, key, wanted, origin)?;
+    let _lock = crate::gallery::lock(path)?;
     let current = Gallery::load(path, wanted)?;
     if !should_load(
         current.sequence(),
@@ -586,6 +587,35 @@ mod tests {
             matches!(door.import(&new, NOW), Err(BundleError::DoorState { .. })),
             "a damaged state refuses rather than forgets"
         );
+    }
+
+    #[test]
+    fn a_signed_bundle_carries_permissions_and_groups() {
+        use crate::permission::{Permissions, WeeklyHours};
+        let mut g = gallery();
+        let hours = WeeklyHours::parse("mon-fri 18:00-22:00").unwrap();
+        g.set_group("cleaners", hours.clone()).unwrap();
+        let permissions = Permissions {
+            valid_until: Some(jiff::civil::date(2026, 12, 31)),
+            suspended: true,
+            groups: vec!["cleaners".into()],
+            ..Permissions::default()
+        };
+        g.set_permissions("ann", permissions.clone()).unwrap();
+        let building = key(3);
+        let bytes = sign(&export(&g, 5, "t", Some(VALID_UNTIL)), &building);
+        let opened = open(
+            &bytes,
+            Some(&building.verifying_key()),
+            &id("test"),
+            Path::new("x"),
+        )
+        .unwrap();
+        assert_eq!(
+            opened.gallery.person("ann").unwrap().permissions,
+            permissions
+        );
+        assert_eq!(opened.gallery.groups()["cleaners"].schedule, hours);
     }
 
     #[test]

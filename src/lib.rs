@@ -28,6 +28,7 @@ pub mod logging;
 pub mod metrics;
 pub mod models;
 pub mod mqtt;
+pub mod permission;
 pub mod ratelimit;
 pub mod recognition;
 pub mod record;

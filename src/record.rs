@@ -164,6 +164,9 @@ pub struct DecisionRecord {
     pub reason: Option<&'static str>,
     /// For a `paused` answer: when the door is ready for the next frame.
     pub retry_after_ms: Option<u64>,
+    /// For `not_allowed`: when access resumes, local time with its offset (`2026-03-02T07:00:00+09:00`);
+    /// absent when it does not resume by itself.
+    pub resumes_at: Option<String>,
 }
 
 impl DecisionRecord {
@@ -187,6 +190,7 @@ impl DecisionRecord {
             code: None,
             reason: None,
             retry_after_ms: None,
+            resumes_at: None,
         }
     }
 
@@ -261,6 +265,12 @@ impl DecisionRecord {
         }
         if let Some(ms) = self.retry_after_ms {
             fields.insert("retry_after_ms".into(), json!(ms));
+        }
+        if self.status == Status::NotAllowed {
+            fields.insert("reason".into(), json!(self.reason));
+            if let Some(at) = &self.resumes_at {
+                fields.insert("resumes_at".into(), json!(at));
+            }
         }
         if let Some(recognised) = &self.recognised {
             fields.insert("identity".into(), json!(recognised.identity));
@@ -346,6 +356,13 @@ impl DecisionRecord {
         }
         if let Some(ms) = self.retry_after_ms {
             line += &format!(" retry_after_ms={ms}");
+        }
+        if self.status == Status::NotAllowed {
+            line += &format!(
+                " reason={} resumes_at={}",
+                self.reason.unwrap_or("-"),
+                self.resumes_at.as_deref().unwrap_or("-")
+            );
         }
         if let Some(message) = self.message.as_ref().filter(|_| self.refusal.is_none()) {
             line += &format!(" message={message:?}");

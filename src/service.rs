@@ -26,6 +26,7 @@ use crate::gallery::{Gallery, LiveGallery};
 use crate::gallery_bundle;
 use crate::metrics::Metrics;
 use crate::mqtt::Remote;
+use crate::permission::{self, Access, Denial, Reason};
 use crate::ratelimit::RateLimitedLog;
 use crate::recognition::{recognize_image, Recognition, RecognitionError};
 use crate::record::{
@@ -56,6 +57,9 @@ pub(crate) struct Service {
     pub remote: Arc<Remote>,
     /// Each tablet's streak of grants (`door.confirm_frames`): the one recognition state across requests.
     confirmations: Mutex<Confirmations>,
+    /// `timezone`: the local time permissions and codes are judged in.
+    zone: jiff::tz::TimeZone,
+    code_hours: Option<permission::WeeklyHours>,
 }
 
 /// The tablet's confirmation a frame is judged within.
@@ -119,6 +123,9 @@ impl Service {
         remote: Arc<Remote>,
     ) -> Service {
         Service {
+            // Both were checked when the config was loaded.
+            zone: config.time_zone().unwrap_or(jiff::tz::TimeZone::UTC),
+            code_hours: config.code_hours().ok().flatten(),
             events: EventRing::new(config.http.events_kept),
             freshness: FreshnessRules::of(&config.door),
             confirmations: Mutex::new(Confirmations::new(
@@ -316,10 +323,21 @@ impl Service {
         let now = Instant::now();
         // Without a peer address (not on TCP), every such client shares one lockout.
         let address = remote.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
-        let today = chrono::Local::now().date_naive();
-        let verdict = self
-            .codes
-            .check(address, &post.code, today, now, freshness.is_fresh_at(now));
+        let local = jiff::Timestamp::now().to_zoned(self.zone.clone());
+        // Outside `codes.hours` no code is looked at (nor consumed, nor counted as a failure).
+        if let Some(denial) = self.code_hours_denial(&local) {
+            record.status = Status::NotAllowed;
+            explain_denial(&mut record, denial, &self.zone);
+            record.code = Some(CodeCheck::default());
+            return self.conclude(record);
+        }
+        let verdict = self.codes.check(
+            address,
+            &post.code,
+            permission::chrono_date(local.date()),
+            now,
+            freshness.is_fresh_at(now),
+        );
         let mut check = CodeCheck::default();
         let snapshot_reason = match verdict {
             Ok(Verdict::Granted(matched)) => {
@@ -486,6 +504,7 @@ impl Service {
         let judged = judge(
             recognizer,
             &self.gallery.current(),
+            &self.zone,
             self.threshold,
             self.config.liveness.threshold,
             &image,
@@ -540,6 +559,19 @@ impl Service {
             self.conclude_with_snapshot(record, image.into_bytes(), ext, reason)
         } else {
             self.conclude(record)
+        }
+    }
+
+    /// Why codes are not accepted at `local`, when `codes.hours` says so.
+    fn code_hours_denial(&self, local: &jiff::Zoned) -> Option<Denial> {
+        let hours = self.code_hours.as_ref()?;
+        let only_hours = permission::Permissions {
+            schedule: Some(hours.clone()),
+            ..permission::Permissions::default()
+        };
+        match permission::access_at(&only_hours, &permission::Groups::new(), local) {
+            Access::Allowed => None,
+            Access::Denied(denial) => Some(denial),
         }
     }
 
@@ -671,6 +703,7 @@ impl Service {
 pub fn judge(
     recognizer: &mut Recognizer,
     gallery: &Gallery,
+    zone: &jiff::tz::TimeZone,
     threshold: f32,
     liveness_threshold: f32,
     image: &CheckedImage,
@@ -702,10 +735,21 @@ pub fn judge(
             }
         }
     });
+    let access = match &outcome {
+        Outcome::Recognised(m) => {
+            let local = jiff::Timestamp::now().to_zoned(zone.clone());
+            // Matched in this very gallery, so always enrolled.
+            gallery
+                .access_at(&m.name, &local)
+                .unwrap_or(Access::Allowed)
+        }
+        _ => Access::Allowed,
+    };
     let checks = Checks {
         liveness,
         liveness_threshold,
         tally,
+        access,
     };
     let decision = decide_with(&outcome, &checks, freshness, now);
     record.status = decision.status;
@@ -713,6 +757,9 @@ pub fn judge(
         .stale
         .map(|cause| cause.message(rules))
         .or_else(|| reading.and_then(too_small_message));
+    if let Some(denial) = decision.denial {
+        explain_denial(record, denial, zone);
+    }
     if decision.confirming.is_some() {
         record.door = "confirming";
     }
@@ -729,6 +776,29 @@ pub fn judge(
         confirming: decision.confirming,
     });
     Ok(decision)
+}
+
+/// A `not_allowed` record: its reason, when access resumes (local time) and the sentence for the tablet.
+fn explain_denial(record: &mut DecisionRecord, denial: Denial, zone: &jiff::tz::TimeZone) {
+    record.reason = Some(denial.reason.as_str());
+    let resumes = denial.resumes_at.map(|at| at.to_zoned(zone.clone()));
+    record.resumes_at = resumes
+        .as_ref()
+        .map(|at| at.strftime("%Y-%m-%dT%H:%M:%S%:z").to_string());
+    record.message = Some(match (&resumes, denial.reason) {
+        (Some(at), _) => format!(
+            "{}; access resumes {}",
+            denial.reason.message(),
+            at.strftime("%a %Y-%m-%d %H:%M")
+        ),
+        (None, Reason::OutsideSchedule | Reason::NotYetValid) => {
+            format!(
+                "{}; no hours ahead: ask the building admin",
+                denial.reason.message()
+            )
+        }
+        (None, _) => denial.reason.message().to_string(),
+    });
 }
 
 /// The tablet's message for a face liveness could not judge.

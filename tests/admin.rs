@@ -13,7 +13,8 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 
 use harness::{
-    bearer, photo, wait_for, Daemon, Reply, Setup, GRANTED_PHOTO, NO_FACE_PHOTO, STRANGER_PHOTO,
+    bearer, photo, seoul_window, wait_for, Daemon, Reply, Setup, GRANTED_PHOTO, NO_FACE_PHOTO,
+    SEOUL, STRANGER_PHOTO,
 };
 
 const PASSWORD: &str = "door-admin-secret";
@@ -708,6 +709,120 @@ fn over_tls_the_session_cookie_is_secure() {
     for attribute in ["HttpOnly", "SameSite=Strict", "Secure"] {
         assert!(session.contains(attribute), "{session} lacks {attribute}");
     }
+}
+
+#[test]
+fn the_people_page_edits_a_persons_hours_groups_and_suspension() {
+    let daemon = admin_daemon(Setup::new().set("timezone", SEOUL));
+    let mut browser = Browser::new(&daemon);
+    redirects_to(&browser.sign_in(PASSWORD), "/admin/");
+    let page = browser.get("/admin/people");
+    let token = csrf(&page);
+    assert!(html(&page).contains("local time in Asia/Seoul"));
+
+    // A malformed spec is refused with the part that is wrong, and nothing is saved.
+    let refused = browser.post(
+        "/admin/people/access",
+        &[
+            ("csrf", &token),
+            ("name", "obama"),
+            ("schedule", "mon-fri 07:00-19:99"),
+        ],
+    );
+    redirects_to(&refused, "/admin/people");
+    let shown = html(&browser.get("/admin/people"));
+    assert!(shown.contains("`19:99`"), "{shown}");
+    assert!(
+        !std::fs::read_to_string(daemon.state_dir().join("gallery.json"))
+            .unwrap()
+            .contains("permissions")
+    );
+    let forged = browser.post(
+        "/admin/people/access",
+        &[("name", "obama"), ("suspended", "1")],
+    );
+    assert_eq!(forged.status, 403, "{}", forged.text());
+
+    // Hours that start two hours from now: saved (Post/Redirect/Get), shown, and in force at the door.
+    let later = chrono::Utc::now() + chrono::Duration::hours(2);
+    let spec = seoul_window(later, 60);
+    let saved = browser.post(
+        "/admin/people/access",
+        &[
+            ("csrf", &token),
+            ("name", "obama"),
+            ("valid_from", ""),
+            ("valid_until", "2099-12-31"),
+            ("schedule", &spec),
+            ("groups", ""),
+        ],
+    );
+    redirects_to(&saved, "/admin/people");
+    let shown = html(&browser.get("/admin/people"));
+    assert!(shown.contains("Saved the access of obama."), "{shown}");
+    assert!(shown.contains(&format!("value=\"{spec}\"")), "{shown}");
+    assert!(
+        shown.contains("Not allowed now (outside_schedule) until"),
+        "{shown}"
+    );
+    let answer = wait_for("the page's hours at the door", || {
+        let answer = tablet_frame(&daemon, &photo(GRANTED_PHOTO));
+        (answer["status"] == "not_allowed").then_some(answer)
+    });
+    assert_eq!(answer["reason"], "outside_schedule", "{answer}");
+    assert_eq!(answer["door"], "locked", "{answer}");
+
+    // A group with hours around now, the person's own hours cleared, then a suspension.
+    let group = browser.post(
+        "/admin/groups/set",
+        &[
+            ("csrf", &token),
+            ("group", "staff"),
+            (
+                "schedule",
+                &seoul_window(chrono::Utc::now() - chrono::Duration::hours(1), 180),
+            ),
+        ],
+    );
+    redirects_to(&group, "/admin/people");
+    let suspended = browser.post(
+        "/admin/people/access",
+        &[
+            ("csrf", &token),
+            ("name", "obama"),
+            ("schedule", ""),
+            ("groups", "staff"),
+            ("suspended", "1"),
+        ],
+    );
+    redirects_to(&suspended, "/admin/people");
+    let shown = html(&browser.get("/admin/people"));
+    assert!(shown.contains("Not allowed now (suspended)."), "{shown}");
+    assert!(shown.contains("data-group=\"staff\""), "{shown}");
+    wait_for("the suspension at the door", || {
+        let answer = tablet_frame(&daemon, &photo(GRANTED_PHOTO));
+        (answer["reason"] == "suspended").then_some(())
+    });
+    let audit = audit_lines(&daemon);
+    assert!(
+        audit.iter().any(|l| l["action"] == "set_access"
+            && l["identity"] == "obama"
+            && l["suspended"] == true),
+        "{audit:?}"
+    );
+
+    // The dashboard counts today's refusals.
+    wait_for("not_allowed on the dashboard", || {
+        let page = html(&browser.get("/admin/"));
+        let count = page
+            .split("id=\"count-not-allowed\">")
+            .nth(1)?
+            .split('<')
+            .next()?
+            .parse::<usize>()
+            .ok()?;
+        (count >= 2).then_some(())
+    });
 }
 
 #[test]

@@ -56,6 +56,7 @@ fn judge_photo(
     let decision = judge(
         recognizer,
         gallery,
+        &jiff::tz::TimeZone::UTC,
         engine.threshold,
         engine.config.liveness.threshold,
         &image,

@@ -968,6 +968,33 @@ fn door_input_events_reach_the_broker_and_the_exit_button_opens_in_a_lockdown() 
     });
 }
 
+/// The building's visitor code budget spent: the alarm reaches the broker once, as an event naming
+/// the request that spent it.
+#[test]
+fn the_code_entry_alarm_reaches_the_broker() {
+    let broker = Broker::start();
+    let watch = broker.watch(&["facegate/#"]);
+    let daemon = mqtt_setup(&broker, "front")
+        .set("codes.max_failures", 2)
+        .set("codes.building_max_failures", 2)
+        .serve();
+    assert_eq!(
+        wait_for("online", || broker.retained("facegate/front/availability")),
+        "online"
+    );
+    let mut spent = Value::Null;
+    for status in [200, 429] {
+        let reply = daemon.post("/code", br#"{"code": "000000"}"#);
+        assert_eq!(reply.status, status, "{}", reply.text());
+        spent = reply.json();
+    }
+    let alarm = watch.wait_json("facegate/front/event", "the code entry alarm", |e| {
+        e["kind"] == "alarm"
+    });
+    assert_eq!(alarm["alarm"], "code_entry_paused", "{alarm}");
+    assert_eq!(alarm["request_id"], spent["request_id"], "{alarm}");
+}
+
 #[test]
 fn check_config_does_not_print_the_broker_password_or_the_command_secret() {
     let setup = Setup::new()

@@ -179,13 +179,15 @@ fn read_day(path: &Path, filter: &Filter) -> Vec<Entry> {
         .collect()
 }
 
-/// Today's decisions by outcome; `codes` counts visitor codes that opened the door.
+/// Today's decisions by outcome; `codes` counts visitor codes that opened the door, `not_allowed`
+/// people (or codes) refused for their dates, hours or suspension.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Counts {
     pub granted: usize,
     pub unknown: usize,
     pub spoof: usize,
     pub codes: usize,
+    pub not_allowed: usize,
     pub other: usize,
 }
 
@@ -197,6 +199,7 @@ pub fn count(entries: &[Entry]) -> Counts {
             (_, "granted") => counts.granted += 1,
             (_, "unknown") => counts.unknown += 1,
             (_, "spoof") => counts.spoof += 1,
+            (_, "not_allowed") => counts.not_allowed += 1,
             _ => counts.other += 1,
         }
     }

@@ -143,6 +143,8 @@ pub(crate) struct AdminContext {
     pub next_id: Box<dyn Fn() -> String + Send + Sync>,
     /// Cookies get `Secure` when the daemon serves TLS.
     pub secure_cookies: bool,
+    /// The PEM certificate a tablet installs to trust the door, when the daemon serves TLS.
+    pub tablet_certificate: Option<Box<dyn Fn() -> Result<String, String> + Send + Sync>>,
 }
 
 /// What a form that changed something leaves for the page it redirects to (Post/Redirect/Get): a
@@ -163,8 +165,6 @@ pub(crate) struct Admin {
     logins: Mutex<Lockouts>,
     /// Loaded at the first enrolment from the page, then kept.
     recognizer: Mutex<Option<Recognizer>>,
-    /// Serialises the page's read-modify-write of the gallery file.
-    gallery_edit: Mutex<()>,
 }
 
 /// A signed-in request: the session's secret and CSRF token.
@@ -187,7 +187,6 @@ impl Admin {
             password_seen,
             logins: Mutex::new(Lockouts::with_capacity(LOGIN_RULES, LOGIN_ADDRESSES)),
             recognizer: Mutex::new(None),
-            gallery_edit: Mutex::new(()),
         }
     }
 
@@ -445,6 +444,8 @@ impl Admin {
             "/admin/people/add" => self.enrol(session, &fields, &uploads, &peer),
             "/admin/people/remove" => self.remove_person(session, &fields, &peer),
             "/admin/people/remove-sample" => self.remove_sample(session, &fields, &peer),
+            "/admin/people/access" => self.set_access(session, &fields, &peer),
+            "/admin/groups/set" => self.set_group(session, &fields, &peer),
             "/admin/door/pulse" => self.pulse(session, &peer),
             "/admin/door/acknowledge" => self.acknowledge_alarm(&fields, &peer),
             "/admin/codes/generate" => self.generate_codes(session, &fields, &peer),

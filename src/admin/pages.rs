@@ -70,6 +70,7 @@ pub struct Counts {
     pub unknown: usize,
     pub spoof: usize,
     pub codes: usize,
+    pub not_allowed: usize,
 }
 
 #[derive(Template)]
@@ -103,6 +104,26 @@ pub struct SampleView {
 pub struct PersonView {
     pub name: String,
     pub samples: Vec<SampleView>,
+    pub access: AccessView,
+}
+
+/// A person's permissions as the form shows them, and what they mean right now.
+pub struct AccessView {
+    pub valid_from: String,
+    pub valid_until: String,
+    pub schedule: String,
+    pub suspended: bool,
+    /// Comma-separated.
+    pub groups: String,
+    /// `allowed now`, or why not and until when.
+    pub now: String,
+    pub allowed: bool,
+}
+
+pub struct GroupView {
+    pub name: String,
+    pub schedule: String,
+    pub members: usize,
 }
 
 pub struct VerdictView {
@@ -122,6 +143,9 @@ pub struct EnrolResult {
 pub struct People {
     pub chrome: Chrome,
     pub people: Vec<PersonView>,
+    pub groups: Vec<GroupView>,
+    /// The configured `timezone`, which hours and dates are in.
+    pub zone: String,
     pub result: Option<EnrolResult>,
 }
 

@@ -16,7 +16,8 @@ use super::pages::{self, Notice};
 use super::{Admin, AdminResponse, Session};
 use crate::door::{DoorReport, OpenCause, OpenRequest};
 use crate::enrollment::{self, Candidate, EnrolmentError, Verdict};
-use crate::gallery::{Gallery, GalleryError, Sample};
+use crate::gallery::{Gallery, GalleryError, GalleryFile, Sample};
+use crate::permission::{self, Access, Groups, Permissions, WeeklyHours};
 
 /// Where the people forms redirect to.
 const PEOPLE: &str = "/admin/people";
@@ -25,8 +26,9 @@ const PAGE_SIZE: usize = 50;
 /// Height of the decision thumbnails made from snapshots.
 const SNAPSHOT_THUMB_HEIGHT: i32 = 96;
 /// Statuses the events filter offers.
-const STATUSES: [&str; 16] = [
+const STATUSES: [&str; 17] = [
     "granted",
+    "not_allowed",
     "unknown",
     "no_face",
     "stale",
@@ -44,6 +46,73 @@ const STATUSES: [&str; 16] = [
     "login_failed",
 ];
 
+/// A person's permissions from the people page's form: empty fields clear, the checkbox suspends.
+fn permissions_from_form(fields: &Fields) -> Result<Permissions, String> {
+    let day = |key: &str| {
+        fields
+            .get(key)
+            .map(str::trim)
+            .filter(|text| !text.is_empty())
+            .map(permission::parse_date)
+            .transpose()
+    };
+    let schedule = fields
+        .get("schedule")
+        .map(str::trim)
+        .filter(|text| !text.is_empty())
+        .map(WeeklyHours::parse)
+        .transpose()
+        .map_err(|err| err.to_string())?;
+    Ok(Permissions {
+        valid_from: day("valid_from")?,
+        valid_until: day("valid_until")?,
+        schedule,
+        suspended: fields.get("suspended").is_some(),
+        groups: fields
+            .get("groups")
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|g| !g.is_empty())
+            .map(String::from)
+            .collect(),
+    })
+}
+
+/// The form's values and what they mean at `now`.
+fn access_view(permissions: &Permissions, groups: &Groups, now: &jiff::Zoned) -> pages::AccessView {
+    let day = |d: Option<jiff::civil::Date>| d.map(|d| d.to_string()).unwrap_or_default();
+    let (allowed, text) = match permission::access_at(permissions, groups, now) {
+        Access::Allowed => (true, "Allowed now.".to_string()),
+        Access::Denied(denial) => {
+            let until = denial.resumes_at.map_or(String::new(), |at| {
+                format!(
+                    " until {}",
+                    at.to_zoned(now.time_zone().clone())
+                        .strftime("%a %Y-%m-%d %H:%M")
+                )
+            });
+            (
+                false,
+                format!("Not allowed now ({}){until}.", denial.reason.as_str()),
+            )
+        }
+    };
+    pages::AccessView {
+        valid_from: day(permissions.valid_from),
+        valid_until: day(permissions.valid_until),
+        schedule: permissions
+            .schedule
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        suspended: permissions.suspended,
+        groups: permissions.groups.join(", "),
+        now: text,
+        allowed,
+    }
+}
+
 /// What names one sample on the page: its thumbnail file, else its source file name.
 fn sample_key(sample: &Sample) -> &str {
     sample.thumbnail.as_deref().unwrap_or(&sample.source)
@@ -52,7 +121,7 @@ fn sample_key(sample: &Sample) -> &str {
 fn badge(status: &str) -> &'static str {
     match status {
         "granted" | "opened" | "unlocked" | "login" => "ok",
-        "unknown" | "spoof" | "denied" | "locked_out" | "login_failed" => "bad",
+        "unknown" | "spoof" | "denied" | "locked_out" | "login_failed" | "not_allowed" => "bad",
         "no_face" | "stale" | "busy" => "warn",
         _ => "",
     }
@@ -194,8 +263,12 @@ impl Admin {
         })
     }
 
+    fn gallery_file(&self) -> GalleryFile {
+        GalleryFile::of(&self.ctx.config, &self.ctx.embedder)
+    }
+
     fn gallery(&self) -> Result<Gallery, GalleryError> {
-        Gallery::load(&self.ctx.config.gallery_path(), &self.ctx.embedder)
+        self.gallery_file().load()
     }
 
     fn thumbnail_dir(&self) -> PathBuf {
@@ -287,6 +360,7 @@ impl Admin {
                 unknown: counted.unknown,
                 spoof: counted.spoof,
                 codes: counted.codes,
+                not_allowed: counted.not_allowed,
             },
             decisions: self.rows(&latest),
         };
@@ -301,11 +375,33 @@ impl Admin {
     ) -> AdminResponse {
         let mut chrome = self.chrome(Some(session), "people");
         let thumbnails = self.thumbnail_dir();
-        let people = match self.gallery() {
+        let zone = self.zone();
+        let now = jiff::Timestamp::now().to_zoned(zone.clone());
+        let gallery = self.gallery();
+        let groups = gallery.as_ref().map_or_else(
+            |_| Vec::new(),
+            |gallery| {
+                gallery
+                    .groups()
+                    .iter()
+                    .map(|(name, group)| pages::GroupView {
+                        name: name.clone(),
+                        schedule: group.schedule.to_string(),
+                        members: gallery
+                            .people()
+                            .iter()
+                            .filter(|p| p.permissions.groups.contains(name))
+                            .count(),
+                    })
+                    .collect()
+            },
+        );
+        let people = match &gallery {
             Ok(gallery) => gallery
                 .people()
                 .iter()
                 .map(|person| pages::PersonView {
+                    access: access_view(&person.permissions, gallery.groups(), &now),
                     name: person.name.clone(),
                     samples: person
                         .samples
@@ -336,6 +432,8 @@ impl Admin {
         let page = pages::People {
             chrome,
             people,
+            groups,
+            zone: zone.iana_name().unwrap_or("the system's zone").to_string(),
             result,
         };
         AdminResponse::page(200, &page)
@@ -376,7 +474,13 @@ impl Admin {
                 bytes: &u.bytes,
             })
             .collect();
-        let _editing = self.gallery_edit.lock().unwrap_or_else(|p| p.into_inner());
+        // Held until the enrolment is saved, so that no other change to the gallery is lost.
+        let _editing = match self.gallery_file().lock_for_edit() {
+            Ok(lock) => lock,
+            Err(err) => {
+                return self.after_post(session, PEOPLE, Notice::bad(err.to_string()), None)
+            }
+        };
         let mut gallery = match self.gallery() {
             Ok(gallery) => gallery,
             Err(err) => {
@@ -482,11 +586,83 @@ impl Admin {
         &self,
         edit: impl FnOnce(&mut Gallery) -> Result<T, GalleryError>,
     ) -> Result<T, GalleryError> {
-        let _editing = self.gallery_edit.lock().unwrap_or_else(|p| p.into_inner());
-        let mut gallery = self.gallery()?;
-        let done = edit(&mut gallery)?;
-        gallery.save(&self.ctx.config.gallery_path())?;
-        Ok(done)
+        self.gallery_file().edit(edit)
+    }
+
+    /// The configured `timezone` (checked when the config was loaded).
+    fn zone(&self) -> jiff::tz::TimeZone {
+        self.ctx
+            .config
+            .time_zone()
+            .unwrap_or(jiff::tz::TimeZone::UTC)
+    }
+
+    /// POST /admin/people/access: a person's dates, hours, groups and suspension, all at once.
+    pub(super) fn set_access(
+        &self,
+        session: &Session,
+        fields: &Fields,
+        peer: &str,
+    ) -> AdminResponse {
+        let name = fields.get("name").unwrap_or_default();
+        let permissions = match permissions_from_form(fields) {
+            Ok(permissions) => permissions,
+            Err(problem) => {
+                return self.after_post(
+                    session,
+                    PEOPLE,
+                    Notice::bad(format!("{name}: {problem}")),
+                    None,
+                )
+            }
+        };
+        let summary = json!({
+            "action": "set_access",
+            "identity": name,
+            "valid_from": permissions.valid_from,
+            "valid_until": permissions.valid_until,
+            "schedule": permissions.schedule,
+            "suspended": permissions.suspended,
+            "groups": permissions.groups,
+            "remote": peer,
+        });
+        match self.edit_gallery(|g| g.set_permissions(name, permissions)) {
+            Ok(()) => {
+                log::info!("admin changed the access of {name:?}");
+                self.audit(summary);
+                let saved = Notice::ok(format!("Saved the access of {name}."));
+                self.after_post(session, PEOPLE, saved, None)
+            }
+            Err(err) => self.after_post(session, PEOPLE, Notice::bad(err.to_string()), None),
+        }
+    }
+
+    /// POST /admin/groups/set: creates a group or changes its hours.
+    pub(super) fn set_group(
+        &self,
+        session: &Session,
+        fields: &Fields,
+        peer: &str,
+    ) -> AdminResponse {
+        let name = fields.get("group").unwrap_or_default().trim();
+        let schedule = match WeeklyHours::parse(fields.get("schedule").unwrap_or_default()) {
+            Ok(schedule) => schedule,
+            Err(err) => {
+                return self.after_post(session, PEOPLE, Notice::bad(err.to_string()), None)
+            }
+        };
+        let spec = schedule.to_string();
+        match self.edit_gallery(|g| g.set_group(name, schedule)) {
+            Ok(()) => {
+                log::info!("admin set the group {name:?} to {spec:?}");
+                self.audit(
+                    json!({"action": "set_group", "group": name, "schedule": spec, "remote": peer}),
+                );
+                let saved = Notice::ok(format!("Saved the group {name}."));
+                self.after_post(session, PEOPLE, saved, None)
+            }
+            Err(err) => self.after_post(session, PEOPLE, Notice::bad(err.to_string()), None),
+        }
     }
 
     pub(super) fn remove_person(

@@ -118,24 +118,16 @@ impl Admin {
 
     /// GET /admin/tablets/facegate-door.crt: the certificate a tablet installs (a CA certificate).
     pub(super) fn tablet_certificate(&self, session: &Session) -> AdminResponse {
-        let config = &self.ctx.config;
-        if !config.http.tls.enabled {
+        let Some(certificate) = &self.ctx.tablet_certificate else {
             return self.not_found(session);
-        }
-        let files = crate::front::tls::TlsFiles::of(config);
-        match files.trust_pem() {
+        };
+        match certificate() {
             Ok(pem) => AdminResponse::new(200, "application/x-x509-ca-cert", pem.into_bytes())
                 .with(
                     "Content-Disposition",
                     "attachment; filename=\"facegate-door.crt\"",
                 ),
-            Err(err) => self.message(
-                Some(session),
-                500,
-                "No certificate",
-                &err.to_string(),
-                TABLETS,
-            ),
+            Err(err) => self.message(Some(session), 500, "No certificate", &err, TABLETS),
         }
     }
 }

@@ -221,13 +221,8 @@ fn exchange(
     let body = match incoming.read_body(framing, settings.max_body_bytes, body_deadline) {
         Ok(body) => body,
         Err(err) => {
+            // Logged and audited in the summary of what the front refused from this address.
             let refusal = refusal_for_body(err, settings).counted_as(&head);
-            log::info!(
-                "request from {peer} refused at the front: error={} http={} message={:?}",
-                refusal.error,
-                refusal.code,
-                refusal.message
-            );
             refuse(incoming, shared, refusal);
             return Next::Close;
         }
@@ -325,6 +320,9 @@ fn route_label(route: Route) -> &'static str {
 pub trait Refusals: Send + Sync {
     /// The next request id, from the same sequence as the requests tiny_http handles.
     fn request_id(&self) -> String;
+    /// Any other refusal (a head that is not HTTP, no token for `/metrics`, a path that does not
+    /// exist, ...): counted into the summary of what was refused from `peer`, never a line each.
+    fn summarise(&self, request_id: &str, error: &'static str, peer: Option<std::net::IpAddr>);
     /// A refused frame post (`/image`, `/save`, `/code`) from `peer`, counted and summarised per
     /// address like every refusal before a worker: returns the answer's JSON, and the bookkeeping to
     /// run once the answer is sent.
@@ -560,6 +558,9 @@ fn refuse(incoming: &mut Incoming, shared: &Shared, refusal: Refusal) -> Next {
                     .metrics
                     .count_request(route_label(route), refusal.error);
             }
+            shared
+                .refusals
+                .summarise(&request_id, refusal.error, incoming.transport.peer_ip());
             let body = json!({
                 "request_id": request_id,
                 "status": "error",

@@ -211,7 +211,7 @@ impl MqttLink {
             let before = stats.clone();
             match record.status {
                 Status::Granted => stats.granted += 1,
-                Status::Unknown => stats.refused += 1,
+                Status::Unknown | Status::NotAllowed => stats.refused += 1,
                 _ => {}
             }
             if matches!(record.door, "opened" | "extended") {

@@ -445,6 +445,26 @@ fn read_journal(path: &Path) -> Vec<Actuation> {
         .collect()
 }
 
+/// A zone without daylight saving, so that permission tests can work out its local times with a fixed
+/// offset around the real current time.
+pub const SEOUL: &str = "Asia/Seoul";
+
+pub fn seoul(at: DateTime<Utc>) -> DateTime<chrono::FixedOffset> {
+    at.with_timezone(&chrono::FixedOffset::east_opt(9 * 3600).expect("UTC+9"))
+}
+
+/// Weekly hours of one window from `start` (Seoul time) lasting `minutes`, e.g. `thu 21:40-00:40`.
+pub fn seoul_window(start: DateTime<Utc>, minutes: i64) -> String {
+    let start = seoul(start);
+    let end = start + chrono::Duration::minutes(minutes);
+    format!(
+        "{} {}-{}",
+        start.format("%a").to_string().to_lowercase(),
+        start.format("%H:%M"),
+        end.format("%H:%M")
+    )
+}
+
 /// Polls `probe` until it returns `Some`, or fails the test after `WAIT_LIMIT`.
 pub fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + WAIT_LIMIT;
