@@ -107,6 +107,10 @@ pub struct FrameConfig {
     pub decode_target_side: u32,
 }
 
+/// The largest body a request without a valid credential may carry (the admin sign-in form needs far
+/// less); fixed, and counted against `http.max_body_bytes_in_flight` for each such connection.
+pub const BODY_BYTES_WITHOUT_CREDENTIAL: usize = 16 * 1024;
+
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
@@ -129,6 +133,12 @@ pub struct HttpConfig {
     pub events_kept: usize,
     /// Open connections at most; more are closed at once and counted in /metrics.
     pub max_connections: usize,
+    /// Of those, connections that have shown no valid credential (no tablet token, no admin session)
+    /// at most; they are evicted first. Below `max_connections`, so tablets always find room.
+    pub max_connections_without_credential: usize,
+    /// Bytes of request bodies held at the front at once, all connections together; a body that
+    /// does not fit is answered 503 with `Retry-After`.
+    pub max_body_bytes_in_flight: usize,
     /// From accept (TLS handshake included), or from a request's first byte, to the end of its head.
     pub head_timeout_ms: u64,
     /// An idle keep-alive connection is closed after this.
@@ -458,6 +468,8 @@ impl Default for HttpConfig {
             self_probe_interval_ms: 5_000,
             events_kept: 1_000,
             max_connections: 1_024,
+            max_connections_without_credential: 32,
+            max_body_bytes_in_flight: 48 * 1024 * 1024,
             head_timeout_ms: 5_000,
             idle_timeout_ms: 60_000,
             tls: TlsConfig::default(),
@@ -760,8 +772,25 @@ impl Config {
         if self.http.body_timeout_ms == 0 {
             return Err(invalid("http.body_timeout_ms", "must be above 0"));
         }
-        if self.http.max_connections == 0 {
-            return Err(invalid("http.max_connections", "must be at least 1"));
+        if self.http.max_connections < 2 {
+            return Err(invalid("http.max_connections", "must be at least 2"));
+        }
+        if self.http.max_connections_without_credential == 0
+            || self.http.max_connections_without_credential >= self.http.max_connections
+        {
+            return Err(invalid(
+                "http.max_connections_without_credential",
+                "must be at least 1 and below http.max_connections, so that tablets always find room",
+            ));
+        }
+        let strangers_bodies = self.http.max_connections_without_credential
+            * BODY_BYTES_WITHOUT_CREDENTIAL.min(self.http.max_body_bytes);
+        if self.http.max_body_bytes_in_flight < self.http.max_body_bytes + strangers_bodies {
+            return Err(invalid(
+                "http.max_body_bytes_in_flight",
+                "must hold one largest body (http.max_body_bytes) beside 16 KiB for each of \
+                 http.max_connections_without_credential, so that strangers never leave a tablet without room",
+            ));
         }
         if self.http.head_timeout_ms == 0 {
             return Err(invalid("http.head_timeout_ms", "must be above 0"));
@@ -1232,6 +1261,14 @@ mod tests {
             ),
             ("[http]\nqueue_depth = 0", "http.queue_depth"),
             ("[http]\nmax_connections = 0", "http.max_connections"),
+            (
+                "[http]\nmax_connections = 8\nmax_connections_without_credential = 8",
+                "http.max_connections_without_credential",
+            ),
+            (
+                "[http]\nmax_body_bytes_in_flight = 1000",
+                "http.max_body_bytes_in_flight",
+            ),
             ("[http.tls]\ncert = \"c.pem\"", "http.tls.cert"),
             (
                 "[recognition]\ncoarse_detect_side = 10",

@@ -446,14 +446,21 @@ fn serve(
         .enabled
         .then(|| spawn_admin(&service, &transport, &models, &embedder, threshold))
         .transpose()?;
+    let mut credentials = front::credentials::CredentialSet::new(transport.token.clone())
+        .with(tablets as Arc<dyn front::credentials::Credentials>);
+    if let Some(admin) = &admin {
+        credentials = credentials.with(Arc::clone(&admin.sessions));
+    }
+    let http_config = &service.config.http;
     let front_settings = front::Settings {
-        max_connections: service.config.http.max_connections,
-        head_timeout: Duration::from_millis(service.config.http.head_timeout_ms),
-        idle_timeout: Duration::from_millis(service.config.http.idle_timeout_ms),
-        body_timeout: Duration::from_millis(service.config.http.body_timeout_ms),
-        max_body_bytes: service.config.http.max_body_bytes,
-        token: transport.token.clone(),
-        tablets,
+        max_connections: http_config.max_connections,
+        max_connections_without_credential: http_config.max_connections_without_credential,
+        head_timeout: Duration::from_millis(http_config.head_timeout_ms),
+        idle_timeout: Duration::from_millis(http_config.idle_timeout_ms),
+        body_timeout: Duration::from_millis(http_config.body_timeout_ms),
+        max_body_bytes: http_config.max_body_bytes,
+        max_body_bytes_in_flight: http_config.max_body_bytes_in_flight,
+        credentials,
         backend,
         tls: tls.as_ref().map(|(server, _)| Arc::clone(server)),
     };
@@ -461,7 +468,7 @@ fn serve(
         service: Arc::downgrade(&service),
         transport: Arc::clone(&transport),
     });
-    front::start(
+    let probe_entrance = front::start(
         listener,
         front_settings,
         Arc::clone(&service.metrics),
@@ -485,9 +492,12 @@ fn serve(
     let probe_tls = tls.map(|(_, client)| client);
     let scheme = if probe_tls.is_some() { "https" } else { "http" };
     spawn_watchdog(
-        address,
+        SelfProbe {
+            address,
+            tls: probe_tls,
+            entrance: probe_entrance,
+        },
         Duration::from_millis(service.config.http.self_probe_interval_ms),
-        probe_tls,
         Arc::clone(stop),
     )?;
     log::info!(
@@ -505,7 +515,7 @@ fn serve(
                 &service,
                 &transport,
                 &jobs,
-                admin.as_ref().map(|(queue, _)| queue),
+                admin.as_ref().map(|admin| &admin.queue),
                 request,
             ),
             Ok(None) => {}
@@ -523,9 +533,9 @@ fn serve(
     for worker in worker_threads {
         let _ = worker.join();
     }
-    if let Some((queue, thread)) = admin {
-        drop(queue);
-        let _ = thread.join();
+    if let Some(admin) = admin {
+        drop(admin.queue);
+        let _ = admin.thread.join();
     }
     drop(service);
     if let Some(err) = accept_failure {
@@ -538,17 +548,21 @@ fn serve(
     Ok(())
 }
 
-/// The admin pages' thread and its queue.
+/// The admin pages' thread, its queue, and its sessions for the front's credential check.
+struct AdminThread {
+    queue: crossbeam_channel::Sender<tiny_http::Request>,
+    thread: JoinHandle<()>,
+    sessions: Arc<dyn front::credentials::Credentials>,
+}
+
+/// Starts the admin pages' thread.
 fn spawn_admin(
     service: &Arc<Service>,
     transport: &Arc<http::Transport>,
     models: &PipelineModels,
     embedder: &EmbedderId,
     threshold: f32,
-) -> Result<(
-    crossbeam_channel::Sender<tiny_http::Request>,
-    JoinHandle<()>,
-)> {
+) -> Result<AdminThread> {
     let for_health = Arc::downgrade(service);
     let for_ids = Arc::downgrade(transport);
     let admin = Arc::new(Admin::new(AdminContext {
@@ -577,10 +591,15 @@ fn spawn_admin(
     }));
     let (queue, requests) = crossbeam_channel::bounded(http::admin::QUEUE_DEPTH);
     let max_body_bytes = service.config.http.max_body_bytes;
+    let sessions: Arc<dyn front::credentials::Credentials> = admin.sessions();
     let thread = std::thread::Builder::new()
         .name("admin".into())
         .spawn(move || http::admin::run(admin, max_body_bytes, requests))?;
-    Ok((queue, thread))
+    Ok(AdminThread {
+        queue,
+        thread,
+        sessions,
+    })
 }
 
 /// Starts the snapshot writer thread (which opens the store itself, so a hung snapshot disk cannot
@@ -716,39 +735,64 @@ fn spawn_signal_thread(stop: Arc<StopFlags>) -> Result<()> {
     Ok(())
 }
 
-/// Asks our own port for /healthz, as the tablet would reach it (over TLS with `tls`).
-pub fn probe(
+/// The daemon's own client of its port.
+struct SelfProbe {
     address: SocketAddr,
+    /// Over TLS with the key pinned, when the daemon serves TLS.
+    tls: Option<Arc<rustls::ClientConfig>>,
+    entrance: front::ProbeEntrance,
+}
+
+impl SelfProbe {
+    /// Asks our own port for /healthz, as the tablet would reach it. The socket is bound before it
+    /// connects and its address handed to the front, which then lets it in ahead of every client.
+    fn probe(&self, timeout: Duration) -> bool {
+        let target = if self.address.ip().is_unspecified() {
+            SocketAddr::from(([127, 0, 0, 1], self.address.port()))
+        } else {
+            self.address
+        };
+        let attempt = || -> std::io::Result<bool> {
+            let socket = socket2::Socket::new(
+                socket2::Domain::for_address(target),
+                socket2::Type::STREAM,
+                Some(socket2::Protocol::TCP),
+            )?;
+            socket.bind(&SocketAddr::new(target.ip(), 0).into())?;
+            let from = socket
+                .local_addr()?
+                .as_socket()
+                .ok_or_else(|| std::io::Error::other("the bound address is not IP"))?;
+            self.entrance.expect(from);
+            socket.connect_timeout(&target.into(), timeout)?;
+            exchange_health(TcpStream::from(socket), timeout, self.tls.as_ref())
+        };
+        attempt().unwrap_or(false)
+    }
+}
+
+/// GET /healthz on `stream`: is the answer 200?
+fn exchange_health(
+    stream: TcpStream,
     timeout: Duration,
     tls: Option<&Arc<rustls::ClientConfig>>,
-) -> bool {
-    let target = if address.ip().is_unspecified() {
-        SocketAddr::from(([127, 0, 0, 1], address.port()))
-    } else {
-        address
+) -> std::io::Result<bool> {
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    let mut stream: Box<dyn ReadWrite> = match tls {
+        Some(config) => {
+            let name = rustls::pki_types::ServerName::try_from("facegate").expect("a valid name");
+            let connection = rustls::ClientConnection::new(Arc::clone(config), name)
+                .map_err(std::io::Error::other)?;
+            Box::new(rustls::StreamOwned::new(connection, stream))
+        }
+        None => Box::new(stream),
     };
-    let attempt = || -> std::io::Result<bool> {
-        let stream = TcpStream::connect_timeout(&target, timeout)?;
-        stream.set_read_timeout(Some(timeout))?;
-        stream.set_write_timeout(Some(timeout))?;
-        let mut stream: Box<dyn ReadWrite> = match tls {
-            Some(config) => {
-                let name =
-                    rustls::pki_types::ServerName::try_from("facegate").expect("a valid name");
-                let connection = rustls::ClientConnection::new(Arc::clone(config), name)
-                    .map_err(std::io::Error::other)?;
-                Box::new(rustls::StreamOwned::new(connection, stream))
-            }
-            None => Box::new(stream),
-        };
-        stream
-            .write_all(b"GET /healthz HTTP/1.1\r\nHost: facegate\r\nConnection: close\r\n\r\n")?;
-        stream.flush()?;
-        let mut head = [0u8; 12];
-        stream.read_exact(&mut head)?;
-        Ok(head.starts_with(b"HTTP/1.1 200") || head.starts_with(b"HTTP/1.0 200"))
-    };
-    attempt().unwrap_or(false)
+    stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: facegate\r\nConnection: close\r\n\r\n")?;
+    stream.flush()?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head)?;
+    Ok(head.starts_with(b"HTTP/1.1 200") || head.starts_with(b"HTTP/1.0 200"))
 }
 
 /// Raises the soft limit on open descriptors to the hard limit (at most 65536) and returns it.
@@ -783,12 +827,7 @@ impl<T: Read + Write> ReadWrite for T {}
 
 /// Feeds the systemd watchdog only while the port answers; after repeated probe failures, stops the
 /// daemon so that systemd starts a fresh one.
-fn spawn_watchdog(
-    address: SocketAddr,
-    interval: Duration,
-    tls: Option<Arc<rustls::ClientConfig>>,
-    stop: Arc<StopFlags>,
-) -> Result<()> {
+fn spawn_watchdog(probe: SelfProbe, interval: Duration, stop: Arc<StopFlags>) -> Result<()> {
     let mut watchdog_usec = 0;
     let watchdog = sd_notify::watchdog_enabled(false, &mut watchdog_usec);
     let interval = if watchdog {
@@ -800,14 +839,17 @@ fn spawn_watchdog(
         let mut failures = 0;
         while !stop.stopping() {
             std::thread::sleep(interval);
-            if probe(address, Duration::from_secs(2), tls.as_ref()) {
+            if probe.probe(Duration::from_secs(2)) {
                 failures = 0;
                 if watchdog {
                     let _ = sd_notify::notify(false, &[NotifyState::Watchdog]);
                 }
             } else {
                 failures += 1;
-                log::error!("self-probe of http://{address}/healthz failed ({failures} in a row)");
+                log::error!(
+                    "self-probe of http://{}/healthz failed ({failures} in a row)",
+                    probe.address
+                );
                 if failures >= PROBE_FAILURES_FATAL && !stop.stopping() {
                     log::error!("the daemon no longer answers on its own port: stopping so that it is restarted");
                     stop.fatal.store(true, Ordering::SeqCst);

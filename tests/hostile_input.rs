@@ -38,6 +38,9 @@ const DEFAULT_SEED: u64 = 0x00fa_ce9a_7e00_0005;
 const ANSWER_WAIT: Duration = Duration::from_secs(20);
 /// How long a client keeps trying to write a request the daemon no longer reads.
 const WRITE_WAIT: Duration = Duration::from_secs(3);
+/// How long something that should happen at once (an answer to /healthz, a descriptor let go, the
+/// relay moving) may take on a loaded machine before it counts as never happening.
+const HEALTH_WAIT: Duration = Duration::from_secs(30);
 const CLIENT_THREADS: usize = 2;
 /// Over TLS every n-th generated case is sent, to keep the run short; the cases are the same.
 const TLS_CASE_STRIDE: usize = 4;
@@ -1436,6 +1439,15 @@ fn judge(case: &Case, outcome: &Outcome) -> Result<&'static str, String> {
                 }
                 "505 JSON"
             }
+            // A failed-PIN snapshot the disk did not take within its 2 s (a loaded machine's disk):
+            // a clear answer about the disk, not about the input, and the door stays locked.
+            507 => {
+                let json = json.ok_or("507 with a body that is not JSON")?;
+                if json["error"] != "storage_unavailable" || json["door"] != "locked" {
+                    return Err(format!("507 without the storage error: {json}"));
+                }
+                "507 JSON (slow disk)"
+            }
             200 if case.may_be_decided => {
                 let json = json.ok_or("200 with a body that is not JSON")?;
                 let fair = matches!(
@@ -1639,7 +1651,7 @@ fn generated_hostile_requests(tls: bool, stride: usize) {
 
     assert_enrolled_face_is_granted(&daemon);
     // The relay thread journals the unlock after the answer has gone out.
-    let relay_deadline = Instant::now() + Duration::from_secs(10);
+    let relay_deadline = Instant::now() + HEALTH_WAIT;
     while !daemon
         .inner
         .journal()
@@ -1663,13 +1675,16 @@ fn generated_hostile_requests(tls: bool, stride: usize) {
         "the daemon panicked:\n{}",
         tail(&log, 60)
     );
+    // A failed-PIN snapshot that a loaded machine's disk did not take in time is answered 507 about
+    // the disk, which is fair; any other 5xx is a defect.
+    let server_errors: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" http=5") && !l.contains("error=storage_unavailable http=507"))
+        .collect();
     assert!(
-        !log.contains(" http=5"),
+        server_errors.is_empty(),
         "a hostile request was answered 5xx:\n{}",
-        log.lines()
-            .filter(|l| l.contains(" http=5"))
-            .collect::<Vec<_>>()
-            .join("\n")
+        server_errors.join("\n")
     );
 }
 
@@ -1879,7 +1894,7 @@ fn a_content_length_beyond_memory_does_not_abort_the_daemon() {
             "after one request declaring Content-Length: {declared} (it got {outcome:?})"
         ));
         assert!(
-            health_answers(&daemon.addr, Duration::from_secs(5)),
+            health_answers(&daemon.addr, HEALTH_WAIT),
             "/healthz is not answered after a request declaring Content-Length: {declared}"
         );
     }
@@ -1896,11 +1911,11 @@ fn a_client_that_declares_a_body_and_goes_silent_does_not_stall_the_others() {
         .write_all(b"POST /image HTTP/1.1\r\nHost: facegate\r\nContent-Length: 2000000\r\n\r\n")
         .expect("send headers");
     std::thread::sleep(Duration::from_millis(300));
-    let answered = health_answers(&daemon.addr, Duration::from_secs(5));
+    let answered = health_answers(&daemon.addr, HEALTH_WAIT);
     drop(silent);
     assert!(
         answered,
-        "/healthz got no answer within 5 s while one client held an unread, unauthorised body"
+        "/healthz got no answer within {HEALTH_WAIT:?} while one client held an unread, unauthorised body"
     );
 }
 
@@ -1987,19 +2002,23 @@ fn unsupported_http_version_is_answered(tls: bool) {
             &daemon.addr,
             request.as_bytes(),
             Delivery::WholeThenEof,
-            Duration::from_secs(5),
+            ANSWER_WAIT,
         );
         assert!(
             matches!(&outcome, Outcome::Answered(a) if a[0].0 == 505),
             "{version}: {outcome:?}"
         );
     }
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(
-        descriptors() <= before,
-        "the daemon holds {} descriptors after two answered requests, {before} before",
-        descriptors()
-    );
+    // The connection threads let go of their descriptors soon after answering; a leak never does.
+    let leak_limit = Instant::now() + HEALTH_WAIT;
+    while descriptors() > before {
+        assert!(
+            Instant::now() < leak_limit,
+            "the daemon holds {} descriptors after two answered requests, {before} before",
+            descriptors()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Raw images (not base64) damaged for the fuzz replay, besides the request bodies of the generated cases.

@@ -105,7 +105,8 @@ impl Kinds {
     }
 }
 
-/// Which lines a view wants. Dates are UTC days, both ends included.
+/// Which lines a view wants. Dates are local days in `zone` (the config's `timezone`), both ends
+/// included; the audit files are per UTC day, so a local day may span two of them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Filter {
     pub from: NaiveDate,
@@ -113,6 +114,7 @@ pub struct Filter {
     pub kinds: Kinds,
     pub status: Option<String>,
     pub person: Option<String>,
+    pub zone: jiff::tz::TimeZone,
 }
 
 impl Filter {
@@ -123,11 +125,17 @@ impl Filter {
             kinds,
             status: None,
             person: None,
+            zone: jiff::tz::TimeZone::UTC,
         }
     }
 
+    /// The same filter over local days in `zone`.
+    pub fn in_zone(self, zone: jiff::tz::TimeZone) -> Filter {
+        Filter { zone, ..self }
+    }
+
     fn wants(&self, entry: &Entry) -> bool {
-        let day = entry.ts.date_naive();
+        let day = local(&entry.ts, &self.zone).date();
         self.kinds.include(&entry.kind)
             && day >= self.from
             && day <= self.to
@@ -141,13 +149,30 @@ impl Filter {
     }
 }
 
+/// An audit time as wall-clock time in `zone`, for the admin's dates and times.
+pub fn local(ts: &DateTime<Utc>, zone: &jiff::tz::TimeZone) -> chrono::NaiveDateTime {
+    let civil = jiff::Timestamp::from_millisecond(ts.timestamp_millis())
+        .map(|at| at.to_zoned(zone.clone()).datetime())
+        .unwrap_or_default();
+    crate::permission::chrono_date(civil.date())
+        .and_hms_milli_opt(
+            u32::from(civil.hour() as u8),
+            u32::from(civil.minute() as u8),
+            u32::from(civil.second() as u8),
+            (civil.subsec_nanosecond() / 1_000_000) as u32,
+        )
+        .unwrap_or_default()
+}
+
 /// Matching lines, newest first, at most `limit`; `true` when more matched.
 pub fn read(audit_dir: &Path, filter: &Filter, limit: usize) -> (Vec<Entry>, bool) {
     let mut found = Vec::new();
     let mut more = false;
-    let mut day = filter.to;
+    // The UTC day files that hold the local days asked for: one more on each side.
+    let mut day = filter.to.succ_opt().unwrap_or(filter.to);
     let earliest = filter.to.checked_sub_days(Days::new(MAX_DAYS - 1));
     let first = earliest.map_or(filter.from, |earliest| filter.from.max(earliest));
+    let first = first.pred_opt().unwrap_or(first);
     while day >= first && !more {
         let mut of_day = read_day(&audit_dir.join(audit::file_name(day)), filter);
         of_day.reverse();
@@ -419,5 +444,36 @@ mod tests {
         ] {
             assert_eq!(snapshot(dir.path(), bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn local_days_in_the_configured_zone_span_two_utc_files() {
+        let dir = tempfile::tempdir().unwrap();
+        // 2026-03-02 in Seoul (UTC+9) runs from 03-01T15:00Z to 03-02T15:00Z.
+        write_day(
+            dir.path(),
+            "2026-03-01",
+            &[
+                r#"{"ts":"2026-03-01T14:59:59.000Z","kind":"decision","request_id":"before","status":"granted"}"#,
+                r#"{"ts":"2026-03-01T15:00:00.000Z","kind":"decision","request_id":"first","status":"not_allowed"}"#,
+            ],
+        );
+        write_day(
+            dir.path(),
+            "2026-03-02",
+            &[
+                r#"{"ts":"2026-03-02T14:59:59.000Z","kind":"decision","request_id":"last","status":"granted"}"#,
+                r#"{"ts":"2026-03-02T15:00:00.000Z","kind":"decision","request_id":"after","status":"granted"}"#,
+            ],
+        );
+        let seoul = jiff::tz::TimeZone::get("Asia/Seoul").unwrap();
+        let filter = Filter::days(day("2026-03-02"), day("2026-03-02"), Kinds::Decisions)
+            .in_zone(seoul.clone());
+        let (entries, more) = read(dir.path(), &filter, 10);
+        let ids: Vec<&str> = entries.iter().map(|e| e.request_id.as_str()).collect();
+        assert_eq!((ids, more), (vec!["last", "first"], false));
+        assert_eq!(count(&entries).not_allowed, 1);
+        let shown = local(&entries[1].ts, &seoul);
+        assert_eq!(shown.to_string(), "2026-03-02 00:00:00");
     }
 }

@@ -149,7 +149,7 @@ pub(crate) struct AdminContext {
 
 /// What a form that changed something leaves for the page it redirects to (Post/Redirect/Get): a
 /// reload of that page shows it once and repeats nothing.
-struct Flash {
+pub(crate) struct Flash {
     notice: Option<pages::Notice>,
     enrolled: Option<pages::EnrolResult>,
     /// A pairing link just made on the Tablets page.
@@ -158,7 +158,7 @@ struct Flash {
 
 pub(crate) struct Admin {
     ctx: AdminContext,
-    sessions: Sessions<Flash>,
+    sessions: Arc<Sessions<Flash>>,
     /// The stored password hash the sessions were made under: when `facegate admin set-password`
     /// changes the file, every session ends.
     password_seen: Mutex<Option<String>>,
@@ -183,11 +183,16 @@ impl Admin {
         let password_seen = Mutex::new(password::load(&ctx.config.state_dir).ok().flatten());
         Admin {
             ctx,
-            sessions: Sessions::new(limits),
+            sessions: Arc::new(Sessions::new(limits)),
             password_seen,
             logins: Mutex::new(Lockouts::with_capacity(LOGIN_RULES, LOGIN_ADDRESSES)),
             recognizer: Mutex::new(None),
         }
+    }
+
+    /// The session store, for the front to tell a signed-in browser from a stranger.
+    pub fn sessions(&self) -> Arc<Sessions<Flash>> {
+        Arc::clone(&self.sessions)
     }
 
     /// Answers one `/admin…` request.

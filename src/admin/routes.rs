@@ -127,10 +127,6 @@ fn badge(status: &str) -> &'static str {
     }
 }
 
-fn today() -> NaiveDate {
-    Utc::now().date_naive()
-}
-
 fn uptime(seconds: u64) -> String {
     match seconds {
         s if s < 120 => format!("{s} s"),
@@ -168,7 +164,10 @@ struct EventQuery {
     problem: Option<String>,
 }
 
-fn parse_event_query(query: &str) -> EventQuery {
+/// The events filter of a query, over local days in `zone` (today by default).
+fn parse_event_query(query: &str, zone: &jiff::tz::TimeZone) -> EventQuery {
+    let today =
+        crate::permission::chrono_date(jiff::Timestamp::now().to_zoned(zone.clone()).date());
     let fields = Fields::urlencoded(query);
     let date = |key: &str| {
         fields
@@ -186,13 +185,13 @@ fn parse_event_query(query: &str) -> EventQuery {
             default
         }
     };
-    let to = take("to", today());
+    let to = take("to", today);
     let from = take("from", to.checked_sub_days(Days::new(6)).unwrap_or(to));
     let (from, to) = if from > to { (to, from) } else { (from, to) };
     let filter = Filter {
         status: fields.get("status").map(str::to_string),
         person: fields.get("person").map(str::to_string),
-        ..Filter::days(from, to, Kinds::Requests)
+        ..Filter::days(from, to, Kinds::Requests).in_zone(zone.clone())
     };
     let page = fields
         .get("page")
@@ -278,6 +277,7 @@ impl Admin {
     /// Table rows for audit entries: a snapshot's thumbnail when one was stored, else the
     /// recognised person's first enrolled thumbnail.
     fn rows(&self, entries: &[Entry]) -> Vec<pages::DecisionRow> {
+        let zone = self.zone();
         let faces: HashMap<String, String> = self
             .gallery()
             .map(|g| {
@@ -303,10 +303,11 @@ impl Admin {
                         .and_then(|name| faces.get(name))
                         .map(|file| format!("/admin/thumbnails/{file}"))
                 };
+                let at = history::local(&e.ts, &zone);
                 pages::DecisionRow {
                     thumbnail,
-                    date: e.ts.format("%Y-%m-%d").to_string(),
-                    time: e.ts.format("%H:%M:%S").to_string(),
+                    date: at.format("%Y-%m-%d").to_string(),
+                    time: at.format("%H:%M:%S").to_string(),
                     badge: badge(&e.status),
                     status: e.status.clone(),
                     person: e.identity.clone().unwrap_or_else(|| "—".into()),
@@ -321,17 +322,17 @@ impl Admin {
 
     fn dashboard(&self, session: &Session) -> AdminResponse {
         let audit_dir = self.ctx.config.audit_dir();
-        let today = today();
+        let today = self.ctx.config.local_today();
         let (of_today, _) = history::read(
             &audit_dir,
-            &Filter::days(today, today, Kinds::Decisions),
+            &Filter::days(today, today, Kinds::Decisions).in_zone(self.zone()),
             history::MAX_ENTRIES,
         );
         let counted = history::count(&of_today);
         let yesterday = today.pred_opt().unwrap_or(today);
         let (latest, _) = history::read(
             &audit_dir,
-            &Filter::days(yesterday, today, Kinds::Decisions),
+            &Filter::days(yesterday, today, Kinds::Decisions).in_zone(self.zone()),
             20,
         );
         let health = (self.ctx.health)();
@@ -750,7 +751,7 @@ impl Admin {
             filter,
             page,
             problem,
-        } = parse_event_query(query);
+        } = parse_event_query(query, &self.zone());
         let (entries, more) =
             history::read(&self.ctx.config.audit_dir(), &filter, history::MAX_ENTRIES);
         let pages_total = entries.len().div_ceil(PAGE_SIZE).max(1);
@@ -811,7 +812,7 @@ impl Admin {
     }
 
     fn events_csv(&self, query: &str) -> AdminResponse {
-        let EventQuery { filter, .. } = parse_event_query(query);
+        let EventQuery { filter, .. } = parse_event_query(query, &self.zone());
         let (entries, _) =
             history::read(&self.ctx.config.audit_dir(), &filter, history::MAX_ENTRIES);
         AdminResponse::new(
@@ -895,11 +896,12 @@ impl Admin {
     }
 
     fn door_page(&self, session: &Session, notice: Option<Notice>) -> AdminResponse {
-        let today = today();
+        let today = self.ctx.config.local_today();
         let yesterday = today.pred_opt().unwrap_or(today);
+        let zone = self.zone();
         let (lines, _) = history::read(
             &self.ctx.config.audit_dir(),
-            &Filter::days(yesterday, today, Kinds::Door),
+            &Filter::days(yesterday, today, Kinds::Door).in_zone(zone.clone()),
             20,
         );
         let mut chrome = self.chrome(Some(session), "door");
@@ -912,8 +914,10 @@ impl Admin {
                 .map(|e| {
                     let state = e.state.clone().unwrap_or_default();
                     pages::ActuationRow {
-                        date: e.ts.format("%Y-%m-%d").to_string(),
-                        time: e.ts.format("%H:%M:%S%.3f").to_string(),
+                        date: history::local(&e.ts, &zone).format("%Y-%m-%d").to_string(),
+                        time: history::local(&e.ts, &zone)
+                            .format("%H:%M:%S%.3f")
+                            .to_string(),
                         badge: badge(&state),
                         state,
                         reason: match &e.error {
@@ -1017,8 +1021,10 @@ mod tests {
 
     #[test]
     fn event_queries_default_to_the_last_week_and_report_bad_dates() {
-        let q =
-            parse_event_query("status=granted&person=Ann+Lee&from=2026-03-05&to=2026-03-01&page=2");
+        let q = parse_event_query(
+            "status=granted&person=Ann+Lee&from=2026-03-05&to=2026-03-01&page=2",
+            &jiff::tz::TimeZone::UTC,
+        );
         assert_eq!(q.filter.status.as_deref(), Some("granted"));
         assert_eq!(q.filter.person.as_deref(), Some("Ann Lee"));
         assert_eq!(
@@ -1028,12 +1034,16 @@ mod tests {
         );
         assert_eq!(q.filter.to.to_string(), "2026-03-05");
         assert_eq!(q.page, 2);
-        let q = parse_event_query("from=yesterday");
+        let q = parse_event_query("from=yesterday", &jiff::tz::TimeZone::UTC);
         assert!(q.problem.is_some());
         assert_eq!((q.filter.to - q.filter.from).num_days(), 6);
         assert_eq!(
             query_string(&filter_pairs(
-                &parse_event_query("person=a%26b&from=2026-01-01&to=2026-01-02").filter
+                &parse_event_query(
+                    "person=a%26b&from=2026-01-01&to=2026-01-02",
+                    &jiff::tz::TimeZone::UTC
+                )
+                .filter
             )),
             "person=a%26b&from=2026-01-01&to=2026-01-02"
         );

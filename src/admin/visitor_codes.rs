@@ -14,10 +14,6 @@ use crate::codes::{Calendar, CodeError, CodeStore};
 /// Most codes of one kind per day or week the page generates.
 const MAX_PER_KIND: usize = 50;
 
-fn today() -> NaiveDate {
-    chrono::Local::now().date_naive()
-}
-
 impl Admin {
     fn code_store(&self) -> CodeStore {
         CodeStore::new(self.ctx.config.codes_path())
@@ -71,9 +67,13 @@ impl Admin {
     ) -> AdminResponse {
         let fields = Fields::urlencoded(query);
         match fields.get("date").map(parse_date) {
-            None => self.codes_page(session, today(), notice),
+            None => self.codes_page(session, self.ctx.config.local_today(), notice),
             Some(Ok(date)) => self.codes_page(session, date, notice),
-            Some(Err(err)) => self.codes_page(session, today(), Notice::bad(err.to_string())),
+            Some(Err(err)) => self.codes_page(
+                session,
+                self.ctx.config.local_today(),
+                Notice::bad(err.to_string()),
+            ),
         }
     }
 
@@ -151,7 +151,11 @@ impl Admin {
                 }
                 self.codes_done(session, spec.from, Notice::ok(text))
             }
-            Err(err) => self.codes_done(session, today(), Notice::bad(err.to_string())),
+            Err(err) => self.codes_done(
+                session,
+                self.ctx.config.local_today(),
+                Notice::bad(err.to_string()),
+            ),
         }
     }
 
@@ -164,7 +168,7 @@ impl Admin {
         let date = fields
             .get("date")
             .and_then(|d| parse_date(d).ok())
-            .unwrap_or_else(today);
+            .unwrap_or_else(|| self.ctx.config.local_today());
         let code = fields.get("code").unwrap_or_default();
         match self.code_store().update(|book| Ok(book.revoke(code))) {
             Ok(found) if found.is_empty() => {

@@ -6,6 +6,8 @@
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BodyError {
     TooLarge,
+    /// The bodies in flight together would pass `http.max_body_bytes_in_flight`.
+    OverBudget,
     Timeout,
     /// The client closed before the body was complete.
     Cut(String),

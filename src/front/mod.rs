@@ -6,12 +6,19 @@
 //! Threads: one `front-accept` thread, and one thread per open connection, at most
 //! `http.max_connections` of them. A connection thread only ever waits on its own socket (with a
 //! deadline) or on tiny_http's answer, so slow or idle clients cost a bounded number of threads and never
-//! hold a recognition worker. When the limit is reached, a new connection takes the place of the
-//! connection that has waited longest for a request (`registry`); only when every connection is busy
-//! with a request is the new one closed at once. Both are counted in /metrics.
+//! hold a recognition worker.
+//!
+//! Credentials first: until a request head shows a valid credential (`credentials`: the tablet's
+//! token, an admin session, the self-probe's source address), its connection shares a small budget
+//! of slots with every other stranger's and is evicted first (`registry`), its body may hold at most
+//! `STRANGER_BODY_BYTES` and must arrive within the head deadline. All bodies in flight together stay
+//! under `http.max_body_bytes_in_flight` (`budget`). Refusals, evictions and the budget are counted in
+//! /metrics.
 
 pub mod body;
+mod budget;
 pub mod conn;
+pub mod credentials;
 pub mod forward;
 pub mod head;
 mod registry;
@@ -23,12 +30,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use subtle::ConstantTimeEq;
 
 use self::body::BodyError;
+use self::budget::BodyBudget;
 use self::conn::{Incoming, ReadError, Transport};
+use self::credentials::{Credential, CredentialSet, Shown};
 use self::head::{Expectation, Framing, Head, HeadError, Parsed};
-use self::registry::{Admission, Registry};
+use self::registry::{Admission, Limits, Registry};
 use crate::http::{route, Route};
 use crate::metrics::Metrics;
 use crate::record::Endpoint;
@@ -41,10 +49,15 @@ const ADMIN_BODY_TIMEOUT: Duration = Duration::from_secs(60);
 const ANSWER_WAIT: Duration = Duration::from_secs(60);
 /// Stack of a connection thread: enough for the TLS handshake, small enough for hundreds of them.
 const CONNECTION_STACK: usize = 256 * 1024;
+pub use crate::config::BODY_BYTES_WITHOUT_CREDENTIAL as STRANGER_BODY_BYTES;
+/// What a 503 for a full body budget asks the client to wait, in seconds.
+const RETRY_AFTER_S: u32 = 1;
 
 /// Everything a connection thread needs to know.
 pub struct Settings {
     pub max_connections: usize,
+    /// Of those, connections whose last request showed no valid credential at most.
+    pub max_connections_without_credential: usize,
     /// From accept to the end of the first head (the TLS handshake included), and from the first byte
     /// of a later request to the end of its head.
     pub head_timeout: Duration,
@@ -53,9 +66,10 @@ pub struct Settings {
     /// From the end of the head to the end of the body; also bounds each write to the client.
     pub body_timeout: Duration,
     pub max_body_bytes: usize,
-    pub token: Option<String>,
-    /// The paired tablets, whose device tokens are credentials too.
-    pub tablets: Arc<crate::tablets::LiveTablets>,
+    /// All bodies held at the front at once, together.
+    pub max_body_bytes_in_flight: usize,
+    /// Who may use the tablet's endpoints, and whose connections are not a stranger's.
+    pub credentials: CredentialSet,
     /// tiny_http's Unix socket.
     pub backend: PathBuf,
     pub tls: Option<Arc<rustls::ServerConfig>>,
@@ -66,6 +80,20 @@ struct Shared {
     metrics: Arc<Metrics>,
     refusals: Arc<dyn Refusals>,
     registry: Arc<Registry>,
+    budget: Arc<BodyBudget>,
+}
+
+/// How the daemon's self-probe presents itself: it binds its socket first and names the address it
+/// will connect from. That connection is admitted over the limit, is never evicted and counts as
+/// credentialed, so no client can crowd the probe out and make the daemon restart itself.
+#[derive(Clone)]
+pub struct ProbeEntrance(Arc<Registry>);
+
+impl ProbeEntrance {
+    /// The self-probe's next connection comes from `from`.
+    pub fn expect(&self, from: SocketAddr) {
+        self.0.expect_probe(from);
+    }
 }
 
 /// Accepts on `listener` in a thread of its own until the process ends.
@@ -74,12 +102,19 @@ pub fn start(
     settings: Settings,
     metrics: Arc<Metrics>,
     refusals: Arc<dyn Refusals>,
-) -> std::io::Result<()> {
+) -> std::io::Result<ProbeEntrance> {
     crate::http::forwarded::start_clock();
-    let registry = Arc::new(Registry::new(settings.max_connections));
+    let registry = Arc::new(Registry::new(Limits {
+        total: settings.max_connections,
+        strangers: settings.max_connections_without_credential,
+        strangers_per_address: registry::STRANGER_CONNECTIONS_PER_ADDRESS,
+    }));
     registry::report(&registry, &metrics);
+    let budget = Arc::new(BodyBudget::new(settings.max_body_bytes_in_flight));
+    budget::report(&budget, &metrics);
     let shared = Arc::new(Shared {
-        registry,
+        registry: Arc::clone(&registry),
+        budget,
         settings,
         metrics,
         refusals,
@@ -87,7 +122,7 @@ pub fn start(
     std::thread::Builder::new()
         .name("front-accept".into())
         .spawn(move || accept_loop(&listener, &shared))?;
-    Ok(())
+    Ok(ProbeEntrance(registry))
 }
 
 fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
@@ -101,7 +136,7 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
                 continue;
             }
         };
-        let Admission::Admitted(id) = shared.registry.admit(&stream) else {
+        let Admission::Admitted(id) = shared.registry.admit(&stream, peer) else {
             continue;
         };
         let connection = Arc::clone(shared);
@@ -130,12 +165,6 @@ fn serve_connection(stream: TcpStream, peer: SocketAddr, id: u64, shared: &Share
     let settings = &shared.settings;
     let first_deadline = Instant::now() + settings.head_timeout;
     let _ = stream.set_nodelay(true);
-    if stream
-        .set_write_timeout(Some(settings.body_timeout))
-        .is_err()
-    {
-        return;
-    }
     let transport = match &settings.tls {
         Some(config) => match Transport::accept_tls(stream, Arc::clone(config), first_deadline) {
             Ok(transport) => transport,
@@ -194,7 +223,12 @@ fn exchange(
     };
     incoming.buffer.drain(..used);
     let received_at = Instant::now();
-    let (framing, tablet) = match check(&head, settings) {
+    let shown = settings
+        .credentials
+        .shown(&head, crate::admin::SESSION_COOKIE);
+    // From here until its next request, the connection's standing is what this head showed.
+    shared.registry.working(id, shown.any());
+    let (framing, tablet) = match check(&head, settings, &shown) {
         Ok(checked) => checked,
         Err(refusal) => {
             let body_pending = !matches!(head.framing(), Ok(Framing::None | Framing::Length(0)));
@@ -206,30 +240,32 @@ fn exchange(
             };
         }
     };
-    // A checked request from a client that knows the token: no longer the first to make room.
-    shared.registry.working(id);
     if head.expectation() == Expectation::Continue
         && framing != Framing::None
         && incoming
             .transport
-            .send(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .send(b"HTTP/1.1 100 Continue\r\n\r\n", send_deadline(settings))
             .is_err()
     {
         return Next::Close;
     }
-    let body_deadline = received_at + body_timeout(&head, settings);
-    let body = match incoming.read_body(framing, settings.max_body_bytes, body_deadline) {
+    let (limit, body_deadline) = body_limits(&head, settings, &shown, received_at);
+    let mut reservation = shared.budget.reserve();
+    let body = match incoming.read_body(framing, limit, body_deadline, &mut reservation) {
         Ok(body) => body,
         Err(err) => {
             // Logged and audited in the summary of what the front refused from this address.
-            let refusal = refusal_for_body(err, settings).counted_as(&head);
+            let refusal = refusal_for_body(err, settings, &shown, limit, shared.budget.limit())
+                .counted_as(&head);
             refuse(incoming, shared, refusal);
             return Next::Close;
         }
     };
     let request = forward::request_bytes(&head, &body, peer, received_at, tablet.as_deref());
     drop(body);
-    let upstream = match forward::forward(&settings.backend, &request, ANSWER_WAIT) {
+    let forwarded = forward::forward(&settings.backend, &request, ANSWER_WAIT);
+    drop((request, reservation));
+    let upstream = match forwarded {
         Ok(upstream) => upstream,
         Err(err) => {
             log::warn!("no answer from the request handler for {peer}: {err}");
@@ -250,10 +286,20 @@ fn exchange(
         &upstream.body,
         keep_alive,
     );
-    if incoming.transport.send(&bytes).is_err() || !keep_alive {
+    if incoming
+        .transport
+        .send(&bytes, send_deadline(settings))
+        .is_err()
+        || !keep_alive
+    {
         return Next::Close;
     }
     Next::KeepAlive
+}
+
+/// An answer must have left within `http.body_timeout_ms` of starting.
+fn send_deadline(settings: &Settings) -> Instant {
+    Instant::now() + settings.body_timeout
 }
 
 /// Reads until the buffered head may have changed its verdict: a new line ended, the first bytes
@@ -358,14 +404,29 @@ fn refusal_for_head(err: &HeadError) -> Refusal {
     }
 }
 
-fn refusal_for_body(err: BodyError, settings: &Settings) -> Refusal {
+fn refusal_for_body(
+    err: BodyError,
+    settings: &Settings,
+    shown: &Shown,
+    cap: usize,
+    budget: usize,
+) -> Refusal {
     match err {
-        BodyError::TooLarge => Refusal::new(
-            413,
-            "too_large",
+        BodyError::TooLarge => too_large(cap, shown),
+        BodyError::OverBudget => Refusal::new(
+            503,
+            "busy",
             format!(
-                "the body is larger than the {} bytes allowed",
-                settings.max_body_bytes
+                "the request bodies in flight would pass the {budget} bytes allowed together \
+                 (http.max_body_bytes_in_flight); send it again in a moment"
+            ),
+        ),
+        BodyError::Timeout if !shown.any() => Refusal::new(
+            408,
+            "body_timeout",
+            format!(
+                "without a credential, the body must arrive within {} ms",
+                stranger_body_timeout(settings).as_millis()
             ),
         ),
         BodyError::Timeout => Refusal::new(
@@ -389,30 +450,71 @@ fn refusal_for_body(err: BodyError, settings: &Settings) -> Refusal {
     }
 }
 
-/// How long the body may take: photo uploads to the admin pages come from phones over Wi-Fi and get
-/// at least `ADMIN_BODY_TIMEOUT`; everything else `http.body_timeout_ms`.
-fn body_timeout(head: &Head, settings: &Settings) -> Duration {
-    let admin = head
+fn too_large(cap: usize, shown: &Shown) -> Refusal {
+    let message = if shown.any() {
+        format!("the body is larger than the {cap} bytes allowed")
+    } else {
+        format!("without a credential, a body may hold at most {cap} bytes")
+    };
+    Refusal::new(413, "too_large", message)
+}
+
+/// The largest body a request to `route` may carry: `http.max_body_bytes` with a credential, far less
+/// without (`STRANGER_BODY_BYTES`), and a pairing request's small JSON in any case.
+fn body_cap(route: Route, settings: &Settings, shown: &Shown) -> usize {
+    let cap = if shown.any() {
+        settings.max_body_bytes
+    } else {
+        settings.max_body_bytes.min(STRANGER_BODY_BYTES)
+    };
+    match route {
+        Route::KioskPair | Route::KioskHello => cap.min(MAX_PAIRING_BODY_BYTES),
+        _ => cap,
+    }
+}
+
+/// A stranger's body must come as fast as a head.
+fn stranger_body_timeout(settings: &Settings) -> Duration {
+    settings.head_timeout.min(settings.body_timeout)
+}
+
+/// The body's size cap (`body_cap`) and deadline: without a credential, within the head deadline;
+/// with one, within `http.body_timeout_ms`, and photo uploads to the admin pages, which come from
+/// phones over Wi-Fi, get at least `ADMIN_BODY_TIMEOUT`.
+fn body_limits(
+    head: &Head,
+    settings: &Settings,
+    shown: &Shown,
+    received_at: Instant,
+) -> (usize, Instant) {
+    let route = head
         .method
         .parse::<tiny_http::Method>()
-        .is_ok_and(|method| route(&method, &head.target) == Route::Admin);
-    if admin {
+        .map_or(Route::NotFound, |method| route(&method, &head.target));
+    let cap = body_cap(route, settings, shown);
+    let timeout = if !shown.any() {
+        stranger_body_timeout(settings)
+    } else if route == Route::Admin {
         settings.body_timeout.max(ADMIN_BODY_TIMEOUT)
     } else {
         settings.body_timeout
-    }
+    };
+    (cap, received_at + timeout)
 }
 
 /// What needs no body to answer: route, credential, framing, size. `Ok` gives the body's framing and
 /// the paired tablet the request's device token belongs to.
-fn check(head: &Head, settings: &Settings) -> Result<(Framing, Option<String>), Refusal> {
+fn check(
+    head: &Head,
+    settings: &Settings,
+    shown: &Shown,
+) -> Result<(Framing, Option<String>), Refusal> {
     let method = head
         .method
         .parse::<tiny_http::Method>()
         .map_err(|()| Refusal::new(400, "bad_request", "the method is not ASCII".into()))?;
     let route = route(&method, &head.target);
-    let credential = credential(head, settings);
-    admit(route, &credential, settings.token.is_some())?;
+    admit(route, &shown.bearer, settings.credentials.token_required())?;
     match route {
         Route::WrongMethod(allowed) => {
             return Err(Refusal::new(
@@ -437,17 +539,10 @@ fn check(head: &Head, settings: &Settings) -> Result<(Framing, Option<String>), 
             format!("the body's framing is refused: {why}"),
         )
     })?;
-    let max_body_bytes = match route {
-        Route::KioskPair | Route::KioskHello => MAX_PAIRING_BODY_BYTES,
-        _ => settings.max_body_bytes,
-    };
     if let Framing::Length(length) = framing {
-        if length > max_body_bytes as u64 {
-            return Err(Refusal::new(
-                413,
-                "too_large",
-                format!("the body is larger than the {max_body_bytes} bytes allowed"),
-            ));
+        let cap = body_cap(route, settings, shown);
+        if length > cap as u64 {
+            return Err(too_large(cap, shown));
         }
     }
     if head.expectation() == Expectation::Unsupported {
@@ -457,8 +552,8 @@ fn check(head: &Head, settings: &Settings) -> Result<(Framing, Option<String>), 
             "only `Expect: 100-continue` is understood".into(),
         ));
     }
-    let tablet = match credential {
-        Credential::Tablet(name) => Some(name),
+    let tablet = match &shown.bearer {
+        Credential::Tablet(name) => Some(name.clone()),
         _ => None,
     };
     Ok((framing, tablet))
@@ -466,45 +561,6 @@ fn check(head: &Head, settings: &Settings) -> Result<(Framing, Option<String>), 
 
 /// The largest body of a pairing request (`{"secret": "..."}`).
 const MAX_PAIRING_BODY_BYTES: usize = 1024;
-
-/// What the request's bearer shows.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Credential {
-    /// No bearer, or one that is no credential of ours and not shaped like a device token.
-    Nothing,
-    /// The shared `http.token` (the original app, scripts).
-    Shared,
-    /// The device token of this paired tablet.
-    Tablet(String),
-    /// A device token no tablet holds (revoked, or never paired).
-    Unpaired,
-}
-
-/// Reads the bearer: the shared token (constant time), else a paired tablet's device token.
-fn credential(head: &Head, settings: &Settings) -> Credential {
-    let bearers = || {
-        head.values("authorization")
-            .filter_map(|value| value.strip_prefix("Bearer "))
-            .map(str::trim)
-    };
-    if let Some(token) = settings.token.as_deref() {
-        if bearers().any(|given| bool::from(given.as_bytes().ct_eq(token.as_bytes()))) {
-            return Credential::Shared;
-        }
-    }
-    let mut unpaired = false;
-    for given in bearers().filter(|given| crate::tablets::looks_like_device_token(given)) {
-        match settings.tablets.tablet_of(given) {
-            Some(name) => return Credential::Tablet(name),
-            None => unpaired = true,
-        }
-    }
-    if unpaired {
-        Credential::Unpaired
-    } else {
-        Credential::Nothing
-    }
-}
 
 /// May a request with `credential` go to `route`? A tablet's device token opens the frame posts and
 /// `/kiosk/hello`; the shared token all but the admin pages; the admin pages, the kiosk page's files
@@ -570,18 +626,26 @@ fn refuse(incoming: &mut Incoming, shared: &Shared, refusal: Refusal) -> Next {
             (body, None)
         }
     };
-    let next = send_refusal(incoming, &refusal, &body);
+    let next = send_refusal(incoming, shared, &refusal, &body);
     if let Some(after) = after {
         after();
     }
     next
 }
 
-fn send_refusal(incoming: &mut Incoming, refusal: &Refusal, body: &serde_json::Value) -> Next {
-    let headers = [
+fn send_refusal(
+    incoming: &mut Incoming,
+    shared: &Shared,
+    refusal: &Refusal,
+    body: &serde_json::Value,
+) -> Next {
+    let mut headers = vec![
         ("Content-Type".to_string(), "application/json".to_string()),
         ("Cache-Control".to_string(), "no-store".to_string()),
     ];
+    if refusal.code == 503 {
+        headers.push(("Retry-After".to_string(), RETRY_AFTER_S.to_string()));
+    }
     let keep_alive = matches!(refusal.code, 401 | 404 | 405);
     let bytes = answer_bytes(
         refusal.code,
@@ -589,7 +653,8 @@ fn send_refusal(incoming: &mut Incoming, refusal: &Refusal, body: &serde_json::V
         body.to_string().as_bytes(),
         keep_alive,
     );
-    if incoming.transport.send(&bytes).is_err() || !keep_alive {
+    let deadline = send_deadline(&shared.settings);
+    if incoming.transport.send(&bytes, deadline).is_err() || !keep_alive {
         return Next::Close;
     }
     Next::KeepAlive
@@ -626,14 +691,13 @@ mod tests {
     fn settings() -> Settings {
         Settings {
             max_connections: 8,
+            max_connections_without_credential: 4,
             head_timeout: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(1),
             body_timeout: Duration::from_secs(1),
             max_body_bytes: 1000,
-            token: Some("t".into()),
-            tablets: Arc::new(crate::tablets::LiveTablets::new(
-                crate::tablets::TabletStore::new("/nonexistent/tablets.json".into()),
-            )),
+            max_body_bytes_in_flight: 2000,
+            credentials: CredentialSet::new(Some("t".into())),
             backend: PathBuf::from("/nonexistent"),
             tls: None,
         }
@@ -669,8 +733,11 @@ mod tests {
             ("GET /kiosk/hello HTTP/1.1\r\n\r\n", Err(401)),
             ("POST /image HTTP/1.1\r\nAuthorization: Bearer AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\r\nContent-Length: 4\r\n\r\n", Err(401)),
         ];
+        let settings = settings();
         for (text, expected) in cases {
-            let got = check(&head(text), &settings())
+            let head = head(text);
+            let shown = settings.credentials.shown(&head, "facegate_admin");
+            let got = check(&head, &settings, &shown)
                 .map(|(framing, _)| framing)
                 .map_err(|r| r.code);
             assert_eq!(got, expected, "{text:?}");
