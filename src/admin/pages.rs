@@ -195,6 +195,8 @@ pub struct ActuationRow {
 pub struct Door {
     pub chrome: Chrome,
     pub door_state: &'static str,
+    /// The door contact: `open`, `closed`, `unknown`, or `not fitted`.
+    pub contact: &'static str,
     pub actuations: Vec<ActuationRow>,
 }
 

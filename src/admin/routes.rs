@@ -254,6 +254,15 @@ impl Admin {
         }
     }
 
+    /// The door contact as the pages show it: `open`, `closed`, `unknown` or `not fitted`.
+    fn contact_text(&self) -> &'static str {
+        if self.ctx.config.door.contact.enabled {
+            self.ctx.door.input_status().contact.as_str()
+        } else {
+            "not fitted"
+        }
+    }
+
     fn status(&self) -> Value {
         json!({
             "door": self.door_state(),
@@ -341,11 +350,7 @@ impl Admin {
             chrome: self.chrome(Some(session), "dashboard"),
             door_state: self.door_state(),
             door_available: self.ctx.door.is_available(),
-            contact: if self.ctx.config.door.contact.enabled {
-                inputs.contact.as_str()
-            } else {
-                "not fitted"
-            },
+            contact: self.contact_text(),
             alarm: inputs.alarm.map_or("", |alarm| alarm.as_str()),
             health_status: health["status"].as_str().unwrap_or("unknown").to_string(),
             uptime: uptime(health["uptime_s"].as_u64().unwrap_or(0)),
@@ -909,6 +914,7 @@ impl Admin {
         let page = pages::Door {
             chrome,
             door_state: self.door_state(),
+            contact: self.contact_text(),
             actuations: lines
                 .iter()
                 .map(|e| {

@@ -395,6 +395,8 @@ impl InputState {
     }
 
     fn opened(&mut self, at: Instant, s: &InputSettings, actions: &mut Vec<InputAction>) {
+        // An open door first seen at start-up or after a fault: nobody saw it open.
+        let unseen = self.contact.is_none();
         self.contact = Some(ContactLevel::Open);
         self.open_since = Some(at);
         self.held_raised = false;
@@ -421,6 +423,7 @@ impl InputState {
                 unlock: Some(unlock),
                 ..Notice::of(InputEventKind::Opened)
             },
+            None if unseen => Notice::of(InputEventKind::Opened),
             None => {
                 self.forced_alarm = true;
                 Notice {
@@ -641,6 +644,33 @@ mod tests {
             assert_eq!(state.contact(), contact, "{name}");
             assert_eq!(state.alarm(), alarm, "{name}");
         }
+    }
+
+    /// Regression guard: a door standing open when the daemon starts (or when a faulty contact reads
+    /// again) was not seen opening; it is `opened` without a cause, never `forced`. Held still counts.
+    #[test]
+    fn a_door_first_seen_open_is_opened_not_forced() {
+        let origin = Instant::now();
+        let s = settings(RelockOn::Timer);
+        let ms = |n| origin + Duration::from_millis(n);
+        let (bouncing, _) = on_input(&InputState::default(), Happening::Contact(Open), ms(0), &s);
+        let (open, actions) = on_input(&bouncing, Happening::Tick, ms(DEBOUNCE_MS), &s);
+        assert_eq!(
+            actions.iter().map(word).collect::<Vec<_>>(),
+            ["opened"],
+            "at start-up"
+        );
+        assert_eq!((open.contact(), open.alarm()), (ContactState::Open, None));
+        let (held, actions) = on_input(&open, Happening::Tick, ms(DEBOUNCE_MS + HELD_MS), &s);
+        assert_eq!(actions.iter().map(word).collect::<Vec<_>>(), ["held"]);
+        let (faulty, _) = on_input(&held, Happening::ContactFault, ms(40_000), &s);
+        let (reading, _) = on_input(&faulty, Happening::Contact(Open), ms(41_000), &s);
+        let (_, actions) = on_input(&reading, Happening::Tick, ms(41_000 + DEBOUNCE_MS), &s);
+        assert_eq!(
+            actions.iter().map(word).collect::<Vec<_>>(),
+            ["opened"],
+            "after a fault"
+        );
     }
 
     #[test]
