@@ -19,6 +19,7 @@ use std::time::Instant;
 
 use opencv::core::{Vector, VectorToVec};
 use opencv::imgcodecs;
+use opencv::prelude::MatTraitConstManual;
 
 use facegate::config::Config;
 use facegate::decision::Outcome;
@@ -57,6 +58,11 @@ fn main() {
         engine.config.recognition.detect_max_side, engine.config.frame.decode_target_side
     );
 
+    if std::env::args().any(|arg| arg == "png") {
+        // `cargo bench --bench pipeline -- png`: the PNG decoders only.
+        png_decoders(engine, &mut engine.recognizer());
+        return;
+    }
     let started = Instant::now();
     let camera = common::frames(CAMERA, 1);
     let eight_k = common::frames(EIGHT_K, EIGHT_K_STEP);
@@ -133,6 +139,8 @@ fn main() {
     door_levers(engine, &mut recognizer, &gallery);
     println!();
     png_levels(engine, &mut recognizer);
+    println!();
+    png_decoders(engine, &mut recognizer);
 }
 
 /// Every n-th photo becomes a door frame; passes over them per lever.
@@ -332,6 +340,147 @@ fn png_levels(engine: &Engine, recognizer: &mut Recognizer) {
             median(&decodes),
             median(&encodes)
         );
+    }
+}
+
+/// The tablet's PNGs decoded by libpng through OpenCV (what facegate used before), by the `png` crate
+/// (facegate's `CheckedImage::decode`, with its header check and copy of the bytes) and by `zune-png`,
+/// each to BGR, and, in the same run, by the Python server's `cv2.imdecode`: wall and CPU medians, and
+/// whether each gives libpng's pixels.
+fn png_decoders(engine: &Engine, recognizer: &mut Recognizer) {
+    let frames = common::door_frames(recognizer, DOOR_STEP);
+    let libpng = |bytes: &[u8]| {
+        imgcodecs::imdecode(&Vector::from_slice(bytes), imgcodecs::IMREAD_COLOR).expect("decode")
+    };
+    let rgb_to_bgr = |rows: usize, cols: usize, rgb: &[u8]| {
+        let rgb = opencv::core::Mat::new_rows_cols_with_bytes::<opencv::core::Vec3b>(
+            rows as i32,
+            cols as i32,
+            rgb,
+        )
+        .expect("mat");
+        let mut bgr = opencv::core::Mat::default();
+        opencv::imgproc::cvt_color_def(&rgb, &mut bgr, opencv::imgproc::COLOR_RGB2BGR)
+            .expect("convert");
+        bgr
+    };
+    let zune = |bytes: &[u8]| {
+        let mut decoder =
+            zune_png::PngDecoder::new(zune_png::zune_core::bytestream::ZCursor::new(bytes));
+        let pixels = decoder.decode_raw().expect("zune-png decode");
+        let (cols, rows) = decoder.dimensions().expect("size");
+        rgb_to_bgr(rows, cols, &pixels)
+    };
+    let png_crate = |bytes: &[u8]| {
+        CheckedImage::check(bytes.to_vec(), &engine.config.frame)
+            .expect("checks")
+            .decode()
+            .expect("decodes")
+            .image
+    };
+    type Decoder<'a> = &'a dyn Fn(&[u8]) -> opencv::core::Mat;
+    let decoders: [(&str, Decoder); 3] = [
+        ("libpng (OpenCV imdecode)", &libpng),
+        ("png crate 0.18 (facegate)", &png_crate),
+        ("zune-png 0.5", &zune),
+    ];
+    println!(
+        "PNG decoders on {} door frames (1280x720, the tablet's zlib level 1), medians of {DOOR_RUNS} passes, load average {}",
+        frames.len(),
+        common::load_average()
+    );
+    println!(
+        "  {:<26} {:>8} {:>8} {:>8} {:>15}",
+        "decoder", "wall ms", "p90", "CPU ms", "same pixels"
+    );
+    for (label, decode) in decoders {
+        let (mut wall, mut cpu, mut same) = (Vec::new(), Vec::new(), 0);
+        for frame in &frames {
+            for run in 0..DOOR_RUNS {
+                let (started, cpu_started) = (Instant::now(), thread_cpu_ms());
+                let image = decode(&frame.png);
+                cpu.push(thread_cpu_ms() - cpu_started);
+                wall.push(common::elapsed_ms(started));
+                if run == 0 {
+                    let reference = libpng(&frame.png);
+                    same += usize::from(
+                        image.data_bytes().expect("pixels")
+                            == reference.data_bytes().expect("pixels"),
+                    );
+                }
+            }
+        }
+        println!(
+            "  {:<26} {:>8.2} {:>8.2} {:>8.2} {:>8} of {:>2}",
+            label,
+            median(&wall),
+            percentile(&wall, 90.0),
+            median(&cpu),
+            same,
+            frames.len()
+        );
+    }
+    match python_decode_ms(&frames) {
+        Ok((wall, cpu)) => println!(
+            "  {:<26} {:>8.2} {:>8} {:>8.2}",
+            "python cv2.imdecode", wall, "", cpu
+        ),
+        Err(why) => println!("  python cv2.imdecode not measured: {why}"),
+    }
+}
+
+/// CPU time of the calling thread, ms: what a decode costs whatever else runs on the machine.
+fn thread_cpu_ms() -> f64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    now.tv_sec as f64 * 1000.0 + now.tv_nsec as f64 / 1e6
+}
+
+/// The Python server's decode (`cv2.imdecode(..., IMREAD_COLOR)`) on the same PNGs: (wall, CPU)
+/// medians in ms, from Debian's Python with OpenCV (`scripts/install-deps --bench`).
+fn python_decode_ms(frames: &[DoorFrame]) -> Result<(f64, f64), String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    for (i, frame) in frames.iter().enumerate() {
+        std::fs::write(dir.path().join(format!("{i:03}.png")), &frame.png)
+            .map_err(|e| e.to_string())?;
+    }
+    let script = format!(
+        r#"
+import cv2, glob, numpy, statistics, time
+walls, cpus = [], []
+for path in sorted(glob.glob("{dir}/*.png")):
+    data = numpy.frombuffer(open(path, "rb").read(), numpy.uint8)
+    for _ in range({DOOR_RUNS}):
+        w, c = time.perf_counter(), time.thread_time()
+        cv2.imdecode(data, cv2.IMREAD_COLOR)
+        cpus.append((time.thread_time() - c) * 1000)
+        walls.append((time.perf_counter() - w) * 1000)
+print(statistics.median(walls), statistics.median(cpus))
+"#,
+        dir = dir.path().display()
+    );
+    let output = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", &script])
+        .output()
+        .map_err(|e| format!("/usr/bin/python3: {e}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "no Python with cv2 ({}); scripts/install-deps --bench installs it",
+            String::from_utf8_lossy(&output.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+        ));
+    }
+    let text = String::from_utf8_lossy(&output.stdout);
+    let mut values = text.split_whitespace().map(|v| v.parse::<f64>());
+    match (values.next(), values.next()) {
+        (Some(Ok(wall)), Some(Ok(cpu))) => Ok((wall, cpu)),
+        _ => Err(format!("unexpected output: {text}")),
     }
 }
 

@@ -1,10 +1,13 @@
-//! First stage of the data path: request body → base64 → image header check → bounded OpenCV decode.
+//! First stage of the data path: request body → base64 → image header check → bounded decode
+//! (JPEG by OpenCV, reduced where it can be; PNG by the `png` crate).
 
 use base64::Engine;
 use opencv::core::{Mat, MatTraitConst};
 use opencv::imgcodecs;
 
 use crate::config::FrameConfig;
+
+mod png;
 
 /// Why a frame was refused. Every variant is the sender's fault and maps to a 4xx answer.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -375,9 +378,14 @@ impl CheckedImage {
         let undecodable = || FrameError::Undecodable {
             format: header.format.name(),
         };
-        // A Mat over the bytes themselves: no copy of the file for the decoder.
-        let buffer = Mat::from_slice(&self.bytes).map_err(|_| undecodable())?;
-        let image = imgcodecs::imdecode(&buffer, flags).map_err(|_| undecodable())?;
+        let image = match header.format {
+            ImageFormat::Png => png::decode_bgr(&self.bytes).ok_or_else(undecodable)?,
+            ImageFormat::Jpeg => {
+                // A Mat over the bytes themselves: no copy of the file for the decoder.
+                let buffer = Mat::from_slice(&self.bytes).map_err(|_| undecodable())?;
+                imgcodecs::imdecode(&buffer, flags).map_err(|_| undecodable())?
+            }
+        };
         if image.empty() || image.channels() != 3 {
             return Err(undecodable());
         }

@@ -218,3 +218,42 @@ fn over_several_frames_every_frame_must_look_live() {
     let (d, _) = send(REAL);
     assert_eq!((d.may_open(), d.confirming), (false, Some((1, 3))));
 }
+
+/// The daemon's workers share one set of liveness classifiers (docs/performance.md, "Memory"): two
+/// workers judging at once get exactly the scores a recognizer with classifiers of its own gives.
+#[test]
+fn workers_sharing_the_liveness_classifiers_score_as_one_alone() {
+    let engine = Engine::with_liveness();
+    let mut alone = engine.recognizer();
+    let gallery = gallery_of_samples(engine, &mut alone);
+    let paths = [REAL, SPOOFS[0], SPOOFS[1]];
+    let expected: Vec<Option<f32>> = paths
+        .iter()
+        .map(|path| {
+            engine
+                .recognize(&mut alone, &gallery, path)
+                .liveness
+                .map(|l| l.score().unwrap())
+        })
+        .collect();
+    assert!(expected.iter().all(Option::is_some), "{expected:?}");
+    let workers = Recognizer::load_workers(&engine.models, &engine.config.recognition, 2)
+        .expect("models load");
+    std::thread::scope(|scope| {
+        for mut worker in workers {
+            let (gallery, expected) = (&gallery, &expected);
+            scope.spawn(move || {
+                for _ in 0..3 {
+                    for (path, score) in paths.iter().zip(expected) {
+                        let recognition = engine.recognize(&mut worker, gallery, path);
+                        assert_eq!(
+                            recognition.liveness.map(|l| l.score().unwrap()),
+                            *score,
+                            "{path}"
+                        );
+                    }
+                }
+            });
+        }
+    });
+}

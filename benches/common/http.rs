@@ -101,9 +101,18 @@ impl Server {
     /// facegate serve with production defaults, a copy of `gallery`, and `recognition` and `http`
     /// lines for those tables and `tables` whole tables more (TOML).
     pub fn facegate(gallery: &Path, recognition: &str, http: &str, tables: &str) -> Server {
-        let daemon = crate::harness::Setup::for_bench(gallery)
-            .merge_toml(&format!("[recognition]\n{recognition}\n[http]\n{http}\n"))
-            .merge_toml(tables)
+        let tables_named = format!("[recognition]\n{recognition}\n[http]\n{http}\n");
+        Server::facegate_with(gallery, &[&tables_named, tables])
+    }
+
+    /// facegate serve with production defaults, a copy of `gallery`, and each of `tomls` merged into
+    /// its config in turn.
+    pub fn facegate_with(gallery: &Path, tomls: &[&str]) -> Server {
+        let daemon = tomls
+            .iter()
+            .fold(crate::harness::Setup::for_bench(gallery), |setup, toml| {
+                setup.merge_toml(toml)
+            })
             .env("RUST_LOG", "warn,facegate::daemon=info")
             .serve();
         Server {
@@ -223,6 +232,23 @@ impl Server {
     /// (VmRSS, VmHWM) in KiB.
     pub fn memory_kib(&self) -> (u64, u64) {
         crate::harness::memory_kib(self.pid())
+    }
+
+    /// CPU time the server has used so far (user and system, all threads), ms.
+    pub fn cpu_ms(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        // Fields 14 and 15 (utime, stime), counted after the parenthesised command name.
+        let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let ticks: u64 = after_name
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .filter_map(|v| v.parse::<u64>().ok())
+            .sum();
+        // SAFETY: sysconf only reads a system constant.
+        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        ticks as f64 * 1000.0 / per_second
     }
 
     pub fn stop(mut self) {

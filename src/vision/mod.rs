@@ -8,6 +8,7 @@ pub mod liveness;
 pub mod tilt;
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use opencv::core::Mat;
@@ -152,16 +153,57 @@ pub struct Sighting {
     pub embed_ms: f64,
 }
 
-/// One worker's detector, embedder and (when its models were resolved) liveness classifiers.
+/// One worker's detector and embedder, and (when their models were resolved) the liveness classifiers
+/// it shares with the other workers.
 pub struct Recognizer {
     detector: detect::Detector,
     straightener: tilt::Straightener,
     embedder: embed::Embedder,
-    liveness: Option<liveness::LivenessChecker>,
+    liveness: Option<SharedLiveness>,
 }
 
+/// One set of liveness classifiers for all workers: each copy of the two networks costs about 8 MiB,
+/// and they run only on recognised faces, for a few milliseconds (docs/performance.md, "Memory"). The
+/// networks keep nothing from one call to the next, so a worker that panicked inside them leaves them
+/// usable: a poisoned lock is taken over, not refused.
+type SharedLiveness = Arc<Mutex<liveness::LivenessChecker>>;
+
 impl Recognizer {
+    /// One recognizer, with liveness classifiers of its own when its models were resolved.
     pub fn load(models: &PipelineModels, r: &RecognitionConfig) -> Result<Recognizer, VisionError> {
+        let liveness = Self::load_liveness(models)?;
+        Recognizer::load_sharing(models, r, liveness)
+    }
+
+    /// `count` recognizers for the daemon's workers, each with a detector and an embedder of its own
+    /// and one set of liveness classifiers between them.
+    pub fn load_workers(
+        models: &PipelineModels,
+        r: &RecognitionConfig,
+        count: usize,
+    ) -> Result<Vec<Recognizer>, VisionError> {
+        let liveness = Self::load_liveness(models)?;
+        (0..count)
+            .map(|_| Recognizer::load_sharing(models, r, liveness.clone()))
+            .collect()
+    }
+
+    fn load_liveness(models: &PipelineModels) -> Result<Option<SharedLiveness>, VisionError> {
+        models
+            .liveness
+            .as_ref()
+            .map(|liveness_models| {
+                liveness::LivenessChecker::load(liveness_models)
+                    .map(|checker| Arc::new(Mutex::new(checker)))
+            })
+            .transpose()
+    }
+
+    fn load_sharing(
+        models: &PipelineModels,
+        r: &RecognitionConfig,
+        liveness: Option<SharedLiveness>,
+    ) -> Result<Recognizer, VisionError> {
         let settings = detect::DetectSettings {
             max_side: r.detect_max_side,
             score_threshold: r.detect_score_threshold,
@@ -177,10 +219,7 @@ impl Recognizer {
             detector: detect::Detector::load(&models.detector, settings)?,
             straightener: tilt::Straightener::new(upright_detector, r.max_roll_deg),
             embedder: embed::Embedder::load(&models.embedder)?,
-            liveness: match &models.liveness {
-                Some(liveness_models) => Some(liveness::LivenessChecker::load(liveness_models)?),
-                None => None,
-            },
+            liveness,
         })
     }
 
@@ -290,8 +329,12 @@ impl Recognizer {
         frame: &Mat,
         face: &DetectedFace,
     ) -> Result<Option<LivenessReading>, VisionError> {
-        match &mut self.liveness {
-            Some(checker) => checker.check(frame, face).map(Some),
+        match &self.liveness {
+            Some(shared) => shared
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .check(frame, face)
+                .map(Some),
             None => Ok(None),
         }
     }
