@@ -964,7 +964,8 @@ fn codes(config: &Config, action: CodesAction) -> Result<()> {
 }
 
 fn tablets(config: &Config, action: TabletsAction) -> Result<()> {
-    use facegate::tablets::{book::OsRandom, link, TabletStore};
+    use facegate::tablets::book::{time_text, OsRandom};
+    use facegate::tablets::{link, TabletStore};
     let store = TabletStore::new(config.tablets_path());
     let now = Utc::now();
     match action {
@@ -989,33 +990,15 @@ fn tablets(config: &Config, action: TabletsAction) -> Result<()> {
             if book.tablets.is_empty() {
                 println!("no tablets; pair one with facegate tablets add NAME");
             }
-            let time = |at: Option<chrono::DateTime<Utc>>| {
-                at.map_or_else(
-                    || "-".to_string(),
-                    |at| at.format("%Y-%m-%d %H:%M UTC").to_string(),
-                )
-            };
             println!(
-                "{:<20} {:<34} {:<22} address",
+                "{:<20} {:<44} {:<22} address",
                 "name", "paired", "last seen"
             );
             for (name, tablet) in &book.tablets {
-                let paired = match (tablet.paired_at, tablet.pending_pairing(now)) {
-                    (_, Some(pending)) => format!(
-                        "{}link valid until {}",
-                        if tablet.is_paired() {
-                            "yes; new "
-                        } else {
-                            "no; "
-                        },
-                        pending.expires_at.format("%H:%M UTC")
-                    ),
-                    (Some(at), None) => time(Some(at)),
-                    (None, None) => "no (link expired)".to_string(),
-                };
                 println!(
-                    "{name:<20} {paired:<34} {:<22} {}",
-                    time(tablet.last_seen),
+                    "{name:<20} {:<44} {:<22} {}",
+                    tablet.pairing_text(now),
+                    time_text(tablet.last_seen),
                     tablet.last_address.as_deref().unwrap_or("-")
                 );
             }

@@ -594,6 +594,11 @@ fn spawn_admin(
                 .map_or_else(|| "admin".to_string(), |t| t.ids.next())
         }),
         secure_cookies: service.config.http.tls.enabled,
+        tablet_certificate: service.config.http.tls.enabled.then(|| {
+            let files = front::tls::TlsFiles::of(&service.config);
+            Box::new(move || files.trust_pem().map_err(|err| err.to_string()))
+                as Box<dyn Fn() -> Result<String, String> + Send + Sync>
+        }),
     }));
     let (queue, requests) = crossbeam_channel::bounded(http::admin::QUEUE_DEPTH);
     let max_body_bytes = service.config.http.max_body_bytes;

@@ -878,3 +878,77 @@ fn the_dashboard_shows_a_forced_door_and_only_a_signed_in_admin_acknowledges_it(
         (&json!("admin"), &json!("forced"))
     );
 }
+
+#[test]
+fn the_tablets_page_pairs_lists_and_revokes_a_tablet() {
+    let daemon = admin_daemon(Setup::new());
+    let mut browser = Browser::new(&daemon);
+    redirects_to(&browser.sign_in(PASSWORD), "/admin/");
+    let page = browser.get("/admin/tablets");
+    let token = csrf(&page);
+    assert!(html(&page).contains("No tablet is paired yet"));
+    assert_eq!(
+        browser.get("/admin/tablets/facegate-door.crt").status,
+        404,
+        "no certificate without TLS"
+    );
+
+    // Add: the link and its QR code are shown once, after a redirect.
+    let added = browser.post("/admin/tablets/add", &[("csrf", &token), ("name", "front")]);
+    redirects_to(&added, "/admin/tablets");
+    let shown = html(&browser.follow(&added));
+    assert!(
+        shown.contains("<svg") && shown.contains("Pair front"),
+        "{shown}"
+    );
+    let secret = shown
+        .split("#pair=")
+        .nth(1)
+        .unwrap()
+        .split('<')
+        .next()
+        .unwrap()
+        .to_string();
+    let again = html(&browser.get("/admin/tablets"));
+    assert!(
+        !again.contains("<svg") && !again.contains(&secret),
+        "shown once"
+    );
+    assert!(again.contains("waiting (link valid until"), "{again}");
+
+    // The tablet pairs with the link; the page lists it as paired.
+    let paired = daemon.send(
+        "POST",
+        "/kiosk/pair",
+        &[("Content-Type", "application/json")],
+        json!({ "secret": secret }).to_string().as_bytes(),
+    );
+    assert_eq!(paired.status, 200, "{}", paired.text());
+    let device = format!("Bearer {}", paired.json()["token"].as_str().unwrap());
+    let listed = html(&browser.get("/admin/tablets"));
+    assert!(
+        listed.contains("<td>front</td>") && listed.contains("UTC"),
+        "{listed}"
+    );
+
+    // Revoke, with a forged form refused first.
+    let forged = browser.post("/admin/tablets/revoke", &[("csrf", "x"), ("name", "front")]);
+    assert_eq!(forged.status, 403);
+    let revoked = browser.post(
+        "/admin/tablets/revoke",
+        &[("csrf", &token), ("name", "front")],
+    );
+    redirects_to(&revoked, "/admin/tablets");
+    assert!(html(&browser.follow(&revoked)).contains("Revoked front"));
+    let hello = daemon.send("GET", "/kiosk/hello", &[("Authorization", &device)], b"");
+    assert_eq!(hello.status, 401);
+    wait_for("the tablet_add and tablet_revoke audit lines", || {
+        let lines = audit_lines(&daemon);
+        let done = |action: &str| {
+            lines
+                .iter()
+                .any(|l| l["action"] == action && l["tablet"] == "front")
+        };
+        (done("tablet_add") && done("tablet_revoke")).then_some(())
+    });
+}

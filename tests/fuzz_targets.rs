@@ -10,8 +10,11 @@
 #[allow(dead_code)]
 #[path = "../fuzz/src/lib.rs"]
 mod fuzz_targets;
+mod generator;
 
 use std::path::{Path, PathBuf};
+
+use generator::Xorshift;
 
 type Target = fn(&[u8]);
 
@@ -79,41 +82,6 @@ const TOKENS: &[&[u8]] = &[
     b"\x00",
     b"\xc3\xa9",
 ];
-
-struct Xorshift(u64);
-
-impl Xorshift {
-    fn new(seed: u64) -> Xorshift {
-        Xorshift(seed.max(1))
-    }
-
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
-
-fn seed() -> u64 {
-    std::env::var("FUZZ_SEED")
-        .ok()
-        .map(|text| {
-            let text = text.trim();
-            match text.strip_prefix("0x") {
-                Some(hex) => u64::from_str_radix(hex, 16),
-                None => text.parse(),
-            }
-            .unwrap_or_else(|_| panic!("FUZZ_SEED={text:?} is not a number"))
-        })
-        .unwrap_or(DEFAULT_SEED)
-}
 
 /// One to eight mutations of `input`, some splicing in a part of `other`.
 fn mutate(rng: &mut Xorshift, input: &[u8], other: &[u8]) -> Vec<u8> {
@@ -207,13 +175,14 @@ fn sweep(target: &str, run: Target, generated: usize) {
     {
         check(target, &path.display().to_string(), run, bytes);
     }
-    let seed = seed();
-    let mut rng = Xorshift::new(
-        seed ^ target
+    let seed = generator::seed_from_env("FUZZ_SEED", DEFAULT_SEED);
+    let target_seed = seed
+        ^ target
             .bytes()
-            .fold(0u64, |h, b| h.wrapping_mul(31) ^ u64::from(b)),
-    );
+            .fold(0u64, |h, b| h.wrapping_mul(31) ^ u64::from(b));
     for case in 0..generated {
+        // Each case replays on its own: `FUZZ_SEED` and the case number name it.
+        let mut rng = Xorshift::for_case(target_seed, case);
         let input = &seeds[rng.below(seeds.len())].1;
         let other = &seeds[rng.below(seeds.len())].1;
         let data = mutate(&mut rng, input, other);

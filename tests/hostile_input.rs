@@ -7,6 +7,7 @@
 //! `HOSTILE_SEED=<seed> cargo test --test hostile_input` replays exactly the same inputs. The generated
 //! cases (every fourth), the slow clients, the header floods and two regressions also run over TLS.
 
+mod generator;
 mod harness;
 mod support;
 
@@ -29,6 +30,8 @@ use opencv::imgcodecs;
 use opencv::prelude::*;
 use serde_json::Value;
 
+use generator::Xorshift;
+
 const TOKEN: &str = harness::TOKEN;
 /// Shorter than production's 5 s so that the slow-body cases stay quick; the logic is the same.
 const BODY_TIMEOUT_MS: u64 = 2_000;
@@ -47,76 +50,10 @@ const TLS_CASE_STRIDE: usize = 4;
 const MINIMUM_CASES: usize = 1_000;
 
 // ---------------------------------------------------------------------------------------------
-// Deterministic input generation
-
-/// xorshift64: tiny, seedable, good enough to pick mutations. Not for anything secret.
-struct Xorshift(u64);
-
-impl Xorshift {
-    /// A generator for case `index` of run `seed`: each case can be replayed on its own.
-    fn for_case(seed: u64, index: usize) -> Xorshift {
-        let mixed = splitmix(seed ^ splitmix(index as u64));
-        Xorshift(mixed.max(1))
-    }
-
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-
-    fn between(&mut self, low: usize, high: usize) -> usize {
-        low + self.below(high - low + 1)
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
-
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
-
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-
-    fn bytes_between(&mut self, low: usize, high: usize) -> Vec<u8> {
-        let n = self.between(low, high);
-        self.bytes(n)
-    }
-
-    fn text_from(&mut self, alphabet: &[u8], n: usize) -> Vec<u8> {
-        (0..n).map(|_| *self.pick(alphabet)).collect()
-    }
-}
-
-fn splitmix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
+// Deterministic input generation (tests/generator)
 
 fn seed() -> u64 {
-    match std::env::var("HOSTILE_SEED") {
-        Ok(text) => {
-            let text = text.trim();
-            let parsed = match text.strip_prefix("0x") {
-                Some(hex) => u64::from_str_radix(hex, 16),
-                None => text.parse(),
-            };
-            parsed.unwrap_or_else(|_| panic!("HOSTILE_SEED={text:?} is not a number"))
-        }
-        Err(_) => DEFAULT_SEED,
-    }
+    generator::seed_from_env("HOSTILE_SEED", DEFAULT_SEED)
 }
 
 const BASE64_ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";

@@ -11,6 +11,7 @@ pub(crate) mod pages;
 pub mod password;
 mod routes;
 pub(crate) mod session;
+mod tablets;
 mod visitor_codes;
 
 use std::net::IpAddr;
@@ -142,6 +143,8 @@ pub(crate) struct AdminContext {
     pub next_id: Box<dyn Fn() -> String + Send + Sync>,
     /// Cookies get `Secure` when the daemon serves TLS.
     pub secure_cookies: bool,
+    /// The PEM certificate a tablet installs to trust the door, when the daemon serves TLS.
+    pub tablet_certificate: Option<Box<dyn Fn() -> Result<String, String> + Send + Sync>>,
 }
 
 /// What a form that changed something leaves for the page it redirects to (Post/Redirect/Get): a
@@ -149,6 +152,8 @@ pub(crate) struct AdminContext {
 pub(crate) struct Flash {
     notice: Option<pages::Notice>,
     enrolled: Option<pages::EnrolResult>,
+    /// A pairing link just made on the Tablets page.
+    pairing: Option<pages::PairingView>,
 }
 
 pub(crate) struct Admin {
@@ -450,6 +455,8 @@ impl Admin {
             "/admin/door/acknowledge" => self.acknowledge_alarm(&fields, &peer),
             "/admin/codes/generate" => self.generate_codes(session, &fields, &peer),
             "/admin/codes/revoke" => self.revoke_code(session, &fields, &peer),
+            "/admin/tablets/add" => self.add_tablet(session, &fields, &peer),
+            "/admin/tablets/revoke" => self.revoke_tablet(session, &fields, &peer),
             _ => self.not_found(session),
         }
     }
@@ -463,8 +470,14 @@ impl Admin {
         notice: Option<pages::Notice>,
         enrolled: Option<pages::EnrolResult>,
     ) -> AdminResponse {
-        self.sessions
-            .set_flash(&session.secret, Flash { notice, enrolled });
+        self.sessions.set_flash(
+            &session.secret,
+            Flash {
+                notice,
+                enrolled,
+                pairing: None,
+            },
+        );
         AdminResponse::redirect(to)
     }
 

@@ -215,3 +215,29 @@ pub struct Codes {
     /// The default end of a generated range.
     pub week_end: String,
 }
+
+/// One paired (or pairing) tablet.
+pub struct TabletRow {
+    pub name: String,
+    pub paired: String,
+    pub last_seen: String,
+    pub address: String,
+}
+
+/// A pairing link just made, shown once: the link and its QR code as inline SVG.
+pub struct PairingView {
+    pub name: String,
+    pub link: String,
+    /// Rendered by `tablets::link::qr_svg` from the link alone.
+    pub qr_svg: String,
+}
+
+#[derive(Template)]
+#[template(path = "tablets.html")]
+pub struct Tablets {
+    pub chrome: Chrome,
+    pub rows: Vec<TabletRow>,
+    pub pairing: Option<PairingView>,
+    /// Whether the daemon serves TLS (and so has a certificate to offer).
+    pub tls: bool,
+}

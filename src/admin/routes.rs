@@ -226,6 +226,8 @@ impl Admin {
             "/admin/events.csv" => self.events_csv(query),
             "/admin/door" => self.door_page(session, self.take_flash(session).0),
             "/admin/codes" => self.codes_view(session, query, self.take_flash(session).0),
+            "/admin/tablets" => self.tablets_page(session),
+            "/admin/tablets/facegate-door.crt" => self.tablet_certificate(session),
             _ => {
                 if let Some(name) = path.strip_prefix("/admin/thumbnails/") {
                     return self.thumbnail(session, name);

@@ -53,6 +53,18 @@ impl Tablet {
         self.token_sha256.is_some()
     }
 
+    /// How a list shows its pairing at `now`: when it paired (and a new link waiting, if any), or
+    /// that it waits for its link, or that the link expired.
+    pub fn pairing_text(&self, now: DateTime<Utc>) -> String {
+        let until = |p: &Pairing| format!("link valid until {}", p.expires_at.format("%H:%M UTC"));
+        match (self.paired_at, self.pending_pairing(now)) {
+            (Some(at), None) => time_text(Some(at)),
+            (Some(at), Some(pending)) => format!("{}; new {}", time_text(Some(at)), until(pending)),
+            (None, Some(pending)) => format!("waiting ({})", until(pending)),
+            (None, None) => "no (link expired)".into(),
+        }
+    }
+
     /// The pairing link, while it still works at `now`.
     pub fn pending_pairing(&self, now: DateTime<Utc>) -> Option<&Pairing> {
         self.pairing.as_ref().filter(|p| p.expires_at > now)
@@ -90,6 +102,14 @@ fn random_text(random: &mut dyn Random, len: usize) -> String {
     let mut bytes = vec![0u8; len];
     random.fill(&mut bytes);
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// A time as the tablet lists show it, `-` for none.
+pub fn time_text(at: Option<DateTime<Utc>>) -> String {
+    at.map_or_else(
+        || "-".to_string(),
+        |at| at.format("%Y-%m-%d %H:%M UTC").to_string(),
+    )
 }
 
 /// The stored form of a secret or token.
