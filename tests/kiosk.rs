@@ -216,8 +216,13 @@ fn a_korean_tablet_over_tls_trusts_the_doors_certificate_and_reads_korean() {
         Setup::new().set("http.tls.enabled", true).serve(),
         "https://localhost",
     );
+    // What the admin installs on the tablet: the PEM `facegate tls cert` prints.
+    let printed = door.daemon.setup().run(&["tls", "cert"]);
+    assert!(printed.status.success(), "facegate tls cert: {printed:?}");
     let home = tempfile::tempdir().unwrap();
-    trust_in_nss(home.path(), &door.daemon.state_dir().join("tls/cert.pem"));
+    let pem = home.path().join("door.pem");
+    std::fs::write(&pem, &printed.stdout).unwrap();
+    trust_in_nss(home.path(), &pem);
     let driver = Driver::start_with_home(Some(home.path()));
     let browser = door.kiosk(&driver, "front", &seeing(ENROLLED_FACE), "ko-KR");
     assert_eq!(
@@ -291,8 +296,9 @@ fn far_away(photo: &str) -> Mat {
     view
 }
 
-/// Makes `home/.pki/nssdb`, the store Chromium on Linux reads, and trusts `cert` there as a server
-/// certificate, with `certutil` (libnss3-tools), as an admin would on a desktop.
+/// Makes `home/.pki/nssdb`, the store Chromium on Linux reads, and trusts the door's certificate
+/// `cert` there to vouch for the door's server certificate, with `certutil` (libnss3-tools), as an
+/// admin would on a desktop.
 fn trust_in_nss(home: &Path, cert: &Path) {
     let db = home.join(".pki/nssdb");
     std::fs::create_dir_all(&db).unwrap();
@@ -312,7 +318,7 @@ fn trust_in_nss(home: &Path, cert: &Path) {
         "-n",
         "facegate door",
         "-t",
-        "P,,",
+        "C,,",
         "-i",
         cert.to_str().unwrap(),
     ]);
