@@ -5,7 +5,7 @@
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -29,7 +29,13 @@ pub const PHONE: (&str, u32, u32) = ("phone", 390, 844);
 pub struct Driver {
     child: Child,
     base: String,
+    /// chromedriver's own output, kept for the message when it fails.
+    output: tempfile::NamedTempFile,
 }
+
+/// Starts of chromedriver tried before the test fails: a port picked free can be taken by another
+/// process before chromedriver binds it, and chromedriver then exits at once.
+const DRIVER_STARTS: usize = 3;
 
 impl Driver {
     pub fn start() -> Driver {
@@ -42,30 +48,53 @@ impl Driver {
             Path::new(CHROMEDRIVER).exists() && Path::new(CHROMIUM).exists(),
             "the browser tests need Debian's chromium and chromium-driver: run scripts/install-deps"
         );
+        let mut said = Vec::new();
+        for _ in 0..DRIVER_STARTS {
+            match Driver::try_start(home) {
+                Ok(driver) => return driver,
+                Err(words) => said.push(words),
+            }
+        }
+        panic!("chromedriver did not start {DRIVER_STARTS} times; it said: {said:#?}");
+    }
+
+    /// One start: ready, or chromedriver's output after it exited.
+    fn try_start(home: Option<&Path>) -> Result<Driver, String> {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
+        let log = tempfile::NamedTempFile::new().unwrap();
         let mut command = Command::new(CHROMEDRIVER);
         command
             .args([format!("--port={port}"), "--allowed-ips=127.0.0.1".into()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stdout(log.reopen().unwrap())
+            .stderr(log.reopen().unwrap());
         if let Some(home) = home {
             command.env("HOME", home);
         }
         let child = command.spawn().expect("chromedriver starts");
-        let driver = Driver {
+        let mut driver = Driver {
             child,
             base: format!("http://127.0.0.1:{port}"),
+            output: log,
         };
-        wait_for("chromedriver to answer", || {
+        let exited = wait_for("chromedriver to answer or exit", || {
+            if let Ok(Some(status)) = driver.child.try_wait() {
+                return Some(Some(status));
+            }
             let status = ureq::get(&format!("{}/status", driver.base)).call().ok()?;
             let status: Value = status.into_json().ok()?;
-            (status["value"]["ready"] == true).then_some(())
+            (status["value"]["ready"] == true).then_some(None)
         });
-        driver
+        match exited {
+            None => Ok(driver),
+            Some(status) => Err(format!(
+                "{status}: {}",
+                std::fs::read_to_string(driver.output.path()).unwrap_or_default()
+            )),
+        }
     }
 }
 
