@@ -1,5 +1,5 @@
-//! The fuzz targets of `fuzz/` on stable Rust, as CI runs them (cargo-fuzz needs a nightly toolchain,
-//! which a fresh machine of ours does not have): each target's function from fuzz/src/lib.rs over its
+//! The fuzz targets of `fuzz/` as plain tests, inside `cargo test` (scripts/fuzz runs them
+//! coverage-guided under libFuzzer afterwards): each target's function from fuzz/src/lib.rs over its
 //! seeds (fuzz/seeds/<target>/), a fixed number of inputs generated from them by a seeded xorshift
 //! (bit flips, interesting bytes and tokens, cut, repeated and spliced ranges), and every saved
 //! finding (fuzz/regressions/<target>/). Not coverage-guided: a short, repeatable sweep that keeps

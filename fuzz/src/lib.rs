@@ -1,7 +1,8 @@
-//! What the fuzz targets exercise, as plain functions: the cargo-fuzz targets call them on nightly; on
-//! stable, tests/hostile_input.rs replays generated requests through `frame_body` and `config`, and
-//! tests/fuzz_targets.rs runs every target over its seeds in fuzz/seeds/, generated mutations of them
-//! and every file in fuzz/regressions/, so a crash found here stays covered without nightly. A panic or
+//! What the fuzz targets exercise, as plain functions: the cargo-fuzz targets call them (scripts/fuzz,
+//! coverage-guided); inside `cargo test`, tests/hostile_input.rs replays generated requests through
+//! `frame_body` and `config`, and tests/fuzz_targets.rs runs every target over its seeds in
+//! fuzz/seeds/, generated mutations of them and every file in fuzz/regressions/, so a crash found here
+//! stays covered by the plain test run. A panic or
 //! an abort is a finding; so is a broken invariant (the asserts below).
 
 use std::path::Path;
