@@ -34,6 +34,7 @@ pub mod recognition;
 pub mod record;
 pub mod service;
 pub mod snapshots;
+pub mod state_file;
 pub mod sync;
 pub mod tablets;
 pub mod vision;

@@ -154,9 +154,11 @@ fn a_grant_then_an_opening_is_audited_under_the_grant_and_relock_on_open_relocks
         pulse < chrono::Duration::milliseconds(hold_ms),
         "relocked {pulse} after the unlock: the hold's end, not the opening"
     );
+    // Wide enough for a loaded machine's relay thread, still half the hold: a relock at the hold's end
+    // misses it.
     let after_opening = (ts(&opened["at"]) - relock.ts).abs();
     assert!(
-        after_opening < chrono::Duration::seconds(1),
+        after_opening < chrono::Duration::milliseconds(hold_ms / 2),
         "the relock was {after_opening} away from the opening"
     );
     assert!(input_events(&daemon)

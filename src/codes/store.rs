@@ -1,127 +1,60 @@
-//! The codes file in the state dir: versioned JSON, mode 0600, replaced atomically; changes by the CLI
-//! and consumption by the daemon are serialised by an advisory lock on a sibling file.
+//! The codes file in the state dir (a [`StateFile`]: versioned JSON, mode 0600, replaced atomically,
+//! changed under a lock), so that the CLI's changes and the daemon's consumption never lose each
+//! other's and a single-use code is consumed once.
 
-use std::fs;
-use std::path::{Path, PathBuf};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use super::book::CodeBook;
 use super::CodeError;
-use crate::atomic_file::FileStamp;
+use crate::state_file::{Document, StateFile, StateFileError};
 
-const FORMAT: &str = "facegate-codes";
-const VERSION: u32 = 1;
-/// Owner read/write only: the file holds the secrets that open the door.
-pub(crate) const MODE: u32 = 0o600;
+/// The codes file of one state dir.
+pub type CodeStore = StateFile<CodeBook>;
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Stored {
-    format: String,
-    version: u32,
-    daily: std::collections::BTreeMap<chrono::NaiveDate, Vec<String>>,
-    weekly: std::collections::BTreeMap<String, Vec<String>>,
+pub struct StoredCodes {
+    daily: BTreeMap<chrono::NaiveDate, Vec<String>>,
+    weekly: BTreeMap<String, Vec<String>>,
 }
 
-/// The codes file of one state dir.
-#[derive(Debug, Clone)]
-pub struct CodeStore {
-    path: PathBuf,
+impl Document for CodeBook {
+    const FORMAT: &'static str = "facegate-codes";
+    const VERSION: u32 = 1;
+    type Body = StoredCodes;
+    type Error = CodeError;
+
+    fn from_body(body: StoredCodes) -> CodeBook {
+        CodeBook {
+            daily: body.daily,
+            weekly: body.weekly,
+        }
+    }
+
+    fn to_body(&self) -> StoredCodes {
+        StoredCodes {
+            daily: self.daily.clone(),
+            weekly: self.weekly.clone(),
+        }
+    }
 }
 
-impl CodeStore {
-    pub fn new(path: PathBuf) -> CodeStore {
-        CodeStore { path }
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// The file's stamp now, `None` when it does not exist.
-    pub(crate) fn stamp(&self) -> Option<FileStamp> {
-        crate::atomic_file::stamp(&self.path)
-    }
-
-    /// Reads the codes; a missing file holds none.
-    pub fn load(&self) -> Result<CodeBook, CodeError> {
-        let text = match fs::read_to_string(&self.path) {
-            Ok(text) => text,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(CodeBook::default())
-            }
-            Err(cause) => {
-                return Err(CodeError::Read {
-                    path: self.path.clone(),
-                    cause,
-                })
-            }
-        };
-        let stored: Stored = serde_json::from_str(&text).map_err(|err| CodeError::Parse {
-            path: self.path.clone(),
-            message: err.to_string(),
-        })?;
-        if stored.format != FORMAT || stored.version != VERSION {
-            return Err(CodeError::Parse {
-                path: self.path.clone(),
-                message: format!(
-                    "format {:?} version {}, this facegate reads {FORMAT:?} version {VERSION}",
-                    stored.format, stored.version
-                ),
-            });
+impl From<StateFileError> for CodeError {
+    fn from(err: StateFileError) -> CodeError {
+        match err {
+            StateFileError::Read { path, cause } => CodeError::Read { path, cause },
+            StateFileError::Parse { path, message } => CodeError::Parse { path, message },
+            StateFileError::Write { path, cause } => CodeError::Write { path, cause },
         }
-        Ok(CodeBook {
-            daily: stored.daily,
-            weekly: stored.weekly,
-        })
-    }
-
-    fn save(&self, book: &CodeBook) -> Result<(), CodeError> {
-        let stored = Stored {
-            format: FORMAT.into(),
-            version: VERSION,
-            daily: book.daily.clone(),
-            weekly: book.weekly.clone(),
-        };
-        let text = serde_json::to_string_pretty(&stored).expect("codes always serialise");
-        // The lock file's directory is created before this runs (`lock`).
-        crate::atomic_file::write(&self.path, text.as_bytes(), MODE).map_err(|cause| {
-            CodeError::Write {
-                path: self.path.clone(),
-                cause,
-            }
-        })
-    }
-
-    /// Reads, changes and (when `change` altered it) writes the codes while holding the lock, so
-    /// that the CLI and the daemon never lose each other's changes and a code is consumed once.
-    pub fn update<T>(
-        &self,
-        change: impl FnOnce(&mut CodeBook) -> Result<T, CodeError>,
-    ) -> Result<T, CodeError> {
-        let _lock = self.lock()?;
-        let mut book = self.load()?;
-        let before = book.clone();
-        let result = change(&mut book)?;
-        if book != before {
-            self.save(&book)?;
-        }
-        Ok(result)
-    }
-
-    /// An exclusive advisory lock on `codes.json.lock`, released when the returned file is closed.
-    fn lock(&self) -> Result<fs::File, CodeError> {
-        crate::atomic_file::lock_beside(&self.path, MODE).map_err(|cause| CodeError::Write {
-            path: crate::atomic_file::lock_path(&self.path),
-            cause,
-        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
     use std::os::unix::fs::PermissionsExt;
 
     #[test]

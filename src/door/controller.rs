@@ -999,8 +999,6 @@ mod tests {
     /// Liveness bound for waiting on the relay thread; never a performance assertion.
     const WAIT: Duration = Duration::from_secs(10);
     const LONG_HOLD: Duration = Duration::from_secs(600);
-    /// A relock counts as on time within this much of the hold, on a loaded two-core machine.
-    const RELOCK_MARGIN: Duration = Duration::from_millis(700);
 
     type Reports = Arc<Mutex<Vec<DoorEvent>>>;
 
@@ -1374,12 +1372,14 @@ mod tests {
     }
 
     /// Regression: a 2 s stall in the audit write kept the door unlocked for 2.0 s with a 300 ms hold.
+    /// The sink stalls 5 s and the bounds are half that: wide for a loaded machine, far below the defect.
     #[test]
-    fn an_audit_sink_that_stalls_2_s_does_not_delay_the_relock() {
+    fn an_audit_sink_that_stalls_does_not_delay_the_answer_or_the_relock() {
+        const STALL: Duration = Duration::from_secs(5);
         let hold = Duration::from_millis(300);
         let door = SimDoor::new();
         let log = door.log();
-        let stalling: DoorObserver = Box::new(|_| thread::sleep(Duration::from_secs(2)));
+        let stalling: DoorObserver = Box::new(|_| thread::sleep(STALL));
         let controller = DoorController::start(
             Box::new(door),
             settings(hold, Duration::ZERO, GrantWhileOpen::Extend),
@@ -1389,13 +1389,13 @@ mod tests {
         let asked_at = Instant::now();
         assert_eq!(open(&controller, "req-1"), DoorReport::Opened);
         assert!(
-            asked_at.elapsed() < Duration::from_secs(2),
+            asked_at.elapsed() < STALL / 2,
             "the answer waited on the sink"
         );
         assert!(log.wait_for(WAIT, relocked));
         let pulse = pulse_length(&log.events());
         assert!(
-            pulse >= hold && pulse < hold + RELOCK_MARGIN,
+            pulse >= hold && pulse < hold + STALL / 2,
             "hold {hold:?} but the door stayed unlocked for {pulse:?}"
         );
         controller.shutdown().unwrap();

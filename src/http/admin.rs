@@ -35,14 +35,12 @@ pub fn run(admin: Arc<Admin>, max_body_bytes: usize, requests: Receiver<Request>
         let body = match read_body(&mut request, max_body_bytes, Instant::now() + BODY_WAIT) {
             Ok(body) => body,
             Err(err) => {
-                let answer = Answer {
-                    code: 400,
-                    body: serde_json::json!({
-                        "status": "error",
-                        "error": "upload_failed",
-                        "message": format!("the upload could not be read: {err:?}"),
-                    }),
-                };
+                let answer = Answer::error(
+                    None,
+                    400,
+                    "upload_failed",
+                    format!("the upload could not be read: {err:?}"),
+                );
                 respond(request, &answer);
                 continue;
             }

@@ -68,8 +68,8 @@ impl Kiosk {
                 request_id,
             } = job
             {
-                let answer = error(
-                    &request_id,
+                let answer = Answer::error(
+                    Some(&request_id),
                     503,
                     "busy",
                     "pairing is busy; try again in a moment",
@@ -97,18 +97,6 @@ pub(crate) fn hello(tablet: Option<&str>) -> Answer {
     Answer::ok(json!({ "tablet": tablet }))
 }
 
-fn error(request_id: &str, code: u16, error: &str, message: &str) -> Answer {
-    Answer {
-        code,
-        body: json!({
-            "request_id": request_id,
-            "status": "error",
-            "error": error,
-            "message": message,
-        }),
-    }
-}
-
 #[derive(Deserialize)]
 struct PairBody {
     secret: String,
@@ -125,8 +113,8 @@ fn run(tablets: &LiveTablets, audit: &AuditWriter, jobs: Receiver<KioskJob>) {
                 let body = read_body(&mut request, MAX_BODY_BYTES, Instant::now() + BODY_WAIT);
                 let answer = match body {
                     Ok(body) => pair(tablets, audit, &request_id, &body, peer),
-                    Err(_) => error(
-                        &request_id,
+                    Err(_) => Answer::error(
+                        Some(&request_id),
                         400,
                         "body_unreadable",
                         "send {\"secret\": \"<secret>\"} of at most 1024 bytes",
@@ -156,8 +144,8 @@ fn pair(
     peer: Option<String>,
 ) -> Answer {
     let Ok(PairBody { secret }) = serde_json::from_slice::<PairBody>(body) else {
-        return error(
-            request_id,
+        return Answer::error(
+            Some(request_id),
             400,
             "bad_json",
             "send {\"secret\": \"<secret>\"}: the secret after #pair= in the pairing link",
@@ -180,17 +168,17 @@ fn pair(
         }
         Err(TabletError::PairingInvalid) => {
             log::info!("request_id={request_id} pairing refused from {remote}: unknown, used or expired secret");
-            error(
-                request_id,
+            Answer::error(
+                Some(request_id),
                 401,
                 "pairing_invalid",
-                &TabletError::PairingInvalid.to_string(),
+                TabletError::PairingInvalid.to_string(),
             )
         }
         Err(err) => {
             log::error!("request_id={request_id} pairing failed: {err}");
-            error(
-                request_id,
+            Answer::error(
+                Some(request_id),
                 503,
                 "pairing_unavailable",
                 "the tablets file could not be written; see the log",

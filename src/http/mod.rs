@@ -52,6 +52,26 @@ impl Answer {
         Answer { code: 200, body }
     }
 
+    /// An error answer: a stable `error` code for programs, a `message` saying what to do, and the door,
+    /// which no error moves; `request_id` when the request was given one.
+    pub fn error(
+        request_id: Option<&str>,
+        code: u16,
+        error: &str,
+        message: impl Into<String>,
+    ) -> Answer {
+        let mut body = json!({
+            "status": "error",
+            "error": error,
+            "message": message.into(),
+            "door": "locked",
+        });
+        if let Some(id) = request_id {
+            body["request_id"] = json!(id);
+        }
+        Answer { code, body }
+    }
+
     /// The answer rendered from a request's record.
     pub fn of(handled: &Handled) -> Answer {
         Answer {
@@ -274,15 +294,8 @@ pub(crate) fn dispatch(
         service.metrics.count_request("kiosk", "ok");
         return respond_kiosk(request);
     }
-    let plain_error = |code: u16, error: &str, message: String| Answer {
-        code,
-        body: json!({
-            "request_id": request_id,
-            "status": "error",
-            "error": error,
-            "message": message,
-            "door": "locked",
-        }),
+    let plain_error = |code: u16, error: &str, message: String| {
+        Answer::error(Some(&request_id), code, error, message)
     };
     if let (Route::Admin, Some(admin)) = (route, admin) {
         if let Err(TrySendError::Full(request) | TrySendError::Disconnected(request)) =
@@ -406,14 +419,12 @@ fn respond_kiosk(request: Request) {
             |response, (name, value)| response.with_header(header(name, value)),
         ),
         Some(None) => {
-            let answer = Answer {
-                code: 404,
-                body: json!({
-                    "status": "error",
-                    "error": "not_found",
-                    "message": "no such file of the kiosk page: open /kiosk/",
-                }),
-            };
+            let answer = Answer::error(
+                None,
+                404,
+                "not_found",
+                "no such file of the kiosk page: open /kiosk/",
+            );
             return respond(request, &answer);
         }
         None => Response::from_data(Vec::new())

@@ -1,113 +1,50 @@
-//! The tablets file in the state dir: versioned JSON, mode 0600, replaced atomically; the CLI and the
-//! daemon change it only under an advisory lock on a sibling file, so neither loses the other's change
-//! and a pairing secret is used once.
+//! The tablets file in the state dir (a [`StateFile`]: versioned JSON, mode 0600, replaced atomically,
+//! changed under a lock), so that the CLI and the daemon never lose each other's change and a pairing
+//! secret is used once.
 
 use std::collections::BTreeMap;
-use std::fs;
-use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use super::book::{Tablet, TabletBook};
 use super::TabletError;
-use crate::atomic_file::FileStamp;
+use crate::state_file::{Document, StateFile, StateFileError};
 
-const FORMAT: &str = "facegate-tablets";
-const VERSION: u32 = 1;
-/// Owner read/write only: the file holds what lets a tablet in.
-const MODE: u32 = 0o600;
+/// The tablets file of one state dir.
+pub type TabletStore = StateFile<TabletBook>;
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Stored {
-    format: String,
-    version: u32,
+pub struct StoredTablets {
     tablets: BTreeMap<String, Tablet>,
 }
 
-/// The tablets file of one state dir.
-#[derive(Debug, Clone)]
-pub struct TabletStore {
-    path: PathBuf,
+impl Document for TabletBook {
+    const FORMAT: &'static str = "facegate-tablets";
+    const VERSION: u32 = 1;
+    type Body = StoredTablets;
+    type Error = TabletError;
+
+    fn from_body(body: StoredTablets) -> TabletBook {
+        TabletBook {
+            tablets: body.tablets,
+        }
+    }
+
+    fn to_body(&self) -> StoredTablets {
+        StoredTablets {
+            tablets: self.tablets.clone(),
+        }
+    }
 }
 
-impl TabletStore {
-    pub fn new(path: PathBuf) -> TabletStore {
-        TabletStore { path }
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// The file's stamp now, `None` when it does not exist.
-    pub fn stamp(&self) -> Option<FileStamp> {
-        crate::atomic_file::stamp(&self.path)
-    }
-
-    /// Reads the tablets; a missing file holds none.
-    pub fn load(&self) -> Result<TabletBook, TabletError> {
-        let text = match fs::read_to_string(&self.path) {
-            Ok(text) => text,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(TabletBook::default())
-            }
-            Err(cause) => {
-                return Err(TabletError::Read {
-                    path: self.path.clone(),
-                    cause,
-                })
-            }
-        };
-        let parse_error = |message: String| TabletError::Parse {
-            path: self.path.clone(),
-            message,
-        };
-        let stored: Stored = serde_json::from_str(&text).map_err(|e| parse_error(e.to_string()))?;
-        if stored.format != FORMAT || stored.version != VERSION {
-            return Err(parse_error(format!(
-                "format {:?} version {}, this facegate reads {FORMAT:?} version {VERSION}",
-                stored.format, stored.version
-            )));
+impl From<StateFileError> for TabletError {
+    fn from(err: StateFileError) -> TabletError {
+        match err {
+            StateFileError::Read { path, cause } => TabletError::Read { path, cause },
+            StateFileError::Parse { path, message } => TabletError::Parse { path, message },
+            StateFileError::Write { path, cause } => TabletError::Write { path, cause },
         }
-        Ok(TabletBook {
-            tablets: stored.tablets,
-        })
-    }
-
-    fn save(&self, book: &TabletBook) -> Result<(), TabletError> {
-        let stored = Stored {
-            format: FORMAT.into(),
-            version: VERSION,
-            tablets: book.tablets.clone(),
-        };
-        let text = serde_json::to_string_pretty(&stored).expect("tablets always serialise");
-        crate::atomic_file::write(&self.path, text.as_bytes(), MODE).map_err(|cause| {
-            TabletError::Write {
-                path: self.path.clone(),
-                cause,
-            }
-        })
-    }
-
-    /// Reads, changes and (when `change` altered it) writes the tablets while holding the lock.
-    pub fn update<T>(
-        &self,
-        change: impl FnOnce(&mut TabletBook) -> Result<T, TabletError>,
-    ) -> Result<T, TabletError> {
-        let _lock = crate::atomic_file::lock_beside(&self.path, MODE).map_err(|cause| {
-            TabletError::Write {
-                path: crate::atomic_file::lock_path(&self.path),
-                cause,
-            }
-        })?;
-        let mut book = self.load()?;
-        let before = book.clone();
-        let result = change(&mut book)?;
-        if book != before {
-            self.save(&book)?;
-        }
-        Ok(result)
     }
 }
 
@@ -115,6 +52,7 @@ impl TabletStore {
 mod tests {
     use super::*;
     use crate::tablets::book::OsRandom;
+    use std::fs;
     use std::os::unix::fs::PermissionsExt;
 
     #[test]
