@@ -29,11 +29,12 @@ pub struct Upstream {
     pub body: Vec<u8>,
 }
 
-/// The request as tiny_http receives it: HTTP/1.1, `Connection: close`, an exact Content-Length,
-/// and the paired tablet the front found for its device token.
-pub(crate) fn request_bytes(
+/// The head of the request as tiny_http receives it: HTTP/1.1, `Connection: close`, an exact
+/// Content-Length for `body_length`, and the paired tablet the front found for its device token. The
+/// body follows it as the client sent it, without being copied next to the head.
+pub(crate) fn request_head(
     head: &Head,
-    body: &[u8],
+    body_length: usize,
     peer: SocketAddr,
     received_at: Instant,
     tablet: Option<&str>,
@@ -53,20 +54,19 @@ pub(crate) fn request_bytes(
     out.push_str(&format!(
         "{PEER_HEADER}: {peer}\r\n{RECEIVED_HEADER}: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         encode_instant(received_at),
-        body.len()
+        body_length
     ));
-    let mut bytes = out.into_bytes();
-    bytes.extend_from_slice(body);
-    bytes
+    out.into_bytes()
 }
 
-/// Sends the request to `socket` and waits at most `wait` for the whole answer.
-pub fn forward(socket: &Path, request: &[u8], wait: Duration) -> io::Result<Upstream> {
+/// Sends the request (`head` from [`request_head`], then `body`) to `socket` and waits at most `wait`
+/// for the whole answer.
+pub fn forward(socket: &Path, head: &[u8], body: &[u8], wait: Duration) -> io::Result<Upstream> {
     let deadline = Instant::now() + wait;
     let mut stream = UnixStream::connect(socket)?;
     stream.set_write_timeout(Some(wait))?;
     // tiny_http may answer (busy, for instance) before it has read the body; the answer still comes.
-    let _ = stream.write_all(request);
+    let _ = stream.write_all(head).and_then(|()| stream.write_all(body));
     let mut answer = Vec::new();
     let mut chunk = [0u8; 16 * 1024];
     loop {
@@ -142,7 +142,7 @@ mod tests {
             panic!()
         };
         let peer: SocketAddr = "192.168.1.20:5000".parse().unwrap();
-        let bytes = request_bytes(&head, b"abc", peer, Instant::now(), Some("front"));
+        let bytes = request_head(&head, 3, peer, Instant::now(), Some("front"));
         let text = String::from_utf8(bytes).unwrap();
         assert!(text.starts_with("POST /image HTTP/1.1\r\n"), "{text}");
         assert!(
@@ -158,7 +158,7 @@ mod tests {
         );
         assert!(text.contains("X-Facegate-Tablet: front\r\n"), "{text}");
         assert!(
-            text.ends_with("Content-Length: 3\r\nConnection: close\r\n\r\nabc"),
+            text.ends_with("Content-Length: 3\r\nConnection: close\r\n\r\n"),
             "{text}"
         );
     }

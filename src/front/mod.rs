@@ -261,10 +261,10 @@ fn exchange(
             return Next::Close;
         }
     };
-    let request = forward::request_bytes(&head, &body, peer, received_at, tablet.as_deref());
-    drop(body);
-    let forwarded = forward::forward(&settings.backend, &request, ANSWER_WAIT);
-    drop((request, reservation));
+    let request_head =
+        forward::request_head(&head, body.len(), peer, received_at, tablet.as_deref());
+    let forwarded = forward::forward(&settings.backend, &request_head, &body, ANSWER_WAIT);
+    drop((body, reservation));
     let upstream = match forwarded {
         Ok(upstream) => upstream,
         Err(err) => {
