@@ -588,11 +588,24 @@ impl Admin {
         self.after_post(session, PEOPLE, None, Some(result))
     }
 
+    /// Edits the gallery under its lock, then redirects to the people page (Post/Redirect/Get): a
+    /// change that succeeded is logged, audited and shown as `changed` describes it, a refused one
+    /// shows its cause.
     fn edit_gallery<T>(
         &self,
+        session: &Session,
         edit: impl FnOnce(&mut Gallery) -> Result<T, GalleryError>,
-    ) -> Result<T, GalleryError> {
-        self.gallery_file().edit(edit)
+        changed: impl FnOnce(T) -> Changed,
+    ) -> AdminResponse {
+        match self.gallery_file().edit(edit) {
+            Ok(value) => {
+                let Changed { audit, notice } = changed(value);
+                log::info!("admin: {notice}");
+                self.audit(audit);
+                self.after_post(session, PEOPLE, Notice::ok(notice), None)
+            }
+            Err(err) => self.after_post(session, PEOPLE, Notice::bad(err.to_string()), None),
+        }
     }
 
     /// The configured `timezone` (checked when the config was loaded).
@@ -622,7 +635,7 @@ impl Admin {
                 )
             }
         };
-        let summary = json!({
+        let audit = json!({
             "action": "set_access",
             "identity": name,
             "valid_from": permissions.valid_from,
@@ -632,15 +645,14 @@ impl Admin {
             "groups": permissions.groups,
             "remote": peer,
         });
-        match self.edit_gallery(|g| g.set_permissions(name, permissions)) {
-            Ok(()) => {
-                log::info!("admin changed the access of {name:?}");
-                self.audit(summary);
-                let saved = Notice::ok(format!("Saved the access of {name}."));
-                self.after_post(session, PEOPLE, saved, None)
-            }
-            Err(err) => self.after_post(session, PEOPLE, Notice::bad(err.to_string()), None),
-        }
+        self.edit_gallery(
+            session,
+            |g| g.set_permissions(name, permissions),
+            |()| Changed {
+                audit,
+                notice: format!("Saved the access of {name}."),
+            },
+        )
     }
 
     /// POST /admin/groups/set: creates a group or changes its hours.
@@ -658,17 +670,14 @@ impl Admin {
             }
         };
         let spec = schedule.to_string();
-        match self.edit_gallery(|g| g.set_group(name, schedule)) {
-            Ok(()) => {
-                log::info!("admin set the group {name:?} to {spec:?}");
-                self.audit(
-                    json!({"action": "set_group", "group": name, "schedule": spec, "remote": peer}),
-                );
-                let saved = Notice::ok(format!("Saved the group {name}."));
-                self.after_post(session, PEOPLE, saved, None)
-            }
-            Err(err) => self.after_post(session, PEOPLE, Notice::bad(err.to_string()), None),
-        }
+        self.edit_gallery(
+            session,
+            |g| g.set_group(name, schedule),
+            |()| Changed {
+                audit: json!({"action": "set_group", "group": name, "schedule": spec, "remote": peer}),
+                notice: format!("Saved the group {name}."),
+            },
+        )
     }
 
     pub(super) fn remove_person(
@@ -678,20 +687,17 @@ impl Admin {
         peer: &str,
     ) -> AdminResponse {
         let name = fields.get("name").unwrap_or_default();
-        match self.edit_gallery(|g| g.remove(name)) {
-            Ok(person) => {
+        self.edit_gallery(
+            session,
+            |g| g.remove(name),
+            |person| {
                 enrollment::remove_thumbnails(&self.thumbnail_dir(), &person.samples);
-                log::info!("admin removed {name:?} ({} samples)", person.samples.len());
-                self.audit(json!({"action": "remove_person", "identity": name, "remote": peer}));
-                self.after_post(
-                    session,
-                    PEOPLE,
-                    Notice::ok(format!("Removed {name}.")),
-                    None,
-                )
-            }
-            Err(err) => self.after_post(session, PEOPLE, Notice::bad(err.to_string()), None),
-        }
+                Changed {
+                    audit: json!({"action": "remove_person", "identity": name, "remote": peer}),
+                    notice: format!("Removed {name}."),
+                }
+            },
+        )
     }
 
     pub(super) fn remove_sample(
@@ -705,39 +711,36 @@ impl Admin {
             return self.after_post(session, PEOPLE, Notice::bad("No photo was chosen."), None);
         };
         let expected = fields.get("sample").unwrap_or_default();
-        let removed = self.edit_gallery(|g| {
-            let still_there = g
-                .people()
-                .iter()
-                .find(|p| p.name == name)
-                .and_then(|p| p.samples.get(index))
-                .is_some_and(|s| sample_key(s) == expected);
-            if !still_there {
-                return Err(GalleryError::NoSuchSample {
-                    name: name.to_string(),
-                    index,
-                });
-            }
-            g.remove_sample(name, index)
-        });
-        match removed {
-            Ok(sample) => {
+        self.edit_gallery(
+            session,
+            |g| {
+                let still_there = g
+                    .people()
+                    .iter()
+                    .find(|p| p.name == name)
+                    .and_then(|p| p.samples.get(index))
+                    .is_some_and(|s| sample_key(s) == expected);
+                if !still_there {
+                    return Err(GalleryError::NoSuchSample {
+                        name: name.to_string(),
+                        index,
+                    });
+                }
+                g.remove_sample(name, index)
+            },
+            |sample| {
                 enrollment::remove_thumbnails(&self.thumbnail_dir(), [&sample]);
-                log::info!(
-                    "admin removed sample {index} ({}) of {name:?}",
-                    sample.source
-                );
-                self.audit(json!({
-                    "action": "remove_sample",
-                    "identity": name,
-                    "source": sample.source,
-                    "remote": peer,
-                }));
-                let text = format!("Removed the photo {} of {name}.", sample.source);
-                self.after_post(session, PEOPLE, Notice::ok(text), None)
-            }
-            Err(err) => self.after_post(session, PEOPLE, Notice::bad(err.to_string()), None),
-        }
+                Changed {
+                    audit: json!({
+                        "action": "remove_sample",
+                        "identity": name,
+                        "source": sample.source,
+                        "remote": peer,
+                    }),
+                    notice: format!("Removed the photo {} of {name}.", sample.source),
+                }
+            },
+        )
     }
 
     fn thumbnail(&self, session: &Session, name: &str) -> AdminResponse {
@@ -1003,6 +1006,13 @@ impl Admin {
         };
         self.after_post(session, "/admin/door", notice, None)
     }
+}
+
+/// What a gallery edit did, once it succeeded: its audit line, and the notice the next page shows
+/// (also logged).
+struct Changed {
+    audit: serde_json::Value,
+    notice: String,
 }
 
 #[cfg(test)]
