@@ -181,8 +181,7 @@ fn score_every_photo(engine: &Engine, recognizer: &mut Recognizer) -> Vec<Scored
         let reading = recognizer
             .check_liveness(&decoded.image, face)
             .unwrap_or_else(|err| panic!("{}: {err}", photo.path))
-            .expect("liveness is enabled")
-            .reading;
+            .expect("liveness is enabled");
         let size = (decoded.image.cols(), decoded.image.rows());
         let v1se_context =
             crop_box(face.bbox, size, 4.0).map_or(0.0, |c| c.width as f32 / face.bbox[2].max(1.0));

@@ -26,8 +26,7 @@ pub struct StageTimings {
     pub align_ms: f64,
     pub embed_ms: f64,
     pub match_ms: f64,
-    /// Zero unless liveness ran for a recognised face. Judged beside the embedder (a core spare), it
-    /// overlaps `embed_ms` instead of following it.
+    /// Zero unless liveness ran (only for a recognised face).
     pub liveness_ms: f64,
 }
 
@@ -49,33 +48,28 @@ pub fn recognize_image(
     image: &CheckedImage,
     threshold: f32,
 ) -> Result<Recognition, RecognitionError> {
-    // Liveness is judged beside the embedder while a core is spare, else after the match and only
-    // for a recognised face; either way only a recognised face's reading is kept.
-    let busy = recognizer.begin_frame();
     let started = Instant::now();
     let decoded = image.decode()?;
     let decode_ms = elapsed_ms(started);
-    let finer = || image.decode_finer();
-    let (sighting, judged_beside) = if busy.spare_core() {
-        recognizer.look_finer_judging_liveness(&decoded.image, finer)?
-    } else {
-        (recognizer.look_finer(&decoded.image, finer)?, None)
-    };
+    let sighting = recognizer.look_finer(&decoded.image, || image.decode_finer())?;
     let started = Instant::now();
     let outcome = match &sighting.primary {
         None => Outcome::NoFace,
         Some(reading) => Outcome::for_face(gallery.best_match(&reading.embedding), threshold),
     };
     let match_ms = elapsed_ms(started);
-    let judged = match (&outcome, &sighting.primary, judged_beside) {
-        (Outcome::Recognised(_), Some(_), Some(judged)) => Some(judged),
-        (Outcome::Recognised(_), Some(reading), None) => {
+    let started = Instant::now();
+    let liveness = match (&outcome, &sighting.primary) {
+        (Outcome::Recognised(_), Some(reading)) => {
             recognizer.check_liveness(&decoded.image, &reading.face)?
         }
         _ => None,
     };
-    let liveness_ms = judged.as_ref().map_or(0.0, |judged| judged.ms);
-    let liveness = judged.map(|judged| judged.reading);
+    let liveness_ms = if liveness.is_some() {
+        elapsed_ms(started)
+    } else {
+        0.0
+    };
     Ok(Recognition {
         outcome,
         faces: sighting.faces,

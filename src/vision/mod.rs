@@ -8,7 +8,6 @@ pub mod liveness;
 pub mod tilt;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -154,69 +153,13 @@ pub struct Sighting {
     pub embed_ms: f64,
 }
 
-/// A face's liveness as judged, and how long the two networks took.
-#[derive(Debug, Clone)]
-pub struct JudgedLiveness {
-    pub reading: LivenessReading,
-    pub ms: f64,
-}
-
 /// One worker's detector and embedder, and (when their models were resolved) the liveness classifiers
-/// and the count of busy workers it shares with the other workers.
+/// it shares with the other workers.
 pub struct Recognizer {
     detector: detect::Detector,
     straightener: tilt::Straightener,
     embedder: embed::Embedder,
     liveness: Option<SharedLiveness>,
-    workers: Arc<WorkerLoad>,
-}
-
-/// How many workers are inside a frame, against the cores: a worker judges liveness beside its
-/// embedder only while a core is spare, so the extra thread never slows a frame another worker holds.
-#[derive(Debug)]
-struct WorkerLoad {
-    busy: AtomicUsize,
-    cores: usize,
-}
-
-/// One worker's frame, counted in [`WorkerLoad`] until it drops.
-pub struct Busy {
-    workers: Arc<WorkerLoad>,
-    spare_core: bool,
-}
-
-impl Busy {
-    /// Whether a core was spare when the frame began (fewer workers busy than cores).
-    pub fn spare_core(&self) -> bool {
-        self.spare_core
-    }
-}
-
-impl Drop for Busy {
-    fn drop(&mut self) {
-        self.workers.busy.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-impl WorkerLoad {
-    fn new() -> Arc<WorkerLoad> {
-        WorkerLoad::with_cores(std::thread::available_parallelism().map_or(1, |n| n.get()))
-    }
-
-    fn with_cores(cores: usize) -> Arc<WorkerLoad> {
-        Arc::new(WorkerLoad {
-            busy: AtomicUsize::new(0),
-            cores,
-        })
-    }
-
-    fn enter(self: &Arc<WorkerLoad>) -> Busy {
-        let busy = self.busy.fetch_add(1, Ordering::SeqCst) + 1;
-        Busy {
-            workers: self.clone(),
-            spare_core: busy < self.cores,
-        }
-    }
 }
 
 /// One set of liveness classifiers for all workers: each copy of the two networks costs about 8 MiB,
@@ -229,7 +172,7 @@ impl Recognizer {
     /// One recognizer, with liveness classifiers of its own when its models were resolved.
     pub fn load(models: &PipelineModels, r: &RecognitionConfig) -> Result<Recognizer, VisionError> {
         let liveness = Self::load_liveness(models)?;
-        Recognizer::load_sharing(models, r, liveness, WorkerLoad::new())
+        Recognizer::load_sharing(models, r, liveness)
     }
 
     /// `count` recognizers for the daemon's workers, each with a detector and an embedder of its own
@@ -240,9 +183,8 @@ impl Recognizer {
         count: usize,
     ) -> Result<Vec<Recognizer>, VisionError> {
         let liveness = Self::load_liveness(models)?;
-        let workers = WorkerLoad::new();
         (0..count)
-            .map(|_| Recognizer::load_sharing(models, r, liveness.clone(), workers.clone()))
+            .map(|_| Recognizer::load_sharing(models, r, liveness.clone()))
             .collect()
     }
 
@@ -261,7 +203,6 @@ impl Recognizer {
         models: &PipelineModels,
         r: &RecognitionConfig,
         liveness: Option<SharedLiveness>,
-        workers: Arc<WorkerLoad>,
     ) -> Result<Recognizer, VisionError> {
         let settings = detect::DetectSettings {
             max_side: r.detect_max_side,
@@ -279,13 +220,7 @@ impl Recognizer {
             straightener: tilt::Straightener::new(upright_detector, r.max_roll_deg),
             embedder: embed::Embedder::load(&models.embedder)?,
             liveness,
-            workers,
         })
-    }
-
-    /// Counts this worker busy with a frame until the returned guard drops.
-    pub fn begin_frame(&self) -> Busy {
-        self.workers.enter()
     }
 
     /// Detects the faces of a frame decoded at full size and embeds the largest:
@@ -304,63 +239,26 @@ impl Recognizer {
         frame: &Mat,
         finer: impl FnOnce() -> Option<Mat>,
     ) -> Result<Sighting, VisionError> {
-        Ok(self.look_judging(frame, finer, false)?.0)
-    }
-
-    /// [`Recognizer::look_finer`], with the largest face's liveness judged on a thread of its own while
-    /// the embedder runs, before the match tells whether it is needed: a recognised face's answer then
-    /// does not wait for liveness after the embedder. For a worker with a core to spare
-    /// ([`Busy::spare_core`]); the judgement is `None` when liveness is off or there is no face.
-    pub fn look_finer_judging_liveness(
-        &mut self,
-        frame: &Mat,
-        finer: impl FnOnce() -> Option<Mat>,
-    ) -> Result<(Sighting, Option<JudgedLiveness>), VisionError> {
-        self.look_judging(frame, finer, true)
-    }
-
-    fn look_judging(
-        &mut self,
-        frame: &Mat,
-        finer: impl FnOnce() -> Option<Mat>,
-        judge_liveness: bool,
-    ) -> Result<(Sighting, Option<JudgedLiveness>), VisionError> {
         let started = Instant::now();
         let faces = self.detector.detect_for_largest(frame)?;
         let detect_ms = elapsed_ms(started);
         let Some(largest) = faces.first().cloned() else {
-            let sighting = Sighting {
+            return Ok(Sighting {
                 primary: None,
                 faces: 0,
                 detect_ms,
                 align_ms: 0.0,
                 embed_ms: 0.0,
-            };
-            return Ok((sighting, None));
+            });
         };
         let started = Instant::now();
         let largest = self.straightener.straighten(frame, &largest)?;
         let crop = self.align(frame, &largest, finer)?;
         let align_ms = elapsed_ms(started);
         let started = Instant::now();
-        let (embedding, judged) = match (&self.liveness, judge_liveness) {
-            (Some(shared), true) => {
-                let embedder = &mut self.embedder;
-                std::thread::scope(|scope| {
-                    let judging = scope.spawn(|| judge(shared, frame, &largest));
-                    let embedding = embedder.embed(&crop);
-                    let judged = judging
-                        .join()
-                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-                    (embedding, judged.map(Some))
-                })
-            }
-            _ => (self.embedder.embed(&crop), Ok(None)),
-        };
-        let embedding = embedding?;
-        let judged = judged?;
+        let embedding = self.embedder.embed(&crop)?;
         let embed_ms = elapsed_ms(started);
-        let sighting = Sighting {
+        Ok(Sighting {
             primary: Some(FaceReading {
                 face: largest,
                 embedding,
@@ -369,8 +267,7 @@ impl Recognizer {
             detect_ms,
             align_ms,
             embed_ms,
-        };
-        Ok((sighting, judged))
+        })
     }
 
     /// Every face in the frame, for enrolment's "exactly one face" rule.
@@ -431,29 +328,16 @@ impl Recognizer {
         &mut self,
         frame: &Mat,
         face: &DetectedFace,
-    ) -> Result<Option<JudgedLiveness>, VisionError> {
-        self.liveness
-            .as_ref()
-            .map(|shared| judge(shared, frame, face))
-            .transpose()
+    ) -> Result<Option<LivenessReading>, VisionError> {
+        match &self.liveness {
+            Some(shared) => shared
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .check(frame, face)
+                .map(Some),
+            None => Ok(None),
+        }
     }
-}
-
-/// Runs the shared liveness networks on `face`, timed.
-fn judge(
-    shared: &SharedLiveness,
-    frame: &Mat,
-    face: &DetectedFace,
-) -> Result<JudgedLiveness, VisionError> {
-    let started = Instant::now();
-    let reading = shared
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .check(frame, face)?;
-    Ok(JudgedLiveness {
-        reading,
-        ms: elapsed_ms(started),
-    })
 }
 
 /// Loads an ONNX model onto OpenCV's CPU backend.
@@ -492,22 +376,6 @@ pub fn elapsed_ms(since: Instant) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_core_is_spare_while_fewer_workers_than_cores_are_busy() {
-        let workers = WorkerLoad::with_cores(2);
-        let first = workers.enter();
-        assert!(first.spare_core());
-        let second = workers.enter();
-        assert!(!second.spare_core());
-        drop(first);
-        let third = workers.enter();
-        assert!(!third.spare_core(), "the second is still busy");
-        drop((second, third));
-        assert!(workers.enter().spare_core());
-        assert_eq!(workers.busy.load(Ordering::SeqCst), 0);
-        assert!(!WorkerLoad::with_cores(1).enter().spare_core());
-    }
 
     #[test]
     fn auto_detector_follows_the_opencv_release() {
