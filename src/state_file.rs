@@ -15,33 +15,45 @@ use crate::atomic_file::FileStamp;
 /// Owner read/write only: these files hold what opens the door or lets a tablet in.
 pub(crate) const MODE: u32 = 0o600;
 
-/// What went wrong with a state file; each document's own error turns it into advice.
-#[derive(Debug)]
+/// What went wrong with a state file (`what`: "codes", "tablets"), and what to do about it.
+#[derive(Debug, thiserror::Error)]
 pub enum StateFileError {
+    #[error(
+        "cannot read the {what} file {path}: {cause}. Check the state directory's permissions"
+    )]
     Read {
+        what: &'static str,
         path: PathBuf,
         cause: std::io::Error,
     },
+    #[error("the {what} file {path} is damaged ({message}); {repair}")]
     Parse {
+        what: &'static str,
         path: PathBuf,
         message: String,
+        repair: &'static str,
     },
+    #[error(
+        "cannot write the {what} file {path}: {cause}. Check that the state directory is writable"
+    )]
     Write {
+        what: &'static str,
         path: PathBuf,
         cause: std::io::Error,
     },
 }
 
-/// The document a state file holds: its fields beside `format` and `version`, which are checked on
-/// every read so that a file from another program or a newer facegate is refused, not misread.
-pub trait Document: Default + Clone + PartialEq {
+/// The document a state file holds, stored as its fields beside `format` and `version` (unknown
+/// fields should be refused); those two are checked on every read, so that a file from another
+/// program or a newer facegate is refused, not misread.
+pub trait Document: Default + Clone + PartialEq + Serialize + DeserializeOwned {
     const FORMAT: &'static str;
     const VERSION: u32;
-    /// The stored fields (the file's other keys); unknown keys should be refused.
-    type Body: Serialize + DeserializeOwned;
+    /// What the file holds, for messages: "the {WHAT} file ... is damaged".
+    const WHAT: &'static str;
+    /// What to do about a damaged file.
+    const REPAIR: &'static str;
     type Error: From<StateFileError>;
-    fn from_body(body: Self::Body) -> Self;
-    fn to_body(&self) -> Self::Body;
 }
 
 /// The state file at one path, holding a `D`.
@@ -83,6 +95,7 @@ impl<D: Document> StateFile<D> {
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(D::default()),
             Err(cause) => {
                 return Err(StateFileError::Read {
+                    what: D::WHAT,
                     path: self.path.clone(),
                     cause,
                 }
@@ -91,8 +104,10 @@ impl<D: Document> StateFile<D> {
         };
         parse::<D>(&text).map_err(|message| {
             StateFileError::Parse {
+                what: D::WHAT,
                 path: self.path.clone(),
                 message,
+                repair: D::REPAIR,
             }
             .into()
         })
@@ -103,7 +118,11 @@ impl<D: Document> StateFile<D> {
         &self,
         change: impl FnOnce(&mut D) -> Result<T, D::Error>,
     ) -> Result<T, D::Error> {
-        let write_error = |path: PathBuf, cause| StateFileError::Write { path, cause };
+        let write_error = |path: PathBuf, cause| StateFileError::Write {
+            what: D::WHAT,
+            path,
+            cause,
+        };
         let _lock = crate::atomic_file::lock_beside(&self.path, MODE)
             .map_err(|cause| write_error(crate::atomic_file::lock_path(&self.path), cause))?;
         let mut document = self.load()?;
@@ -130,13 +149,11 @@ fn parse<D: Document>(text: &str) -> Result<D, String> {
             D::VERSION
         ));
     }
-    serde_json::from_value(Value::Object(fields))
-        .map(D::from_body)
-        .map_err(|err| err.to_string())
+    serde_json::from_value(Value::Object(fields)).map_err(|err| err.to_string())
 }
 
 fn render<D: Document>(document: &D) -> String {
-    let mut value = serde_json::to_value(document.to_body()).expect("state documents serialise");
+    let mut value = serde_json::to_value(document).expect("state documents serialise");
     if let Value::Object(fields) = &mut value {
         fields.insert("format".into(), D::FORMAT.into());
         fields.insert("version".into(), D::VERSION.into());
@@ -150,12 +167,9 @@ mod tests {
     use std::collections::BTreeMap;
     use std::os::unix::fs::PermissionsExt;
 
-    #[derive(Debug, Default, Clone, PartialEq)]
-    struct Notes(BTreeMap<String, String>);
-
-    #[derive(Serialize, serde::Deserialize)]
+    #[derive(Debug, Default, Clone, PartialEq, Serialize, serde::Deserialize)]
     #[serde(deny_unknown_fields)]
-    struct NotesBody {
+    struct Notes {
         notes: BTreeMap<String, String>,
     }
 
@@ -171,21 +185,14 @@ mod tests {
     impl Document for Notes {
         const FORMAT: &'static str = "facegate-notes";
         const VERSION: u32 = 1;
-        type Body = NotesBody;
+        const WHAT: &'static str = "notes";
+        const REPAIR: &'static str = "write the notes again";
         type Error = NotesError;
-        fn from_body(body: NotesBody) -> Self {
-            Notes(body.notes)
-        }
-        fn to_body(&self) -> NotesBody {
-            NotesBody {
-                notes: self.0.clone(),
-            }
-        }
     }
 
     fn parse_error(file: &StateFile<Notes>) -> String {
         match file.load() {
-            Err(NotesError(StateFileError::Parse { message, .. })) => message,
+            Err(NotesError(err @ StateFileError::Parse { .. })) => err.to_string(),
             other => panic!("expected a parse error, got {other:?}"),
         }
     }
@@ -197,13 +204,13 @@ mod tests {
         assert_eq!(file.load().unwrap(), Notes::default());
         assert_eq!(file.stamp(), None);
         file.update(|notes| {
-            notes.0.insert("a".into(), "b".into());
+            notes.notes.insert("a".into(), "b".into());
             Ok(())
         })
         .unwrap();
         let mode = fs::metadata(file.path()).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, MODE);
-        assert_eq!(file.load().unwrap().0["a"], "b");
+        assert_eq!(file.load().unwrap().notes["a"], "b");
         let text = fs::read_to_string(file.path()).unwrap();
         assert!(text.contains("\"format\": \"facegate-notes\""), "{text}");
     }

@@ -24,20 +24,8 @@ pub enum CodeError {
     Weekday(String),
     #[error("cannot use the holidays file {path} (codes.holidays_file): {problem}")]
     HolidaysFile { path: PathBuf, problem: String },
-    #[error("cannot read the codes file {path}: {cause}. Check the state directory's permissions")]
-    Read {
-        path: PathBuf,
-        cause: std::io::Error,
-    },
-    #[error("the codes file {path} is damaged ({message}); generate the codes again with facegate codes generate")]
-    Parse { path: PathBuf, message: String },
-    #[error(
-        "cannot write the codes file {path}: {cause}. Check that the state directory is writable"
-    )]
-    Write {
-        path: PathBuf,
-        cause: std::io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] crate::state_file::StateFileError),
     #[error("{0}")]
     Range(String),
     #[error("the operating system's random generator failed ({0}); codes were not generated")]

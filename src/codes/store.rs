@@ -2,53 +2,19 @@
 //! changed under a lock), so that the CLI's changes and the daemon's consumption never lose each
 //! other's and a single-use code is consumed once.
 
-use std::collections::BTreeMap;
-
-use serde::{Deserialize, Serialize};
-
 use super::book::CodeBook;
 use super::CodeError;
-use crate::state_file::{Document, StateFile, StateFileError};
+use crate::state_file::{Document, StateFile};
 
 /// The codes file of one state dir.
 pub type CodeStore = StateFile<CodeBook>;
 
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StoredCodes {
-    daily: BTreeMap<chrono::NaiveDate, Vec<String>>,
-    weekly: BTreeMap<String, Vec<String>>,
-}
-
 impl Document for CodeBook {
     const FORMAT: &'static str = "facegate-codes";
     const VERSION: u32 = 1;
-    type Body = StoredCodes;
+    const WHAT: &'static str = "codes";
+    const REPAIR: &'static str = "generate the codes again with facegate codes generate";
     type Error = CodeError;
-
-    fn from_body(body: StoredCodes) -> CodeBook {
-        CodeBook {
-            daily: body.daily,
-            weekly: body.weekly,
-        }
-    }
-
-    fn to_body(&self) -> StoredCodes {
-        StoredCodes {
-            daily: self.daily.clone(),
-            weekly: self.weekly.clone(),
-        }
-    }
-}
-
-impl From<StateFileError> for CodeError {
-    fn from(err: StateFileError) -> CodeError {
-        match err {
-            StateFileError::Read { path, cause } => CodeError::Read { path, cause },
-            StateFileError::Parse { path, message } => CodeError::Parse { path, message },
-            StateFileError::Write { path, cause } => CodeError::Write { path, cause },
-        }
-    }
 }
 
 #[cfg(test)]

@@ -79,7 +79,8 @@ pub struct Paired {
 }
 
 /// Every tablet, by name.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TabletBook {
     pub tablets: BTreeMap<String, Tablet>,
 }

@@ -8,7 +8,6 @@ pub mod link;
 pub mod store;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -36,24 +35,8 @@ pub enum TabletError {
     Full,
     #[error("this pairing link is unknown, used or expired: make a new one with facegate tablets add NAME")]
     PairingInvalid,
-    #[error(
-        "cannot read the tablets file {path}: {cause}. Check the state directory's permissions"
-    )]
-    Read {
-        path: PathBuf,
-        cause: std::io::Error,
-    },
-    #[error(
-        "the tablets file {path} is damaged ({message}); remove it and pair the tablets again"
-    )]
-    Parse { path: PathBuf, message: String },
-    #[error(
-        "cannot write the tablets file {path}: {cause}. Check that the state directory is writable"
-    )]
-    Write {
-        path: PathBuf,
-        cause: std::io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] crate::state_file::StateFileError),
 }
 
 impl PartialEq for TabletError {

@@ -2,50 +2,19 @@
 //! changed under a lock), so that the CLI and the daemon never lose each other's change and a pairing
 //! secret is used once.
 
-use std::collections::BTreeMap;
-
-use serde::{Deserialize, Serialize};
-
-use super::book::{Tablet, TabletBook};
+use super::book::TabletBook;
 use super::TabletError;
-use crate::state_file::{Document, StateFile, StateFileError};
+use crate::state_file::{Document, StateFile};
 
 /// The tablets file of one state dir.
 pub type TabletStore = StateFile<TabletBook>;
 
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StoredTablets {
-    tablets: BTreeMap<String, Tablet>,
-}
-
 impl Document for TabletBook {
     const FORMAT: &'static str = "facegate-tablets";
     const VERSION: u32 = 1;
-    type Body = StoredTablets;
+    const WHAT: &'static str = "tablets";
+    const REPAIR: &'static str = "remove it and pair the tablets again";
     type Error = TabletError;
-
-    fn from_body(body: StoredTablets) -> TabletBook {
-        TabletBook {
-            tablets: body.tablets,
-        }
-    }
-
-    fn to_body(&self) -> StoredTablets {
-        StoredTablets {
-            tablets: self.tablets.clone(),
-        }
-    }
-}
-
-impl From<StateFileError> for TabletError {
-    fn from(err: StateFileError) -> TabletError {
-        match err {
-            StateFileError::Read { path, cause } => TabletError::Read { path, cause },
-            StateFileError::Parse { path, message } => TabletError::Parse { path, message },
-            StateFileError::Write { path, cause } => TabletError::Write { path, cause },
-        }
-    }
 }
 
 #[cfg(test)]
