@@ -2,9 +2,10 @@
 //! (zlib level 1) take about 40 % of libpng's CPU time, and come out as the same BGR pixels OpenCV's
 //! `IMREAD_COLOR` gives (docs/performance.md, "PNG decoding"; this module's tests compare the pixels).
 
-use opencv::core::{Mat, Vec3b, Vec4b};
+use opencv::core::{Mat, Scalar, Vec3b, Vec4b, CV_8UC3};
 use opencv::imgproc;
-use png::{ColorType, Transformations};
+use opencv::prelude::*;
+use png::{BitDepth, ColorType, Transformations};
 
 /// Decodes a PNG whose header was already checked to 8-bit BGR, as OpenCV's `imdecode` with
 /// `IMREAD_COLOR` does: 16-bit samples keep their high byte, alpha and transparency are dropped (not
@@ -14,6 +15,9 @@ pub(crate) fn decode_bgr(bytes: &[u8]) -> Option<Mat> {
     let mut decoder = png::Decoder::new(std::io::Cursor::new(bytes));
     decoder.set_transformations(Transformations::normalize_to_color8());
     let mut reader = decoder.read_info().ok()?;
+    if reader.output_color_type() == (ColorType::Rgb, BitDepth::Eight) {
+        return decode_rgb_in_place(&mut reader);
+    }
     let mut pixels = vec![0; reader.output_buffer_size()?];
     let info = reader.next_frame(&mut pixels).ok()?;
     pixels.truncate(info.buffer_size());
@@ -45,12 +49,35 @@ pub(crate) fn decode_bgr(bytes: &[u8]) -> Option<Mat> {
     Some(bgr)
 }
 
+/// The tablet's frames (8-bit RGB, or a palette without transparency): decoded straight into the
+/// BGR frame's own buffer and its channels swapped there, so that no second full-size buffer is
+/// allocated and faulted in per frame (2.7 MB for 1280x720; docs/performance.md, "Lever: memory").
+fn decode_rgb_in_place<R: std::io::BufRead + std::io::Seek>(
+    reader: &mut png::Reader<R>,
+) -> Option<Mat> {
+    let (width, height) = reader.info().size();
+    let (rows, cols) = (i32::try_from(height).ok()?, i32::try_from(width).ok()?);
+    let mut bgr = Mat::new_rows_cols_with_default(rows, cols, CV_8UC3, Scalar::all(0.0)).ok()?;
+    let pixels = bgr.data_bytes_mut().ok()?;
+    if pixels.len() != reader.output_buffer_size()? {
+        return None;
+    }
+    let frame = reader.next_frame(pixels).ok()?;
+    if (frame.width, frame.height) != (width, height) {
+        log::debug!("a PNG whose first frame is smaller than its image was refused");
+        return None;
+    }
+    for pixel in pixels.chunks_exact_mut(3) {
+        pixel.swap(0, 2);
+    }
+    Some(bgr)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use opencv::core::{self, Scalar, Vector, CV_16UC1, CV_16UC3, CV_8UC1, CV_8UC3, CV_8UC4};
     use opencv::imgcodecs;
-    use opencv::prelude::*;
 
     /// What OpenCV's libpng path gives for the same bytes: the pixels this decoder must reproduce.
     fn opencv_decode(bytes: &[u8]) -> Mat {
