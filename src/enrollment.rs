@@ -2,14 +2,15 @@
 
 use std::path::{Path, PathBuf};
 
-use opencv::core::{Mat, MatTraitConst, Rect, Size, Vector, VectorToVec};
-use opencv::{imgcodecs, imgproc};
+use opencv::core::{Mat, MatTraitConst, Rect, Size};
+use opencv::imgproc;
 
 use crate::config::FrameConfig;
+use crate::frame::jpeg::EncodeError;
 use crate::frame::CheckedImage;
 use crate::gallery::{BestMatch, Gallery, GalleryError, Sample};
 use crate::recognition::RecognitionError;
-use crate::vision::{DetectedFace, Embedding, Recognizer, VisionError};
+use crate::vision::{DetectedFace, Embedding, Recognizer};
 
 /// Side of the square face thumbnail kept per sample for the admin page.
 const THUMBNAIL_SIDE: i32 = 96;
@@ -112,7 +113,10 @@ pub(crate) fn embed_single_face(
         [face] => {
             let embedding =
                 recognizer.embed_face_finer(&decoded.image, face, || image.decode_finer())?;
-            let thumbnail = face_thumbnail(&decoded.image, face).map_err(VisionError::from)?;
+            let thumbnail = match face_thumbnail(&decoded.image, face) {
+                Ok(thumbnail) => thumbnail,
+                Err(err) => return Ok(Err(format!("no thumbnail of the face: {err}"))),
+            };
             Ok(Ok(EnrolledFace {
                 embedding,
                 score: face.score,
@@ -127,7 +131,7 @@ pub(crate) fn embed_single_face(
 }
 
 /// A square JPEG of the face with a margin around it, `THUMBNAIL_SIDE` pixels wide.
-pub fn face_thumbnail(image: &Mat, face: &DetectedFace) -> opencv::Result<Vec<u8>> {
+pub fn face_thumbnail(image: &Mat, face: &DetectedFace) -> Result<Vec<u8>, EncodeError> {
     let [x, y, w, h] = face.bbox;
     let side = (w.max(h) * 1.4).max(1.0);
     let (cx, cy) = (x + w / 2.0, y + h / 2.0);
@@ -145,10 +149,7 @@ pub fn face_thumbnail(image: &Mat, face: &DetectedFace) -> opencv::Result<Vec<u8
         0.0,
         imgproc::INTER_AREA,
     )?;
-    let mut jpeg = Vector::<u8>::new();
-    let params = Vector::from_slice(&[imgcodecs::IMWRITE_JPEG_QUALITY, 85]);
-    imgcodecs::imencode(".jpg", &small, &mut jpeg, &params)?;
-    Ok(jpeg.to_vec())
+    crate::frame::jpeg::encode_bgr(&small, 85)
 }
 
 /// A fresh thumbnail file name: random, so that no two samples ever share one.

@@ -1,12 +1,12 @@
 //! First stage of the data path: request body → base64 → image header check → bounded decode
-//! (JPEG by OpenCV, reduced where it can be; PNG by the `png` crate).
+//! (JPEG by `jpeg-decoder`, reduced where it can be; PNG by the `png` crate).
 
 use base64::Engine;
 use opencv::core::{Mat, MatTraitConst};
-use opencv::imgcodecs;
 
 use crate::config::FrameConfig;
 
+pub mod jpeg;
 mod png;
 
 /// Why a frame was refused. Every variant is the sender's fault and maps to a 4xx answer.
@@ -39,7 +39,7 @@ pub enum FrameError {
         pixels: u64,
         limit: u64,
     },
-    #[error("OpenCV could not decode the {format}: the image data is corrupt")]
+    #[error("the {format} could not be decoded: the image data is corrupt")]
     Undecodable { format: &'static str },
 }
 
@@ -369,21 +369,13 @@ impl CheckedImage {
 
     fn decode_reduced(&self, reduction: u32) -> Result<Frame, FrameError> {
         let header = self.header;
-        let flags = match reduction {
-            8 => imgcodecs::IMREAD_REDUCED_COLOR_8,
-            4 => imgcodecs::IMREAD_REDUCED_COLOR_4,
-            2 => imgcodecs::IMREAD_REDUCED_COLOR_2,
-            _ => imgcodecs::IMREAD_COLOR,
-        };
         let undecodable = || FrameError::Undecodable {
             format: header.format.name(),
         };
         let image = match header.format {
             ImageFormat::Png => png::decode_bgr(&self.bytes).ok_or_else(undecodable)?,
             ImageFormat::Jpeg => {
-                // A Mat over the bytes themselves: no copy of the file for the decoder.
-                let buffer = Mat::from_slice(&self.bytes).map_err(|_| undecodable())?;
-                imgcodecs::imdecode(&buffer, flags).map_err(|_| undecodable())?
+                jpeg::decode_bgr(&self.bytes, reduction).ok_or_else(undecodable)?
             }
         };
         if image.empty() || image.channels() != 3 {

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use chrono::{Days, NaiveDate, Utc};
-use opencv::core::{Mat, MatTraitConst, Size, Vector, VectorToVec};
-use opencv::{imgcodecs, imgproc};
+use opencv::core::{Mat, MatTraitConst, Size};
+use opencv::imgproc;
 use serde_json::{json, Value};
 
 use super::form::{Fields, Upload};
@@ -897,10 +897,7 @@ impl Admin {
             imgproc::INTER_AREA,
         )
         .ok()?;
-        let mut jpeg = Vector::<u8>::new();
-        let params = Vector::from_slice(&[imgcodecs::IMWRITE_JPEG_QUALITY, 80]);
-        imgcodecs::imencode(".jpg", &small, &mut jpeg, &params).ok()?;
-        Some(jpeg.to_vec())
+        crate::frame::jpeg::encode_bgr(&small, 80).ok()
     }
 
     fn door_page(&self, session: &Session, notice: Option<Notice>) -> AdminResponse {
