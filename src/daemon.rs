@@ -132,18 +132,23 @@ impl StopFlags {
     }
 }
 
-/// Blocks at least this large are mapped on their own and returned to the system when freed: a frame's
-/// body, its decoded pixels and the networks' largest buffers (1 to 3 MB each for a 1280x720 frame).
-const MALLOC_MMAP_THRESHOLD: libc::c_int = 1 << 20;
+/// Blocks at least this large are mapped on their own and returned to the system when freed. Above a
+/// 1280x720 frame's buffers (the PNG body, 1.5 MB; the decoded pixels, 2.7 MB), which therefore come
+/// from the arenas and are used again by the next frame; a larger frame's pixels are mapped.
+const MALLOC_MMAP_THRESHOLD: libc::c_int = 4 << 20;
+/// Free memory at the top of an arena is kept up to this much instead of being handed back at every
+/// `free`: with glibc's 128 KiB, each frame's buffers were faulted in afresh (about 1,500 page faults a
+/// frame, 14 % of the daemon's CPU).
+const MALLOC_TRIM_THRESHOLD: libc::c_int = 16 << 20;
 
-/// Two glibc malloc settings (docs/performance.md, "Memory"):
+/// Three glibc malloc settings (docs/performance.md, "Lever: memory" and "Lever: page faults"):
 /// - one arena per core instead of up to eight: every connection thread otherwise gets an arena of its
 ///   own, which keeps the frame bodies it freed, ~45 MB more peak RSS after a few dozen connections of
 ///   1280x720 PNGs, at no measured CPU cost;
-/// - a fixed mmap threshold of 1 MiB: glibc's own threshold rises to the size of the largest block freed
-///   (up to 32 MiB), after which each frame's megabyte-sized buffers come from the arenas and stay
-///   there, fragmented: 14 MB less peak RSS at about 5 % more CPU per frame (the pages of those
-///   buffers are faulted in anew each frame).
+/// - a fixed mmap threshold of 4 MiB: glibc's own threshold rises to the size of the largest block
+///   freed (up to 32 MiB), after which larger frames' buffers and the networks' set-up blocks stay in
+///   the arenas, fragmented;
+/// - a fixed trim threshold of 16 MiB, so that the arenas keep what one frame frees for the next.
 fn tune_malloc() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
@@ -158,6 +163,10 @@ fn tune_malloc() {
         // SAFETY: as above.
         if unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD) } != 1 {
             log::warn!("could not fix glibc's mmap threshold; memory use may be higher");
+        }
+        // SAFETY: as above.
+        if unsafe { libc::mallopt(libc::M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD) } != 1 {
+            log::warn!("could not fix glibc's trim threshold; frames may cost more CPU");
         }
     }
 }
