@@ -74,30 +74,26 @@ pub(crate) fn exif_orientation(tiff: &[u8]) -> Option<u16> {
         b"II*\0" => false,
         _ => return None,
     };
-    let u16_at = |at: usize| -> Option<u16> {
-        let bytes: [u8; 2] = tiff.get(at..at.checked_add(2)?)?.try_into().ok()?;
+    // The unsigned number of `len` bytes at `at`, in the data's byte order.
+    let number = |at: usize, len: usize| -> Option<u32> {
+        let bytes = tiff.get(at..at.checked_add(len)?)?;
+        let push = |n: u32, byte: &u8| (n << 8) | u32::from(*byte);
         Some(if big_endian {
-            u16::from_be_bytes(bytes)
+            bytes.iter().fold(0, push)
         } else {
-            u16::from_le_bytes(bytes)
+            bytes.iter().rev().fold(0, push)
         })
     };
-    let u32_at = |at: usize| -> Option<u32> {
-        let bytes: [u8; 4] = tiff.get(at..at.checked_add(4)?)?.try_into().ok()?;
-        Some(if big_endian {
-            u32::from_be_bytes(bytes)
-        } else {
-            u32::from_le_bytes(bytes)
-        })
-    };
-    const ORIENTATION: u16 = 0x0112;
-    const SHORT: u16 = 3;
-    let ifd = usize::try_from(u32_at(4)?).ok()?;
-    (0..usize::from(u16_at(ifd)?))
+    const ORIENTATION: u32 = 0x0112;
+    const SHORT: u32 = 3;
+    let ifd = usize::try_from(number(4, 4)?).ok()?;
+    let entries = usize::try_from(number(ifd, 2)?).ok()?;
+    (0..entries)
         .map(|entry| ifd + 2 + 12 * entry)
-        .find(|&entry| u16_at(entry) == Some(ORIENTATION))
-        .filter(|&entry| u16_at(entry + 2) == Some(SHORT))
-        .and_then(|entry| u16_at(entry + 8))
+        .find(|&entry| number(entry, 2) == Some(ORIENTATION))
+        .filter(|&entry| number(entry + 2, 2) == Some(SHORT))
+        .and_then(|entry| number(entry + 8, 2))
+        .and_then(|orientation| u16::try_from(orientation).ok())
         .filter(|orientation| (1..=8).contains(orientation))
 }
 
