@@ -68,7 +68,7 @@ fn cmyk_to_bgr(pixels: &[u8], rows: i32, cols: i32) -> Option<Mat> {
 }
 
 /// The orientation tag (0x0112) of IFD0 in EXIF data that starts at its TIFF header.
-pub(crate) fn exif_orientation(tiff: &[u8]) -> Option<u16> {
+fn exif_orientation(tiff: &[u8]) -> Option<u16> {
     let big_endian = match tiff.get(..4)? {
         b"MM\0*" => true,
         b"II*\0" => false,
