@@ -26,12 +26,11 @@ pub(crate) fn decode_bgr(bytes: &[u8], reduction: u32) -> Option<Mat> {
     let info = decoder.info()?;
     let (rows, cols) = (i32::from(info.height), i32::from(info.width));
     let bgr = match info.pixel_format {
-        jpeg_decoder::PixelFormat::RGB24 => rgb_to_bgr(&pixels, rows, cols)?,
+        jpeg_decoder::PixelFormat::RGB24 => {
+            converted::<Vec3b>(&pixels, rows, cols, imgproc::COLOR_RGB2BGR)?
+        }
         jpeg_decoder::PixelFormat::L8 => {
-            let grey = Mat::new_rows_cols_with_bytes::<u8>(rows, cols, &pixels).ok()?;
-            let mut bgr = Mat::default();
-            imgproc::cvt_color_def(&grey, &mut bgr, imgproc::COLOR_GRAY2BGR).ok()?;
-            bgr
+            converted::<u8>(&pixels, rows, cols, imgproc::COLOR_GRAY2BGR)?
         }
         jpeg_decoder::PixelFormat::CMYK32 => cmyk_to_bgr(&pixels, rows, cols)?,
         jpeg_decoder::PixelFormat::L16 => return None,
@@ -40,16 +39,11 @@ pub(crate) fn decode_bgr(bytes: &[u8], reduction: u32) -> Option<Mat> {
     upright(bgr, orientation).ok()
 }
 
-/// The decoder's RGB samples, written once into the BGR frame's own buffer.
-fn rgb_to_bgr(pixels: &[u8], rows: i32, cols: i32) -> Option<Mat> {
-    let mut bgr = Mat::new_rows_cols_with_default(rows, cols, CV_8UC3, 0.0.into()).ok()?;
-    let out = bgr.data_typed_mut::<Vec3b>().ok()?;
-    if out.len() * 3 != pixels.len() {
-        return None;
-    }
-    for (to, from) in out.iter_mut().zip(pixels.chunks_exact(3)) {
-        *to = Vec3b::from([from[2], from[1], from[0]]);
-    }
+/// The decoder's samples (`T` a pixel) converted to BGR by OpenCV's `code`, as `frame::png` does.
+fn converted<T: DataType>(pixels: &[u8], rows: i32, cols: i32, code: i32) -> Option<Mat> {
+    let decoded = Mat::new_rows_cols_with_bytes::<T>(rows, cols, pixels).ok()?;
+    let mut bgr = Mat::default();
+    imgproc::cvt_color_def(&decoded, &mut bgr, code).ok()?;
     Some(bgr)
 }
 
