@@ -452,14 +452,6 @@ fn load_deciding_engine(config: &Config) -> Result<Engine> {
     Ok(Engine { models, recognizer })
 }
 
-fn embedder_id(models: &PipelineModels) -> EmbedderId {
-    EmbedderId {
-        name: models.embedder.name.clone(),
-        sha256: models.embedder.sha256.clone(),
-        dim: models.embedder.contract.output_dim,
-    }
-}
-
 fn read_image(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
 }
@@ -473,7 +465,7 @@ fn file_name(path: &Path) -> String {
 
 fn enroll(config: &Config, name: &str, images: &[PathBuf]) -> Result<()> {
     let mut engine = load_engine(config)?;
-    let file = GalleryFile::of(config, &embedder_id(&engine.models));
+    let file = GalleryFile::of(config, &EmbedderId::of(&engine.models.embedder));
     file.edit(|gallery| enroll_into(config, &mut engine, gallery, name, images))
 }
 
@@ -534,7 +526,10 @@ fn enroll_into(
 /// Prints, for each image, the record the daemon would make of it (as its audit line), with `file`.
 fn identify(config: &Config, images: &[PathBuf]) -> Result<()> {
     let mut engine = load_deciding_engine(config)?;
-    let gallery = Gallery::load(&config.gallery_path(), &embedder_id(&engine.models))?;
+    let gallery = Gallery::load(
+        &config.gallery_path(),
+        &EmbedderId::of(&engine.models.embedder),
+    )?;
     let threshold = engine.models.threshold(&config.recognition);
     let zone = config
         .time_zone()
@@ -604,7 +599,7 @@ fn gallery(config: &Config, action: GalleryAction) -> Result<()> {
     }
     let models = PipelineModels::resolve(&config.recognition, &config.models_dir)
         .context("the models are not usable")?;
-    let file = GalleryFile::of(config, &embedder_id(&models));
+    let file = GalleryFile::of(config, &EmbedderId::of(&models.embedder));
     let path = file.path().to_path_buf();
     let gallery = file.load()?;
     match action {
@@ -801,7 +796,7 @@ fn permissions_summary(permissions: &permission::Permissions) -> String {
 fn groups(config: &Config, action: GroupsAction) -> Result<()> {
     let models = PipelineModels::resolve(&config.recognition, &config.models_dir)
         .context("the models are not usable")?;
-    let file = GalleryFile::of(config, &embedder_id(&models));
+    let file = GalleryFile::of(config, &EmbedderId::of(&models.embedder));
     match action {
         GroupsAction::Set { name, schedule } => {
             let hours = permission::WeeklyHours::parse(&schedule).context("--schedule")?;

@@ -401,11 +401,7 @@ fn serve(
         .and_then(|models| models.with_liveness(&config.liveness))
         .context("the models are not usable")?;
     let threshold = models.threshold(&config.recognition);
-    let embedder = EmbedderId {
-        name: models.embedder.name.clone(),
-        sha256: models.embedder.sha256.clone(),
-        dim: models.embedder.contract.output_dim,
-    };
+    let embedder = EmbedderId::of(&models.embedder);
     let gallery = LiveGallery::open(&config.gallery_path(), &embedder, GALLERY_RECHECK)?;
     remote
         .start(

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::atomic_file;
+use crate::models::{EmbedderContract, ResolvedModel};
 use crate::permission::{self, Access, Group, Groups, Permissions, WeeklyHours};
 use crate::vision::embed::{dot, Embedding};
 
@@ -69,8 +70,24 @@ pub enum GalleryError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EmbedderId {
     pub name: String,
+    /// The embedder's `gallery_sha256` in the manifest, else its file's pinned sha256.
     pub sha256: String,
     pub dim: usize,
+}
+
+impl EmbedderId {
+    pub fn of(embedder: &ResolvedModel<EmbedderContract>) -> EmbedderId {
+        let contract = &embedder.contract;
+        EmbedderId {
+            name: embedder.name.clone(),
+            sha256: contract
+                .gallery_sha256
+                .as_deref()
+                .unwrap_or(&embedder.sha256)
+                .to_ascii_lowercase(),
+            dim: contract.output_dim,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -541,6 +558,30 @@ fn modified_time(path: &Path) -> Option<std::time::SystemTime> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The sha256 of the MobileFaceNet rewrite every gallery before the widening was enrolled with.
+    const MOBILEFACENET_BEFORE_WIDENING: &str =
+        "8fc0277af4af94259f8de44b3e14e4c3cace971192fa622bec5261541af29cb2";
+
+    #[test]
+    fn galleries_enrolled_before_the_depthwise_widening_still_match() {
+        let embedder = crate::models::Manifest::builtin()
+            .embedder("mobilefacenet", Path::new("assets/models"))
+            .unwrap();
+        assert_ne!(embedder.sha256, MOBILEFACENET_BEFORE_WIDENING);
+        let enrolled_before = Gallery::new(EmbedderId {
+            name: "mobilefacenet".into(),
+            sha256: MOBILEFACENET_BEFORE_WIDENING.into(),
+            dim: 128,
+        });
+        let shipped = EmbedderId::of(&embedder);
+        Gallery::parse(
+            &enrolled_before.to_json(),
+            Path::new("gallery.json"),
+            &shipped,
+        )
+        .unwrap();
+    }
 
     fn id() -> EmbedderId {
         EmbedderId {

@@ -82,6 +82,11 @@ pub struct EmbedderContract {
     pub output_dim: usize,
     /// Default cosine threshold for a grant.
     pub threshold: f32,
+    /// The sha256 galleries know this embedder's vectors by, when it is not the file's own pin: that of
+    /// the first pinned file that made them. A graph rewrite that gives the same vectors keeps it, so
+    /// galleries and building bundles enrolled before it still match.
+    #[serde(default)]
+    pub gallery_sha256: Option<String>,
 }
 
 /// How an anti-spoofing classifier wants its crop of the frame, and which output means "real".

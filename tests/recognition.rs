@@ -3,6 +3,8 @@
 
 mod support;
 
+use std::path::Path;
+use std::process::Command;
 use std::sync::{Arc, Barrier, OnceLock};
 use std::thread;
 
@@ -479,4 +481,53 @@ fn concurrent_workers_never_receive_each_others_results() {
             });
         }
     });
+}
+
+/// The shipped MobileFaceNet pads its narrow depthwise convolutions for speed
+/// (`scripts/derive-mobilefacenet-opencv46`); galleries enrolled with the rewrite before that keep matching
+/// (`gallery_sha256` in the manifest) only because the vectors are the same.
+#[test]
+fn the_widened_embedder_gives_the_vectors_of_the_loadable_only_rewrite() {
+    let engine = Engine::get();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let loadable = dir.path().join("mobilefacenet_loadable_only.onnx");
+    let upstream = engine
+        .models
+        .embedder
+        .path
+        .with_file_name("mobilefacenet_foamliu.onnx");
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/derive-mobilefacenet-opencv46");
+    let derived = Command::new(script)
+        .arg("--loadable-only")
+        .arg(&upstream)
+        .arg(&loadable)
+        .output()
+        .expect("run the derive script");
+    assert!(
+        derived.status.success(),
+        "{}",
+        String::from_utf8_lossy(&derived.stderr)
+    );
+    let mut models = engine.models.clone();
+    models.embedder.path = loadable;
+    let mut loadable_only = Recognizer::load(&models, &engine.config.recognition)
+        .expect("the loadable-only rewrite loads");
+    let mut shipped = engine.recognizer();
+    for photos in support::people().values() {
+        let image = support::photo_pixels(&photos[0]);
+        let faces = shipped.detect_all(&image).expect("detection runs");
+        let face = faces
+            .iter()
+            .max_by(|a, b| a.bbox[2].total_cmp(&b.bbox[2]))
+            .unwrap_or_else(|| panic!("a face in {}", photos[0]));
+        let widened = shipped.embed_face(&image, face).expect("embeds");
+        let plain = loadable_only.embed_face(&image, face).expect("embeds");
+        let similarity = widened.cosine(&plain);
+        assert!(
+            similarity > 0.999_99,
+            "{}: cosine {similarity} between the shipped and the loadable-only embedder",
+            photos[0]
+        );
+    }
 }

@@ -218,11 +218,7 @@ impl Engine {
     }
 
     pub fn embedder_id(&self) -> EmbedderId {
-        EmbedderId {
-            name: self.models.embedder.name.clone(),
-            sha256: self.models.embedder.sha256.clone(),
-            dim: self.models.embedder.contract.output_dim,
-        }
+        EmbedderId::of(&self.models.embedder)
     }
 
     pub fn empty_gallery(&self) -> Gallery {
