@@ -1,7 +1,8 @@
 //! The tablet's frames end to end (issue 10): 1280x720 door frames with a large face, as PNG (what the
 //! tablet sends) and as JPEG q90, posted over loopback at concurrency 1 and 2 to facegate's release binary
 //! and, in the same run, to a Python + OpenCV server doing the same work (benches/opencv_server.py: same
-//! models, alignment and gallery). Prints latency percentiles, throughput, per-stage means, whether both
+//! models, alignment and gallery; MobileFaceNet in the rewrite OpenCV 4.6 needs to load it, without
+//! facegate's widening). Prints latency percentiles, throughput, per-stage means, whether both
 //! reached the same decisions, and each server's peak RSS. Run: `cargo bench --bench door` (asserts
 //! nothing). The Python side needs Debian's python3-opencv and python3-numpy (`scripts/install-deps
 //! --bench`); without them only facegate is measured, and the bench says so.
