@@ -487,37 +487,12 @@ fn python_with_opencv() -> Result<String, String> {
     ))
 }
 
-/// The Python server's MobileFaceNet: the smallest rewrite OpenCV 4.6 loads, without facegate's widening of
-/// the narrow depthwise convolutions (a lever of facegate's, like its quick detection pass), derived next
-/// to the gallery from the upstream file that sits beside the shipped embedder.
-fn loadable_embedder(engine: &Engine, dir: &Path) -> PathBuf {
-    let shipped = &engine.models.embedder.path;
-    let upstream = shipped.with_file_name("mobilefacenet_foamliu.onnx");
-    let loadable = dir.join("mobilefacenet_foamliu_loadable_only.onnx");
-    let script =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/derive-mobilefacenet-opencv46");
-    let derived = Command::new(&script)
-        .arg("--loadable-only")
-        .arg(&upstream)
-        .arg(&loadable)
-        .output()
-        .expect("run scripts/derive-mobilefacenet-opencv46");
-    assert!(
-        derived.status.success(),
-        "{} --loadable-only {} failed: {}",
-        script.display(),
-        upstream.display(),
-        String::from_utf8_lossy(&derived.stderr)
-    );
-    loadable
-}
-
 fn python_server(python: &str, gallery: &Path, engine: &Engine) -> Server {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/opencv_server.py");
-    let embedder = loadable_embedder(
-        engine,
-        gallery.parent().expect("the gallery sits in a directory"),
-    );
+    // MobileFaceNet without facegate's widening of its narrow depthwise convolutions: a lever of
+    // facegate's, as its quick detection pass is.
+    let embedder =
+        engine.loadable_only_embedder(gallery.parent().expect("the gallery sits in a directory"));
     let mut command = Command::new(python);
     command
         .arg(script)

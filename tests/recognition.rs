@@ -3,8 +3,6 @@
 
 mod support;
 
-use std::path::Path;
-use std::process::Command;
 use std::sync::{Arc, Barrier, OnceLock};
 use std::thread;
 
@@ -490,27 +488,8 @@ fn concurrent_workers_never_receive_each_others_results() {
 fn the_widened_embedder_gives_the_vectors_of_the_loadable_only_rewrite() {
     let engine = Engine::get();
     let dir = tempfile::tempdir().expect("temp dir");
-    let loadable = dir.path().join("mobilefacenet_loadable_only.onnx");
-    let upstream = engine
-        .models
-        .embedder
-        .path
-        .with_file_name("mobilefacenet_foamliu.onnx");
-    let script =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/derive-mobilefacenet-opencv46");
-    let derived = Command::new(script)
-        .arg("--loadable-only")
-        .arg(&upstream)
-        .arg(&loadable)
-        .output()
-        .expect("run the derive script");
-    assert!(
-        derived.status.success(),
-        "{}",
-        String::from_utf8_lossy(&derived.stderr)
-    );
     let mut models = engine.models.clone();
-    models.embedder.path = loadable;
+    models.embedder.path = engine.loadable_only_embedder(dir.path());
     let mut loadable_only = Recognizer::load(&models, &engine.config.recognition)
         .expect("the loadable-only rewrite loads");
     let mut shipped = engine.recognizer();

@@ -221,6 +221,34 @@ impl Engine {
         EmbedderId::of(&self.models.embedder)
     }
 
+    /// MobileFaceNet in the smallest rewrite OpenCV 4.6 loads, without the widening of its narrow
+    /// depthwise convolutions (`scripts/derive-mobilefacenet-opencv46 --loadable-only`), written into
+    /// `dir` from the upstream file that sits beside the shipped embedder.
+    pub fn loadable_only_embedder(&self, dir: &Path) -> PathBuf {
+        let upstream = self
+            .models
+            .embedder
+            .path
+            .with_file_name("mobilefacenet_foamliu.onnx");
+        let loadable = dir.join("mobilefacenet_foamliu_loadable_only.onnx");
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/derive-mobilefacenet-opencv46");
+        let derived = std::process::Command::new(&script)
+            .arg("--loadable-only")
+            .arg(&upstream)
+            .arg(&loadable)
+            .output()
+            .unwrap_or_else(|err| panic!("{} did not run: {err}", script.display()));
+        assert!(
+            derived.status.success(),
+            "{} --loadable-only {} failed: {}",
+            script.display(),
+            upstream.display(),
+            String::from_utf8_lossy(&derived.stderr)
+        );
+        loadable
+    }
+
     pub fn empty_gallery(&self) -> Gallery {
         Gallery::new(self.embedder_id())
     }
