@@ -441,8 +441,11 @@ function wireControls() {
   }
   $("code").addEventListener("input", touchKeypad);
   $("keypad").addEventListener("submit", submitCode);
+  // Full screen on the first tap's click, not its pointerdown: going full screen moves the layout,
+  // and between pointerdown and pointerup it could slide the button away from the finger, so that the
+  // first tap (on "Enter a visitor code", say) did nothing.
   document.addEventListener(
-    "pointerdown",
+    "click",
     () => {
       if (!document.fullscreenElement) document.documentElement.requestFullscreen?.().catch(() => {});
       keepAwake();
