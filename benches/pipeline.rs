@@ -63,6 +63,11 @@ fn main() {
         png_decoders(engine, &mut engine.recognizer());
         return;
     }
+    if std::env::args().any(|arg| arg == "jpeg") {
+        // `cargo bench --bench pipeline -- jpeg`: the JPEG decoders only.
+        jpeg_decoders(engine, &mut engine.recognizer());
+        return;
+    }
     let started = Instant::now();
     let camera = common::frames(CAMERA, 1);
     let eight_k = common::frames(EIGHT_K, EIGHT_K_STEP);
@@ -420,13 +425,121 @@ fn png_decoders(engine: &Engine, recognizer: &mut Recognizer) {
             frames.len()
         );
     }
-    match python_decode_ms(&frames) {
+    match python_decode_ms(&frames, Format::Png) {
         Ok((wall, cpu)) => println!(
             "  {:<26} {:>8.2} {:>8} {:>8.2}",
             "python cv2.imdecode", wall, "", cpu
         ),
         Err(why) => println!("  python cv2.imdecode not measured: {why}"),
     }
+}
+
+/// The tablet's frames as JPEGs (quality 90) decoded to BGR at half size, as facegate decodes them:
+/// by libjpeg through OpenCV (`IMREAD_REDUCED_COLOR_2`), by `jpeg-decoder`'s scaled decode (facegate
+/// before) and by facegate's `CheckedImage::decode` (`zune-jpeg` whole, then halved), and, in the
+/// same run, by the Python server's `cv2.imdecode` at full size: wall and CPU medians (the whole
+/// process's CPU: `jpeg-decoder` decodes on threads of its own), and the mean difference from
+/// libjpeg's pixels.
+fn jpeg_decoders(engine: &Engine, recognizer: &mut Recognizer) {
+    let frames = common::door_frames(recognizer, DOOR_STEP);
+    let libjpeg = |bytes: &[u8]| {
+        imgcodecs::imdecode(
+            &Vector::from_slice(bytes),
+            imgcodecs::IMREAD_REDUCED_COLOR_2,
+        )
+        .expect("decode")
+    };
+    let jpeg_decoder_scaled = |bytes: &[u8]| {
+        let mut decoder = jpeg_decoder::Decoder::new(bytes);
+        decoder.read_info().expect("header");
+        let info = decoder.info().expect("info");
+        decoder
+            .scale(info.width.div_ceil(2), info.height.div_ceil(2))
+            .expect("scale");
+        let pixels = decoder.decode().expect("jpeg-decoder decode");
+        let info = decoder.info().expect("info");
+        let rgb = opencv::core::Mat::new_rows_cols_with_bytes::<opencv::core::Vec3b>(
+            i32::from(info.height),
+            i32::from(info.width),
+            &pixels,
+        )
+        .expect("mat");
+        let mut bgr = opencv::core::Mat::default();
+        opencv::imgproc::cvt_color_def(&rgb, &mut bgr, opencv::imgproc::COLOR_RGB2BGR)
+            .expect("convert");
+        bgr
+    };
+    let facegate = |bytes: &[u8]| {
+        let image = CheckedImage::check(bytes.to_vec(), &engine.config.frame).expect("checks");
+        assert_eq!(image.header().format, facegate::frame::ImageFormat::Jpeg);
+        image.decode().expect("decodes").image
+    };
+    type Decoder<'a> = &'a dyn Fn(&[u8]) -> opencv::core::Mat;
+    let decoders: [(&str, Decoder); 3] = [
+        ("libjpeg (OpenCV imdecode)", &libjpeg),
+        ("jpeg-decoder 0.3, scaled", &jpeg_decoder_scaled),
+        ("zune-jpeg 0.4 (facegate)", &facegate),
+    ];
+    println!(
+        "JPEG decoders on {} door frames (1280x720, quality 90) to 640x360, medians of {DOOR_RUNS} passes, load average {}",
+        frames.len(),
+        common::load_average()
+    );
+    println!(
+        "  {:<26} {:>8} {:>8} {:>8} {:>15}",
+        "decoder", "wall ms", "p90", "CPU ms", "mean from libjpeg"
+    );
+    for (label, decode) in decoders {
+        let (mut wall, mut cpu, mut apart) = (Vec::new(), Vec::new(), Vec::new());
+        for frame in &frames {
+            for run in 0..DOOR_RUNS {
+                let (started, cpu_started) = (Instant::now(), process_cpu_ms());
+                let image = decode(&frame.jpeg);
+                cpu.push(process_cpu_ms() - cpu_started);
+                wall.push(common::elapsed_ms(started));
+                if run == 0 {
+                    let reference = libjpeg(&frame.jpeg);
+                    let (ours, theirs) = (
+                        image.data_bytes().expect("pixels"),
+                        reference.data_bytes().expect("pixels"),
+                    );
+                    assert_eq!(ours.len(), theirs.len(), "{label}: size");
+                    let sum: u64 = ours
+                        .iter()
+                        .zip(theirs)
+                        .map(|(a, b)| u64::from(a.abs_diff(*b)))
+                        .sum();
+                    apart.push(sum as f64 / ours.len() as f64);
+                }
+            }
+        }
+        println!(
+            "  {:<26} {:>8.2} {:>8.2} {:>8.2} {:>15.2}",
+            label,
+            median(&wall),
+            percentile(&wall, 90.0),
+            median(&cpu),
+            mean(&apart)
+        );
+    }
+    match python_decode_ms(&frames, Format::Jpeg) {
+        Ok((wall, cpu)) => println!(
+            "  {:<26} {:>8.2} {:>8} {:>8.2}",
+            "python cv2.imdecode (full)", wall, "", cpu
+        ),
+        Err(why) => println!("  python cv2.imdecode not measured: {why}"),
+    }
+}
+
+/// CPU time of the whole process, ms.
+fn process_cpu_ms() -> f64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut now) };
+    now.tv_sec as f64 * 1000.0 + now.tv_nsec as f64 / 1e6
 }
 
 /// CPU time of the calling thread, ms: what a decode costs whatever else runs on the machine.
@@ -440,19 +553,34 @@ fn thread_cpu_ms() -> f64 {
     now.tv_sec as f64 * 1000.0 + now.tv_nsec as f64 / 1e6
 }
 
-/// The Python server's decode (`cv2.imdecode(..., IMREAD_COLOR)`) on the same PNGs: (wall, CPU)
+/// The door frames' two encodings.
+#[derive(Clone, Copy)]
+enum Format {
+    Png,
+    Jpeg,
+}
+
+/// The Python server's decode (`cv2.imdecode(..., IMREAD_COLOR)`) on the same frames: (wall, CPU)
 /// medians in ms, from Debian's Python with OpenCV (`scripts/install-deps --bench`).
-fn python_decode_ms(frames: &[DoorFrame]) -> Result<(f64, f64), String> {
+fn python_decode_ms(frames: &[DoorFrame], format: Format) -> Result<(f64, f64), String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let extension = match format {
+        Format::Png => "png",
+        Format::Jpeg => "jpg",
+    };
     for (i, frame) in frames.iter().enumerate() {
-        std::fs::write(dir.path().join(format!("{i:03}.png")), &frame.png)
+        let bytes = match format {
+            Format::Png => &frame.png,
+            Format::Jpeg => &frame.jpeg,
+        };
+        std::fs::write(dir.path().join(format!("{i:03}.{extension}")), bytes)
             .map_err(|e| e.to_string())?;
     }
     let script = format!(
         r#"
 import cv2, glob, numpy, statistics, time
 walls, cpus = [], []
-for path in sorted(glob.glob("{dir}/*.png")):
+for path in sorted(glob.glob("{dir}/*.{extension}")):
     data = numpy.frombuffer(open(path, "rb").read(), numpy.uint8)
     for _ in range({DOOR_RUNS}):
         w, c = time.perf_counter(), time.thread_time()

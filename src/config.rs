@@ -101,7 +101,9 @@ pub struct FrameConfig {
     pub max_image_bytes: usize,
     /// Largest accepted width or height in the image header.
     pub max_dimension: u32,
-    /// Largest image, in pixels, that is decoded after JPEG reduction.
+    /// Largest image, in pixels, a decode may hold: a JPEG reduced to 1/4 or 1/8 counts at its
+    /// reduced size; PNGs, progressive JPEGs and JPEGs decoded at full or half size (decoded whole,
+    /// then halved) count at full size.
     pub max_decoded_pixels: u64,
     /// JPEGs are decoded reduced (1/2, 1/4, 1/8) while the longer side stays at least this.
     pub decode_target_side: u32,

@@ -1,5 +1,6 @@
 //! First stage of the data path: request body → base64 → image header check → bounded decode
-//! (JPEG by `jpeg-decoder`, reduced where it can be; PNG by the `png` crate).
+//! (JPEG by `zune-jpeg` whole and halved, or by `jpeg-decoder` reduced by DCT scaling for large
+//! photos; PNG by the `png` crate).
 
 use base64::Engine;
 use opencv::core::{Mat, MatTraitConst};
@@ -272,15 +273,24 @@ pub(crate) fn choose_reduction(header: &ImageHeader, target_side: u32) -> u32 {
         .unwrap_or(1)
 }
 
-/// The smallest JPEG reduction, at most `planned`, whose decoded image stays within `max_pixels`.
+/// The pixels a decode at `reduction` holds at once: the whole image for a progressive JPEG (its
+/// coefficients are gathered before any pixel comes out) and for reductions 1 and 2 (decoded whole,
+/// then halved: `frame::jpeg`), the reduced image otherwise.
+fn held_pixels(header: &ImageHeader, reduction: u32) -> u64 {
+    let held = if header.progressive || reduction <= 2 {
+        1
+    } else {
+        reduction
+    };
+    u64::from(header.width.div_ceil(held)) * u64::from(header.height.div_ceil(held))
+}
+
+/// The smallest JPEG reduction, at most `planned`, whose decode holds at most `max_pixels`.
 fn finest_reduction(header: &ImageHeader, planned: u32, max_pixels: u64) -> u32 {
     [1, 2, 4, 8]
         .into_iter()
         .filter(|&factor| factor <= planned)
-        .find(|&factor| {
-            u64::from(header.width.div_ceil(factor)) * u64::from(header.height.div_ceil(factor))
-                <= max_pixels
-        })
+        .find(|&factor| held_pixels(header, factor) <= max_pixels)
         .unwrap_or(planned)
 }
 
@@ -294,8 +304,7 @@ pub fn plan_decode(header: &ImageHeader, limits: &FrameConfig) -> Result<u32, Fr
         });
     }
     let reduction = choose_reduction(header, limits.decode_target_side);
-    let held = if header.progressive { 1 } else { reduction };
-    let pixels = u64::from(header.width.div_ceil(held)) * u64::from(header.height.div_ceil(held));
+    let pixels = held_pixels(header, reduction);
     if pixels > limits.max_decoded_pixels {
         return Err(FrameError::TooManyPixels {
             format: header.format.name(),
@@ -567,7 +576,8 @@ mod tests {
         };
         let cases = [
             (1280, 720, 2, 1),
-            (7680, 4320, 8, 2),
+            // Halving decodes the whole image first: 33 MP, over the limit.
+            (7680, 4320, 8, 4),
             (16_000, 9_000, 8, 4),
             (640, 480, 1, 1),
         ];

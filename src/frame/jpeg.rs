@@ -5,15 +5,92 @@
 //! come close to its `IMREAD_REDUCED_COLOR_*` (a door frame at half size: a mean of 1 level apart),
 //! EXIF orientation included; this module's tests compare them.
 
-use opencv::core::{self, Mat, Vec3b, Vec4b, CV_8UC3};
+use opencv::core::{self, Mat, Scalar, Size, Vec3b, Vec4b, CV_8UC3};
 use opencv::imgproc;
 use opencv::prelude::*;
+use zune_jpeg::zune_core::colorspace::ColorSpace;
 
 /// Decodes a JPEG whose header was already checked to 8-bit BGR, each side divided by `reduction`
 /// (1, 2, 4 or 8, rounded up, as libjpeg's scaled decoding does), turned upright as its EXIF
 /// orientation says. `None` when the data is corrupt or of a kind OpenCV does not decode either
 /// (12-bit samples).
+///
+/// Two decoders, by the size the image is decoded at. At 1 and 2 (the tablet's 1280x720 frames)
+/// `zune-jpeg` decodes the whole image and a 2x2 average halves it: about half the CPU of
+/// `jpeg-decoder`'s scaled decode, which spreads every frame over three threads of its own
+/// (docs/performance.md, "Lever: JPEG decoding"). At 4 and 8 (photos of 2560 px and more) the whole
+/// image would hold 4 to 16 times the pixels, so `jpeg-decoder` decodes those reduced by DCT scaling,
+/// and CMYK photos, whose samples `cmyk_to_bgr` converts as OpenCV does.
 pub(crate) fn decode_bgr(bytes: &[u8], reduction: u32) -> Option<Mat> {
+    let (bgr, exif) = match reduction {
+        1 | 2 if !stores_ink(bytes)? => decode_whole(bytes, reduction)?,
+        _ => decode_scaled(bytes, reduction)?,
+    };
+    let orientation = exif.as_deref().and_then(exif_orientation).unwrap_or(1);
+    upright(bgr, orientation).ok()
+}
+
+/// Whether the JPEG stores ink (CMYK or YCCK, from print work) rather than light. `None` when its
+/// headers do not parse.
+fn stores_ink(bytes: &[u8]) -> Option<bool> {
+    let mut decoder = zune_jpeg::JpegDecoder::new(bytes);
+    decoder.decode_headers().ok()?;
+    let colour = decoder.get_input_colorspace()?;
+    Some(matches!(colour, ColorSpace::CMYK | ColorSpace::YCCK))
+}
+
+/// The image decoded by `zune-jpeg` at full size, then halved by 2x2 averages when `reduction` is 2
+/// (the box of pixels libjpeg's half-size decode averages); with its EXIF data.
+fn decode_whole(bytes: &[u8], reduction: u32) -> Option<(Mat, Option<Vec<u8>>)> {
+    let mut decoder = zune_jpeg::JpegDecoder::new(bytes);
+    let pixels = decoder.decode().ok()?;
+    let info = decoder.info()?;
+    let (rows, cols) = (i32::from(info.height), i32::from(info.width));
+    let (decoded, code) = match decoder.get_output_colorspace()? {
+        ColorSpace::RGB => (
+            Mat::new_rows_cols_with_bytes::<Vec3b>(rows, cols, &pixels).ok()?,
+            imgproc::COLOR_RGB2BGR,
+        ),
+        ColorSpace::Luma => (
+            Mat::new_rows_cols_with_bytes::<u8>(rows, cols, &pixels).ok()?,
+            imgproc::COLOR_GRAY2BGR,
+        ),
+        _ => return None,
+    };
+    // Halved before the conversion to BGR, which then touches a quarter of the pixels.
+    let mut bgr = Mat::default();
+    if reduction == 2 {
+        let half = Size::new((cols + 1) / 2, (rows + 1) / 2);
+        let mut halved = Mat::default();
+        if cols % 2 == 0 && rows % 2 == 0 {
+            imgproc::resize(&decoded, &mut halved, half, 0.0, 0.0, imgproc::INTER_AREA).ok()?;
+        } else {
+            // An odd side's last pixel is averaged with its copy, as libjpeg averages it with the
+            // encoder's edge padding.
+            let mut even = Mat::default();
+            core::copy_make_border(
+                &decoded,
+                &mut even,
+                0,
+                rows % 2,
+                0,
+                cols % 2,
+                core::BORDER_REPLICATE,
+                Scalar::default(),
+            )
+            .ok()?;
+            imgproc::resize(&even, &mut halved, half, 0.0, 0.0, imgproc::INTER_AREA).ok()?;
+        }
+        imgproc::cvt_color_def(&halved, &mut bgr, code).ok()?;
+    } else {
+        imgproc::cvt_color_def(&decoded, &mut bgr, code).ok()?;
+    }
+    Some((bgr, decoder.exif().cloned()))
+}
+
+/// The image decoded by `jpeg-decoder`, reduced by DCT scaling when `reduction` is above 1; with its
+/// EXIF data.
+fn decode_scaled(bytes: &[u8], reduction: u32) -> Option<(Mat, Option<Vec<u8>>)> {
     let mut decoder = jpeg_decoder::Decoder::new(bytes);
     decoder.read_info().ok()?;
     let info = decoder.info()?;
@@ -36,8 +113,7 @@ pub(crate) fn decode_bgr(bytes: &[u8], reduction: u32) -> Option<Mat> {
         jpeg_decoder::PixelFormat::CMYK32 => cmyk_to_bgr(&pixels, rows, cols)?,
         jpeg_decoder::PixelFormat::L16 => return None,
     };
-    let orientation = decoder.exif_data().and_then(exif_orientation).unwrap_or(1);
-    upright(bgr, orientation).ok()
+    Some((bgr, decoder.exif_data().map(<[u8]>::to_vec)))
 }
 
 /// The decoder's samples (`T` a pixel) converted to BGR by OpenCV's `code`, as `frame::png` does.
@@ -207,15 +283,17 @@ mod tests {
         (mean, max)
     }
 
-    /// At full size the two decoders differ by IDCT rounding only. Reduced, libjpeg's scaled IDCT and
-    /// chroma handling differ more, the more so the smaller the image: this picture's colour changes
-    /// every few pixels, the hard case (a door frame at half size differs by a mean of 1.0). A swapped
-    /// channel or a wrong turn differs by a mean of 50 and more.
+    /// At full size `zune-jpeg` and libjpeg differ by IDCT and upsampling rounding only (on this
+    /// picture a mean of 0.4, a few pixels 9 apart). Halved, the 2x2 averages differ from libjpeg's
+    /// half-size IDCT by a mean of 0.7. Reduced further, libjpeg's scaled IDCT and chroma handling
+    /// differ more from `jpeg-decoder`'s, the more so the smaller the image: this picture's colour
+    /// changes every few pixels, the hard case. A swapped channel or a wrong turn differs by a mean
+    /// of 50 and more.
     fn assert_close(ours: &Mat, theirs: &Mat, reduction: u32, what: &str) {
         let (mean, max) = difference(ours, theirs, what);
         let (mean_limit, max_limit) = match reduction {
-            1 => (0.5, 8),
-            2 => (2.0, 16),
+            1 => (0.5, 10),
+            2 => (1.0, 8),
             4 => (5.0, 32),
             _ => (12.0, 64),
         };
@@ -307,7 +385,7 @@ mod tests {
             for big_endian in [false, true] {
                 let bytes = with_orientation(&plain, orientation, big_endian);
                 let what = format!("orientation {orientation}, big endian {big_endian}");
-                for reduction in [1, 2] {
+                for reduction in [1, 2, 4] {
                     let ours = decode_bgr(&bytes, reduction).expect(&what);
                     assert_close(&ours, &opencv_decode(&bytes, reduction), reduction, &what);
                 }
@@ -340,7 +418,9 @@ mod tests {
     #[test]
     fn damaged_jpeg_data_is_refused_not_decoded_to_garbage() {
         let bytes = opencv_jpeg(&picture(64, 64));
-        assert!(decode_bgr(&bytes[..bytes.len() / 3], 1).is_none());
+        for reduction in [1, 2, 4] {
+            assert!(decode_bgr(&bytes[..bytes.len() / 3], reduction).is_none());
+        }
         let mut twelve_bit = bytes.clone();
         let sof = twelve_bit
             .windows(2)
