@@ -1,8 +1,8 @@
-//! JPEG frames decoded (reduced, by DCT scaling) and thumbnails encoded in Rust instead of through
-//! OpenCV's imgcodecs: linking imgcodecs loads its whole codec stack (GDAL, GDCM, OpenEXR, Poppler and
-//! about 110 more libraries) into the daemon, 40 MB of resident memory for two image formats
+//! JPEG frames decoded (reduced) and thumbnails encoded in Rust instead of through OpenCV's
+//! imgcodecs: linking imgcodecs loads its whole codec stack (GDAL, GDCM, OpenEXR, Poppler and about
+//! 110 more libraries) into the daemon, 40 MB of resident memory for two image formats
 //! (docs/performance.md, "Lever: memory"). The pixels match OpenCV's `IMREAD_COLOR` within rounding and
-//! come close to its `IMREAD_REDUCED_COLOR_*` (a door frame at half size: a mean of 1 level apart),
+//! come close to its `IMREAD_REDUCED_COLOR_*` (a door frame at half size: a mean of 0.3 levels apart),
 //! EXIF orientation included; this module's tests compare them.
 
 use opencv::core::{self, Mat, Scalar, Size, Vec3b, Vec4b, CV_8UC3};
