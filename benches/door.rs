@@ -249,8 +249,18 @@ fn main() {
     println!();
     println!("where the time goes at concurrency 1 (each server's own timings, means in ms)");
     println!(
-        "  {:<8} {:<14} {:>7} {:>7} {:>7} {:>7} {:>7} {:>8} {:>8}",
-        "format", "server", "decode", "detect", "align", "embed", "match", "server", "client"
+        "  {:<8} {:<14} {:>7} {:>7} {:>7} {:>7} {:>7} {:>8} {:>7} {:>8} {:>8}",
+        "format",
+        "server",
+        "decode",
+        "detect",
+        "align",
+        "embed",
+        "match",
+        "liveness",
+        "queue",
+        "server",
+        "client"
     );
     for format in [Format::Png, Format::Jpeg] {
         for contender in &contenders {
@@ -258,8 +268,14 @@ fn main() {
             let stage =
                 |key: &str| mean(&runs.iter().flat_map(|r| r.timing(key)).collect::<Vec<_>>());
             let latencies: Vec<f64> = runs.iter().flat_map(|r| r.latencies.clone()).collect();
+            // Only the recognised frames' answers carry a liveness time above zero.
+            let liveness: Vec<f64> = runs
+                .iter()
+                .flat_map(|r| r.timing("liveness_ms"))
+                .filter(|&ms| ms > 0.0)
+                .collect();
             println!(
-                "  {:<8} {:<14} {:>7.2} {:>7.2} {:>7.2} {:>7.2} {:>7.3} {:>8.2} {:>8.2}",
+                "  {:<8} {:<14} {:>7.2} {:>7.2} {:>7.2} {:>7.2} {:>7.3} {:>8.2} {:>7.2} {:>8.2} {:>8.2}",
                 format.name(),
                 contender.label,
                 stage(STAGES[0]),
@@ -267,11 +283,14 @@ fn main() {
                 stage(STAGES[2]),
                 stage(STAGES[3]),
                 stage(STAGES[4]),
+                if liveness.is_empty() { 0.0 } else { mean(&liveness) },
+                stage("queue_ms"),
                 stage("total_ms"),
                 mean(&latencies)
             );
         }
     }
+    println!("  liveness: mean over the recognised frames it ran for; queue: facegate's wait from arrival to a worker");
     println!("  server: received to answer ready (facegate includes base64, JSON, queueing; python the same minus the queue)");
 
     if let Some(python) = contenders.iter().find(|c| c.label == PYTHON) {
