@@ -357,18 +357,6 @@ fn png_decoders(engine: &Engine, recognizer: &mut Recognizer) {
     let libpng = |bytes: &[u8]| {
         imgcodecs::imdecode(&Vector::from_slice(bytes), imgcodecs::IMREAD_COLOR).expect("decode")
     };
-    let rgb_to_bgr = |rows: usize, cols: usize, rgb: &[u8]| {
-        let rgb = opencv::core::Mat::new_rows_cols_with_bytes::<opencv::core::Vec3b>(
-            rows as i32,
-            cols as i32,
-            rgb,
-        )
-        .expect("mat");
-        let mut bgr = opencv::core::Mat::default();
-        opencv::imgproc::cvt_color_def(&rgb, &mut bgr, opencv::imgproc::COLOR_RGB2BGR)
-            .expect("convert");
-        bgr
-    };
     let zune = |bytes: &[u8]| {
         let mut decoder =
             zune_png::PngDecoder::new(zune_png::zune_core::bytestream::ZCursor::new(bytes));
@@ -383,7 +371,6 @@ fn png_decoders(engine: &Engine, recognizer: &mut Recognizer) {
             .expect("decodes")
             .image
     };
-    type Decoder<'a> = &'a dyn Fn(&[u8]) -> opencv::core::Mat;
     let decoders: [(&str, Decoder); 3] = [
         ("libpng (OpenCV imdecode)", &libpng),
         ("png crate 0.18 (facegate)", &png_crate),
@@ -394,44 +381,7 @@ fn png_decoders(engine: &Engine, recognizer: &mut Recognizer) {
         frames.len(),
         common::load_average()
     );
-    println!(
-        "  {:<26} {:>8} {:>8} {:>8} {:>15}",
-        "decoder", "wall ms", "p90", "CPU ms", "same pixels"
-    );
-    for (label, decode) in decoders {
-        let (mut wall, mut cpu, mut same) = (Vec::new(), Vec::new(), 0);
-        for frame in &frames {
-            for run in 0..DOOR_RUNS {
-                let (started, cpu_started) = (Instant::now(), thread_cpu_ms());
-                let image = decode(&frame.png);
-                cpu.push(thread_cpu_ms() - cpu_started);
-                wall.push(common::elapsed_ms(started));
-                if run == 0 {
-                    let reference = libpng(&frame.png);
-                    same += usize::from(
-                        image.data_bytes().expect("pixels")
-                            == reference.data_bytes().expect("pixels"),
-                    );
-                }
-            }
-        }
-        println!(
-            "  {:<26} {:>8.2} {:>8.2} {:>8.2} {:>8} of {:>2}",
-            label,
-            median(&wall),
-            percentile(&wall, 90.0),
-            median(&cpu),
-            same,
-            frames.len()
-        );
-    }
-    match python_decode_ms(&frames, Format::Png) {
-        Ok((wall, cpu)) => println!(
-            "  {:<26} {:>8.2} {:>8} {:>8.2}",
-            "python cv2.imdecode", wall, "", cpu
-        ),
-        Err(why) => println!("  python cv2.imdecode not measured: {why}"),
-    }
+    time_decoders(&frames, Format::Png, &decoders, "python cv2.imdecode");
 }
 
 /// The tablet's frames as JPEGs (quality 90) decoded to BGR at half size, as facegate decodes them:
@@ -458,23 +408,13 @@ fn jpeg_decoders(engine: &Engine, recognizer: &mut Recognizer) {
             .expect("scale");
         let pixels = decoder.decode().expect("jpeg-decoder decode");
         let info = decoder.info().expect("info");
-        let rgb = opencv::core::Mat::new_rows_cols_with_bytes::<opencv::core::Vec3b>(
-            i32::from(info.height),
-            i32::from(info.width),
-            &pixels,
-        )
-        .expect("mat");
-        let mut bgr = opencv::core::Mat::default();
-        opencv::imgproc::cvt_color_def(&rgb, &mut bgr, opencv::imgproc::COLOR_RGB2BGR)
-            .expect("convert");
-        bgr
+        rgb_to_bgr(usize::from(info.height), usize::from(info.width), &pixels)
     };
     let facegate = |bytes: &[u8]| {
         let image = CheckedImage::check(bytes.to_vec(), &engine.config.frame).expect("checks");
         assert_eq!(image.header().format, facegate::frame::ImageFormat::Jpeg);
         image.decode().expect("decodes").image
     };
-    type Decoder<'a> = &'a dyn Fn(&[u8]) -> opencv::core::Mat;
     let decoders: [(&str, Decoder); 3] = [
         ("libjpeg (OpenCV imdecode)", &libjpeg),
         ("jpeg-decoder 0.3, scaled", &jpeg_decoder_scaled),
@@ -485,25 +425,57 @@ fn jpeg_decoders(engine: &Engine, recognizer: &mut Recognizer) {
         frames.len(),
         common::load_average()
     );
-    println!(
-        "  {:<26} {:>8} {:>8} {:>8} {:>15}",
-        "decoder", "wall ms", "p90", "CPU ms", "mean from libjpeg"
+    time_decoders(
+        &frames,
+        Format::Jpeg,
+        &decoders,
+        "python cv2.imdecode (full)",
     );
+}
+
+type Decoder<'a> = &'a dyn Fn(&[u8]) -> opencv::core::Mat;
+
+/// A decoder's RGB samples as an OpenCV BGR image.
+fn rgb_to_bgr(rows: usize, cols: usize, rgb: &[u8]) -> opencv::core::Mat {
+    let rgb = opencv::core::Mat::new_rows_cols_with_bytes::<opencv::core::Vec3b>(
+        rows as i32,
+        cols as i32,
+        rgb,
+    )
+    .expect("mat");
+    let mut bgr = opencv::core::Mat::default();
+    opencv::imgproc::cvt_color_def(&rgb, &mut bgr, opencv::imgproc::COLOR_RGB2BGR)
+        .expect("convert");
+    bgr
+}
+
+/// One row per decoder of `format`'s frames: wall and CPU medians (the whole process's CPU, as
+/// `jpeg-decoder` decodes on threads of its own), and how far each frame's pixels are from the first
+/// decoder's: frames with the same pixels byte for byte, and the mean difference per value. Then the
+/// Python server's decode of the same files.
+fn time_decoders(frames: &[DoorFrame], format: Format, decoders: &[(&str, Decoder)], python: &str) {
+    println!(
+        "  {:<26} {:>8} {:>8} {:>8} {:>12} {:>10}",
+        "decoder", "wall ms", "p90", "CPU ms", "same pixels", "mean apart"
+    );
+    let (_, reference) = decoders[0];
     for (label, decode) in decoders {
-        let (mut wall, mut cpu, mut apart) = (Vec::new(), Vec::new(), Vec::new());
-        for frame in &frames {
+        let (mut wall, mut cpu, mut same, mut apart) = (Vec::new(), Vec::new(), 0, Vec::new());
+        for frame in frames {
+            let bytes = format.bytes(frame);
             for run in 0..DOOR_RUNS {
                 let (started, cpu_started) = (Instant::now(), process_cpu_ms());
-                let image = decode(&frame.jpeg);
+                let image = decode(bytes);
                 cpu.push(process_cpu_ms() - cpu_started);
                 wall.push(common::elapsed_ms(started));
                 if run == 0 {
-                    let reference = libjpeg(&frame.jpeg);
+                    let expected = reference(bytes);
                     let (ours, theirs) = (
                         image.data_bytes().expect("pixels"),
-                        reference.data_bytes().expect("pixels"),
+                        expected.data_bytes().expect("pixels"),
                     );
                     assert_eq!(ours.len(), theirs.len(), "{label}: size");
+                    same += usize::from(ours == theirs);
                     let sum: u64 = ours
                         .iter()
                         .zip(theirs)
@@ -514,20 +486,19 @@ fn jpeg_decoders(engine: &Engine, recognizer: &mut Recognizer) {
             }
         }
         println!(
-            "  {:<26} {:>8.2} {:>8.2} {:>8.2} {:>15.2}",
+            "  {:<26} {:>8.2} {:>8.2} {:>8.2} {:>6} of {:>2} {:>10.2}",
             label,
             median(&wall),
             percentile(&wall, 90.0),
             median(&cpu),
+            same,
+            frames.len(),
             mean(&apart)
         );
     }
-    match python_decode_ms(&frames, Format::Jpeg) {
-        Ok((wall, cpu)) => println!(
-            "  {:<26} {:>8.2} {:>8} {:>8.2}",
-            "python cv2.imdecode (full)", wall, "", cpu
-        ),
-        Err(why) => println!("  python cv2.imdecode not measured: {why}"),
+    match python_decode_ms(frames, format) {
+        Ok((wall, cpu)) => println!("  {python:<26} {wall:>8.2} {:>8} {cpu:>8.2}", ""),
+        Err(why) => println!("  {python} not measured: {why}"),
     }
 }
 
@@ -542,22 +513,20 @@ fn process_cpu_ms() -> f64 {
     now.tv_sec as f64 * 1000.0 + now.tv_nsec as f64 / 1e6
 }
 
-/// CPU time of the calling thread, ms: what a decode costs whatever else runs on the machine.
-fn thread_cpu_ms() -> f64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
-    now.tv_sec as f64 * 1000.0 + now.tv_nsec as f64 / 1e6
-}
-
 /// The door frames' two encodings.
 #[derive(Clone, Copy)]
 enum Format {
     Png,
     Jpeg,
+}
+
+impl Format {
+    fn bytes(self, frame: &DoorFrame) -> &[u8] {
+        match self {
+            Format::Png => &frame.png,
+            Format::Jpeg => &frame.jpeg,
+        }
+    }
 }
 
 /// The Python server's decode (`cv2.imdecode(..., IMREAD_COLOR)`) on the same frames: (wall, CPU)
@@ -569,12 +538,11 @@ fn python_decode_ms(frames: &[DoorFrame], format: Format) -> Result<(f64, f64), 
         Format::Jpeg => "jpg",
     };
     for (i, frame) in frames.iter().enumerate() {
-        let bytes = match format {
-            Format::Png => &frame.png,
-            Format::Jpeg => &frame.jpeg,
-        };
-        std::fs::write(dir.path().join(format!("{i:03}.{extension}")), bytes)
-            .map_err(|e| e.to_string())?;
+        std::fs::write(
+            dir.path().join(format!("{i:03}.{extension}")),
+            format.bytes(frame),
+        )
+        .map_err(|e| e.to_string())?;
     }
     let script = format!(
         r#"
