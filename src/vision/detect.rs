@@ -236,26 +236,20 @@ pub fn shrink_factor(width: i32, height: i32, max_side: u32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opencv::prelude::{MatTraitConstManual, MatTraitManual};
+    use opencv::prelude::MatTraitConstManual;
 
-    /// A smooth gradient with a ripple, as a camera gives.
+    /// Noise smoothed to a camera's texture: detail at every scale the halvings average over.
     fn picture(rows: i32, cols: i32) -> Mat {
-        let mut image =
+        let mut noise =
             Mat::new_rows_cols_with_default(rows, cols, opencv::core::CV_8UC3, 0.0.into()).unwrap();
-        for (i, pixel) in image
-            .data_typed_mut::<opencv::core::Vec3b>()
-            .unwrap()
-            .iter_mut()
-            .enumerate()
-        {
-            let (y, x) = ((i as i32 / cols) as f32, (i as i32 % cols) as f32);
-            *pixel = opencv::core::Vec3b::from([
-                (x * 255.0 / cols as f32) as u8,
-                (y * 255.0 / rows as f32) as u8,
-                (128.0 + 90.0 * (x / 7.0).sin() * (y / 9.0).cos()) as u8,
-            ]);
-        }
-        image
+        let (low, high) = (
+            opencv::core::Scalar::all(0.0),
+            opencv::core::Scalar::all(256.0),
+        );
+        opencv::core::randu(&mut noise, &low, &high).unwrap();
+        let mut smooth = Mat::default();
+        imgproc::gaussian_blur_def(&noise, &mut smooth, Size::new(0, 0), 4.0).unwrap();
+        smooth
     }
 
     #[test]
