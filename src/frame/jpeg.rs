@@ -23,26 +23,35 @@ use zune_jpeg::zune_core::colorspace::ColorSpace;
 /// and CMYK photos, whose samples `cmyk_to_bgr` converts as OpenCV does.
 pub(crate) fn decode_bgr(bytes: &[u8], reduction: u32) -> Option<Mat> {
     let (bgr, exif) = match reduction {
-        1 | 2 if !stores_ink(bytes)? => decode_whole(bytes, reduction)?,
+        1 | 2 => {
+            let mut decoder = zune_jpeg::JpegDecoder::new(bytes);
+            decoder.decode_headers().ok()?;
+            if stores_ink(&decoder)? {
+                decode_scaled(bytes, reduction)?
+            } else {
+                decode_whole(decoder, reduction)?
+            }
+        }
         _ => decode_scaled(bytes, reduction)?,
     };
     let orientation = exif.as_deref().and_then(exif_orientation).unwrap_or(1);
     upright(bgr, orientation).ok()
 }
 
-/// Whether the JPEG stores ink (CMYK or YCCK, from print work) rather than light. `None` when its
-/// headers do not parse.
-fn stores_ink(bytes: &[u8]) -> Option<bool> {
-    let mut decoder = zune_jpeg::JpegDecoder::new(bytes);
-    decoder.decode_headers().ok()?;
+/// Whether the JPEG, its headers decoded, stores ink (CMYK or YCCK, from print work) rather than
+/// light.
+fn stores_ink(decoder: &zune_jpeg::JpegDecoder<&[u8]>) -> Option<bool> {
     let colour = decoder.get_input_colorspace()?;
     Some(matches!(colour, ColorSpace::CMYK | ColorSpace::YCCK))
 }
 
 /// The image decoded by `zune-jpeg` at full size, then halved by 2x2 averages when `reduction` is 2
-/// (the box of pixels libjpeg's half-size decode averages); with its EXIF data.
-fn decode_whole(bytes: &[u8], reduction: u32) -> Option<(Mat, Option<Vec<u8>>)> {
-    let mut decoder = zune_jpeg::JpegDecoder::new(bytes);
+/// (the box of pixels libjpeg's half-size decode averages); with its EXIF data. The headers are
+/// already decoded, and are not parsed again.
+fn decode_whole(
+    mut decoder: zune_jpeg::JpegDecoder<&[u8]>,
+    reduction: u32,
+) -> Option<(Mat, Option<Vec<u8>>)> {
     let pixels = decoder.decode().ok()?;
     let info = decoder.info()?;
     let (rows, cols) = (i32::from(info.height), i32::from(info.width));
