@@ -952,7 +952,9 @@ fn http_garbage(rng: &mut Xorshift, _: &Sources, n: usize) -> Case {
             ),
         ),
         11 => {
-            let mut request = b"GET /metrics HTTP/1.1\r\nX-Bin: ".to_vec();
+            // To a route the front forwards without a credential: regression for the non-ASCII value
+            // that reached tiny_http, which dropped the connection, and came back as a 503.
+            let mut request = b"GET /healthz HTTP/1.1\r\nX-Bin: ".to_vec();
             request.extend(rng.bytes(32).iter().map(|b| b | 0x80));
             request.extend_from_slice(b"\r\nConnection: close\r\n\r\n");
             case("non-ASCII header value", request).then_eof()

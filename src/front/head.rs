@@ -205,6 +205,14 @@ fn parse_complete(bytes: &[u8]) -> Result<Head, HeadError> {
         if value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
             return Err(HeadError::Malformed("a header value holds control bytes"));
         }
+        // As the request line (`request_line_problem`): the request handler's parser (tiny_http)
+        // drops a connection on any other byte without an answer, which the front could only
+        // report as a 503.
+        if !value.is_ascii() {
+            return Err(HeadError::Malformed(
+                "a header value is not ASCII: percent-encode other bytes",
+            ));
+        }
         if headers.len() == MAX_HEADERS {
             return Err(HeadError::TooLarge);
         }
@@ -395,6 +403,25 @@ mod tests {
                 "{text:?}"
             );
         }
+    }
+
+    /// Regression: a `User-Agent: café` on an unauthenticated route went through to tiny_http, which
+    /// dropped the connection without an answer; the client got 503 and the log an unthrottled warning.
+    #[test]
+    fn non_ascii_request_lines_and_header_values_are_malformed_not_forwarded() {
+        for text in [
+            "GET /healthz HTTP/1.1\r\nUser-Agent: caf\u{e9}\r\n\r\n",
+            "GET /h\u{e9}althz HTTP/1.1\r\nHost: x\r\n\r\n",
+        ] {
+            assert!(
+                matches!(refused(text.as_bytes()), HeadError::Malformed(_)),
+                "{text:?}"
+            );
+        }
+        assert!(matches!(
+            refused(b"GET /healthz HTTP/1.1\r\nX: \xff\r\n\r\n"),
+            HeadError::Malformed(_)
+        ));
     }
 
     #[test]
