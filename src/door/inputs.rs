@@ -348,9 +348,13 @@ pub fn on_input(
             }
         }
         Happening::Acknowledge => {
+            // The active alarm only: acknowledging a forced door that still stands open leaves
+            // `held` active, to be acknowledged or cleared by the closing in its turn.
             if let Some(alarm) = next.alarm() {
-                next.forced_alarm = false;
-                next.held_alarm = false;
+                match alarm {
+                    Alarm::Forced => next.forced_alarm = false,
+                    Alarm::Held => next.held_alarm = false,
+                }
                 actions.push(InputAction::Report(Notice {
                     alarm: Some(alarm),
                     ..Notice::of(InputEventKind::Acknowledged)
@@ -399,7 +403,9 @@ impl InputState {
         let unseen = self.contact.is_none();
         self.contact = Some(ContactLevel::Open);
         self.open_since = Some(at);
-        self.held_raised = false;
+        // A `held` still active (the door was held open, then the contact failed and read open
+        // again) stays raised, so that the closing clears it; otherwise the held timer starts.
+        self.held_raised = self.held_alarm;
         let recent_exit = self
             .last_exit
             .as_ref()
@@ -634,6 +640,18 @@ mod tests {
             ("a fault makes the contact unknown once; the next reading ends it", Timer,
                 vec![(0, Fault), (10, Fault), (100, Contact(Closed)), (200, Tick)],
                 vec!["contact_fault", "closed"], ContactState::Closed, None),
+            // Regression: acknowledging `forced` also ended `held`, silently, while the door stood open.
+            ("acknowledging forced on a door still open leaves held active", Timer,
+                vec![(0, Contact(Open)), (31_000, Tick), (32_000, Ack)],
+                vec!["forced", "held", "acknowledged"], ContactState::Open, Some(Alarm::Held)),
+            ("after forced is acknowledged, the closing clears held", Timer,
+                vec![(0, Contact(Open)), (31_000, Tick), (32_000, Ack), (40_000, Contact(Closed)), (40_100, Tick)],
+                vec!["forced", "held", "acknowledged", "closed", "held_cleared"], ContactState::Closed, None),
+            // Regression: a held door whose contact failed and read open again kept `held` active
+            // after it closed.
+            ("held through a contact fault is cleared by the closing", Timer,
+                vec![(0, Grant), (100, Contact(Open)), (31_000, Tick), (32_000, Fault), (33_000, Contact(Open)), (33_100, Tick), (34_000, Contact(Closed)), (34_100, Tick)],
+                vec!["opened:req", "held", "contact_fault", "opened:req", "closed:req", "held_cleared"], ContactState::Closed, None),
             ("a fault stops the held timer", Timer,
                 vec![(0, Grant), (100, Contact(Open)), (200, Fault), (60_000, Tick)],
                 vec!["opened:req", "contact_fault"], ContactState::Unknown, None),
