@@ -74,6 +74,8 @@ pub(crate) struct AdminRequest {
     pub content_type: Option<String>,
     pub body: Vec<u8>,
     pub peer: IpAddr,
+    /// When the front received the request: the test pulse's freshness counts from it.
+    pub received_at: Instant,
 }
 
 #[derive(Debug, Clone)]
@@ -451,7 +453,7 @@ impl Admin {
             "/admin/people/remove-sample" => self.remove_sample(session, &fields, &peer),
             "/admin/people/access" => self.set_access(session, &fields, &peer),
             "/admin/groups/set" => self.set_group(session, &fields, &peer),
-            "/admin/door/pulse" => self.pulse(session, &peer),
+            "/admin/door/pulse" => self.pulse(session, &peer, request.received_at),
             "/admin/door/acknowledge" => self.acknowledge_alarm(&fields, &peer),
             "/admin/codes/generate" => self.generate_codes(session, &fields, &peer),
             "/admin/codes/revoke" => self.revoke_code(session, &fields, &peer),

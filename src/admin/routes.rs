@@ -14,6 +14,7 @@ use super::form::{Fields, Upload};
 use super::history::{self, Entry, Filter, Kinds};
 use super::pages::{self, Notice};
 use super::{Admin, AdminResponse, Session};
+use crate::config::DoorConfig;
 use crate::door::{DoorReport, OpenCause, OpenRequest};
 use crate::enrollment::{self, Candidate, EnrolmentError, Verdict};
 use crate::gallery::{Gallery, GalleryError, GalleryFile, Sample};
@@ -963,13 +964,17 @@ impl Admin {
     }
 
     /// The test pulse: the same relay path as a grant, audited with the admin as its cause.
-    pub(super) fn pulse(&self, session: &Session, peer: &str) -> AdminResponse {
+    pub(super) fn pulse(
+        &self,
+        session: &Session,
+        peer: &str,
+        received_at: Instant,
+    ) -> AdminResponse {
         let request_id = (self.ctx.next_id)();
         let report = self.ctx.door.request_open(OpenRequest {
             request_id: request_id.clone(),
             cause: OpenCause::Admin,
-            not_after: Instant::now()
-                + std::time::Duration::from_millis(self.ctx.config.door.max_decision_age_ms),
+            not_after: pulse_deadline(received_at, &self.ctx.config.door),
         });
         log::info!(
             "request_id={request_id} admin test pulse from {peer}: door={}",
@@ -1012,9 +1017,27 @@ struct Changed {
     notice: String,
 }
 
+/// A test pulse is due within `door.max_decision_age_ms` of its arrival at the front, as a frame is:
+/// counted from when the admin thread got to it, a pulse queued behind an enrolment opened the door
+/// seconds after the click.
+fn pulse_deadline(received_at: Instant, door: &DoorConfig) -> Instant {
+    received_at + std::time::Duration::from_millis(door.max_decision_age_ms)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pulse_queued_behind_a_slow_request_is_due_from_its_arrival() {
+        let door = DoorConfig::default();
+        let age = std::time::Duration::from_millis(door.max_decision_age_ms);
+        let arrived = Instant::now();
+        // The admin thread gets to it only after a slow request ahead of it (an enrolment).
+        let handled = arrived + age * 2;
+        assert!(pulse_deadline(arrived, &door) < handled);
+        assert_eq!(pulse_deadline(arrived, &door), arrived + age);
+    }
 
     #[test]
     fn only_our_thumbnail_names_are_served() {

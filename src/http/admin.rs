@@ -28,7 +28,8 @@ fn header_value(request: &Request, name: &'static str) -> Option<String> {
 /// Answers admin requests until the queue closes.
 pub fn run(admin: Arc<Admin>, max_body_bytes: usize, requests: Receiver<Request>) {
     for mut request in requests {
-        let Some(peer) = Forwarded::of(&request).peer else {
+        let forwarded = Forwarded::of(&request);
+        let Some(peer) = forwarded.peer else {
             log::error!("an admin request came without the front's peer header; refused");
             continue;
         };
@@ -56,6 +57,7 @@ pub fn run(admin: Arc<Admin>, max_body_bytes: usize, requests: Receiver<Request>
             content_type: header_value(&request, "Content-Type"),
             body,
             peer: peer.ip(),
+            received_at: forwarded.received_at,
         };
         let answer =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| admin.handle(&parsed)));

@@ -228,12 +228,14 @@ impl IncomingSide {
             return;
         };
         let now_ms = Utc::now().timestamp_millis();
+        // An unlock's freshness counts from here: writing the command memory first may be slow.
+        let verified_at = Instant::now();
         match verifier.verify(payload, now_ms) {
             // Remembered on disk before it acts: a command that could be accepted again after a
             // restart does not open the door. Locking needs no such care.
             Ok(body) => match save_command_memory(&self.command_memory, verifier.memory()) {
-                Ok(()) => self.execute(&body),
-                Err(_) if body.action == Action::Lock => self.execute(&body),
+                Ok(()) => self.execute(&body, verified_at),
+                Err(_) if body.action == Action::Lock => self.execute(&body, verified_at),
                 Err(err) => {
                     let problem = format!(
                         "not executed: {} cannot be written ({err}), so a restart would accept this command again",
@@ -254,7 +256,7 @@ impl IncomingSide {
         }
     }
 
-    fn execute(&self, body: &CommandBody) {
+    fn execute(&self, body: &CommandBody, verified_at: Instant) {
         let Some(door) = self.door.upgrade() else {
             return;
         };
@@ -266,7 +268,7 @@ impl IncomingSide {
                     cause: OpenCause::Command {
                         origin: body.origin.clone(),
                     },
-                    not_after: Instant::now() + self.max_age,
+                    not_after: verified_at + self.max_age,
                 })
                 .detail(),
             Action::Lock => {
