@@ -1,5 +1,6 @@
-//! Logs a recurring failure (full disk, dead relay) at most once per interval with a count of
-//! suppressed repeats, so one fault cannot flood the journal or slow down the decision path.
+//! Logs a recurring failure (full disk, dead relay, a stranger's wrong pairing secrets) at most once
+//! per interval with a count of suppressed repeats, so that no fault or client can flood the journal
+//! or slow down the decision path.
 
 use crate::sync::lock_recovering;
 use std::fmt::Display;
@@ -51,6 +52,15 @@ impl RateLimitedLog {
     /// Logs `message` at error level unless a line was emitted less than `interval` ago.
     /// Returns whether the line was emitted.
     pub fn error(&self, message: impl Display) -> bool {
+        self.emit(log::Level::Error, message)
+    }
+
+    /// As [`RateLimitedLog::error`], at warning level: for what a stranger can repeat at will.
+    pub fn warn(&self, message: impl Display) -> bool {
+        self.emit(log::Level::Warn, message)
+    }
+
+    fn emit(&self, level: log::Level, message: impl Display) -> bool {
         let admitted = {
             let mut throttle = lock_recovering(&self.throttle);
             throttle.admit(Instant::now(), self.interval)
@@ -58,11 +68,12 @@ impl RateLimitedLog {
         match admitted {
             None => false,
             Some(0) => {
-                log::error!("{message}");
+                log::log!(level, "{message}");
                 true
             }
             Some(suppressed) => {
-                log::error!(
+                log::log!(
+                    level,
                     "{message} ({suppressed} similar messages suppressed in the previous {}s)",
                     self.interval.as_secs()
                 );
@@ -115,5 +126,6 @@ mod tests {
         let log = RateLimitedLog::new(Duration::from_secs(3600));
         assert!(log.error("disk full"));
         assert!(!log.error("disk full"));
+        assert!(!log.warn("disk full"), "one throttle whatever the level");
     }
 }

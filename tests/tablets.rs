@@ -35,6 +35,35 @@ fn pair(daemon: &Daemon, secret: &str) -> Reply {
     )
 }
 
+/// Regression: every wrong secret logged a line of its own, and `/kiosk/pair` needs no credential, so
+/// a stranger could flood the journal's queue and push out the decisions' lines.
+#[test]
+fn a_flood_of_wrong_pairing_secrets_logs_one_line_per_ten_seconds() {
+    let daemon = Setup::new().serve();
+    let secret = add(&daemon, "front");
+    let flood_started = std::time::Instant::now();
+    for _ in 0..30 {
+        assert_eq!(
+            error_of(&pair(&daemon, "not-the-secret")),
+            (401, json!("pairing_invalid"))
+        );
+    }
+    let flood_took = flood_started.elapsed();
+    // The log is one queue: once the real pairing's line is out, every refusal's line is too.
+    assert_eq!(pair(&daemon, &secret).status, 200);
+    daemon.wait_for_log(&["tablet front paired"]);
+    let refusal_lines = daemon
+        .logs()
+        .iter()
+        .filter(|line| line.contains("pairing refused"))
+        .count();
+    let intervals_begun = 1 + flood_took.as_secs() as usize / 10;
+    assert!(
+        (1..=intervals_begun).contains(&refusal_lines),
+        "{refusal_lines} lines for 30 refusals in {flood_took:?}"
+    );
+}
+
 fn hello(daemon: &Daemon, token: &str) -> Reply {
     let bearer = format!("Bearer {token}");
     daemon.send("GET", "/kiosk/hello", &[("Authorization", &bearer)], b"")

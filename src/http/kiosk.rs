@@ -15,6 +15,7 @@ use tiny_http::Request;
 use super::forwarded::Forwarded;
 use super::{read_body, respond, Answer};
 use crate::audit::AuditWriter;
+use crate::ratelimit::RateLimitedLog;
 use crate::tablets::{LiveTablets, TabletError};
 
 /// Jobs waiting for the kiosk thread; past this a pairing is answered 503 and a "last seen" dropped.
@@ -23,6 +24,9 @@ const QUEUE_DEPTH: usize = 16;
 const BODY_WAIT: Duration = Duration::from_secs(5);
 /// The largest pairing body read (the front refuses larger ones first).
 const MAX_BODY_BYTES: usize = 1024;
+/// Wrong pairing secrets need no credential to send: at most one log line per this interval, with
+/// the count of the others.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// What the kiosk thread does.
 pub(crate) enum KioskJob {
@@ -103,6 +107,7 @@ struct PairBody {
 }
 
 fn run(tablets: &LiveTablets, audit: &AuditWriter, jobs: Receiver<KioskJob>) {
+    let refusals = RateLimitedLog::new(REFUSAL_LOG_INTERVAL);
     for job in jobs {
         match job {
             KioskJob::Pair {
@@ -112,7 +117,7 @@ fn run(tablets: &LiveTablets, audit: &AuditWriter, jobs: Receiver<KioskJob>) {
                 let peer = Forwarded::of(&request).peer.map(|p| p.ip().to_string());
                 let body = read_body(&mut request, MAX_BODY_BYTES, Instant::now() + BODY_WAIT);
                 let answer = match body {
-                    Ok(body) => pair(tablets, audit, &request_id, &body, peer),
+                    Ok(body) => pair(tablets, audit, &refusals, &request_id, &body, peer),
                     Err(_) => Answer::error(
                         Some(&request_id),
                         400,
@@ -139,6 +144,7 @@ fn run(tablets: &LiveTablets, audit: &AuditWriter, jobs: Receiver<KioskJob>) {
 fn pair(
     tablets: &LiveTablets,
     audit: &AuditWriter,
+    refusals: &RateLimitedLog,
     request_id: &str,
     body: &[u8],
     peer: Option<String>,
@@ -167,7 +173,9 @@ fn pair(
             Answer::ok(json!({ "token": paired.token, "tablet": paired.tablet }))
         }
         Err(TabletError::PairingInvalid) => {
-            log::info!("request_id={request_id} pairing refused from {remote}: unknown, used or expired secret");
+            refusals.warn(format!(
+                "request_id={request_id} pairing refused from {remote}: unknown, used or expired secret"
+            ));
             Answer::error(
                 Some(request_id),
                 401,
