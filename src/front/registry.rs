@@ -5,8 +5,10 @@
 //!
 //! Strangers share a small budget of their own (`http.max_connections_without_credential`, and at
 //! most `STRANGER_CONNECTIONS_PER_ADDRESS` per client address, IPv6 by /64): a connection that turns
-//! out a stranger past either makes the longest-standing other stranger go, whatever it is doing. At
-//! the limit, a new connection evicts the longest-standing stranger, then the longest-standing unread
+//! out a stranger past either makes the longest-standing other stranger go, whatever it is doing.
+//! Unread connections have the same budget per address: a new one past it makes its address's
+//! longest-standing unread connection go, so no client holds the slots by connecting and sending
+//! nothing. At the limit, a new connection evicts the longest-standing stranger, then the longest-standing unread
 //! connection, then the credentialed connection that has waited longest; only when every connection
 //! is credentialed and working is it refused. A tablet's fresh connection thus competes only with
 //! other unread ones, and only once every stranger is gone: no number of clients without a
@@ -22,8 +24,8 @@ use crate::codes::lockout::client_group as address_group;
 use crate::metrics::Metrics;
 use crate::sync::lock_recovering;
 
-/// A stranger's connections from one address (IPv6: one /64) at most; its next one takes the place
-/// of its own longest-standing one.
+/// A stranger's connections from one address (IPv6: one /64) at most, and as many unread ones; its
+/// next one takes the place of its own longest-standing one of the kind.
 pub(crate) const STRANGER_CONNECTIONS_PER_ADDRESS: usize = 8;
 
 /// How many connections may be open, and how many of them strangers'.
@@ -31,6 +33,7 @@ pub(crate) const STRANGER_CONNECTIONS_PER_ADDRESS: usize = 8;
 pub(crate) struct Limits {
     pub total: usize,
     pub strangers: usize,
+    /// Strangers' connections from one address, and unread connections from one address.
     pub strangers_per_address: usize,
 }
 
@@ -142,6 +145,14 @@ impl Registry {
         let group = address_group(peer.ip());
         self.with(|(next, entries)| {
             if !probe {
+                let unread_from_group =
+                    |e: &Entry| e.standing == Standing::Unread && e.group == group;
+                let unread = entries.values().filter(|e| unread_from_group(e)).count();
+                if unread >= self.limits.strangers_per_address {
+                    if let Some(victim) = first_to_go(entries, unread_from_group) {
+                        self.evict(entries, victim);
+                    }
+                }
                 match self.victim(entries) {
                     Ok(None) => {}
                     Ok(Some(victim)) => self.evict(entries, victim),
@@ -399,6 +410,37 @@ mod tests {
                 .count()
         });
         assert_eq!(from_host, 2);
+    }
+
+    /// Regression: the per-address budget applied only once a head was read, so one client that
+    /// connected and sent nothing could hold every slot, and a tablet's fresh connection stood among
+    /// a thousand unread ones to be evicted by the next.
+    #[test]
+    fn unread_connections_have_a_budget_per_address_too() {
+        let mut bench = Bench::new(100, 4, 2);
+        for _ in 0..5 {
+            bench.admitted("10.0.0.2");
+        }
+        assert_eq!(
+            bench.registry.len(),
+            2,
+            "the newest two from the one address"
+        );
+        assert!((0..3).all(|c| bench.closed(c)) && !bench.closed(3) && !bench.closed(4));
+        let tablet = bench.admitted("10.0.0.9");
+        for _ in 0..50 {
+            bench.admitted("10.0.0.2");
+        }
+        assert!(
+            !bench.closed(5),
+            "another address's unread connection stays"
+        );
+        bench.registry.working(tablet, true);
+        // One IPv6 host with many addresses in its /64 counts as one address.
+        for from in ["fd00::1", "fd00::2", "fd00::3"] {
+            bench.admitted(from);
+        }
+        assert_eq!(bench.registry.len(), 2 + 1 + 2);
     }
 
     #[test]
