@@ -107,7 +107,7 @@ pub fn start(
     let registry = Arc::new(Registry::new(Limits {
         total: settings.max_connections,
         strangers: settings.max_connections_without_credential,
-        strangers_per_address: registry::STRANGER_CONNECTIONS_PER_ADDRESS,
+        per_address: registry::CONNECTIONS_PER_ADDRESS,
     }));
     registry::report(&registry, &metrics);
     let budget = Arc::new(BodyBudget::new(settings.max_body_bytes_in_flight));

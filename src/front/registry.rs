@@ -4,15 +4,15 @@
 //! credentialed (its last head showed one, or it is the daemon's own self-probe).
 //!
 //! Strangers share a small budget of their own (`http.max_connections_without_credential`, and at
-//! most `STRANGER_CONNECTIONS_PER_ADDRESS` per client address, IPv6 by /64): a connection that turns
-//! out a stranger past either makes the longest-standing other stranger go, whatever it is doing.
-//! Unread connections have the same budget per address: a new one past it makes its address's
+//! most `CONNECTIONS_PER_ADDRESS` per client address, IPv6 by /64): a connection that turns out a
+//! stranger past either makes the longest-standing other stranger go, whatever it is doing. Unread
+//! connections have the same budget per address: a new one past it makes its address's
 //! longest-standing unread connection go, so no client holds the slots by connecting and sending
-//! nothing. At the limit, a new connection evicts the longest-standing stranger, then the longest-standing unread
-//! connection, then the credentialed connection that has waited longest; only when every connection
-//! is credentialed and working is it refused. A tablet's fresh connection thus competes only with
-//! other unread ones, and only once every stranger is gone: no number of clients without a
-//! credential keeps a tablet from being answered.
+//! nothing. At the limit, a new connection evicts the longest-standing stranger, then the
+//! longest-standing unread connection, then the credentialed connection that has waited longest;
+//! only when every connection is credentialed and working is it refused. A tablet's fresh connection
+//! thus competes only with other unread ones, and only once every stranger is gone: no number of
+//! clients without a credential keeps a tablet from being answered.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
@@ -26,7 +26,7 @@ use crate::sync::lock_recovering;
 
 /// A stranger's connections from one address (IPv6: one /64) at most, and as many unread ones; its
 /// next one takes the place of its own longest-standing one of the kind.
-pub(crate) const STRANGER_CONNECTIONS_PER_ADDRESS: usize = 8;
+pub(crate) const CONNECTIONS_PER_ADDRESS: usize = 8;
 
 /// How many connections may be open, and how many of them strangers'.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,7 +34,7 @@ pub(crate) struct Limits {
     pub total: usize,
     pub strangers: usize,
     /// Strangers' connections from one address, and unread connections from one address.
-    pub strangers_per_address: usize,
+    pub per_address: usize,
 }
 
 /// What the connection's last request head showed.
@@ -148,7 +148,7 @@ impl Registry {
                 let unread_from_group =
                     |e: &Entry| e.standing == Standing::Unread && e.group == group;
                 let unread = entries.values().filter(|e| unread_from_group(e)).count();
-                if unread >= self.limits.strangers_per_address {
+                if unread >= self.limits.per_address {
                     if let Some(victim) = first_to_go(entries, unread_from_group) {
                         self.evict(entries, victim);
                     }
@@ -233,8 +233,8 @@ impl Registry {
             };
             let stranger = |e: &Entry| e.standing == Standing::Stranger;
             let from_group = |e: &Entry| stranger(e) && e.group == group;
-            let over_address = entries.values().filter(|e| from_group(e)).count()
-                > self.limits.strangers_per_address;
+            let over_address =
+                entries.values().filter(|e| from_group(e)).count() > self.limits.per_address;
             let over_total =
                 entries.values().filter(|e| stranger(e)).count() > self.limits.strangers;
             let victim = if over_address {
@@ -308,7 +308,7 @@ mod tests {
                 registry: Registry::new(Limits {
                     total,
                     strangers,
-                    strangers_per_address: per_address,
+                    per_address,
                 }),
                 clients: Vec::new(),
             }
