@@ -504,7 +504,7 @@ fn serve(
         })
         .collect::<Result<_, _>>()?;
     drop(queue);
-    spawn_signal_thread(Arc::clone(stop))?;
+    spawn_signal_thread(Arc::clone(stop), service.door.lock_guard())?;
     let probe_tls = tls.map(|(_, client)| client);
     let scheme = if probe_tls.is_some() { "https" } else { "http" };
     spawn_watchdog(
@@ -735,7 +735,9 @@ fn listen_for_front(config: &Config) -> Result<(tiny_http::Server, PathBuf)> {
     Ok((server, path))
 }
 
-fn spawn_signal_thread(stop: Arc<StopFlags>) -> Result<()> {
+/// SIGTERM and SIGINT lock the door on the signal thread itself, then ask the accepting loop to stop:
+/// the lock does not wait for the dispatching thread, whatever that thread is waiting on.
+fn spawn_signal_thread(stop: Arc<StopFlags>, guard: door::LockGuardHandle) -> Result<()> {
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
@@ -746,6 +748,7 @@ fn spawn_signal_thread(stop: Arc<StopFlags>) -> Result<()> {
         .spawn(move || {
             if let Some(signal) = signals.forever().next() {
                 log::info!("signal {signal} received: stopping, door locking");
+                guard.emergency_lock();
                 stop.signalled.store(true, Ordering::SeqCst);
             }
         })?;

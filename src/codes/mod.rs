@@ -61,6 +61,11 @@ pub(crate) struct CodeChecker {
     calendar: Calendar,
     single_use: bool,
     cached: Mutex<(Option<crate::atomic_file::FileStamp>, Arc<CodeBook>)>,
+    /// Held for a whole check, the codes file's I/O included: one code is looked at at a time, so an
+    /// address's failure is counted before its next code is.
+    checking: Mutex<()>,
+    /// Held only for moments, never across I/O: `paused` answers /healthz on the dispatching thread,
+    /// which a check stuck on a slow disk must not hold up.
     lockouts: Mutex<Lockouts>,
 }
 
@@ -80,6 +85,7 @@ impl CodeChecker {
             calendar,
             single_use,
             cached: Mutex::new((None, Arc::default())),
+            checking: Mutex::new(()),
             lockouts: Mutex::new(lockouts),
         }
     }
@@ -116,8 +122,9 @@ impl CodeChecker {
         now: Instant,
         fresh: bool,
     ) -> Result<Verdict, CodeError> {
-        let mut lockouts = unpoisoned(&self.lockouts);
-        match lockouts.gate(address, now) {
+        let _one_at_a_time = unpoisoned(&self.checking);
+        let gate = unpoisoned(&self.lockouts).gate(address, now);
+        match gate {
             Gate::LockedOut { retry_after } => return Ok(Verdict::LockedOut { retry_after }),
             Gate::Paused { retry_after } => {
                 return Ok(Verdict::Paused {
@@ -142,7 +149,7 @@ impl CodeChecker {
             self.current()?.verify(&self.calendar, today, given)
         };
         let Some(matched) = matched else {
-            let failure = lockouts.failed(address, now);
+            let failure = unpoisoned(&self.lockouts).failed(address, now);
             return Ok(match failure.gate {
                 Gate::Open { attempts_left } => Verdict::Denied { attempts_left },
                 Gate::LockedOut { retry_after } => Verdict::LockedOut { retry_after },
@@ -249,6 +256,62 @@ mod tests {
         assert!(matches!(check("111111"), Verdict::Granted(_)));
         assert_eq!(check("000002"), Verdict::Denied { attempts_left: 0 });
         assert!(matches!(check("111111"), Verdict::LockedOut { .. }));
+    }
+
+    /// Regression: a check held the lockout table while it read the codes file, and /healthz asks
+    /// that table on the thread that dispatches every request: a stalled disk wedged the daemon's
+    /// dispatch (and its reaction to SIGTERM) until the read returned. The codes file here is a FIFO,
+    /// a read that stays stuck until the test writes to it.
+    #[test]
+    fn a_code_check_stuck_on_the_codes_file_does_not_hold_up_the_pause_answer() {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+
+        let written = tempfile::tempdir().unwrap();
+        let contents = {
+            checker(written.path(), false);
+            std::fs::read(written.path().join("codes.json")).unwrap()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("codes.json");
+        let path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: `path` is a valid NUL-terminated string that outlives the call.
+        assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+        let codes = CodeChecker::new(
+            CodeStore::new(fifo.clone()),
+            Calendar::new([Weekday::Tue], []),
+            Lockouts::new(LockoutRules {
+                max_failures: 3,
+                window: Duration::from_secs(60),
+                lockout: Duration::from_secs(60),
+            }),
+            false,
+        );
+        let now = Instant::now();
+        std::thread::scope(|scope| {
+            let stuck = scope.spawn(|| {
+                let day = "2026-12-01".parse().unwrap();
+                codes.check("10.0.0.1".parse().unwrap(), "111111", day, now, true)
+            });
+            // Opening the FIFO to write succeeds only once the check has it open to read.
+            let mut writer = loop {
+                match std::fs::OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(&fifo)
+                {
+                    Ok(writer) => break writer,
+                    Err(err) if err.raw_os_error() == Some(libc::ENXIO) => {
+                        std::thread::sleep(Duration::from_millis(1))
+                    }
+                    Err(err) => panic!("cannot open the FIFO: {err}"),
+                }
+            };
+            assert_eq!(codes.paused(now), None, "answered while the check is stuck");
+            writer.write_all(&contents).unwrap();
+            drop(writer);
+            assert!(matches!(stuck.join().unwrap(), Ok(Verdict::Granted(_))));
+        });
     }
 
     #[test]
