@@ -566,7 +566,7 @@ fn serve(
 
 /// The admin pages' thread, its queue, and its sessions for the front's credential check.
 struct AdminThread {
-    queue: crossbeam_channel::Sender<tiny_http::Request>,
+    queue: http::admin::AdminQueues<tiny_http::Request>,
     thread: JoinHandle<()>,
     sessions: Arc<dyn front::credentials::Credentials>,
 }
@@ -605,7 +605,7 @@ fn spawn_admin(
                 as Box<dyn Fn() -> Result<String, String> + Send + Sync>
         }),
     }));
-    let (queue, requests) = crossbeam_channel::bounded(http::admin::QUEUE_DEPTH);
+    let (queue, requests) = http::admin::admin_queues();
     let max_body_bytes = service.config.http.max_body_bytes;
     let sessions: Arc<dyn front::credentials::Credentials> = admin.sessions();
     let thread = std::thread::Builder::new()

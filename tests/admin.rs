@@ -952,3 +952,65 @@ fn the_tablets_page_pairs_lists_and_revokes_a_tablet() {
         (done("tablet_add") && done("tablet_revoke")).then_some(())
     });
 }
+
+/// Regression: the admin thread had one queue of 8 for everyone, so a stranger (no session) who
+/// kept it full of sign-in pages had a signed-in admin's pages answered 503 `busy`. Here the admin
+/// thread is held by a page stuck on the disk (the codes file is a FIFO the test writes later),
+/// strangers fill their 4 places, and the signed-in admin is still queued and answered.
+#[test]
+fn a_strangers_flood_of_sign_in_pages_does_not_turn_a_signed_in_admin_away() {
+    use std::os::unix::fs::OpenOptionsExt;
+
+    let daemon = &admin_daemon(Setup::new());
+    let mut admin = Browser::new(daemon);
+    redirects_to(&admin.sign_in(PASSWORD), "/admin/");
+    let path = daemon.state_dir().join("codes.json");
+    let fifo = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: `fifo` is a valid NUL-terminated path that outlives the call.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    let signed_in = admin.cookies.clone();
+    let as_admin = |path: &'static str| {
+        let cookies = signed_in.clone();
+        move || Browser { daemon, cookies }.get(path)
+    };
+
+    std::thread::scope(|scope| {
+        let stuck = scope.spawn(as_admin("/admin/codes"));
+        let writer = wait_for("the codes page to open the codes file", || {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&path)
+                .ok()
+        });
+        let (answered, answers) = std::sync::mpsc::channel();
+        let strangers: Vec<_> = (0..5)
+            .map(|_| {
+                let answered = answered.clone();
+                scope.spawn(move || {
+                    let reply = daemon.send("GET", "/admin/login", &[], b"");
+                    answered.send(reply.status).unwrap();
+                    reply
+                })
+            })
+            .collect();
+        let first = wait_for("a stranger turned away", || answers.try_recv().ok());
+        assert_eq!(first, 503, "four strangers wait, the fifth is busy");
+
+        let dashboard = scope.spawn(as_admin("/admin/"));
+        drop(writer);
+        let stuck = stuck.join().unwrap();
+        assert_eq!(stuck.status, 200, "{}", stuck.text());
+        let dashboard = dashboard.join().unwrap();
+        assert_eq!(dashboard.status, 200, "{}", dashboard.text());
+        let statuses: Vec<u16> = strangers
+            .into_iter()
+            .map(|s| s.join().unwrap().status)
+            .collect();
+        assert_eq!(
+            statuses.iter().filter(|&&s| s == 200).count(),
+            4,
+            "{statuses:?}"
+        );
+    });
+}

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use super::body::Chunked;
 use super::head::Head;
-use crate::http::forwarded::{encode_instant, PEER_HEADER, RECEIVED_HEADER, TABLET_HEADER};
+use crate::http::forwarded::{
+    encode_instant, ADMIN_SESSION_HEADER, PEER_HEADER, RECEIVED_HEADER, TABLET_HEADER,
+};
 
 /// The largest answer tiny_http is expected to give (a page of /events, /metrics).
 const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
@@ -30,14 +32,16 @@ pub struct Upstream {
 }
 
 /// The head of the request as tiny_http receives it: HTTP/1.1, `Connection: close`, an exact
-/// Content-Length for `body_length`, and the paired tablet the front found for its device token. The
-/// body follows it as the client sent it, without being copied next to the head.
+/// Content-Length for `body_length`, the paired tablet the front found for its device token, and
+/// whether it showed a live admin session. The body follows it as the client sent it, without being
+/// copied next to the head.
 pub(crate) fn request_head(
     head: &Head,
     body_length: usize,
     peer: SocketAddr,
     received_at: Instant,
     tablet: Option<&str>,
+    admin_session: bool,
 ) -> Vec<u8> {
     let mut out = format!("{} {} HTTP/1.1\r\n", head.method, head.target);
     let mut has_host = false;
@@ -50,6 +54,9 @@ pub(crate) fn request_head(
     }
     if let Some(tablet) = tablet {
         out.push_str(&format!("{TABLET_HEADER}: {tablet}\r\n"));
+    }
+    if admin_session {
+        out.push_str(&format!("{ADMIN_SESSION_HEADER}: 1\r\n"));
     }
     out.push_str(&format!(
         "{PEER_HEADER}: {peer}\r\n{RECEIVED_HEADER}: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -137,13 +144,23 @@ mod tests {
 
     #[test]
     fn the_front_headers_replace_what_the_client_sent() {
-        let text = "POST /image HTTP/1.0\r\nX-Facegate-Peer: 6.6.6.6:1\r\nX-Facegate-Received-Us: 1\r\nX-Facegate-Tablet: forged\r\nTransfer-Encoding: chunked\r\nAuthorization: Bearer t\r\n\r\n";
+        let text = "POST /image HTTP/1.0\r\nX-Facegate-Peer: 6.6.6.6:1\r\nX-Facegate-Received-Us: 1\r\nX-Facegate-Tablet: forged\r\nX-Facegate-Admin-Session: 1\r\nTransfer-Encoding: chunked\r\nAuthorization: Bearer t\r\n\r\n";
         let Parsed::Complete(head, _) = parse(text.as_bytes(), 4096) else {
             panic!()
         };
         let peer: SocketAddr = "192.168.1.20:5000".parse().unwrap();
-        let bytes = request_head(&head, 3, peer, Instant::now(), Some("front"));
+        let bytes = request_head(&head, 3, peer, Instant::now(), Some("front"), false);
         let text = String::from_utf8(bytes).unwrap();
+        assert!(
+            !text.contains("Admin-Session"),
+            "forged by the client: {text}"
+        );
+        let signed_in = request_head(&head, 3, peer, Instant::now(), None, true);
+        let signed_in = String::from_utf8(signed_in).unwrap();
+        assert!(
+            signed_in.contains("X-Facegate-Admin-Session: 1\r\n"),
+            "{signed_in}"
+        );
         assert!(text.starts_with("POST /image HTTP/1.1\r\n"), "{text}");
         assert!(
             text.contains("X-Facegate-Peer: 192.168.1.20:5000\r\n"),

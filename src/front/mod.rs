@@ -261,8 +261,14 @@ fn exchange(
             return Next::Close;
         }
     };
-    let request_head =
-        forward::request_head(&head, body.len(), peer, received_at, tablet.as_deref());
+    let request_head = forward::request_head(
+        &head,
+        body.len(),
+        peer,
+        received_at,
+        tablet.as_deref(),
+        shown.admin,
+    );
     let forwarded = forward::forward(&settings.backend, &request_head, &body, ANSWER_WAIT);
     drop((body, reservation));
     let upstream = match forwarded {

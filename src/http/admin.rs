@@ -1,19 +1,84 @@
 //! The admin pages' own thread: it takes each `/admin…` request (its body already read by the
 //! front), hands it to [`crate::admin::Admin`] parsed, and sends back the answer. Admin work
 //! (enrolment runs the models) never holds a recognition worker, so the tablet is never kept waiting.
+//! Requests that showed a live admin session wait in a queue of their own and are taken first, so a
+//! stranger's flood of sign-in pages fills only the strangers' few places.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, Sender, TrySendError};
 use tiny_http::{Method, Request, Response};
 
 use super::forwarded::Forwarded;
 use super::{header, read_body, respond, Answer};
 use crate::admin::{self, Admin, AdminRequest};
 
-/// Admin requests waiting for the admin thread; past this they are answered 503 at once.
-pub const QUEUE_DEPTH: usize = 8;
+/// Signed-in admins' requests waiting for the admin thread; past this they are answered 503 at once.
+pub const SIGNED_IN_QUEUE_DEPTH: usize = 8;
+/// Requests without a live session (the sign-in page, its form and files) waiting; past this they
+/// are answered 503 at once.
+pub const STRANGERS_QUEUE_DEPTH: usize = 4;
+
+/// Where the dispatching thread puts admin requests: by whether the front saw a live session.
+pub struct AdminQueues<T> {
+    signed_in: Sender<T>,
+    strangers: Sender<T>,
+}
+
+/// What the admin thread takes requests from: signed-in admins' first.
+pub struct AdminInbox<T> {
+    signed_in: Receiver<T>,
+    strangers: Receiver<T>,
+}
+
+/// The two bounded queues to the admin thread.
+pub fn admin_queues<T>() -> (AdminQueues<T>, AdminInbox<T>) {
+    let (signed_in, signed_in_inbox) = crossbeam_channel::bounded(SIGNED_IN_QUEUE_DEPTH);
+    let (strangers, strangers_inbox) = crossbeam_channel::bounded(STRANGERS_QUEUE_DEPTH);
+    (
+        AdminQueues {
+            signed_in,
+            strangers,
+        },
+        AdminInbox {
+            signed_in: signed_in_inbox,
+            strangers: strangers_inbox,
+        },
+    )
+}
+
+impl<T> AdminQueues<T> {
+    /// Queues `request` without waiting; gives it back when its queue is full or the thread is gone.
+    pub fn send(&self, request: T, signed_in: bool) -> Result<(), T> {
+        let queue = if signed_in {
+            &self.signed_in
+        } else {
+            &self.strangers
+        };
+        queue.try_send(request).map_err(|err| match err {
+            TrySendError::Full(request) | TrySendError::Disconnected(request) => request,
+        })
+    }
+}
+
+impl<T> AdminInbox<T> {
+    /// The next request, a signed-in admin's whenever one waits; `None` once both queues are closed
+    /// and empty.
+    pub fn next(&self) -> Option<T> {
+        // `select_biased!` tries its arms in order: a waiting signed-in request always wins.
+        crossbeam_channel::select_biased! {
+            recv(self.signed_in) -> request => match request {
+                Ok(request) => Some(request),
+                Err(_) => self.strangers.recv().ok(),
+            },
+            recv(self.strangers) -> request => match request {
+                Ok(request) => Some(request),
+                Err(_) => self.signed_in.recv().ok(),
+            },
+        }
+    }
+}
 /// The front holds the whole body already; this only guards against a front gone missing.
 const BODY_WAIT: Duration = Duration::from_secs(5);
 
@@ -26,8 +91,8 @@ fn header_value(request: &Request, name: &'static str) -> Option<String> {
 }
 
 /// Answers admin requests until the queue closes.
-pub fn run(admin: Arc<Admin>, max_body_bytes: usize, requests: Receiver<Request>) {
-    for mut request in requests {
+pub fn run(admin: Arc<Admin>, max_body_bytes: usize, requests: AdminInbox<Request>) {
+    while let Some(mut request) = requests.next() {
         let forwarded = Forwarded::of(&request);
         let Some(peer) = forwarded.peer else {
             log::error!("an admin request came without the front's peer header; refused");
@@ -72,5 +137,36 @@ pub fn run(admin: Arc<Admin>, max_body_bytes: usize, requests: Receiver<Request>
         if let Err(err) = request.respond(response) {
             log::debug!("could not send the admin answer: {err}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: one queue of 8 for everyone, so a stranger's flood of sign-in pages from one
+    /// address kept it full and a signed-in admin's page was answered 503 `busy`.
+    #[test]
+    fn signed_in_admins_go_first_and_strangers_fill_only_their_own_places() {
+        let (queues, inbox) = admin_queues();
+        for stranger in 0..STRANGERS_QUEUE_DEPTH {
+            assert_eq!(queues.send(format!("stranger {stranger}"), false), Ok(()));
+        }
+        let refused = "one stranger too many".to_string();
+        assert_eq!(queues.send(refused.clone(), false), Err(refused));
+        assert_eq!(queues.send("admin".into(), true), Ok(()));
+        assert_eq!(inbox.next().as_deref(), Some("admin"));
+        assert_eq!(inbox.next().as_deref(), Some("stranger 0"));
+        assert_eq!(queues.send("admin again".into(), true), Ok(()));
+        assert_eq!(inbox.next().as_deref(), Some("admin again"));
+        for admin in 0..SIGNED_IN_QUEUE_DEPTH {
+            assert_eq!(queues.send(format!("admin {admin}"), true), Ok(()));
+        }
+        assert!(queues.send("one admin too many".into(), true).is_err());
+        drop(queues);
+        let rest: Vec<String> = std::iter::from_fn(|| inbox.next()).collect();
+        let admins = (0..SIGNED_IN_QUEUE_DEPTH).map(|admin| format!("admin {admin}"));
+        let strangers = (1..STRANGERS_QUEUE_DEPTH).map(|stranger| format!("stranger {stranger}"));
+        assert_eq!(rest, admins.chain(strangers).collect::<Vec<_>>());
     }
 }

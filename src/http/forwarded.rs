@@ -1,6 +1,6 @@
 //! What the front tells tiny_http about a request it forwards: the client's address, when the request
-//! arrived at the front, and the paired tablet whose device token it carried. Only the front sets these
-//! headers; it strips them from client input.
+//! arrived at the front, the paired tablet whose device token it carried, and whether it showed a live
+//! admin session. Only the front sets these headers; it strips them from client input.
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;
@@ -16,6 +16,10 @@ pub(crate) const RECEIVED_HEADER: &str = "X-Facegate-Received-Us";
 /// The paired tablet whose device token the request carried (checked by the front).
 pub(crate) const TABLET_HEADER: &str = "X-Facegate-Tablet";
 
+/// Present (`1`) when the request's cookie was a live admin session as the front looked: it decides
+/// the admin thread's queue only; the admin pages check the session themselves.
+pub(crate) const ADMIN_SESSION_HEADER: &str = "X-Facegate-Admin-Session";
+
 /// A monotonic origin shared by the front and the workers (same process). It must be fixed before the
 /// first request arrives, or that request's arrival would be before it: `start_clock`.
 fn epoch() -> Instant {
@@ -30,9 +34,14 @@ pub(crate) fn start_clock() {
 
 /// Is `name` one of the headers only the front may set?
 pub(crate) fn is_front_header(name: &str) -> bool {
-    [PEER_HEADER, RECEIVED_HEADER, TABLET_HEADER]
-        .iter()
-        .any(|front| name.eq_ignore_ascii_case(front))
+    [
+        PEER_HEADER,
+        RECEIVED_HEADER,
+        TABLET_HEADER,
+        ADMIN_SESSION_HEADER,
+    ]
+    .iter()
+    .any(|front| name.eq_ignore_ascii_case(front))
 }
 
 /// The value of `RECEIVED_HEADER` for `at`.
@@ -55,6 +64,8 @@ pub(crate) struct Forwarded {
     pub tablet: Option<String>,
     /// Falls back to now for a request that did not come through the front.
     pub received_at: Instant,
+    /// The front saw a live admin session (see `ADMIN_SESSION_HEADER`).
+    pub admin_session: bool,
 }
 
 impl Forwarded {
@@ -72,6 +83,7 @@ impl Forwarded {
             received_at: value(RECEIVED_HEADER)
                 .and_then(|v| decode_instant(&v))
                 .unwrap_or_else(Instant::now),
+            admin_session: value(ADMIN_SESSION_HEADER).is_some_and(|v| v == "1"),
         }
     }
 }

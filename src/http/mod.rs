@@ -274,7 +274,7 @@ pub(crate) fn dispatch(
     service: &Service,
     transport: &Transport,
     jobs: &Sender<Job>,
-    admin: Option<&Sender<Request>>,
+    admin: Option<&admin::AdminQueues<Request>>,
     request: Request,
 ) {
     let request_id = transport.ids.next();
@@ -283,6 +283,7 @@ pub(crate) fn dispatch(
         received_at,
         tablet,
         peer,
+        admin_session,
     } = Forwarded::of(&request);
     let received_wall =
         Utc::now() - chrono::TimeDelta::from_std(received_at.elapsed()).unwrap_or_default();
@@ -298,9 +299,7 @@ pub(crate) fn dispatch(
         Answer::error(Some(&request_id), code, error, message)
     };
     if let (Route::Admin, Some(admin)) = (route, admin) {
-        if let Err(TrySendError::Full(request) | TrySendError::Disconnected(request)) =
-            admin.try_send(request)
-        {
+        if let Err(request) = admin.send(request, admin_session) {
             let answer = plain_error(
                 503,
                 "busy",
