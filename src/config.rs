@@ -319,7 +319,7 @@ pub struct CodesConfig {
     pub building_max_failures: u32,
     pub building_window_s: u64,
     pub building_pause_s: u64,
-    /// A code opens the door once, then is gone.
+    /// A code opens the door once, then is gone (put back when the door stayed locked for it).
     pub single_use: bool,
     /// Weekly hours in which codes are accepted (`mon-fri 08:00-18:00`); unset: all day.
     pub hours: Option<String>,

@@ -129,6 +129,8 @@ pub struct CodeCheck {
     pub attempts_left: Option<u32>,
     /// Seconds until a lockout ends.
     pub retry_after_s: Option<u64>,
+    /// `true` when a single-use code matched but the door stayed locked, so it was put back.
+    pub code_given_back: Option<bool>,
 }
 
 /// Everything known about one request once it is decided.
@@ -353,6 +355,9 @@ impl DecisionRecord {
                 field(code.attempts_left.map(|n| n.to_string())),
                 field(code.retry_after_s.map(|s| s.to_string())),
             );
+            if code.code_given_back == Some(true) {
+                line += " code_given_back=true";
+            }
         }
         if let Some(ms) = self.retry_after_ms {
             line += &format!(" retry_after_ms={ms}");

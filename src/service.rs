@@ -355,6 +355,9 @@ impl Service {
                         not_after,
                     });
                     record.door = report.as_str();
+                    if report.stayed_locked() {
+                        check.code_given_back = self.give_back_code(&record, &matched, &post.code);
+                    }
                 }
                 None
             }
@@ -409,6 +412,27 @@ impl Service {
                 self.conclude_with_snapshot(record, image, ext, reason)
             }
             _ => self.conclude(record),
+        }
+    }
+
+    /// A single-use code that matched while the door stayed locked (cooling down, held locked, a
+    /// relay fault) is put back, so that the visitor can type it again without it counting as a
+    /// failure. `Some(true)` when it was.
+    fn give_back_code(
+        &self,
+        record: &DecisionRecord,
+        matched: &crate::codes::CodeMatch,
+        given: &str,
+    ) -> Option<bool> {
+        match self.codes.give_back(matched, given) {
+            Ok(given_back) => given_back.then_some(true),
+            Err(err) => {
+                log::error!(
+                    "request_id={} the door stayed locked ({}) but the single-use code could not be put back: {err}",
+                    record.request_id, record.door
+                );
+                None
+            }
         }
     }
 

@@ -546,3 +546,43 @@ fn a_code_check_stuck_on_the_disk_leaves_healthz_answering_and_sigterm_locking()
     assert!(stopped.success(), "{:#?}", daemon.logs());
     assert_eq!(unlocks(&daemon), 0, "{:?}", daemon.journal());
 }
+
+/// Regression: with `codes.single_use` a matching code was spent even when the door stayed locked
+/// for it (here: cooling down after the visitor before), so the visitor's second try was a
+/// failure towards the lockout. It is put back, and the log and audit line say so.
+#[test]
+fn a_single_use_code_the_door_stayed_locked_for_is_given_back() {
+    let (daemon, codes) = daemon_with_codes(
+        Setup::new()
+            .set("codes.single_use", true)
+            .set("door.hold_ms", 100)
+            .set("door.cooldown_ms", 600_000),
+    );
+    let first = answer(
+        &daemon.post("/code", &code_body(&codes[0], None)),
+        200,
+        "granted",
+    );
+    assert_eq!(first["door"], "opened", "{first}");
+    daemon.wait_for_journal("the relock", |j| {
+        j.last().is_some_and(|a| !a.is_unlocked()) && j.iter().any(|a| a.is_unlocked())
+    });
+
+    let second = answer(
+        &daemon.post("/code", &code_body(&codes[1], None)),
+        200,
+        "granted",
+    );
+    assert_eq!(second["door"], "cooling_down", "{second}");
+    let id = second["request_id"].as_str().unwrap();
+    let audit = wait_for_audit(&daemon, "decision", id);
+    assert_eq!(audit["code_given_back"], true, "{audit}");
+    daemon.wait_for_log(&[&format!("request_id={id} "), "code_given_back=true"]);
+
+    let shown = daemon.setup().run(&["codes", "show", "--json"]);
+    assert!(
+        shown.stdout.contains(&codes[1]) && !shown.stdout.contains(&codes[0]),
+        "the spent code is gone, the one the door stayed locked for is back: {shown:?}"
+    );
+    assert_eq!(unlocks(&daemon), 1);
+}

@@ -137,6 +137,21 @@ impl CodeBook {
         }
     }
 
+    /// Puts a consumed single-use `code` back where [`CodeBook::consume`] took it from, when the
+    /// door stayed locked for it. Nothing is put back where the day's or week's codes are gone
+    /// (revoked or generated anew since), or where the code is already.
+    pub(crate) fn give_back(&mut self, matched: &CodeMatch, code: &str) {
+        let list = match matched.kind {
+            CodeKind::Daily => self.daily.get_mut(&matched.date),
+            CodeKind::Weekly => self.weekly.get_mut(&week_key(matched.date.iso_week())),
+        };
+        let code = code.trim();
+        if let Some(list) = list.filter(|l| !l.iter().any(|c| c == code)) {
+            let place = (matched.index - 1).min(list.len());
+            list.insert(place, code.to_string());
+        }
+    }
+
     /// Removes `code` wherever it is stored; returns where it was (`daily 2026-12-01`,
     /// `weekly 2026-W49`), empty when it was nowhere.
     pub fn revoke(&mut self, code: &str) -> Vec<String> {
@@ -533,6 +548,30 @@ mod tests {
         assert_eq!(book.verify(&calendar, day, &valid.daily[1]), None);
         assert!(book.verify(&calendar, day, &valid.daily[0]).is_some());
         assert!(book.revoke("not-a-code").is_empty());
+    }
+
+    #[test]
+    fn a_code_given_back_is_where_it_was_and_only_once() {
+        let mut book = generated("2026-12-01", "2026-12-04");
+        let before = book.clone();
+        let calendar = weekdays();
+        let day = date("2026-12-02");
+        let valid = book.valid_on(&calendar, day);
+        let matched = book.verify(&calendar, day, &valid.daily[1]).unwrap();
+        book.consume(&matched);
+        assert_eq!(book.verify(&calendar, day, &valid.daily[1]), None);
+        book.give_back(&matched, &valid.daily[1]);
+        book.give_back(&matched, &valid.daily[1]);
+        assert_eq!(book, before, "the same codes in the same places");
+        assert_eq!(
+            book.verify(&calendar, day, &valid.daily[1]),
+            Some(matched.clone())
+        );
+        // The day's codes were revoked meanwhile: nothing comes back to life.
+        book.consume(&matched);
+        book.daily.remove(&day);
+        book.give_back(&matched, &valid.daily[1]);
+        assert_eq!(book.verify(&calendar, day, &valid.daily[1]), None);
     }
 
     #[test]

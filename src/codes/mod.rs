@@ -162,6 +162,19 @@ impl CodeChecker {
         Ok(Verdict::Granted(matched))
     }
 
+    /// With `codes.single_use`, puts back the code `given` that matched as `matched`, because the
+    /// door stayed locked for it; tells whether it did (without `single_use` nothing was consumed).
+    pub fn give_back(&self, matched: &CodeMatch, given: &str) -> Result<bool, CodeError> {
+        if !self.single_use {
+            return Ok(false);
+        }
+        let _one_at_a_time = unpoisoned(&self.checking);
+        self.store.update(|book| {
+            book.give_back(matched, given);
+            Ok(true)
+        })
+    }
+
     /// How long code entry stays paused for everyone, if it is (for /healthz and the admin page).
     pub fn paused(&self, now: Instant) -> Option<Duration> {
         unpoisoned(&self.lockouts).paused(now)

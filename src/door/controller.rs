@@ -186,6 +186,14 @@ impl DoorReport {
         }
     }
 
+    /// The door surely did not open for this request (a relay that has not reported yet may still).
+    pub fn stayed_locked(self) -> bool {
+        matches!(
+            self,
+            DoorReport::CoolingDown | DoorReport::Locked(_) | DoorReport::Fault
+        )
+    }
+
     /// The reason behind [`DoorReport::Locked`].
     pub(crate) fn locked_because(self) -> Option<LockedBecause> {
         match self {
