@@ -192,6 +192,21 @@ impl Gallery {
                 message: format!("a vector is not {} finite values", wanted.dim),
             });
         }
+        let mut names = std::collections::BTreeSet::new();
+        if let Some(twice) = stored
+            .people
+            .iter()
+            .find(|p| !names.insert(p.name.as_str()))
+        {
+            // Permissions are looked up by name: a second entry would be judged by the first's.
+            return Err(GalleryError::Parse {
+                path: origin.to_path_buf(),
+                message: format!(
+                    "`{}` is enrolled twice; each person has one entry (merge their samples)",
+                    twice.name
+                ),
+            });
+        }
         let mut gallery = Gallery::new(stored.embedder);
         gallery.sequence = stored.sequence;
         gallery.people = stored.people;
@@ -682,6 +697,19 @@ mod tests {
             Gallery::parse(&short, Path::new("g"), &id()),
             Err(GalleryError::Parse { .. })
         ));
+    }
+
+    /// Regression: permissions are looked up by name, so a gallery (a hand-made file or a building
+    /// bundle) with a second, suspended `ann` judged a match on her samples by the first's.
+    #[test]
+    fn a_person_enrolled_twice_is_refused_at_load() {
+        let mut g = Gallery::new(id());
+        g.add_sample("ann", sample([1.0, 2.0, 3.0])).unwrap();
+        g.add_sample("bob", sample([3.0, 2.0, 1.0])).unwrap();
+        let twice = g.to_json().replace("\"bob\"", "\"ann\"");
+        assert_ne!(twice, g.to_json());
+        let err = Gallery::parse(&twice, Path::new("g"), &id()).unwrap_err();
+        assert!(err.to_string().contains("`ann` is enrolled twice"), "{err}");
     }
 
     #[test]

@@ -762,10 +762,13 @@ pub fn judge(
     let access = match &outcome {
         Outcome::Recognised(m) => {
             let local = jiff::Timestamp::now().to_zoned(zone.clone());
-            // Matched in this very gallery, so always enrolled.
-            gallery
-                .access_at(&m.name, &local)
-                .unwrap_or(Access::Allowed)
+            // Matched in this very gallery, so always enrolled; were it not, nobody is let in.
+            gallery.access_at(&m.name, &local).unwrap_or(Access::Denied(
+                crate::permission::Denial {
+                    reason: crate::permission::Reason::Suspended,
+                    resumes_at: None,
+                },
+            ))
         }
         _ => Access::Allowed,
     };

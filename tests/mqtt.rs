@@ -1009,3 +1009,29 @@ fn check_config_does_not_print_the_broker_password_or_the_command_secret() {
     }
     assert!(finished.stdout.contains("(set, not shown)"));
 }
+
+/// Regression: a signed unlock published with retain while the door was offline was carried out
+/// when the door connected (within `mqtt.command_window_s`, up to an hour): the door opened for
+/// nobody. Retained commands are skipped; the same kind of command sent live still works.
+#[test]
+fn a_retained_unlock_does_not_open_the_door_at_connect() {
+    let broker = Broker::start();
+    let setup = mqtt_setup(&broker, "east")
+        .set("mqtt.allow_commands", true)
+        .set("mqtt.command_secret", SECRET)
+        .set("door.hold_ms", 300);
+    let retained = signed_command(&setup, "unlock", SECRET);
+    broker.publish("facegate/east/command", &retained, true);
+    let daemon = setup.serve();
+    daemon.wait_for_log(&["skipped a retained command on facegate/east/command"]);
+    let live = signed_command(daemon.setup(), "unlock", SECRET);
+    broker.publish_until("facegate/east/command", &live, "the live unlock", || {
+        daemon
+            .journal()
+            .iter()
+            .any(|a| a.is_unlocked())
+            .then_some(())
+    });
+    let unlocks = daemon.journal().iter().filter(|a| a.is_unlocked()).count();
+    assert_eq!(unlocks, 1, "{:?}", daemon.journal());
+}

@@ -344,6 +344,15 @@ fn run(
                     state.max_message_bytes
                 );
             }
+            Ok(Ok(Event::Incoming(Packet::Publish(publish))))
+                if publish.retain && publish.topic == state.topics.command =>
+            {
+                // A retained command would act at every (re)connect, long after it was sent.
+                log::warn!(
+                    "mqtt: skipped a retained command on {}: commands act only when sent, never from the broker's memory (publish them without retain)",
+                    publish.topic
+                );
+            }
             Ok(Ok(Event::Incoming(Packet::Publish(publish)))) => {
                 let payload = publish.payload.to_vec();
                 if publish.topic == state.topics.command {
