@@ -186,7 +186,9 @@ async function helloLoop() {
         const reply = await call("hello");
         if (reply.status === 200) {
           backOnline();
-          if (document.body.dataset.state === "unpaired") settle();
+          // Paired again (the tablets file was unreadable for a while, say): `settle` keeps the
+          // unpaired screen by design, so leave it here, or no frame would be sent until a reload.
+          if (document.body.dataset.state === "unpaired") show("idle", t("idle"), t("idle_detail"));
           nudge();
         }
       }
@@ -386,15 +388,16 @@ function lockOut(seconds) {
 async function submitCode(event) {
   event.preventDefault();
   const code = $("code").value.replace(/\D/g, "");
-  if (!code) return;
+  // A second tap or Enter while the frame is encoded would send the code twice (two attempts).
+  if (!code || $("submit-code").disabled) return;
+  $("submit-code").disabled = true;
   touchKeypad();
   const form = new FormData();
   form.append("code", code);
   form.append("captured_at", new Date().toISOString());
-  const frame = await grabFrame();
-  if (frame) form.append("image", frame, "frame.jpg");
-  $("submit-code").disabled = true;
   try {
+    const frame = await grabFrame();
+    if (frame) form.append("image", frame, "frame.jpg");
     const { status, body } = await call("/code", { method: "POST", body: form });
     backOnline();
     if (status === 401) return;
