@@ -959,15 +959,11 @@ fn the_tablets_page_pairs_lists_and_revokes_a_tablet() {
 /// strangers fill their 4 places, and the signed-in admin is still queued and answered.
 #[test]
 fn a_strangers_flood_of_sign_in_pages_does_not_turn_a_signed_in_admin_away() {
-    use std::os::unix::fs::OpenOptionsExt;
-
     let daemon = &admin_daemon(Setup::new());
     let mut admin = Browser::new(daemon);
     redirects_to(&admin.sign_in(PASSWORD), "/admin/");
     let path = daemon.state_dir().join("codes.json");
-    let fifo = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: `fifo` is a valid NUL-terminated path that outlives the call.
-    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    harness::make_stuck_file(&path);
     let signed_in = admin.cookies.clone();
     let as_admin = |path: &'static str| {
         let cookies = signed_in.clone();
@@ -976,13 +972,7 @@ fn a_strangers_flood_of_sign_in_pages_does_not_turn_a_signed_in_admin_away() {
 
     std::thread::scope(|scope| {
         let stuck = scope.spawn(as_admin("/admin/codes"));
-        let writer = wait_for("the codes page to open the codes file", || {
-            std::fs::OpenOptions::new()
-                .write(true)
-                .custom_flags(libc::O_NONBLOCK)
-                .open(&path)
-                .ok()
-        });
+        let writer = harness::stuck_file_opened(&path, "the codes page to open the codes file");
         let (answered, answers) = std::sync::mpsc::channel();
         let strangers: Vec<_> = (0..5)
             .map(|_| {

@@ -509,26 +509,15 @@ fn the_building_budget_pauses_code_entry_for_everyone_and_raises_the_alarm() {
 /// until the test writes the codes into it.
 #[test]
 fn a_code_check_stuck_on_the_disk_leaves_healthz_answering_and_sigterm_locking() {
-    use std::os::unix::fs::OpenOptionsExt;
-
     let (mut daemon, codes) = daemon_with_codes(Setup::new());
     let path = daemon.state_dir().join("codes.json");
     let contents = std::fs::read(&path).unwrap();
     std::fs::remove_file(&path).unwrap();
-    let fifo = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: `fifo` is a valid NUL-terminated path that outlives the call.
-    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    harness::make_stuck_file(&path);
 
     std::thread::scope(|scope| {
         let stuck = scope.spawn(|| daemon.post("/code", &code_body(&codes[0], None)));
-        // Opening the FIFO to write succeeds only once the daemon has it open to read.
-        let mut writer = harness::wait_for("the code check to open the codes file", || {
-            std::fs::OpenOptions::new()
-                .write(true)
-                .custom_flags(libc::O_NONBLOCK)
-                .open(&path)
-                .ok()
-        });
+        let mut writer = harness::stuck_file_opened(&path, "the code check to open the codes file");
         let health = daemon.get("/healthz");
         assert_eq!(health.status, 200, "{}", health.text());
         assert_eq!(health.json()["code_entry"], "open", "{}", health.text());

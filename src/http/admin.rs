@@ -79,6 +79,7 @@ impl<T> AdminInbox<T> {
         }
     }
 }
+
 /// The front holds the whole body already; this only guards against a front gone missing.
 const BODY_WAIT: Duration = Duration::from_secs(5);
 

@@ -966,6 +966,28 @@ pub fn audit_lines(daemon: &Daemon) -> Vec<Value> {
     lines
 }
 
+/// Puts a FIFO at `path`, a file whose read stays stuck until [`stuck_file_opened`]'s writer is
+/// closed: a slow or hung disk, for the daemon's file reads.
+pub fn make_stuck_file(path: &Path) {
+    let fifo = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: `fifo` is a valid NUL-terminated path that outlives the call.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+}
+
+/// Waits until the daemon has the stuck file at `path` open to read (`what` names who), and returns
+/// the writer that lets the read go on: what it writes, then the end of the file when it is dropped.
+pub fn stuck_file_opened(path: &Path, what: &str) -> std::fs::File {
+    use std::os::unix::fs::OpenOptionsExt;
+    // Opening a FIFO to write without blocking succeeds only once a reader has it open.
+    wait_for(what, || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .ok()
+    })
+}
+
 pub fn wait_for_audit(daemon: &Daemon, kind: &str, id: &str) -> Value {
     wait_for(&format!("the audit line {kind} {id}"), || {
         audit_lines(daemon)
