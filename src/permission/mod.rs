@@ -7,7 +7,7 @@ pub mod hours;
 use std::collections::BTreeMap;
 
 use jiff::civil::{Date, DateTime};
-use jiff::tz::TimeZone;
+use jiff::tz::AmbiguousOffset;
 use jiff::{Timestamp, Zoned};
 use serde::{Deserialize, Serialize};
 
@@ -133,7 +133,7 @@ pub fn access_at(permissions: &Permissions, groups: &Groups, now: &Zoned) -> Acc
         );
         return denied(
             Reason::NotYetValid,
-            resumes.and_then(|at| within_validity(permissions, now.time_zone(), at)),
+            resumes.and_then(|at| within_validity(permissions, now, at)),
         );
     }
     let Some(hours) = hours else {
@@ -151,7 +151,7 @@ pub fn access_at(permissions: &Permissions, groups: &Groups, now: &Zoned) -> Acc
         wait => denied(
             Reason::OutsideSchedule,
             wait.and_then(|minutes| minute.checked_add(jiff::Span::new().minutes(minutes)).ok())
-                .and_then(|at| within_validity(permissions, now.time_zone(), at)),
+                .and_then(|at| within_validity(permissions, now, at)),
         ),
     }
 }
@@ -165,13 +165,27 @@ fn next_open(hours: Option<&[&WeeklyHours]>, from: DateTime) -> Option<DateTime>
     }
 }
 
-/// The instant of local time `at`, unless it falls after the last valid day. A local time skipped by a
-/// daylight-saving change resolves to the moment just after the change.
-fn within_validity(permissions: &Permissions, zone: &TimeZone, at: DateTime) -> Option<Timestamp> {
+/// The first instant from `now` on whose local time is `at`, unless `at` falls after the last valid
+/// day. A local time skipped by a daylight-saving change resolves to the change itself (the first
+/// instant past it); a local time that happens twice to the first pass not already behind `now`.
+fn within_validity(permissions: &Permissions, now: &Zoned, at: DateTime) -> Option<Timestamp> {
     if permissions.valid_until.is_some_and(|last| at.date() > last) {
         return None;
     }
-    zone.to_zoned(at).ok().map(|zoned| zoned.timestamp())
+    let zone = now.time_zone();
+    match zone.to_ambiguous_timestamp(at).offset() {
+        AmbiguousOffset::Unambiguous { offset } => offset.to_timestamp(at).ok(),
+        AmbiguousOffset::Gap { after, .. } => {
+            let inside_the_gap = after.to_timestamp(at).ok()?;
+            zone.following(inside_the_gap)
+                .next()
+                .map(|change| change.timestamp())
+        }
+        AmbiguousOffset::Fold { before, after } => [before, after]
+            .into_iter()
+            .filter_map(|offset| offset.to_timestamp(at).ok())
+            .find(|instant| *instant >= now.timestamp()),
+    }
 }
 
 /// The same calendar day as chrono counts it (the visitor codes' calendar).
@@ -195,6 +209,7 @@ pub fn parse_date(text: &str) -> Result<Date, String> {
 mod tests {
     use super::*;
     use jiff::civil::date;
+    use jiff::tz::TimeZone;
 
     fn zoned(zone: &str, at: DateTime) -> Zoned {
         at.to_zoned(TimeZone::get(zone).unwrap()).unwrap()
@@ -444,16 +459,60 @@ mod tests {
             let access = access_at(permissions, &Groups::new(), &instant(utc));
             assert_eq!(access == Access::Allowed, allowed, "{what}: {access:?}");
         }
-        // A window starting in the skipped hour opens just after the change.
-        let saturday_evening = instant("2026-03-28T20:00:00Z");
-        match access_at(&early, &Groups::new(), &saturday_evening) {
-            Access::Denied(denial) => {
-                assert_eq!(
-                    denial.resumes_at,
-                    Some("2026-03-29T01:30:00Z".parse().unwrap())
-                )
+    }
+
+    /// Regression: a window starting in the hour skipped in spring was said to resume half an hour
+    /// after access really resumed (02:30 read as 03:30 CEST, while 03:00 CEST is already inside it),
+    /// and in the repeated autumn hour the answer could name an instant already past.
+    #[test]
+    fn access_resumes_when_the_window_really_opens_across_daylight_saving_changes() {
+        let early = Permissions {
+            schedule: hours("sun 02:30-04:00"),
+            ..Permissions::default()
+        };
+        let berlin = TimeZone::get("Europe/Berlin").unwrap();
+        let instant = |utc: &str| utc.parse::<Timestamp>().unwrap().to_zoned(berlin.clone());
+        let table = [
+            (
+                "2026-03-28T20:00:00Z",
+                "2026-03-29T01:00:00Z",
+                "02:30 is skipped: the window opens with the change, 03:00 CEST",
+            ),
+            (
+                "2026-10-25T00:15:00Z",
+                "2026-10-25T00:30:00Z",
+                "02:15 CEST, first pass: 02:30 CEST",
+            ),
+            (
+                "2026-10-25T01:15:00Z",
+                "2026-10-25T01:30:00Z",
+                "02:15 CET, second pass: 02:30 CET, not the 02:30 CEST already past",
+            ),
+        ];
+        for (now, resumes, what) in table {
+            match access_at(&early, &Groups::new(), &instant(now)) {
+                Access::Denied(denial) => {
+                    assert_eq!(denial.resumes_at, Some(resumes.parse().unwrap()), "{what}");
+                    // And the door agrees: allowed at that instant, not a minute before.
+                    let at = denial.resumes_at.unwrap();
+                    assert_eq!(
+                        access_at(&early, &Groups::new(), &at.to_zoned(berlin.clone())),
+                        Access::Allowed,
+                        "{what}: allowed when it resumes"
+                    );
+                    let minute_before = at - jiff::SignedDuration::from_mins(1);
+                    assert_ne!(
+                        access_at(
+                            &early,
+                            &Groups::new(),
+                            &minute_before.to_zoned(berlin.clone())
+                        ),
+                        Access::Allowed,
+                        "{what}: not a minute before"
+                    );
+                }
+                Access::Allowed => panic!("{what}: allowed"),
             }
-            Access::Allowed => panic!("allowed on saturday evening"),
         }
     }
 
