@@ -65,16 +65,20 @@ impl LiveTablets {
     }
 
     /// The tablets as the file holds them now, read again only when it changed. A file that cannot
-    /// be read lets no tablet in (the shared token still works) and is logged.
+    /// be read lets no tablet in (the shared token still works), is logged, and is read again at the
+    /// next request: what made it unreadable (its owner, its mode, the disk) may be put right without
+    /// the file itself changing.
     fn current(&self) -> Arc<TabletBook> {
         let stamp = self.store.stamp();
         let mut cached = lock_recovering(&self.cached);
         if cached.0 != stamp || stamp.is_none() {
-            let book = self.store.load().unwrap_or_else(|err| {
-                self.errors.error(format!("no tablet is let in: {err}"));
-                TabletBook::default()
-            });
-            *cached = (stamp, Arc::new(book));
+            *cached = match self.store.load() {
+                Ok(book) => (stamp, Arc::new(book)),
+                Err(err) => {
+                    self.errors.error(format!("no tablet is let in: {err}"));
+                    (None, Arc::default())
+                }
+            };
         }
         Arc::clone(&cached.1)
     }
@@ -168,5 +172,46 @@ mod tests {
         let token = live.pair(&secret, now).unwrap().token;
         std::fs::write(store.path(), "{").unwrap();
         assert_eq!(live.tablet_of(&token), None);
+    }
+
+    /// Regression: a tablets file that could not be read was remembered as empty under its stamp, so
+    /// putting right what kept it unreadable (a chown, a chmod) without changing the file itself left
+    /// every tablet out until the file was next written.
+    #[test]
+    fn a_file_unreadable_once_is_read_again_though_its_stamp_is_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TabletStore::new(dir.path().join("tablets.json"));
+        let now = Utc::now();
+        let secret = store
+            .update(|b| b.add("front", now, &mut book::OsRandom))
+            .unwrap();
+        let token = LiveTablets::new(store.clone())
+            .pair(&secret, now)
+            .unwrap()
+            .token;
+        let readable = std::fs::read(store.path()).unwrap();
+        let modified = std::fs::metadata(store.path()).unwrap().modified().unwrap();
+        let rewrite_in_place = |content: &[u8]| {
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(store.path())
+                .unwrap();
+            std::io::Write::write_all(&mut file, content).unwrap();
+            file.set_modified(modified).unwrap();
+        };
+        let mut unreadable = b"{".to_vec();
+        unreadable.resize(readable.len(), b' ');
+        rewrite_in_place(&unreadable);
+        let stamp_while_unreadable = store.stamp();
+
+        let live = LiveTablets::new(store.clone());
+        assert_eq!(live.tablet_of(&token), None);
+        rewrite_in_place(&readable);
+        assert_eq!(
+            store.stamp(),
+            stamp_while_unreadable,
+            "the file looks unchanged"
+        );
+        assert_eq!(live.tablet_of(&token).as_deref(), Some("front"));
     }
 }
