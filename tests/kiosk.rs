@@ -2,9 +2,10 @@
 //! Chromium's fake camera fed a Y4M clip made here from the test photos: an enrolled face opens the door
 //! and is greeted by name, a stranger is denied and may type a visitor code, three wrong codes lock code
 //! entry, a stopped daemon shows offline and the page recovers by itself, a revoked tablet shows it is
-//! not paired, a Korean browser reads Korean, no request leaves the door, and the same grant works over
-//! TLS with the door's certificate trusted through Chromium's NSS store. A screenshot of every state,
-//! at tablet and phone size, goes to `target/kiosk-screenshots/` for review.
+//! not paired, a face still being confirmed is asked to hold still, a Korean browser reads Korean, no
+//! request leaves the door, and the same grant works over TLS with the door's certificate trusted
+//! through Chromium's NSS store. A screenshot of every state, at tablet and phone size, goes to
+//! `target/kiosk-screenshots/` for review.
 
 mod harness;
 mod support;
@@ -264,6 +265,35 @@ fn liveness_verdicts_read_as_come_closer_and_not_accepted() {
         0,
         "neither a print nor a face too small to judge opens"
     );
+}
+
+/// Regression: a face still being confirmed (`door.confirm_frames`) was greeted by name over "The door
+/// stays locked: please ask for help", as if it had been refused.
+#[test]
+fn a_face_still_being_confirmed_reads_hold_still_and_is_not_welcomed() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    // A window of 1 ms lets no two frames count together: the face stays unconfirmed for ever.
+    let setup = Setup::new()
+        .set("door.confirm_frames", 10)
+        .set("door.confirm_window_ms", 1);
+    let door = Door::new(setup.serve(), "http://127.0.0.1");
+    let driver = Driver::start();
+    let browser = door.kiosk(&driver, "front", &seeing(ENROLLED_FACE), "en-US");
+    assert_eq!(
+        shows(&browser, "confirming", "11-confirming"),
+        "Hold still | Checking it is you…"
+    );
+    harness::wait_for("three frames answered confirming", || {
+        let audit = harness::audit_lines(&door.daemon);
+        let confirming = audit.iter().filter(|l| l["door"] == "confirming").count();
+        (confirming >= 3).then_some(())
+    });
+    let (state, words) = browser.wait_for_kiosk_state(&["confirming"]);
+    assert_eq!(
+        (state.as_str(), words.as_str()),
+        ("confirming", "Hold still | Checking it is you…")
+    );
+    assert_eq!(door.unlocks(), 0, "an unconfirmed face never opens");
 }
 
 /// `photo` held up close to the camera: the middle two thirds of the door's view, filling the frame.

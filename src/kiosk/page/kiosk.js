@@ -97,10 +97,12 @@ function showUnpaired(detail = t("unpaired_detail")) {
   show("unpaired", t("unpaired"), detail);
 }
 
+// A welcome says only what the relay did: `pending` (it has not reported yet) is not yet open.
 function greet(answer, headline) {
   closeKeypad(false);
-  const opened = ["opened", "extended", "already_open", "pending"].includes(answer.door);
-  show("granted", headline, opened ? t("door_open") : t("door_stays_locked"), VERDICT_MS);
+  const opened = ["opened", "extended", "already_open"].includes(answer.door);
+  const detail = opened ? t("door_open") : answer.door === "pending" ? t("door_opening") : t("door_stays_locked");
+  show("granted", headline, detail, VERDICT_MS);
 }
 
 // ----------------------------------------------------------------------------------------------
@@ -299,14 +301,20 @@ async function frameLoop() {
 // is shown.
 function judge(answer) {
   const busyElsewhere = performance.now() < lockedUntil || document.body.dataset.state === "code";
-  if (busyElsewhere && answer.status !== "granted") {
+  const welcome = answer.status === "granted" && answer.door !== "confirming";
+  if (busyElsewhere && !welcome) {
     return answer.status === "paused" || answer.status === "busy"
       ? (answer.retry_after_ms ?? BUSY_WAIT_MS)
       : FRAME_INTERVAL_MS;
   }
   switch (answer.status) {
     case "granted":
-      greet(answer, t("granted", { name: answer.identity }));
+      if (answer.door === "confirming") {
+        // More frames of this face are needed before the door may open: no welcome yet.
+        show("confirming", t("confirming"), t("confirming_detail"));
+      } else {
+        greet(answer, t("granted", { name: answer.identity }));
+      }
       return FRAME_INTERVAL_MS;
     case "paused":
       return answer.retry_after_ms ?? BUSY_WAIT_MS;
