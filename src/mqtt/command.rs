@@ -207,8 +207,12 @@ impl Verifier {
         }
         // Remembered until the command could no longer pass the window check.
         let forget_at = body.issued_at_ms.saturating_add(self.window_ms);
-        self.seen.admit(&body.nonce, forget_at)?;
-        Ok(body)
+        match self.seen.admit(&body.nonce, forget_at) {
+            // Fail-secure: a full table never keeps the door from locking down. Unremembered, the
+            // lock could be replayed within its window, which can only lock the door again.
+            Err(CommandRejected::TooMany) if body.action == Action::Lock => Ok(body),
+            admitted => admitted.map(|()| body),
+        }
     }
 }
 
@@ -421,6 +425,42 @@ mod tests {
         guard.observe(150);
         guard.admit("c", 300).unwrap();
         assert_eq!(guard.len(), 2);
+    }
+
+    /// Regression: with every nonce of the window in use (a busy building's remote unlocks, or a
+    /// sender gone wild with the secret), a signed `lock` was refused `too_many` like an `unlock`.
+    #[test]
+    fn a_full_nonce_table_refuses_unlocks_but_never_a_lock() {
+        let mut verifier = verifier();
+        for n in 0..REPLAY_CAPACITY {
+            let unlock = sign(&body(&format!("nonce-{n:04}"), NOW), SECRET);
+            verifier.verify(unlock.as_bytes(), NOW).unwrap();
+        }
+        let one_more = sign(&body("nonce-more", NOW), SECRET);
+        assert_eq!(
+            verifier.verify(one_more.as_bytes(), NOW),
+            Err(CommandRejected::TooMany)
+        );
+        let lock = |nonce: &str| {
+            sign(
+                &CommandBody {
+                    action: Action::Lock,
+                    ..body(nonce, NOW)
+                },
+                SECRET,
+            )
+        };
+        assert_eq!(
+            verifier
+                .verify(lock("nonce-lockdown").as_bytes(), NOW)
+                .map(|b| b.action),
+            Ok(Action::Lock)
+        );
+        assert_eq!(
+            verifier.verify(lock("nonce-0007").as_bytes(), NOW),
+            Err(CommandRejected::Replayed),
+            "a remembered nonce stays refused, whatever the action"
+        );
     }
 
     #[test]
