@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use crate::audit::{AuditWriter, Tally};
 use crate::body::{parse_code_post, parse_frame_post, BodyError, CodePost, FramePost};
-use crate::codes::{CodeChecker, Verdict};
+use crate::codes::{self, CodeChecker, Verdict};
 use crate::config::Config;
 use crate::confirmation::{Confirmations, TabletKey};
 use crate::decision::{
@@ -324,8 +324,11 @@ impl Service {
         // Without a peer address (not on TCP), every such client shares one lockout.
         let address = remote.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
         let local = jiff::Timestamp::now().to_zoned(self.zone.clone());
-        // Outside `codes.hours` no code is looked at (nor consumed, nor counted as a failure).
-        if let Some(denial) = self.code_hours_denial(&local) {
+        // Outside `codes.hours`, and on a day off of the codes' calendar, no code is looked at (nor
+        // consumed, nor counted as a failure): none could be valid.
+        if let Some(denial) =
+            codes::entry::closed_at(self.codes.calendar(), self.code_hours.as_ref(), &local)
+        {
             record.status = Status::NotAllowed;
             explain_denial(&mut record, denial, &self.zone);
             record.code = Some(CodeCheck::default());
@@ -583,19 +586,6 @@ impl Service {
             self.conclude_with_snapshot(record, image.into_bytes(), ext, reason)
         } else {
             self.conclude(record)
-        }
-    }
-
-    /// Why codes are not accepted at `local`, when `codes.hours` says so.
-    fn code_hours_denial(&self, local: &jiff::Zoned) -> Option<Denial> {
-        let hours = self.code_hours.as_ref()?;
-        let only_hours = permission::Permissions {
-            schedule: Some(hours.clone()),
-            ..permission::Permissions::default()
-        };
-        match permission::access_at(&only_hours, &permission::Groups::new(), local) {
-            Access::Allowed => None,
-            Access::Denied(denial) => Some(denial),
         }
     }
 

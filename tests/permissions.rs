@@ -192,3 +192,42 @@ fn visitor_codes_outside_codes_hours_open_nothing_and_are_not_used_up() {
     );
     assert!(daemon.journal().iter().all(|a| !a.is_unlocked()));
 }
+
+/// Regression: on a holiday (or a day off of `codes.working_days`) every typed code was looked at and
+/// found wrong, so a visitor who tried their code three times was locked out as a guesser, and a
+/// refusal outside `codes.hours` named a reopening on the next holiday.
+#[test]
+fn a_code_typed_on_a_holiday_is_refused_before_it_is_looked_at_and_never_counts() {
+    let today = seoul(Utc::now()).date_naive();
+    let day_after_tomorrow = today + Duration::days(2);
+    // Codes from yesterday to tomorrow are made first (no holidays yet), so today's are on file.
+    let (setup, codes) = with_visitor_codes(Setup::new().set("timezone", ZONE));
+    // Tomorrow is a holiday too: a test that runs across Seoul's midnight expects the same answer.
+    let holidays = [today, today + Duration::days(1)].map(|d| toml::Value::String(d.to_string()));
+    let daemon = setup
+        .set("codes.holidays", toml::Value::Array(holidays.into()))
+        .set("codes.max_failures", 3)
+        .serve();
+    for attempt in 1..=4 {
+        let code = if attempt == 4 {
+            codes[0].as_str()
+        } else {
+            "000000000000"
+        };
+        let reply = daemon.post("/code", json!({ "code": code }).to_string().as_bytes());
+        assert_eq!(reply.status, 200, "attempt {attempt}: {}", reply.text());
+        let answer = reply.json();
+        assert_eq!(
+            (answer["status"].as_str(), answer["reason"].as_str()),
+            (Some("not_allowed"), Some("no_codes_today")),
+            "attempt {attempt}: never denied, never locked out: {answer}"
+        );
+        assert_eq!(
+            answer["resumes_at"].as_str().unwrap_or_default(),
+            format!("{day_after_tomorrow}T00:00:00+09:00"),
+            "{answer}"
+        );
+        assert!(answer.get("attempts_left").is_none(), "{answer}");
+    }
+    assert!(daemon.journal().iter().all(|a| !a.is_unlocked()));
+}

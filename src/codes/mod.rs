@@ -3,6 +3,7 @@
 
 pub mod book;
 pub mod calendar;
+pub mod entry;
 pub mod lockout;
 pub mod store;
 
@@ -173,6 +174,11 @@ impl CodeChecker {
             book.give_back(matched, given);
             Ok(true)
         })
+    }
+
+    /// The working days and holidays codes are valid on.
+    pub fn calendar(&self) -> &Calendar {
+        &self.calendar
     }
 
     /// How long code entry stays paused for everyone, if it is (for /healthz and the admin page).

@@ -46,7 +46,7 @@ pub struct Group {
 /// Groups by name.
 pub type Groups = BTreeMap<String, Group>;
 
-/// Why a recognised person may not enter now.
+/// Why a recognised person, or a visitor with a code, may not enter now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {
@@ -54,6 +54,8 @@ pub enum Reason {
     Expired,
     OutsideSchedule,
     Suspended,
+    /// Visitor codes only: today is not a working day of `codes.working_days` or is a holiday.
+    NoCodesToday,
 }
 
 impl Reason {
@@ -63,6 +65,7 @@ impl Reason {
             Reason::Expired => "expired",
             Reason::OutsideSchedule => "outside_schedule",
             Reason::Suspended => "suspended",
+            Reason::NoCodesToday => "no_codes_today",
         }
     }
 
@@ -73,6 +76,7 @@ impl Reason {
             Reason::Expired => "your access has ended; ask the building admin",
             Reason::OutsideSchedule => "you may not enter at this hour",
             Reason::Suspended => "your access is suspended; ask the building admin",
+            Reason::NoCodesToday => "visitor codes are not accepted today",
         }
     }
 }
@@ -139,13 +143,7 @@ pub fn access_at(permissions: &Permissions, groups: &Groups, now: &Zoned) -> Acc
     let Some(hours) = hours else {
         return Access::Allowed;
     };
-    let minute = now
-        .datetime()
-        .with()
-        .second(0)
-        .subsec_nanosecond(0)
-        .build()
-        .expect("a whole minute is a valid time");
+    let minute = whole_minute(now.datetime());
     match hours::minutes_until_open(hours.iter().copied(), minute) {
         Some(0) => Access::Allowed,
         wait => denied(
@@ -165,13 +163,18 @@ fn next_open(hours: Option<&[&WeeklyHours]>, from: DateTime) -> Option<DateTime>
     }
 }
 
-/// The first instant from `now` on whose local time is `at`, unless `at` falls after the last valid
-/// day. A local time skipped by a daylight-saving change resolves to the change itself (the first
-/// instant past it); a local time that happens twice to the first pass not already behind `now`.
+/// The instant of local time `at`, unless `at` falls after the last valid day.
 fn within_validity(permissions: &Permissions, now: &Zoned, at: DateTime) -> Option<Timestamp> {
     if permissions.valid_until.is_some_and(|last| at.date() > last) {
         return None;
     }
+    first_instant_of(now, at)
+}
+
+/// The first instant from `now` on whose local time (in `now`'s zone) is `at`. A local time skipped
+/// by a daylight-saving change resolves to the change itself (the first instant past it); a local
+/// time that happens twice to the first pass not already behind `now`.
+pub fn first_instant_of(now: &Zoned, at: DateTime) -> Option<Timestamp> {
     let zone = now.time_zone();
     match zone.to_ambiguous_timestamp(at).offset() {
         AmbiguousOffset::Unambiguous { offset } => offset.to_timestamp(at).ok(),
@@ -186,6 +189,15 @@ fn within_validity(permissions: &Permissions, now: &Zoned, at: DateTime) -> Opti
             .filter_map(|offset| offset.to_timestamp(at).ok())
             .find(|instant| *instant >= now.timestamp()),
     }
+}
+
+/// `at` without its seconds: hours are kept by the minute.
+pub fn whole_minute(at: DateTime) -> DateTime {
+    at.with()
+        .second(0)
+        .subsec_nanosecond(0)
+        .build()
+        .expect("a whole minute is a valid time")
 }
 
 /// The same calendar day as chrono counts it (the visitor codes' calendar).

@@ -416,7 +416,7 @@ async function submitCode(event) {
     } else {
       $("code").value = "";
       const left = body.attempts_left;
-      const wrong = body.status === "denied" ? t("code_wrong") : t("code_refused");
+      const wrong = { denied: t("code_wrong"), not_allowed: t("code_not_now") }[body.status] ?? t("code_refused");
       $("attempts").textContent = left === undefined ? wrong : `${wrong}. ${t("attempts_left", { n: left })}`;
     }
   } catch (error) {
