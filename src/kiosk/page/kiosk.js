@@ -1,8 +1,8 @@
 // The door terminal. It shows the front camera mirrored, sends one JPEG frame at a time to the door's
 // /image endpoint and shows each verdict in large type; a keypad sends visitor codes to /code with the
 // current frame. The device token comes from pairing (#pair=<secret> in the address, traded once at
-// /kiosk/pair) and lives in localStorage. document.body.dataset.state is always one of: idle, granted,
-// denied, too_far, spoof, code, locked_out, offline, unpaired.
+// /kiosk/pair) and lives in localStorage. document.body.dataset.state is always one of: idle,
+// confirming, granted, denied, too_far, spoof, code, locked_out, offline, unpaired.
 "use strict";
 
 const TOKEN_KEY = "facegate.kiosk.token";
@@ -147,13 +147,20 @@ function backOnline() {
   if (document.body.dataset.state === "offline") settle();
 }
 
-// The pairing link: #pair=<secret>. The secret leaves the address bar before anything else happens,
-// and is traded once for the device token.
-async function pairFromLink() {
+// The pairing link: #pair=<secret>. The secret leaves the address bar first thing, before the page
+// waits for anything (its strings, the door), so that it is never left in the address or history.
+function takePairingSecret() {
   const secret = new URLSearchParams(location.hash.slice(1)).get("pair");
+  if (secret !== null) history.replaceState(null, "", location.pathname + location.search);
+  return secret;
+}
+
+// Trades the secret once for the device token. A door that is busy, restarting or out of reach has
+// not judged the link: it is tried again after a pause, and only a refusal reads "not valid".
+async function pairWith(secret) {
   if (secret === null) return;
-  history.replaceState(null, "", location.pathname + location.search);
   show("idle", t("pairing"));
+  let retries = 0;
   for (;;) {
     try {
       const reply = await fetch("pair", {
@@ -167,6 +174,11 @@ async function pairFromLink() {
         localStorage.setItem(TOKEN_KEY, body.token);
         failures = 0;
         return;
+      }
+      if (reply.status === 429 || reply.status >= 500) {
+        retries += 1;
+        await sleep(RETRY_MS[Math.min(retries, RETRY_MS.length) - 1]);
+        continue;
       }
       // A tablet that is paired already keeps its token when an old link is opened again.
       if (localStorage.getItem(TOKEN_KEY) === null) showUnpaired(t("pair_failed"));
@@ -285,6 +297,8 @@ async function frameLoop() {
       });
       backOnline();
       if (status !== 401) wait = Math.max(wait, judge(body));
+      // A door failing on every frame (500) is not asked again at full pace; `busy` says its own wait.
+      if (status >= 500 && body.status !== "busy") wait = Math.max(wait, BUSY_WAIT_MS);
       noFaces = body.status === "no_face" ? noFaces + 1 : ["paused", "busy"].includes(body.status) ? noFaces : 0;
       if (noFaces >= NO_FACE_BEFORE_QUIET) wait = Math.max(wait, QUIET_INTERVAL_MS);
     } catch (error) {
@@ -474,10 +488,11 @@ function wireControls() {
 }
 
 async function main() {
+  const pairingSecret = takePairingSecret();
   wireControls();
   await loadStrings();
   show("idle", t("idle"), t("idle_detail"));
-  await pairFromLink();
+  await pairWith(pairingSecret);
   token = localStorage.getItem(TOKEN_KEY);
   if (token === null) {
     if (document.body.dataset.state !== "unpaired") showUnpaired();
