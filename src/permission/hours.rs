@@ -179,7 +179,13 @@ fn parse_range(range: &str) -> Result<(u32, u32), PartError<'_>> {
 fn parse_time(text: &str, is_end: bool) -> Result<u32, PartError<'_>> {
     let malformed = (text, "is not a time (HH:MM, 24-hour)");
     let (hours, minutes) = text.split_once(':').ok_or(malformed)?;
-    if hours.is_empty() || hours.len() > 2 || minutes.len() != 2 {
+    let digits = |part: &str| part.bytes().all(|b| b.is_ascii_digit());
+    if hours.is_empty()
+        || hours.len() > 2
+        || minutes.len() != 2
+        || !digits(hours)
+        || !digits(minutes)
+    {
         return Err(malformed);
     }
     let hours: u32 = hours.parse().map_err(|_| malformed)?;
@@ -341,6 +347,8 @@ mod tests {
             ("mon 08:00-08:00", "08:00-08:00"),
             ("mon 08:00-24:00, ", ""),
             ("holiday 08:00-09:00", "holiday"),
+            ("mon +8:00-19:00", "+8:00"),
+            ("mon 08:+5-19:00", "08:+5"),
         ];
         for (spec, part) in table {
             let err = WeeklyHours::parse(spec).unwrap_err();

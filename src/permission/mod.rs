@@ -212,9 +212,18 @@ pub fn chrono_date(date: Date) -> chrono::NaiveDate {
 
 /// `YYYY-MM-DD`, as the CLI, the admin page and the gallery write validity dates.
 pub fn parse_date(text: &str) -> Result<Date, String> {
-    text.trim()
-        .parse::<Date>()
-        .map_err(|_| format!("`{}` is not a date: write YYYY-MM-DD", text.trim()))
+    let text = text.trim();
+    let refused = || format!("`{text}` is not a date: write YYYY-MM-DD");
+    // Only that shape: jiff would also take `+002026-03-02` and `20260302`.
+    let shape = text.len() == 10
+        && text.bytes().enumerate().all(|(at, b)| match at {
+            4 | 7 => b == b'-',
+            _ => b.is_ascii_digit(),
+        });
+    if !shape {
+        return Err(refused());
+    }
+    text.parse::<Date>().map_err(|_| refused())
 }
 
 #[cfg(test)]
@@ -544,7 +553,15 @@ mod tests {
         let json = serde_json::to_string(&set).unwrap();
         assert!(json.contains("\"valid_from\":\"2026-03-02\""), "{json}");
         assert_eq!(serde_json::from_str::<Permissions>(&json).unwrap(), set);
-        assert!(parse_date("2026-02-30").is_err());
+        for not_a_date in [
+            "2026-02-30",
+            "+002026-02-28",
+            "20260228",
+            "2026-2-28",
+            "2026-02-28T00:00",
+        ] {
+            assert!(parse_date(not_a_date).is_err(), "{not_a_date}");
+        }
         assert_eq!(parse_date(" 2026-02-28 ").unwrap(), date(2026, 2, 28));
     }
 }
