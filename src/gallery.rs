@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::atomic_file;
+use crate::atomic_file::{self, FileStamp};
 use crate::models::{EmbedderContract, ResolvedModel};
 use crate::permission::{self, Access, Group, Groups, Permissions, WeeklyHours};
 use crate::vision::embed::{dot, Embedding};
@@ -515,8 +515,11 @@ pub(crate) struct LiveGallery {
 
 struct LiveState {
     gallery: std::sync::Arc<Gallery>,
-    modified: Option<std::time::SystemTime>,
+    /// The version of the file in use (a rewrite gets a new inode).
+    stamp: Option<FileStamp>,
     checked: std::time::Instant,
+    /// A request is reading the file: one at a time, whatever the disk does.
+    reloading: bool,
 }
 
 impl LiveGallery {
@@ -525,7 +528,7 @@ impl LiveGallery {
         embedder: &EmbedderId,
         recheck: std::time::Duration,
     ) -> Result<LiveGallery, GalleryError> {
-        let modified = modified_time(path);
+        let stamp = atomic_file::stamp(path);
         let gallery = Gallery::load(path, embedder)?;
         Ok(LiveGallery {
             path: path.to_path_buf(),
@@ -533,41 +536,74 @@ impl LiveGallery {
             recheck,
             state: std::sync::Mutex::new(LiveState {
                 gallery: std::sync::Arc::new(gallery),
-                modified,
+                stamp,
                 checked: std::time::Instant::now(),
+                reloading: false,
             }),
         })
     }
 
-    /// The gallery to match one request against.
+    /// The gallery to match one request against. The file is read and parsed outside the lock, by
+    /// the one request that found it changed; the others match against the gallery in use meanwhile,
+    /// so a large gallery or a slow disk holds up no one else's frame.
     pub fn current(&self) -> std::sync::Arc<Gallery> {
-        let mut state = lock_recovering(&self.state);
-        if state.checked.elapsed() >= self.recheck {
+        let (in_use, known) = {
+            let mut state = lock_recovering(&self.state);
+            if state.reloading || state.checked.elapsed() < self.recheck {
+                return std::sync::Arc::clone(&state.gallery);
+            }
             state.checked = std::time::Instant::now();
-            let modified = modified_time(&self.path);
-            if modified != state.modified {
-                match Gallery::load(&self.path, &self.embedder) {
-                    Ok(gallery) => {
-                        log::info!(
-                            "gallery reloaded: {} people, {} samples",
-                            gallery.people().len(),
-                            gallery.sample_count()
-                        );
-                        state.gallery = std::sync::Arc::new(gallery);
-                        state.modified = modified;
-                    }
-                    Err(err) => {
-                        log::error!("gallery not reloaded, keeping the previous one: {err}")
-                    }
-                }
+            state.reloading = true;
+            (std::sync::Arc::clone(&state.gallery), state.stamp)
+        };
+        let reloaded = {
+            let _flag = ReloadingFlag(self);
+            self.reload_if_changed(known)
+        };
+        let mut state = lock_recovering(&self.state);
+        match reloaded {
+            Some((gallery, stamp)) => {
+                state.gallery = std::sync::Arc::clone(&gallery);
+                state.stamp = stamp;
+                gallery
+            }
+            None => in_use,
+        }
+    }
+
+    /// The gallery file parsed anew, if it is no longer the version `known` and it loads.
+    fn reload_if_changed(
+        &self,
+        known: Option<FileStamp>,
+    ) -> Option<(std::sync::Arc<Gallery>, Option<FileStamp>)> {
+        let stamp = atomic_file::stamp(&self.path);
+        if stamp == known {
+            return None;
+        }
+        match Gallery::load(&self.path, &self.embedder) {
+            Ok(gallery) => {
+                log::info!(
+                    "gallery reloaded: {} people, {} samples",
+                    gallery.people().len(),
+                    gallery.sample_count()
+                );
+                Some((std::sync::Arc::new(gallery), stamp))
+            }
+            Err(err) => {
+                log::error!("gallery not reloaded, keeping the previous one: {err}");
+                None
             }
         }
-        std::sync::Arc::clone(&state.gallery)
     }
 }
 
-fn modified_time(path: &Path) -> Option<std::time::SystemTime> {
-    fs::metadata(path).and_then(|m| m.modified()).ok()
+/// Lowers `reloading` when the reload ends, also by a panic, so that the file is never left unread.
+struct ReloadingFlag<'a>(&'a LiveGallery);
+
+impl Drop for ReloadingFlag<'_> {
+    fn drop(&mut self) {
+        lock_recovering(&self.0.state).reloading = false;
+    }
 }
 
 #[cfg(test)]
@@ -832,6 +868,65 @@ mod tests {
             1,
             "nothing changed"
         );
+    }
+
+    /// Regression: the gallery file was read and parsed under the lock every request takes, so one
+    /// request reloading a large gallery, or stuck on a slow disk, held up every other frame. The new
+    /// file here is a FIFO, a read that stays stuck until the test writes to it.
+    #[test]
+    fn a_reload_stuck_on_the_disk_holds_up_no_other_request() {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gallery.json");
+        let mut gallery = Gallery::new(id());
+        gallery.add_sample("ada", sample([1.0, 0.0, 0.0])).unwrap();
+        gallery.save(&path).unwrap();
+        let live = LiveGallery::open(&path, &id(), std::time::Duration::ZERO).unwrap();
+        gallery.add_sample("bob", sample([0.0, 1.0, 0.0])).unwrap();
+        let newer = gallery.to_json();
+        std::fs::remove_file(&path).unwrap();
+        let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: `c_path` is a valid NUL-terminated string that outlives the call.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        std::thread::scope(|scope| {
+            let stuck = scope.spawn(|| live.current());
+            // Opening the FIFO to write succeeds only once the reload has it open to read.
+            let mut writer = loop {
+                match std::fs::OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(&path)
+                {
+                    Ok(writer) => break writer,
+                    Err(err) if err.raw_os_error() == Some(libc::ENXIO) => {
+                        std::thread::sleep(std::time::Duration::from_millis(1))
+                    }
+                    Err(err) => panic!("cannot open the FIFO: {err}"),
+                }
+            };
+            let names = |g: &Gallery| {
+                g.people()
+                    .iter()
+                    .map(|p| p.name.clone())
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(
+                names(&live.current()),
+                ["ada"],
+                "answered from the gallery in use while the reload is stuck"
+            );
+            writer.write_all(newer.as_bytes()).unwrap();
+            drop(writer);
+            assert_eq!(names(&stuck.join().unwrap()), ["ada", "bob"]);
+            // (Not through `current`: the write changed the FIFO's stamp, and a read would wait.)
+            assert_eq!(
+                names(&lock_recovering(&live.state).gallery),
+                ["ada", "bob"],
+                "and in use from then on"
+            );
+        });
     }
 
     #[test]
