@@ -505,6 +505,13 @@ fn commands_need_a_valid_signature_and_work_once() {
         .unwrap();
     assert_eq!(accepted["origin"], "test-desk");
     assert_eq!(accepted["action"], "unlock");
+    // Refusals are traced too (they had no id): the audit line's id names the log line.
+    let forged = audit
+        .iter()
+        .find(|l| l["kind"] == "command" && l["result"] == "bad_signature")
+        .unwrap();
+    let forged_id = forged["request_id"].as_str().expect("a refusal has an id");
+    daemon.wait_for_log(&[&format!("request_id={forged_id} "), "command refused"]);
     let opened_for = accepted["request_id"].as_str().unwrap();
     assert!(
         audit.iter().any(|l| l["kind"] == "door"
@@ -594,10 +601,12 @@ fn a_signed_gallery_reaches_two_doors_and_unsigned_or_older_ones_do_not() {
             "facegate_mqtt_received_total{kind=\"gallery\",result=\"older\"}",
             1,
         );
-        wait_for("the refusal's audit line", || {
+        wait_for("the refusal's audit line, with its id", || {
             audit_lines(door)
                 .iter()
-                .any(|l| l["kind"] == "gallery" && l["result"] == "older")
+                .any(|l| {
+                    l["kind"] == "gallery" && l["result"] == "older" && l["request_id"].is_string()
+                })
                 .then_some(())
         });
     }

@@ -230,37 +230,46 @@ impl IncomingSide {
         let now_ms = Utc::now().timestamp_millis();
         // An unlock's freshness counts from here: writing the command memory first may be slow.
         let verified_at = Instant::now();
+        // Every outcome, a refusal too, is traced by one id from the log line to the audit line.
+        let request_id = format!("mqtt-{}", self.ids.next());
         match verifier.verify(payload, now_ms) {
             // Remembered on disk before it acts: a command that could be accepted again after a
             // restart does not open the door. Locking needs no such care.
             Ok(body) => match save_command_memory(&self.command_memory, verifier.memory()) {
-                Ok(()) => self.execute(&body, verified_at),
-                Err(_) if body.action == Action::Lock => self.execute(&body, verified_at),
+                Ok(()) => self.execute(&body, verified_at, request_id),
+                Err(_) if body.action == Action::Lock => {
+                    self.execute(&body, verified_at, request_id)
+                }
                 Err(err) => {
                     let problem = format!(
                         "not executed: {} cannot be written ({err}), so a restart would accept this command again",
                         self.command_memory.display()
                     );
-                    self.rejections
-                        .error(format!("mqtt: command refused: {problem}"));
-                    let record = json!({ "error": problem, "nonce": body.nonce });
+                    self.rejections.error(format!(
+                        "request_id={request_id} mqtt: command refused: {problem}"
+                    ));
+                    let record = json!({
+                        "request_id": request_id,
+                        "error": problem,
+                        "nonce": body.nonce,
+                    });
                     self.settle("command", "unpersisted", record);
                 }
             },
             Err(rejected) => {
-                self.rejections
-                    .error(format!("mqtt: command refused: {rejected}"));
-                let record = json!({ "error": rejected.to_string() });
+                self.rejections.error(format!(
+                    "request_id={request_id} mqtt: command refused: {rejected}"
+                ));
+                let record = json!({ "request_id": request_id, "error": rejected.to_string() });
                 self.settle("command", rejected.label(), record);
             }
         }
     }
 
-    fn execute(&self, body: &CommandBody, verified_at: Instant) {
+    fn execute(&self, body: &CommandBody, verified_at: Instant, request_id: String) {
         let Some(door) = self.door.upgrade() else {
             return;
         };
-        let request_id = format!("mqtt-{}", self.ids.next());
         let door_action = match body.action {
             Action::Unlock => door
                 .request_open(OpenRequest {
@@ -310,6 +319,7 @@ impl IncomingSide {
 
     fn gallery(&self, payload: &[u8]) {
         let origin = Path::new("the MQTT gallery topic");
+        let request_id = format!("mqtt-{}", self.ids.next());
         match gallery_bundle::import_into(
             payload,
             self.gallery_key.as_ref(),
@@ -322,16 +332,20 @@ impl IncomingSide {
             Ok(Some(opened)) => {
                 let people = opened.gallery.people().len();
                 log::info!(
-                    "mqtt: building gallery {} loaded: {people} people",
+                    "request_id={request_id} mqtt: building gallery {} loaded: {people} people",
                     opened.sequence
                 );
-                let record = json!({ "sequence": opened.sequence, "people": people });
+                let record = json!({
+                    "request_id": request_id,
+                    "sequence": opened.sequence,
+                    "people": people,
+                });
                 self.settle("gallery", "loaded", record);
             }
             Ok(None) => self.metrics.count_mqtt_received("gallery", "unchanged"),
             Err(err) => {
-                log::warn!("mqtt: building gallery refused: {err}");
-                let record = json!({ "error": err.to_string() });
+                log::warn!("request_id={request_id} mqtt: building gallery refused: {err}");
+                let record = json!({ "request_id": request_id, "error": err.to_string() });
                 self.settle("gallery", gallery_refusal_label(&err), record);
             }
         }
