@@ -967,7 +967,11 @@ fn tablets(config: &Config, action: TabletsAction) -> Result<()> {
         TabletsAction::Add { name, host } => {
             let secret = store.update(|book| book.add(&name, now, &mut OsRandom))?;
             let host = host.unwrap_or_else(|| {
-                link::lan_host(config.http.listen, facegate::host::routed_address())
+                link::lan_host(
+                    config.http.listen,
+                    facegate::host::routed_address(),
+                    &facegate::host::interface_addresses(),
+                )
             });
             let https = config.http.tls.enabled;
             let url = link::pairing_link(https, &host, config.http.listen.port(), &secret);

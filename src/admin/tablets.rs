@@ -70,7 +70,11 @@ impl Admin {
             }
         };
         let config = &self.ctx.config;
-        let host = link::lan_host(config.http.listen, crate::host::routed_address());
+        let host = link::lan_host(
+            config.http.listen,
+            crate::host::routed_address(),
+            &crate::host::interface_addresses(),
+        );
         let url = link::pairing_link(
             config.http.tls.enabled,
             &host,

@@ -18,13 +18,26 @@ pub fn pairing_link(https: bool, host: &str, port: u16, secret: &str) -> String 
 }
 
 /// The address a tablet on the LAN reaches the daemon at: the listening address when it is a specific
-/// one, else the address of the Pi's default route (`routed`), else `localhost`.
-pub fn lan_host(listen: SocketAddr, routed: Option<IpAddr>) -> String {
+/// one, else the address of the Pi's default route (`routed`), else, on a LAN without a gateway (a door
+/// network kept off the internet has none), the first address of an interface other than loopback
+/// (IPv4 first; IPv6 only when the daemon listens on IPv6), else `localhost`.
+pub fn lan_host(listen: SocketAddr, routed: Option<IpAddr>, interfaces: &[IpAddr]) -> String {
     let ip = listen.ip();
     if !ip.is_unspecified() {
         return ip.to_string();
     }
-    routed.map_or_else(|| "localhost".to_string(), |ip| ip.to_string())
+    let reachable =
+        |candidate: &IpAddr| !candidate.is_loopback() && (ip.is_ipv6() || candidate.is_ipv4());
+    routed
+        .filter(reachable)
+        .or_else(|| {
+            interfaces
+                .iter()
+                .copied()
+                .filter(reachable)
+                .min_by_key(IpAddr::is_ipv6)
+        })
+        .map_or_else(|| "localhost".to_string(), |ip| ip.to_string())
 }
 
 fn code(link: &str) -> QrCode {
@@ -71,9 +84,67 @@ mod tests {
         let any: SocketAddr = "0.0.0.0:8443".parse().unwrap();
         let specific: SocketAddr = "10.0.0.5:8443".parse().unwrap();
         let routed = Some("192.168.1.20".parse().unwrap());
-        assert_eq!(lan_host(any, routed), "192.168.1.20");
-        assert_eq!(lan_host(specific, routed), "10.0.0.5");
-        assert_eq!(lan_host(any, None), "localhost");
+        assert_eq!(lan_host(any, routed, &[]), "192.168.1.20");
+        assert_eq!(lan_host(specific, routed, &[]), "10.0.0.5");
+        assert_eq!(lan_host(any, None, &[]), "localhost");
+    }
+
+    /// Regression: on a LAN without a default gateway the pairing link named `localhost`, which the
+    /// tablet resolves to itself.
+    #[test]
+    fn a_lan_without_a_gateway_gets_an_interface_address_not_localhost() {
+        let ips = |list: &[&str]| {
+            list.iter()
+                .map(|ip| ip.parse().unwrap())
+                .collect::<Vec<IpAddr>>()
+        };
+        let v4_any: SocketAddr = "0.0.0.0:8443".parse().unwrap();
+        let v6_any: SocketAddr = "[::]:8443".parse().unwrap();
+        let door_lan = ips(&["127.0.0.1", "::1", "fd00::20", "10.20.0.5"]);
+        let table = [
+            (
+                v4_any,
+                ips(&[]),
+                door_lan.clone(),
+                "10.20.0.5",
+                "no gateway: the LAN's address",
+            ),
+            (
+                v6_any,
+                ips(&[]),
+                door_lan.clone(),
+                "10.20.0.5",
+                "IPv4 first",
+            ),
+            (
+                v6_any,
+                ips(&[]),
+                ips(&["::1", "fd00::20"]),
+                "fd00::20",
+                "IPv6 only",
+            ),
+            (
+                v4_any,
+                ips(&[]),
+                ips(&["::1", "fd00::20"]),
+                "localhost",
+                "IPv6 only, daemon on IPv4",
+            ),
+            (
+                v4_any,
+                ips(&["127.0.0.1"]),
+                door_lan,
+                "10.20.0.5",
+                "a loopback route is no route",
+            ),
+        ];
+        for (listen, routed, interfaces, host, what) in table {
+            assert_eq!(
+                lan_host(listen, routed.first().copied(), &interfaces),
+                host,
+                "{what}"
+            );
+        }
     }
 
     #[test]
