@@ -335,23 +335,13 @@ pub fn describe_date(date: NaiveDate) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::Weekday;
 
     fn date(text: &str) -> NaiveDate {
         text.parse().unwrap()
     }
 
     fn weekdays() -> Calendar {
-        Calendar::new(
-            [
-                Weekday::Mon,
-                Weekday::Tue,
-                Weekday::Wed,
-                Weekday::Thu,
-                Weekday::Fri,
-            ],
-            [date("2026-12-25")],
-        )
+        Calendar::monday_to_friday([date("2026-12-25")])
     }
 
     fn spec(from: &str, to: &str, daily: usize, weekly: usize) -> GenerateSpec {

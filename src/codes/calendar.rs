@@ -33,6 +33,13 @@ impl Calendar {
         }
     }
 
+    /// Monday to Friday, minus `holidays`: the office calendar the tests share.
+    #[cfg(test)]
+    pub(crate) fn monday_to_friday(holidays: impl IntoIterator<Item = NaiveDate>) -> Calendar {
+        use Weekday::*;
+        Calendar::new([Mon, Tue, Wed, Thu, Fri], holidays)
+    }
+
     /// The calendar the config describes: `codes.working_days`, `codes.holidays` and the dates in
     /// `codes.holidays_file`.
     pub fn from_config(config: &crate::config::CodesConfig) -> Result<Calendar, CodeError> {
@@ -127,16 +134,7 @@ mod tests {
     }
 
     fn office() -> Calendar {
-        Calendar::new(
-            [
-                Weekday::Mon,
-                Weekday::Tue,
-                Weekday::Wed,
-                Weekday::Thu,
-                Weekday::Fri,
-            ],
-            [date("2026-12-25")],
-        )
+        Calendar::monday_to_friday([date("2026-12-25")])
     }
 
     #[test]

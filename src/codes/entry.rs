@@ -56,22 +56,13 @@ fn next_opening(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::{NaiveDate, Weekday};
+    use chrono::NaiveDate;
     use jiff::civil::date;
     use jiff::tz::TimeZone;
 
     /// Monday to Friday, with Monday 2026-12-07 a holiday.
     fn office() -> Calendar {
-        Calendar::new(
-            [
-                Weekday::Mon,
-                Weekday::Tue,
-                Weekday::Wed,
-                Weekday::Thu,
-                Weekday::Fri,
-            ],
-            [NaiveDate::from_ymd_opt(2026, 12, 7).unwrap()],
-        )
+        Calendar::monday_to_friday([NaiveDate::from_ymd_opt(2026, 12, 7).unwrap()])
     }
 
     fn seoul(at: DateTime) -> Zoned {

@@ -405,19 +405,29 @@ mod tests {
         }
     }
 
+    /// Hours that start inside the hour Berlin skips in spring and repeats in autumn.
+    fn early_sunday() -> Permissions {
+        Permissions {
+            schedule: hours("sun 02:30-04:00"),
+            ..Permissions::default()
+        }
+    }
+
+    /// A UTC instant in Berlin: Sunday 2026-03-29 02:00 CET → 03:00 CEST; Sunday 2026-10-25 03:00
+    /// CEST → 02:00 CET.
+    fn in_berlin(utc: &str) -> Zoned {
+        utc.parse::<Timestamp>()
+            .unwrap()
+            .to_zoned(TimeZone::get("Europe/Berlin").unwrap())
+    }
+
     #[test]
     fn hours_follow_local_time_across_daylight_saving_changes() {
         let night = Permissions {
             schedule: hours("sat 22:00-06:00; sun 00:30-03:00"),
             ..Permissions::default()
         };
-        let early = Permissions {
-            schedule: hours("sun 02:30-04:00"),
-            ..Permissions::default()
-        };
-        let berlin = TimeZone::get("Europe/Berlin").unwrap();
-        // Sunday 2026-03-29 02:00 CET → 03:00 CEST; Sunday 2026-10-25 03:00 CEST → 02:00 CET.
-        let instant = |utc: &str| utc.parse::<Timestamp>().unwrap().to_zoned(berlin.clone());
+        let early = early_sunday();
         let table = [
             (
                 &night,
@@ -477,7 +487,7 @@ mod tests {
             (&early, "2026-10-25T03:00:00Z", false, "04:00 CET"),
         ];
         for (permissions, utc, allowed, what) in table {
-            let access = access_at(permissions, &Groups::new(), &instant(utc));
+            let access = access_at(permissions, &Groups::new(), &in_berlin(utc));
             assert_eq!(access == Access::Allowed, allowed, "{what}: {access:?}");
         }
     }
@@ -487,12 +497,7 @@ mod tests {
     /// and in the repeated autumn hour the answer could name an instant already past.
     #[test]
     fn access_resumes_when_the_window_really_opens_across_daylight_saving_changes() {
-        let early = Permissions {
-            schedule: hours("sun 02:30-04:00"),
-            ..Permissions::default()
-        };
-        let berlin = TimeZone::get("Europe/Berlin").unwrap();
-        let instant = |utc: &str| utc.parse::<Timestamp>().unwrap().to_zoned(berlin.clone());
+        let early = early_sunday();
         let table = [
             (
                 "2026-03-28T20:00:00Z",
@@ -511,13 +516,13 @@ mod tests {
             ),
         ];
         for (now, resumes, what) in table {
-            match access_at(&early, &Groups::new(), &instant(now)) {
+            match access_at(&early, &Groups::new(), &in_berlin(now)) {
                 Access::Denied(denial) => {
                     assert_eq!(denial.resumes_at, Some(resumes.parse().unwrap()), "{what}");
                     // And the door agrees: allowed at that instant, not a minute before.
                     let at = denial.resumes_at.unwrap();
                     assert_eq!(
-                        access_at(&early, &Groups::new(), &at.to_zoned(berlin.clone())),
+                        access_at(&early, &Groups::new(), &in_berlin(&at.to_string())),
                         Access::Allowed,
                         "{what}: allowed when it resumes"
                     );
@@ -526,7 +531,7 @@ mod tests {
                         access_at(
                             &early,
                             &Groups::new(),
-                            &minute_before.to_zoned(berlin.clone())
+                            &in_berlin(&minute_before.to_string())
                         ),
                         Access::Allowed,
                         "{what}: not a minute before"
