@@ -818,9 +818,7 @@ mod tests {
     fn a_hung_audit_file_blocks_neither_start_nor_record() {
         let dir = tempfile::tempdir().unwrap();
         let today = dir.path().join(file_name(Utc::now().date_naive()));
-        let fifo = std::ffi::CString::new(today.to_str().unwrap()).unwrap();
-        // SAFETY: mkfifo(3) with a valid NUL-terminated path and a plain mode.
-        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        crate::stuck_file::make(&today);
         let started = Instant::now();
         let (writer, thread) = AuditWriter::start(dir.path().to_owned(), settings(ROOMY)).unwrap();
         for n in 0..(KEPT_QUEUE + 100) {

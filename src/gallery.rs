@@ -876,7 +876,6 @@ mod tests {
     #[test]
     fn a_reload_stuck_on_the_disk_holds_up_no_other_request() {
         use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("gallery.json");
@@ -887,25 +886,10 @@ mod tests {
         gallery.add_sample("bob", sample([0.0, 1.0, 0.0])).unwrap();
         let newer = gallery.to_json();
         std::fs::remove_file(&path).unwrap();
-        let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-        // SAFETY: `c_path` is a valid NUL-terminated string that outlives the call.
-        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        crate::stuck_file::make(&path);
         std::thread::scope(|scope| {
             let stuck = scope.spawn(|| live.current());
-            // Opening the FIFO to write succeeds only once the reload has it open to read.
-            let mut writer = loop {
-                match std::fs::OpenOptions::new()
-                    .write(true)
-                    .custom_flags(libc::O_NONBLOCK)
-                    .open(&path)
-                {
-                    Ok(writer) => break writer,
-                    Err(err) if err.raw_os_error() == Some(libc::ENXIO) => {
-                        std::thread::sleep(std::time::Duration::from_millis(1))
-                    }
-                    Err(err) => panic!("cannot open the FIFO: {err}"),
-                }
-            };
+            let mut writer = crate::stuck_file::opened(&path);
             let names = |g: &Gallery| {
                 g.people()
                     .iter()

@@ -35,6 +35,8 @@ pub mod record;
 pub mod service;
 pub mod snapshots;
 pub mod state_file;
+#[cfg(test)]
+mod stuck_file;
 pub mod sync;
 pub mod tablets;
 pub mod vision;

@@ -881,9 +881,7 @@ mod tests {
         let writer = SnapshotWriter::start(dir.path().to_owned(), ROOMY, PATIENT).unwrap();
         let saved = writer.save("first", b"x", "jpg", &json!({})).unwrap();
         let fifo = saved.image_path.with_file_name(".tmp-hang.jpg");
-        let path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-        // SAFETY: mkfifo(3) with a valid NUL-terminated path and a plain mode.
-        assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+        crate::stuck_file::make(&fifo);
         let impatient = SnapshotWriter {
             save_wait: Duration::from_millis(500),
             ..writer.clone()

@@ -284,7 +284,6 @@ mod tests {
     #[test]
     fn a_code_check_stuck_on_the_codes_file_does_not_hold_up_the_pause_answer() {
         use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
 
         let written = tempfile::tempdir().unwrap();
         let contents = {
@@ -293,9 +292,7 @@ mod tests {
         };
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("codes.json");
-        let path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
-        // SAFETY: `path` is a valid NUL-terminated string that outlives the call.
-        assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+        crate::stuck_file::make(&fifo);
         let codes = CodeChecker::new(
             CodeStore::new(fifo.clone()),
             Calendar::new([Weekday::Tue], []),
@@ -312,20 +309,7 @@ mod tests {
                 let day = "2026-12-01".parse().unwrap();
                 codes.check("10.0.0.1".parse().unwrap(), "111111", day, now, true)
             });
-            // Opening the FIFO to write succeeds only once the check has it open to read.
-            let mut writer = loop {
-                match std::fs::OpenOptions::new()
-                    .write(true)
-                    .custom_flags(libc::O_NONBLOCK)
-                    .open(&fifo)
-                {
-                    Ok(writer) => break writer,
-                    Err(err) if err.raw_os_error() == Some(libc::ENXIO) => {
-                        std::thread::sleep(Duration::from_millis(1))
-                    }
-                    Err(err) => panic!("cannot open the FIFO: {err}"),
-                }
-            };
+            let mut writer = crate::stuck_file::opened(&fifo);
             assert_eq!(codes.paused(now), None, "answered while the check is stuck");
             writer.write_all(&contents).unwrap();
             drop(writer);
