@@ -271,10 +271,13 @@ impl InputState {
     }
 
     /// With `relock_on = "close"`: the door opened during the unlock and is still open, so the
-    /// hold time does not relock it; the closing will.
+    /// hold time does not relock it; the closing will. Not past the held-open alarm: a contact that
+    /// never reads closed again (a cut wire reads open, a magnet knocked off the leaf, a lost
+    /// reading) would keep the lock released for good, so from then on the timer relocks.
     pub fn keeps_unlocked(&self, s: &InputSettings) -> bool {
         s.relock_on == RelockOn::Close
             && self.contact == Some(ContactLevel::Open)
+            && !self.held_raised
             && self.unlocked.as_ref().is_some_and(|(_, opened)| *opened)
     }
 
@@ -424,6 +427,12 @@ impl InputState {
                 .map(|(unlock, _)| unlock.clone())
                 .or(recent_exit)
         };
+        if unlock.is_some() {
+            // One unlock, relock or exit press lets one opening in: a later one within the graces
+            // is not covered by it.
+            self.last_exit = None;
+            self.relocked = None;
+        }
         let notice = match unlock {
             Some(unlock) => Notice {
                 unlock: Some(unlock),
@@ -607,6 +616,14 @@ mod tests {
             ("exit during a lockdown still asks for the unlock; the opening is the exit's", Timer,
                 vec![(0, Exit), (2_000, Contact(Open)), (2_100, Tick)],
                 vec!["exit:x1", "unlock_exit", "opened:x1"], ContactState::Open, None),
+            // Regression: the graces were never used up, so a door pulled open again soon after
+            // someone left (or just after a relock) was `opened`, not `forced`.
+            ("an exit press covers one opening: the next one is forced", Timer,
+                vec![(0, Exit), (500, Contact(Open)), (600, Tick), (2_000, Contact(Closed)), (2_100, Tick), (3_000, Relock), (6_000, Contact(Open)), (6_100, Tick)],
+                vec!["exit:x1", "unlock_exit", "opened:x1", "closed", "forced"], ContactState::Open, Some(Alarm::Forced)),
+            ("the relock's grace covers one opening", Timer,
+                vec![(0, Grant), (3_000, Relock), (3_200, Contact(Open)), (3_300, Tick), (3_400, Contact(Closed)), (3_500, Tick), (3_700, Contact(Open)), (3_800, Tick)],
+                vec!["opened:req", "closed", "forced"], ContactState::Open, Some(Alarm::Forced)),
             ("an opening long after an exit press is forced", Timer,
                 vec![(0, Exit), (20_000, Contact(Open)), (20_100, Tick)],
                 vec!["exit:x1", "unlock_exit", "forced"], ContactState::Open, Some(Alarm::Forced)),
@@ -713,6 +730,22 @@ mod tests {
         assert!(
             !faulty.keeps_unlocked(&s),
             "a contact that cannot be read hands the relock back to the timer"
+        );
+        // Regression: a contact that never read closed again (a cut wire reads open) kept a
+        // maglock released until a restart; the held-open alarm hands the relock to the timer.
+        let (words, never_closed) = run(
+            RelockOn::Close,
+            &[
+                (0, Grant),
+                (100, Contact(Open)),
+                (200, Tick),
+                (HELD_MS + 1_000, Tick),
+            ],
+        );
+        assert_eq!(words, ["opened:req", "held"]);
+        assert!(
+            !never_closed.keeps_unlocked(&s),
+            "held open: the timer relocks"
         );
     }
 
