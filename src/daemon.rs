@@ -190,6 +190,11 @@ pub fn run(config: Config) -> Result<()> {
     install_panic_hook(door.lock_guard(), move || {
         panic_stop.fatal.store(true, Ordering::SeqCst)
     });
+    // The exit button and MQTT may unlock from here on, while the models load: a stop signal during
+    // the rest of start-up must lock the door too, not end the process where the pin stands.
+    if let Err(err) = spawn_signal_thread(Arc::clone(&stop), door.lock_guard()) {
+        return finish(door, Some(err));
+    }
     // From here on the door is running: every early return must lock it first.
     let served = serve(
         config,
@@ -504,7 +509,6 @@ fn serve(
         })
         .collect::<Result<_, _>>()?;
     drop(queue);
-    spawn_signal_thread(Arc::clone(stop), service.door.lock_guard())?;
     let probe_tls = tls.map(|(_, client)| client);
     let scheme = if probe_tls.is_some() { "https" } else { "http" };
     spawn_watchdog(
@@ -735,14 +739,18 @@ fn listen_for_front(config: &Config) -> Result<(tiny_http::Server, PathBuf)> {
     Ok((server, path))
 }
 
-/// SIGTERM and SIGINT lock the door on the signal thread itself, then ask the accepting loop to stop:
-/// the lock does not wait for the dispatching thread, whatever that thread is waiting on.
+/// SIGTERM, SIGINT, SIGHUP (a closed terminal) and SIGQUIT lock the door on the signal thread itself,
+/// then ask the accepting loop to stop: the lock waits neither for the dispatching thread, whatever
+/// it is waiting on, nor for the end of start-up. Their default action would end the process with
+/// the pin wherever it stands.
 fn spawn_signal_thread(stop: Arc<StopFlags>, guard: door::LockGuardHandle) -> Result<()> {
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
+        signal_hook::consts::SIGQUIT,
     ])
-    .context("cannot install the SIGTERM/SIGINT handlers")?;
+    .context("cannot install the SIGTERM/SIGINT/SIGHUP/SIGQUIT handlers")?;
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {

@@ -229,3 +229,31 @@ fn relock_on_close_holds_the_unlock_until_the_held_alarm_and_a_fault_makes_the_c
     wait_for_event(&daemon, "contact_fault", 1);
     daemon.wait_for_contact("unknown", Some("held"));
 }
+
+/// Regression: stop signals were handled only once start-up was over, while the exit button (and
+/// MQTT) could already unlock. A SIGTERM, or a Ctrl-C, while the models loaded or a disk held up
+/// start-up ended the process with the relay unlocked. Here start-up stays stuck reading the gallery
+/// (a FIFO stands in for a hung disk) when the exit button unlocks and SIGTERM comes.
+#[test]
+fn a_stop_signal_during_start_up_locks_the_door_the_exit_button_unlocked() {
+    let setup = with_inputs().set("door.hold_ms", 60_000);
+    std::fs::create_dir_all(setup.state_dir()).unwrap();
+    let gallery = setup.state_dir().join("gallery.json");
+    let _ = std::fs::remove_file(&gallery);
+    harness::make_stuck_file(&gallery);
+    let daemon = setup.launch();
+    let reading = harness::stuck_file_opened(&gallery, "start-up to read the gallery");
+    daemon.door_input("exit pressed");
+    daemon.wait_for_journal("the exit's unlock during start-up", |j| {
+        j.last()
+            .is_some_and(|a| a.is_unlocked() && a.reason == "exit")
+    });
+
+    // SAFETY: kill(2) on the daemon, our own child, still running.
+    assert_eq!(unsafe { libc::kill(daemon.pid(), libc::SIGTERM) }, 0);
+    daemon.wait_for_journal("the daemon's own lock on SIGTERM", |j| {
+        j.last()
+            .is_some_and(|a| !a.is_unlocked() && a.reason == "emergency")
+    });
+    drop(reading);
+}

@@ -357,6 +357,12 @@ impl Setup {
     pub fn serve(self) -> Daemon {
         Daemon::start(self)
     }
+
+    /// Starts `facegate serve` without waiting for it to listen: for a start-up that stalls.
+    pub fn launch(self) -> Daemon {
+        let (daemon, _) = Daemon::spawn(self);
+        daemon
+    }
 }
 
 /// Every weekday a working day (so a test passes any day) and codes for yesterday to tomorrow made
@@ -499,6 +505,28 @@ pub struct Daemon {
 
 impl Daemon {
     fn start(setup: Setup) -> Daemon {
+        let (mut daemon, listening) = Daemon::spawn(setup);
+        match listening.recv_timeout(STARTUP_LIMIT) {
+            Ok(addr) => {
+                daemon.listening_after = daemon.launched.elapsed();
+                daemon.addr = addr
+                    .parse()
+                    .unwrap_or_else(|err| panic!("bad listening address {addr:?}: {err}"));
+            }
+            Err(_) => {
+                daemon.kill();
+                panic!(
+                    "facegate serve did not report `facegate listening on` (exit {:?}); its log:\n{}",
+                    daemon.exit,
+                    daemon.logs().join("\n")
+                );
+            }
+        }
+        daemon
+    }
+
+    /// Starts the process; the receiver gets the address once it says it listens.
+    fn spawn(setup: Setup) -> (Daemon, mpsc::Receiver<String>) {
         setup.write_config();
         let launched = Instant::now();
         let mut child = binary()
@@ -537,7 +565,7 @@ impl Daemon {
                 }
             })
         };
-        let mut daemon = Daemon {
+        let daemon = Daemon {
             child: Some(child),
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             launched,
@@ -548,23 +576,7 @@ impl Daemon {
             exit: None,
             setup,
         };
-        match listening.recv_timeout(STARTUP_LIMIT) {
-            Ok(addr) => {
-                daemon.listening_after = launched.elapsed();
-                daemon.addr = addr
-                    .parse()
-                    .unwrap_or_else(|err| panic!("bad listening address {addr:?}: {err}"));
-            }
-            Err(_) => {
-                daemon.kill();
-                panic!(
-                    "facegate serve did not report `facegate listening on` (exit {:?}); its log:\n{}",
-                    daemon.exit,
-                    daemon.logs().join("\n")
-                );
-            }
-        }
-        daemon
+        (daemon, listening)
     }
 
     pub fn setup(&self) -> &Setup {
