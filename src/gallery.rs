@@ -1,16 +1,18 @@
 //! The enrolled people: their embeddings, matched by cosine, and who may enter when (permissions and
 //! groups), stored as versioned JSON written atomically under one lock.
 
-use crate::sync::lock_recovering;
 use std::fs;
-
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::atomic_file::{self, FileStamp};
 use crate::models::{EmbedderContract, ResolvedModel};
 use crate::permission::{self, Access, Group, Groups, Permissions, WeeklyHours};
+use crate::ratelimit::RateLimitedLog;
+use crate::sync::lock_recovering;
 use crate::vision::embed::{dot, Embedding};
 
 const FORMAT: &str = "facegate-gallery";
@@ -20,6 +22,8 @@ const OLDEST_VERSION: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GalleryError {
+    #[error("the thread that follows the gallery file did not start ({0}): the system is out of threads or memory")]
+    Watch(std::io::Error),
     #[error("cannot read the gallery {path}: {cause}")]
     Read {
         path: PathBuf,
@@ -504,105 +508,86 @@ pub(crate) fn lock(path: &Path) -> Result<fs::File, GalleryError> {
     })
 }
 
-/// The gallery as the daemon sees it: reloaded when `facegate enroll` or `gallery remove` rewrites the
-/// file, checked at most once per `recheck`. A reload that fails keeps the previous gallery.
+/// The gallery as the daemon sees it: the file as last read, reloaded by a thread of its own within
+/// `recheck` of a change (`facegate enroll`, the admin page, an MQTT import). Requests, `/healthz` on
+/// the dispatching thread among them, only take the gallery in use: none waits on the file, however
+/// large it is or however slow its disk. A reload that fails keeps the previous gallery.
 pub(crate) struct LiveGallery {
-    path: PathBuf,
-    embedder: EmbedderId,
-    recheck: std::time::Duration,
-    state: std::sync::Mutex<LiveState>,
-}
-
-struct LiveState {
-    gallery: std::sync::Arc<Gallery>,
-    /// The version of the file in use (a rewrite gets a new inode).
-    stamp: Option<FileStamp>,
-    checked: std::time::Instant,
-    /// A request is reading the file: one at a time, whatever the disk does.
-    reloading: bool,
+    in_use: Arc<Mutex<Arc<Gallery>>>,
 }
 
 impl LiveGallery {
+    /// Loads the gallery and starts the thread that follows its file.
     pub fn open(
         path: &Path,
         embedder: &EmbedderId,
-        recheck: std::time::Duration,
+        recheck: Duration,
     ) -> Result<LiveGallery, GalleryError> {
         let stamp = atomic_file::stamp(path);
         let gallery = Gallery::load(path, embedder)?;
-        Ok(LiveGallery {
+        let in_use = Arc::new(Mutex::new(Arc::new(gallery)));
+        let watcher = Watcher {
             path: path.to_path_buf(),
             embedder: embedder.clone(),
-            recheck,
-            state: std::sync::Mutex::new(LiveState {
-                gallery: std::sync::Arc::new(gallery),
-                stamp,
-                checked: std::time::Instant::now(),
-                reloading: false,
-            }),
-        })
+            stamp,
+            in_use: Arc::downgrade(&in_use),
+            errors: RateLimitedLog::new(RELOAD_ERROR_LOG_INTERVAL),
+        };
+        std::thread::Builder::new()
+            .name("gallery".into())
+            .spawn(move || watcher.run(recheck))
+            .map_err(GalleryError::Watch)?;
+        Ok(LiveGallery { in_use })
     }
 
-    /// The gallery to match one request against. The file is read and parsed outside the lock, by
-    /// the one request that found it changed; the others match against the gallery in use meanwhile,
-    /// so a large gallery or a slow disk holds up no one else's frame.
-    pub fn current(&self) -> std::sync::Arc<Gallery> {
-        let (in_use, known) = {
-            let mut state = lock_recovering(&self.state);
-            if state.reloading || state.checked.elapsed() < self.recheck {
-                return std::sync::Arc::clone(&state.gallery);
-            }
-            state.checked = std::time::Instant::now();
-            state.reloading = true;
-            (std::sync::Arc::clone(&state.gallery), state.stamp)
-        };
-        let reloaded = {
-            let _flag = ReloadingFlag(self);
-            self.reload_if_changed(known)
-        };
-        let mut state = lock_recovering(&self.state);
-        match reloaded {
-            Some((gallery, stamp)) => {
-                state.gallery = std::sync::Arc::clone(&gallery);
-                state.stamp = stamp;
-                gallery
-            }
-            None => in_use,
-        }
-    }
-
-    /// The gallery file parsed anew, if it is no longer the version `known` and it loads.
-    fn reload_if_changed(
-        &self,
-        known: Option<FileStamp>,
-    ) -> Option<(std::sync::Arc<Gallery>, Option<FileStamp>)> {
-        let stamp = atomic_file::stamp(&self.path);
-        if stamp == known {
-            return None;
-        }
-        match Gallery::load(&self.path, &self.embedder) {
-            Ok(gallery) => {
-                log::info!(
-                    "gallery reloaded: {} people, {} samples",
-                    gallery.people().len(),
-                    gallery.sample_count()
-                );
-                Some((std::sync::Arc::new(gallery), stamp))
-            }
-            Err(err) => {
-                log::error!("gallery not reloaded, keeping the previous one: {err}");
-                None
-            }
-        }
+    /// The gallery to match one request against.
+    pub fn current(&self) -> Arc<Gallery> {
+        Arc::clone(&lock_recovering(&self.in_use))
     }
 }
 
-/// Lowers `reloading` when the reload ends, also by a panic, so that the file is never left unread.
-struct ReloadingFlag<'a>(&'a LiveGallery);
+/// How often a gallery file that does not load is logged.
+const RELOAD_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
-impl Drop for ReloadingFlag<'_> {
-    fn drop(&mut self) {
-        lock_recovering(&self.0.state).reloading = false;
+/// The thread that reads the gallery file again when its stamp (inode, time, length) changes, until
+/// the daemon lets go of the gallery.
+struct Watcher {
+    path: PathBuf,
+    embedder: EmbedderId,
+    /// The version of the file in use.
+    stamp: Option<FileStamp>,
+    in_use: Weak<Mutex<Arc<Gallery>>>,
+    errors: RateLimitedLog,
+}
+
+impl Watcher {
+    fn run(mut self, recheck: Duration) {
+        while self.in_use.strong_count() > 0 {
+            std::thread::sleep(recheck);
+            let stamp = atomic_file::stamp(&self.path);
+            if stamp == self.stamp {
+                continue;
+            }
+            match Gallery::load(&self.path, &self.embedder) {
+                Ok(gallery) => {
+                    log::info!(
+                        "gallery reloaded: {} people, {} samples",
+                        gallery.people().len(),
+                        gallery.sample_count()
+                    );
+                    self.stamp = stamp;
+                    let Some(in_use) = self.in_use.upgrade() else {
+                        return;
+                    };
+                    *lock_recovering(&in_use) = Arc::new(gallery);
+                }
+                Err(err) => {
+                    self.errors.error(format!(
+                        "gallery not reloaded, keeping the previous one: {err}"
+                    ));
+                }
+            }
+        }
     }
 }
 
@@ -870,11 +855,13 @@ mod tests {
         );
     }
 
-    /// Regression: the gallery file was read and parsed under the lock every request takes, so one
-    /// request reloading a large gallery, or stuck on a slow disk, held up every other frame. The new
-    /// file here is a FIFO, a read that stays stuck until the test writes to it.
+    /// Regression: the gallery file was read and parsed under the lock every request takes, by the
+    /// request that noticed the change (`/healthz` on the dispatching thread among them), so reloading
+    /// a large gallery, or a read stuck on a slow disk, held up every other request. The new file here
+    /// is a FIFO, a read that stays stuck until the test writes to it. (The watcher is left waiting
+    /// on the FIFO again afterwards, whose write changed its stamp; the test process ends with it.)
     #[test]
-    fn a_reload_stuck_on_the_disk_holds_up_no_other_request() {
+    fn a_reload_stuck_on_the_disk_holds_up_no_request() {
         use std::io::Write;
 
         let dir = tempfile::tempdir().unwrap();
@@ -882,35 +869,28 @@ mod tests {
         let mut gallery = Gallery::new(id());
         gallery.add_sample("ada", sample([1.0, 0.0, 0.0])).unwrap();
         gallery.save(&path).unwrap();
-        let live = LiveGallery::open(&path, &id(), std::time::Duration::ZERO).unwrap();
+        let live = LiveGallery::open(&path, &id(), Duration::from_millis(1)).unwrap();
         gallery.add_sample("bob", sample([0.0, 1.0, 0.0])).unwrap();
         let newer = gallery.to_json();
         std::fs::remove_file(&path).unwrap();
         crate::stuck_file::make(&path);
-        std::thread::scope(|scope| {
-            let stuck = scope.spawn(|| live.current());
-            let mut writer = crate::stuck_file::opened(&path);
-            let names = |g: &Gallery| {
-                g.people()
-                    .iter()
-                    .map(|p| p.name.clone())
-                    .collect::<Vec<_>>()
-            };
-            assert_eq!(
-                names(&live.current()),
-                ["ada"],
-                "answered from the gallery in use while the reload is stuck"
-            );
-            writer.write_all(newer.as_bytes()).unwrap();
-            drop(writer);
-            assert_eq!(names(&stuck.join().unwrap()), ["ada", "bob"]);
-            // (Not through `current`: the write changed the FIFO's stamp, and a read would wait.)
-            assert_eq!(
-                names(&lock_recovering(&live.state).gallery),
-                ["ada", "bob"],
-                "and in use from then on"
-            );
-        });
+        let mut writer = crate::stuck_file::opened(&path);
+        let names = |g: &Gallery| {
+            g.people()
+                .iter()
+                .map(|p| p.name.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            names(&live.current()),
+            ["ada"],
+            "answered from the gallery in use while the reload is stuck"
+        );
+        writer.write_all(newer.as_bytes()).unwrap();
+        drop(writer);
+        while names(&live.current()) != ["ada", "bob"] {
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     #[test]

@@ -1126,3 +1126,26 @@ fn an_unlock_that_fails_is_answered_fault_not_opened() {
     let decided = wait_for_audit(&daemon, "decision", &id);
     assert_eq!(decided["door"], "fault", "{decided}");
 }
+
+/// Regression: `/healthz`, which needs no credential, reloaded a changed gallery on the thread that
+/// dispatches every request, and held the gallery's lock while it read: a gallery on a stuck disk (a
+/// FIFO here) stopped every answer, and the watchdog then restarted the daemon. The file is now
+/// read by a thread of its own.
+#[test]
+fn a_gallery_read_stuck_on_the_disk_holds_up_neither_healthz_nor_frames() {
+    let daemon = Setup::new().serve();
+    let path = daemon.state_dir().join("gallery.json");
+    let contents = std::fs::read(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    harness::make_stuck_file(&path);
+    std::thread::scope(|scope| {
+        // A stranger's health check may be the request that finds the change.
+        scope.spawn(|| daemon.get("/healthz"));
+        let mut writer = harness::stuck_file_opened(&path, "the gallery to be read again");
+        let health = daemon.get("/healthz");
+        assert_eq!(health.status, 200, "{}", health.text());
+        let granted = daemon.post("/image", b64(&photo(GRANTED_PHOTO)).as_bytes());
+        assert_eq!(granted.json()["status"], "granted", "{}", granted.text());
+        writer.write_all(&contents).unwrap();
+    });
+}
