@@ -233,7 +233,8 @@ fn exchange(
         Err(refusal) => {
             let body_pending = !matches!(head.framing(), Ok(Framing::None | Framing::Length(0)));
             let next = refuse(incoming, shared, refusal.counted_as(&head));
-            return if body_pending || !head.keep_alive() {
+            // A refusal's JSON body after a HEAD is more than the client expects on its connection.
+            return if body_pending || !head.keep_alive() || head.method == "HEAD" {
                 Next::Close
             } else {
                 next

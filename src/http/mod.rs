@@ -249,8 +249,13 @@ pub(crate) fn route(method: &Method, url: &str) -> Route {
         (_, "/kiosk/hello") => Route::WrongMethod("GET"),
         (Method::Get, "/kiosk") => Route::Kiosk,
         (Method::Get, kiosk) if kiosk.starts_with("/kiosk/") => Route::Kiosk,
-        (_, "/admin") => Route::Admin,
-        (_, admin) if admin.starts_with("/admin/") => Route::Admin,
+        (Method::Get | Method::Post, "/admin") => Route::Admin,
+        (Method::Get | Method::Post, admin) if admin.starts_with("/admin/") => Route::Admin,
+        // HEAD above all: tiny_http would answer it without the body its length announces, an
+        // answer the front cannot read back.
+        (_, admin) if admin == "/admin" || admin.starts_with("/admin/") => {
+            Route::WrongMethod("GET, POST")
+        }
         _ => Route::NotFound,
     }
 }
@@ -519,6 +524,15 @@ mod tests {
             (Method::Get, "/admin", Route::Admin),
             (Method::Post, "/admin/login", Route::Admin),
             (Method::Get, "/administrator", Route::NotFound),
+            (Method::Head, "/admin/", Route::WrongMethod("GET, POST")),
+            (Method::Head, "/admin", Route::WrongMethod("GET, POST")),
+            (
+                Method::Put,
+                "/admin/people",
+                Route::WrongMethod("GET, POST"),
+            ),
+            (Method::Head, "/healthz", Route::WrongMethod("GET")),
+            (Method::Head, "/kiosk/", Route::NotFound),
             (Method::Post, "/kiosk/pair", Route::KioskPair),
             (Method::Get, "/kiosk/hello", Route::KioskHello),
             (Method::Get, "/kiosk/pair", Route::WrongMethod("POST")),
