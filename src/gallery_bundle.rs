@@ -70,6 +70,13 @@ struct Bundle {
     gallery: Value,
 }
 
+/// The `format` of a message on the gallery topic, every other field skipped.
+#[derive(Deserialize)]
+struct FormatOnly {
+    #[serde(default)]
+    format: Option<String>,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 struct Signed {
     format: String,
@@ -154,10 +161,12 @@ pub fn open(
     wanted: &EmbedderId,
     origin: &Path,
 ) -> Result<Opened, BundleError> {
-    let value: Value =
+    // Only the format is read first, and the rest skipped unbuilt: before the signature is checked
+    // the message is anyone's, and `[[0],[0],…]` built as values costs about 50 times its size.
+    let outer: FormatOnly =
         serde_json::from_slice(bytes).map_err(|err| BundleError::NotABundle(err.to_string()))?;
-    let (bundle_bytes, signed) = if value["format"] == SIGNED_FORMAT {
-        let signed: Signed = serde_json::from_value(value)
+    let (bundle_bytes, signed) = if outer.format.as_deref() == Some(SIGNED_FORMAT) {
+        let signed: Signed = serde_json::from_slice(bytes)
             .map_err(|err| BundleError::NotABundle(err.to_string()))?;
         let key = key.ok_or(BundleError::NoKey)?;
         let bundle = BASE64
@@ -352,6 +361,27 @@ mod tests {
 
     fn key(byte: u8) -> SigningKey {
         SigningKey::from_bytes(&[byte; 32])
+    }
+
+    /// Regression: a message on the gallery topic was parsed whole into JSON values before its
+    /// signature was checked, so anyone able to publish there could send 16 MB of `[0],` that cost a
+    /// door 730 MB (`facegate gallery import` of such a file peaked at 733 MB, 46 MB now). Only its
+    /// format is read first, every other field skipped unbuilt. The memory is measured, never asserted
+    /// in a test: this one pins the refusal the skipped path gives.
+    #[test]
+    fn a_message_padded_with_a_wide_array_is_refused_without_being_built() {
+        let mut padded = format!(r#"{{"format": "{SIGNED_FORMAT}", "pad": ["#).into_bytes();
+        for _ in 0..100_000 {
+            padded.extend_from_slice(b"[0],");
+        }
+        padded.extend_from_slice(b"[0]]}");
+        let key = key(1).verifying_key();
+        let opened = open(&padded, Some(&key), &id("test"), Path::new("mqtt"));
+        assert!(
+            matches!(&opened, Err(BundleError::NotABundle(why)) if why.contains("missing field `bundle`")),
+            "{:?}",
+            opened.err()
+        );
     }
 
     #[test]
