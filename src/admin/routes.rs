@@ -15,7 +15,7 @@ use super::history::{self, Entry, Filter, Kinds};
 use super::pages::{self, Notice};
 use super::{Admin, AdminResponse, Session};
 use crate::config::DoorConfig;
-use crate::door::{DoorReport, OpenCause, OpenRequest};
+use crate::door::{Alarm, DoorReport, OpenCause, OpenRequest};
 use crate::enrollment::{self, Candidate, EnrolmentError, Verdict};
 use crate::gallery::{Gallery, GalleryError, GalleryFile, Sample};
 use crate::permission::{self, Access, Groups, Permissions, WeeklyHours};
@@ -944,19 +944,22 @@ impl Admin {
         AdminResponse::page(200, &page)
     }
 
-    /// Acknowledges the door's active alarm (forced or held open), audited, then back to the
-    /// dashboard (Post/Redirect/Get).
+    /// Acknowledges the door alarm the dashboard showed (forced or held open), audited, then back to
+    /// the dashboard (Post/Redirect/Get). An alarm raised since the page was drawn is left for its
+    /// own acknowledgement.
     pub(super) fn acknowledge_alarm(&self, fields: &Fields, peer: &str) -> AdminResponse {
-        let alarm = self.ctx.door.input_status().alarm;
-        let taken = self.ctx.door.acknowledge_alarm();
+        let Some(shown) = fields.get("alarm").and_then(Alarm::parse) else {
+            return AdminResponse::redirect("/admin/");
+        };
+        let taken = self.ctx.door.acknowledge_alarm(shown);
         log::info!(
-            "admin from {peer} acknowledged the door alarm {:?} (shown: {:?})",
-            alarm.map(|a| a.as_str()),
-            fields.get("alarm")
+            "admin from {peer} acknowledged the door alarm {} (active: {:?})",
+            shown.as_str(),
+            self.ctx.door.input_status().alarm.map(|a| a.as_str())
         );
         self.audit(json!({
             "action": "alarm_acknowledged",
-            "alarm": alarm,
+            "alarm": shown,
             "taken": taken,
             "remote": peer,
         }));

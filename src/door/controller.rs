@@ -7,8 +7,8 @@
 //! `door::inputs` state machine there, so an opening can relock at once (`relock_on = "open"`).
 
 use super::inputs::{
-    ContactState, Happening, InputEventKind, InputReport, InputSignal, InputState, InputStatus,
-    Unlock,
+    Alarm, ContactState, Happening, InputEventKind, InputReport, InputSignal, InputState,
+    InputStatus, Unlock,
 };
 use super::policy::{
     on_request, on_tick, DoorSettings, DoorState, GrantOutcome, LockedBecause, RelayGate,
@@ -280,8 +280,8 @@ enum Command {
     },
     /// Lock now, ending any pulse ([`DoorController::hold_locked`]).
     LockNow,
-    /// The admin acknowledged the active alarm.
-    AcknowledgeAlarm,
+    /// The admin acknowledged this alarm, the one their page showed.
+    AcknowledgeAlarm(Alarm),
 }
 
 struct Shared {
@@ -601,10 +601,12 @@ impl DoorController {
         *lock_recovering(&self.shared.published_inputs)
     }
 
-    /// Acknowledges the active alarm (the admin page); an `acknowledged` event follows if there
-    /// was one. Never blocks: a full relay queue drops it (the admin tries again).
-    pub(crate) fn acknowledge_alarm(&self) -> bool {
-        self.commands.try_send(Command::AcknowledgeAlarm).is_ok()
+    /// Acknowledges `alarm`, the one the admin page showed; an `acknowledged` event follows if it
+    /// is still active. Never blocks: a full relay queue drops it (the admin tries again).
+    pub(crate) fn acknowledge_alarm(&self, alarm: Alarm) -> bool {
+        self.commands
+            .try_send(Command::AcknowledgeAlarm(alarm))
+            .is_ok()
     }
 
     /// Input readings dropped so far because the relay thread fell behind (for /metrics).
@@ -691,7 +693,7 @@ fn run_relay_thread(
         }
         for (request, reply) in commands.try_iter().filter_map(|command| match command {
             Command::Open { request, reply } => Some((request, reply)),
-            Command::LockNow | Command::AcknowledgeAlarm => None,
+            Command::LockNow | Command::AcknowledgeAlarm(_) => None,
         }) {
             let report = DoorReport::Locked(LockedBecause::LockedDown);
             reporter.request_handled(&request, report);
@@ -865,7 +867,7 @@ impl<'a> RelayLoop<'a> {
                     let pulse = self.pulse.take();
                     self.lock(ActuationReason::Lockdown, pulse.as_ref());
                 }
-                Ok(Command::AcknowledgeAlarm) => self.feed(Happening::Acknowledge),
+                Ok(Command::AcknowledgeAlarm(alarm)) => self.feed(Happening::Acknowledge(alarm)),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
                     if !self.shared.stopping.load(Ordering::SeqCst) {

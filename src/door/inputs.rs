@@ -70,6 +70,13 @@ impl Alarm {
             Alarm::Held => "held",
         }
     }
+
+    /// The alarm `as_str` names.
+    pub fn parse(text: &str) -> Option<Alarm> {
+        [Alarm::Forced, Alarm::Held]
+            .into_iter()
+            .find(|alarm| alarm.as_str() == text)
+    }
 }
 
 /// What the inputs tell the building; each is audited (`"kind": "door_input"`), counted and
@@ -164,8 +171,8 @@ pub enum Happening {
     Unlocked(Unlock),
     /// The relay locked again (for whatever reason).
     Relocked,
-    /// The admin acknowledged the active alarm.
-    Acknowledge,
+    /// The admin acknowledged this alarm, the one their page showed.
+    Acknowledge(Alarm),
     /// Time passed.
     Tick,
 }
@@ -350,14 +357,15 @@ pub fn on_input(
                 next.relocked = Some((unlock, now));
             }
         }
-        Happening::Acknowledge => {
-            // The active alarm only: acknowledging a forced door that still stands open leaves
-            // `held` active, to be acknowledged or cleared by the closing in its turn.
-            if let Some(alarm) = next.alarm() {
-                match alarm {
-                    Alarm::Forced => next.forced_alarm = false,
-                    Alarm::Held => next.held_alarm = false,
-                }
+        Happening::Acknowledge(alarm) => {
+            // Only the alarm the admin saw: one raised since (forced after a held door closed, say)
+            // waits for its own acknowledgement. Acknowledging forced on a door that still stands
+            // open leaves held active, to be acknowledged or cleared by the closing in its turn.
+            let active = match alarm {
+                Alarm::Forced => &mut next.forced_alarm,
+                Alarm::Held => &mut next.held_alarm,
+            };
+            if std::mem::take(active) {
                 actions.push(InputAction::Report(Notice {
                     alarm: Some(alarm),
                     ..Notice::of(InputEventKind::Acknowledged)
@@ -506,7 +514,7 @@ mod tests {
         Exit,
         Grant,
         Relock,
-        Ack,
+        Ack(Alarm),
         Tick,
     }
 
@@ -565,7 +573,7 @@ mod tests {
                     },
                 }),
                 Step::Relock => Happening::Relocked,
-                Step::Ack => Happening::Acknowledge,
+                Step::Ack(alarm) => Happening::Acknowledge(*alarm),
                 Step::Tick => Happening::Tick,
             };
             let (next, actions) =
@@ -649,20 +657,25 @@ mod tests {
                 vec![(0, Contact(Open)), (31_000, Tick), (40_000, Contact(Closed)), (40_100, Tick)],
                 vec!["forced", "held", "closed", "held_cleared"], ContactState::Closed, Some(Alarm::Forced)),
             ("acknowledging ends the alarm, once", Timer,
-                vec![(0, Contact(Open)), (100, Tick), (200, Ack), (300, Ack)],
+                vec![(0, Contact(Open)), (100, Tick), (200, Ack(Alarm::Forced)), (300, Ack(Alarm::Forced))],
                 vec!["forced", "acknowledged"], ContactState::Open, None),
             ("acknowledging a held door: held_cleared still follows the closing", Timer,
-                vec![(0, Grant), (100, Contact(Open)), (31_000, Ack), (32_000, Contact(Closed)), (32_100, Tick)],
+                vec![(0, Grant), (100, Contact(Open)), (31_000, Ack(Alarm::Held)), (32_000, Contact(Closed)), (32_100, Tick)],
                 vec!["opened:req", "held", "acknowledged", "closed:req", "held_cleared"], ContactState::Closed, None),
             ("a fault makes the contact unknown once; the next reading ends it", Timer,
                 vec![(0, Fault), (10, Fault), (100, Contact(Closed)), (200, Tick)],
                 vec!["contact_fault", "closed"], ContactState::Closed, None),
+            // Regression: the acknowledgement ended whatever was active by then: an admin whose page
+            // showed `held` (the door then closed, and was forced) silently ended `forced`.
+            ("acknowledging the held alarm the page showed leaves a later forced active", Timer,
+                vec![(0, Grant), (100, Contact(Open)), (31_000, Tick), (32_000, Relock), (33_000, Contact(Closed)), (33_100, Tick), (40_000, Contact(Open)), (40_100, Tick), (41_000, Ack(Alarm::Held))],
+                vec!["opened:req", "held", "closed", "held_cleared", "forced"], ContactState::Open, Some(Alarm::Forced)),
             // Regression: acknowledging `forced` also ended `held`, silently, while the door stood open.
             ("acknowledging forced on a door still open leaves held active", Timer,
-                vec![(0, Contact(Open)), (31_000, Tick), (32_000, Ack)],
+                vec![(0, Contact(Open)), (31_000, Tick), (32_000, Ack(Alarm::Forced))],
                 vec!["forced", "held", "acknowledged"], ContactState::Open, Some(Alarm::Held)),
             ("after forced is acknowledged, the closing clears held", Timer,
-                vec![(0, Contact(Open)), (31_000, Tick), (32_000, Ack), (40_000, Contact(Closed)), (40_100, Tick)],
+                vec![(0, Contact(Open)), (31_000, Tick), (32_000, Ack(Alarm::Forced)), (40_000, Contact(Closed)), (40_100, Tick)],
                 vec!["forced", "held", "acknowledged", "closed", "held_cleared"], ContactState::Closed, None),
             // Regression: a held door whose contact failed and read open again kept `held` active
             // after it closed.
@@ -773,7 +786,7 @@ mod tests {
             (200, Contact(Closed)),
             (300, Tick),
             (400, Fault),
-            (500, Ack),
+            (500, Ack(Alarm::Forced)),
             (600, Grant),
             (700, Contact(Open)),
             (800, Tick),
