@@ -624,6 +624,46 @@ fn a_password_change_ends_every_session() {
     });
 }
 
+/// Regression: a sign-in whose password check overlapped `facegate admin set-password` was given a
+/// session under the new password (the change was noticed after the check, then the session made),
+/// so someone who knew the old password kept a way in. Sign-ins with the old password run back to
+/// back while the password changes; afterwards none of the sessions they got works.
+#[test]
+fn a_sign_in_overlapping_a_password_change_keeps_no_session() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+    let daemon = admin_daemon(Setup::new());
+    let changed = AtomicBool::new(false);
+    let signed_in = AtomicUsize::new(0);
+    let kept = std::thread::scope(|scope| {
+        let signer = scope.spawn(|| {
+            let mut kept = Vec::new();
+            let mut after_the_change = 0;
+            while after_the_change < 2 {
+                if changed.load(SeqCst) {
+                    after_the_change += 1;
+                }
+                let mut browser = Browser::new(&daemon);
+                if browser.sign_in(PASSWORD).status == 303 {
+                    signed_in.fetch_add(1, SeqCst);
+                    kept.push(browser);
+                }
+            }
+            kept
+        });
+        wait_for("the sign-ins to run", || {
+            (signed_in.load(SeqCst) > 0).then_some(())
+        });
+        let output = set_password(daemon.setup(), "a new password\n");
+        assert!(output.status.success(), "{output:?}");
+        changed.store(true, SeqCst);
+        signer.join().unwrap()
+    });
+    assert!(!kept.is_empty());
+    for mut browser in kept {
+        redirects_to(&browser.get("/admin/people"), "/admin/login");
+    }
+}
+
 /// The dashboard shows the alarm while code entry is paused for everyone.
 #[test]
 fn the_dashboard_shows_the_code_entry_alarm() {

@@ -241,7 +241,9 @@ impl Admin {
 
     /// Ends every session if the password file changed since the sessions were made (`facegate admin
     /// set-password` while the daemon runs). An unreadable file counts as changed.
-    fn end_sessions_if_the_password_changed(&self) {
+    /// Ends every session when the password file changed since it was last seen; returns the
+    /// stored hash now.
+    fn end_sessions_if_the_password_changed(&self) -> Option<String> {
         let current = match password::load(&self.ctx.config.state_dir) {
             Ok(current) => current,
             Err(err) => {
@@ -256,8 +258,9 @@ impl Admin {
                 log::warn!("the admin password changed: every admin session ended");
                 self.audit(json!({"action": "sessions_ended", "why": "password_changed"}));
             }
-            *seen = current;
+            *seen = current.clone();
         }
+        current
     }
 
     fn session(&self, request: &AdminRequest, now: Instant) -> Option<Session> {
@@ -362,8 +365,17 @@ impl Admin {
                 Gate::Open { .. } => self.login_page(401, pages::Notice::bad("Wrong password.")),
             };
         }
-        // Sessions from before a password change end now, not this new one later.
-        self.end_sessions_if_the_password_changed();
+        // Sessions from before a password change end now, not this new one later; and a password
+        // changed while this one was being checked is not the password any more.
+        if self.end_sessions_if_the_password_changed().as_deref() != Some(stored.as_str()) {
+            log::warn!(
+                "admin sign-in from {peer} refused: the password changed while it was checked"
+            );
+            return self.login_page(
+                401,
+                pages::Notice::bad("The password has just been changed. Sign in with the new one."),
+            );
+        }
         // The hash check took a while: the session starts now, not when the request arrived.
         let new = self.sessions.create(Instant::now());
         log::info!("admin signed in from {peer}");
