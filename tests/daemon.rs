@@ -268,7 +268,10 @@ fn a_full_queue_answers_busy_and_never_moves_the_relay() {
     );
     // Large photos of people who are not enrolled keep the one worker busy for a while.
     let body = Arc::new(b64(&photo("deepface_id09/img35.jpg")));
-    const CONCURRENT: usize = 12;
+    // No more than the front keeps unread from one address (8): a ninth connection makes the one
+    // whose head has waited longest go, which on a loaded machine may still be unread (a CI run
+    // saw two of twelve closed without an answer).
+    const CONCURRENT: usize = 8;
     let mut busy = Vec::new();
     for _round in 0..3 {
         let barrier = Arc::new(Barrier::new(CONCURRENT));
