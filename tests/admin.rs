@@ -6,6 +6,7 @@ mod harness;
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::net::IpAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -51,6 +52,8 @@ fn admin_daemon(setup: Setup) -> Daemon {
 struct Browser<'a> {
     daemon: &'a Daemon,
     cookies: BTreeMap<String, String>,
+    /// The loopback address it connects from (127.0.0.1 when unset).
+    from: Option<IpAddr>,
 }
 
 impl<'a> Browser<'a> {
@@ -58,6 +61,15 @@ impl<'a> Browser<'a> {
         Browser {
             daemon,
             cookies: BTreeMap::new(),
+            from: None,
+        }
+    }
+
+    /// A browser on another machine of the LAN: it connects from the loopback address `from`.
+    fn at(daemon: &'a Daemon, from: impl Into<IpAddr>) -> Browser<'a> {
+        Browser {
+            from: Some(from.into()),
+            ..Browser::new(daemon)
         }
     }
 
@@ -75,7 +87,10 @@ impl<'a> Browser<'a> {
         if let Some(content_type) = content_type {
             headers.push(("Content-Type", content_type));
         }
-        let reply = self.daemon.send(method, path, &headers, body);
+        let reply = match self.from {
+            Some(from) => self.daemon.send_from(from, method, path, &headers, body),
+            None => self.daemon.send(method, path, &headers, body),
+        };
         for (name, value) in &reply.headers {
             if name.eq_ignore_ascii_case("Set-Cookie") {
                 let pair = value.split(';').next().unwrap();
@@ -624,6 +639,51 @@ fn a_password_change_ends_every_session() {
     });
 }
 
+/// Regression: sign-in was limited per address only, so a client with many addresses (IPv4 aliases)
+/// guessed without end, each guess a kept audit line. Past 20 wrong passwords within ten minutes,
+/// from whatever addresses, sign-in pauses for everyone; an admin already signed in stays in.
+#[test]
+fn wrong_passwords_from_many_addresses_pause_sign_in_for_everyone() {
+    let daemon = admin_daemon(Setup::new());
+    let mut admin = Browser::new(&daemon);
+    redirects_to(&admin.sign_in(PASSWORD), "/admin/");
+    // Four each from five addresses: none of them is locked out on its own (five would be).
+    let mut statuses = Vec::new();
+    for n in 0..5u8 {
+        let mut guesser = Browser::at(&daemon, [127, 0, 0, 10 + n]);
+        for _ in 0..4 {
+            statuses.push(guesser.sign_in("a guess").status);
+        }
+    }
+    assert_eq!(
+        (
+            statuses.iter().filter(|s| **s == 401).count(),
+            statuses.last()
+        ),
+        (19, Some(&429)),
+        "the twentieth wrong password pauses sign-in: {statuses:?}"
+    );
+    let mut newcomer = Browser::at(&daemon, [127, 0, 0, 30]);
+    let paused = newcomer.sign_in(PASSWORD);
+    assert_eq!(paused.status, 429, "{}", paused.text());
+    assert!(
+        paused.text().contains("paused for everyone"),
+        "{}",
+        paused.text()
+    );
+    assert_eq!(
+        admin.get("/admin/people").status,
+        200,
+        "an admin signed in before stays in"
+    );
+    wait_for("the login_paused audit line", || {
+        audit_lines(&daemon)
+            .iter()
+            .any(|l| l["action"] == "login_paused")
+            .then_some(())
+    });
+}
+
 /// Regression: a sign-in whose password check overlapped `facegate admin set-password` was given a
 /// session under the new password (the change was noticed after the check, then the session made),
 /// so someone who knew the old password kept a way in. Sign-ins with the old password run back to
@@ -1007,7 +1067,13 @@ fn a_strangers_flood_of_sign_in_pages_does_not_turn_a_signed_in_admin_away() {
     let signed_in = admin.cookies.clone();
     let as_admin = |path: &'static str| {
         let cookies = signed_in.clone();
-        move || Browser { daemon, cookies }.get(path)
+        move || {
+            Browser {
+                cookies,
+                ..Browser::new(daemon)
+            }
+            .get(path)
+        }
     };
 
     std::thread::scope(|scope| {

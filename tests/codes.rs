@@ -4,7 +4,6 @@
 mod harness;
 
 use std::io::Write;
-use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
@@ -12,7 +11,7 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 
 use harness::{
-    audit_lines, bearer, photo, read_reply, run_facegate, wait_for_audit, wait_for_snapshot,
+    audit_lines, bearer, photo, run_facegate, wait_for_audit, wait_for_snapshot,
     with_visitor_codes, Daemon, Finished, Reply, Setup, GRANTED_PHOTO, STRANGER_PHOTO,
 };
 
@@ -164,56 +163,12 @@ fn daemon_with_codes(setup: Setup) -> (Daemon, Vec<String>) {
 
 /// POSTs from a chosen loopback source address (127.0.0.2 is a second tablet).
 fn post_from(daemon: &Daemon, source: &str, path: &str, body: &[u8]) -> Reply {
-    let stream = connect_from(source.parse().unwrap(), daemon.addr);
-    let mut stream = stream;
-    let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nAuthorization: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        daemon.addr,
-        bearer(),
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).unwrap();
-    stream.write_all(body).unwrap();
-    read_reply(&mut stream)
-}
-
-/// std cannot bind before connecting; libc can.
-fn connect_from(source: IpAddr, to: SocketAddr) -> TcpStream {
-    use std::os::fd::FromRawFd;
-    let (IpAddr::V4(source), SocketAddr::V4(to)) = (source, to) else {
-        panic!("IPv4 loopback only");
-    };
-    let address = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: port.to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(ip).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
-    let length = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    // SAFETY: a fresh socket this function owns until it hands it to TcpStream; the addresses are
-    // valid sockaddr_in values that live across the calls.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-        let stream = TcpStream::from_raw_fd(fd);
-        let local = address(source, 0);
-        let bound = libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), length);
-        assert_eq!(
-            bound,
-            0,
-            "bind {source}: {}",
-            std::io::Error::last_os_error()
-        );
-        let remote = address(*to.ip(), to.port());
-        let connected = libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), length);
-        assert_eq!(connected, 0, "connect: {}", std::io::Error::last_os_error());
-        stream
-            .set_read_timeout(Some(std::time::Duration::from_secs(60)))
-            .unwrap();
-        stream
-    }
+    let auth = bearer();
+    let headers = [
+        ("Authorization", auth.as_str()),
+        ("Content-Type", "application/json"),
+    ];
+    daemon.send_from(source.parse().unwrap(), "POST", path, &headers, body)
 }
 
 fn code_body(code: &str, image: Option<&[u8]>) -> Vec<u8> {

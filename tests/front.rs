@@ -152,7 +152,7 @@ fn idle_connections_and_slow_uploads_do_not_starve_the_tablet() {
     // Eight to an address, the most one address may hold before it shows a credential.
     let idle: Vec<TcpStream> = (0..IDLE_CONNECTIONS)
         .map(|n| {
-            connect_from(daemon.addr, [127, 0, 0, 2 + (n / 8) as u8])
+            harness::connect_from(daemon.addr, [127, 0, 0, 2 + (n / 8) as u8])
                 .expect("connect an idle client")
         })
         .collect();
@@ -305,15 +305,6 @@ fn at_the_connection_limit_strangers_make_room_and_busy_tablets_refuse_the_next(
     assert_started_once(&daemon);
 }
 
-/// A connection to `addr` from the loopback address `from` (any of 127.0.0.0/8), so that one test
-/// can play clients at many addresses.
-fn connect_from(addr: SocketAddr, from: [u8; 4]) -> std::io::Result<TcpStream> {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
-    socket.bind(&SocketAddr::from((from, 0)).into())?;
-    socket.connect(&addr.into())?;
-    Ok(socket.into())
-}
-
 /// The loopback address of the `n`th attacking client, four connections to an address.
 fn attacker_address(n: usize) -> [u8; 4] {
     [127, 0, 0, 2 + (n / 4) as u8]
@@ -354,7 +345,7 @@ fn strangers_trickling_admin_logins_never_shut_out_the_tablet_or_the_self_probe(
                 format!("POST /admin/login HTTP/1.1\r\nHost: facegate\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {declared}\r\n\r\n")
             };
             let open = |n: usize| {
-                let mut stream = connect_from(addr, attacker_address(n)).ok()?;
+                let mut stream = harness::connect_from(addr, attacker_address(n)).ok()?;
                 stream.write_all(head(n).as_bytes()).ok()?;
                 Some(stream)
             };
@@ -429,7 +420,7 @@ fn large_bodies_one_byte_short_never_pass_the_budget_for_bodies_in_flight() {
         format!("POST /admin/login HTTP/1.1\r\nHost: facegate\r\nContent-Type: application/x-www-form-urlencoded\r\n{length}\r\n\r\n")
     };
     for n in 0..MEMORY_ATTACKERS {
-        let mut stream = connect_from(daemon.addr, attacker_address(n)).expect("connect");
+        let mut stream = harness::connect_from(daemon.addr, attacker_address(n)).expect("connect");
         stream
             .set_read_timeout(Some(Duration::from_secs(60)))
             .unwrap();
@@ -443,7 +434,7 @@ fn large_bodies_one_byte_short_never_pass_the_budget_for_bodies_in_flight() {
     // What strangers may still hold: chunked bodies just under their 16 KiB cap, never finished.
     let strangers: Vec<TcpStream> = (0..MEMORY_ATTACKERS)
         .filter_map(|n| {
-            let mut stream = connect_from(daemon.addr, attacker_address(n)).ok()?;
+            let mut stream = harness::connect_from(daemon.addr, attacker_address(n)).ok()?;
             let mut request = login("Transfer-Encoding: chunked").into_bytes();
             request.extend_from_slice(b"3e80\r\n");
             request.extend_from_slice(&[b'p'; 16_000]);

@@ -27,7 +27,7 @@ use crate::door::DoorController;
 use crate::gallery::EmbedderId;
 use crate::vision::{PipelineModels, Recognizer};
 
-use crate::codes::lockout::{Gate, LockoutRules, Lockouts};
+use crate::codes::lockout::{BuildingRules, Gate, LockoutRules, Lockouts};
 use session::{SessionLimits, Sessions};
 
 /// The session cookie's name.
@@ -42,6 +42,14 @@ const LOGIN_RULES: LockoutRules = LockoutRules {
     lockout: Duration::from_secs(300),
 };
 const LOGIN_ADDRESSES: usize = 1024;
+/// Wrong passwords from every address together: past 20 within ten minutes, sign-in pauses for
+/// everyone for ten minutes (admins signed in stay signed in). One address's lockout alone let a
+/// client with many addresses guess without end, and every guess wrote a kept audit line.
+const LOGIN_BUILDING: BuildingRules = BuildingRules {
+    max_failures: 20,
+    window: Duration::from_secs(600),
+    pause: Duration::from_secs(600),
+};
 
 /// What the pages poll for the door's state; polling does not keep a session alive.
 const STATUS_PATH: &str = "/admin/status.json";
@@ -187,7 +195,9 @@ impl Admin {
             ctx,
             sessions: Arc::new(Sessions::new(limits)),
             password_seen,
-            logins: Mutex::new(Lockouts::with_capacity(LOGIN_RULES, LOGIN_ADDRESSES)),
+            logins: Mutex::new(
+                Lockouts::with_capacity(LOGIN_RULES, LOGIN_ADDRESSES).with_building(LOGIN_BUILDING),
+            ),
             recognizer: Mutex::new(None),
         }
     }
@@ -330,10 +340,10 @@ impl Admin {
     fn login(&self, request: &AdminRequest, now: Instant) -> AdminResponse {
         let peer = request.peer;
         let logins = || self.logins.lock().unwrap_or_else(|p| p.into_inner());
-        if let Gate::LockedOut { retry_after } | Gate::Paused { retry_after } =
-            logins().gate(peer, now)
-        {
-            return self.locked_out(retry_after);
+        match logins().gate(peer, now) {
+            Gate::LockedOut { retry_after } => return self.locked_out(retry_after),
+            Gate::Paused { retry_after } => return self.sign_in_paused(retry_after),
+            Gate::Open { .. } => {}
         }
         let fields = form::Fields::urlencoded(&String::from_utf8_lossy(&request.body));
         let expected = form::cookie(request.cookie.as_deref(), csrf::LOGIN_COOKIE).unwrap_or("");
@@ -353,13 +363,24 @@ impl Admin {
         };
         let given = fields.get("password").unwrap_or_default();
         if !password::verify(given, &stored) {
-            let gate = logins().failed(peer, now).gate;
+            let failure = logins().failed(peer, now);
             log::warn!("admin sign-in failed from {peer}");
             self.audit(json!({"action": "login_failed", "remote": peer.to_string()}));
-            return match gate {
-                Gate::LockedOut { retry_after } | Gate::Paused { retry_after } => {
-                    self.locked_out(retry_after)
-                }
+            if failure.pause_started {
+                log::warn!(
+                    "admin sign-in paused for everyone: {} wrong passwords within {} s",
+                    LOGIN_BUILDING.max_failures,
+                    LOGIN_BUILDING.window.as_secs()
+                );
+                self.audit(json!({
+                    "action": "login_paused",
+                    "remote": peer.to_string(),
+                    "pause_s": LOGIN_BUILDING.pause.as_secs(),
+                }));
+            }
+            return match failure.gate {
+                Gate::LockedOut { retry_after } => self.locked_out(retry_after),
+                Gate::Paused { retry_after } => self.sign_in_paused(retry_after),
                 // This failure started the lockout.
                 Gate::Open { attempts_left: 0 } => self.locked_out(LOGIN_RULES.lockout),
                 Gate::Open { .. } => self.login_page(401, pages::Notice::bad("Wrong password.")),
@@ -386,6 +407,16 @@ impl Admin {
                 self.cookie(SESSION_COOKIE, &new.secret, self.sessions.cookie_max_age()),
             )
             .with("Set-Cookie", self.cookie(csrf::LOGIN_COOKIE, "", 0))
+    }
+
+    fn sign_in_paused(&self, wait: Duration) -> AdminResponse {
+        let seconds = wait.as_secs().max(1);
+        let text = format!(
+            "Too many wrong passwords from several addresses: sign-in is paused for everyone for {} minutes. Admins already signed in stay signed in.",
+            seconds.div_ceil(60)
+        );
+        self.message(None, 429, "Sign-in paused", &text, "/admin/login")
+            .with("Retry-After", seconds.to_string())
     }
 
     fn locked_out(&self, wait: Duration) -> AdminResponse {

@@ -8,7 +8,7 @@
 pub mod chromium;
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -730,6 +730,33 @@ impl Daemon {
     /// One request on a fresh connection with exactly these headers (plus Host, Content-Length and
     /// Connection: close).
     pub fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+        self.send_over(self.connect(), method, path, headers, body)
+    }
+
+    /// As [`Daemon::send`], from the loopback address `from` (any of 127.0.0.0/8): one test plays
+    /// clients at many addresses.
+    pub fn send_from(
+        &self,
+        from: IpAddr,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Reply {
+        let stream = connect_from(self.addr, from).expect("connect from another loopback address");
+        stream.set_read_timeout(Some(HTTP_LIMIT)).unwrap();
+        stream.set_write_timeout(Some(HTTP_LIMIT)).unwrap();
+        self.send_over(stream, method, path, headers, body)
+    }
+
+    fn send_over(
+        &self,
+        mut stream: TcpStream,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Reply {
         let mut head = format!(
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n",
             self.addr,
@@ -739,7 +766,6 @@ impl Daemon {
             head.push_str(&format!("{name}: {value}\r\n"));
         }
         head.push_str("\r\n");
-        let mut stream = self.connect();
         write_tolerating_close(&mut stream, head.as_bytes());
         write_tolerating_close(&mut stream, body);
         read_reply(&mut stream)
@@ -976,6 +1002,15 @@ pub fn audit_lines(daemon: &Daemon) -> Vec<Value> {
         );
     }
     lines
+}
+
+/// A connection to `addr` from the loopback address `from` (any of 127.0.0.0/8), so that one test
+/// can play clients at many addresses.
+pub fn connect_from(addr: SocketAddr, from: impl Into<IpAddr>) -> std::io::Result<TcpStream> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    socket.bind(&SocketAddr::new(from.into(), 0).into())?;
+    socket.connect(&addr.into())?;
+    Ok(socket.into())
 }
 
 /// Puts a FIFO at `path`, a file whose read stays stuck until [`stuck_file_opened`]'s writer is
