@@ -2,6 +2,7 @@
 //! first, bounded), today's counts, the relay's actuations, CSV export, and the snapshot files of one
 //! request, found by its validated id in paths we build.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -164,36 +165,64 @@ pub fn local(ts: &DateTime<Utc>, zone: &jiff::tz::TimeZone) -> chrono::NaiveDate
         .unwrap_or_default()
 }
 
-/// Matching lines, newest first, at most `limit`; `true` when more matched.
+/// Matching lines, newest first, at most `limit`; `true` when more matched. Only the newest `limit`
+/// of a day are kept while it is read: a day of an idle kiosk's `no_face` lines is ~170,000.
 pub fn read(audit_dir: &Path, filter: &Filter, limit: usize) -> (Vec<Entry>, bool) {
     let mut found = Vec::new();
     let mut more = false;
-    // The UTC day files that hold the local days asked for: one more on each side.
-    let mut day = filter.to.succ_opt().unwrap_or(filter.to);
+    for path in day_files(audit_dir, filter) {
+        let wanted = limit - found.len();
+        // One more than wanted tells whether more matched.
+        let mut newest = VecDeque::with_capacity(wanted.min(1024) + 1);
+        for_each_entry(&path, filter, |entry| {
+            if newest.len() > wanted {
+                newest.pop_front();
+            }
+            newest.push_back(entry);
+        });
+        if newest.len() > wanted {
+            newest.pop_front();
+            more = true;
+        }
+        found.extend(newest.into_iter().rev());
+        if more {
+            break;
+        }
+    }
+    (found, more)
+}
+
+/// How many matching lines there are of each outcome, every one counted and none kept.
+pub fn count_matching(audit_dir: &Path, filter: &Filter) -> Counts {
+    let mut counts = Counts::default();
+    for path in day_files(audit_dir, filter) {
+        for_each_entry(&path, filter, |entry| counts.add(&entry));
+    }
+    counts
+}
+
+/// The UTC day files that hold the local days `filter` asks for (one more on each side), newest
+/// first, at most `MAX_DAYS` of them.
+fn day_files(audit_dir: &Path, filter: &Filter) -> Vec<std::path::PathBuf> {
     let earliest = filter.to.checked_sub_days(Days::new(MAX_DAYS - 1));
     let first = earliest.map_or(filter.from, |earliest| filter.from.max(earliest));
     let first = first.pred_opt().unwrap_or(first);
-    while day >= first && !more {
-        let mut of_day = read_day(&audit_dir.join(audit::file_name(day)), filter);
-        of_day.reverse();
-        for entry in of_day {
-            if found.len() == limit {
-                more = true;
-                break;
-            }
-            found.push(entry);
-        }
+    let mut day = filter.to.succ_opt().unwrap_or(filter.to);
+    let mut files = Vec::new();
+    while day >= first {
+        files.push(audit_dir.join(audit::file_name(day)));
         let Some(previous) = day.pred_opt() else {
             break;
         };
         day = previous;
     }
-    (found, more)
+    files
 }
 
-fn read_day(path: &Path, filter: &Filter) -> Vec<Entry> {
+/// Hands each matching line of the day file at `path` to `found`, oldest first.
+fn for_each_entry(path: &Path, filter: &Filter, mut found: impl FnMut(Entry)) {
     let Ok(file) = File::open(path) else {
-        return Vec::new();
+        return;
     };
     BufReader::new(file)
         .lines()
@@ -201,7 +230,7 @@ fn read_day(path: &Path, filter: &Filter) -> Vec<Entry> {
         .filter_map(|line| serde_json::from_str::<Value>(&line).ok())
         .filter_map(|record| Entry::from_record(&record))
         .filter(|entry| filter.wants(entry))
-        .collect()
+        .for_each(&mut found);
 }
 
 /// Today's decisions by outcome; `codes` counts visitor codes that opened the door, `not_allowed`
@@ -216,19 +245,17 @@ pub struct Counts {
     pub other: usize,
 }
 
-pub fn count(entries: &[Entry]) -> Counts {
-    let mut counts = Counts::default();
-    for entry in entries {
+impl Counts {
+    fn add(&mut self, entry: &Entry) {
         match (entry.endpoint.as_deref(), entry.status.as_str()) {
-            (Some("code"), "granted") => counts.codes += 1,
-            (_, "granted") => counts.granted += 1,
-            (_, "unknown") => counts.unknown += 1,
-            (_, "spoof") => counts.spoof += 1,
-            (_, "not_allowed") => counts.not_allowed += 1,
-            _ => counts.other += 1,
+            (Some("code"), "granted") => self.codes += 1,
+            (_, "granted") => self.granted += 1,
+            (_, "unknown") => self.unknown += 1,
+            (_, "spoof") => self.spoof += 1,
+            (_, "not_allowed") => self.not_allowed += 1,
+            _ => self.other += 1,
         }
     }
-    counts
 }
 
 /// A CSV cell: quoted when needed; text that a spreadsheet would run as a formula is defused.
@@ -401,9 +428,40 @@ mod tests {
     fn counts_sort_decisions_by_outcome() {
         let dir = fixture();
         let all = Filter::days(day("2026-03-01"), day("2026-03-02"), Kinds::Decisions);
-        let (entries, _) = read(dir.path(), &all, 100);
-        let counts = count(&entries);
+        let counts = count_matching(dir.path(), &all);
         assert_eq!((counts.granted, counts.unknown, counts.codes), (2, 1, 1));
+    }
+
+    /// Regression: the dashboard counted today's decisions from the newest 20,000 read back, so an
+    /// idle kiosk's `no_face` lines (~170,000 a day) pushed the morning's grants out of "today", and
+    /// a day was read whole into memory before the newest were kept.
+    #[test]
+    fn a_busy_day_is_counted_whole_and_read_back_newest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut lines = vec![
+            r#"{"ts":"2026-03-02T00:10:00.000Z","kind":"decision","request_id":"morning","status":"granted"}"#.to_string(),
+        ];
+        lines.extend((0..25_000).map(|n| {
+            format!(
+                r#"{{"ts":"2026-03-02T01:00:00.000Z","kind":"decision","request_id":"idle-{n}","status":"no_face"}}"#
+            )
+        }));
+        let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+        write_day(dir.path(), "2026-03-02", &lines);
+        let today = Filter::days(day("2026-03-02"), day("2026-03-02"), Kinds::Decisions);
+        let counts = count_matching(dir.path(), &today);
+        assert_eq!((counts.granted, counts.other), (1, 25_000));
+        let (newest, more) = read(dir.path(), &today, 3);
+        let ids: Vec<&str> = newest.iter().map(|e| e.request_id.as_str()).collect();
+        assert_eq!(
+            (ids, more),
+            (vec!["idle-24999", "idle-24998", "idle-24997"], true)
+        );
+        let (all, more) = read(dir.path(), &today, 30_000);
+        assert_eq!(
+            (all.len(), all.last().map(|e| e.request_id.as_str()), more),
+            (25_001, Some("morning"), false)
+        );
     }
 
     #[test]
@@ -472,7 +530,7 @@ mod tests {
         let (entries, more) = read(dir.path(), &filter, 10);
         let ids: Vec<&str> = entries.iter().map(|e| e.request_id.as_str()).collect();
         assert_eq!((ids, more), (vec!["last", "first"], false));
-        assert_eq!(count(&entries).not_allowed, 1);
+        assert_eq!(count_matching(dir.path(), &filter).not_allowed, 1);
         let shown = local(&entries[1].ts, &seoul);
         assert_eq!(shown.to_string(), "2026-03-02 00:00:00");
     }

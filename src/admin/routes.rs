@@ -333,12 +333,10 @@ impl Admin {
     fn dashboard(&self, session: &Session) -> AdminResponse {
         let audit_dir = self.ctx.config.audit_dir();
         let today = self.ctx.config.local_today();
-        let (of_today, _) = history::read(
+        let counted = history::count_matching(
             &audit_dir,
             &Filter::days(today, today, Kinds::Decisions).in_zone(self.zone()),
-            history::MAX_ENTRIES,
         );
-        let counted = history::count(&of_today);
         let yesterday = today.pred_opt().unwrap_or(today);
         let (latest, _) = history::read(
             &audit_dir,
