@@ -373,7 +373,10 @@ impl SnapshotWriter {
         let thread_counters = Arc::clone(&counters);
         thread::Builder::new()
             .name("snapshot-writer".to_owned())
-            .spawn(move || write_snapshots(&dir, retention, &queue, &thread_counters))?;
+            .spawn(move || {
+                let first_retention = Instant::now() + RETENTION_INTERVAL;
+                write_snapshots(&dir, retention, &queue, &thread_counters, first_retention)
+            })?;
         Ok(SnapshotWriter {
             jobs,
             counters,
@@ -450,17 +453,19 @@ impl SnapshotWriter {
     }
 }
 
-/// The `snapshot-writer` thread's loop: open (retrying every [`REOPEN_INTERVAL`]), save, prune.
+/// The `snapshot-writer` thread's loop: open (retrying every [`REOPEN_INTERVAL`]), save, and prune
+/// from `first_retention` on every [`RETENTION_INTERVAL`], busy or not.
 fn write_snapshots(
     dir: &Path,
     retention: SnapshotRetention,
     queue: &Receiver<SaveJob>,
     counters: &SnapshotCounters,
+    first_retention: Instant,
 ) {
     let errors = RateLimitedLog::new(CLEANUP_ERROR_LOG_INTERVAL);
     let mut store = None;
     let mut next_open = Instant::now();
-    let mut next_retention = Instant::now() + RETENTION_INTERVAL;
+    let mut next_retention = first_retention;
     loop {
         if store.is_none() && Instant::now() >= next_open {
             match SnapshotStore::open(dir, retention) {
@@ -491,11 +496,14 @@ fn write_snapshots(
                 }
             }
             Err(RecvTimeoutError::Disconnected) => return,
-            Err(RecvTimeoutError::Timeout) => {
-                next_retention = Instant::now() + RETENTION_INTERVAL;
-                if let Some(store) = &store {
-                    store.enforce_retention(Utc::now());
-                }
+            Err(RecvTimeoutError::Timeout) => {}
+        }
+        // On time whether or not the queue ever empties: a steady stream of failures must not keep
+        // snapshots past `max_age`.
+        if Instant::now() >= next_retention {
+            next_retention = Instant::now() + RETENTION_INTERVAL;
+            if let Some(store) = &store {
+                store.enforce_retention(Utc::now());
             }
         }
         if let Some(store) = &store {
@@ -875,6 +883,40 @@ mod tests {
 
     /// A hung snapshot disk must not hold a worker: a FIFO nobody reads, where the writer creates
     /// its temporary file, is a write that never returns.
+    /// Regression: age retention ran only when the writer's queue was empty, so failure snapshots
+    /// coming faster than a slow card wrote them kept old ones past `max_age` (the audit writer had
+    /// the same defect). Here two jobs wait in the queue when the writer starts, retention is due at
+    /// once and every snapshot saved before it is too old: the first must go while the second waits.
+    #[test]
+    fn age_retention_runs_on_its_schedule_while_jobs_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let retention = SnapshotRetention {
+            max_age: Duration::ZERO,
+            ..ROOMY
+        };
+        let (jobs, queue) = crossbeam_channel::unbounded();
+        for id in ["first", "second"] {
+            let job = SaveJob {
+                id: id.into(),
+                image: b"x".to_vec(),
+                ext: "jpg",
+                sidecar: json!({}),
+                reply: None,
+            };
+            jobs.send(job).unwrap();
+        }
+        drop(jobs);
+        let counters = SnapshotCounters::default();
+        write_snapshots(dir.path(), retention, &queue, &counters, Instant::now());
+        let day = dir.path().join(Utc::now().format(DAY_FORMAT).to_string());
+        let saved = |id: &str| day.join(format!("{id}.jpg")).exists();
+        assert_eq!(
+            (saved("first"), saved("second")),
+            (false, true),
+            "retention waited for an empty queue"
+        );
+    }
+
     #[test]
     fn a_hung_snapshot_disk_never_holds_the_caller() {
         let dir = tempfile::tempdir().unwrap();
