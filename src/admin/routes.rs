@@ -771,11 +771,13 @@ impl Admin {
             with_page.push(("page", to_page.to_string()));
             format!("/admin/events?{}", query_string(&with_page))
         };
+        let zone = self.zone();
         let mut summary = format!(
-            "{} events from {} to {} (UTC)",
+            "{} events from {} to {} ({})",
             entries.len(),
             filter.from,
-            filter.to
+            filter.to,
+            zone.iana_name().unwrap_or("local time")
         );
         if more {
             summary.push_str(&format!(
