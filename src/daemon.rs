@@ -190,21 +190,20 @@ pub fn run(config: Config) -> Result<()> {
     install_panic_hook(door.lock_guard(), move || {
         panic_stop.fatal.store(true, Ordering::SeqCst)
     });
-    // The exit button and MQTT may unlock from here on, while the models load: a stop signal during
-    // the rest of start-up must lock the door too, not end the process where the pin stands.
-    if let Err(err) = spawn_signal_thread(Arc::clone(&stop), door.lock_guard()) {
-        return finish(door, Some(err));
-    }
-    // From here on the door is running: every early return must lock it first.
-    let served = serve(
-        config,
-        token.is_some(),
-        metrics,
-        audit,
-        Arc::clone(&door),
-        &remote,
-        &stop,
-    );
+    // From here on the door is running: every early return must lock it first. The exit button and
+    // MQTT may unlock while the models load, so a stop signal during the rest of start-up must lock
+    // the door too, not end the process where the pin stands.
+    let served = spawn_signal_thread(Arc::clone(&stop), door.lock_guard()).and_then(|()| {
+        serve(
+            config,
+            token.is_some(),
+            metrics,
+            audit,
+            Arc::clone(&door),
+            &remote,
+            &stop,
+        )
+    });
     let stopped = finish(door, served.err());
     // The door is locked: now tell the broker this door is offline.
     remote.shutdown();

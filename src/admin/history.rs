@@ -203,7 +203,7 @@ pub fn count_matching(audit_dir: &Path, filter: &Filter) -> Counts {
 
 /// The UTC day files that hold the local days `filter` asks for (one more on each side), newest
 /// first, at most `MAX_DAYS` of them.
-fn day_files(audit_dir: &Path, filter: &Filter) -> Vec<std::path::PathBuf> {
+fn day_files(audit_dir: &Path, filter: &Filter) -> Vec<PathBuf> {
     let earliest = filter.to.checked_sub_days(Days::new(MAX_DAYS - 1));
     let first = earliest.map_or(filter.from, |earliest| filter.from.max(earliest));
     let first = first.pred_opt().unwrap_or(first);

@@ -250,9 +250,8 @@ impl Admin {
     }
 
     /// Ends every session if the password file changed since the sessions were made (`facegate admin
-    /// set-password` while the daemon runs). An unreadable file counts as changed.
-    /// Ends every session when the password file changed since it was last seen; returns the
-    /// stored hash now.
+    /// set-password` while the daemon runs). An unreadable file counts as changed. Returns the stored
+    /// hash now.
     fn end_sessions_if_the_password_changed(&self) -> Option<String> {
         let current = match password::load(&self.ctx.config.state_dir) {
             Ok(current) => current,
@@ -410,23 +409,33 @@ impl Admin {
     }
 
     fn sign_in_paused(&self, wait: Duration) -> AdminResponse {
-        let seconds = wait.as_secs().max(1);
-        let text = format!(
-            "Too many wrong passwords from several addresses: sign-in is paused for everyone for {} minutes. Admins already signed in stay signed in.",
-            seconds.div_ceil(60)
-        );
-        self.message(None, 429, "Sign-in paused", &text, "/admin/login")
-            .with("Retry-After", seconds.to_string())
+        self.sign_in_refused("Sign-in paused", wait, |minutes| {
+            format!("Too many wrong passwords from several addresses: sign-in is paused for everyone for {minutes} minutes. Admins already signed in stay signed in.")
+        })
     }
 
     fn locked_out(&self, wait: Duration) -> AdminResponse {
+        self.sign_in_refused("Locked out", wait, |minutes| {
+            format!("Too many wrong passwords from this address. Try again in {minutes} minutes.")
+        })
+    }
+
+    /// A 429 page for a sign-in refused for `wait`, whose text names the whole minutes left.
+    fn sign_in_refused(
+        &self,
+        title: &str,
+        wait: Duration,
+        text: impl FnOnce(u64) -> String,
+    ) -> AdminResponse {
         let seconds = wait.as_secs().max(1);
-        let text = format!(
-            "Too many wrong passwords from this address. Try again in {} minutes.",
-            seconds.div_ceil(60)
-        );
-        self.message(None, 429, "Locked out", &text, "/admin/login")
-            .with("Retry-After", seconds.to_string())
+        self.message(
+            None,
+            429,
+            title,
+            &text(seconds.div_ceil(60)),
+            "/admin/login",
+        )
+        .with("Retry-After", seconds.to_string())
     }
 
     /// Queues an `admin` audit line (the audit writer logs and counts disk trouble).
